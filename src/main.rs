@@ -1,0 +1,3 @@
+fn main() {
+    println!("cuda: {}", mmboundary::runtime::cuda_available());
+}
