@@ -2,4 +2,8 @@
 //!
 //! Layers, each importing only those below it (see README "Architecture"):
 //! `cli` → `engine` → `stages` → {`confidence`, `metrics`} → {`encoders`, `mllm`, `data`} → `store`.
+pub mod cli;
 pub mod runtime;
+pub mod stages;
+pub mod engine;
+pub mod store;

@@ -1,0 +1,68 @@
+//! The command line: one file per command group, each a thin shell over the libraries.
+mod pipeline;
+mod store;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "mmb", version, about = "MMBoundary: step-level confidence for multimodal LLMs, as a cached pipeline")]
+pub struct Cli {
+    /// The artifact store.
+    #[arg(long, global = true, default_value = "artifacts", env = "MMB_STORE")]
+    pub store: PathBuf,
+    /// The folder of stage TOML files (one per stage: its inputs and params).
+    #[arg(long, global = true, default_value = "stages", env = "MMB_STAGES")]
+    pub stages: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run what is stale (all stages, or TARGET and what it depends on).
+    Run(pipeline::RunArgs),
+    /// Each stage: up to date or stale, and why.
+    Status,
+    /// The stage graph (text, or Graphviz with --dot).
+    Dag(pipeline::DagArgs),
+    /// An artifact (by hash or prefix) or a stage's outputs: schema, rows, lineage, first rows.
+    Show(store::ShowArgs),
+    /// Rehash every artifact; non-zero exit on any mismatch.
+    Verify,
+    /// List (or with --apply delete) artifacts that the lock file does not reference.
+    Gc(store::GcArgs),
+    /// Copy an artifact, with its lineage, into a folder to share it.
+    Export(store::ExportArgs),
+    /// Bring shared artifacts into this store; refuses files whose hash or lineage do not check.
+    Import(store::ImportArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MMB_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(a) => pipeline::run(&cli.store, &cli.stages, a),
+        Command::Status => pipeline::status(&cli.store, &cli.stages),
+        Command::Dag(a) => pipeline::dag(&cli.stages, a),
+        Command::Show(a) => store::show(&cli.store, &cli.stages, a),
+        Command::Verify => store::verify(&cli.store),
+        Command::Gc(a) => store::gc(&cli.store, a),
+        Command::Export(a) => store::export(&cli.store, a),
+        Command::Import(a) => store::import(&cli.store, a),
+    }
+}

@@ -1,0 +1,76 @@
+use crate::engine::{Pipeline, RunOptions};
+use crate::store::Store;
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Run this stage and what it depends on (default: everything).
+    pub target: Option<String>,
+    /// Independent stages to run at once.
+    #[arg(short, long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Rerun these stages even if up to date (repeatable).
+    #[arg(long)]
+    pub force: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DagArgs {
+    /// Print Graphviz DOT.
+    #[arg(long)]
+    pub dot: bool,
+}
+
+pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let pipeline = crate::stages::pipeline(stages)?;
+    let store = Store::open(store)?;
+    let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force };
+    let s = pipeline.run(&store, &opts)?;
+    if s.ran.is_empty() {
+        eprintln!("up to date ({} stages, {:.3} s)", s.fresh.len(), s.seconds);
+    } else {
+        eprintln!("ran {} ({} up to date) in {:.1} s", s.ran.join(", "), s.fresh.len(), s.seconds);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(store: &Path, stages: &Path) -> anyhow::Result<ExitCode> {
+    let pipeline = crate::stages::pipeline(stages)?;
+    let store = Store::open(store)?;
+    for st in pipeline.status(&store, &[])? {
+        if st.is_fresh() {
+            println!("{:<10} up to date", st.stage);
+        } else {
+            let why: Vec<String> = st.reasons.iter().map(|r| r.to_string()).collect();
+            println!("{:<10} stale: {}", st.stage, why.join("; "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn dag(stages: &Path, a: DagArgs) -> anyhow::Result<ExitCode> {
+    let pipeline = crate::stages::pipeline(stages)?;
+    print!("{}", render_dag(&pipeline, a.dot));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn render_dag(p: &Pipeline, dot: bool) -> String {
+    let mut s = String::new();
+    if dot {
+        s.push_str("digraph mmb {\n  rankdir=LR;\n");
+        for st in p.ordered() {
+            s.push_str(&format!("  \"{}\";\n", st.name()));
+        }
+        for (from, to, out) in p.edges() {
+            s.push_str(&format!("  \"{from}\" -> \"{to}\" [label=\"{out}\"];\n"));
+        }
+        s.push_str("}\n");
+    } else {
+        for st in p.ordered() {
+            let ins: Vec<String> = st.inputs().iter().map(|i| format!("{}.{}", i.stage, i.output)).collect();
+            s.push_str(&format!("{:<10} ← {}\n", st.name(), if ins.is_empty() { "(no inputs)".into() } else { ins.join(", ") }));
+        }
+    }
+    s
+}

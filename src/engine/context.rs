@@ -1,0 +1,133 @@
+use crate::store::{ArtifactId, ArtifactKind, Lineage, Store, StoreError, Table};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// What a running stage sees: its params, its inputs (checked against their hashes when read), and
+/// the only way to write outputs (through the store, with lineage filled in).
+pub struct StageContext<'a> {
+    store: &'a Store,
+    stage: String,
+    params: serde_json::Value,
+    inputs: BTreeMap<String, (ArtifactId, ArtifactKind)>,
+    declared: Vec<String>,
+    lineage: Lineage,
+    written: Mutex<BTreeMap<String, (ArtifactId, ArtifactKind)>>,
+    progress: &'a MultiProgress,
+}
+
+impl<'a> StageContext<'a> {
+    pub(crate) fn new(
+        store: &'a Store,
+        stage: &str,
+        params: serde_json::Value,
+        inputs: BTreeMap<String, (ArtifactId, ArtifactKind)>,
+        declared: Vec<String>,
+        lineage: Lineage,
+        progress: &'a MultiProgress,
+    ) -> Self {
+        Self { store, stage: stage.into(), params, inputs, declared, lineage, written: Mutex::new(BTreeMap::new()), progress }
+    }
+
+    pub fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// The stage's params deserialized into its params struct.
+    pub fn params<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_value(self.params.clone()).map_err(|e| anyhow::anyhow!("stage `{}`: params: {e}", self.stage))
+    }
+
+    fn input(&self, name: &str) -> anyhow::Result<&(ArtifactId, ArtifactKind)> {
+        self.inputs.get(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "stage `{}` has no input `{name}` (inputs: {})",
+                self.stage,
+                self.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    pub fn input_id(&self, name: &str) -> anyhow::Result<ArtifactId> {
+        Ok(self.input(name)?.0.clone())
+    }
+
+    /// Reads a Parquet input, verifying its bytes against its name first.
+    pub fn input_table(&self, name: &str) -> anyhow::Result<Table> {
+        let (id, _) = self.input(name)?;
+        Ok(self.store.read_table(id)?)
+    }
+
+    /// Path of a non-tabular input, verified against its hash.
+    pub fn input_path(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let (id, kind) = self.input(name)?;
+        let path = self.store.path_of(id, *kind);
+        if !path.exists() {
+            return Err(StoreError::Missing { id: id.to_string(), path }.into());
+        }
+        self.store.check(id, &path)?;
+        Ok(path)
+    }
+
+    fn lineage_for(&self, output: &str) -> anyhow::Result<Lineage> {
+        if !self.declared.iter().any(|d| d == output) {
+            anyhow::bail!("stage `{}` writes undeclared output `{output}` (declared: {})", self.stage, self.declared.join(", "));
+        }
+        Ok(Lineage { output: output.into(), created: Lineage::now(), ..self.lineage.clone() })
+    }
+
+    fn record(&self, output: &str, id: &ArtifactId, kind: ArtifactKind) {
+        self.written.lock().expect("outputs lock").insert(output.into(), (id.clone(), kind));
+    }
+
+    pub fn write_table(
+        &self,
+        output: &str,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+        hf_features: Option<&serde_json::Value>,
+    ) -> anyhow::Result<ArtifactId> {
+        let lineage = self.lineage_for(output)?;
+        let id = self.store.put_table(schema, batches, &lineage, hf_features)?;
+        self.record(output, &id, ArtifactKind::Parquet);
+        Ok(id)
+    }
+
+    pub fn write_bytes(&self, output: &str, kind: ArtifactKind, bytes: &[u8]) -> anyhow::Result<ArtifactId> {
+        let lineage = self.lineage_for(output)?;
+        let id = self.store.put_bytes(kind, bytes, Some(&lineage))?;
+        self.record(output, &id, kind);
+        Ok(id)
+    }
+
+    pub fn write_file(&self, output: &str, kind: ArtifactKind, src: &Path) -> anyhow::Result<ArtifactId> {
+        let lineage = self.lineage_for(output)?;
+        let id = self.store.put_file(kind, src, Some(&lineage))?;
+        self.record(output, &id, kind);
+        Ok(id)
+    }
+
+    /// A progress bar under the run's multi-progress display (hidden when stderr is not a terminal).
+    pub fn progress(&self, len: u64, what: &str) -> ProgressBar {
+        let bar = self.progress.add(ProgressBar::new(len));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>10.bold} {msg:24} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(self.stage.clone());
+        bar.set_message(what.to_string());
+        bar
+    }
+
+    pub(crate) fn into_written(self) -> BTreeMap<String, (ArtifactId, ArtifactKind)> {
+        self.written.into_inner().expect("outputs lock")
+    }
+}

@@ -1,0 +1,22 @@
+//! The make-like core: stages declare inputs, outputs, params and a code version; the engine keys
+//! each stage by all of them, records key → outputs in a lock file, and reruns only what is stale,
+//! independent stages in parallel.
+mod context;
+mod error;
+mod key;
+mod lockfile;
+mod pipeline;
+mod runner;
+mod stage;
+mod state;
+mod status;
+
+pub use context::StageContext;
+pub use error::EngineError;
+pub use key::cache_key;
+pub use lockfile::{LockFile, StageRecord, OutputRecord};
+pub use pipeline::Pipeline;
+pub use runner::{RunOptions, RunSummary};
+pub use stage::{InputSpec, Stage};
+pub use state::ModelHashes;
+pub use status::{StageStatus, Staleness};

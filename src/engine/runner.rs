@@ -1,0 +1,201 @@
+use super::context::StageContext;
+use super::error::EngineError;
+use super::lockfile::{LockFile, OutputRecord, StageRecord};
+use super::pipeline::Pipeline;
+use super::state::ModelHashes;
+use super::status::{evaluate, produced_from_lock, Produced, StageStatus};
+use crate::store::{Lineage, Store, StoreLock};
+use indicatif::MultiProgress;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Run only this stage and what it depends on (None: every stage).
+    pub target: Option<String>,
+    /// Independent stages run at once.
+    pub jobs: usize,
+    /// Stages to rerun even when up to date.
+    pub force: Vec<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { target: None, jobs: 1, force: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Stages that ran, in completion order.
+    pub ran: Vec<String>,
+    /// Stages found up to date.
+    pub fresh: Vec<String>,
+    pub seconds: f64,
+}
+
+impl Pipeline {
+    /// Each stage's status against the lock file, in pipeline order (no stage runs; no lock taken).
+    pub fn status(&self, store: &Store, force: &[String]) -> Result<Vec<StageStatus>, EngineError> {
+        let lock = LockFile::load(store.root())?;
+        let produced = produced_from_lock(&lock)?;
+        let models = ModelHashes::load(store.root());
+        let mut stale = BTreeSet::new();
+        let mut out = Vec::new();
+        for s in self.ordered() {
+            let st = evaluate(s, &lock, &produced, &|u| stale.contains(u), &models, store, force.iter().any(|f| f == s.name()))?;
+            if !st.is_fresh() {
+                stale.insert(s.name().to_string());
+            }
+            out.push(st);
+        }
+        models.save()?;
+        Ok(out)
+    }
+
+    /// Runs what is stale, make-style, holding the store lock throughout.
+    pub fn run(&self, store: &Store, opts: &RunOptions) -> Result<RunSummary, EngineError> {
+        let start = Instant::now();
+        let _guard = StoreLock::acquire(store.root(), "mmb run")?;
+        store.remove_stale_temps()?;
+        for f in &opts.force {
+            self.get(f)?;
+        }
+        let selected: BTreeSet<String> = match &opts.target {
+            Some(t) => self.ancestors_and_self(t)?,
+            None => self.ordered().map(|s| s.name().to_string()).collect(),
+        };
+        let mut lock = LockFile::load(store.root())?;
+        lock.version = 1;
+        let mut produced = produced_from_lock(&lock)?;
+        let models = ModelHashes::load(store.root());
+        let progress = MultiProgress::new();
+        let mut summary = RunSummary::default();
+
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        let mut rerun: BTreeSet<String> = BTreeSet::new();
+        let mut running: BTreeSet<String> = BTreeSet::new();
+        let mut failure: Option<EngineError> = None;
+        let jobs = opts.jobs.max(1);
+
+        std::thread::scope(|scope| -> Result<(), EngineError> {
+            let (tx, rx) = mpsc::channel::<(String, Result<(StageRecord, Produced), EngineError>)>();
+            loop {
+                // Launch every ready stage (all parents done) while there is room; fresh ones finish at once.
+                let mut launched = true;
+                while launched && failure.is_none() {
+                    launched = false;
+                    for s in self.ordered() {
+                        let name = s.name().to_string();
+                        if !selected.contains(&name) || done.contains(&name) || running.contains(&name) {
+                            continue;
+                        }
+                        let parents = self.parents(&name)?;
+                        if !parents.iter().all(|p| done.contains(p)) {
+                            continue;
+                        }
+                        if running.len() >= jobs {
+                            break;
+                        }
+                        let forced = opts.force.contains(&name);
+                        let st = evaluate(s, &lock, &produced, &|_| false, &models, store, forced)?;
+                        if st.is_fresh() {
+                            done.insert(name.clone());
+                            summary.fresh.push(name);
+                            launched = true;
+                            continue;
+                        }
+                        tracing::info!(stage = %name, reasons = %st.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "), "running");
+                        running.insert(name.clone());
+                        rerun.insert(name.clone());
+                        let tx = tx.clone();
+                        let progress = &progress;
+                        scope.spawn(move || {
+                            let res = run_one(s, st, store, progress);
+                            let _ = tx.send((name, res));
+                        });
+                        launched = true;
+                    }
+                }
+                if running.is_empty() {
+                    break;
+                }
+                let (name, res) = rx.recv().expect("a running stage reports back");
+                running.remove(&name);
+                match res {
+                    Ok((record, outs)) => {
+                        produced.extend(outs);
+                        lock.stages.insert(name.clone(), record);
+                        lock.save(store.root())?;
+                        done.insert(name.clone());
+                        summary.ran.push(name);
+                    }
+                    Err(e) => {
+                        if failure.is_none() {
+                            failure = Some(e);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        models.save()?;
+        summary.seconds = start.elapsed().as_secs_f64();
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
+    }
+}
+
+fn run_one(
+    stage: &dyn super::stage::Stage,
+    st: StageStatus,
+    store: &Store,
+    progress: &MultiProgress,
+) -> Result<(StageRecord, Produced), EngineError> {
+    let started = Instant::now();
+    let name = stage.name().to_string();
+    let key = st.key.clone().expect("a stage whose parents are done has a key");
+    let lineage = Lineage {
+        stage: name.clone(),
+        output: String::new(),
+        code_version: stage.code_version().into(),
+        params: st.params.clone(),
+        inputs: st.inputs.iter().map(|(k, (id, _))| (k.clone(), id.to_string())).collect(),
+        models: st.models.clone(),
+        cache_key: key.clone(),
+        tool: Lineage::tool_version(),
+        created: String::new(),
+        rows: None,
+    };
+    let ctx = StageContext::new(store, &name, st.params.clone(), st.inputs.clone(), stage.outputs(), lineage, progress);
+    stage.run(&ctx).map_err(|source| EngineError::StageFailed { stage: name.clone(), source })?;
+    let written = ctx.into_written();
+    let declared = stage.outputs();
+    for d in &declared {
+        if !written.contains_key(d) {
+            return Err(EngineError::MissingOutput { stage: name.clone(), output: d.clone() });
+        }
+    }
+    let mut outputs = BTreeMap::new();
+    let mut produced = Produced::new();
+    for (out, (id, kind)) in written {
+        let bytes = std::fs::metadata(store.path_of(&id, kind)).map(|m| m.len()).unwrap_or(0);
+        outputs.insert(out.clone(), OutputRecord { id: id.to_string(), kind, bytes });
+        produced.insert((name.clone(), out), (id, kind));
+    }
+    let record = StageRecord {
+        key,
+        code_version: stage.code_version().into(),
+        params: st.params,
+        inputs: st.inputs.iter().map(|(k, (id, _))| (k.clone(), id.to_string())).collect(),
+        models: st.models,
+        device: stage.device(),
+        outputs,
+        finished: Lineage::now(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((record, produced))
+}

@@ -1,0 +1,21 @@
+//! The artifact store: every artifact is one file under `artifacts/objects/`, named by the blake3 hash
+//! of its bytes. Writes are atomic (temp file in the same folder, fsync, rename, fsync of the folder),
+//! so a crash mid-write leaves at most a temp file, which the next writer removes.
+//!
+//! Tables are Parquet files whose key/value metadata carries their lineage (`mmboundary.lineage`) and,
+//! where the columns map to them, Hugging Face `datasets` features (`huggingface`), so pandas, polars,
+//! duckdb and `datasets` read them as they are. Other artifacts (safetensors checkpoints, ONNX files,
+//! reports) keep their lineage in a sidecar `<file>.lineage.json`.
+mod artifact;
+mod audit;
+mod error;
+mod lineage;
+mod lock;
+mod table;
+
+pub use artifact::{hash_file, write_atomic, ArtifactId, ArtifactKind, HashingWriter, Store};
+pub use audit::{Mismatch, VerifyReport};
+pub use error::StoreError;
+pub use lineage::{Lineage, LINEAGE_KEY, HF_KEY};
+pub use lock::StoreLock;
+pub use table::{expect_columns, read_parquet, Table};

@@ -1,0 +1,357 @@
+//! The make-like engine on small stages defined here: caching, staleness, corruption, crashes,
+//! concurrency and sharing. Each test uses its own temporary store.
+use arrow::array::{Array, Int64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use mmboundary::engine::{InputSpec, Pipeline, RunOptions, Stage, StageContext, Staleness};
+use mmboundary::store::{ArtifactKind, Lineage, Store, StoreError, StoreLock};
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+fn int_table(values: Vec<i64>) -> (Arc<Schema>, RecordBatch) {
+    let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
+    (schema, batch)
+}
+
+fn read_ints(ctx: &StageContext, input: &str) -> anyhow::Result<Vec<i64>> {
+    let t = ctx.input_table(input)?;
+    let b = t.concat()?;
+    let col = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    Ok((0..col.len()).map(|i| col.value(i)).collect())
+}
+
+/// A stage built from a closure, counting its runs.
+struct TestStage {
+    name: String,
+    inputs: Vec<InputSpec>,
+    params: serde_json::Value,
+    runs: Arc<AtomicUsize>,
+    body: Box<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync>,
+}
+
+impl Stage for TestStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn code_version(&self) -> &str {
+        "1"
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        self.inputs.clone()
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["out".into()]
+    }
+    fn params(&self) -> serde_json::Value {
+        self.params.clone()
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        (self.body)(ctx)
+    }
+}
+
+struct Counters(Vec<(String, Arc<AtomicUsize>)>);
+impl Counters {
+    fn get(&self, name: &str) -> usize {
+        self.0.iter().find(|(n, _)| n == name).unwrap().1.load(Ordering::SeqCst)
+    }
+}
+
+/// source(n) → scale(factor) → sum; source → side (independent of scale).
+fn chain(n: i64, factor: i64) -> (Pipeline, Counters) {
+    let mut counters = Vec::new();
+    let mut mk = |name: &str, inputs: Vec<InputSpec>, params: serde_json::Value, body: Box<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync>| {
+        let runs = Arc::new(AtomicUsize::new(0));
+        counters.push((name.to_string(), runs.clone()));
+        Box::new(TestStage { name: name.into(), inputs, params, runs, body }) as Box<dyn Stage>
+    };
+    let stages = vec![
+        mk("sum", vec![InputSpec::new("scaled", "scale", "out")], serde_json::json!({}), Box::new(|ctx| {
+            let v = read_ints(ctx, "scaled")?;
+            let (s, b) = int_table(vec![v.iter().sum()]);
+            ctx.write_table("out", s, &[b], None)?;
+            Ok(())
+        })),
+        mk("source", vec![], serde_json::json!({ "n": n }), Box::new(move |ctx| {
+            let (s, b) = int_table((0..n).collect());
+            ctx.write_table("out", s, &[b], None)?;
+            Ok(())
+        })),
+        mk("scale", vec![InputSpec::new("numbers", "source", "out")], serde_json::json!({ "factor": factor }), Box::new(move |ctx| {
+            let v = read_ints(ctx, "numbers")?;
+            let (s, b) = int_table(v.into_iter().map(|x| x * factor).collect());
+            ctx.write_table("out", s, &[b], None)?;
+            Ok(())
+        })),
+        mk("side", vec![InputSpec::new("numbers", "source", "out")], serde_json::json!({}), Box::new(|ctx| {
+            let v = read_ints(ctx, "numbers")?;
+            ctx.write_bytes("out", ArtifactKind::Json, serde_json::to_string(&v)?.as_bytes())?;
+            Ok(())
+        })),
+    ];
+    (Pipeline::new(stages).unwrap(), Counters(counters))
+}
+
+fn tmp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    (dir, store)
+}
+
+fn total(store: &Store) -> i64 {
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let id = mmboundary::store::ArtifactId::parse(&lock.stages["sum"].outputs["out"].id).unwrap();
+    let b = store.read_table(&id).unwrap().concat().unwrap();
+    b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0)
+}
+
+#[test]
+fn cached_rerun_does_nothing() {
+    let (_d, store) = tmp_store();
+    let (p, c) = chain(10, 2);
+    let s = p.run(&store, &RunOptions::default()).unwrap();
+    assert_eq!(s.ran.len(), 4);
+    assert_eq!(total(&store), 90);
+    let (p2, c2) = chain(10, 2);
+    let s2 = p2.run(&store, &RunOptions::default()).unwrap();
+    assert!(s2.ran.is_empty(), "ran {:?}", s2.ran);
+    assert_eq!(s2.fresh.len(), 4);
+    assert_eq!((c.get("source"), c2.get("source")), (1, 0));
+    assert!(p2.status(&store, &[]).unwrap().iter().all(|s| s.is_fresh()));
+}
+
+#[test]
+fn changing_one_param_reruns_exactly_that_stage_and_its_descendants() {
+    let (_d, store) = tmp_store();
+    chain(10, 2).0.run(&store, &RunOptions::default()).unwrap();
+    let (p, c) = chain(10, 3);
+    let st = p.status(&store, &[]).unwrap();
+    let by = |n: &str| st.iter().find(|s| s.stage == n).unwrap().reasons.clone();
+    assert!(by("source").is_empty() && by("side").is_empty());
+    assert_eq!(by("scale"), vec![Staleness::Param { path: "factor".into(), old: "2".into(), new: "3".into() }]);
+    assert_eq!(by("sum"), vec![Staleness::UpstreamStale("scale".into())]);
+    let mut ran = p.run(&store, &RunOptions::default()).unwrap().ran;
+    ran.sort();
+    assert_eq!(ran, vec!["scale", "sum"]);
+    assert_eq!((c.get("source"), c.get("side")), (0, 0));
+    assert_eq!(total(&store), 135);
+}
+
+#[test]
+fn target_runs_only_its_ancestors_and_force_reruns() {
+    let (_d, store) = tmp_store();
+    let (p, c) = chain(5, 2);
+    let s = p.run(&store, &RunOptions { target: Some("scale".into()), ..Default::default() }).unwrap();
+    let mut ran = s.ran.clone();
+    ran.sort();
+    assert_eq!(ran, vec!["scale", "source"]);
+    assert_eq!(c.get("sum"), 0);
+    // Forcing source reruns it; its bytes are identical, so nothing downstream is stale (early cutoff).
+    let (p2, c2) = chain(5, 2);
+    let s2 = p2.run(&store, &RunOptions { force: vec!["source".into()], ..Default::default() }).unwrap();
+    assert_eq!(c2.get("source"), 1);
+    assert_eq!(c2.get("scale"), 0);
+    assert!(s2.ran.contains(&"sum".to_string()) && s2.ran.contains(&"side".to_string()));
+}
+
+#[test]
+fn corrupted_artifact_is_caught_by_verify_and_by_the_reading_stage() {
+    let (_d, store) = tmp_store();
+    chain(50, 2).0.run(&store, &RunOptions::default()).unwrap();
+    assert!(store.verify().unwrap().mismatches.is_empty());
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let id = mmboundary::store::ArtifactId::parse(&lock.stages["source"].outputs["out"].id).unwrap();
+    let path = store.path_of(&id, ArtifactKind::Parquet);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let r = store.verify().unwrap();
+    assert_eq!(r.mismatches.len(), 1);
+    assert_eq!(r.mismatches[0].path, path);
+    let err = chain(50, 7).0.run(&store, &RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("hash mismatch") && err.contains(id.as_str()), "{err}");
+}
+
+#[test]
+fn independent_stages_run_in_parallel_with_jobs() {
+    // Two stages that each wait for the other to start: only a parallel runner finishes.
+    let (_d, store) = tmp_store();
+    let (tx_a, rx_a) = mpsc::channel::<()>();
+    let (tx_b, rx_b) = mpsc::channel::<()>();
+    let rendezvous = |tx: mpsc::Sender<()>, rx: mpsc::Receiver<()>| {
+        let rx = Mutex::new(rx);
+        move |ctx: &StageContext| -> anyhow::Result<()> {
+            tx.send(()).ok();
+            rx.lock().unwrap().recv_timeout(Duration::from_secs(20)).map_err(|_| anyhow::anyhow!("peer never started"))?;
+            ctx.write_bytes("out", ArtifactKind::Json, ctx.stage().as_bytes())?;
+            Ok(())
+        }
+    };
+    let mk = |name: &str, body: Box<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync>| {
+        Box::new(TestStage { name: name.into(), inputs: vec![], params: serde_json::json!({}), runs: Arc::default(), body }) as Box<dyn Stage>
+    };
+    let p = Pipeline::new(vec![mk("a", Box::new(rendezvous(tx_a, rx_b))), mk("b", Box::new(rendezvous(tx_b, rx_a)))]).unwrap();
+    let s = p.run(&store, &RunOptions { jobs: 2, ..Default::default() }).unwrap();
+    assert_eq!(s.ran.len(), 2);
+}
+
+#[test]
+fn a_concurrent_run_is_refused_with_a_clear_message() {
+    let (_d, store) = tmp_store();
+    let held = StoreLock::acquire(store.root(), "another run").unwrap();
+    let err = chain(3, 1).0.run(&store, &RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("locked by another mmb process") && err.contains("another run"), "{err}");
+    drop(held);
+    chain(3, 1).0.run(&store, &RunOptions::default()).unwrap();
+}
+
+#[test]
+fn bad_pipelines_are_rejected() {
+    let mk = |name: &str, from: &str| {
+        Box::new(TestStage {
+            name: name.into(),
+            inputs: vec![InputSpec::new("x", from, "out")],
+            params: serde_json::json!({}),
+            runs: Arc::default(),
+            body: Box::new(|_| Ok(())),
+        }) as Box<dyn Stage>
+    };
+    let e = Pipeline::new(vec![mk("a", "b"), mk("b", "a")]).err().unwrap().to_string();
+    assert!(e.contains("cycle"), "{e}");
+    let e = Pipeline::new(vec![mk("a", "nope")]).err().unwrap().to_string();
+    assert!(e.contains("`nope.out`") && e.contains("not a stage"), "{e}");
+    // A stage that forgets its output fails the run and records nothing.
+    let (_d, store) = tmp_store();
+    let p = Pipeline::new(vec![Box::new(TestStage {
+        name: "lazy".into(),
+        inputs: vec![],
+        params: serde_json::json!({}),
+        runs: Arc::default(),
+        body: Box::new(|_| Ok(())),
+    }) as Box<dyn Stage>])
+    .unwrap();
+    let e = p.run(&store, &RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("without writing its declared output `out`"), "{e}");
+    assert!(mmboundary::engine::LockFile::load(store.root()).unwrap().stages.is_empty());
+}
+
+#[test]
+fn export_import_roundtrip_and_tampered_files_are_refused() {
+    let (_d, store) = tmp_store();
+    chain(20, 2).0.run(&store, &RunOptions::default()).unwrap();
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let id = lock.stages["scale"].outputs["out"].id.clone();
+    let share = tempfile::tempdir().unwrap();
+    let file = store.export(&id[..8], share.path()).unwrap();
+
+    let (_d2, other) = tmp_store();
+    let (got, lineage) = other.import(&file).unwrap();
+    assert_eq!(got.as_str(), id);
+    assert_eq!((lineage.stage.as_str(), lineage.rows), ("scale", Some(20)));
+    assert_eq!(lineage.params, serde_json::json!({ "factor": 2 }));
+
+    // Flipped byte: the name no longer matches the content.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n / 3] ^= 1;
+    let bad = share.path().join(file.file_name().unwrap());
+    std::fs::write(&bad, &bytes).unwrap();
+    let (_d3, third) = tmp_store();
+    assert!(matches!(third.import(&bad), Err(StoreError::HashMismatch { .. })));
+
+    // Rows changed and the file renamed to its new hash: the lineage's row count gives it away.
+    let original = other.read_table(&got).unwrap();
+    let (schema, batch) = int_table(vec![1, 2, 3]);
+    let kv = vec![parquet::file::metadata::KeyValue::new(
+        mmboundary::store::LINEAGE_KEY.to_string(),
+        serde_json::to_string(original.lineage.as_ref().unwrap()).unwrap(),
+    )];
+    let props = parquet::file::properties::WriterProperties::builder().set_key_value_metadata(Some(kv)).build();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let forged = share.path().join(format!("{}.parquet", blake3::hash(&buf).to_hex()));
+    std::fs::File::create(&forged).unwrap().write_all(&buf).unwrap();
+    let e = third.import(&forged).unwrap_err().to_string();
+    assert!(e.contains("tampered"), "{e}");
+    assert!(third.list().unwrap().is_empty());
+}
+
+#[test]
+fn gc_is_a_dry_run_unless_applied_and_keeps_what_the_lock_references() {
+    let (_d, store) = tmp_store();
+    chain(4, 2).0.run(&store, &RunOptions::default()).unwrap();
+    chain(4, 5).0.run(&store, &RunOptions::default()).unwrap();
+    let keep = mmboundary::engine::LockFile::load(store.root()).unwrap().referenced();
+    let before = store.list().unwrap().len();
+    let would = store.gc(&keep, false).unwrap();
+    assert_eq!(would.len(), 2, "old scale and sum outputs");
+    assert_eq!(store.list().unwrap().len(), before);
+    store.gc(&keep, true).unwrap();
+    assert_eq!(store.list().unwrap().len(), before - 2);
+    assert!(chain(4, 5).0.run(&store, &RunOptions::default()).unwrap().ran.is_empty());
+}
+
+#[test]
+fn identical_tables_get_identical_ids_when_the_time_is_pinned() {
+    let (_d, store) = tmp_store();
+    std::env::set_var("SOURCE_DATE_EPOCH", "1700000000");
+    let l = Lineage { stage: "t".into(), ..Default::default() };
+    let (s, b) = int_table(vec![1, 2, 3]);
+    let a = store.put_table(s.clone(), &[b.clone()], &l, None).unwrap();
+    let c = store.put_table(s, &[b], &l, None).unwrap();
+    assert_eq!(a, c);
+}
+
+/// Helper run in a child process by `a_run_killed_mid_write_leaves_no_artifact_and_the_next_run_recovers`.
+#[test]
+fn killed_child_helper() {
+    let Ok(root) = std::env::var("MMB_TEST_CHILD_STORE") else { return };
+    let store = Store::open(root).unwrap();
+    let body: Box<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync> = Box::new(|ctx| {
+        ctx.store().put_with(ArtifactKind::Bin, None, |w| {
+            w.write_all(&[7u8; 1 << 16]).unwrap();
+            w.flush().unwrap();
+            std::thread::sleep(Duration::from_secs(120));
+            Ok(())
+        })?;
+        Ok(())
+    });
+    let p = Pipeline::new(vec![Box::new(TestStage { name: "slow".into(), inputs: vec![], params: serde_json::json!({}), runs: Arc::default(), body }) as Box<dyn Stage>]).unwrap();
+    p.run(&store, &RunOptions::default()).unwrap();
+}
+
+#[test]
+fn a_run_killed_mid_write_leaves_no_artifact_and_the_next_run_recovers() {
+    let (_d, store) = tmp_store();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "killed_child_helper", "--nocapture", "--test-threads=1"])
+        .env("MMB_TEST_CHILD_STORE", store.root())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let objects = store.objects_dir();
+    let temps = || std::fs::read_dir(&objects).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp-")).count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while temps() == 0 {
+        assert!(std::time::Instant::now() < deadline, "child never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // While the child writes, the store is locked.
+    let e = chain(2, 1).0.run(&store, &RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("locked"), "{e}");
+    child.kill().unwrap(); // SIGKILL: no destructor, no cleanup
+    child.wait().unwrap();
+    assert!(store.list().unwrap().is_empty(), "no artifact appears from a killed write");
+    assert_eq!(temps(), 1);
+    // The kernel released the lock; the next run cleans the temp file and works.
+    let s = chain(2, 1).0.run(&store, &RunOptions::default()).unwrap();
+    assert_eq!(s.ran.len(), 4);
+    assert_eq!(temps(), 0);
+}
