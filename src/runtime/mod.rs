@@ -1,5 +1,5 @@
-//! Where the native runtimes come from: libtorch (linked, rpath set by build.rs) and ONNX Runtime
-//! (loaded at run time). One place that knows the paths, so every command reports them the same way.
+//! Where the native runtimes come from: libtorch (linked into the `mmb-torch` worker and tests, rpath set
+//! by build.rs) and ONNX Runtime (loaded at run time). One place that knows the paths.
 use std::path::PathBuf;
 
 /// The ONNX Runtime shared library: `$ORT_DYLIB_PATH` at run time, else the path cargo saw at build
@@ -10,7 +10,6 @@ pub fn onnxruntime_dylib() -> Option<PathBuf> {
         .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
 }
 
-/// Whether libtorch sees a CUDA device (needs the `--no-as-needed` link fix in build.rs).
-pub fn cuda_available() -> bool {
-    tch::Cuda::is_available()
-}
+/// Whether this build linked libtorch_cuda (see build.rs: `MMB_CUDA=1`, or a GPU seen at build time).
+/// Without it CUDA cannot be used even on a GPU machine, and a `--device cuda` must say so.
+pub const CUDA_LINKED: bool = cfg!(mmb_cuda_linked);
