@@ -1,4 +1,5 @@
 //! The command line: one file per command group, each a thin shell over the libraries.
+mod bench;
 mod pipeline;
 mod store;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Export(store::ExportArgs),
     /// Bring shared artifacts into this store; refuses files whose hash or lineage do not check.
     Import(store::ImportArgs),
+    /// Benchmarks (figures as JSON, with references measured in the same run).
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -64,5 +67,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc(a) => store::gc(&cli.store, a),
         Command::Export(a) => store::export(&cli.store, a),
         Command::Import(a) => store::import(&cli.store, a),
+        Command::Bench(a) => bench::run(a),
     }
 }

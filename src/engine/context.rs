@@ -114,6 +114,17 @@ impl<'a> StageContext<'a> {
         Ok(id)
     }
 
+    /// Streams a large non-tabular output straight into the store (hashed as it is written).
+    pub fn write_with<F>(&self, output: &str, kind: ArtifactKind, write: F) -> anyhow::Result<ArtifactId>
+    where
+        F: FnOnce(&mut crate::store::HashingWriter) -> Result<(), StoreError>,
+    {
+        let lineage = self.lineage_for(output)?;
+        let id = self.store.put_with(kind, Some(&lineage), write)?;
+        self.record(output, &id, kind);
+        Ok(id)
+    }
+
     /// A progress bar under the run's multi-progress display (hidden when stderr is not a terminal).
     pub fn progress(&self, len: u64, what: &str) -> ProgressBar {
         let bar = self.progress.add(ProgressBar::new(len));

@@ -1,6 +1,7 @@
 //! The make-like core: stages declare inputs, outputs, params and a code version; the engine keys
 //! each stage by all of them, records key → outputs in a lock file, and reruns only what is stale,
 //! independent stages in parallel.
+pub mod bench;
 mod context;
 mod error;
 mod key;
