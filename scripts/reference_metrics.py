@@ -8,8 +8,9 @@ inputs + expected values to tests/fixtures/confidence/golden.json, which tests/c
     /work/main/.venv/bin/python scripts/reference_metrics.py
 
 Conventions mirrored from the Rust docs (each is a documented parameter there):
-- TokenSAR: special tokens get similarity 1 (relevance 0); a unit with one regular token gets 0.5;
-  texts are x + concatenated non-special token pieces; all-zero relevance falls back to uniform.
+- TokenSAR (lm-polygraph's CrossEncoderSimilarityMatrixCalculator): pairs are (x + " " + y, x + " " + y
+  without token k), y = concatenated non-special token pieces; special tokens get similarity 1
+  (relevance 0); a unit of L = 1 token (specials counted) gets 0.5; all-zero relevance -> uniform.
 - The test-double similarity g(a, b) below is deterministic and computed in float64, then rounded to
   float32 (the PairSimilarity trait returns f32).
 - ECE bins are [i/B, (i+1)/B), last bin closed; sigma is the population std (ddof 0) unless stated.
@@ -64,15 +65,15 @@ def token_sar_units(responses, scope):
         for ctx, idx in units:
             toks = [r["sentences"][t][k] for t, k in idx]
             regular = [not tok["is_special"] for tok in toks]
-            full = ctx + "".join(tok["text"] for tok, reg in zip(toks, regular) if reg)
+            full = ctx + " " + "".join(tok["text"] for tok, reg in zip(toks, regular) if reg)
             sims = []
             for j, tok in enumerate(toks):
-                if tok["is_special"]:
-                    sims.append(1.0)
-                elif sum(regular) == 1:
+                if len(toks) == 1:  # lm-polygraph: L = 1 -> 0.5, special tokens counted in L
                     sims.append(0.5)
+                elif tok["is_special"]:
+                    sims.append(1.0)
                 else:
-                    without = ctx + "".join(o["text"] for m, (o, reg) in enumerate(zip(toks, regular)) if reg and m != j)
+                    without = ctx + " " + "".join(o["text"] for m, (o, reg) in enumerate(zip(toks, regular)) if reg and m != j)
                     sims.append(min(max(double_similarity(full, without), 0.0), 1.0))
             rel = 1.0 - np.array(sims)
             if rel.sum() > 0:

@@ -11,7 +11,11 @@
 //!   model conditioned on, and it is the context TokenSAR prepends to both sides of its pairs.
 //! - Token `text` pieces are the decoded pieces of each token (leading spaces included), such that the
 //!   concatenation of a sentence's non-special pieces is the sentence text. TokenSAR builds "the text
-//!   without token k" by concatenating the other pieces (decode with special tokens skipped).
+//!   without token k" by concatenating the other pieces (decode with special tokens skipped). A
+//!   tokenizer's `decode` may differ from the concatenation at the edges (SentencePiece drops the first
+//!   leading space); the generator should hand us pieces that already reflect that.
+//! - TokenSAR pairs are (x + sep + y, x + sep + y without y_k), as lm-polygraph builds them; special
+//!   tokens count in L but get similarity 1 (relevance 0); a one-token unit gets similarity 0.5.
 use serde::{Deserialize, Serialize};
 
 use super::{check_finite, ConfidenceError, ImageTextScorer, Location, PairSimilarity, Result};
@@ -86,9 +90,13 @@ pub struct TokenSarParams {
     /// reading, and each sentence's value does not shrink with the response length); `Response` is
     /// lm-polygraph's claim-level convention.
     pub scope: RelevanceScope,
-    /// Similarity assigned to the only token of a one-token unit (its deletion leaves nothing to compare).
-    /// lm-polygraph: 0.5. We keep 0.5.
+    /// Similarity assigned to the token of a one-token unit (L = 1, special tokens counted, as in
+    /// lm-polygraph; its deletion leaves nothing to compare). lm-polygraph: 0.5. We keep 0.5. Within a
+    /// unit the relevances are normalized, so this only matters next to special tokens of relevance 0.
     pub single_token_similarity: f64,
+    /// Text put between x and y on both sides of a pair. lm-polygraph: " " (`input + " " + decode(y)`).
+    /// We keep " ".
+    pub context_separator: String,
     /// Bound on the number of pairs handed to the similarity model in one call of the batched path;
     /// 0 = all deletions of the dataset in one call (default). A bound only caps memory.
     pub max_pairs_per_call: usize,
@@ -96,7 +104,12 @@ pub struct TokenSarParams {
 
 impl Default for TokenSarParams {
     fn default() -> Self {
-        TokenSarParams { scope: RelevanceScope::Sentence, single_token_similarity: 0.5, max_pairs_per_call: 0 }
+        TokenSarParams {
+            scope: RelevanceScope::Sentence,
+            single_token_similarity: 0.5,
+            context_separator: " ".into(),
+            max_pairs_per_call: 0,
+        }
     }
 }
 
@@ -212,20 +225,22 @@ fn make_unit(response: usize, context: &str, sentences: &[(usize, &SentenceToken
         .iter()
         .flat_map(|&(t, s)| s.tokens.iter().enumerate().map(move |(k, tok)| (t, k, tok)))
         .collect();
-    let n_regular = flat.iter().filter(|(_, _, tok)| !tok.is_special).count();
-    let full: String = std::iter::once(context)
+    let sep = params.context_separator.as_str();
+    let full: String = [context, sep]
+        .into_iter()
         .chain(flat.iter().filter(|(_, _, tok)| !tok.is_special).map(|(_, _, tok)| tok.text.as_str()))
         .collect();
     let mut fixed = Vec::with_capacity(flat.len());
     let mut pairs = Vec::new();
     for (idx, (_, _, tok)) in flat.iter().enumerate() {
-        if tok.is_special {
-            fixed.push(Some(1.0)); // relevance 0
-        } else if n_regular == 1 {
+        if flat.len() == 1 {
             fixed.push(Some(params.single_token_similarity));
+        } else if tok.is_special {
+            fixed.push(Some(1.0)); // relevance 0
         } else {
             fixed.push(None);
-            let without: String = std::iter::once(context)
+            let without: String = [context, sep]
+                .into_iter()
                 .chain(
                     flat.iter()
                         .enumerate()
