@@ -30,20 +30,33 @@ fn spin(d: Duration) {
 impl PairSimilarity for CostedDouble {
     fn similarity(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>, EncoderError> {
         spin(self.per_call + self.per_pair * pairs.len() as u32);
-        Ok(pairs.iter().map(|(a, b)| b.len() as f32 / a.len().max(1) as f32).collect())
+        Ok(pairs
+            .iter()
+            .map(|(a, b)| b.len() as f32 / a.len().max(1) as f32)
+            .collect())
     }
 }
 
 fn env_us(name: &str, default: u64) -> Duration {
-    Duration::from_micros(std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
+    Duration::from_micros(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
 }
 
 /// `responses` × 4 sentences × 12 tokens, with a 200-character prompt and an EOS on the last sentence.
 fn dataset(responses: usize) -> Vec<ResponseTokens> {
-    let words = [" the", " cake", " shows", " thirty", " candles", " on", " a", " gray", " bear", " table"];
+    let words = [
+        " the", " cake", " shows", " thirty", " candles", " on", " a", " gray", " bear", " table",
+    ];
     (0..responses)
         .map(|i| ResponseTokens {
-            prompt: format!("USER: <image>\nQuestion {i}: {} ASSISTANT:", "why is this so? ".repeat(12)),
+            prompt: format!(
+                "USER: <image>\nQuestion {i}: {} ASSISTANT:",
+                "why is this so? ".repeat(12)
+            ),
             sentences: (0..4)
                 .map(|t| SentenceTokens {
                     tokens: (0..12)
@@ -73,11 +86,26 @@ fn bench(c: &mut Criterion) {
     let sentences: usize = data.iter().map(|r| r.sentences.len()).sum();
     let params = TokenSarParams::default();
     let models = [
-        ("overhead_only", CostedDouble { per_call: Duration::ZERO, per_pair: Duration::ZERO }),
-        ("costed", CostedDouble { per_call: env_us("TOKENSAR_CALL_US", 500), per_pair: env_us("TOKENSAR_PAIR_US", 40) }),
+        (
+            "overhead_only",
+            CostedDouble {
+                per_call: Duration::ZERO,
+                per_pair: Duration::ZERO,
+            },
+        ),
+        (
+            "costed",
+            CostedDouble {
+                per_call: env_us("TOKENSAR_CALL_US", 500),
+                per_pair: env_us("TOKENSAR_PAIR_US", 40),
+            },
+        ),
     ];
     let mut group = c.benchmark_group("tokensar");
-    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
     group.throughput(Throughput::Elements(sentences as u64));
     for (name, model) in &models {
         group.bench_with_input(BenchmarkId::new("batched", name), model, |b, m| {

@@ -62,10 +62,16 @@ pub struct Location {
 
 impl Location {
     pub fn item(item: usize) -> Self {
-        Location { item, sentence: None }
+        Location {
+            item,
+            sentence: None,
+        }
     }
     pub fn sentence(item: usize, sentence: usize) -> Self {
-        Location { item, sentence: Some(sentence) }
+        Location {
+            item,
+            sentence: Some(sentence),
+        }
     }
 }
 
@@ -82,21 +88,45 @@ impl std::fmt::Display for Location {
 #[derive(Debug, Error)]
 pub enum ConfidenceError {
     #[error("{at}: {field} must be finite, found {value}")]
-    NonFinite { at: Location, field: &'static str, value: f64 },
+    NonFinite {
+        at: Location,
+        field: &'static str,
+        value: f64,
+    },
     #[error("{at}: {what} is empty (expected at least one {unit})")]
-    Empty { at: Location, what: &'static str, unit: &'static str },
+    Empty {
+        at: Location,
+        what: &'static str,
+        unit: &'static str,
+    },
     #[error("{at}: {field} = {value} is outside the expected range {expected}")]
-    OutOfRange { at: Location, field: &'static str, value: f64, expected: &'static str },
+    OutOfRange {
+        at: Location,
+        field: &'static str,
+        value: f64,
+        expected: &'static str,
+    },
     #[error("{what}: expected {expected}, found {found}")]
-    Shape { what: String, expected: usize, found: usize },
+    Shape {
+        what: String,
+        expected: usize,
+        found: usize,
+    },
     #[error("U_Final has standard deviation 0 over {n} sentences (all equal to {value}): the μ/σ intervals are undefined; use uniform intervals or a larger dataset")]
     ZeroSpread { n: usize, value: f64 },
     #[error("{0}")]
     InvalidParams(String),
     #[error("statement pool {source_name}: {message}")]
-    Pool { source_name: String, message: String },
+    Pool {
+        source_name: String,
+        message: String,
+    },
     #[error("statement {index} ({text:?}) maps to no level: {reason}")]
-    NoLevel { index: usize, text: String, reason: String },
+    NoLevel {
+        index: usize,
+        text: String,
+        reason: String,
+    },
     #[error("encoder call failed while {during}: {source}")]
     Encoder {
         during: &'static str,
@@ -107,7 +137,8 @@ pub enum ConfidenceError {
 
 pub type Result<T, E = ConfidenceError> = std::result::Result<T, E>;
 
-/// Value on [0, 1] of a level 1..=5: `(level − 1) / 4` (level 5 = 1.0, fully confident).
+/// Value on [0, 1] of a level 1..=5: `(level − 1) / 4` (level 5 = 1.0, fully confident). Levels
+/// outside 1..=5 cannot come out of this module; they are clamped rather than extrapolated.
 pub fn level_value(level: u8) -> f64 {
     (f64::from(level.clamp(1, 5)) - 1.0) / 4.0
 }
@@ -125,6 +156,23 @@ pub(crate) fn check_unit(at: Location, field: &'static str, value: f64) -> Resul
     if (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
-        Err(ConfidenceError::OutOfRange { at, field, value, expected: "[0, 1]" })
+        Err(ConfidenceError::OutOfRange {
+            at,
+            field,
+            value,
+            expected: "[0, 1]",
+        })
     }
+}
+
+/// Every params struct of this module, as one stage TOML section can hold them (each part defaults).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfidenceParams {
+    pub uncertainty: uncertainty::UncertaintyParams,
+    pub clip: uncertainty::ClipParams,
+    pub fusion: levels::FusionParams,
+    pub backward: statements::BackwardParams,
+    pub parser: parser::ParserParams,
+    pub rewards: rewards::RewardParams,
 }

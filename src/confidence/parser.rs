@@ -44,13 +44,43 @@ fn strings(words: &[&str]) -> Vec<String> {
 impl Default for ParserParams {
     fn default() -> Self {
         ParserParams {
-            connectives: strings(&["and", "but", "though", "although", "yet", "with", "while", "albeit"]),
-            openers: strings(&["i", "i'm", "i've", "i'd", "my", "this", "that", "it", "it's", "there's"]),
+            connectives: strings(&[
+                "and", "but", "though", "although", "yet", "with", "while", "albeit",
+            ]),
+            openers: strings(&[
+                "i", "i'm", "i've", "i'd", "my", "this", "that", "it", "it's", "there's",
+            ]),
             cue_words: strings(&[
-                "sure", "unsure", "certain", "certainty", "certainly", "uncertain", "uncertainty", "confident",
-                "confidence", "doubt", "doubts", "doubtful", "confirm", "confirmation", "guarantee", "reliable",
-                "unreliable", "trustworthy", "hesitation", "hesitant", "questionable", "unclear", "imprecise",
-                "undoubtedly", "unquestionably", "convinced", "verify", "verification", "checking", "tentative",
+                "sure",
+                "unsure",
+                "certain",
+                "certainty",
+                "certainly",
+                "uncertain",
+                "uncertainty",
+                "confident",
+                "confidence",
+                "doubt",
+                "doubts",
+                "doubtful",
+                "confirm",
+                "confirmation",
+                "guarantee",
+                "reliable",
+                "unreliable",
+                "trustworthy",
+                "hesitation",
+                "hesitant",
+                "questionable",
+                "unclear",
+                "imprecise",
+                "undoubtedly",
+                "unquestionably",
+                "convinced",
+                "verify",
+                "verification",
+                "checking",
+                "tentative",
             ]),
             max_statement_words: 12,
         }
@@ -85,7 +115,11 @@ fn words_in(text: &str, lo: usize, hi: usize) -> Vec<Word> {
     text[lo..hi]
         .split_word_bound_indices()
         .filter(|(_, w)| w.chars().any(char::is_alphanumeric))
-        .map(|(i, w)| Word { start: lo + i, end: lo + i + w.len(), norm: normalize_word(w) })
+        .map(|(i, w)| Word {
+            start: lo + i,
+            end: lo + i + w.len(),
+            norm: normalize_word(w),
+        })
         .collect()
 }
 
@@ -98,7 +132,11 @@ fn is_terminator(c: char) -> bool {
 
 /// Byte index just past any terminator characters that directly follow `end`.
 fn extend_over_terminators(text: &str, end: usize) -> usize {
-    end + text[end..].chars().take_while(|&c| is_terminator(c)).map(char::len_utf8).sum::<usize>()
+    end + text[end..]
+        .chars()
+        .take_while(|&c| is_terminator(c))
+        .map(char::len_utf8)
+        .sum::<usize>()
 }
 
 fn clean_piece(piece: &str) -> Option<String> {
@@ -108,7 +146,9 @@ fn clean_piece(piece: &str) -> Option<String> {
 
 /// UAX #29 sentences of `text`, cleaned as the parser cleans them (no statement detection).
 pub fn split_sentences(text: &str) -> Vec<String> {
-    text.split_sentence_bounds().filter_map(clean_piece).collect()
+    text.split_sentence_bounds()
+        .filter_map(clean_piece)
+        .collect()
 }
 
 /// The statement finder, built once per pool.
@@ -123,15 +163,24 @@ impl Parser {
     pub fn new(pool: &StatementPool, params: ParserParams) -> Self {
         let mut patterns: HashMap<String, Vec<Vec<String>>> = HashMap::new();
         for (_, s) in pool.iter() {
-            let seq: Vec<String> = words_in(s, 0, s.len()).into_iter().map(|w| w.norm).collect();
+            let seq: Vec<String> = words_in(s, 0, s.len())
+                .into_iter()
+                .map(|w| w.norm)
+                .collect();
             if let Some(first) = seq.first() {
                 patterns.entry(first.clone()).or_default().push(seq);
             }
         }
         // Longest first, so the longest pool statement wins at a position.
-        patterns.values_mut().for_each(|v| v.sort_by_key(|p| std::cmp::Reverse(p.len())));
+        patterns
+            .values_mut()
+            .for_each(|v| v.sort_by_key(|p| std::cmp::Reverse(p.len())));
         let params = ParserParams {
-            connectives: params.connectives.iter().map(|w| normalize_word(w)).collect(),
+            connectives: params
+                .connectives
+                .iter()
+                .map(|w| normalize_word(w))
+                .collect(),
             openers: params.openers.iter().map(|w| normalize_word(w)).collect(),
             cue_words: params.cue_words.iter().map(|w| normalize_word(w)).collect(),
             ..params
@@ -144,7 +193,7 @@ impl Parser {
     }
 
     fn has_cue(&self, ws: &[Word]) -> bool {
-        ws.iter().any(|w| self.params.cue_words.iter().any(|c| *c == w.norm))
+        ws.iter().any(|w| self.params.cue_words.contains(&w.norm))
     }
 
     /// Byte spans of pool statements, non-overlapping, in text order.
@@ -154,7 +203,8 @@ impl Parser {
         while i < words.len() {
             let hit = self.patterns.get(&words[i].norm).and_then(|cands| {
                 cands.iter().find(|p| {
-                    i + p.len() <= words.len() && p.iter().zip(&words[i..]).all(|(a, b)| *a == b.norm)
+                    i + p.len() <= words.len()
+                        && p.iter().zip(&words[i..]).all(|(a, b)| *a == b.norm)
                 })
             });
             match hit {
@@ -179,14 +229,28 @@ impl Parser {
     }
 
     /// Paraphrased statements inside the sentence piece [lo, hi) (which holds no pool statement).
-    fn cue_spans(&self, text: &str, lo: usize, hi: usize, at_sentence_start: bool, out: &mut Vec<(usize, usize)>) {
+    fn cue_spans(
+        &self,
+        text: &str,
+        lo: usize,
+        hi: usize,
+        at_sentence_start: bool,
+        out: &mut Vec<(usize, usize)>,
+    ) {
         let ws = words_in(text, lo, hi);
         if ws.is_empty() {
             return;
         }
         let max = self.params.max_statement_words;
-        if at_sentence_start && self.params.openers.iter().any(|o| *o == ws[0].norm) && ws.len() <= max && self.has_cue(&ws) {
-            out.push((ws[0].start, extend_over_terminators(text, ws[ws.len() - 1].end)));
+        if at_sentence_start
+            && self.params.openers.iter().any(|o| *o == ws[0].norm)
+            && ws.len() <= max
+            && self.has_cue(&ws)
+        {
+            out.push((
+                ws[0].start,
+                extend_over_terminators(text, ws[ws.len() - 1].end),
+            ));
             return;
         }
         let mut c = 0;
@@ -211,12 +275,19 @@ impl Parser {
 
     /// Parses one response.
     pub fn parse(&self, text: &str) -> ParsedResponse {
-        let sentences: Vec<(usize, usize)> =
-            text.split_sentence_bound_indices().map(|(i, s)| (i, i + s.len())).collect();
+        let sentences: Vec<(usize, usize)> = text
+            .split_sentence_bound_indices()
+            .map(|(i, s)| (i, i + s.len()))
+            .collect();
         let words = words_in(text, 0, text.len());
         let sentence_of: Vec<usize> = words
             .iter()
-            .map(|w| sentences.iter().position(|&(s, e)| w.start >= s && w.start < e).unwrap_or(0))
+            .map(|w| {
+                sentences
+                    .iter()
+                    .position(|&(s, e)| w.start >= s && w.start < e)
+                    .unwrap_or(0)
+            })
             .collect();
         let pool = self.pool_spans(text, &words, &sentence_of);
 
@@ -245,7 +316,10 @@ impl Parser {
                 let (a, b) = (s.max(lo), e.min(hi));
                 if a < b {
                     if let Some(sentence) = clean_piece(&text[a..b]) {
-                        out.pairs.push(ParsedPair { sentence, statement: None });
+                        out.pairs.push(ParsedPair {
+                            sentence,
+                            statement: None,
+                        });
                     }
                 }
             }
@@ -282,9 +356,11 @@ pub fn render(pairs: &[ParsedPair]) -> String {
             }
         };
         match p.statement.as_deref().map(str::trim) {
-            Some(c) if c.chars().next().is_some_and(char::is_lowercase) => {
-                parts.push(format!("{} {}", sentence.trim_end_matches(is_terminator), with_stop(c)))
-            }
+            Some(c) if c.chars().next().is_some_and(char::is_lowercase) => parts.push(format!(
+                "{} {}",
+                sentence.trim_end_matches(is_terminator),
+                with_stop(c)
+            )),
             Some(c) => parts.push(format!("{} {}", with_stop(sentence), with_stop(c))),
             None => parts.push(with_stop(sentence)),
         }

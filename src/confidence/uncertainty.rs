@@ -42,7 +42,11 @@ pub struct SentenceTokens {
 impl SentenceTokens {
     /// The sentence text: the non-special pieces concatenated.
     pub fn text(&self) -> String {
-        self.tokens.iter().filter(|t| !t.is_special).map(|t| t.text.as_str()).collect()
+        self.tokens
+            .iter()
+            .filter(|t| !t.is_special)
+            .map(|t| t.text.as_str())
+            .collect()
     }
 }
 
@@ -66,7 +70,10 @@ pub struct UncertaintyParams {
 
 impl Default for UncertaintyParams {
     fn default() -> Self {
-        UncertaintyParams { include_special_in_likelihood: true, token_sar: TokenSarParams::default() }
+        UncertaintyParams {
+            include_special_in_likelihood: true,
+            token_sar: TokenSarParams::default(),
+        }
     }
 }
 
@@ -115,23 +122,40 @@ impl Default for TokenSarParams {
 
 fn check_tokens(at: Location, sentence: &SentenceTokens) -> Result<()> {
     if sentence.tokens.is_empty() {
-        return Err(ConfidenceError::Empty { at, what: "sentence", unit: "token" });
+        return Err(ConfidenceError::Empty {
+            at,
+            what: "sentence",
+            unit: "token",
+        });
     }
     for t in &sentence.tokens {
         check_finite(at, "log_prob", t.log_prob)?;
         check_finite(at, "entropy", t.entropy)?;
         if t.log_prob > 1e-9 {
-            return Err(ConfidenceError::OutOfRange { at, field: "log_prob", value: t.log_prob, expected: "≤ 0" });
+            return Err(ConfidenceError::OutOfRange {
+                at,
+                field: "log_prob",
+                value: t.log_prob,
+                expected: "≤ 0",
+            });
         }
         if t.entropy < -1e-9 {
-            return Err(ConfidenceError::OutOfRange { at, field: "entropy", value: t.entropy, expected: "≥ 0" });
+            return Err(ConfidenceError::OutOfRange {
+                at,
+                field: "entropy",
+                value: t.entropy,
+                expected: "≥ 0",
+            });
         }
     }
     Ok(())
 }
 
-fn counted<'a>(sentence: &'a SentenceTokens, include_special: bool) -> impl Iterator<Item = &'a TokenInfo> {
-    sentence.tokens.iter().filter(move |t| include_special || !t.is_special)
+fn counted(sentence: &SentenceTokens, include_special: bool) -> impl Iterator<Item = &TokenInfo> {
+    sentence
+        .tokens
+        .iter()
+        .filter(move |t| include_special || !t.is_special)
 }
 
 /// U_LNLP = exp(−(1/L) Σ log P(y_l | …)) over the sentence's tokens (eq. 3).
@@ -140,7 +164,11 @@ pub fn lnlp(at: Location, sentence: &SentenceTokens, params: &UncertaintyParams)
     let (sum, n) = counted(sentence, params.include_special_in_likelihood)
         .fold((0.0, 0usize), |(s, n), t| (s + t.log_prob, n + 1));
     if n == 0 {
-        return Err(ConfidenceError::Empty { at, what: "sentence (special tokens excluded)", unit: "token" });
+        return Err(ConfidenceError::Empty {
+            at,
+            what: "sentence (special tokens excluded)",
+            unit: "token",
+        });
     }
     check_finite(at, "U_LNLP", (-sum / n as f64).exp())
 }
@@ -151,7 +179,11 @@ pub fn mte(at: Location, sentence: &SentenceTokens, params: &UncertaintyParams) 
     let (sum, n) = counted(sentence, params.include_special_in_likelihood)
         .fold((0.0, 0usize), |(s, n), t| (s + t.entropy, n + 1));
     if n == 0 {
-        return Err(ConfidenceError::Empty { at, what: "sentence (special tokens excluded)", unit: "token" });
+        return Err(ConfidenceError::Empty {
+            at,
+            what: "sentence (special tokens excluded)",
+            unit: "token",
+        });
     }
     Ok(sum / n as f64)
 }
@@ -198,7 +230,11 @@ fn plan_units(responses: &[ResponseTokens], params: &TokenSarParams) -> Result<V
     let mut units = Vec::new();
     for (i, r) in responses.iter().enumerate() {
         if r.sentences.is_empty() {
-            return Err(ConfidenceError::Empty { at: Location::item(i), what: "response", unit: "sentence" });
+            return Err(ConfidenceError::Empty {
+                at: Location::item(i),
+                what: "response",
+                unit: "sentence",
+            });
         }
         for (t, s) in r.sentences.iter().enumerate() {
             check_tokens(Location::sentence(i, t), s)?;
@@ -220,7 +256,12 @@ fn plan_units(responses: &[ResponseTokens], params: &TokenSarParams) -> Result<V
     Ok(units)
 }
 
-fn make_unit(response: usize, context: &str, sentences: &[(usize, &SentenceTokens)], params: &TokenSarParams) -> Unit {
+fn make_unit(
+    response: usize,
+    context: &str,
+    sentences: &[(usize, &SentenceTokens)],
+    params: &TokenSarParams,
+) -> Unit {
     let flat: Vec<(usize, usize, &TokenInfo)> = sentences
         .iter()
         .flat_map(|&(t, s)| s.tokens.iter().enumerate().map(move |(k, tok)| (t, k, tok)))
@@ -228,7 +269,11 @@ fn make_unit(response: usize, context: &str, sentences: &[(usize, &SentenceToken
     let sep = params.context_separator.as_str();
     let full: String = [context, sep]
         .into_iter()
-        .chain(flat.iter().filter(|(_, _, tok)| !tok.is_special).map(|(_, _, tok)| tok.text.as_str()))
+        .chain(
+            flat.iter()
+                .filter(|(_, _, tok)| !tok.is_special)
+                .map(|(_, _, tok)| tok.text.as_str()),
+        )
         .collect();
     let mut fixed = Vec::with_capacity(flat.len());
     let mut pairs = Vec::new();
@@ -251,11 +296,21 @@ fn make_unit(response: usize, context: &str, sentences: &[(usize, &SentenceToken
             pairs.push((full.clone(), without));
         }
     }
-    Unit { response, tokens: flat.iter().map(|&(t, k, _)| (t, k)).collect(), fixed, pairs }
+    Unit {
+        response,
+        tokens: flat.iter().map(|&(t, k, _)| (t, k)).collect(),
+        fixed,
+        pairs,
+    }
 }
 
 /// Relevance-weighted NLL per sentence of the unit, from the model similarities of its pairs.
-fn finish_unit(unit: &Unit, responses: &[ResponseTokens], sims: &[f32], out: &mut [Vec<f64>]) -> Result<()> {
+fn finish_unit(
+    unit: &Unit,
+    responses: &[ResponseTokens],
+    sims: &[f32],
+    out: &mut [Vec<f64>],
+) -> Result<()> {
     let r = &responses[unit.response];
     let mut model = sims.iter();
     let mut relevance = Vec::with_capacity(unit.tokens.len());
@@ -265,7 +320,11 @@ fn finish_unit(unit: &Unit, responses: &[ResponseTokens], sims: &[f32], out: &mu
             None => {
                 let s = f64::from(*model.next().expect("one similarity per planned pair"));
                 let (t, _) = unit.tokens[idx];
-                check_finite(Location::sentence(unit.response, t), "TokenSAR similarity", s)?;
+                check_finite(
+                    Location::sentence(unit.response, t),
+                    "TokenSAR similarity",
+                    s,
+                )?;
                 // Cross-encoders may overshoot [0, 1] slightly; relevance must stay in [0, 1].
                 s.clamp(0.0, 1.0)
             }
@@ -278,10 +337,17 @@ fn finish_unit(unit: &Unit, responses: &[ResponseTokens], sims: &[f32], out: &mu
     let weights: Vec<f64> = if total > 0.0 {
         relevance.iter().map(|x| x / total).collect()
     } else {
-        let regular: Vec<bool> = unit.tokens.iter().map(|&(t, k)| !r.sentences[t].tokens[k].is_special).collect();
+        let regular: Vec<bool> = unit
+            .tokens
+            .iter()
+            .map(|&(t, k)| !r.sentences[t].tokens[k].is_special)
+            .collect();
         let n = regular.iter().filter(|b| **b).count();
         if n > 0 {
-            regular.iter().map(|&b| if b { 1.0 / n as f64 } else { 0.0 }).collect()
+            regular
+                .iter()
+                .map(|&b| if b { 1.0 / n as f64 } else { 0.0 })
+                .collect()
         } else {
             vec![1.0 / unit.tokens.len() as f64; unit.tokens.len()]
         }
@@ -293,14 +359,23 @@ fn finish_unit(unit: &Unit, responses: &[ResponseTokens], sims: &[f32], out: &mu
 }
 
 fn empty_output(responses: &[ResponseTokens]) -> Vec<Vec<f64>> {
-    responses.iter().map(|r| vec![0.0; r.sentences.len()]).collect()
+    responses
+        .iter()
+        .map(|r| vec![0.0; r.sentences.len()])
+        .collect()
 }
 
 fn call(sim: &dyn PairSimilarity, pairs: &[(String, String)]) -> Result<Vec<f32>> {
-    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let out = sim
         .similarity(&borrowed)
-        .map_err(|source| ConfidenceError::Encoder { during: "TokenSAR similarity", source })?;
+        .map_err(|source| ConfidenceError::Encoder {
+            during: "TokenSAR similarity",
+            source,
+        })?;
     if out.len() != pairs.len() {
         return Err(ConfidenceError::Shape {
             what: "similarities returned by PairSimilarity for TokenSAR".into(),
@@ -322,7 +397,11 @@ pub fn token_sar_batched(
     let all: Vec<(String, String)> = units.iter().flat_map(|u| u.pairs.iter().cloned()).collect();
     let mut sims = Vec::with_capacity(all.len());
     if !all.is_empty() {
-        let chunk = if params.max_pairs_per_call == 0 { all.len() } else { params.max_pairs_per_call };
+        let chunk = if params.max_pairs_per_call == 0 {
+            all.len()
+        } else {
+            params.max_pairs_per_call
+        };
         for part in all.chunks(chunk) {
             sims.extend(call(sim, part)?);
         }
@@ -330,7 +409,12 @@ pub fn token_sar_batched(
     let mut out = empty_output(responses);
     let mut offset = 0;
     for u in &units {
-        finish_unit(u, responses, &sims[offset..offset + u.pairs.len()], &mut out)?;
+        finish_unit(
+            u,
+            responses,
+            &sims[offset..offset + u.pairs.len()],
+            &mut out,
+        )?;
         offset += u.pairs.len();
     }
     Ok(out)
@@ -346,14 +430,18 @@ pub fn token_sar_loop(
     let units = plan_units(responses, params)?;
     let mut out = empty_output(responses);
     for u in &units {
-        let sims = if u.pairs.is_empty() { Vec::new() } else { call(sim, &u.pairs)? };
+        let sims = if u.pairs.is_empty() {
+            Vec::new()
+        } else {
+            call(sim, &u.pairs)?
+        };
         finish_unit(u, responses, &sims, &mut out)?;
     }
     Ok(out)
 }
 
 /// CLIPScore params.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClipParams {
     /// Text prepended to each sentence before CLIP encodes it. Paper (eq. 6): none. The CLIPScore
@@ -361,12 +449,6 @@ pub struct ClipParams {
     /// omitted: min-max normalization removes any positive scale. Truncation to CLIP's 77 tokens
     /// (keeping the end token) is the scorer's job.
     pub prefix: String,
-}
-
-impl Default for ClipParams {
-    fn default() -> Self {
-        ClipParams { prefix: String::new() }
-    }
 }
 
 /// U_CLIPScore = max(cos(v, s), 0) (eq. 6) from a raw cosine.
@@ -387,11 +469,17 @@ pub fn clip_scores<S: ImageTextScorer>(
     sentences: &[&str],
     params: &ClipParams,
 ) -> Result<Vec<f64>> {
-    let texts: Vec<String> = sentences.iter().map(|s| format!("{}{}", params.prefix, s.trim())).collect();
+    let texts: Vec<String> = sentences
+        .iter()
+        .map(|s| format!("{}{}", params.prefix, s.trim()))
+        .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let cos = scorer
         .cosine(image, &refs)
-        .map_err(|source| ConfidenceError::Encoder { during: "CLIP image-text scoring", source })?;
+        .map_err(|source| ConfidenceError::Encoder {
+            during: "CLIP image-text scoring",
+            source,
+        })?;
     if cos.len() != refs.len() {
         return Err(ConfidenceError::Shape {
             what: format!("CLIP cosines for item {item}"),
@@ -399,13 +487,20 @@ pub fn clip_scores<S: ImageTextScorer>(
             found: cos.len(),
         });
     }
-    cos.iter().enumerate().map(|(t, &c)| clip_score_from_cosine(Location::sentence(item, t), f64::from(c))).collect()
+    cos.iter()
+        .enumerate()
+        .map(|(t, &c)| clip_score_from_cosine(Location::sentence(item, t), f64::from(c)))
+        .collect()
 }
 
 /// Cosine of two vectors in f64; a zero vector or a length mismatch is an error.
 pub fn cosine(at: Location, a: &[f32], b: &[f32]) -> Result<f64> {
     if a.len() != b.len() {
-        return Err(ConfidenceError::Shape { what: format!("embedding length at {at}"), expected: a.len(), found: b.len() });
+        return Err(ConfidenceError::Shape {
+            what: format!("embedding length at {at}"),
+            expected: a.len(),
+            found: b.len(),
+        });
     }
     let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
     for (&x, &y) in a.iter().zip(b) {
@@ -416,7 +511,12 @@ pub fn cosine(at: Location, a: &[f32], b: &[f32]) -> Result<f64> {
     }
     check_finite(at, "embedding norm", na + nb)?;
     if na == 0.0 || nb == 0.0 {
-        return Err(ConfidenceError::OutOfRange { at, field: "embedding norm", value: 0.0, expected: "> 0" });
+        return Err(ConfidenceError::OutOfRange {
+            at,
+            field: "embedding norm",
+            value: 0.0,
+            expected: "> 0",
+        });
     }
     Ok(dot / (na.sqrt() * nb.sqrt()))
 }
