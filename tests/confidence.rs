@@ -637,6 +637,24 @@ fn parser_handles_messy_model_output() {
         split_sentences("One. Two 3.5 three! Four"),
         vec!["One.", "Two 3.5 three!", "Four"]
     );
+    assert_eq!(
+        split_sentences("Dr. Pepper rivals Pepsi. It is from the U.S. and sold in 'Ft. Worth'."),
+        vec![
+            "Dr. Pepper rivals Pepsi.",
+            "It is from the U.S. and sold in 'Ft. Worth'."
+        ]
+    );
+    // A long content clause with a cue word but no self-reference is not a statement.
+    let r = parser.parse(
+        "Buses with trim colors are designated for certain lines. I am far from sure of this.",
+    );
+    assert_eq!(
+        r.pairs,
+        vec![pair(
+            "Buses with trim colors are designated for certain lines.",
+            Some("I am far from sure of this.")
+        )]
+    );
 }
 
 const NEUTRAL: &[&str] = &[
