@@ -845,9 +845,9 @@ fn bad_inputs_are_typed_errors_naming_the_place() {
         matches!(
             e,
             ConfidenceError::NonFinite {
-                at: Location {
+                at: Location::Sentence {
                     item: 0,
-                    sentence: Some(1)
+                    sentence: 1
                 },
                 ..
             }
@@ -1001,4 +1001,35 @@ fn level_cut_points_go_to_the_less_confident_side() {
         .map(|&u| cuts.level(u))
         .collect();
     assert_eq!(got, vec![5, 4, 3, 2, 1]);
+}
+
+#[test]
+fn cosine_of_embeddings_dedupes_texts_and_feeds_token_sar() {
+    use mmboundary::confidence::similarity::CosineOfEmbeddings;
+    struct Counting(Cell<usize>);
+    impl SentenceEmbedder for Counting {
+        fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EncoderError> {
+            self.0.set(self.0.get() + texts.len());
+            // A deterministic bag-of-bytes embedding.
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let mut v = vec![1.0f32; 8];
+                    t.bytes().for_each(|b| v[usize::from(b) % 8] += 1.0);
+                    v
+                })
+                .collect())
+        }
+    }
+    let sim = CosineOfEmbeddings(Counting(Cell::new(0)));
+    let s = sim
+        .similarity(&[("ab", "ab"), ("ab", "ba"), ("ab", "zz")])
+        .unwrap();
+    assert_eq!(sim.0 .0.get(), 3, "ab, ba, zz embedded once each");
+    close(f64::from(s[0]), 1.0, "identical texts");
+    close(f64::from(s[1]), 1.0, "same bag of bytes");
+    assert!(s[2] < 1.0);
+    let rs = responses();
+    let out = token_sar_batched(&rs, &sim, &TokenSarParams::default()).unwrap();
+    assert!(out.iter().flatten().all(|v| v.is_finite() && *v >= 0.0));
 }

@@ -193,7 +193,7 @@ impl MinMaxNormalizer {
     pub fn fit(rows: &[SignalScores]) -> Result<Self> {
         if rows.is_empty() {
             return Err(ConfidenceError::Empty {
-                at: Location::item(0),
+                at: Location::Dataset,
                 what: "dataset of signal scores",
                 unit: "sentence",
             });
@@ -202,7 +202,7 @@ impl MinMaxNormalizer {
         let mut max = [f64::NEG_INFINITY; 4];
         for (r, row) in rows.iter().enumerate() {
             for (i, &v) in row.iter().enumerate() {
-                check_finite(Location::item(r), Signal::ALL[i].name(), v)?;
+                check_finite(Location::Row(r), Signal::ALL[i].name(), v)?;
                 min[i] = min[i].min(v);
                 max[i] = max[i].max(v);
             }
@@ -215,7 +215,7 @@ impl MinMaxNormalizer {
     pub fn apply(&self, row: usize, scores: &SignalScores, clamp: bool) -> Result<SignalScores> {
         let mut out = [0.0; 4];
         for i in 0..4 {
-            let v = check_finite(Location::item(row), Signal::ALL[i].name(), scores[i])?;
+            let v = check_finite(Location::Row(row), Signal::ALL[i].name(), scores[i])?;
             let span = self.max[i] - self.min[i];
             let x = if span > 0.0 {
                 (v - self.min[i]) / span
@@ -270,13 +270,13 @@ impl LevelCuts {
     pub fn fit(u_final: &[f64], params: &FusionParams) -> Result<Self> {
         if u_final.is_empty() {
             return Err(ConfidenceError::Empty {
-                at: Location::item(0),
+                at: Location::Dataset,
                 what: "U_Final values",
                 unit: "sentence",
             });
         }
         for (r, &u) in u_final.iter().enumerate() {
-            check_finite(Location::item(r), "U_Final", u)?;
+            check_finite(Location::Row(r), "U_Final", u)?;
         }
         let n = u_final.len();
         let mean = u_final.iter().sum::<f64>() / n as f64;

@@ -14,6 +14,7 @@
 pub mod levels;
 pub mod parser;
 pub mod rewards;
+pub mod similarity;
 pub mod statements;
 pub mod uncertainty;
 
@@ -53,33 +54,35 @@ impl<T: PairSimilarity + ?Sized> PairSimilarity for &T {
     }
 }
 
-/// Where in the input a problem sits: item (response) index and, when it applies, sentence index.
+/// Where in the input a problem sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Location {
-    pub item: usize,
-    pub sentence: Option<usize>,
+pub enum Location {
+    /// The input as a whole (e.g. an empty dataset).
+    Dataset,
+    /// Row r of a flattened per-sentence table (signals, U_Final), in the order handed in.
+    Row(usize),
+    /// Item (response) i.
+    Item(usize),
+    /// Sentence t of item i.
+    Sentence { item: usize, sentence: usize },
 }
 
 impl Location {
     pub fn item(item: usize) -> Self {
-        Location {
-            item,
-            sentence: None,
-        }
+        Location::Item(item)
     }
     pub fn sentence(item: usize, sentence: usize) -> Self {
-        Location {
-            item,
-            sentence: Some(sentence),
-        }
+        Location::Sentence { item, sentence }
     }
 }
 
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.sentence {
-            Some(s) => write!(f, "item {}, sentence {}", self.item, s),
-            None => write!(f, "item {}", self.item),
+        match self {
+            Location::Dataset => write!(f, "dataset"),
+            Location::Row(r) => write!(f, "row {r}"),
+            Location::Item(i) => write!(f, "item {i}"),
+            Location::Sentence { item, sentence } => write!(f, "item {item}, sentence {sentence}"),
         }
     }
 }
