@@ -3,7 +3,9 @@
 //! Layers, each importing only those below it (see README "Architecture"):
 //! `cli` → `engine` → `stages` → {`confidence`, `metrics`} → {`encoders`, `mllm`, `data`} → `store`.
 pub mod cli;
-pub mod runtime;
-pub mod stages;
 pub mod engine;
+pub mod stages;
+pub mod confidence;
+pub mod metrics;
+pub mod runtime;
 pub mod store;
