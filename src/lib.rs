@@ -3,3 +3,4 @@
 //! Layers, each importing only those below it (see README "Architecture"):
 //! `cli` → `engine` → `stages` → {`confidence`, `metrics`} → {`encoders`, `mllm`, `data`} → `store`.
 pub mod runtime;
+pub mod data;
