@@ -412,11 +412,247 @@ fn penumbra_rate_on_two_threads() {
     );
 }
 
-#[allow(dead_code)]
+// ---------------------------------------------------------------- loaders on official-format fixtures
+
+use mmboundary::data::annotated::{self, AnnotatedKind, AnnotatedParams, DuplicatePolicy};
+use mmboundary::data::aokvqa::{self, AokvqaParams};
+use mmboundary::data::culturalvqa::{self, CulturalvqaParams};
+use mmboundary::data::scienceqa::{self, ScienceqaParams};
+use mmboundary::data::{DataError, SkipPolicy};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data")
+}
+
+fn expected() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap()
+}
+
+/// The shared folder beside the repository (`<repo>/../shared` on CI, `/work/shared` here).
 fn shared_dir() -> Option<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [manifest.join("shared"), manifest.join("../shared"), manifest.join("../../shared"), PathBuf::from("/work/shared")]
+    [manifest.join("../shared"), manifest.join("../../shared"), PathBuf::from("/work/shared")]
         .into_iter()
         .find(|p| p.join("data/mmboundary-annotated").is_dir())
 }
 
+/// Copy a fixture folder into a temp dir so a test can break it.
+fn scratch_copy(sub: &str) -> tempfile::TempDir {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let t = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &t);
+            } else {
+                std::fs::copy(e.path(), t).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&fixtures().join(sub), dir.path());
+    dir
+}
+
+#[test]
+fn aokvqa_fixture_loads_as_the_reference_says() {
+    let dir = fixtures().join("aokvqa");
+    let loaded = aokvqa::load_aokvqa(&dir.join("aokvqa_v1p0_val.json"), Some(&dir.join("coco")), &AokvqaParams::default()).unwrap();
+    let exp = expected()["aokvqa"].as_array().unwrap().clone();
+    assert_eq!(loaded.items.len(), exp.len());
+    assert!(loaded.report.skipped.is_empty());
+    for (it, e) in loaded.items.iter().zip(&exp) {
+        assert_eq!(it.id, e["id"].as_str().unwrap());
+        assert_eq!(it.source, "aokvqa");
+        assert_eq!(it.split, e["split"].as_str().unwrap());
+        assert_eq!(it.answer.as_deref(), e["answer"].as_str());
+        assert_eq!(it.correct_choice, Some(e["correct_choice"].as_u64().unwrap() as u32));
+        assert_eq!(it.direct_answers.len(), 10);
+        let img = it.image.as_ref().unwrap();
+        let rel = e["image_path"].as_str().unwrap();
+        assert_eq!(img.path.as_deref(), Some(rel));
+        assert_eq!(img.bytes.as_deref().unwrap(), std::fs::read(dir.join("coco").join(rel)).unwrap().as_slice(), "bytes kept as on disk");
+        assert_eq!(it.meta["rationales"].as_array().unwrap().len(), 3);
+    }
+    // Into the one schema and back.
+    let batch = items_to_record_batch(&loaded.items).unwrap();
+    assert_eq!(items_from_record_batch(&batch).unwrap(), loaded.items);
+    // Without a COCO folder: no images, and the report says so.
+    let bare = aokvqa::load_aokvqa(&dir.join("aokvqa_v1p0_val.json"), None, &AokvqaParams::default()).unwrap();
+    assert!(bare.items.iter().all(|i| i.image.is_none()));
+    assert_eq!(bare.report.notes["images_not_requested"], 3);
+}
+
+#[test]
+fn aokvqa_missing_image_and_malformed_records_are_errors_or_counted_skips() {
+    let tmp = scratch_copy("aokvqa");
+    std::fs::remove_file(tmp.path().join("coco/val2017/000000000202.jpg")).unwrap();
+    let json = tmp.path().join("aokvqa_v1p0_val.json");
+    let coco = tmp.path().join("coco");
+    let err = aokvqa::load_aokvqa(&json, Some(&coco), &AokvqaParams::default()).unwrap_err();
+    assert!(matches!(err, DataError::MissingImage { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("qA2") && msg.contains("000000000202.jpg") && msg.contains("aokvqa_v1p0_val.json"), "{msg}");
+    let skip = AokvqaParams { on_bad_record: SkipPolicy::SkipAndCount };
+    let loaded = aokvqa::load_aokvqa(&json, Some(&coco), &skip).unwrap();
+    assert_eq!(loaded.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["qA1", "qA3"]);
+    assert_eq!(loaded.report.skip_count(), 1);
+    assert!(loaded.report.skipped[0].record.contains("qA2"));
+
+    // Malformed: a record without `question`, one with an out-of-range answer index, a repeated id.
+    let mut recs: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    recs[0].as_object_mut().unwrap().remove("question");
+    recs[1]["correct_choice_idx"] = serde_json::json!(7);
+    recs.push(recs[2].clone());
+    std::fs::write(&json, serde_json::to_string(&recs).unwrap()).unwrap();
+    let err = aokvqa::load_aokvqa(&json, None, &AokvqaParams::default()).unwrap_err().to_string();
+    assert!(err.contains("record #0 (qA1)") && err.contains("`question` is missing"), "{err}");
+    let loaded = aokvqa::load_aokvqa(&json, None, &skip).unwrap();
+    assert_eq!(loaded.items.len(), 1);
+    let reasons: Vec<&str> = loaded.report.skipped.iter().map(|s| s.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[1].contains("correct_choice_idx") && reasons[1].contains("found 7"), "{reasons:?}");
+    assert!(reasons[2].contains("qA3") && reasons[2].contains("more than once"), "{reasons:?}");
+}
+
+#[test]
+fn scienceqa_fixture_loads_image_questions_only() {
+    let dir = fixtures().join("scienceqa");
+    let loaded = scienceqa::load_scienceqa(&dir.join("problems.json"), &dir.join("pid_splits.json"), &dir.join("images"), &ScienceqaParams::default()).unwrap();
+    let e = expected();
+    let exp = e["scienceqa"].as_array().unwrap();
+    assert_eq!(loaded.items.len(), exp.len());
+    assert_eq!(loaded.report.notes["text_only"], e["scienceqa_text_only"].as_u64().unwrap() as usize);
+    for (it, e) in loaded.items.iter().zip(exp) {
+        assert_eq!(it.id, e["id"].as_str().unwrap());
+        assert_eq!(it.split, e["split"].as_str().unwrap());
+        assert_eq!(it.answer.as_deref(), e["answer"].as_str());
+        assert_eq!(it.correct_choice, Some(e["correct_choice"].as_u64().unwrap() as u32));
+        let rel = e["image_path"].as_str().unwrap();
+        let img = it.image.as_ref().unwrap();
+        assert_eq!(img.path.as_deref(), Some(rel));
+        assert_eq!(img.bytes.as_deref().unwrap(), std::fs::read(dir.join("images").join(rel)).unwrap().as_slice());
+        assert!(it.meta.contains_key("hint") && it.meta.contains_key("lecture"));
+    }
+    // A missing image names the problem; an unknown split is an error.
+    let tmp = scratch_copy("scienceqa");
+    std::fs::remove_file(tmp.path().join("images/val/3/image.png")).unwrap();
+    let load = |p: &ScienceqaParams| scienceqa::load_scienceqa(&tmp.path().join("problems.json"), &tmp.path().join("pid_splits.json"), &tmp.path().join("images"), p);
+    let err = load(&ScienceqaParams::default()).unwrap_err().to_string();
+    assert!(err.contains("record 3") && err.contains("image.png"), "{err}");
+    let skipped = load(&ScienceqaParams { on_bad_record: SkipPolicy::SkipAndCount, ..Default::default() }).unwrap();
+    assert_eq!(skipped.items.len(), 2);
+    assert_eq!(skipped.report.skip_count(), 1);
+    let err = load(&ScienceqaParams { splits: vec!["dev".into()], ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("\"dev\" is not in the file"), "{err}");
+}
+
+#[test]
+fn culturalvqa_parquet_shards_load_in_order_with_images() {
+    let d = fixtures().join("culturalvqa/data");
+    let a = d.join("test-00000-of-00002.parquet");
+    let b = d.join("test-00001-of-00002.parquet");
+    let loaded = culturalvqa::load_culturalvqa(&[&a, &b], &CulturalvqaParams::default()).unwrap();
+    let exp = expected()["culturalvqa"].as_array().unwrap().clone();
+    assert_eq!(loaded.items.len(), exp.len());
+    for (it, e) in loaded.items.iter().zip(&exp) {
+        assert_eq!(it.id, e["id"].as_str().unwrap());
+        assert_eq!(it.question, e["question"].as_str().unwrap());
+        assert_eq!(it.split, "test");
+        let img = it.image.as_ref().unwrap();
+        assert_eq!(img.path.as_deref(), e["image_path"].as_str());
+        // The bytes are the JPEG the reference wrote: its pixels have the reference color.
+        let px = image::load_from_memory(img.bytes.as_ref().unwrap()).unwrap().to_rgb8().get_pixel(3, 3).0;
+        let want: Vec<i32> = e["color"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
+        for c in 0..3 {
+            assert!((px[c] as i32 - want[c]).abs() <= 6, "{}: {px:?} vs {want:?}", it.id);
+        }
+    }
+}
+
+#[test]
+fn annotated_fixture_quirks_standalone_and_joined() {
+    let e = expected();
+    let ea = &e["annotated_aokvqa"];
+    let file = fixtures().join("annotated/aokvqa_val_mmb.json");
+    let p = AnnotatedParams::default();
+    let loaded = annotated::load_annotated(&file, &p).unwrap();
+    let ids: Vec<&str> = loaded.items.iter().map(|i| i.id.as_str()).collect();
+    let want: Vec<&str> = ea["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(ids, want);
+    let lens: Vec<usize> = loaded.items.iter().map(|i| i.chain.perception.len()).collect();
+    let want_lens: Vec<usize> = ea["perception_lens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert_eq!(lens, want_lens);
+    assert_eq!(loaded.report.skip_count(), ea["skipped"].as_u64().unwrap() as usize);
+    assert_eq!(loaded.report.notes["missing_image_level"], ea["missing_image_level"].as_u64().unwrap() as usize);
+    assert!(loaded.items.iter().all(|i| i.image.is_none()));
+    assert_eq!(loaded.items[0].chain.reasoning.last().unwrap(), "So, the answer is bed.");
+    assert_eq!(loaded.items[0].answer.as_deref(), Some("bed"));
+
+    // Duplicate policies.
+    let first = annotated::load_annotated(&file, &AnnotatedParams { duplicates: DuplicatePolicy::KeepFirst, ..p.clone() }).unwrap();
+    assert_eq!(first.items.len(), 3);
+    assert_eq!(first.report.skip_count(), 2);
+    let err = annotated::load_annotated(&file, &AnnotatedParams { duplicates: DuplicatePolicy::Error, ..p.clone() }).unwrap_err();
+    assert!(matches!(err, DataError::DuplicateId { ref id, .. } if id == "qA1"), "{err}");
+    assert!(err.to_string().contains("record #2"), "{err}");
+
+    // Join onto the A-OKVQA fixture: the annotation for qZZ has no match.
+    let coco = fixtures().join("aokvqa");
+    let data = aokvqa::load_aokvqa(&coco.join("aokvqa_v1p0_val.json"), Some(&coco.join("coco")), &AokvqaParams::default()).unwrap();
+    let ann = annotated::read_annotations(&file, &p).unwrap();
+    assert_eq!(ann.kind, AnnotatedKind::Aokvqa);
+    let err = annotated::attach_chains(data.items.clone(), &ann, &p).unwrap_err();
+    assert!(matches!(err, DataError::UnmatchedId { ref id, .. } if id == "qZZ"), "{err}");
+    let sp = AnnotatedParams { on_bad_record: SkipPolicy::SkipAndCount, ..p.clone() };
+    let joined = annotated::attach_chains(data.items.clone(), &ann, &sp).unwrap();
+    let ids: Vec<&str> = joined.items.iter().map(|i| i.id.as_str()).collect();
+    let want: Vec<&str> = ea["join_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(ids, want);
+    assert!(joined.items.iter().all(|i| i.image.is_some() && !i.chain.reasoning.is_empty()));
+    assert_eq!(joined.report.notes["unannotated_items"], 1);
+    assert!(joined.report.skipped.iter().any(|s| s.reason.contains("qZZ")));
+    let keep = annotated::attach_chains(data.items, &ann, &AnnotatedParams { keep_unannotated: true, ..sp }).unwrap();
+    assert_eq!(keep.items.len(), 4);
+
+    // CulturalVQA: annotations join on the row index of the Parquet shards.
+    let d = fixtures().join("culturalvqa/data");
+    let (a, b) = (d.join("test-00000-of-00002.parquet"), d.join("test-00001-of-00002.parquet"));
+    let cv = culturalvqa::load_culturalvqa(&[&a, &b], &CulturalvqaParams::default()).unwrap();
+    let cann = annotated::read_annotations(&fixtures().join("annotated/culturalvqa_cvqa_mmb.json"), &p).unwrap();
+    assert_eq!(cann.kind, AnnotatedKind::CulturalVqa);
+    let joined = annotated::attach_chains(cv.items, &cann, &p).unwrap();
+    let ids: Vec<&str> = joined.items.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["0", "2"]);
+    assert_eq!(joined.items[1].chain.reasoning, ["Lamps are lit for it.", "So, the answer is 'Diwali'."]);
+    assert_eq!(joined.items[1].question, "Which festival is shown?");
+}
+
+#[test]
+fn annotated_real_files_load_with_their_quirks_counted() {
+    let Some(shared) = shared_dir() else {
+        eprintln!("shared/data/mmboundary-annotated not found beside the repository: skipped");
+        return;
+    };
+    let e = expected();
+    for name in ["aokvqa_val_mmb.json", "culturalvqa_cvqa_mmb.json"] {
+        let want = &e["real_annotated"][name];
+        let n = |k: &str| want[k].as_u64().unwrap() as usize;
+        let file = shared.join("data/mmboundary-annotated").join(name);
+        let loaded = annotated::load_annotated(&file, &AnnotatedParams::default()).unwrap();
+        assert_eq!(loaded.items.len(), n("items"), "{name}");
+        assert_eq!(loaded.report.skip_count(), n("empty_reasoning"), "{name}");
+        assert_eq!(loaded.report.notes.get("missing_image_level").copied().unwrap_or(0), n("missing_image_level"), "{name}");
+        assert_eq!(loaded.report.notes.get("empty_perception").copied().unwrap_or(0), n("empty_perception"), "{name}");
+        assert_eq!(loaded.report.notes.get("duplicate_id").copied().unwrap_or(0), n("repeated_ids"), "{name}");
+        let ids: HashSet<&str> = loaded.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids.len(), loaded.items.len(), "{name}: ids unique after suffixing");
+        let so = loaded.items.iter().filter(|i| i.chain.reasoning.last().is_some_and(|s| s.starts_with("So, the answer is"))).count();
+        assert_eq!(so, n("last_is_so_the_answer"), "{name}: sentence order kept");
+        let batch = items_to_record_batch(&loaded.items).unwrap();
+        assert_eq!(items_from_record_batch(&batch).unwrap(), loaded.items);
+        let first = annotated::load_annotated(&file, &AnnotatedParams { duplicates: DuplicatePolicy::KeepFirst, ..Default::default() }).unwrap();
+        assert_eq!(first.items.len(), n("unique_ids"), "{name}");
+    }
+}

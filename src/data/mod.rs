@@ -14,8 +14,12 @@
 //! Bad input never disappears silently: a loader either fails with a [`DataError`] that names the
 //! file and the record, or (with [`SkipPolicy::SkipAndCount`]) records each skip in a [`LoadReport`].
 
+pub mod annotated;
+pub mod aokvqa;
+pub mod culturalvqa;
 pub mod penumbra;
 pub mod schema;
+pub mod scienceqa;
 pub mod sheet;
 
 use std::path::{Path, PathBuf};
@@ -60,7 +64,7 @@ pub enum DataError {
         record: String,
         id: String,
     },
-    #[error("{path}, record {record}: id {id} occurs more than once (duplicate policy is Error)")]
+    #[error("{path}, record {record}: id {id} occurs more than once")]
     DuplicateId {
         path: PathBuf,
         record: String,
