@@ -7,5 +7,6 @@ pub mod engine;
 pub mod stages;
 pub mod confidence;
 pub mod metrics;
+pub mod data;
 pub mod runtime;
 pub mod store;

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Write tiny fixtures in each dataset's official format, plus what a correct loader must return.
+
+Run once from the repository root (outputs are committed under tests/fixtures/data/):
+    /work/main/.venv/bin/python scripts/make_data_fixtures.py
+Needs Pillow and pyarrow (scripts/requirements-dev.txt).
+
+Layouts follow the official releases:
+- A-OKVQA: aokvqa_v1p0_val.json (list of records) + COCO folder {coco}/val2017/{image_id:012}.jpg
+- ScienceQA: problems.json (object keyed by pid) + pid_splits.json + images/{split}/{pid}/image.png
+- CulturalVQA: Hugging Face Parquet shards data/test-0000k-of-00002.parquet with columns
+  image (struct<bytes: binary, path: string>) and question, and the `huggingface` schema metadata
+  that `datasets` writes.
+- The paper's annotated files: A-OKVQA records + keys/keys_filtered; CulturalVQA
+  question/id/image_info/general_output/keys/keys_filtered.
+`expected.json` holds, per fixture, the rows a loader must produce (ids, splits, answers, chains,
+sha256 of the image bytes), computed here independently of the Rust code.
+"""
+import io
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "data")
+
+
+def png(color, size=(8, 6)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpg(color, size=(8, 6)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def dump(obj):
+    return json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+
+
+expected = {}
+
+# ---------------------------------------------------------------- A-OKVQA
+aok = [
+    {"split": "val", "image_id": 101, "question_id": "qA1", "question": "What is the cat sitting on?",
+     "choices": ["sofa", "table", "bed", "floor"], "correct_choice_idx": 2,
+     "direct_answers": ["bed"] * 8 + ["blanket", "bed"], "difficult_direct_answer": False,
+     "rationales": ["The cat lies on a bed.", "There is a blanket.", "It is a bedroom."]},
+    {"split": "val", "image_id": 202, "question_id": "qA2", "question": "Which season is it?",
+     "choices": ["winter", "summer", "spring", "fall"], "correct_choice_idx": 0,
+     "direct_answers": ["winter"] * 10, "difficult_direct_answer": True,
+     "rationales": ["There is snow.", "People wear coats.", "Trees are bare."]},
+    {"split": "val", "image_id": 303, "question_id": "qA3", "question": "What sport is played here?",
+     "choices": ["tennis", "golf", "soccer", "polo"], "correct_choice_idx": 1,
+     "direct_answers": ["golf"] * 10, "difficult_direct_answer": False,
+     "rationales": ["A golf club.", "A green.", "A flag."]},
+]
+aok_images = {101: jpg((200, 30, 30)), 202: jpg((30, 200, 30)), 303: jpg((30, 30, 200))}
+write(os.path.join(ROOT, "aokvqa", "aokvqa_v1p0_val.json"), dump(aok))
+for iid, b in aok_images.items():
+    write(os.path.join(ROOT, "aokvqa", "coco", "val2017", f"{iid:012d}.jpg"), b)
+expected["aokvqa"] = [
+    {"id": r["question_id"], "split": r["split"], "answer": r["choices"][r["correct_choice_idx"]],
+     "correct_choice": r["correct_choice_idx"], "image_path": f"val2017/{r['image_id']:012d}.jpg"}
+    for r in aok
+]
+
+# The paper's annotated A-OKVQA format, with its quirks: no Image_level, an empty reasoning list,
+# a repeated id with a different chain, and an id that is not in the dataset above.
+def ann(rec, img, rea):
+    out = dict(rec)
+    kf = {"Reasoning_level": rea}
+    if img is not None:
+        kf = {"Image_level": img, "Reasoning_level": rea}
+    out["keys"] = {"Image_level": img or ["(unfiltered)"], "Reasoning_level": rea + ["(unfiltered)"]}
+    out["keys_filtered"] = kf
+    return out
+
+aok_ann = [
+    ann(aok[0], ["A cat lies on a bed."], ["Cats like beds.", "So, the answer is bed."]),
+    ann(aok[1], None, ["Snow means winter.", "So, the answer is winter."]),
+    ann(aok[0], ["A striped cat is on a bed with a blanket."], ["So, the answer is bed."]),
+    ann(aok[2], [], []),
+    ann({**aok[2], "question_id": "qZZ"}, ["Something."], ["So, the answer is golf."]),
+]
+write(os.path.join(ROOT, "annotated", "aokvqa_val_mmb.json"), dump(aok_ann))
+expected["annotated_aokvqa"] = {
+    # standalone load, default params: empty-reasoning record skipped, duplicate kept as qA1#1
+    "ids": ["qA1", "qA2", "qA1#1", "qZZ"],
+    "perception_lens": [1, 0, 1, 1],
+    "skipped": 1,
+    "missing_image_level": 1,
+    # join onto the A-OKVQA fixture: qZZ has no match (counted under SkipAndCount), qA3 unannotated
+    "join_ids": ["qA1", "qA1#1", "qA2"],
+}
+
+cvqa_ann = [
+    {"question": "What is this dish?", "id": 0, "image_info": "<PIL.JpegImagePlugin.JpegImageFile image mode=RGB size=8x6>",
+     "general_output": "Thought: A flat bread.\n\nAnswer: So the answer is injera.",
+     "keys": {"Image_level": ["A flat bread."], "Reasoning_level": ["So, the answer is injera."]},
+     "keys_filtered": {"Image_level": ["A flat bread."], "Reasoning_level": ["It is spongy.", "So, the answer is injera."]}},
+    {"question": "Which festival is shown?", "id": 2, "image_info": "<PIL.JpegImagePlugin.JpegImageFile image mode=RGB size=8x6>",
+     "general_output": "Thought: Lanterns.\n\nAnswer: So the answer is Diwali.",
+     "keys": {"Image_level": ["Lamps."], "Reasoning_level": ["So, the answer is 'Diwali'."]},
+     "keys_filtered": {"Image_level": [], "Reasoning_level": ["Lamps are lit for it.", "So, the answer is 'Diwali'."]}},
+]
+write(os.path.join(ROOT, "annotated", "culturalvqa_cvqa_mmb.json"), dump(cvqa_ann))
+
+# ---------------------------------------------------------------- ScienceQA
+def problem(q, choices, answer, image, split, hint=""):
+    return {"question": q, "choices": choices, "answer": answer, "hint": hint, "image": image,
+            "task": "closed choice", "grade": "grade4", "subject": "natural science", "topic": "geography",
+            "category": "Geography", "skill": "Read a map", "lecture": "Maps show places.",
+            "solution": "Look at the map.", "split": split}
+
+sqa = {
+    "1": problem("Which ocean is highlighted?", ["Atlantic", "Pacific", "Indian"], 1, "image.png", "train", "Look."),
+    "2": problem("What is 2 + 2?", ["3", "4"], 1, None, "train"),
+    "3": problem("Which state is farthest north?", ["Ohio", "Maine"], 1, "image.png", "val"),
+    "4": problem("Which animal has fur?", ["fish", "dog"], 1, "image.png", "test"),
+}
+sqa_images = {"1": png((10, 90, 200)), "3": png((200, 200, 10)), "4": png((120, 60, 20))}
+splits = {"train": ["1", "2"], "val": ["3"], "test": ["4"], "trainval": ["1", "2", "3"],
+          "minitrain": ["1"], "minival": ["3"], "minitest": ["4"]}
+write(os.path.join(ROOT, "scienceqa", "problems.json"), dump(sqa))
+write(os.path.join(ROOT, "scienceqa", "pid_splits.json"), dump(splits))
+for pid, b in sqa_images.items():
+    write(os.path.join(ROOT, "scienceqa", "images", sqa[pid]["split"], pid, "image.png"), b)
+expected["scienceqa"] = [
+    {"id": pid, "split": sqa[pid]["split"], "answer": sqa[pid]["choices"][sqa[pid]["answer"]],
+     "correct_choice": sqa[pid]["answer"], "image_path": f"{sqa[pid]['split']}/{pid}/image.png"}
+    for split in ["train", "val", "test"] for pid in splits[split] if sqa[pid]["image"]
+]
+expected["scienceqa_text_only"] = 1
+
+# ---------------------------------------------------------------- CulturalVQA (HF Parquet shards)
+cvqa_colors = [(180, 120, 60), (60, 120, 180), (220, 160, 20), (90, 90, 90), (20, 140, 90)]
+cvqa_questions = ["What is this dish?", "Where is this market?", "Which festival is shown?",
+                  "What instrument is this?", "What is worn here?"]
+cvqa_rows = [(q, jpg(c), f"img_{i}.jpg") for i, (q, c) in enumerate(zip(cvqa_questions, cvqa_colors))]
+hf_meta = {"info": {"features": {"image": {"_type": "Image"}, "question": {"dtype": "string", "_type": "Value"}}}}
+image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+schema = pa.schema([("image", image_type), ("question", pa.string())],
+                   metadata={"huggingface": json.dumps(hf_meta)})
+shards = [cvqa_rows[:3], cvqa_rows[3:]]
+for k, rows in enumerate(shards):
+    table = pa.table({"image": pa.array([{"bytes": b, "path": p} for _, b, p in rows], type=image_type),
+                      "question": pa.array([q for q, _, _ in rows], type=pa.string())}, schema=schema)
+    path = os.path.join(ROOT, "culturalvqa", "data", f"test-{k:05d}-of-{len(shards):05d}.parquet")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(table, path, row_group_size=2)
+expected["culturalvqa"] = [
+    {"id": str(i), "question": q, "image_path": p, "color": cvqa_colors[i]} for i, (q, b, p) in enumerate(cvqa_rows)
+]
+expected["annotated_culturalvqa_join_ids"] = ["0", "2"]
+
+# ---------------------------------------------------------------- the paper's real files (not copied)
+# Counts a loader with default params must report on ../shared/data/mmboundary-annotated/.
+real_dir = next((d for d in [os.path.join(ROOT, "..", "..", "..", "..", "shared"), "/work/shared"]
+                 if os.path.isdir(os.path.join(d, "data", "mmboundary-annotated"))), None)
+if real_dir:
+    real = {}
+    for name in ["aokvqa_val_mmb.json", "culturalvqa_cvqa_mmb.json"]:
+        recs = json.load(open(os.path.join(real_dir, "data", "mmboundary-annotated", name)))
+        kf = [r["keys_filtered"] for r in recs]
+        ids = [str(r.get("question_id", r.get("id"))) for r in recs]
+        kept = [i for i, k in enumerate(kf) if k.get("Reasoning_level")]
+        seen, repeats = set(), 0
+        for i in kept:
+            repeats += ids[i] in seen
+            seen.add(ids[i])
+        real[name] = {
+            "records": len(recs),
+            "missing_image_level": sum(1 for k in kf if k.get("Image_level") is None),
+            "empty_perception": sum(1 for k in kf if not k.get("Image_level")),
+            "empty_reasoning": sum(1 for k in kf if not k.get("Reasoning_level")),
+            "items": len(kept),
+            "repeated_ids": repeats,
+            "unique_ids": len(seen),
+            "last_is_so_the_answer": sum(1 for i in kept if kf[i]["Reasoning_level"][-1].startswith("So, the answer is")),
+        }
+    expected["real_annotated"] = real
+
+write(os.path.join(ROOT, "expected.json"), dump(expected))
+print("fixtures written under", os.path.normpath(ROOT))

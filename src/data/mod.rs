@@ -1,0 +1,269 @@
+//! Datasets as rows of one schema ([`Item`]), ready for the artifact store.
+//!
+//! Every source ends as `Vec<Item>` and, through [`items_to_record_batch`], as one Arrow
+//! `RecordBatch` with a fixed schema and Hugging Face `datasets` features ([`hf_features`]).
+//! Loaders never write files: the store turns the batch into a Parquet artifact.
+//!
+//! - [`aokvqa`]: the official A-OKVQA JSON plus a COCO image folder.
+//! - [`scienceqa`]: `problems.json` + `pid_splits.json` + the image folder (image questions only).
+//! - [`culturalvqa`]: the Hugging Face Parquet files of CulturalVQA.
+//! - [`annotated`]: the paper's two-level reasoning chains (`keys_filtered`), joined by question id
+//!   or loaded standalone.
+//! - [`penumbra`]: the embedded benchmark, generated from a seed, with known ground truth.
+//!
+//! Bad input never disappears silently: a loader either fails with a [`DataError`] that names the
+//! file and the record, or (with [`SkipPolicy::SkipAndCount`]) records each skip in a [`LoadReport`].
+
+pub mod annotated;
+pub mod aokvqa;
+pub mod culturalvqa;
+pub mod penumbra;
+pub mod schema;
+pub mod scienceqa;
+pub mod sheet;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use schema::{
+    hf_features, hf_metadata_json, item_schema, items_from_record_batch, items_to_record_batch,
+    ImageData, Item, ReferenceChain,
+};
+
+/// The one error type of the data library. Every variant says where (file, record, field).
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON of the expected shape: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}, record {record}: {reason}")]
+    Malformed {
+        path: PathBuf,
+        record: String,
+        reason: String,
+    },
+    #[error("{path}, record {record}: image file {image} is missing")]
+    MissingImage {
+        path: PathBuf,
+        record: String,
+        image: PathBuf,
+    },
+    #[error("{path}, record {record}: id {id} has no match in the dataset it is joined onto")]
+    UnmatchedId {
+        path: PathBuf,
+        record: String,
+        id: String,
+    },
+    #[error("{path}, record {record}: id {id} occurs more than once")]
+    DuplicateId {
+        path: PathBuf,
+        record: String,
+        id: String,
+    },
+    #[error("{path}: Parquet/Arrow read failed: {reason}")]
+    Parquet { path: PathBuf, reason: String },
+    #[error("record batch does not match the item schema: {0}")]
+    Schema(String),
+    #[error("arrow error while building the item batch: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("invalid parameters: {0}")]
+    Params(String),
+    #[error("image encode/decode failed for {what}: {reason}")]
+    Image { what: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, DataError>;
+
+/// What a loader does with a record it cannot use (malformed, image missing, id without match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipPolicy {
+    /// Fail on the first bad record, naming file and record.
+    #[default]
+    Error,
+    /// Leave the record out and count it, with the reason, in the [`LoadReport`].
+    SkipAndCount,
+}
+
+/// One record left out under [`SkipPolicy::SkipAndCount`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skip {
+    pub file: PathBuf,
+    pub record: String,
+    pub reason: String,
+}
+
+/// What a load did besides producing items: skips and notable (kept) quirks, by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub skipped: Vec<Skip>,
+    /// Counts of records that were kept but had a quirk (e.g. `missing_image_level`).
+    pub notes: std::collections::BTreeMap<String, usize>,
+}
+
+impl LoadReport {
+    pub fn note(&mut self, what: &str) {
+        *self.notes.entry(what.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn skip_count(&self) -> usize {
+        self.skipped.len()
+    }
+
+    /// Apply the policy to a bad record: an error under `Error`, a counted skip otherwise.
+    pub(crate) fn reject(&mut self, policy: SkipPolicy, err: DataError) -> Result<()> {
+        match policy {
+            SkipPolicy::Error => Err(err),
+            SkipPolicy::SkipAndCount => {
+                let (file, record) = err_location(&err);
+                self.skipped.push(Skip {
+                    file,
+                    record,
+                    reason: err.to_string(),
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+fn err_location(err: &DataError) -> (PathBuf, String) {
+    match err {
+        DataError::Malformed { path, record, .. }
+        | DataError::MissingImage { path, record, .. }
+        | DataError::UnmatchedId { path, record, .. }
+        | DataError::DuplicateId { path, record, .. } => (path.clone(), record.clone()),
+        DataError::Io { path, .. } | DataError::Json { path, .. } | DataError::Parquet { path, .. } => {
+            (path.clone(), String::new())
+        }
+        _ => (PathBuf::new(), String::new()),
+    }
+}
+
+/// Items plus the report of what was skipped or noted while loading them.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub items: Vec<Item>,
+    pub report: LoadReport,
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let bytes = read_file(path)?;
+    serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Read an image file as it is (no re-encoding, so its bytes and hash stay those of the source),
+/// or report it missing for `record` of `file`.
+pub(crate) fn load_image(
+    file: &Path,
+    record: &str,
+    image_path: &Path,
+    display_path: String,
+) -> Result<ImageData> {
+    match std::fs::read(image_path) {
+        Ok(bytes) => Ok(ImageData {
+            bytes: Some(bytes),
+            path: Some(display_path),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DataError::MissingImage {
+            path: file.to_path_buf(),
+            record: record.to_string(),
+            image: image_path.to_path_buf(),
+        }),
+        Err(source) => Err(DataError::Io {
+            path: image_path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Field helpers for records parsed as `serde_json::Value`: each error names file, record, field.
+pub(crate) struct RecordCtx<'a> {
+    pub file: &'a Path,
+    pub record: String,
+}
+
+impl RecordCtx<'_> {
+    pub fn malformed(&self, reason: impl Into<String>) -> DataError {
+        DataError::Malformed {
+            path: self.file.to_path_buf(),
+            record: self.record.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn field<'v>(&self, v: &'v serde_json::Value, name: &str) -> Result<&'v serde_json::Value> {
+        v.get(name)
+            .ok_or_else(|| self.malformed(format!("field `{name}` is missing")))
+    }
+
+    pub fn str(&self, v: &serde_json::Value, name: &str) -> Result<String> {
+        let f = self.field(v, name)?;
+        f.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| self.malformed(format!("field `{name}`: expected a string, found {}", kind(f))))
+    }
+
+    pub fn opt_str(&self, v: &serde_json::Value, name: &str) -> Result<Option<String>> {
+        match v.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(_) => self.str(v, name).map(Some),
+        }
+    }
+
+    pub fn int(&self, v: &serde_json::Value, name: &str) -> Result<i64> {
+        let f = self.field(v, name)?;
+        f.as_i64()
+            .ok_or_else(|| self.malformed(format!("field `{name}`: expected an integer, found {}", kind(f))))
+    }
+
+    pub fn str_list(&self, v: &serde_json::Value, name: &str) -> Result<Vec<String>> {
+        let f = self.field(v, name)?;
+        self.str_list_value(f, name)
+    }
+
+    pub fn str_list_value(&self, f: &serde_json::Value, name: &str) -> Result<Vec<String>> {
+        let arr = f
+            .as_array()
+            .ok_or_else(|| self.malformed(format!("field `{name}`: expected a list of strings, found {}", kind(f))))?;
+        arr.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.as_str().map(str::to_string).ok_or_else(|| {
+                    self.malformed(format!("field `{name}`[{i}]: expected a string, found {}", kind(s)))
+                })
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}

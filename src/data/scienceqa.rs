@@ -1,0 +1,123 @@
+//! ScienceQA from its official release: `problems.json` (an object keyed by problem id, each with
+//! `question, choices, answer, hint, image, task, grade, subject, topic, category, skill, lecture,
+//! solution, split`), `pid_splits.json` (`{"train": [pid…], "val": […], "test": […], …}`) and the
+//! image folder `{image_dir}/{split}/{pid}/{image}`. Only questions with an image are loaded, as
+//! in the paper; text-only ones are counted in `notes["text_only"]`.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{kind, load_image, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy};
+
+pub const SOURCE: &str = "scienceqa";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScienceqaParams {
+    /// Which lists of `pid_splits.json` to load, in this order.
+    pub splits: Vec<String>,
+    /// What to do with a malformed record, a missing image or a pid with no problem.
+    pub on_bad_record: SkipPolicy,
+}
+
+impl Default for ScienceqaParams {
+    fn default() -> Self {
+        ScienceqaParams { splits: vec!["train".into(), "val".into(), "test".into()], on_bad_record: SkipPolicy::Error }
+    }
+}
+
+/// Fields copied into `meta` when present (the hint matters for prompting: "Context: …").
+const META_FIELDS: [&str; 9] = ["hint", "task", "grade", "subject", "topic", "category", "skill", "lecture", "solution"];
+
+fn parse_problem(ctx: &RecordCtx, pid: &str, split: &str, rec: &Value) -> Result<Option<Item>> {
+    if !rec.is_object() {
+        return Err(ctx.malformed(format!("expected an object, found {}", kind(rec))));
+    }
+    let image = ctx.opt_str(rec, "image")?;
+    let Some(image) = image else {
+        return Ok(None);
+    };
+    let question = ctx.str(rec, "question")?;
+    let choices = ctx.str_list(rec, "choices")?;
+    let answer = ctx.int(rec, "answer")?;
+    if answer < 0 || answer as usize >= choices.len() {
+        return Err(ctx.malformed(format!("field `answer`: expected an index below {}, found {answer}", choices.len())));
+    }
+    if let Some(own) = ctx.opt_str(rec, "split")? {
+        if own != split {
+            return Err(ctx.malformed(format!("field `split` says {own:?} but pid_splits.json lists it under {split:?}")));
+        }
+    }
+    let mut item = Item::new(pid, SOURCE, split, question);
+    item.answer = Some(choices[answer as usize].clone());
+    item.direct_answers = vec![choices[answer as usize].clone()];
+    item.correct_choice = Some(answer as u32);
+    item.choices = choices;
+    for f in META_FIELDS {
+        if let Some(v) = rec.get(f).filter(|v| !v.is_null()) {
+            item.meta.insert(f.into(), v.clone());
+        }
+    }
+    item.meta.insert("image_file".into(), json!(format!("{split}/{pid}/{image}")));
+    Ok(Some(item))
+}
+
+/// Load the image questions of the chosen splits, images read from `image_dir`.
+pub fn load_scienceqa(problems_path: &Path, pid_splits_path: &Path, image_dir: &Path, params: &ScienceqaParams) -> Result<Loaded> {
+    let problems = read_json(problems_path)?;
+    let problems = problems.as_object().ok_or_else(|| DataError::Malformed {
+        path: problems_path.to_path_buf(),
+        record: "(top level)".into(),
+        reason: format!("expected an object keyed by problem id, found {}", kind(&problems)),
+    })?;
+    let splits = read_json(pid_splits_path)?;
+    let mut report = LoadReport::default();
+    let mut items = Vec::new();
+    let mut seen = HashSet::new();
+    for split in &params.splits {
+        let list = splits.get(split).ok_or_else(|| DataError::Malformed {
+            path: pid_splits_path.to_path_buf(),
+            record: split.clone(),
+            reason: format!("split {split:?} is not in the file"),
+        })?;
+        let sctx = RecordCtx { file: pid_splits_path, record: split.clone() };
+        let pids = sctx.str_list_value(list, split)?;
+        for pid in pids {
+            let ctx = RecordCtx { file: problems_path, record: pid.clone() };
+            if !seen.insert(pid.clone()) {
+                let e = DataError::DuplicateId { path: pid_splits_path.to_path_buf(), record: split.clone(), id: pid.clone() };
+                report.reject(params.on_bad_record, e)?;
+                continue;
+            }
+            let Some(rec) = problems.get(&pid) else {
+                let e = DataError::UnmatchedId { path: pid_splits_path.to_path_buf(), record: split.clone(), id: pid.clone() };
+                report.reject(params.on_bad_record, e)?;
+                continue;
+            };
+            let mut item = match parse_problem(&ctx, &pid, split, rec) {
+                Ok(Some(it)) => it,
+                Ok(None) => {
+                    report.note("text_only");
+                    continue;
+                }
+                Err(e) => {
+                    report.reject(params.on_bad_record, e)?;
+                    continue;
+                }
+            };
+            let rel = item.meta["image_file"].as_str().expect("set by parse_problem").to_string();
+            match load_image(problems_path, &pid, &image_dir.join(&rel), rel) {
+                Ok(img) => item.image = Some(img),
+                Err(e) => {
+                    report.reject(params.on_bad_record, e)?;
+                    continue;
+                }
+            }
+            items.push(item);
+        }
+    }
+    Ok(Loaded { items, report })
+}
