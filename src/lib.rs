@@ -7,6 +7,7 @@ pub mod engine;
 pub mod stages;
 pub mod confidence;
 pub mod metrics;
+pub mod encoders;
 pub mod data;
 pub mod runtime;
 pub mod store;

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Export Hugging Face encoders to the ONNX files that `mmboundary::encoders` loads.
+
+    export_onnx.py minilm      [--src DIR] [--out FILE]   all-MiniLM-L6-v2 fp32 (output: last_hidden_state)
+    export_onnx.py minilm-int8 [--src FILE] [--out FILE]  fast path: per-channel int8 of the MatMuls, FFN-out kept fp32
+    export_onnx.py clip        --src DIR --out DIR        a local CLIPModel folder -> image.onnx, text.onnx, tokenizer.json
+    export_onnx.py tiny-clip   [--out DIR]                tiny random CLIP (fixed seed) + a small trained CLIP-format BPE
+    export_onnx.py tiny-cross-encoder [--out DIR]         tiny random RoBERTa cross-encoder + a small byte-level BPE
+    export_onnx.py clip-b32-random [--out DIR]            ViT-B/32 architecture, random weights (throughput only)
+
+No model hub is used: real weights come from local folders, tiny models from configs with a fixed seed.
+Every export uses torch.onnx.export(dynamo=False) with dynamic axes {0: "batch", 1: "seq"}.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent.parent / "shared" / "data" / "bench" / "corpus_sentences.txt"
+if not CORPUS.exists():
+    CORPUS = Path("/work/shared/data/bench/corpus_sentences.txt")
+OPSET = 17
+SEED = 1234
+
+
+def say(*a):
+    print("export_onnx:", *a, file=sys.stderr)
+
+
+def corpus_lines(limit=None):
+    with open(CORPUS, encoding="utf-8") as f:
+        lines = [l.strip() for l in f if l.strip()]
+    return lines[:limit] if limit else lines
+
+
+def export(module, args, path, input_names, output_names, dynamic_axes):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".onnx.tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            module, args, str(tmp), input_names=input_names, output_names=output_names,
+            dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+    os.replace(tmp, path)
+    say(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+# ---------------------------------------------------------------- MiniLM (BERT) ----------------------------
+class BertHidden(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+
+def export_minilm(src, out):
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(src, local_files_only=True).eval()
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])
+    mask = (ids != 0).long()
+    tt = torch.zeros_like(ids)
+    export(BertHidden(model), (ids, mask, tt), out, ["input_ids", "attention_mask", "token_type_ids"],
+           ["last_hidden_state"], {
+               "input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+               "token_type_ids": {0: "batch", 1: "seq"}, "last_hidden_state": {0: "batch", 1: "seq"}})
+
+
+def export_minilm_int8(src, out):
+    """Selective int8: per-channel dynamic quantization of the MatMuls, keeping the FFN output projections
+    (the MatMuls whose inputs carry GELU's long-tailed activations, where per-tensor activation scales lose
+    the most) in fp32. ORT's int8 GEMM uses AMX/VNNI on these cores."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    m = onnx.load(src)
+    exclude = [n.name for n in m.graph.node
+               if n.op_type == "MatMul" and any("output/dense" in i or "output.dense" in i for i in n.input)
+               and "attention" not in " ".join(n.input)]
+    extra = os.environ.get("MMB_INT8_EXCLUDE_ALL_FFN_OUT", "1") == "1"
+    say(f"int8: keeping {len(exclude) if extra else 0} FFN-output MatMuls in fp32")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(src, out, weight_type=QuantType.QInt8, per_channel=True,
+                     nodes_to_exclude=exclude if extra else [], op_types_to_quantize=["MatMul"])
+    say(f"wrote {out} ({Path(out).stat().st_size / 1e6:.2f} MB)")
+
+
+# ---------------------------------------------------------------- CLIP ---------------------------------------
+class ClipImage(torch.nn.Module):
+    """Projected image embedding + the penultimate encoder layer's hidden states (CLS and patches), which is
+    what LLaVA's projector reads (vision_feature_layer = -2)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        out = self.model.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+        embeds = self.model.visual_projection(out.pooler_output)
+        return embeds, out.hidden_states[-2]
+
+
+class ClipText(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        out = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.model.text_projection(out.pooler_output)
+
+
+def export_clip_model(model, out, tokenizer=None, image_size=None, image_only=False):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    size = image_size or model.config.vision_config.image_size
+    pix = torch.randn(2, 3, size, size)
+    export(ClipImage(model), (pix,), out / "image.onnx", ["pixel_values"], ["image_embeds", "penultimate_hidden_state"],
+           {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}, "penultimate_hidden_state": {0: "batch"}})
+    if not image_only:
+        ids = torch.tensor([[0, 5, 6, 1], [0, 7, 1, 1]])
+        ids = ids.clamp(max=model.config.text_config.vocab_size - 1)
+        mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+        export(ClipText(model), (ids, mask), out / "text.onnx", ["input_ids", "attention_mask"], ["text_embeds"],
+               {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "text_embeds": {0: "batch"}})
+    if tokenizer is not None:
+        tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    pre = {"image_size": size, "shortest_edge": size, "crop_size": size,
+           "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+           "max_text_tokens": model.config.text_config.max_position_embeddings}
+    (out / "clip_config.json").write_text(json.dumps(pre, indent=1))
+
+
+def clip_tokenizer_tiny(vocab_size=600):
+    """A CLIP-format BPE (transformers' CLIPTokenizer pipeline: NFC, whitespace, lowercase, CLIP's split regex,
+    byte-level, '</w>' word ends, <|startoftext|> ... <|endoftext|>) trained on the corpus: CLIP's own 49k
+    vocabulary cannot be had here and its tokenizer.json (3.6 MB) is too big for a fixture; the pipeline is
+    the same, so the Rust side reads a real CLIP tokenizer.json the same way."""
+    from transformers import CLIPTokenizer
+    base = CLIPTokenizer()
+    return base.train_new_from_iterator(corpus_lines(2000), vocab_size=vocab_size)
+
+
+def export_tiny_clip(out):
+    from transformers import CLIPConfig, CLIPModel
+    tok = clip_tokenizer_tiny()
+    torch.manual_seed(SEED)
+    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    bos = tok.convert_tokens_to_ids(tok.bos_token)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, eos_token_id=eos, bos_token_id=bos,
+                         pad_token_id=eos, projection_dim=16),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, projection_dim=16),
+        projection_dim=16)
+    model = CLIPModel(cfg).eval()
+    export_clip_model(model, out, tokenizer=tok)
+    return model, tok  # make_encoder_goldens.py computes the reference outputs from these very objects
+
+
+def export_clip_b32_random(out):
+    from transformers import CLIPConfig, CLIPModel
+    torch.manual_seed(SEED)
+    cfg = CLIPConfig(vision_config=dict(image_size=224, patch_size=32, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12), projection_dim=512)
+    model = CLIPModel(cfg).eval()
+    export_clip_model(model, out, image_only=True)
+    return model
+
+
+def export_clip_local(src, out):
+    from transformers import CLIPModel, CLIPTokenizer
+    model = CLIPModel.from_pretrained(src, local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(src, local_files_only=True)
+    export_clip_model(model, out, tokenizer=tok)
+
+
+# ---------------------------------------------------------------- cross-encoder (RoBERTa) ------------------
+class SeqCls(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def export_tiny_cross_encoder(out):
+    from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizer
+    out = Path(out)
+    tok = RobertaTokenizer().train_new_from_iterator(corpus_lines(2000), vocab_size=600)
+    tok.model_max_length = 64
+    torch.manual_seed(SEED)
+    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=64 + 2, type_vocab_size=1, num_labels=1,
+                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        initializer_range=0.2)  # BERT's 0.02 makes a tiny random model score every pair alike
+    model = RobertaForSequenceClassification(cfg).eval()
+    # a random head gives logits near 0; scale it so the sigmoid spreads over (0, 1) and the test can fail
+    with torch.no_grad():
+        model.classifier.out_proj.weight.mul_(4.0)
+    ids = torch.tensor([[0, 5, 6, 2, 2, 7, 2], [0, 5, 2, 2, 7, 2, 1]])
+    mask = (ids != 1).long()
+    export(SeqCls(model), (ids, mask), out / "model.onnx", ["input_ids", "attention_mask"], ["logits"],
+           {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}})
+    tok.backend_tokenizer.save(str(out / "tokenizer.json"))
+    (out / "cross_encoder_config.json").write_text(json.dumps({"max_length": 64}, indent=1))
+    return model, tok
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["minilm", "minilm-int8", "clip", "tiny-clip", "tiny-cross-encoder", "clip-b32-random"])
+    p.add_argument("--src")
+    p.add_argument("--out")
+    p.add_argument("--force", action="store_true", help="re-export even when the output exists")
+    a = p.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    minilm_dir = ROOT / ".deps" / "models" / "all-MiniLM-L6-v2"
+    fx = ROOT / "tests" / "fixtures" / "encoders"
+    if a.what == "minilm":
+        out = Path(a.out or minilm_dir / "onnx" / "model.onnx")
+        if out.exists() and not a.force:
+            say(f"{out} exists, skipping"); return
+        export_minilm(a.src or minilm_dir, out)
+    elif a.what == "minilm-int8":
+        src = Path(a.src or minilm_dir / "onnx" / "model.onnx")
+        out = Path(a.out or minilm_dir / "onnx" / "model_int8.onnx")
+        if out.exists() and not a.force:
+            say(f"{out} exists, skipping"); return
+        export_minilm_int8(str(src), str(out))
+    elif a.what == "clip":
+        if not a.src or not a.out:
+            p.error("clip needs --src (a local CLIPModel folder) and --out")
+        export_clip_local(a.src, a.out)
+    elif a.what == "tiny-clip":
+        export_tiny_clip(a.out or fx / "clip_tiny")
+    elif a.what == "tiny-cross-encoder":
+        export_tiny_cross_encoder(a.out or fx / "cross_encoder_tiny")
+    elif a.what == "clip-b32-random":
+        out = Path(a.out or ROOT / ".deps" / "models" / "clip-vit-b32-random")
+        if (out / "image.onnx").exists() and not a.force:
+            say(f"{out}/image.onnx exists, skipping"); return
+        export_clip_b32_random(out)
+
+
+if __name__ == "__main__":
+    main()

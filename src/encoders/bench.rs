@@ -1,0 +1,231 @@
+//! Encoder throughput: sentences/s and non-pad tokens/s for sentence encoders (fp32 and the int8 fast path,
+//! with the fast path's minimum cosine against fp32), images/s for a CLIP image tower including decoding and
+//! preprocessing. Model loading and one warm-up batch are outside the timed region. `scripts/bench_baselines.py`
+//! measures sentence-transformers, Python onnxruntime and transformers' CLIP on the same inputs.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::batching::BatchPolicy;
+use super::clip::{ClipImageEncoder, ClipPreprocess};
+use super::minilm::{default_model_dir, SentenceEncoder, SentenceEncoderParams};
+use super::runtime::SessionOptions;
+use super::{cosine, EncoderError, Result};
+
+/// What to measure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BenchConfig {
+    /// One sentence per line (default: `shared/data/bench/corpus_sentences.txt`, 4,000 sentences).
+    pub corpus: PathBuf,
+    /// Use only the first N sentences.
+    pub limit: Option<usize>,
+    pub minilm_dir: PathBuf,
+    /// Sentence-encoder ONNX files to time (relative to `minilm_dir`); the first is the fp32 reference the
+    /// others are compared with.
+    pub minilm_files: Vec<PathBuf>,
+    /// CLIP image tower (e.g. the ViT-B/32-architecture export); `None` skips images.
+    pub clip_image_onnx: Option<PathBuf>,
+    pub clip_preprocess: ClipPreprocess,
+    /// Image files, decoded and preprocessed inside the timed region.
+    pub images: Vec<PathBuf>,
+    /// Times the image list is repeated.
+    pub image_repeat: usize,
+    pub clip_batch_size: usize,
+    pub session: SessionOptions,
+    pub batch: BatchPolicy,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Self {
+            corpus: default_corpus(),
+            limit: None,
+            minilm_dir: default_model_dir(),
+            minilm_files: vec![PathBuf::from("onnx/model.onnx"), PathBuf::from("onnx/model_int8.onnx")],
+            clip_image_onnx: Some(root.join(".deps/models/clip-vit-b32-random/image.onnx")),
+            clip_preprocess: ClipPreprocess::default(),
+            images: default_images(),
+            image_repeat: 8,
+            clip_batch_size: 16,
+            session: SessionOptions::default(),
+            batch: BatchPolicy::default(),
+        }
+    }
+}
+
+/// The benchmark corpus: `$MMB_BENCH_CORPUS`, else `shared/data/bench/corpus_sentences.txt` beside the checkout.
+pub fn default_corpus() -> PathBuf {
+    if let Some(p) = std::env::var_os("MMB_BENCH_CORPUS") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rel = "shared/data/bench/corpus_sentences.txt";
+    [root.join("..").join(rel), root.join("../..").join(rel)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| root.join("..").join(rel))
+}
+
+/// `.deps/bench/images/*` (written by `scripts/bench_baselines.py` from scikit-image's photos), else the test
+/// fixture photos.
+pub fn default_images() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in [root.join(".deps/bench/images"), root.join("tests/fixtures/encoders/photos")] {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            let mut files: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    (name.ends_with(".jpg") || name.ends_with(".png")) && !name.contains(".codes")
+                })
+                .collect();
+            files.sort();
+            if !files.is_empty() {
+                return files;
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchEntry {
+    pub model: String,
+    pub file: PathBuf,
+    /// The provider the session really ran on.
+    pub ep: String,
+    pub threads: usize,
+    pub batch_policy: String,
+    pub items: usize,
+    pub seconds: f64,
+    pub sentences_per_s: Option<f64>,
+    pub non_pad_tokens_per_s: Option<f64>,
+    /// Padded tokens / non-pad tokens (1.0 = no padding).
+    pub padding_overhead: Option<f64>,
+    pub images_per_s: Option<f64>,
+    /// Against the first (fp32) sentence-encoder file, over the whole corpus.
+    pub min_cosine_vs_reference: Option<f32>,
+    pub mean_cosine_vs_reference: Option<f32>,
+    pub truncated: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub corpus: PathBuf,
+    pub sentences: usize,
+    pub images: usize,
+    pub entries: Vec<BenchEntry>,
+    /// Configurations not measured, with why (a missing file, …).
+    pub skipped: Vec<String>,
+}
+
+fn read_corpus(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| EncoderError::MissingFile {
+        what: "benchmark corpus",
+        path: path.to_path_buf(),
+        hint: format!(" ({e}; set MMB_BENCH_CORPUS or BenchConfig::corpus)"),
+    })?;
+    let mut lines: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if let Some(n) = limit {
+        lines.truncate(n);
+    }
+    if lines.is_empty() {
+        return Err(EncoderError::BadInput { item: path.display().to_string(), reason: "corpus has no sentences".into() });
+    }
+    Ok(lines)
+}
+
+/// Runs every configured measurement.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    let sentences = read_corpus(&cfg.corpus, cfg.limit)?;
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let threads = cfg.session.threads();
+    let mut entries = Vec::new();
+    let mut skipped = Vec::new();
+    let mut reference: Option<super::Embeddings> = None;
+    for (k, file) in cfg.minilm_files.iter().enumerate() {
+        let full = cfg.minilm_dir.join(file);
+        if !full.is_file() {
+            if k == 0 {
+                return Err(EncoderError::MissingFile {
+                    what: "reference sentence-encoder ONNX",
+                    path: full,
+                    hint: " (run scripts/setup.sh)".into(),
+                });
+            }
+            skipped.push(format!("{}: missing (make it with scripts/export_onnx.py minilm-int8)", full.display()));
+            continue;
+        }
+        let params = SentenceEncoderParams { onnx_file: file.clone(), batch: cfg.batch.clone(), ..Default::default() };
+        let enc = SentenceEncoder::load(&cfg.minilm_dir, params, &cfg.session)?;
+        enc.encode(&refs[..refs.len().min(64)])?; // warm-up
+        let t0 = Instant::now();
+        let out = enc.encode(&refs)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let (min_cos, mean_cos) = match &reference {
+            None => (None, None),
+            Some(r) => {
+                let cs: Vec<f32> = (0..r.len()).map(|i| cosine(r.row(i), out.embeddings.row(i))).collect();
+                (cs.iter().copied().reduce(f32::min), Some(cs.iter().sum::<f32>() / cs.len() as f32))
+            }
+        };
+        entries.push(BenchEntry {
+            model: "all-MiniLM-L6-v2".into(),
+            file: full,
+            ep: enc.model().provider().name().into(),
+            threads,
+            batch_policy: cfg.batch.describe(),
+            items: refs.len(),
+            seconds: secs,
+            sentences_per_s: Some(refs.len() as f64 / secs),
+            non_pad_tokens_per_s: Some(out.non_pad_tokens as f64 / secs),
+            padding_overhead: Some(out.padded_tokens as f64 / out.non_pad_tokens.max(1) as f64),
+            images_per_s: None,
+            min_cosine_vs_reference: min_cos,
+            mean_cosine_vs_reference: mean_cos,
+            truncated: out.truncated.len(),
+        });
+        if reference.is_none() {
+            reference = Some(out.embeddings);
+        }
+    }
+    let mut n_images = 0;
+    match &cfg.clip_image_onnx {
+        Some(onnx) if onnx.is_file() && !cfg.images.is_empty() => {
+            let mut enc = ClipImageEncoder::load(onnx, cfg.clip_preprocess.clone(), &cfg.session)?;
+            enc.batch_size = cfg.clip_batch_size.max(1);
+            let list: Vec<PathBuf> = (0..cfg.image_repeat.max(1)).flat_map(|_| cfg.images.iter().cloned()).collect();
+            n_images = list.len();
+            enc.encode_files(&list[..list.len().min(enc.batch_size)])?; // warm-up
+            let t0 = Instant::now();
+            enc.encode_files(&list)?;
+            let secs = t0.elapsed().as_secs_f64();
+            entries.push(BenchEntry {
+                model: "CLIP image tower".into(),
+                file: onnx.clone(),
+                ep: enc.model().provider().name().into(),
+                threads,
+                batch_policy: format!("{} images per call, decode+preprocess included (rayon)", enc.batch_size),
+                items: n_images,
+                seconds: secs,
+                sentences_per_s: None,
+                non_pad_tokens_per_s: None,
+                padding_overhead: None,
+                images_per_s: Some(n_images as f64 / secs),
+                min_cosine_vs_reference: None,
+                mean_cosine_vs_reference: None,
+                truncated: 0,
+            });
+        }
+        Some(onnx) if !onnx.is_file() => {
+            skipped.push(format!("{}: missing (make it with scripts/export_onnx.py clip-b32-random)", onnx.display()))
+        }
+        Some(_) => skipped.push("CLIP: no images configured".into()),
+        None => {}
+    }
+    Ok(BenchReport { corpus: cfg.corpus.clone(), sentences: refs.len(), images: n_images, entries, skipped })
+}
