@@ -2,4 +2,5 @@
 //!
 //! Layers, each importing only those below it (see README "Architecture"):
 //! `cli` → `engine` → `stages` → {`confidence`, `metrics`} → {`encoders`, `mllm`, `data`} → `store`.
+pub mod mllm;
 pub mod runtime;
