@@ -8,6 +8,7 @@ pub mod stages;
 pub mod confidence;
 pub mod metrics;
 pub mod encoders;
+pub mod mllm;
 pub mod data;
 pub mod runtime;
 pub mod store;

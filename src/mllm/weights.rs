@@ -1,0 +1,173 @@
+//! Hugging Face `*.safetensors` (single file or sharded with `model.safetensors.index.json`), f32 / bf16 /
+//! f16, copied into tch variables whose names are the Hugging Face keys. Every missing and unexpected key
+//! is listed, and a wrong shape names the key and its file.
+use super::{MllmError, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// How checkpoint keys relate to the model's variable names.
+pub struct KeyPolicy<'a> {
+    /// Maps a checkpoint key to a variable name (None: drop the key silently).
+    pub rename: &'a dyn Fn(&str) -> Option<String>,
+    /// Variables that may legitimately be absent from the checkpoint (LoRA adapters, a value head).
+    pub optional: &'a dyn Fn(&str) -> bool,
+}
+
+impl KeyPolicy<'_> {
+    pub fn identity() -> KeyPolicy<'static> {
+        KeyPolicy { rename: &|k| Some(k.to_string()), optional: &|_| false }
+    }
+}
+
+/// The safetensors files of a model folder, in load order.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(super::io_err(&index))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| MllmError::Weights { path: index.display().to_string(), msg: e.to_string() })?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| MllmError::Weights {
+            path: index.display().to_string(),
+            msg: "expected an object field \"weight_map\"".into(),
+        })?;
+        let files: BTreeSet<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(super::io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(MllmError::Weights {
+            path: dir.display().to_string(),
+            msg: "expected model.safetensors, sharded files with model.safetensors.index.json, or *.safetensors; found none".into(),
+        });
+    }
+    Ok(files)
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    match dtype {
+        Dtype::F32 => Some(Kind::Float),
+        Dtype::BF16 => Some(Kind::BFloat16),
+        Dtype::F16 => Some(Kind::Half),
+        Dtype::F64 => Some(Kind::Double),
+        _ => None,
+    }
+}
+
+/// What a load did (for logs).
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub loaded: usize,
+    pub files: usize,
+    pub optional_absent: Vec<String>,
+}
+
+/// Copies every tensor of the folder's safetensors into `vars` (converted to each variable's kind and
+/// device). Fails listing all missing and unexpected keys, or naming the first wrong shape.
+pub fn load_safetensors_dir(vars: &HashMap<String, Tensor>, dir: &Path, policy: &KeyPolicy) -> Result<LoadReport> {
+    let files = safetensors_files(dir)?;
+    let mut seen = BTreeSet::new();
+    let mut unexpected = Vec::new();
+    for file in &files {
+        let f = std::fs::File::open(file).map_err(super::io_err(file))?;
+        // SAFETY: read-only mapping of a file we do not modify while it is mapped.
+        let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(super::io_err(file))?;
+        let st = SafeTensors::deserialize(&mmap)
+            .map_err(|e| MllmError::Weights { path: file.display().to_string(), msg: e.to_string() })?;
+        for (key, view) in st.tensors() {
+            let Some(name) = (policy.rename)(&key) else { continue };
+            let Some(var) = vars.get(&name) else {
+                unexpected.push(key.clone());
+                continue;
+            };
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            if shape != var.size() {
+                return Err(MllmError::Shape { key, file: file.display().to_string(), expected: var.size(), found: shape });
+            }
+            let kind = kind_of(view.dtype()).ok_or_else(|| MllmError::Weights {
+                path: file.display().to_string(),
+                msg: format!("tensor {key}: dtype {:?} is not supported (expected F32, BF16 or F16)", view.dtype()),
+            })?;
+            let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+            tch::no_grad(|| var.shallow_clone().f_copy_(&t.to_kind(var.kind()).to_device(var.device())))?;
+            seen.insert(name);
+        }
+    }
+    let mut missing = Vec::new();
+    let mut optional_absent = Vec::new();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        if !seen.contains(name) {
+            if (policy.optional)(name) { optional_absent.push(name.clone()) } else { missing.push(name.clone()) }
+        }
+    }
+    if !missing.is_empty() || !unexpected.is_empty() {
+        unexpected.sort();
+        return Err(MllmError::KeyMismatch { dir: dir.display().to_string(), missing, unexpected });
+    }
+    Ok(LoadReport { loaded: seen.len(), files: files.len(), optional_absent })
+}
+
+/// Tensor → raw little-endian bytes for safetensors writing (f32, bf16, f16, i64 and f64 supported).
+pub fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+    let t = t.to_device(tch::Device::Cpu).contiguous();
+    let dtype = match t.kind() {
+        Kind::Float => Dtype::F32,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Half => Dtype::F16,
+        Kind::Double => Dtype::F64,
+        Kind::Int64 => Dtype::I64,
+        k => return Err(MllmError::Input(format!("cannot serialize tensor kind {k:?}"))),
+    };
+    let numel = t.numel();
+    let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.f_copy_data_u8(&mut bytes, numel)?;
+    Ok((dtype, t.size().iter().map(|&d| d as usize).collect(), bytes))
+}
+
+/// Writes named tensors (plus string metadata) to one safetensors file, atomically (temp file + rename).
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let (dtype, shape, bytes) = tensor_bytes(t)?;
+        owned.push((name.clone(), dtype, shape, bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
+        .collect::<std::result::Result<_, safetensors::SafeTensorError>>()
+        .map_err(|e| MllmError::Checkpoint { path: path.display().to_string(), msg: e.to_string() })?;
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .map_err(|e| MllmError::Checkpoint { path: tmp.display().to_string(), msg: e.to_string() })?;
+    std::fs::rename(&tmp, path).map_err(super::io_err(path))?;
+    Ok(())
+}
+
+/// Reads every tensor of one safetensors file with its metadata.
+pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(super::io_err(path))?;
+    let err = |e: safetensors::SafeTensorError| MllmError::Checkpoint { path: path.display().to_string(), msg: e.to_string() };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(err)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(err)?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let kind = match view.dtype() {
+            Dtype::I64 => Kind::Int64,
+            d => kind_of(d).ok_or_else(|| MllmError::Checkpoint {
+                path: path.display().to_string(),
+                msg: format!("tensor {name}: unsupported dtype {d:?}"),
+            })?,
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        out.insert(name, Tensor::f_from_data_size(view.data(), &shape, kind)?);
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}

