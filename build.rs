@@ -23,7 +23,11 @@ fn main() {
     };
     if wanted && Path::new(&lib).join("libtorch_cuda.so").exists() {
         let arg = "-Wl,--no-as-needed,-ltorch_cuda,--as-needed";
-        println!("cargo:rustc-link-arg-bins={arg}");
+        if std::env::var("CARGO_PKG_NAME").as_deref() == Ok("mmboundary") {
+            println!("cargo:rustc-link-arg-bin=mmb-torch={arg}");
+        } else {
+            println!("cargo:rustc-link-arg-bins={arg}");
+        }
         println!("cargo:rustc-link-arg-tests={arg}");
         println!("cargo:rustc-link-arg-benches={arg}");
         println!("cargo:rustc-cfg=mmb_cuda_linked");

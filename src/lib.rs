@@ -8,7 +8,6 @@ pub mod stages;
 pub mod confidence;
 pub mod metrics;
 pub mod encoders;
-pub mod mllm;
 pub mod data;
 pub mod runtime;
 pub mod store;

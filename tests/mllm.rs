@@ -1,11 +1,11 @@
 //! Golden tests of src/mllm against transformers (fixtures from scripts/make_mllm_goldens.py), learning
 //! tests on tiny models, and bad-input tests.
-use mmboundary::mllm::config::ModelConfig;
-use mmboundary::mllm::generate::{generate, generate_llava, GenerationParams};
-use mmboundary::mllm::gguf::load_llama_gguf;
-use mmboundary::mllm::llama::load_causal_lm;
-use mmboundary::mllm::llava::Llava;
-use mmboundary::mllm::{DType, MllmError};
+use mllm::config::ModelConfig;
+use mllm::generate::{generate, generate_llava, GenerationParams};
+use mllm::gguf::load_llama_gguf;
+use mllm::llama::load_causal_lm;
+use mllm::llava::Llava;
+use mllm::{DType, MllmError};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -158,11 +158,11 @@ fn missing_and_unexpected_keys_are_listed_and_shapes_named() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("tiny-qwen2");
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let (mut tensors, _) = mmboundary::mllm::weights::read_safetensors(&src.join("model.safetensors")).unwrap();
+    let (mut tensors, _) = mllm::weights::read_safetensors(&src.join("model.safetensors")).unwrap();
     tensors.remove("model.layers.1.mlp.up_proj.weight");
     tensors.insert("model.layers.1.mlp.extra.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)));
     let list: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
-    mmboundary::mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
+    mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
     let e = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, MllmError::KeyMismatch { .. }), "{msg}");
@@ -171,7 +171,7 @@ fn missing_and_unexpected_keys_are_listed_and_shapes_named() {
     tensors.remove("model.layers.1.mlp.extra.weight");
     tensors.insert("model.layers.1.mlp.up_proj.weight".into(), Tensor::zeros([80, 47], (Kind::Float, Device::Cpu)));
     let list: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
-    mmboundary::mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
+    mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
     let msg = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("[80, 48]") && msg.contains("[80, 47]"), "{msg}");
 }

@@ -1,0 +1,43 @@
+//! The `mmb` binary as a user runs it.
+use std::process::Command;
+
+fn mmb(store: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(store).args(args).output().unwrap()
+}
+
+#[test]
+fn mmb_does_not_link_libtorch() {
+    // Loading libtorch costs ~0.45 s per process; the CLI must stay instant (torch work runs in a worker).
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_mmb")).unwrap();
+    let needle = b"libtorch_cpu.so";
+    assert!(!bin.windows(needle.len()).any(|w| w == needle), "mmb links libtorch_cpu.so");
+}
+
+#[test]
+fn verify_exits_non_zero_on_a_corrupt_artifact_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = mmboundary::store::Store::open(dir.path()).unwrap();
+    let id = store.put_bytes(mmboundary::store::ArtifactKind::Json, b"{\"a\": 1}", None).unwrap();
+    let ok = mmb(dir.path(), &["verify"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let path = store.path_of(&id, mmboundary::store::ArtifactKind::Json);
+    std::fs::write(&path, b"{\"a\": 2}").unwrap();
+    let bad = mmb(dir.path(), &["verify"]);
+    assert!(!bad.status.success());
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(out.contains("MISMATCH") && out.contains(id.as_str()), "{out}");
+}
+
+#[test]
+fn show_and_import_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = mmb(dir.path(), &["show", "abcdef12"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("artifact abcdef12 not found"));
+    let junk = dir.path().join("junk.parquet");
+    std::fs::write(&junk, b"not parquet").unwrap();
+    let o = mmb(dir.path(), &["import", junk.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("junk") && err.contains("not an artifact id"), "{err}");
+}
