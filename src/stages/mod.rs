@@ -1,5 +1,6 @@
 //! The pipeline's stages, one short file each, and the registry that builds them from `stages/*.toml`.
 mod config;
+pub mod dataset;
 
 pub use config::{load_stage_toml, StageToml};
 
@@ -8,7 +9,6 @@ use std::path::Path;
 
 /// Every stage of the pipeline, with params from `<dir>/<stage>.toml` over the defaults in code.
 pub fn pipeline(dir: &Path) -> anyhow::Result<Pipeline> {
-    let stages: Vec<Box<dyn Stage>> = Vec::new();
-    let _ = dir;
+    let stages: Vec<Box<dyn Stage>> = vec![Box::new(dataset::DatasetStage { params: load_stage_toml(dir, "dataset")? })];
     Ok(Pipeline::new(stages)?)
 }

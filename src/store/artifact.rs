@@ -161,6 +161,8 @@ impl Store {
         write(&mut w)?;
         let HashingWriter { inner, hasher } = w;
         let file = inner.into_inner().map_err(|e| e.into_error()).at(&*tmp_path)?;
+        // Artifacts are shared read-only data: readable by everyone (tempfile creates 0600).
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)).at(&*tmp_path)?;
         file.sync_all().at(&*tmp_path)?;
         drop(file);
         let id = ArtifactId(hasher.finalize().to_hex().to_string());
