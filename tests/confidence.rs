@@ -553,6 +553,14 @@ fn accuracy_choice_cultural_and_answer_extraction() {
         Some("hot")
     );
     assert_eq!(extract_final_answer("no marker here", &p), None);
+    assert_eq!(
+        extract_final_answer("So, the answer is dr. pepper. I am sure.", &p).as_deref(),
+        Some("dr. pepper")
+    );
+    assert_eq!(
+        extract_final_answer("The answer is B!", &p).as_deref(),
+        Some("B")
+    );
 }
 
 // ------------------------------------------------------------------------------------------- parser
