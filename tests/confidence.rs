@@ -553,6 +553,14 @@ fn accuracy_choice_cultural_and_answer_extraction() {
         Some("hot")
     );
     assert_eq!(extract_final_answer("no marker here", &p), None);
+    assert_eq!(
+        extract_final_answer("So, the answer is dr. pepper. I am sure.", &p).as_deref(),
+        Some("dr. pepper")
+    );
+    assert_eq!(
+        extract_final_answer("The answer is B!", &p).as_deref(),
+        Some("B")
+    );
 }
 
 // ------------------------------------------------------------------------------------------- parser
@@ -1032,4 +1040,26 @@ fn cosine_of_embeddings_dedupes_texts_and_feeds_token_sar() {
     let rs = responses();
     let out = token_sar_batched(&rs, &sim, &TokenSarParams::default()).unwrap();
     assert!(out.iter().flatten().all(|v| v.is_finite() && *v >= 0.0));
+}
+
+#[test]
+fn interleave_render_parse_recovers_levels() {
+    use mmboundary::confidence::parser::interleave;
+    let pool = pool();
+    let sentences: Vec<String> = split_sentences(
+        "The cake has the number 30 on it. The bear cake is gray. So, the answer is thirty.",
+    );
+    let levels = [5u8, 2, 4];
+    let pairs = interleave(&pool, 11, "2Aq5RiEn7eyfWjEbpuYT2o", &sentences, &levels).unwrap();
+    let text = render(&pairs);
+    let parsed = Parser::new(&pool, ParserParams::default()).parse(&text);
+    let got: Vec<Option<u8>> = parsed
+        .pairs
+        .iter()
+        .map(|p| p.statement.as_deref().and_then(|s| pool.level_of(s)))
+        .collect();
+    assert_eq!(got, vec![Some(5), Some(2), Some(4)], "{text}");
+    assert_eq!(pool.level_of("And I am Confident in this"), Some(4));
+    assert_eq!(pool.level_of("and I am confident"), None);
+    assert!(interleave(&pool, 11, "k", &sentences, &levels[..2]).is_err());
 }

@@ -11,6 +11,16 @@
 //! - Uncertainty grows towards 1, confidence grows towards 1; a *level* is 1 (uncertain) ..= 5 (fully
 //!   confident), and its value on [0, 1] is `(level − 1) / 4` unless a params struct says otherwise.
 //! - No function returns NaN: bad input is a [`ConfidenceError`] naming the item and sentence.
+//!
+//! How the stages use it:
+//! - score: [`parser::split_sentences`] on the raw response → per-sentence [`uncertainty::SentenceTokens`]
+//!   → [`uncertainty::likelihood_signals`], [`uncertainty::token_sar_batched`], [`uncertainty::clip_scores`].
+//! - bin: [`levels::LevelModel::fit`] on the training set's signal rows, [`levels::LevelModel::apply`] on
+//!   any set (the fitted model is serializable, so it travels as an artifact).
+//! - map (warm-up data): [`parser::interleave`] + [`parser::render`].
+//! - rollout/ppo: [`parser::Parser::parse`] → [`statements::PoolIndex::map`] (EV) and
+//!   [`rewards::sentence_correctness`] (I) → [`rewards::response_reward`].
+//! - eval: the same parse + map, then `crate::metrics`.
 pub mod levels;
 pub mod parser;
 pub mod rewards;

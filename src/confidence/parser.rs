@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
 use super::statements::StatementPool;
+use super::{ConfidenceError, Result};
 
 /// Parser params (the word lists of the paraphrase detector).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,6 +374,35 @@ impl Parser {
         push_text(&mut out, pos, text.len());
         out
     }
+}
+
+/// The warm-up target of one response (§3.1.2): each sentence followed by a statement drawn from its
+/// level's pool ([`StatementPool::sample`], keyed by `item_key` and the sentence index).
+pub fn interleave(
+    pool: &StatementPool,
+    seed: u64,
+    item_key: &str,
+    sentences: &[String],
+    levels: &[u8],
+) -> Result<Vec<ParsedPair>> {
+    if sentences.len() != levels.len() {
+        return Err(ConfidenceError::Shape {
+            what: format!("levels of item {item_key:?} (one per sentence)"),
+            expected: sentences.len(),
+            found: levels.len(),
+        });
+    }
+    sentences
+        .iter()
+        .zip(levels)
+        .enumerate()
+        .map(|(t, (sentence, &level))| {
+            Ok(ParsedPair {
+                sentence: sentence.clone(),
+                statement: Some(pool.sample(level, seed, item_key, t)?.to_string()),
+            })
+        })
+        .collect()
 }
 
 /// Renders pairs as the model should write them: a statement opening in lower case ("and I believe

@@ -86,6 +86,19 @@ impl StatementPool {
             .flat_map(|l| l.statements.iter().map(move |s| (l.level, s.as_str())))
     }
 
+    /// The level of a statement that is in the pool verbatim (case-insensitive, ’ = ', trailing
+    /// terminator ignored): the backward map without an encoder, for statements the pool produced.
+    pub fn level_of(&self, statement: &str) -> Option<u8> {
+        let key = |s: &str| {
+            s.trim()
+                .trim_end_matches(['.', '!', '?'])
+                .to_lowercase()
+                .replace('’', "'")
+        };
+        let k = key(statement);
+        self.iter().find(|(_, s)| key(s) == k).map(|(l, _)| l)
+    }
+
     /// Forward map: a statement of `level`, drawn uniformly by a ChaCha8 stream seeded from
     /// blake3(seed, item key, sentence index), so the draw does not depend on processing order.
     pub fn sample(&self, level: u8, seed: u64, item_key: &str, sentence: usize) -> Result<&str> {

@@ -195,11 +195,18 @@ pub fn extract_final_answer(response: &str, params: &AccuracyParams) -> Option<S
     let tail = &response[start..];
     let end = tail.find(['\n']).unwrap_or(tail.len());
     let mut answer = tail[..end].trim().trim_start_matches(':').trim();
-    // Stop at a sentence end ("…is hot. I'm sure."), but not inside a decimal number.
-    if let Some(i) = answer.char_indices().find(|&(i, c)| {
-        matches!(c, '.' | '!' | '?') && !answer[i + 1..].starts_with(|n: char| n.is_ascii_digit())
+    // Stop at a sentence end ("…is hot. I'm sure."): a terminator followed by the end, or by space and
+    // a word that does not start in lower case. Not inside "30.5" nor after "dr." in "dr. pepper".
+    if let Some((i, _)) = answer.char_indices().find(|&(i, c)| {
+        if !matches!(c, '.' | '!' | '?') {
+            return false;
+        }
+        let rest = &answer[i + c.len_utf8()..];
+        let next_word = rest.trim_start();
+        rest.is_empty()
+            || (rest.starts_with(char::is_whitespace) && !next_word.starts_with(char::is_lowercase))
     }) {
-        answer = answer[..i.0].trim();
+        answer = answer[..i].trim();
     }
     (!answer.is_empty()).then(|| answer.to_string())
 }
