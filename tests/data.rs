@@ -656,3 +656,94 @@ fn annotated_real_files_load_with_their_quirks_counted() {
         assert_eq!(first.items.len(), n("unique_ids"), "{name}");
     }
 }
+
+// ---------------------------------------------------------------- `mmb data` (the CLI module, compiled here)
+
+/// `src/cli/data.rs` refers to the library as `crate::data`; this alias lets the test crate
+/// compile it as it is, without the binary.
+mod data {
+    pub use mmboundary::data::*;
+}
+#[path = "../src/cli/data.rs"]
+mod cli_data;
+
+#[derive(clap::Parser)]
+struct DataCli {
+    #[command(flatten)]
+    args: cli_data::DataArgs,
+}
+
+#[test]
+fn cli_generate_writes_images_sheet_and_text() {
+    use clap::Parser;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gen");
+    let cli = DataCli::try_parse_from(["data", "generate", "-n", "40", "--seed", "5", "--threads", "2", "-o", out.to_str().unwrap(), "--per-level", "3"]).unwrap();
+    cli_data::run(cli.args).unwrap();
+    let pngs = std::fs::read_dir(out.join("images")).unwrap().count();
+    assert_eq!(pngs, 40);
+    // The written PNG is the item's image.
+    let p = params(40, 5);
+    let g = penumbra::generate_one(&p, 12).unwrap();
+    let written = std::fs::read(out.join("images").join(format!("{}.png", g.item.id))).unwrap();
+    assert_eq!(&written, g.item.image.as_ref().unwrap().bytes.as_ref().unwrap());
+    // Contact sheet: one row per level present, 3 tiles per row.
+    let sheet = image::open(out.join("contact_sheet.png")).unwrap().to_rgb8();
+    let items = generate(&p);
+    let levels: HashSet<u32> = items.iter().filter_map(|i| i.difficulty).collect();
+    assert_eq!(sheet.dimensions(), (16 + 4 + 3 * (96 + 4) + 4, 4 + levels.len() as u32 * (96 + 4)));
+    let text = std::fs::read_to_string(out.join("show.txt")).unwrap();
+    assert!(text.contains(&format!("images/{}.png", g.item.id)));
+    assert!(text.contains(&g.item.question) && text.contains("reasoning (Reasoning_level):"));
+    // Bad params are refused with a reason.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "image_size = 8\n").unwrap();
+    let cli = DataCli::try_parse_from(["data", "sheet", "-n", "5", "--params", bad.to_str().unwrap(), "-o", tmp.path().join("s.png").to_str().unwrap()]).unwrap();
+    let err = format!("{:#}", cli_data::run(cli.args).unwrap_err());
+    assert!(err.contains("image_size") && err.contains("found 8"), "{err}");
+}
+
+#[test]
+fn show_lists_question_options_and_chain() {
+    let g = penumbra::generate_one(&params(10, 1), 3).unwrap();
+    let text = mmboundary::data::sheet::show(&g.item, Some("x/y.png"));
+    assert!(text.contains("image:    x/y.png"));
+    let marked = format!("* ({}) {}", (b'A' + g.question.correct_choice as u8) as char, g.question.answer);
+    assert!(text.contains(&marked), "{text}");
+    for s in g.item.chain.sentences() {
+        assert!(text.contains(s));
+    }
+}
+
+/// Run `mmb data …` before the binary wires it: `MMB_DATA_ARGS="generate -n 1000 -o /tmp/p"
+/// cargo test --test data run_data_cli_from_env -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn run_data_cli_from_env() {
+    use clap::Parser;
+    let args = std::env::var("MMB_DATA_ARGS").expect("set MMB_DATA_ARGS, e.g. \"sheet -n 200 -o sheet.png\"");
+    let argv = std::iter::once("data").chain(args.split_whitespace());
+    cli_data::run(DataCli::try_parse_from(argv).unwrap().args).unwrap();
+}
+
+/// Writes a Penumbra sample as Parquet with the `huggingface` metadata, the way the store will,
+/// for `scripts/check_hf_parquet.py` to read with Hugging Face `datasets`:
+/// `MMB_HF_SAMPLE=/tmp/p.parquet cargo test --test data write_hf_sample_parquet -- --ignored`.
+#[test]
+#[ignore]
+fn write_hf_sample_parquet() {
+    use std::sync::Arc;
+    let path = std::env::var("MMB_HF_SAMPLE").expect("set MMB_HF_SAMPLE to the output path");
+    let n = std::env::var("MMB_HF_SAMPLE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let items = generate(&params(n, 0));
+    let batch = items_to_record_batch(&items).unwrap();
+    let mut md = std::collections::HashMap::new();
+    md.insert("huggingface".to_string(), mmboundary::data::hf_metadata_json());
+    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(md));
+    let batch = batch.with_schema(schema.clone()).unwrap();
+    let f = std::fs::File::create(&path).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(100)).build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}

@@ -65,7 +65,7 @@ impl Default for DifficultyLadder {
                 // 3: crowded, small, clearly blurred and noisy.
                 level((6, 8), 0.05, 0.4, 0.6, 0.5, 26.0, 1.0, 0.5),
                 // 4: tiny objects, heavy noise and blur, low contrast: perception is a guess at times.
-                level((7, 9), 0.04, 0.5, 0.8, 0.6, 38.0, 1.3, 0.35),
+                level((7, 9), 0.04, 0.5, 0.8, 0.6, 32.0, 1.2, 0.42),
             ],
         }
     }

@@ -187,7 +187,7 @@ fn attribute_question<R: Rng>(rng: &mut R, kind: QuestionKind, text: String, att
 /// scene supports; falls back to counting all objects, which every scene supports.
 pub fn sample_question<R: Rng>(rng: &mut R, scene: &Scene, weights: &[f32], margin: f32) -> Question {
     let total: f32 = weights.iter().sum();
-    for _ in 0..24 {
+    for _ in 0..6 {
         let mut pick = rng.random_range(0.0..total.max(f32::MIN_POSITIVE));
         let mut kind = QuestionKind::ALL[QuestionKind::ALL.len() - 1];
         for (k, w) in QuestionKind::ALL.iter().zip(weights) {
@@ -197,8 +197,12 @@ pub fn sample_question<R: Rng>(rng: &mut R, scene: &Scene, weights: &[f32], marg
             }
             pick -= w;
         }
-        if let Some(q) = try_kind(rng, scene, kind, margin) {
-            return q;
+        // Retry the drawn kind with other objects first, so that kinds that are often
+        // ambiguous (nearest in a direction) keep their share instead of falling to counting.
+        for _ in 0..8 {
+            if let Some(q) = try_kind(rng, scene, kind, margin) {
+                return q;
+            }
         }
     }
     count_all(rng, scene)
@@ -346,9 +350,11 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
                 Attribute::Color => Desc { color: Color::from_word(w2), ..Desc::default() },
                 _ => Desc { shape: Shape::from_word(w2), ..Desc::default() },
             };
-            let (d1, d2) = if rng.random_bool(0.5) { (d1, d2) } else { (d2, d1) };
-            let n1 = objs.iter().filter(|o| d1.matches(o)).count();
-            let n2 = objs.iter().filter(|o| d2.matches(o)).count();
+            let count = |d: &Desc| objs.iter().filter(|o| d.matches(o)).count();
+            // Balance yes and no: when the counts differ, a coin decides which comes first.
+            let want_yes = rng.random_bool(0.5);
+            let (d1, d2) = if (count(&d1) > count(&d2)) == want_yes { (d1, d2) } else { (d2, d1) };
+            let (n1, n2) = (count(&d1), count(&d2));
             let text = format!("Are there more {} than {}?", d1.plural(), d2.plural());
             let involved: Vec<&Object> = objs.iter().filter(|o| d1.matches(o) || d2.matches(o)).collect();
             let truth = n1 > n2;
@@ -371,8 +377,13 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
                 return None;
             }
             let a = rng.random_range(0..objs.len());
-            let b = (a + rng.random_range(1..objs.len())) % objs.len();
             let attr = *Attribute::ALL.choose(rng)?;
+            // Half the time pick a partner that shares the value (if any), so "yes" is not rare.
+            let same: Vec<usize> = (0..objs.len()).filter(|&b| b != a && attr.value_of(&objs[b]) == attr.value_of(&objs[a])).collect();
+            let b = match same.choose(rng) {
+                Some(&b) if rng.random_bool(0.5) => b,
+                _ => (a + rng.random_range(1..objs.len())) % objs.len(),
+            };
             let da = unique_description(objs, a, Some(attr))?;
             let db = unique_description(objs, b, Some(attr))?;
             let (va, vb) = (attr.value_of(&objs[a]), attr.value_of(&objs[b]));
