@@ -107,7 +107,8 @@ pub struct Skip {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
     pub skipped: Vec<Skip>,
-    /// Counts of records that were kept but had a quirk (e.g. `missing_image_level`).
+    /// Counts of quirks met while loading, by name (e.g. `missing_image_level`); each loader
+    /// documents what it counts.
     pub notes: std::collections::BTreeMap<String, usize>,
 }
 

@@ -155,9 +155,9 @@ pub struct Generated {
     pub question: Question,
 }
 
-/// The scene and question of item `index`, without rendering (cheap; used by the generator and
-/// by tests that check chains against the graph).
-pub fn sample(params: &PenumbraParams, index: usize) -> (Scene, Question, Vec<String>, Vec<String>) {
+/// The scene, question, captions and hard negatives of item `index`, without rendering.
+/// `params` must be valid ([`PenumbraParams::validate`]).
+fn sample(params: &PenumbraParams, index: usize) -> (Scene, Question, Vec<String>, Vec<String>) {
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     rng.set_stream(index as u64);
     let split = params.split_of(index);
@@ -193,6 +193,11 @@ pub fn sample(params: &PenumbraParams, index: usize) -> (Scene, Question, Vec<St
 
 /// Generate item `index` (scene, question, chain, captions, rendered PNG).
 pub fn generate_one(params: &PenumbraParams, index: usize) -> Result<Generated> {
+    params.validate()?;
+    generate_valid(params, index)
+}
+
+fn generate_valid(params: &PenumbraParams, index: usize) -> Result<Generated> {
     let (scene, question, caps, negs) = sample(params, index);
     let png = render::encode_png(&render::render(&scene))?;
     let id = format!("penumbra-{}-{index:06}", params.seed);
@@ -225,7 +230,7 @@ pub fn generate(params: &PenumbraParams) -> Result<Vec<Item>> {
     params.validate()?;
     (0..params.n_items)
         .into_par_iter()
-        .map(|i| generate_one(params, i).map(|g| g.item))
+        .map(|i| generate_valid(params, i).map(|g| g.item))
         .collect()
 }
 
