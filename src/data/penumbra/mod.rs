@@ -227,8 +227,20 @@ fn generate_valid(params: &PenumbraParams, index: usize) -> Result<Generated> {
 
 /// Generate all `params.n_items` items in parallel (order = index order, independent of threads).
 pub fn generate(params: &PenumbraParams) -> Result<Vec<Item>> {
+    generate_range(params, 0..params.n_items)
+}
+
+/// Generate the items with indices in `range` (of `params.n_items`), in parallel: for writing a
+/// large benchmark in chunks (100k items are about 2 GB of PNG) without holding it all.
+pub fn generate_range(params: &PenumbraParams, range: std::ops::Range<usize>) -> Result<Vec<Item>> {
     params.validate()?;
-    (0..params.n_items)
+    if range.end > params.n_items || range.start > range.end {
+        return Err(DataError::Params(format!(
+            "item range {}..{} is not within 0..{} (n_items)",
+            range.start, range.end, params.n_items
+        )));
+    }
+    range
         .into_par_iter()
         .map(|i| generate_valid(params, i).map(|g| g.item))
         .collect()

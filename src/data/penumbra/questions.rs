@@ -119,7 +119,20 @@ fn make_choices<R: Rng>(rng: &mut R, answer: &str, prefer: &[String], pool: &[St
     (out, idx)
 }
 
-fn yes_no_question(kind: QuestionKind, text: String, truth: bool, perception: Vec<String>, objs: Vec<Option<usize>>, mut reasoning: Vec<String>) -> Question {
+/// What a chain rests on: perception sentences, the object behind each, and reasoning steps
+/// (the closing "So, the answer is X." is added by the question builders).
+struct Evidence {
+    perception: Vec<String>,
+    objects: Vec<Option<usize>>,
+    reasoning: Vec<String>,
+}
+
+fn ev(perception: Vec<String>, objects: Vec<Option<usize>>, reasoning: Vec<String>) -> Evidence {
+    Evidence { perception, objects, reasoning }
+}
+
+fn yes_no_question(kind: QuestionKind, text: String, truth: bool, ev: Evidence) -> Question {
+    let Evidence { perception, objects: objs, mut reasoning } = ev;
     let answer = yes_no(truth).to_string();
     reasoning.push(final_sentence(&answer));
     Question {
@@ -135,7 +148,8 @@ fn yes_no_question(kind: QuestionKind, text: String, truth: bool, perception: Ve
     }
 }
 
-fn count_question<R: Rng>(rng: &mut R, kind: QuestionKind, text: String, n: usize, perception: Vec<String>, objs: Vec<Option<usize>>, mut reasoning: Vec<String>) -> Question {
+fn count_question<R: Rng>(rng: &mut R, kind: QuestionKind, text: String, n: usize, ev: Evidence) -> Question {
+    let Evidence { perception, objects: objs, mut reasoning } = ev;
     let answer = n.to_string();
     reasoning.push(final_sentence(&answer));
     let lo = n.saturating_sub(2);
@@ -159,7 +173,8 @@ fn count_question<R: Rng>(rng: &mut R, kind: QuestionKind, text: String, n: usiz
     }
 }
 
-fn attribute_question<R: Rng>(rng: &mut R, kind: QuestionKind, text: String, attr: Attribute, value: &str, perception: Vec<String>, objs: Vec<Option<usize>>, mut reasoning: Vec<String>) -> Question {
+fn attribute_question<R: Rng>(rng: &mut R, kind: QuestionKind, text: String, attr: Attribute, value: &str, ev: Evidence) -> Question {
+    let Evidence { perception, objects: objs, mut reasoning } = ev;
     let answer = value.to_string();
     reasoning.push(final_sentence(&answer));
     let pool: Vec<String> = attr.values().into_iter().map(str::to_string).collect();
@@ -229,7 +244,7 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
                 format!("The only {} in the image is the {}.", d.phrase(), o.full_description()),
                 format!("Its {} is {}.", attr.word(), value),
             ];
-            Some(attribute_question(rng, kind, text, attr, value, vec![see(scene, o)], vec![Some(t)], reasoning))
+            Some(attribute_question(rng, kind, text, attr, value, ev(vec![see(scene, o)], vec![Some(t)], reasoning)))
         }
         QuestionKind::Count => {
             let d = if rng.random_bool(0.7) {
@@ -264,7 +279,7 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
             } else {
                 vec![format!("Counting the {} gives {n}.", d.plural())]
             };
-            Some(count_question(rng, kind, text, n, perception, ids, reasoning))
+            Some(count_question(rng, kind, text, n, ev(perception, ids, reasoning)))
         }
         QuestionKind::Relation => {
             if objs.len() < 2 {
@@ -291,9 +306,7 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
                 kind,
                 text,
                 truth,
-                vec![see(scene, &objs[a]), see(scene, &objs[b])],
-                vec![Some(a), Some(b)],
-                vec![step],
+                ev(vec![see(scene, &objs[a]), see(scene, &objs[b])], vec![Some(a), Some(b)], vec![step]),
             ))
         }
         QuestionKind::NearestInDirection => {
@@ -306,9 +319,8 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
             // Every other object must be clearly on one side or the other of the anchor.
             let mut side: Vec<(&Object, f32)> = Vec::new();
             for o in objs.iter().filter(|o| o.id != a) {
-                match r.holds(o, anchor, margin)? {
-                    true => side.push((o, dist(o, anchor))),
-                    false => {}
+                if r.holds(o, anchor, margin)? {
+                    side.push((o, dist(o, anchor)));
                 }
             }
             if side.is_empty() {
@@ -338,7 +350,7 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
             }
             let value = attr.value_of(nearest);
             reasoning.push(format!("Its {} is {}.", attr.word(), value));
-            Some(attribute_question(rng, kind, text, attr, value, perception, ids, reasoning))
+            Some(attribute_question(rng, kind, text, attr, value, ev(perception, ids, reasoning)))
         }
         QuestionKind::CompareCount => {
             let attr = *[Attribute::Color, Attribute::Shape].choose(rng)?;
@@ -367,9 +379,11 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
                 kind,
                 text,
                 truth,
-                involved.iter().map(|o| see(scene, o)).collect(),
-                involved.iter().map(|o| Some(o.id)).collect(),
-                vec![count_sentence(n1, &d1), count_sentence(n2, &d2), cmp],
+                ev(
+                    involved.iter().map(|o| see(scene, o)).collect(),
+                    involved.iter().map(|o| Some(o.id)).collect(),
+                    vec![count_sentence(n1, &d1), count_sentence(n2, &d2), cmp],
+                ),
             ))
         }
         QuestionKind::SameAttribute => {
@@ -396,9 +410,7 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
                 kind,
                 text,
                 va == vb,
-                vec![see(scene, &objs[a]), see(scene, &objs[b])],
-                vec![Some(a), Some(b)],
-                reasoning,
+                ev(vec![see(scene, &objs[a]), see(scene, &objs[b])], vec![Some(a), Some(b)], reasoning),
             ))
         }
         QuestionKind::CountInDirection => {
@@ -431,7 +443,7 @@ pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: 
             if n > 1 {
                 reasoning.push(format!("That makes {n} objects."));
             }
-            Some(count_question(rng, kind, text, n, perception, ids, reasoning))
+            Some(count_question(rng, kind, text, n, ev(perception, ids, reasoning)))
         }
     }
 }
@@ -446,5 +458,5 @@ fn count_all<R: Rng>(rng: &mut R, scene: &Scene) -> Question {
     let perception = scene.objects.iter().map(|o| see(scene, o)).collect();
     let ids = scene.objects.iter().map(|o| Some(o.id)).collect();
     let reasoning = vec![format!("Counting all the objects gives {n}.")];
-    count_question(rng, QuestionKind::Count, "How many objects are there?".into(), n, perception, ids, reasoning)
+    count_question(rng, QuestionKind::Count, "How many objects are there?".into(), n, ev(perception, ids, reasoning))
 }
