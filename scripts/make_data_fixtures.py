@@ -183,8 +183,9 @@ if real_dir:
             seen.add(ids[i])
         real[name] = {
             "records": len(recs),
-            "missing_image_level": sum(1 for k in kf if k.get("Image_level") is None),
-            "empty_perception": sum(1 for k in kf if not k.get("Image_level")),
+            # quirks counted over the records a loader keeps (non-empty reasoning)
+            "missing_image_level": sum(1 for i in kept if kf[i].get("Image_level") is None),
+            "empty_perception": sum(1 for i in kept if not kf[i].get("Image_level")),
             "empty_reasoning": sum(1 for k in kf if not k.get("Reasoning_level")),
             "items": len(kept),
             "repeated_ids": repeats,

@@ -3,13 +3,14 @@
 //! Two files are known: `aokvqa_val_mmb.json` (A-OKVQA records plus `keys` and `keys_filtered`)
 //! and `culturalvqa_cvqa_mmb.json` (`question, id, image_info, general_output, keys,
 //! keys_filtered`; no gold answer). A chain is `{Image_level: [...], Reasoning_level: [...]}`.
-//! Real quirks handled here, each counted in the [`LoadReport`]:
+//! Real quirks handled here, each counted in the [`LoadReport`] (notes count kept records):
 //! - `Image_level` absent or null in `keys_filtered` (17 A-OKVQA records): kept, perception empty
-//!   (`notes["missing_image_level"]`);
+//!   (`notes["missing_image_level"]`; any empty perception, absent or `[]`, also counts in
+//!   `notes["empty_perception"]`);
 //! - an empty `Reasoning_level` (the chain was filtered away entirely): a counted skip unless
 //!   `keep_empty_reasoning`;
-//! - the same question id more than once with different chains (5 A-OKVQA ids): by
-//!   [`DuplicatePolicy`].
+//! - the same question id more than once with different chains (5 A-OKVQA ids, 8 repeats): by
+//!   [`DuplicatePolicy`] (`notes["duplicate_id"]` counts the repeats).
 //!
 //! Loaded standalone the items carry no image (the images are not in the annotation files); joined
 //! with [`attach_chains`], the dataset's items get the chains.
@@ -20,7 +21,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{aokvqa, kind, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, ReferenceChain, Result, SkipPolicy};
+use super::{
+    aokvqa, kind, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, ReferenceChain,
+    Result, SkipPolicy,
+};
 
 /// Which chain of a record to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -120,27 +124,40 @@ fn detect(file: &Path, records: &[Value]) -> Result<AnnotatedKind> {
     }
 }
 
-/// The chain of a record, from `field`. Err for a wrong shape; quirks are noted in `report`.
-fn parse_chain(ctx: &RecordCtx, rec: &Value, field: ChainField, report: &mut LoadReport) -> Result<ReferenceChain> {
+/// The chain of a record, from `field`, and whether `Image_level` was absent (rather than
+/// an empty list). Err for a wrong shape.
+fn parse_chain(ctx: &RecordCtx, rec: &Value, field: ChainField) -> Result<(ReferenceChain, bool)> {
     let keys = ctx.field(rec, field.key())?;
     if !keys.is_object() {
-        return Err(ctx.malformed(format!("field `{}`: expected an object, found {}", field.key(), kind(keys))));
+        return Err(ctx.malformed(format!(
+            "field `{}`: expected an object, found {}",
+            field.key(),
+            kind(keys)
+        )));
     }
-    let perception = match keys.get("Image_level") {
-        None | Some(Value::Null) => {
-            report.note("missing_image_level");
-            Vec::new()
-        }
-        Some(v) => ctx.str_list_value(v, &format!("{}.Image_level", field.key()))?,
+    let (perception, missing) = match keys.get("Image_level") {
+        None | Some(Value::Null) => (Vec::new(), true),
+        Some(v) => (
+            ctx.str_list_value(v, &format!("{}.Image_level", field.key()))?,
+            false,
+        ),
     };
     let reasoning = match keys.get("Reasoning_level") {
-        None | Some(Value::Null) => return Err(ctx.malformed(format!("field `{}.Reasoning_level` is missing", field.key()))),
+        None | Some(Value::Null) => {
+            return Err(ctx.malformed(format!(
+                "field `{}.Reasoning_level` is missing",
+                field.key()
+            )))
+        }
         Some(v) => ctx.str_list_value(v, &format!("{}.Reasoning_level", field.key()))?,
     };
-    if perception.is_empty() {
-        report.note("empty_perception");
-    }
-    Ok(ReferenceChain { perception, reasoning })
+    Ok((
+        ReferenceChain {
+            perception,
+            reasoning,
+        },
+        missing,
+    ))
 }
 
 fn parse_culturalvqa(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
@@ -149,7 +166,12 @@ fn parse_culturalvqa(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
         .as_i64()
         .map(|i| i.to_string())
         .or_else(|| id.as_str().map(str::to_string))
-        .ok_or_else(|| ctx.malformed(format!("field `id`: expected an integer, found {}", kind(id))))?;
+        .ok_or_else(|| {
+            ctx.malformed(format!(
+                "field `id`: expected an integer, found {}",
+                kind(id)
+            ))
+        })?;
     let question = ctx.str(rec, "question")?;
     let mut item = Item::new(id, super::culturalvqa::SOURCE, "test", question);
     if let Some(g) = ctx.opt_str(rec, "general_output")? {
@@ -178,13 +200,18 @@ pub fn read_annotations(file: &Path, params: &AnnotatedParams) -> Result<Annotat
             .get("question_id")
             .or_else(|| rec.get("id"))
             .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
-        let ctx = RecordCtx { file, record: raw_id.as_deref().map_or(format!("#{i}"), |q| format!("#{i} ({q})")) };
+        let ctx = RecordCtx {
+            file,
+            record: raw_id
+                .as_deref()
+                .map_or(format!("#{i}"), |q| format!("#{i} ({q})")),
+        };
         let parsed = match kind_ {
             AnnotatedKind::Aokvqa => aokvqa::parse_record(&ctx, rec),
             AnnotatedKind::CulturalVqa => parse_culturalvqa(&ctx, rec),
         }
-        .and_then(|item| Ok((item, parse_chain(&ctx, rec, params.chain_field, &mut report)?)));
-        let (mut item, chain) = match parsed {
+        .and_then(|item| Ok((item, parse_chain(&ctx, rec, params.chain_field)?)));
+        let (mut item, (chain, missing_image_level)) = match parsed {
             Ok(x) => x,
             Err(e) => {
                 report.reject(params.on_bad_record, e)?;
@@ -210,26 +237,52 @@ pub fn read_annotations(file: &Path, params: &AnnotatedParams) -> Result<Annotat
                     report.skipped.push(super::Skip {
                         file: file.to_path_buf(),
                         record: ctx.record.clone(),
-                        reason: format!("id {id} repeated (occurrence {k}); duplicate policy keeps the first"),
+                        reason: format!(
+                            "id {id} repeated (occurrence {k}); duplicate policy keeps the first"
+                        ),
                     });
                     continue;
                 }
                 DuplicatePolicy::Error => {
-                    return Err(DataError::DuplicateId { path: file.to_path_buf(), record: ctx.record.clone(), id })
+                    return Err(DataError::DuplicateId {
+                        path: file.to_path_buf(),
+                        record: ctx.record.clone(),
+                        id,
+                    })
                 }
             }
         }
+        // Quirks are counted on the records that are kept.
+        if missing_image_level {
+            report.note("missing_image_level");
+        }
+        if chain.perception.is_empty() {
+            report.note("empty_perception");
+        }
         item.chain = chain.clone();
         item.meta.insert("annotation".into(), json!({"file": file.file_name().map(|f| f.to_string_lossy()), "record": i, "index": k, "chain_field": params.chain_field.key()}));
-        annotations.push(Annotation { id, record: i, chain, item });
+        annotations.push(Annotation {
+            id,
+            record: i,
+            chain,
+            item,
+        });
     }
-    Ok(Annotations { file: file.to_path_buf(), kind: kind_, annotations, report })
+    Ok(Annotations {
+        file: file.to_path_buf(),
+        kind: kind_,
+        annotations,
+        report,
+    })
 }
 
 /// Load an annotated file as items on their own (no images: the files do not carry them).
 pub fn load_annotated(file: &Path, params: &AnnotatedParams) -> Result<Loaded> {
     let a = read_annotations(file, params)?;
-    Ok(Loaded { items: a.annotations.into_iter().map(|a| a.item).collect(), report: a.report })
+    Ok(Loaded {
+        items: a.annotations.into_iter().map(|a| a.item).collect(),
+        report: a.report,
+    })
 }
 
 /// Join chains onto a loaded dataset by id (A-OKVQA `question_id`; CulturalVQA row index).
@@ -238,7 +291,11 @@ pub fn load_annotated(file: &Path, params: &AnnotatedParams) -> Result<Loaded> {
 /// [`DuplicatePolicy::KeepAll`], ids suffixed as in the annotations). An annotation whose id is
 /// not in `items` is an error or a counted skip (`on_bad_record`); items without an annotation
 /// are left out (counted) unless `keep_unannotated`.
-pub fn attach_chains(items: Vec<Item>, annotations: &Annotations, params: &AnnotatedParams) -> Result<Loaded> {
+pub fn attach_chains(
+    items: Vec<Item>,
+    annotations: &Annotations,
+    params: &AnnotatedParams,
+) -> Result<Loaded> {
     let mut report = annotations.report.clone();
     let mut by_id: HashMap<&str, Vec<&Annotation>> = HashMap::new();
     for a in &annotations.annotations {

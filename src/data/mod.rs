@@ -107,7 +107,8 @@ pub struct Skip {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
     pub skipped: Vec<Skip>,
-    /// Counts of records that were kept but had a quirk (e.g. `missing_image_level`).
+    /// Counts of quirks met while loading, by name (e.g. `missing_image_level`); each loader
+    /// documents what it counts.
     pub notes: std::collections::BTreeMap<String, usize>,
 }
 
@@ -143,9 +144,9 @@ fn err_location(err: &DataError) -> (PathBuf, String) {
         | DataError::MissingImage { path, record, .. }
         | DataError::UnmatchedId { path, record, .. }
         | DataError::DuplicateId { path, record, .. } => (path.clone(), record.clone()),
-        DataError::Io { path, .. } | DataError::Json { path, .. } | DataError::Parquet { path, .. } => {
-            (path.clone(), String::new())
-        }
+        DataError::Io { path, .. }
+        | DataError::Json { path, .. }
+        | DataError::Parquet { path, .. } => (path.clone(), String::new()),
         _ => (PathBuf::new(), String::new()),
     }
 }
@@ -219,9 +220,12 @@ impl RecordCtx<'_> {
 
     pub fn str(&self, v: &serde_json::Value, name: &str) -> Result<String> {
         let f = self.field(v, name)?;
-        f.as_str()
-            .map(str::to_string)
-            .ok_or_else(|| self.malformed(format!("field `{name}`: expected a string, found {}", kind(f))))
+        f.as_str().map(str::to_string).ok_or_else(|| {
+            self.malformed(format!(
+                "field `{name}`: expected a string, found {}",
+                kind(f)
+            ))
+        })
     }
 
     pub fn opt_str(&self, v: &serde_json::Value, name: &str) -> Result<Option<String>> {
@@ -233,8 +237,12 @@ impl RecordCtx<'_> {
 
     pub fn int(&self, v: &serde_json::Value, name: &str) -> Result<i64> {
         let f = self.field(v, name)?;
-        f.as_i64()
-            .ok_or_else(|| self.malformed(format!("field `{name}`: expected an integer, found {}", kind(f))))
+        f.as_i64().ok_or_else(|| {
+            self.malformed(format!(
+                "field `{name}`: expected an integer, found {}",
+                kind(f)
+            ))
+        })
     }
 
     pub fn str_list(&self, v: &serde_json::Value, name: &str) -> Result<Vec<String>> {
@@ -243,14 +251,20 @@ impl RecordCtx<'_> {
     }
 
     pub fn str_list_value(&self, f: &serde_json::Value, name: &str) -> Result<Vec<String>> {
-        let arr = f
-            .as_array()
-            .ok_or_else(|| self.malformed(format!("field `{name}`: expected a list of strings, found {}", kind(f))))?;
+        let arr = f.as_array().ok_or_else(|| {
+            self.malformed(format!(
+                "field `{name}`: expected a list of strings, found {}",
+                kind(f)
+            ))
+        })?;
         arr.iter()
             .enumerate()
             .map(|(i, s)| {
                 s.as_str().map(str::to_string).ok_or_else(|| {
-                    self.malformed(format!("field `{name}`[{i}]: expected a string, found {}", kind(s)))
+                    self.malformed(format!(
+                        "field `{name}`[{i}]: expected a string, found {}",
+                        kind(s)
+                    ))
                 })
             })
             .collect()

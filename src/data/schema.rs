@@ -83,7 +83,12 @@ pub struct Item {
 
 impl Item {
     /// A row with only the required fields set.
-    pub fn new(id: impl Into<String>, source: &str, split: &str, question: impl Into<String>) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        source: &str,
+        split: &str,
+        question: impl Into<String>,
+    ) -> Self {
         Item {
             id: id.into(),
             source: source.to_string(),
@@ -170,8 +175,8 @@ pub fn hf_features() -> Value {
     m.insert("hard_negatives".into(), seq());
     m.insert("meta".into(), string());
     debug_assert_eq!(m.len(), item_schema().fields().len());
-    // serde_json's Map is sorted by key; datasets keys features by column name, so order is free,
-    // but `datasets` also matches the Arrow schema's column order, which stays that of item_schema().
+    // The map's key order need not follow the columns: `datasets` matches features to columns
+    // by name (checked with datasets 5.2 by scripts/check_hf_parquet.py).
     Value::Object(m)
 }
 
@@ -194,8 +199,9 @@ pub fn items_to_record_batch(items: &[Item]) -> Result<RecordBatch> {
     let mut answer = StringBuilder::new();
     let mut difficulty = Vec::with_capacity(n);
     let mut meta = StringBuilder::new();
-    let mut lists: Vec<ListBuilder<StringBuilder>> =
-        (0..LIST_COLUMNS.len()).map(|_| ListBuilder::new(StringBuilder::new())).collect();
+    let mut lists: Vec<ListBuilder<StringBuilder>> = (0..LIST_COLUMNS.len())
+        .map(|_| ListBuilder::new(StringBuilder::new()))
+        .collect();
 
     for it in items {
         id.append_value(&it.id);
@@ -223,14 +229,18 @@ pub fn items_to_record_batch(items: &[Item]) -> Result<RecordBatch> {
                         it.choices.len()
                     )));
                 }
-                Some(i32::try_from(c).map_err(|_| DataError::Schema(format!("item {}: correct_choice {c} too large", it.id)))?)
+                Some(i32::try_from(c).map_err(|_| {
+                    DataError::Schema(format!("item {}: correct_choice {c} too large", it.id))
+                })?)
             }
             None => None,
         };
         correct.push(cc);
         answer.append_option(it.answer.as_deref());
         difficulty.push(match it.difficulty {
-            Some(d) => Some(i32::try_from(d).map_err(|_| DataError::Schema(format!("item {}: difficulty {d} too large", it.id)))?),
+            Some(d) => Some(i32::try_from(d).map_err(|_| {
+                DataError::Schema(format!("item {}: difficulty {d} too large", it.id))
+            })?),
             None => None,
         });
         let cols: [&Vec<String>; 6] = [
@@ -252,10 +262,15 @@ pub fn items_to_record_batch(items: &[Item]) -> Result<RecordBatch> {
 
     let image = StructArray::try_new(
         image_fields(),
-        vec![Arc::new(img_bytes.finish()) as ArrayRef, Arc::new(img_path.finish())],
+        vec![
+            Arc::new(img_bytes.finish()) as ArrayRef,
+            Arc::new(img_path.finish()),
+        ],
         Some(NullBuffer::from(img_valid)),
     )?;
-    let mut lists = lists.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
+    let mut lists = lists
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as ArrayRef);
     let mut next_list = || lists.next().expect("six list columns");
     let choices = next_list();
     let direct = next_list();
@@ -280,7 +295,7 @@ pub fn items_to_record_batch(items: &[Item]) -> Result<RecordBatch> {
         negatives,
         Arc::new(meta.finish()),
     ];
-    // Fixed schema: list fields must match exactly, so rebuild the list columns' data type check.
+    // try_new checks every column against the fixed schema.
     Ok(RecordBatch::try_new(item_schema(), columns)?)
 }
 
@@ -340,7 +355,10 @@ pub fn items_from_record_batch(batch: &RecordBatch) -> Result<Vec<Item>> {
         };
         let nonneg = |v: i32, what: &str| -> Result<u32> {
             u32::try_from(v).map_err(|_| {
-                DataError::Schema(format!("row {r} (id {}): `{what}` is negative ({v})", id.value(r)))
+                DataError::Schema(format!(
+                    "row {r} (id {}): `{what}` is negative ({v})",
+                    id.value(r)
+                ))
             })
         };
         out.push(Item {
@@ -353,14 +371,22 @@ pub fn items_from_record_batch(batch: &RecordBatch) -> Result<Vec<Item>> {
                 path: opt_str(img_path, r),
             }),
             choices: list_at(5, r),
-            correct_choice: if correct.is_null(r) { None } else { Some(nonneg(correct.value(r), "correct_choice")?) },
+            correct_choice: if correct.is_null(r) {
+                None
+            } else {
+                Some(nonneg(correct.value(r), "correct_choice")?)
+            },
             direct_answers: list_at(7, r),
             answer: opt_str(answer, r),
             chain: ReferenceChain {
                 perception: list_at(9, r),
                 reasoning: list_at(10, r),
             },
-            difficulty: if difficulty.is_null(r) { None } else { Some(nonneg(difficulty.value(r), "difficulty")?) },
+            difficulty: if difficulty.is_null(r) {
+                None
+            } else {
+                Some(nonneg(difficulty.value(r), "difficulty")?)
+            },
             captions: list_at(12, r),
             hard_negatives: list_at(13, r),
             meta: meta_map,

@@ -42,7 +42,14 @@ pub struct DifficultyLadder {
 
 impl Default for DifficultyLadder {
     fn default() -> Self {
-        let level = |objs: (usize, usize), r: f32, occ: f32, sim: f32, dis: f32, noise: f32, blur: f32, contrast: f32| LevelKnobs {
+        let level = |objs: (usize, usize),
+                     r: f32,
+                     occ: f32,
+                     sim: f32,
+                     dis: f32,
+                     noise: f32,
+                     blur: f32,
+                     contrast: f32| LevelKnobs {
             min_objects: objs.0,
             max_objects: objs.1,
             small_radius: r,
@@ -65,7 +72,7 @@ impl Default for DifficultyLadder {
                 // 3: crowded, small, clearly blurred and noisy.
                 level((6, 8), 0.05, 0.4, 0.6, 0.5, 26.0, 1.0, 0.5),
                 // 4: tiny objects, heavy noise and blur, low contrast: perception is a guess at times.
-                level((7, 9), 0.04, 0.5, 0.8, 0.6, 38.0, 1.3, 0.35),
+                level((7, 9), 0.04, 0.5, 0.8, 0.6, 32.0, 1.2, 0.42),
             ],
         }
     }
@@ -95,16 +102,28 @@ impl DifficultyLadder {
                 ));
             }
             if !(k.small_radius > 0.0 && k.small_radius < 0.25) {
-                return Err(format!("level {i}: `small_radius` must be in (0, 0.25), found {}", k.small_radius));
+                return Err(format!(
+                    "level {i}: `small_radius` must be in (0, 0.25), found {}",
+                    k.small_radius
+                ));
             }
             if !(k.large_ratio >= 1.2 && k.large_ratio <= 3.0) {
-                return Err(format!("level {i}: `large_ratio` must be in [1.2, 3], found {}", k.large_ratio));
+                return Err(format!(
+                    "level {i}: `large_ratio` must be in [1.2, 3], found {}",
+                    k.large_ratio
+                ));
             }
             if !(k.noise_sigma >= 0.0 && k.noise_sigma <= 128.0) {
-                return Err(format!("level {i}: `noise_sigma` must be in [0, 128], found {}", k.noise_sigma));
+                return Err(format!(
+                    "level {i}: `noise_sigma` must be in [0, 128], found {}",
+                    k.noise_sigma
+                ));
             }
             if !(k.blur_sigma >= 0.0 && k.blur_sigma <= 8.0) {
-                return Err(format!("level {i}: `blur_sigma` must be in [0, 8], found {}", k.blur_sigma));
+                return Err(format!(
+                    "level {i}: `blur_sigma` must be in [0, 8], found {}",
+                    k.blur_sigma
+                ));
             }
         }
         Ok(())

@@ -181,8 +181,11 @@ impl Object {
     /// Whether pixel (px, py) (its center) belongs to the object's shape.
     #[inline]
     pub fn covers(&self, px: u32, py: u32) -> bool {
-        self.shape
-            .contains(px as f32 + 0.5 - self.x, py as f32 + 0.5 - self.y, self.radius)
+        self.shape.contains(
+            px as f32 + 0.5 - self.x,
+            py as f32 + 0.5 - self.y,
+            self.radius,
+        )
     }
 }
 
@@ -216,7 +219,12 @@ pub enum Relation {
 }
 
 impl Relation {
-    pub const ALL: &'static [Relation] = &[Relation::LeftOf, Relation::RightOf, Relation::Above, Relation::Below];
+    pub const ALL: &'static [Relation] = &[
+        Relation::LeftOf,
+        Relation::RightOf,
+        Relation::Above,
+        Relation::Below,
+    ];
 
     /// "to the left of", "above", …
     pub fn phrase(self) -> &'static str {
@@ -302,18 +310,27 @@ pub(crate) fn sample_objects<R: Rng>(rng: &mut R, spec: &SceneSpec) -> Vec<Objec
         // Attributes first (independent of placement).
         let (shape, color) = loop {
             if spec.ood && (force_held_out || rng.random_bool(0.5)) {
-                break *spec.held_out.choose(rng).expect("held_out is non-empty in OOD");
+                break *spec
+                    .held_out
+                    .choose(rng)
+                    .expect("held_out is non-empty in OOD");
             }
             let (s, c) = if !objects.is_empty() && rng.random_bool(k.distractor_prob as f64) {
                 // A distractor: same shape as an earlier object, so references need more words.
                 let o = objects.choose(rng).expect("non-empty");
                 (o.shape, *Color::ALL.choose(rng).expect("non-empty"))
             } else {
-                (*Shape::ALL.choose(rng).expect("non-empty"), *Color::ALL.choose(rng).expect("non-empty"))
+                (
+                    *Shape::ALL.choose(rng).expect("non-empty"),
+                    *Color::ALL.choose(rng).expect("non-empty"),
+                )
             };
             let c = if !objects.is_empty() && rng.random_bool(k.similar_color_prob as f64) {
                 let o = objects.choose(rng).expect("non-empty");
-                *o.color.similar().choose(rng).expect("every color has a similar one")
+                *o.color
+                    .similar()
+                    .choose(rng)
+                    .expect("every color has a similar one")
             } else {
                 c
             };
@@ -344,7 +361,11 @@ pub(crate) fn sample_objects<R: Rng>(rng: &mut R, spec: &SceneSpec) -> Vec<Objec
                     rng.random_range(reach..(spec.height as f32 - reach).max(reach + 1.0)),
                 )
             };
-            if x - reach < 0.0 || y - reach < 0.0 || x + reach > spec.width as f32 || y + reach > spec.height as f32 {
+            if x - reach < 0.0
+                || y - reach < 0.0
+                || x + reach > spec.width as f32
+                || y + reach > spec.height as f32
+            {
                 continue;
             }
             let (x, y) = (quantize(x), quantize(y));
@@ -437,7 +458,12 @@ pub enum Attribute {
 }
 
 impl Attribute {
-    pub const ALL: &'static [Attribute] = &[Attribute::Size, Attribute::Color, Attribute::Texture, Attribute::Shape];
+    pub const ALL: &'static [Attribute] = &[
+        Attribute::Size,
+        Attribute::Color,
+        Attribute::Texture,
+        Attribute::Shape,
+    ];
 
     pub fn word(self) -> &'static str {
         match self {
@@ -521,7 +547,11 @@ impl Desc {
 
 /// The shortest description of `objects[target]` that picks it out alone, never naming `exclude`.
 /// Shape is preferred as the noun; returns None when no description is unique.
-pub fn unique_description(objects: &[Object], target: usize, exclude: Option<Attribute>) -> Option<Desc> {
+pub fn unique_description(
+    objects: &[Object],
+    target: usize,
+    exclude: Option<Attribute>,
+) -> Option<Desc> {
     use Attribute::*;
     const CANDIDATES: &[&[Attribute]] = &[
         &[Shape],
