@@ -191,8 +191,8 @@ fn unsupported_architecture_is_named_with_the_supported_ones() {
 
 mod training {
     use super::*;
-    use mmboundary::mllm::lora::LoraParams;
-    use mmboundary::mllm::sft::{evaluate_loss, FineTuneMode, SftExample, SftParams, SftTrainer};
+    use mllm::lora::LoraParams;
+    use mllm::sft::{evaluate_loss, FineTuneMode, SftExample, SftParams, SftTrainer};
     use rand::{Rng, SeedableRng};
 
     /// A small fixed task: the response is a function of the prompt's first two tokens.
@@ -207,7 +207,7 @@ mod training {
             .collect()
     }
 
-    fn tiny() -> (tch::nn::VarStore, mmboundary::mllm::llama::CausalLm) {
+    fn tiny() -> (tch::nn::VarStore, mllm::llama::CausalLm) {
         load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::F32).unwrap()
     }
 

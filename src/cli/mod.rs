@@ -1,5 +1,6 @@
 //! The command line: one file per command group, each a thin shell over the libraries.
 mod bench;
+mod data;
 mod pipeline;
 mod store;
 
@@ -38,6 +39,8 @@ pub enum Command {
     Export(store::ExportArgs),
     /// Bring shared artifacts into this store; refuses files whose hash or lineage do not check.
     Import(store::ImportArgs),
+    /// The embedded Penumbra benchmark outside the pipeline: generate N items, a contact sheet, or show items.
+    Data(data::DataArgs),
     /// Benchmarks (figures as JSON, with references measured in the same run).
     Bench(bench::BenchArgs),
 }
@@ -68,5 +71,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(a) => store::export(&cli.store, a),
         Command::Import(a) => store::import(&cli.store, a),
         Command::Bench(a) => bench::run(a),
+        Command::Data(a) => data::run(a).map(|()| ExitCode::SUCCESS),
     }
 }

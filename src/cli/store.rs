@@ -66,7 +66,14 @@ fn show_artifact(store: &Store, prefix: &str, rows: usize) -> anyhow::Result<()>
         }
         let batch = t.concat()?;
         let head = batch.slice(0, rows.min(batch.num_rows()));
-        println!("{}", arrow::util::pretty::pretty_format_batches(&[head])?);
+        if t.schema.fields().len() == crate::data::item_schema().fields().len() && t.schema.field_with_name("perception").is_ok() {
+            // A dataset: show items as a person reads them (question, options, chain by level).
+            for item in crate::data::items_from_record_batch(&head)? {
+                println!("{}", crate::data::sheet::show(&item, item.image.as_ref().and_then(|i| i.path.as_deref())));
+            }
+        } else {
+            println!("{}", arrow::util::pretty::pretty_format_batches(&[head])?);
+        }
     } else if let Some(l) = store.sidecar_lineage(&path)? {
         println!("lineage: {}", serde_json::to_string_pretty(&l)?);
     }
