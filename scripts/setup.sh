@@ -62,11 +62,14 @@ ln -sfn "$capi" "$DEPS/onnxruntime"
 # --- 4. ONNX exports (encoders) ----------------------------------------------------------------------------
 # all-MiniLM-L6-v2 as fp32 ONNX (90 MB, not committed) for src/encoders; skipped when it already exists.
 minilm_onnx="$DEPS/models/all-MiniLM-L6-v2/onnx/model.onnx"
-if [[ -f "$minilm_onnx" ]]; then
+# The stamp is written only after a complete export, so an interrupted export is redone.
+if [[ -f "$minilm_onnx" && -f "$minilm_onnx.done" ]]; then
   say "MiniLM ONNX present"
 else
   say "exporting all-MiniLM-L6-v2 to ONNX (fp32)"
+  rm -f "$minilm_onnx.done"
   "$VENV/bin/python" "$ROOT/scripts/export_onnx.py" minilm || die "ONNX export of all-MiniLM-L6-v2 failed (see above)"
+  touch "$minilm_onnx.done"
 fi
 
 say "done: plain cargo commands now find libtorch and ONNX Runtime"

@@ -6,6 +6,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// A stage handed to another process: what it reads, writes and is keyed by.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WorkerJob {
+    pub stage: String,
+    pub store: PathBuf,
+    pub params: serde_json::Value,
+    pub inputs: BTreeMap<String, (ArtifactId, ArtifactKind)>,
+    pub outputs: Vec<String>,
+    pub lineage: Lineage,
+}
+
 /// What a running stage sees: its params, its inputs (checked against their hashes when read), and
 /// the only way to write outputs (through the store, with lineage filled in).
 pub struct StageContext<'a> {
@@ -136,6 +147,40 @@ impl<'a> StageContext<'a> {
         bar.set_prefix(self.stage.clone());
         bar.set_message(what.to_string());
         bar
+    }
+
+    /// Everything a worker process needs to act as this stage (see [`crate::stages::worker`]).
+    pub fn to_job(&self) -> WorkerJob {
+        WorkerJob {
+            stage: self.stage.clone(),
+            store: self.store.root().to_path_buf(),
+            params: self.params.clone(),
+            inputs: self.inputs.clone(),
+            outputs: self.declared.clone(),
+            lineage: self.lineage.clone(),
+        }
+    }
+
+    /// The context a worker process rebuilds from a job.
+    pub fn from_job(store: &'a Store, job: &WorkerJob, progress: &'a MultiProgress) -> Self {
+        Self::new(store, &job.stage, job.params.clone(), job.inputs.clone(), job.outputs.clone(), job.lineage.clone(), progress)
+    }
+
+    /// Outputs written so far (a worker reports these back).
+    pub fn written(&self) -> BTreeMap<String, (ArtifactId, ArtifactKind)> {
+        self.written.lock().expect("outputs lock").clone()
+    }
+
+    /// Takes over an output that a worker process wrote into the store, after checking its bytes.
+    pub fn adopt(&self, output: &str, id: &ArtifactId, kind: ArtifactKind) -> anyhow::Result<()> {
+        self.lineage_for(output)?;
+        let path = self.store.path_of(id, kind);
+        if !path.exists() {
+            return Err(StoreError::Missing { id: id.to_string(), path }.into());
+        }
+        self.store.check(id, &path)?;
+        self.record(output, id, kind);
+        Ok(())
     }
 
     pub(crate) fn into_written(self) -> BTreeMap<String, (ArtifactId, ArtifactKind)> {

@@ -12,7 +12,7 @@ mod stage;
 mod state;
 mod status;
 
-pub use context::StageContext;
+pub use context::{StageContext, WorkerJob};
 pub use error::EngineError;
 pub use key::cache_key;
 pub use lockfile::{LockFile, StageRecord, OutputRecord};
