@@ -1,6 +1,8 @@
 //! The pipeline's stages, one short file each, and the registry that builds them from `stages/*.toml`.
 mod config;
 pub mod dataset;
+pub mod features;
+pub mod generate;
 pub mod worker;
 
 pub use config::{load_stage_toml, StageToml};

@@ -1,0 +1,39 @@
+//! `mmb-torch`: the worker that runs the stages needing libtorch (the MLLM), so that `mmb` itself never
+//! loads libtorch. `mmb` hands it a job file (stage, params, input ids, store) and reads back the ids of
+//! what it wrote; see `src/stages/worker.rs`.
+mod generate;
+
+use indicatif::MultiProgress;
+use mmboundary::engine::StageContext;
+use mmboundary::stages::worker::{read_job, WorkerResult};
+use mmboundary::store::Store;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let [_, cmd, job, result] = args else {
+        anyhow::bail!("usage: mmb-torch job JOB.json RESULT.json (started by `mmb run`, not by hand)");
+    };
+    anyhow::ensure!(cmd == "job", "unknown command `{cmd}` (expected `job`)");
+    let job = read_job(std::path::Path::new(job))?;
+    let store = Store::open(&job.store)?;
+    let progress = MultiProgress::new();
+    let ctx = StageContext::from_job(&store, &job, &progress);
+    match job.stage.as_str() {
+        "generate" => generate::run(&ctx)?,
+        other => anyhow::bail!("mmb-torch has no stage `{other}`"),
+    }
+    let out = WorkerResult { outputs: ctx.written() };
+    mmboundary::store::write_atomic(std::path::Path::new(result), &serde_json::to_vec(&out)?)?;
+    Ok(())
+}

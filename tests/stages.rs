@@ -1,0 +1,122 @@
+//! The pipeline's stages on tiny models, end to end through the engine: dataset → features (CLIP on
+//! ONNX Runtime) → generate (a LLaVA-style model in the `mmb-torch` worker).
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Float32Type;
+use mmboundary::data::penumbra::PenumbraParams;
+use mmboundary::engine::{Pipeline, RunOptions, Stage};
+use mmboundary::stages::dataset::{DatasetParams, DatasetStage};
+use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
+use mmboundary::stages::generate::{GenerateParams, GenerateStage};
+use mmboundary::store::{ArtifactId, Store};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The tiny random LLaVA of the mllm goldens (vocab 100, image token 99), with a word-level tokenizer
+/// of exactly 100 entries so every id decodes.
+fn tiny_llava(dir: &Path) -> PathBuf {
+    let out = dir.join("tiny-llava");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("mllm/tiny-llava").join(f), out.join(f)).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    let words = "[UNK] [PAD] <s> </s> the a is there of and so answer question options yes no red green blue yellow \
+                 purple orange pink teal circle square triangle diamond hexagon small large solid striped checkered left \
+                 right top bottom center above below how many objects same color shape size . , ? : ( )";
+    let mut n = 0;
+    for w in words.split_whitespace() {
+        vocab.insert(w.into(), n.into());
+        n += 1;
+    }
+    while n < 99 {
+        vocab.insert(format!("w{n}"), n.into());
+        n += 1;
+    }
+    vocab.insert("<image>".into(), 99.into());
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 99, "content": "<image>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": {"type": "Lowercase"},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(out.join("tokenizer.json"), serde_json::to_vec(&tok).unwrap()).unwrap();
+    out
+}
+
+#[test]
+fn dataset_features_generate_run_through_the_engine_and_cache() {
+    std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let model = tiny_llava(dir.path());
+    let build = |max_new_tokens: usize| {
+        let stages: Vec<Box<dyn Stage>> = vec![
+            Box::new(DatasetStage {
+                params: DatasetParams { penumbra: PenumbraParams { n_items: 12, image_size: 32, ..Default::default() }, chunk: 5 },
+            }),
+            Box::new(FeaturesStage {
+                params: FeaturesParams { clip: fixtures().join("encoders/clip_tiny"), batch: 4 },
+                session: Default::default(),
+            }),
+            Box::new(GenerateStage {
+                params: GenerateParams {
+                    model: model.clone(),
+                    limit: Some(5),
+                    batch: 2,
+                    max_new_tokens,
+                    device: "cpu".into(),
+                    ..Default::default()
+                },
+            }),
+        ];
+        Pipeline::new(stages).unwrap()
+    };
+    let s = build(6).run(&store, &RunOptions::default()).unwrap();
+    assert_eq!(s.ran, vec!["dataset", "features", "generate"]);
+
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let feats = store.read_table(&ArtifactId::parse(&lock.stages["features"].outputs["features"].id).unwrap()).unwrap().concat().unwrap();
+    assert_eq!(feats.num_rows(), 12);
+    let chains = store.read_table(&ArtifactId::parse(&lock.stages["generate"].outputs["chains"].id).unwrap()).unwrap();
+    let lineage = chains.lineage.clone().unwrap();
+    assert_eq!(lineage.stage, "generate");
+    assert!(lineage.models.keys().any(|k| k.contains("tiny-llava")), "model hashes are in the lineage");
+    let c = chains.concat().unwrap();
+    assert_eq!(c.num_rows(), 5);
+    let lp = c.column_by_name("logprobs").unwrap().as_list::<i32>();
+    let ent = c.column_by_name("entropies").unwrap().as_list::<i32>();
+    let toks = c.column_by_name("tokens").unwrap().as_list::<i32>();
+    for r in 0..c.num_rows() {
+        let (l, e) = (lp.value(r), ent.value(r));
+        let (l, e) = (l.as_primitive::<Float32Type>(), e.as_primitive::<Float32Type>());
+        assert_eq!(l.len(), toks.value(r).len());
+        assert!(l.len() >= 1 && l.len() <= 6);
+        assert!(l.values().iter().all(|v| *v <= 1e-6 && v.is_finite()));
+        // Entropy over the full vocabulary of 100 is at most ln 100.
+        assert!(e.values().iter().all(|v| *v >= -1e-5 && *v <= (100f32).ln() + 1e-4));
+    }
+
+    // Cached: nothing reruns; a generation param reruns only generate.
+    assert!(build(6).run(&store, &RunOptions::default()).unwrap().ran.is_empty());
+    assert_eq!(build(4).run(&store, &RunOptions::default()).unwrap().ran, vec!["generate"]);
+}
+
+#[test]
+fn generate_without_the_worker_or_model_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(DatasetStage { params: DatasetParams { penumbra: PenumbraParams { n_items: 4, image_size: 32, ..Default::default() }, chunk: 4 } }),
+        Box::new(FeaturesStage { params: FeaturesParams { clip: fixtures().join("encoders/clip_tiny"), batch: 4 }, session: Default::default() }),
+        Box::new(GenerateStage { params: GenerateParams { model: dir.path().join("no-such-model"), device: "cpu".into(), ..Default::default() } }),
+    ];
+    let e = Pipeline::new(stages).unwrap().run(&store, &RunOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("no-such-model"), "{e}");
+}
