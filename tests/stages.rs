@@ -6,7 +6,10 @@ use mmboundary::data::penumbra::PenumbraParams;
 use mmboundary::engine::{Pipeline, RunOptions, Stage};
 use mmboundary::stages::dataset::{DatasetParams, DatasetStage};
 use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
+use mmboundary::stages::bin::{BinParams, BinStage};
 use mmboundary::stages::generate::{GenerateParams, GenerateStage};
+use mmboundary::stages::map::{MapParams, MapStage};
+use mmboundary::stages::score::{ScoreParams, ScoreStage};
 use mmboundary::store::{ArtifactId, Store};
 use std::path::{Path, PathBuf};
 
@@ -49,6 +52,10 @@ fn tiny_llava(dir: &Path) -> PathBuf {
     out
 }
 
+fn lock_now(store: &Store) -> mmboundary::engine::LockFile {
+    mmboundary::engine::LockFile::load(store.root()).unwrap()
+}
+
 #[test]
 fn dataset_features_generate_run_through_the_engine_and_cache() {
     std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
@@ -74,11 +81,26 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
                     ..Default::default()
                 },
             }),
+            Box::new(ScoreStage {
+                params: ScoreParams {
+                    minilm: mmboundary::encoders::minilm::default_model_dir(),
+                    clip: fixtures().join("encoders/clip_tiny"),
+                    ..Default::default()
+                },
+                session: Default::default(),
+            }),
+            Box::new(BinStage { params: BinParams::default() }),
+            Box::new(MapStage {
+                params: MapParams {
+                    pool: Path::new(env!("CARGO_MANIFEST_DIR")).join("stages/statements.toml"),
+                    ..Default::default()
+                },
+            }),
         ];
         Pipeline::new(stages).unwrap()
     };
-    let s = build(6).run(&store, &RunOptions::default()).unwrap();
-    assert_eq!(s.ran, vec!["dataset", "features", "generate"]);
+    let s = build(16).run(&store, &RunOptions::default()).unwrap();
+    assert_eq!(s.ran, vec!["dataset", "features", "generate", "score", "bin", "map"]);
 
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let feats = store.read_table(&ArtifactId::parse(&lock.stages["features"].outputs["features"].id).unwrap()).unwrap().concat().unwrap();
@@ -96,15 +118,39 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
         let (l, e) = (lp.value(r), ent.value(r));
         let (l, e) = (l.as_primitive::<Float32Type>(), e.as_primitive::<Float32Type>());
         assert_eq!(l.len(), toks.value(r).len());
-        assert!(l.len() >= 1 && l.len() <= 6);
+        assert!(l.len() >= 1 && l.len() <= 16);
         assert!(l.values().iter().all(|v| *v <= 1e-6 && v.is_finite()));
         // Entropy over the full vocabulary of 100 is at most ln 100.
         assert!(e.values().iter().all(|v| *v >= -1e-5 && *v <= (100f32).ln() + 1e-4));
     }
 
-    // Cached: nothing reruns; a generation param reruns only generate.
-    assert!(build(6).run(&store, &RunOptions::default()).unwrap().ran.is_empty());
-    assert_eq!(build(4).run(&store, &RunOptions::default()).unwrap().ran, vec!["generate"]);
+    // score: one row per generated sentence, every signal finite, CLIPScore in [0, 1].
+    let n_sentences: usize = (0..c.num_rows()).map(|r| c.column_by_name("sentences").unwrap().as_list::<i32>().value(r).len()).sum();
+    let table = |stage: &str, out: &str| store.read_table(&ArtifactId::parse(&lock_now(&store).stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap();
+    let scored = table("score", "scored");
+    assert_eq!(scored.num_rows(), n_sentences);
+    for col in ["lnlp", "mte", "tokensar", "clipscore"] {
+        let v = scored.column_by_name(col).unwrap().as_primitive::<arrow::datatypes::Float64Type>();
+        assert!(v.values().iter().all(|x| x.is_finite() && *x >= 0.0), "{col}");
+    }
+    let clip = scored.column_by_name("clipscore").unwrap().as_primitive::<arrow::datatypes::Float64Type>();
+    assert!(clip.values().iter().all(|x| *x <= 1.0));
+    // bin: levels 1..=5; map: every target carries statements from the pool.
+    let levels = table("bin", "levels");
+    let lv = levels.column_by_name("level").unwrap().as_primitive::<arrow::datatypes::UInt8Type>();
+    assert!(lv.values().iter().all(|l| (1..=5).contains(l)));
+    let pool = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("stages/statements.toml")).unwrap();
+    let sft = table("map", "sft_data");
+    let targets = sft.column_by_name("target").unwrap().as_string::<i32>();
+    assert!(sft.num_rows() > 0);
+    for t in targets.iter().flatten() {
+        let found = pool.lines().filter_map(|l| l.trim().strip_prefix('"').and_then(|l| l.trim_end_matches(',').strip_suffix('"'))).any(|st| t.contains(st.trim_end_matches('.')));
+        assert!(found, "no pool statement in {t:?}");
+    }
+
+    // Cached: nothing reruns; a generation param reruns generate and, if its chains change, what follows.
+    assert!(build(16).run(&store, &RunOptions::default()).unwrap().ran.is_empty());
+    assert_eq!(build(4).run(&store, &RunOptions::default()).unwrap().ran[0], "generate");
 }
 
 #[test]

@@ -1,8 +1,12 @@
 //! The pipeline's stages, one short file each, and the registry that builds them from `stages/*.toml`.
 mod config;
+pub mod bin;
 pub mod dataset;
 pub mod features;
 pub mod generate;
+pub mod judges;
+pub mod map;
+pub mod score;
 pub mod worker;
 
 pub use config::{load_stage_toml, StageToml};

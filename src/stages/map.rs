@@ -1,0 +1,95 @@
+//! `map`: the warm-up (SFT) data (§3.1.2): every generated sentence followed by a confidence statement
+//! drawn from the pool of its level, keyed by item and sentence so the draw is reproducible.
+use crate::confidence::parser::{interleave, render};
+use crate::confidence::statements::StatementPool;
+use crate::engine::{InputSpec, Stage, StageContext};
+use arrow::array::{ArrayRef, AsArray, StringBuilder, UInt32Builder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt8Type};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapParams {
+    /// The statement pools (5 levels × 40), a file a user can swap; its hash is part of the key.
+    pub pool: PathBuf,
+    /// Seed of the forward map's draws.
+    pub seed: u64,
+    /// Splits that become SFT examples.
+    pub splits: Vec<String>,
+}
+
+impl Default for MapParams {
+    fn default() -> Self {
+        Self { pool: PathBuf::from("stages/statements.toml"), seed: 0, splits: vec!["train".into()] }
+    }
+}
+
+pub struct MapStage {
+    pub params: MapParams,
+}
+
+/// One SFT example per chain: the target is the chain with statements interleaved.
+pub fn sft_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("sample", DataType::UInt32, false),
+        Field::new("target", DataType::Utf8, false),
+    ]))
+}
+
+impl Stage for MapStage {
+    fn name(&self) -> &str {
+        "map"
+    }
+    fn code_version(&self) -> &str {
+        "1"
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![InputSpec::new("levels", "bin", "levels")]
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["sft_data".into()]
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).expect("params serialize")
+    }
+    fn models(&self) -> Vec<PathBuf> {
+        vec![self.params.pool.clone()]
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.params.pool).map_err(|e| anyhow::anyhow!("{}: {e}", self.params.pool.display()))?;
+        let pool = StatementPool::from_toml(&text, &self.params.pool.display().to_string())?;
+        let t = ctx.input_table("levels")?.concat()?;
+        let col = |n: &str| t.column_by_name(n).ok_or_else(|| anyhow::anyhow!("levels artifact has no column `{n}`"));
+        let (ids, splits, texts) = (col("item_id")?.as_string::<i32>(), col("split")?.as_string::<i32>(), col("text")?.as_string::<i32>());
+        let (samples, sentence, level) =
+            (col("sample")?.as_primitive::<UInt32Type>(), col("sentence")?.as_primitive::<UInt32Type>(), col("level")?.as_primitive::<UInt8Type>());
+        // Group sentences by chain, in sentence order.
+        let mut chains: BTreeMap<(String, u32), Vec<(u32, String, u8)>> = BTreeMap::new();
+        for r in 0..t.num_rows() {
+            if !self.params.splits.iter().any(|s| s == splits.value(r)) {
+                continue;
+            }
+            chains.entry((ids.value(r).to_string(), samples.value(r))).or_default().push((sentence.value(r), texts.value(r).to_string(), level.value(r)));
+        }
+        anyhow::ensure!(!chains.is_empty(), "no scored chains in splits {:?}", self.params.splits);
+        let (mut o_id, mut o_sample, mut o_target) = (StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());
+        for ((id, sample), mut sents) in chains {
+            sents.sort_by_key(|s| s.0);
+            let texts: Vec<String> = sents.iter().map(|s| s.1.clone()).collect();
+            let levels: Vec<u8> = sents.iter().map(|s| s.2).collect();
+            let key = format!("{id}#{sample}");
+            let pairs = interleave(&pool, self.params.seed, &key, &texts, &levels)?;
+            o_id.append_value(&id);
+            o_sample.append_value(sample);
+            o_target.append_value(render(&pairs));
+        }
+        let cols: Vec<ArrayRef> = vec![Arc::new(o_id.finish()), Arc::new(o_sample.finish()), Arc::new(o_target.finish())];
+        ctx.write_table("sft_data", sft_schema(), &[RecordBatch::try_new(sft_schema(), cols)?], None)?;
+        Ok(())
+    }
+}
