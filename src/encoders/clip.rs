@@ -360,26 +360,19 @@ impl ClipImageEncoder {
         &self.preprocess
     }
 
-    /// Decodes, preprocesses (in parallel) and encodes image files.
+    /// Decodes, preprocesses (in parallel, rayon) and encodes image files, `batch_size` at a time so memory
+    /// stays bounded. An unreadable file is an error naming it.
     pub fn encode_files(&self, paths: &[PathBuf]) -> Result<ImageFeatures> {
         let crop = self.preprocess.crop as usize;
-        let per = 3 * crop * crop;
-        let mut embeds = Vec::new();
-        let mut penult = Vec::new();
-        let (mut dim, mut tokens, mut hidden) = (0, 0, 0);
-        // decode the next chunk while the model runs on this one would need a third core here; chunks
-        // bound memory instead
+        let mut features = ImageFeatures { embeddings: Embeddings { dim: 0, data: Vec::new() }, penultimate: Vec::new(), tokens: 0, hidden: 0 };
         for chunk in paths.chunks(self.batch_size.max(1)) {
             let pixels = self.preprocess.load_batch(chunk)?;
-            let out = self.run(&pixels, chunk.len(), crop)?;
-            dim = out.0;
-            tokens = out.1;
-            hidden = out.2;
-            embeds.extend(out.3);
-            penult.extend(out.4);
-            debug_assert_eq!(pixels.len(), chunk.len() * per);
+            let (dim, tokens, hidden, embeds, penult) = self.run(&pixels, chunk.len(), crop)?;
+            (features.embeddings.dim, features.tokens, features.hidden) = (dim, tokens, hidden);
+            features.embeddings.data.extend(embeds);
+            features.penultimate.extend(penult);
         }
-        Ok(ImageFeatures { embeddings: Embeddings { dim, data: embeds }, penultimate: penult, tokens, hidden })
+        Ok(features)
     }
 
     /// Encodes already preprocessed pixel values `[n, 3, crop, crop]`.

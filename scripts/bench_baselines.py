@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Baselines for the encoder benchmark, on the same corpus, ONNX files and images as the Rust side:
+
+  * sentence-transformers (PyTorch fp32) all-MiniLM-L6-v2, end to end (tokenization included);
+  * Python onnxruntime on the same ONNX file(s), with the same length-sorted token-budget batching;
+  * transformers CLIPModel (ViT-B/32 architecture, random weights) with CLIPImageProcessorPil, images/s
+    including PIL decoding.
+
+    .venv/bin/python scripts/bench_baselines.py [--threads 2] [--rust] [--limit N]
+
+Prints one JSON object. With --rust it then runs the Rust benchmark (`cargo test --test encoders full_benchmark
+-- --ignored`, i.e. the test profile: dependencies at opt-level 2, ONNX Runtime native either way) and adds
+the ratios Rust / baseline, so one run gives them. The benchmark photos are written to .deps/bench/images.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import export_onnx  # noqa: E402
+
+ROOT = export_onnx.ROOT
+MINILM = ROOT / ".deps" / "models" / "all-MiniLM-L6-v2"
+IMAGES = ROOT / ".deps" / "bench" / "images"
+
+
+def bench_images():
+    """Real photos from scikit-image and scikit-learn (0.14–0.27 MP), saved as JPEG q90 and PNG."""
+    from PIL import Image
+    import skimage.data as d
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    arrays = {"chelsea": d.chelsea(), "coffee": d.coffee(), "astronaut": d.astronaut(), "rocket": d.rocket()}
+    try:
+        from sklearn.datasets import load_sample_images
+        for name, im in zip(["china", "flower"], load_sample_images().images):
+            arrays[name] = im
+    except Exception:  # scikit-learn is optional
+        pass
+    paths = []
+    for name, a in sorted(arrays.items()):
+        p = IMAGES / f"{name}.jpg"
+        if not p.exists():
+            Image.fromarray(a).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def sorted_batches(lengths, max_tokens=2048, max_items=128):
+    """The same plan as src/encoders/batching.rs (longest first, items × padded length ≤ budget)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        n = max(lengths[i], 1)
+        new_max = max(cur_max, n)
+        if cur and (len(cur) == max_items or (len(cur) + 1) * new_max > max_tokens):
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur_max = max(cur_max, n)
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def ort_sentences(onnx_path, lines, threads):
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    tok = Tokenizer.from_file(str(MINILM / "tokenizer.json"))
+    tok.enable_truncation(256)
+    tok.no_padding()
+
+    def run(texts):
+        encs = tok.encode_batch(texts)
+        lengths = [len(e.ids) for e in encs]
+        out = np.zeros((len(texts), 384), np.float32)
+        for b in sorted_batches(lengths):
+            L = max(lengths[i] for i in b)
+            ids = np.zeros((len(b), L), np.int64)
+            mask = np.zeros_like(ids)
+            for r, i in enumerate(b):
+                ids[r, :lengths[i]] = encs[i].ids
+                mask[r, :lengths[i]] = 1
+            h = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+            p = (h * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+            out[b] = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+        return out, sum(lengths)
+
+    run(lines[:64])
+    t = time.perf_counter()
+    emb, tokens = run(lines)
+    s = time.perf_counter() - t
+    return {"sentences_per_s": len(lines) / s, "non_pad_tokens_per_s": tokens / s, "seconds": s}, emb
+
+
+def st_sentences(lines, threads):
+    import torch
+    from sentence_transformers import SentenceTransformer
+    torch.set_num_threads(threads)
+    model = SentenceTransformer(str(MINILM), device="cpu")
+    model.encode(lines[:64], batch_size=32)
+    t = time.perf_counter()
+    emb = model.encode(lines, batch_size=32, convert_to_numpy=True)
+    s = time.perf_counter() - t
+    return {"sentences_per_s": len(lines) / s, "seconds": s, "batch_size": 32}, emb
+
+
+def clip_images(paths, threads, repeat, batch=16):
+    import torch
+    from PIL import Image
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    torch.set_num_threads(threads)
+    torch.manual_seed(export_onnx.SEED)
+    cfg = CLIPConfig(vision_config=dict(image_size=224, patch_size=32, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12), projection_dim=512)
+    model = CLIPModel(cfg).eval()
+    proc = CLIPImageProcessorPil()
+    files = [p for _ in range(repeat) for p in paths]
+
+    def run(fs):
+        with torch.inference_mode():
+            for i in range(0, len(fs), batch):
+                ims = [Image.open(f).convert("RGB") for f in fs[i:i + batch]]
+                pv = proc(images=ims, return_tensors="pt")["pixel_values"]
+                model.get_image_features(pixel_values=pv)
+
+    run(files[:batch])
+    t = time.perf_counter()
+    run(files)
+    s = time.perf_counter() - t
+    return {"images_per_s": len(files) / s, "images": len(files), "seconds": s, "batch": batch}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--image-repeat", type=int, default=8)
+    ap.add_argument("--rust", action="store_true", help="also run the Rust benchmark and print ratios")
+    ap.add_argument("--skip-clip", action="store_true")
+    a = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    lines = export_onnx.corpus_lines(a.limit)
+    fp32 = MINILM / "onnx" / "model.onnx"
+    int8 = MINILM / "onnx" / "model_int8.onnx"
+    out = {"threads": a.threads, "sentences": len(lines), "corpus": str(export_onnx.CORPUS)}
+    images = bench_images()
+    out["image_files"] = [str(p) for p in images]
+    st, st_emb = st_sentences(lines, a.threads)
+    out["sentence_transformers"] = st
+    o32, o32_emb = ort_sentences(fp32, lines, a.threads)
+    o32["cosine_vs_sentence_transformers_min"] = float((o32_emb * st_emb).sum(1).min())
+    out["python_onnxruntime_fp32"] = o32
+    if int8.exists():
+        o8, o8_emb = ort_sentences(int8, lines, a.threads)
+        o8["min_cosine_vs_fp32"] = float((o8_emb * o32_emb).sum(1).min())
+        out["python_onnxruntime_int8"] = o8
+    if not a.skip_clip:
+        out["transformers_clip_vit_b32"] = clip_images(images, a.threads, a.image_repeat)
+    if a.rust:
+        env = dict(os.environ, MMB_BENCH_THREADS=str(a.threads), RUST_LOG="warn")
+        if a.limit:
+            print("--limit applies to the Python side only", file=sys.stderr)
+        cmd = ["cargo", "test", "-q", "--test", "encoders", "full_benchmark", "--", "--ignored", "--nocapture"]
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        text = res.stdout
+        start = text.find("{")
+        if res.returncode != 0 or start < 0:
+            print(res.stdout[-3000:], res.stderr[-3000:], file=sys.stderr)
+            raise SystemExit("the Rust benchmark failed")
+        rust = json.JSONDecoder().raw_decode(text[start:])[0]
+        out["rust"] = rust
+        ratios = {}
+        for e in rust["entries"]:
+            if e.get("sentences_per_s") and e["file"].endswith("model.onnx"):
+                ratios["minilm_fp32_vs_python_onnxruntime"] = e["sentences_per_s"] / o32["sentences_per_s"]
+                ratios["minilm_fp32_vs_sentence_transformers"] = e["sentences_per_s"] / st["sentences_per_s"]
+            elif e.get("sentences_per_s"):
+                ratios["minilm_fast_vs_sentence_transformers"] = e["sentences_per_s"] / st["sentences_per_s"]
+                ratios["minilm_fast_min_cosine_vs_fp32"] = e.get("min_cosine_vs_reference")
+            if e.get("images_per_s") and "transformers_clip_vit_b32" in out:
+                ratios["clip_b32_vs_transformers"] = e["images_per_s"] / out["transformers_clip_vit_b32"]["images_per_s"]
+        out["ratios"] = ratios
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
