@@ -14,6 +14,9 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// The engine and store at DVC's scale: no-op run, status after touching every artifact, verify.
     Store(StoreBenchArgs),
+    /// Encoder throughput (MiniLM fp32 and the fast path, CLIP images incl. decode and preprocessing),
+    /// as JSON; run scripts/bench_baselines.py on the same corpus for the Python references.
+    Encoders(EncoderBenchArgs),
     /// (internal) one step of the store benchmark, timed from outside by `mmb bench store`.
     #[command(hide = true)]
     StoreStep { step: String, dir: PathBuf },
@@ -32,11 +35,51 @@ pub struct StoreBenchArgs {
     pub reps: usize,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct EncoderBenchArgs {
+    /// Use only the first N corpus sentences.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Execution provider: cpu, cuda or tensorrt.
+    #[arg(long, default_value = "cpu")]
+    pub ep: String,
+    /// TensorRT: build fp16 engines.
+    #[arg(long)]
+    pub fp16: bool,
+    /// TensorRT: cache built engines in this folder.
+    #[arg(long)]
+    pub engine_cache: Option<PathBuf>,
+    /// Run on the CPU when the chosen provider cannot register (off: fail loudly).
+    #[arg(long)]
+    pub allow_cpu_fallback: bool,
+    /// Intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+fn encoder_bench(a: EncoderBenchArgs) -> anyhow::Result<ExitCode> {
+    use crate::encoders::runtime::ExecutionProvider;
+    let provider = match a.ep.as_str() {
+        "cpu" => ExecutionProvider::Cpu,
+        "cuda" => ExecutionProvider::Cuda { device_id: 0 },
+        "tensorrt" => ExecutionProvider::TensorRt { device_id: 0, fp16: a.fp16, engine_cache_dir: a.engine_cache },
+        other => anyhow::bail!("--ep: expected cpu, cuda or tensorrt, found `{other}`"),
+    };
+    let mut cfg = crate::encoders::bench::BenchConfig { limit: a.limit, ..Default::default() };
+    cfg.session.provider = provider;
+    cfg.session.allow_cpu_fallback = a.allow_cpu_fallback;
+    cfg.session.intra_threads = a.threads;
+    let report = crate::encoders::bench::run(&cfg)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 const STAGES: usize = 8;
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     match a.what {
         BenchWhat::Store(s) => store_bench(s),
+        BenchWhat::Encoders(e) => encoder_bench(e),
         BenchWhat::StoreStep { step, dir } => store_step(&step, &dir),
     }
 }
