@@ -10,6 +10,7 @@ use mmboundary::stages::bin::{BinParams, BinStage};
 use mmboundary::stages::generate::{GenerateParams, GenerateStage};
 use mmboundary::stages::map::{MapParams, MapStage};
 use mmboundary::stages::score::{ScoreParams, ScoreStage};
+use mmboundary::stages::sft::{SftStage, SftStageParams};
 use mmboundary::store::{ArtifactId, Store};
 use std::path::{Path, PathBuf};
 
@@ -96,11 +97,19 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
                     ..Default::default()
                 },
             }),
+            Box::new(SftStage {
+                params: SftStageParams {
+                    model: model.clone(),
+                    trainer: serde_json::json!({ "epochs": 1, "batch_size": 2, "max_steps": 2, "learning_rate": 1e-3 }),
+                    device: "cpu".into(),
+                    ..Default::default()
+                },
+            }),
         ];
         Pipeline::new(stages).unwrap()
     };
     let s = build(16).run(&store, &RunOptions::default()).unwrap();
-    assert_eq!(s.ran, vec!["dataset", "features", "generate", "score", "bin", "map"]);
+    assert_eq!(s.ran, vec!["dataset", "features", "generate", "score", "bin", "map", "sft"]);
 
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let feats = store.read_table(&ArtifactId::parse(&lock.stages["features"].outputs["features"].id).unwrap()).unwrap().concat().unwrap();
@@ -147,6 +156,16 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
         let found = pool.lines().filter_map(|l| l.trim().strip_prefix('"').and_then(|l| l.trim_end_matches(',').strip_suffix('"'))).any(|st| t.contains(st.trim_end_matches('.')));
         assert!(found, "no pool statement in {t:?}");
     }
+
+    // sft: a checkpoint artifact with lineage, and a finite loss per optimizer step.
+    let log = table("sft", "log");
+    assert!(log.num_rows() >= 1 && log.num_rows() <= 2);
+    let loss = log.column_by_name("loss").unwrap().as_primitive::<arrow::datatypes::Float64Type>();
+    assert!(loss.values().iter().all(|l| l.is_finite() && *l > 0.0));
+    let ck = &lock_now(&store).stages["sft"].outputs["checkpoint"];
+    let ck_path = store.path_of(&ArtifactId::parse(&ck.id).unwrap(), mmboundary::store::ArtifactKind::Safetensors);
+    assert!(ck_path.exists());
+    assert_eq!(store.sidecar_lineage(&ck_path).unwrap().unwrap().stage, "sft");
 
     // Cached: nothing reruns; a generation param reruns generate and, if its chains change, what follows.
     assert!(build(16).run(&store, &RunOptions::default()).unwrap().ran.is_empty());

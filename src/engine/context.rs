@@ -51,6 +51,19 @@ impl<'a> StageContext<'a> {
         self.store
     }
 
+    /// This run's cache key (names work folders that must survive a crash of this very run).
+    pub fn cache_key(&self) -> &str {
+        &self.lineage.cache_key
+    }
+
+    /// A folder for resumable work of this run (e.g. training checkpoints): the same key gets the same
+    /// folder, so a rerun after a crash finds what the crashed run left. `mmb gc` does not touch it.
+    pub fn work_dir(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.store.root().join("work").join(format!("{}-{}", self.stage, &self.lineage.cache_key[..16.min(self.lineage.cache_key.len())]));
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// The stage's params deserialized into its params struct.
     pub fn params<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
         serde_json::from_value(self.params.clone()).map_err(|e| anyhow::anyhow!("stage `{}`: params: {e}", self.stage))

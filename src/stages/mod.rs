@@ -7,6 +7,7 @@ pub mod generate;
 pub mod judges;
 pub mod map;
 pub mod score;
+pub mod sft;
 pub mod worker;
 
 pub use config::{load_stage_toml, StageToml};

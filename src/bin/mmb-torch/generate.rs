@@ -1,16 +1,14 @@
 //! The `generate` stage's model work: LLaVA-style generation with per-token log-probs and entropies.
-use arrow::array::{Array, AsArray, ListBuilder, StringBuilder, UInt32Builder, Int64Builder, Float32Builder, ArrayRef};
-use arrow::datatypes::{Float32Type, UInt32Type};
+use crate::inputs::{Features, Prompter};
+use arrow::array::{ArrayRef, Float32Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder};
 use arrow::record_batch::RecordBatch;
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mllm::llava::Llava;
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::StageContext;
-use mmboundary::stages::generate::{chains_schema, render_prompt, GenerateParams};
-use std::collections::HashMap;
+use mmboundary::stages::generate::{chains_schema, GenerateParams};
 use std::str::FromStr;
 use std::sync::Arc;
-use tch::Tensor;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: GenerateParams = ctx.params()?;
@@ -24,21 +22,14 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     };
 
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-    let feats = ctx.input_table("features")?.concat()?;
-    let ids = feats.column_by_name("item_id").expect("features schema").as_string::<i32>();
-    let n_p = feats.column_by_name("n_patches").expect("features schema").as_primitive::<UInt32Type>();
-    let dims = feats.column_by_name("dim").expect("features schema").as_primitive::<UInt32Type>();
-    let patches = feats.column_by_name("patches").expect("features schema").as_list::<i32>();
-    let row_of: HashMap<&str, usize> = (0..ids.len()).map(|i| (ids.value(i), i)).collect();
+    let feats = Features::from_batch(&ctx.input_table("features")?.concat()?)?;
+    let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &p.prompt };
 
     let mut selected: Vec<_> = items.iter().filter(|it| p.splits.iter().any(|s| s == &it.split)).collect();
     if let Some(n) = p.limit {
         selected.truncate(n);
     }
     anyhow::ensure!(!selected.is_empty(), "no items in splits {:?}", p.splits);
-    let encode = |s: &str| -> anyhow::Result<Vec<i64>> {
-        Ok(tok.encode(s, false).map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?.get_ids().iter().map(|&i| i as i64).collect())
-    };
 
     let (mut c_id, mut c_split, mut c_sample, mut c_text, mut c_finish) =
         (StringBuilder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new(), StringBuilder::new());
@@ -53,16 +44,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         for (b, chunk) in selected.chunks(p.batch.max(1)).enumerate() {
             let mut prompts = Vec::with_capacity(chunk.len());
             for it in chunk {
-                let &row = row_of.get(it.id.as_str()).ok_or_else(|| anyhow::anyhow!("item {}: no CLIP features", it.id))?;
-                let (n, d) = (n_p.value(row) as i64, dims.value(row) as i64);
-                let f = patches.value(row);
-                let f = f.as_primitive::<Float32Type>();
-                let feat = Tensor::from_slice(f.values()).view([n, d]);
-                let (before, after) = render_prompt(&p.prompt, &it.question, &it.choices);
-                let mut ids = encode(&before)?;
-                ids.extend(std::iter::repeat_n(cfg.image_token_index, n as usize));
-                ids.extend(encode(&after)?);
-                prompts.push((ids, vec![feat]));
+                let (n, feat) = feats.tensor(&it.id)?;
+                prompts.push((prompter.prompt(&it.question, &it.choices, n)?, vec![feat]));
             }
             let gp = GenerationParams {
                 max_new_tokens: p.max_new_tokens,

@@ -2,6 +2,8 @@
 //! loads libtorch. `mmb` hands it a job file (stage, params, input ids, store) and reads back the ids of
 //! what it wrote; see `src/stages/worker.rs`.
 mod generate;
+mod inputs;
+mod sft;
 
 use indicatif::MultiProgress;
 use mmboundary::engine::StageContext;
@@ -31,6 +33,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     let ctx = StageContext::from_job(&store, &job, &progress);
     match job.stage.as_str() {
         "generate" => generate::run(&ctx)?,
+        "sft" => sft::run(&ctx)?,
         other => anyhow::bail!("mmb-torch has no stage `{other}`"),
     }
     let out = WorkerResult { outputs: ctx.written() };

@@ -1,0 +1,55 @@
+//! What the model stages share: CLIP patch features by item, and prompts with the image slot expanded.
+use anyhow::Context;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float32Type, UInt32Type};
+use arrow::record_batch::RecordBatch;
+use mmboundary::stages::generate::render_prompt;
+use std::collections::HashMap;
+use tch::Tensor;
+
+/// Patch features `[n_patches, dim]` of every item of a `features` artifact.
+pub struct Features {
+    rows: HashMap<String, (i64, i64, Vec<f32>)>,
+}
+
+impl Features {
+    pub fn from_batch(b: &RecordBatch) -> anyhow::Result<Self> {
+        let col = |n: &str| b.column_by_name(n).with_context(|| format!("features artifact has no column `{n}`"));
+        let ids = col("item_id")?.as_string::<i32>();
+        let n_p = col("n_patches")?.as_primitive::<UInt32Type>();
+        let dims = col("dim")?.as_primitive::<UInt32Type>();
+        let patches = col("patches")?.as_list::<i32>();
+        let mut rows = HashMap::with_capacity(ids.len());
+        for i in 0..ids.len() {
+            let v = patches.value(i);
+            rows.insert(ids.value(i).to_string(), (n_p.value(i) as i64, dims.value(i) as i64, v.as_primitive::<Float32Type>().values().to_vec()));
+        }
+        Ok(Self { rows })
+    }
+
+    pub fn tensor(&self, item: &str) -> anyhow::Result<(i64, Tensor)> {
+        let (n, d, v) = self.rows.get(item).with_context(|| format!("item {item}: no CLIP features"))?;
+        Ok((*n, Tensor::from_slice(v).view([*n, *d])))
+    }
+}
+
+/// Prompt token ids with `{image}` expanded to one image token per patch.
+pub struct Prompter<'a> {
+    pub tok: &'a tokenizers::Tokenizer,
+    pub image_token: i64,
+    pub template: &'a str,
+}
+
+impl Prompter<'_> {
+    pub fn encode(&self, s: &str) -> anyhow::Result<Vec<i64>> {
+        Ok(self.tok.encode(s, false).map_err(|e| anyhow::anyhow!("tokenizing {s:?}: {e}"))?.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    pub fn prompt(&self, question: &str, choices: &[String], n_patches: i64) -> anyhow::Result<Vec<i64>> {
+        let (before, after) = render_prompt(self.template, question, choices);
+        let mut ids = self.encode(&before)?;
+        ids.extend(std::iter::repeat_n(self.image_token, n_patches as usize));
+        ids.extend(self.encode(&after)?);
+        Ok(ids)
+    }
+}
