@@ -312,3 +312,58 @@ mod training {
         assert_eq!(std::fs::read(&good.path).unwrap(), bytes, "last good checkpoint changed");
     }
 }
+
+mod ppo_learning {
+    use super::*;
+    use mmboundary::mllm::lora::{attach, LoraParams};
+    use mmboundary::mllm::ppo::{PpoParams, PpoPrompt, PpoTrainer, Score};
+
+    /// Toy "confidence level" reward: +1 on every generated token of the rewarded level (ids 96..128,
+    /// a quarter of the vocabulary), placed at that token. PPO must raise it while KL stays bounded.
+    /// With KL coefficient β = 0.5 the KL-regularised optimum is π_ref · exp(r/β) / Z: from a base
+    /// rate p ≈ 0.32 it has p* ≈ 0.78 and KL ≈ 0.45 nats per token (≈ 2.7 per 6-token response), so a
+    /// policy that respects the penalty stays near that (bound 4.5 with sampling noise); with β = 0.05 the
+    /// same run passes 7 nats.
+    #[test]
+    fn ppo_raises_a_toy_reward_with_bounded_kl() {
+        let (vs, mut lm) = load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::F32).unwrap();
+        attach(&vs, &mut lm, &LoraParams { rank: 8, alpha: 16.0, seed: 1, ..Default::default() }).unwrap();
+        let params = PpoParams {
+            learning_rate: 3e-3,
+            kl_coef: 0.5,
+            samples_per_prompt: 4,
+            mini_batch_size: 16,
+            generation: GenerationParams { temperature: 1.0, max_new_tokens: 6, eos_token_ids: vec![-1], seed: 11, ..Default::default() },
+            seed: 5,
+            ..Default::default()
+        };
+        let mut tr = PpoTrainer::new(&vs, lm.cfg.hidden_size, params).unwrap();
+        let prompts: Vec<PpoPrompt> = (0..8).map(|i| PpoPrompt { ids: vec![1, 10 + i, 20 + 2 * i, 30], images: vec![] }).collect();
+        let mut reward = |_: usize, g: &mmboundary::mllm::generate::Generated| -> mmboundary::mllm::Result<Score> {
+            let hits: Vec<(usize, f64)> = g.tokens.iter().enumerate().filter(|(_, &t)| t >= 96).map(|(i, _)| (i, 1.0)).collect();
+            let mut s = Score { components: Default::default(), token_rewards: hits };
+            s.components.insert("level_fraction".into(), s.token_rewards.len() as f64 / g.tokens.len() as f64);
+            Ok(s)
+        };
+        let mut stats = Vec::new();
+        for _ in 0..18 {
+            let s = tr.step(&lm, None, &prompts, &mut reward).unwrap();
+            assert!(s.kl.is_finite() && s.value_loss.is_finite() && s.policy_entropy > 0.0, "{s:?}");
+            stats.push(s);
+        }
+        let frac = |r: &[mmboundary::mllm::ppo::PpoStats]| r.iter().map(|s| s.components["level_fraction"]).sum::<f64>() / r.len() as f64;
+        let (first, last) = (frac(&stats[..3]), frac(&stats[stats.len() - 3..]));
+        let max_kl = stats.iter().map(|s| s.kl).fold(0.0, f64::max);
+        eprintln!("rewarded-level fraction {first:.3} -> {last:.3}; max KL {max_kl:.3}; last {:?}", stats.last().unwrap());
+        assert!(last > first + 0.1, "PPO did not raise the reward: {first} -> {last}");
+        assert!(max_kl < 4.5, "KL to the reference ran away: {max_kl}");
+        assert!(stats.iter().any(|s| s.clip_fraction > 0.0));
+        // The reference really is the base: adapters off reproduces the untrained model's logits.
+        let (_vs0, base) = load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::F32).unwrap();
+        let ids = Tensor::from_slice(&[1i64, 10, 20, 30]).view([1, 4]);
+        lm.set_lora_enabled(false);
+        let a = tch::no_grad(|| lm.forward(&ids, None).unwrap());
+        let b = tch::no_grad(|| base.forward(&ids, None).unwrap());
+        assert!(a.allclose(&b, 0.0, 0.0, false));
+    }
+}
