@@ -355,3 +355,27 @@ fn a_run_killed_mid_write_leaves_no_artifact_and_the_next_run_recovers() {
     assert_eq!(s.ran.len(), 4);
     assert_eq!(temps(), 0);
 }
+
+#[test]
+fn folder_artifacts_are_deterministic_and_materialize_once_checked() {
+    let (_d, store) = tmp_store();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("sub")).unwrap();
+    std::fs::write(src.path().join("config.json"), b"{\"a\": 1}").unwrap();
+    std::fs::write(src.path().join("sub/weights.bin"), vec![3u8; 5000]).unwrap();
+    let a = store.put_dir(src.path(), None).unwrap();
+    // Touching a file changes its mtime, not the artifact.
+    std::fs::File::options().append(true).open(src.path().join("config.json")).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+    assert_eq!(store.put_dir(src.path(), None).unwrap(), a);
+    let dir = store.materialize(&a).unwrap();
+    assert_eq!(std::fs::read(dir.join("sub/weights.bin")).unwrap(), vec![3u8; 5000]);
+    assert_eq!(store.materialize(&a).unwrap(), dir);
+    // A corrupt tar is refused before anything is extracted.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let tar = store.path_of(&a, ArtifactKind::Tar);
+    let mut bytes = std::fs::read(&tar).unwrap();
+    bytes[600] ^= 0xff;
+    std::fs::write(&tar, &bytes).unwrap();
+    assert!(matches!(store.materialize(&a), Err(StoreError::HashMismatch { .. })));
+    assert!(!dir.exists());
+}

@@ -315,8 +315,8 @@ mod training {
 
 mod ppo_learning {
     use super::*;
-    use mmboundary::mllm::lora::{attach, LoraParams};
-    use mmboundary::mllm::ppo::{PpoParams, PpoPrompt, PpoTrainer, Score};
+    use mllm::lora::{attach, LoraParams};
+    use mllm::ppo::{PpoParams, PpoPrompt, PpoTrainer, Score};
 
     /// Toy "confidence level" reward: +1 on every generated token of the rewarded level (ids 96..128,
     /// a quarter of the vocabulary), placed at that token. PPO must raise it while KL stays bounded.
@@ -339,7 +339,7 @@ mod ppo_learning {
         };
         let mut tr = PpoTrainer::new(&vs, lm.cfg.hidden_size, params).unwrap();
         let prompts: Vec<PpoPrompt> = (0..8).map(|i| PpoPrompt { ids: vec![1, 10 + i, 20 + 2 * i, 30], images: vec![] }).collect();
-        let mut reward = |_: usize, g: &mmboundary::mllm::generate::Generated| -> mmboundary::mllm::Result<Score> {
+        let mut reward = |_: usize, g: &mllm::generate::Generated| -> mllm::Result<Score> {
             let hits: Vec<(usize, f64)> = g.tokens.iter().enumerate().filter(|(_, &t)| t >= 96).map(|(i, _)| (i, 1.0)).collect();
             let mut s = Score { components: Default::default(), token_rewards: hits };
             s.components.insert("level_fraction".into(), s.token_rewards.len() as f64 / g.tokens.len() as f64);
@@ -351,7 +351,7 @@ mod ppo_learning {
             assert!(s.kl.is_finite() && s.value_loss.is_finite() && s.policy_entropy > 0.0, "{s:?}");
             stats.push(s);
         }
-        let frac = |r: &[mmboundary::mllm::ppo::PpoStats]| r.iter().map(|s| s.components["level_fraction"]).sum::<f64>() / r.len() as f64;
+        let frac = |r: &[mllm::ppo::PpoStats]| r.iter().map(|s| s.components["level_fraction"]).sum::<f64>() / r.len() as f64;
         let (first, last) = (frac(&stats[..3]), frac(&stats[stats.len() - 3..]));
         let max_kl = stats.iter().map(|s| s.kl).fold(0.0, f64::max);
         eprintln!("rewarded-level fraction {first:.3} -> {last:.3}; max KL {max_kl:.3}; last {:?}", stats.last().unwrap());

@@ -9,6 +9,7 @@
 mod artifact;
 mod audit;
 mod error;
+mod folder;
 mod lineage;
 mod lock;
 mod table;
