@@ -69,12 +69,12 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
                 params: DatasetParams { penumbra: PenumbraParams { n_items: 12, image_size: 32, ..Default::default() }, chunk: 5 },
             }),
             Box::new(FeaturesStage {
-                params: FeaturesParams { clip: fixtures().join("encoders/clip_tiny"), batch: 4 },
+                params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4 },
                 session: Default::default(),
             }),
             Box::new(GenerateStage {
                 params: GenerateParams {
-                    model: model.clone(),
+                    model: Some(model.clone()),
                     limit: Some(5),
                     batch: 2,
                     max_new_tokens,
@@ -85,7 +85,7 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
             Box::new(ScoreStage {
                 params: ScoreParams {
                     minilm: mmboundary::encoders::minilm::default_model_dir(),
-                    clip: fixtures().join("encoders/clip_tiny"),
+                    clip: Some(fixtures().join("encoders/clip_tiny")),
                     ..Default::default()
                 },
                 session: Default::default(),
@@ -99,7 +99,7 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
             }),
             Box::new(SftStage {
                 params: SftStageParams {
-                    model: model.clone(),
+                    model: Some(model.clone()),
                     trainer: serde_json::json!({ "epochs": 1, "batch_size": 2, "max_steps": 2, "learning_rate": 1e-3 }),
                     device: "cpu".into(),
                     ..Default::default()
@@ -179,8 +179,8 @@ fn generate_without_the_worker_or_model_fails_clearly() {
     let store = Store::open(dir.path().join("artifacts")).unwrap();
     let stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage { params: DatasetParams { penumbra: PenumbraParams { n_items: 4, image_size: 32, ..Default::default() }, chunk: 4 } }),
-        Box::new(FeaturesStage { params: FeaturesParams { clip: fixtures().join("encoders/clip_tiny"), batch: 4 }, session: Default::default() }),
-        Box::new(GenerateStage { params: GenerateParams { model: dir.path().join("no-such-model"), device: "cpu".into(), ..Default::default() } }),
+        Box::new(FeaturesStage { params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4 }, session: Default::default() }),
+        Box::new(GenerateStage { params: GenerateParams { model: Some(dir.path().join("no-such-model")), device: "cpu".into(), ..Default::default() } }),
     ];
     let e = Pipeline::new(stages).unwrap().run(&store, &RunOptions::default()).unwrap_err().to_string();
     assert!(e.contains("no-such-model"), "{e}");

@@ -89,6 +89,13 @@ impl<'a> StageContext<'a> {
         Ok(self.store.read_table(id)?)
     }
 
+    /// A folder input (a tar artifact, e.g. a model folder), extracted once under `artifacts/cache/`.
+    pub fn input_folder(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let (id, kind) = self.input(name)?;
+        anyhow::ensure!(*kind == ArtifactKind::Tar, "stage `{}`: input `{name}` is a {:?} artifact, not a folder", self.stage, kind);
+        Ok(self.store.materialize(id)?)
+    }
+
     /// Path of a non-tabular input, verified against its hash.
     pub fn input_path(&self, name: &str) -> anyhow::Result<PathBuf> {
         let (id, kind) = self.input(name)?;

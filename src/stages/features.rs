@@ -16,15 +16,16 @@ use std::sync::Arc;
 #[serde(default, deny_unknown_fields)]
 pub struct FeaturesParams {
     /// An exported CLIP folder (`image.onnx`, `text.onnx`, `tokenizer.json`, `clip_config.json`, as
-    /// `scripts/export_onnx.py clip` writes). Its files' hashes are part of the cache key.
-    pub clip: PathBuf,
+    /// `scripts/export_onnx.py clip` writes), whose files' hashes are part of the cache key; unset: the
+    /// demo CLIP the pipeline trains on the embedded benchmark.
+    pub clip: Option<PathBuf>,
     /// Images per ONNX Runtime call.
     pub batch: usize,
 }
 
 impl Default for FeaturesParams {
     fn default() -> Self {
-        Self { clip: PathBuf::from(".deps/models/penumbra-clip"), batch: 64 }
+        Self { clip: None, batch: 64 }
     }
 }
 
@@ -53,7 +54,9 @@ impl Stage for FeaturesStage {
         "1"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![InputSpec::new("items", "dataset", "items")]
+        let mut v = vec![InputSpec::new("items", "dataset", "items")];
+        v.extend(super::models::model_input(&self.params.clip, "clip", super::models::DEMO_CLIP));
+        v
     }
     fn outputs(&self) -> Vec<String> {
         vec!["features".into()]
@@ -62,13 +65,13 @@ impl Stage for FeaturesStage {
         serde_json::to_value(&self.params).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
-        vec![self.params.clip.clone()]
+        super::models::model_files(&self.params.clip)
     }
     fn device(&self) -> String {
         format!("ort-{:?}/f32", self.session.provider).to_lowercase()
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
-        let clip = Clip::load(&self.params.clip, &self.session)?;
+        let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &self.session)?;
         let table = ctx.input_table("items")?;
         let items = items_from_record_batch(&table.concat()?)?;
         let bar = ctx.progress(items.len() as u64, "CLIP image features");

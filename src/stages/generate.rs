@@ -12,8 +12,9 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GenerateParams {
-    /// A Hugging Face LLaVA-style folder (`config.json`, `*.safetensors`, `tokenizer.json`).
-    pub model: PathBuf,
+    /// A Hugging Face LLaVA-style folder (`config.json`, `*.safetensors`, `tokenizer.json`); unset: the
+    /// demo MLLM the pipeline trains on the embedded benchmark.
+    pub model: Option<PathBuf>,
     /// Which dataset splits to generate for.
     pub splits: Vec<String>,
     /// Chains per question.
@@ -38,7 +39,7 @@ pub struct GenerateParams {
 impl Default for GenerateParams {
     fn default() -> Self {
         Self {
-            model: PathBuf::from(".deps/models/penumbra-llava"),
+            model: None,
             splits: vec!["train".into()],
             samples: 1,
             max_new_tokens: 160,
@@ -103,7 +104,9 @@ impl Stage for GenerateStage {
         "1"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")]
+        let mut v = vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")];
+        v.extend(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM));
+        v
     }
     fn outputs(&self) -> Vec<String> {
         vec!["chains".into()]
@@ -112,7 +115,7 @@ impl Stage for GenerateStage {
         serde_json::to_value(&self.params).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
-        vec![self.params.model.clone()]
+        super::models::model_files(&self.params.model)
     }
     fn device(&self) -> String {
         format!("{}/{}", self.params.device, self.params.dtype)

@@ -6,6 +6,7 @@ pub mod features;
 pub mod generate;
 pub mod judges;
 pub mod map;
+pub mod models;
 pub mod score;
 pub mod sft;
 pub mod worker;

@@ -30,8 +30,8 @@ pub struct ScoreParams {
     /// (stsb-roberta-large, lm-polygraph); none can be had here, so MiniLM cosine stands in, and every
     /// row records which judge was used.
     pub minilm: PathBuf,
-    /// The CLIP folder (the same as `features`).
-    pub clip: PathBuf,
+    /// The CLIP folder (the same as `features`; unset: the demo CLIP).
+    pub clip: Option<PathBuf>,
     /// CLIPScore text prefix: "" (the paper's formula) or "A photo depicts " (the CLIPScore reference).
     pub clip_prefix: String,
     pub uncertainty: UncertaintyParams,
@@ -77,11 +77,13 @@ impl Stage for ScoreStage {
         "1"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![
+        let mut v = vec![
             InputSpec::new("chains", "generate", "chains"),
             InputSpec::new("items", "dataset", "items"),
             InputSpec::new("features", "features", "features"),
-        ]
+        ];
+        v.extend(super::models::model_input(&self.params.clip, "clip", super::models::DEMO_CLIP));
+        v
     }
     fn outputs(&self) -> Vec<String> {
         vec!["scored".into()]
@@ -90,7 +92,9 @@ impl Stage for ScoreStage {
         serde_json::to_value(&self.params).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
-        vec![self.params.minilm.join("onnx/model.onnx"), self.params.minilm.join("tokenizer.json"), self.params.clip.clone()]
+        let mut v = vec![self.params.minilm.join("onnx/model.onnx"), self.params.minilm.join("tokenizer.json")];
+        v.extend(super::models::model_files(&self.params.clip));
+        v
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let chains = ctx.input_table("chains")?.concat()?;
@@ -150,7 +154,7 @@ impl Stage for ScoreStage {
         let sim = CosineOfEmbeddings(super::judges::MiniLmEmbedder(encoder));
         let bar = ctx.progress(responses.len() as u64, "TokenSAR + CLIPScore");
         let tokensar = token_sar_batched(&responses, &sim, &u.token_sar)?;
-        let clip = Clip::load(&self.params.clip, &self.session)?;
+        let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &self.session)?;
 
         let (mut o_id, mut o_split, mut o_sample, mut o_sent, mut o_text, mut o_judge) =
             (StringBuilder::new(), StringBuilder::new(), UInt32Builder::new(), UInt32Builder::new(), StringBuilder::new(), StringBuilder::new());

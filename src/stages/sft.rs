@@ -11,8 +11,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SftStageParams {
-    /// The base model (a LLaVA-style Hugging Face folder), the same as `generate`'s.
-    pub model: PathBuf,
+    /// The base model (a LLaVA-style Hugging Face folder), the same as `generate`'s (unset: the demo MLLM).
+    pub model: Option<PathBuf>,
     /// The prompt template (see `generate`).
     pub prompt: String,
     /// The trainer's settings, as `mllm::sft::SftParams` reads them (mode, learning_rate, epochs,
@@ -61,11 +61,13 @@ impl Stage for SftStage {
         "1"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![
+        let mut v = vec![
             InputSpec::new("sft_data", "map", "sft_data"),
             InputSpec::new("items", "dataset", "items"),
             InputSpec::new("features", "features", "features"),
-        ]
+        ];
+        v.extend(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM));
+        v
     }
     fn outputs(&self) -> Vec<String> {
         vec!["checkpoint".into(), "log".into()]
@@ -74,7 +76,7 @@ impl Stage for SftStage {
         serde_json::to_value(&self.params).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
-        vec![self.params.model.clone()]
+        super::models::model_files(&self.params.model)
     }
     fn device(&self) -> String {
         format!("{}/{}", self.params.device, self.params.dtype)

@@ -12,13 +12,14 @@ use std::sync::Arc;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: GenerateParams = ctx.params()?;
+    let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
     let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
-    let (_vs, model) = Llava::load(&p.model, device, dtype)?;
-    let tok_path = p.model.join("tokenizer.json");
+    let (_vs, model) = Llava::load(&model_dir, device, dtype)?;
+    let tok_path = model_dir.join("tokenizer.json");
     let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-    let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&p.model)? else {
-        anyhow::bail!("{}: generate needs a LLaVA-style model (LlavaForConditionalGeneration)", p.model.display());
+    let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
+        anyhow::bail!("{}: generate needs a LLaVA-style model (LlavaForConditionalGeneration)", model_dir.display());
     };
 
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;

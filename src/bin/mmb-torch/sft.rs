@@ -28,13 +28,14 @@ fn trainer_params(overrides: &serde_json::Value) -> anyhow::Result<SftParams> {
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: SftStageParams = ctx.params()?;
     let tp = trainer_params(&p.trainer)?;
+    let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
     let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
-    let (vs, mut model) = Llava::load(&p.model, device, dtype)?;
-    let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&p.model)? else {
-        anyhow::bail!("{}: sft needs a LLaVA-style model", p.model.display());
+    let (vs, mut model) = Llava::load(&model_dir, device, dtype)?;
+    let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
+        anyhow::bail!("{}: sft needs a LLaVA-style model", model_dir.display());
     };
-    let tok_path = p.model.join("tokenizer.json");
+    let tok_path = model_dir.join("tokenizer.json");
     let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
     let eos = cfg.text_config.eos_token_ids().first().copied();
     let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &p.prompt };

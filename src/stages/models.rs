@@ -1,0 +1,34 @@
+//! Where a stage's model comes from. `None` (the default): the demo model that the pipeline prepares for
+//! the embedded benchmark (a folder artifact of the `demo_clip` / `demo_mllm` stage, so it is cached and
+//! keyed like any input). `Some(path)`: a user's own model folder (a real CLIP export, a LLaVA/Qwen2-family
+//! Hugging Face folder), whose files' hashes become part of the cache key.
+use crate::engine::{InputSpec, StageContext};
+use std::path::{Path, PathBuf};
+
+/// The demo CLIP: stage `demo_clip`, output `clip` (ONNX layout of `encoders::clip::Clip::load`).
+pub const DEMO_CLIP: (&str, &str) = ("demo_clip", "clip");
+/// The demo MLLM: stage `demo_mllm`, output `mllm` (a LLaVA-style Hugging Face folder).
+pub const DEMO_MLLM: (&str, &str) = ("demo_mllm", "mllm");
+
+/// The input a stage needs for its model, if it uses the demo one.
+pub fn model_input(param: &Option<PathBuf>, input: &str, demo: (&str, &str)) -> Option<InputSpec> {
+    param.is_none().then(|| InputSpec::new(input, demo.0, demo.1))
+}
+
+/// The files to hash into the cache key, if the model is a user's folder.
+pub fn model_files(param: &Option<PathBuf>) -> Vec<PathBuf> {
+    param.iter().cloned().collect()
+}
+
+/// The model folder to load.
+pub fn resolve(ctx: &StageContext, param: &Option<PathBuf>, input: &str) -> anyhow::Result<PathBuf> {
+    match param {
+        Some(p) => Ok(p.clone()),
+        None => ctx.input_folder(input),
+    }
+}
+
+/// A path for messages.
+pub fn describe(param: &Option<PathBuf>) -> String {
+    param.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "the demo model".into())
+}
