@@ -9,5 +9,6 @@ pub mod confidence;
 pub mod metrics;
 pub mod encoders;
 pub mod data;
+pub mod report;
 pub mod runtime;
 pub mod store;

@@ -1,0 +1,136 @@
+//! Plots as SVG (text stays text, so the page is small and sharp).
+use plotters::prelude::*;
+
+/// One bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReliabilityBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    pub mean_confidence: f64,
+    pub accuracy: f64,
+}
+
+/// Equal-width bins of (confidence, correct) pairs; empty bins are kept with count 0.
+pub fn reliability_bins(pairs: &[(f64, bool)], bins: usize) -> Vec<ReliabilityBin> {
+    let bins = bins.max(1);
+    let mut acc = vec![(0usize, 0f64, 0usize); bins];
+    for &(c, ok) in pairs {
+        let b = ((c.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1);
+        acc[b].0 += 1;
+        acc[b].1 += c;
+        acc[b].2 += ok as usize;
+    }
+    acc.iter()
+        .enumerate()
+        .map(|(i, &(n, s, k))| ReliabilityBin {
+            lo: i as f64 / bins as f64,
+            hi: (i + 1) as f64 / bins as f64,
+            count: n,
+            mean_confidence: if n > 0 { s / n as f64 } else { 0.0 },
+            accuracy: if n > 0 { k as f64 / n as f64 } else { 0.0 },
+        })
+        .collect()
+}
+
+/// A reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration.
+pub fn reliability_svg(title: &str, series: &[(&str, Vec<ReliabilityBin>)]) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (480, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("stated confidence")
+            .y_desc("accuracy")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.4))).map_err(|e| e.to_string())?;
+        let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+        for (k, (name, bins)) in series.iter().enumerate() {
+            let color = colors[k % colors.len()];
+            let pts: Vec<(f64, f64)> = bins.iter().filter(|b| b.count > 0).map(|b| (b.mean_confidence, b.accuracy)).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| e.to_string())?;
+        }
+        chart.configure_series_labels().border_style(BLACK.mix(0.3)).background_style(WHITE.mix(0.9)).draw().map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// Histogram of stated confidence per internal level (how often each level's sentences claim what).
+pub fn level_histogram_svg(title: &str, by_level: &[(u8, Vec<f64>)], bins: usize) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (480, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let bins = bins.max(1);
+        let counts: Vec<(u8, Vec<usize>)> = by_level
+            .iter()
+            .map(|(l, v)| {
+                let mut c = vec![0usize; bins];
+                for &x in v {
+                    c[((x.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1)] += 1;
+                }
+                (*l, c)
+            })
+            .collect();
+        let ymax = counts.iter().flat_map(|(_, c)| c.iter().copied()).max().unwrap_or(1).max(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f64..1f64, 0f64..ymax * 1.1)
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("stated confidence").y_desc("sentences").draw().map_err(|e| e.to_string())?;
+        for (l, c) in &counts {
+            let color = Palette99::pick(*l as usize).to_rgba();
+            let w = 1.0 / bins as f64;
+            let pts: Vec<(f64, f64)> = c.iter().enumerate().map(|(i, &n)| ((i as f64 + 0.5) * w, n as f64)).collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(format!("level {l}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        }
+        chart.configure_series_labels().border_style(BLACK.mix(0.3)).background_style(WHITE.mix(0.9)).draw().map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_count_and_average() {
+        let b = reliability_bins(&[(0.05, true), (0.07, false), (0.95, true), (1.0, true)], 10);
+        assert_eq!(b[0].count, 2);
+        assert!((b[0].mean_confidence - 0.06).abs() < 1e-12 && (b[0].accuracy - 0.5).abs() < 1e-12);
+        assert_eq!(b[9].count, 2);
+        assert_eq!(b.iter().map(|x| x.count).sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn svgs_render_with_text() {
+        let b = reliability_bins(&[(0.2, false), (0.8, true), (0.6, true)], 5);
+        let s = reliability_svg("Reliability", &[("full", b)]).unwrap();
+        assert!(s.starts_with("<svg") && s.contains("Reliability") && s.contains("full"));
+        let h = level_histogram_svg("By level", &[(1, vec![0.1, 0.2]), (5, vec![0.9])], 10).unwrap();
+        assert!(h.contains("level 5"));
+    }
+}
