@@ -150,6 +150,13 @@ fn smollm2_gguf_logprobs_greedy_and_tokenizer_match_transformers() {
         assert_eq!(o.tokens, ivec(&row["greedy"]), "row {r}: {:?} vs {:?}", o.text, row["greedy_text"]);
     }
     assert!(out[0].text.starts_with(" Paris."), "{:?}", out[0].text);
+    // The chat template from the GGUF metadata renders exactly what transformers' apply_chat_template did.
+    let chat = mllm::chat::ChatTemplate::from_gguf(&file).unwrap();
+    let questions = ["What is the capital of Germany?", "Is a whale a fish? Answer briefly.", "Name a primary colour.", "What is 2 + 2?"];
+    for (q, row) in questions.iter().zip(&rows[rows.len() - 4..]) {
+        let text = chat.render(&[mllm::chat::ChatMessage::new("user", q)], true).unwrap();
+        assert_eq!(text, row["text"].as_str().unwrap());
+    }
     assert_eq!(out[0].sentences[0].text, "Paris.");
 }
 
@@ -365,5 +372,37 @@ mod ppo_learning {
         let a = tch::no_grad(|| lm.forward(&ids, None).unwrap());
         let b = tch::no_grad(|| base.forward(&ids, None).unwrap());
         assert!(a.allclose(&b, 0.0, 0.0, false));
+    }
+}
+
+/// Generation throughput on SmolLM2 (2 threads, greedy, 64 new tokens, batch 1 and 8); compare with
+/// scripts/bench_mllm_generation.py run right before or after. Ignored: a measurement, not a check.
+#[test]
+#[ignore]
+fn perf_smollm2_generation() {
+    tch::set_num_threads(2);
+    let prompts = [
+        "The capital of France is",
+        "Once upon a time, there was a",
+        "def fibonacci(n):",
+        "The quick brown fox jumps over the",
+        "Water boils at a temperature of",
+        "In 1492, Columbus",
+        "The largest planet in our solar system is",
+        "To make a cup of tea, first",
+    ];
+    for dtype in [DType::F32, DType::Bf16] {
+        let (_vs, lm, file) = load_llama_gguf(&smollm2_gguf(), Device::Cpu, dtype).unwrap();
+        let tok = file.tokenizer().unwrap();
+        let ids: Vec<Vec<i64>> = prompts.iter().map(|p| tok.encode(*p, false).unwrap().get_ids().iter().map(|&i| i as i64).collect()).collect();
+        for bs in [1usize, 8] {
+            let params = GenerationParams { max_new_tokens: 64, eos_token_ids: vec![-1], ..Default::default() };
+            generate(&lm, &ids[..bs], &GenerationParams { max_new_tokens: 4, ..params.clone() }, None).unwrap();
+            let t = std::time::Instant::now();
+            let out = generate(&lm, &ids[..bs], &params, None).unwrap();
+            let dt = t.elapsed().as_secs_f64();
+            let n: usize = out.iter().map(|o| o.tokens.len()).sum();
+            println!("ours {dtype:?} batch {bs}: {:.1} tokens/s ({n} tokens in {dt:.2} s)", n as f64 / dt);
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! Supported architectures: `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM` (text) and
 //! `LlavaForConditionalGeneration` with one of those as its text tower (multimodal). The vision tower is
 //! frozen and runs elsewhere: this module takes its (cached) penultimate-layer patch features as tensors.
+pub mod chat;
 pub mod config;
 pub mod generate;
 pub mod gguf;
