@@ -379,3 +379,31 @@ fn folder_artifacts_are_deterministic_and_materialize_once_checked() {
     assert!(matches!(store.materialize(&a), Err(StoreError::HashMismatch { .. })));
     assert!(!dir.exists());
 }
+
+#[test]
+fn run_cache_restores_a_reverted_param_and_shares_stages_across_variant_locks() {
+    let (_d, store) = tmp_store();
+    chain(6, 2).0.run(&store, &RunOptions::default()).unwrap();
+    chain(6, 3).0.run(&store, &RunOptions::default()).unwrap();
+    // Back to factor 2: nothing runs, the earlier outputs come back from the run-cache.
+    let (p, c) = chain(6, 2);
+    let s = p.run(&store, &RunOptions::default()).unwrap();
+    assert!(s.ran.is_empty(), "ran {:?}", s.ran);
+    let mut restored = s.restored.clone();
+    restored.sort();
+    assert_eq!(restored, vec!["scale", "sum"]);
+    assert_eq!(c.get("scale"), 0);
+    assert_eq!(total(&store), 30);
+    // A variant with its own lock shares every stage whose key it has in common.
+    let (p, c) = chain(6, 5);
+    let s = p.run(&store, &RunOptions { lock: Some("factor5".into()), ..Default::default() }).unwrap();
+    assert_eq!(c.get("source"), 0, "source is shared");
+    assert_eq!(s.ran.len(), 2);
+    assert!(store.root().join("locks/factor5.json").exists());
+    assert_eq!(total(&store), 30, "the main lock is untouched");
+    // gc keeps what any lock references.
+    let keep: std::collections::BTreeSet<String> =
+        mmboundary::engine::LockFile::load_all(store.root()).unwrap().iter().flat_map(|l| l.referenced()).collect();
+    store.gc(&keep, true).unwrap();
+    assert!(chain(6, 5).0.run(&store, &RunOptions { lock: Some("factor5".into()), ..Default::default() }).unwrap().ran.is_empty());
+}

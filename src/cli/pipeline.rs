@@ -25,12 +25,13 @@ pub struct DagArgs {
 pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
     let pipeline = crate::stages::pipeline(stages)?;
     let store = Store::open(store)?;
-    let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force };
+    let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force, lock: None };
     let s = pipeline.run(&store, &opts)?;
+    let restored = if s.restored.is_empty() { String::new() } else { format!("; restored from the run-cache: {}", s.restored.join(", ")) };
     if s.ran.is_empty() {
-        eprintln!("up to date ({} stages, {:.3} s)", s.fresh.len(), s.seconds);
+        eprintln!("up to date ({} stages, {:.3} s){restored}", s.fresh.len(), s.seconds);
     } else {
-        eprintln!("ran {} ({} up to date) in {:.1} s", s.ran.join(", "), s.fresh.len(), s.seconds);
+        eprintln!("ran {} ({} up to date) in {:.1} s{restored}", s.ran.join(", "), s.fresh.len(), s.seconds);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -101,7 +101,7 @@ pub fn verify(store: &Path) -> anyhow::Result<ExitCode> {
 
 pub fn gc(store: &Path, a: GcArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(store)?;
-    let keep = LockFile::load(store.root())?.referenced();
+    let keep: std::collections::BTreeSet<String> = LockFile::load_all(store.root())?.iter().flat_map(|l| l.referenced()).collect();
     let gone = store.gc(&keep, a.apply)?;
     let total: u64 = gone.iter().map(|(_, b)| b).sum();
     for (p, b) in &gone {

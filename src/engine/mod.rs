@@ -15,7 +15,7 @@ mod status;
 pub use context::{StageContext, WorkerJob};
 pub use error::EngineError;
 pub use key::cache_key;
-pub use lockfile::{LockFile, StageRecord, OutputRecord};
+pub use lockfile::{LockFile, OutputRecord, RunCache, StageRecord};
 pub use pipeline::Pipeline;
 pub use runner::{RunOptions, RunSummary};
 pub use stage::{InputSpec, Stage};

@@ -1,6 +1,6 @@
 use super::context::StageContext;
 use super::error::EngineError;
-use super::lockfile::{LockFile, OutputRecord, StageRecord};
+use super::lockfile::{LockFile, OutputRecord, RunCache, StageRecord};
 use super::pipeline::Pipeline;
 use super::state::ModelHashes;
 use super::status::{evaluate, produced_from_lock, Produced, StageStatus};
@@ -18,11 +18,13 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Stages to rerun even when up to date.
     pub force: Vec<String>,
+    /// Record in the lock of this named variant (`locks/<name>.json`) instead of the main one.
+    pub lock: Option<String>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { target: None, jobs: 1, force: Vec::new() }
+        Self { target: None, jobs: 1, force: Vec::new(), lock: None }
     }
 }
 
@@ -32,13 +34,20 @@ pub struct RunSummary {
     pub ran: Vec<String>,
     /// Stages found up to date.
     pub fresh: Vec<String>,
+    /// Stages whose key had run before: outputs taken from the run-cache, nothing ran.
+    pub restored: Vec<String>,
     pub seconds: f64,
 }
 
 impl Pipeline {
     /// Each stage's status against the lock file, in pipeline order (no stage runs; no lock taken).
     pub fn status(&self, store: &Store, force: &[String]) -> Result<Vec<StageStatus>, EngineError> {
-        let lock = LockFile::load(store.root())?;
+        self.status_named(store, force, None)
+    }
+
+    /// Status against a named variant's lock.
+    pub fn status_named(&self, store: &Store, force: &[String], lock: Option<&str>) -> Result<Vec<StageStatus>, EngineError> {
+        let lock = LockFile::load_named(store.root(), lock)?;
         let produced = produced_from_lock(&lock)?;
         let models = ModelHashes::load(store.root());
         let mut stale = BTreeSet::new();
@@ -66,7 +75,8 @@ impl Pipeline {
             Some(t) => self.ancestors_and_self(t)?,
             None => self.ordered().map(|s| s.name().to_string()).collect(),
         };
-        let mut lock = LockFile::load(store.root())?;
+        let lock_name = opts.lock.as_deref();
+        let mut lock = LockFile::load_named(store.root(), lock_name)?;
         lock.version = 1;
         let mut produced = produced_from_lock(&lock)?;
         let models = ModelHashes::load(store.root());
@@ -106,6 +116,17 @@ impl Pipeline {
                             launched = true;
                             continue;
                         }
+                        if let (false, Some(rec)) = (forced, st.key.as_deref().and_then(|k| RunCache::get(store.root(), k))) {
+                            if let Some(outs) = restorable(&name, &rec, store) {
+                                produced.extend(outs);
+                                lock.stages.insert(name.clone(), rec);
+                                lock.save_named(store.root(), lock_name)?;
+                                done.insert(name.clone());
+                                summary.restored.push(name);
+                                launched = true;
+                                continue;
+                            }
+                        }
                         tracing::info!(stage = %name, reasons = %st.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "), "running");
                         running.insert(name.clone());
                         rerun.insert(name.clone());
@@ -126,8 +147,9 @@ impl Pipeline {
                 match res {
                     Ok((record, outs)) => {
                         produced.extend(outs);
+                        RunCache::put(store.root(), &record)?;
                         lock.stages.insert(name.clone(), record);
-                        lock.save(store.root())?;
+                        lock.save_named(store.root(), lock_name)?;
                         done.insert(name.clone());
                         summary.ran.push(name);
                     }
@@ -147,6 +169,19 @@ impl Pipeline {
             None => Ok(summary),
         }
     }
+}
+
+/// A run-cache record's outputs, if every one of them is still in the store.
+fn restorable(stage: &str, rec: &StageRecord, store: &Store) -> Option<Produced> {
+    let mut out = Produced::new();
+    for (name, o) in &rec.outputs {
+        let id = crate::store::ArtifactId::parse(&o.id).ok()?;
+        if !store.path_of(&id, o.kind).exists() {
+            return None;
+        }
+        out.insert((stage.to_string(), name.clone()), (id, o.kind));
+    }
+    Some(out)
 }
 
 fn run_one(
