@@ -41,3 +41,35 @@ fn show_and_import_errors_are_clear() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("junk") && err.contains("not an artifact id"), "{err}");
 }
+
+#[test]
+fn sweep_runs_each_variant_under_its_own_lock_and_shares_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = dir.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    std::fs::write(stages.join("dataset.toml"), "[params]\nn_items = 6\nimage_size = 32\nchunk = 3\n").unwrap();
+    std::fs::write(
+        stages.join("sweep.toml"),
+        "[[variant]]\nname = \"same\"\n\n[[variant]]\nname = \"seed1\"\ndescription = \"another seed\"\n[variant.params.dataset]\nseed = 1\n",
+    )
+    .unwrap();
+    let store = dir.path().join("artifacts");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(&store).arg("--stages").arg(&stages).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    run(&["run"]);
+    let out = run(&["sweep"]);
+    let line = |name: &str| out.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+    assert!(line("same").contains("ran []") && line("same").contains("restored [dataset]"), "{out}");
+    assert!(line("seed1").contains("ran [dataset]") && line("seed1").contains("another seed"), "{out}");
+    let again = run(&["sweep"]);
+    assert!(again.lines().all(|l| l.contains("ran []") && l.contains("restored []")), "{again}");
+    // A typo in a variant is an error that names the file.
+    std::fs::write(stages.join("sweep.toml"), "[[variant]]\nname = \"bad\"\n[variant.params.dataset]\nseeed = 1\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(&store).arg("--stages").arg(&stages).arg("sweep").output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("dataset.toml") && err.contains("seeed"), "{err}");
+}

@@ -25,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Run what is stale (all stages, or TARGET and what it depends on).
     Run(pipeline::RunArgs),
+    /// Run every variant of stages/sweep.toml (the paper's ablations), each sharing every stage it can.
+    Sweep(pipeline::SweepArgs),
     /// Each stage: up to date or stale, and why.
     Status,
     /// The stage graph (text, or Graphviz with --dot).
@@ -63,6 +65,7 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => pipeline::run(&cli.store, &cli.stages, a),
+        Command::Sweep(a) => pipeline::sweep(&cli.store, &cli.stages, a),
         Command::Status => pipeline::status(&cli.store, &cli.stages),
         Command::Dag(a) => pipeline::dag(&cli.stages, a),
         Command::Show(a) => store::show(&cli.store, &cli.stages, a),

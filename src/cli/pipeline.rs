@@ -16,6 +16,19 @@ pub struct RunArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    /// The variants (default: `<stages>/sweep.toml`).
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    /// Run only these variants (repeatable).
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Independent stages to run at once.
+    #[arg(short, long, default_value_t = 1)]
+    pub jobs: usize,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct DagArgs {
     /// Print Graphviz DOT.
     #[arg(long)]
@@ -74,4 +87,31 @@ pub fn render_dag(p: &Pipeline, dot: bool) -> String {
         }
     }
     s
+}
+
+/// Runs every variant of the sweep file, each under its own lock; stages a variant shares with the main
+/// pipeline or another variant come from the run-cache.
+pub fn sweep(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCode> {
+    let file = a.file.unwrap_or_else(|| stages.join("sweep.toml"));
+    let sweep = crate::stages::SweepFile::load(&file)?;
+    let store = Store::open(store)?;
+    for name in &a.only {
+        anyhow::ensure!(sweep.variant.iter().any(|v| &v.name == name), "{}: no variant named `{name}`", file.display());
+    }
+    for v in sweep.variant.iter().filter(|v| a.only.is_empty() || a.only.contains(&v.name)) {
+        let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
+        let pipeline = crate::stages::pipeline_with(&configs)?;
+        let opts = RunOptions { jobs: a.jobs, lock: Some(v.name.clone()), ..Default::default() };
+        let s = pipeline.run(&store, &opts)?;
+        println!(
+            "{:<24} ran [{}]  restored [{}]  up to date {}  ({:.1} s){}",
+            v.name,
+            s.ran.join(", "),
+            s.restored.join(", "),
+            s.fresh.len(),
+            s.seconds,
+            v.description.as_deref().map(|d| format!("  — {d}")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,27 +1,101 @@
+//! Stage params from `stages/<stage>.toml`, optionally overlaid by a sweep variant's overrides.
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// A stage's TOML file: `[params]` overrides the defaults of its params struct.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct StageToml<P> {
+pub struct StageToml {
     /// What the stage is for (documentation only).
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
-    pub params: Option<P>,
+    pub params: Option<toml::Table>,
 }
 
-/// Reads `<dir>/<name>.toml` into the params struct `P` (defaults when the file is absent).
-/// Unknown keys are errors that name the file, so a typo never silently keeps a default.
+/// Where every stage's params come from: the stage files in `dir`, then per-stage overrides on top.
+#[derive(Debug, Clone, Default)]
+pub struct StageConfigs {
+    pub dir: PathBuf,
+    /// Stage → a params table deep-merged over the file's `[params]` (a sweep variant's changes).
+    pub overrides: BTreeMap<String, toml::Table>,
+}
+
+impl StageConfigs {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf(), overrides: BTreeMap::new() }
+    }
+
+    /// The params of `stage`: defaults in code < `<dir>/<stage>.toml` < overrides. Unknown keys are errors
+    /// that name the file, so a typo never silently keeps a default.
+    pub fn params<P: DeserializeOwned + Default>(&self, stage: &str) -> anyhow::Result<P> {
+        let path = self.dir.join(format!("{stage}.toml"));
+        let mut table = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str::<StageToml>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.params.unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+            Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        };
+        if let Some(over) = self.overrides.get(stage) {
+            merge(&mut table, over);
+        }
+        if table.is_empty() {
+            return Ok(P::default());
+        }
+        P::deserialize(toml::Value::Table(table)).map_err(|e| anyhow::anyhow!("{} (with overrides for `{stage}`): params: {e}", path.display()))
+    }
+}
+
+fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Reads `<dir>/<name>.toml` into `P` (no overrides).
 pub fn load_stage_toml<P: DeserializeOwned + Default>(dir: &Path, name: &str) -> anyhow::Result<P> {
-    let path = dir.join(format!("{name}.toml"));
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(P::default()),
-        Err(e) => anyhow::bail!("{}: {e}", path.display()),
-    };
-    let parsed: StageToml<P> = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(parsed.params.unwrap_or_default())
+    StageConfigs::new(dir).params(name)
+}
+
+/// `stages/sweep.toml`: named variants, each a set of per-stage param overrides (the paper's ablations).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFile {
+    #[serde(default)]
+    pub variant: Vec<Variant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Stage → params overrides.
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Table>,
+}
+
+impl SweepFile {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let f: Self = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for v in &f.variant {
+            anyhow::ensure!(
+                !v.name.is_empty() && v.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{}: variant name {:?}: use letters, digits, - and _",
+                path.display(),
+                v.name
+            );
+            anyhow::ensure!(seen.insert(v.name.clone()), "{}: variant {:?} appears twice", path.display(), v.name);
+        }
+        Ok(f)
+    }
 }

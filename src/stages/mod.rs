@@ -11,13 +11,18 @@ pub mod score;
 pub mod sft;
 pub mod worker;
 
-pub use config::{load_stage_toml, StageToml};
+pub use config::{load_stage_toml, StageConfigs, StageToml, SweepFile, Variant};
 
 use crate::engine::{Pipeline, Stage};
 use std::path::Path;
 
 /// Every stage of the pipeline, with params from `<dir>/<stage>.toml` over the defaults in code.
 pub fn pipeline(dir: &Path) -> anyhow::Result<Pipeline> {
-    let stages: Vec<Box<dyn Stage>> = vec![Box::new(dataset::DatasetStage { params: load_stage_toml(dir, "dataset")? })];
+    pipeline_with(&StageConfigs::new(dir))
+}
+
+/// The pipeline with params from `configs` (a sweep variant's overrides included).
+pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
+    let stages: Vec<Box<dyn Stage>> = vec![Box::new(dataset::DatasetStage { params: c.params("dataset")? })];
     Ok(Pipeline::new(stages)?)
 }
