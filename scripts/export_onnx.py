@@ -110,15 +110,20 @@ def activation_absmax(src, names, sentences, tokenizer_json):
     return amax
 
 
-def export_minilm_int8(src, out, alpha=0.8, alpha_other=None, calib=512, keep_fp32=()):
-    """The fast path: SmoothQuant-style smoothing, then ORT dynamic int8 with per-channel weights.
+FFN_OUT = tuple(f"layer.{i}/output/dense" for i in range(24))
 
-    Plain dynamic int8 (per-tensor activations) loses up to 0.12 in cosine on MiniLM, per-channel weights
-    alone still 0.02: a few activation channels after LayerNorm and GELU are 10-50x larger than the rest and
-    eat the activation scale. Smoothing divides each input channel j of a weight MatMul by
-    s_j = amax(x_j)^alpha / amax(W_j)^(1-alpha) (a Mul before the MatMul) and multiplies weight row j by s_j:
-    the fp32 function is unchanged, the outliers move into the per-channel-quantized weights. ORT's int8
-    GEMM then runs on AMX/VNNI. Calibration: the first `calib` corpus sentences (not the benchmark order)."""
+
+def export_minilm_int8(src, out, alpha=0.8, alpha_other=None, calib=512, keep_fp32=FFN_OUT):
+    """The fast path: SmoothQuant-style smoothing, then ORT dynamic int8 with per-channel weights, the FFN
+    output projections kept in fp32.
+
+    Measured on the 4,000-sentence corpus (min / mean cosine against fp32): plain quantize_dynamic 0.885;
+    per-channel weights 0.9785 / 0.9938; + smoothing of the LayerNorm-fed inputs (Q/K/V, FFN-in) with
+    alpha 0.8: 0.9880 / 0.9965; + FFN-out MatMuls in fp32 (their GELU inputs are long-tailed, and smoothing
+    them made things worse at every alpha tried): 0.9959 / 0.9992. Smoothing divides each input channel j of
+    a weight MatMul by s_j = amax(x_j)^alpha / amax(W_j)^(1-alpha) (a Mul before the MatMul) and multiplies
+    weight row j by s_j: the fp32 function is unchanged (checked: cosine 1.000000), the activation outliers
+    move into the per-channel-quantized weights. Calibration: `calib` sentences spread over the corpus."""
     import numpy as np
     import onnx
     from onnx import numpy_helper

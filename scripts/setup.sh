@@ -68,5 +68,14 @@ else
   say "exporting all-MiniLM-L6-v2 to ONNX (fp32)"
   "$VENV/bin/python" "$ROOT/scripts/export_onnx.py" minilm || die "ONNX export of all-MiniLM-L6-v2 failed (see above)"
 fi
+# the int8 fast path needs the `onnx` package (scripts/requirements-dev.txt); optional
+if [[ ! -f "$DEPS/models/all-MiniLM-L6-v2/onnx/model_int8.onnx" ]]; then
+  if "$VENV/bin/python" -c "import onnx" 2>/dev/null; then
+    say "making the int8 MiniLM fast path"
+    "$VENV/bin/python" "$ROOT/scripts/export_onnx.py" minilm-int8 || die "int8 export of all-MiniLM-L6-v2 failed (see above)"
+  else
+    say "skipping the int8 MiniLM fast path (pip install -r scripts/requirements-dev.txt, then re-run)"
+  fi
+fi
 
 say "done: plain cargo commands now find libtorch and ONNX Runtime"

@@ -336,9 +336,10 @@ fn bench_runs_and_reports_json() {
 #[ignore]
 fn full_benchmark() {
     let mut cfg = BenchConfig::default();
-    if let Ok(t) = std::env::var("MMB_BENCH_THREADS") {
-        cfg.session.intra_threads = Some(t.parse().unwrap());
-    }
+    let env = |k: &str| std::env::var(k).ok().map(|v| v.parse::<usize>().unwrap_or_else(|e| panic!("{k}={v}: {e}")));
+    cfg.session.intra_threads = env("MMB_BENCH_THREADS").or(cfg.session.intra_threads);
+    cfg.limit = env("MMB_BENCH_LIMIT");
+    cfg.image_repeat = env("MMB_BENCH_IMAGE_REPEAT").unwrap_or(cfg.image_repeat);
     let report = bench::run(&cfg).unwrap();
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }

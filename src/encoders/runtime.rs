@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, ValueType};
 use serde::{Deserialize, Serialize};
@@ -186,7 +186,11 @@ impl OnnxModel {
             .with_intra_threads(options.threads())
             .map_err(|e| ort_err(path, "setting intra-op threads")(e.into()))?
             .with_inter_threads(1)
-            .map_err(|e| ort_err(path, "setting inter-op threads")(e.into()))?;
+            .map_err(|e| ort_err(path, "setting inter-op threads")(e.into()))?
+            // ort defaults to "max efficiency" automatic EP selection, which may place a model on an NPU/GPU
+            // nobody asked for; only the providers named in `options` may run it
+            .with_auto_device(AutoDevicePolicy::PreferCPU)
+            .map_err(|e| ort_err(path, "setting the device policy")(e.into()))?;
         let mut provider = options.provider.clone();
         let mut fallback_reason = None;
         let mut builder = match provider_dispatch(&options.provider) {
