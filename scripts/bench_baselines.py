@@ -8,9 +8,10 @@
 
     .venv/bin/python scripts/bench_baselines.py [--threads 2] [--rust] [--limit N] [--rounds R]
 
-Prints one JSON object. With --rust it then runs the Rust benchmark (`cargo test --test encoders full_benchmark
--- --ignored`, i.e. the test profile: dependencies at opt-level 2, ONNX Runtime native either way) and adds
-the ratios Rust / baseline, so one run gives them. The benchmark photos are written to .deps/bench/images.
+Prints one JSON object. With --rust it also runs the Rust benchmark (`cargo test [--release] --test encoders
+full_benchmark -- --ignored`; the test profile builds dependencies at opt-level 2 but this crate's own loops
+unoptimized, which matters for CLIP preprocessing, not for ONNX Runtime) and adds the ratios Rust / baseline,
+so one run gives them. With --rounds R everything runs R times interleaved and each keeps its best. The benchmark photos are written to .deps/bench/images.
 """
 import argparse
 import json
@@ -141,11 +142,12 @@ def clip_images(paths, threads, repeat, batch=16):
     return {"images_per_s": len(files) / s, "images": len(files), "seconds": s, "batch": batch}
 
 
-def run_rust(threads, limit, image_repeat):
+def run_rust(threads, limit, image_repeat, release=False):
     env = dict(os.environ, MMB_BENCH_THREADS=str(threads), MMB_BENCH_IMAGE_REPEAT=str(image_repeat), RUST_LOG="warn")
     if limit:
         env["MMB_BENCH_LIMIT"] = str(limit)
-    cmd = ["cargo", "test", "-q", "--test", "encoders", "full_benchmark", "--", "--ignored", "--nocapture"]
+    cmd = ["cargo", "test", "-q"] + (["--release"] if release else []) + [
+        "--test", "encoders", "full_benchmark", "--", "--ignored", "--nocapture"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     start = res.stdout.find("{")
     if res.returncode != 0 or start < 0:
@@ -166,13 +168,17 @@ def main():
     ap.add_argument("--image-repeat", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=1, help="repeat everything, interleaved, and keep each one's best")
     ap.add_argument("--rust", action="store_true", help="also run the Rust benchmark and print ratios")
+    ap.add_argument("--release", action="store_true",
+                    help="build the Rust side with the release profile (a full rebuild of the dependencies, minutes); "
+                         "the default test profile compiles this crate's own loops (CLIP resize, pooling) unoptimized")
     ap.add_argument("--skip-clip", action="store_true")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     lines = export_onnx.corpus_lines(a.limit)
     fp32 = MINILM / "onnx" / "model.onnx"
     int8 = MINILM / "onnx" / "model_int8.onnx"
-    out = {"threads": a.threads, "sentences": len(lines), "corpus": str(export_onnx.CORPUS), "rounds": a.rounds}
+    out = {"threads": a.threads, "sentences": len(lines), "corpus": str(export_onnx.CORPUS), "rounds": a.rounds,
+           "rust_profile": "release" if a.release else "test"}
     images = bench_images()
     out["image_files"] = [str(p) for p in images]
     runs = {k: [] for k in ["st", "o32", "o8", "clip", "rust"]}
@@ -184,7 +190,7 @@ def main():
             o8["min_cosine_vs_fp32"] = float((o8_emb * o32_emb).sum(1).min())
             runs["o8"].append(o8)
         if a.rust:
-            runs["rust"].append(run_rust(a.threads, a.limit, a.image_repeat))
+            runs["rust"].append(run_rust(a.threads, a.limit, a.image_repeat, a.release))
         st, st_emb = st_sentences(lines, a.threads)
         st["onnxruntime_fp32_min_cosine_vs_this"] = float((o32_emb * st_emb).sum(1).min())
         runs["st"].append(st)

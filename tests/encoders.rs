@@ -343,3 +343,4 @@ fn full_benchmark() {
     let report = bench::run(&cfg).unwrap();
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
+

@@ -279,9 +279,19 @@ impl OnnxModel {
 
     /// Runs the model and returns the named outputs as (shape, f32 values), in the order asked.
     pub fn run(&self, inputs: Vec<(&str, SessionInputValue<'_>)>, outputs: &[&str]) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
+        self.run_with(inputs, outputs, |views| Ok(views.iter().map(|(shape, data)| (shape.clone(), data.to_vec())).collect()))
+    }
+
+    /// Runs the model and hands the named outputs, borrowed from ONNX Runtime's buffers (no copy), to `read`.
+    pub fn run_with<T>(
+        &self,
+        inputs: Vec<(&str, SessionInputValue<'_>)>,
+        outputs: &[&str],
+        read: impl FnOnce(&[(Vec<usize>, &[f32])]) -> Result<T>,
+    ) -> Result<T> {
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let result = session.run(inputs).map_err(ort_err(&self.path, "running the model"))?;
-        outputs
+        let views = outputs
             .iter()
             .map(|name| {
                 let value = result.get(*name).ok_or_else(|| EncoderError::ModelSignature {
@@ -292,9 +302,10 @@ impl OnnxModel {
                 let (shape, data) = value
                     .try_extract_tensor::<f32>()
                     .map_err(ort_err(&self.path, "reading an output as f32"))?;
-                Ok((shape.iter().map(|&d| d.max(0) as usize).collect(), data.to_vec()))
+                Ok((shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<usize>>(), data))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        read(&views)
     }
 }
 
