@@ -8,10 +8,10 @@
 
     .venv/bin/python scripts/bench_baselines.py [--threads 2] [--rust] [--limit N] [--rounds R]
 
-Prints one JSON object. With --rust it also runs the Rust benchmark (`cargo test [--release] --test encoders
-full_benchmark -- --ignored`; the test profile builds dependencies at opt-level 2 but this crate's own loops
-unoptimized, which matters for CLIP preprocessing, not for ONNX Runtime) and adds the ratios Rust / baseline,
-so one run gives them. With --rounds R everything runs R times interleaved and each keeps its best. The benchmark photos are written to .deps/bench/images.
+Prints one JSON object. With --rust it also runs the Rust benchmark (`cargo test --config
+profile.dev.package.mmboundary.opt-level=3 --test encoders full_benchmark -- --ignored`: the test profile's
+dependencies (opt-level 2) are reused and only this crate is rebuilt optimized; `--release` instead rebuilds
+everything) and adds the ratios Rust / baseline, so one run gives them. With --rounds R everything runs R times interleaved and each keeps its best. The benchmark photos are written to .deps/bench/images.
 """
 import argparse
 import json
@@ -29,6 +29,7 @@ import export_onnx  # noqa: E402
 ROOT = export_onnx.ROOT
 MINILM = ROOT / ".deps" / "models" / "all-MiniLM-L6-v2"
 IMAGES = ROOT / ".deps" / "bench" / "images"
+CRATE_OPT_LEVEL = 3
 
 
 def bench_images():
@@ -146,8 +147,10 @@ def run_rust(threads, limit, image_repeat, release=False):
     env = dict(os.environ, MMB_BENCH_THREADS=str(threads), MMB_BENCH_IMAGE_REPEAT=str(image_repeat), RUST_LOG="warn")
     if limit:
         env["MMB_BENCH_LIMIT"] = str(limit)
-    cmd = ["cargo", "test", "-q"] + (["--release"] if release else []) + [
-        "--test", "encoders", "full_benchmark", "--", "--ignored", "--nocapture"]
+    # without --release: the test profile, with this crate (not its dependencies) optimized like them, so
+    # only this crate is rebuilt; the dependencies are at opt-level 2 and ONNX Runtime is native either way
+    profile = ["--release"] if release else ["--config", f"profile.dev.package.mmboundary.opt-level={CRATE_OPT_LEVEL}"]
+    cmd = ["cargo", "test", "-q"] + profile + ["--test", "encoders", "full_benchmark", "--", "--ignored", "--nocapture"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     start = res.stdout.find("{")
     if res.returncode != 0 or start < 0:
@@ -169,8 +172,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="repeat everything, interleaved, and keep each one's best")
     ap.add_argument("--rust", action="store_true", help="also run the Rust benchmark and print ratios")
     ap.add_argument("--release", action="store_true",
-                    help="build the Rust side with the release profile (a full rebuild of the dependencies, minutes); "
-                         "the default test profile compiles this crate's own loops (CLIP resize, pooling) unoptimized")
+                    help="build the Rust side with the release profile (a full rebuild of the dependencies, minutes)")
     ap.add_argument("--skip-clip", action="store_true")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
