@@ -36,16 +36,19 @@ fn minilm(c: &mut Criterion) {
 
 fn clip(c: &mut Criterion) {
     let cfg = BenchConfig::default();
-    let Some(onnx) = cfg.clip_image_onnx.clone().filter(|p| p.is_file()) else {
-        eprintln!("skipping CLIP: no ViT-B/32 export (scripts/export_onnx.py clip-b32-random)");
-        return;
-    };
     let images: Vec<PathBuf> = default_images().into_iter().cycle().take(32).collect();
-    let mut enc = ClipImageEncoder::load(&onnx, cfg.clip_preprocess.clone(), &cfg.session).unwrap();
-    enc.batch_size = cfg.clip_batch_size;
     let mut group = c.benchmark_group("clip_vit_b32");
     group.sample_size(10).throughput(Throughput::Elements(images.len() as u64));
-    group.bench_function("decode+preprocess+image tower", |b| b.iter(|| enc.encode_files(&images).unwrap()));
+    for onnx in &cfg.clip_image_onnx {
+        if !onnx.is_file() {
+            eprintln!("skipping {}: missing (scripts/export_onnx.py clip-b32-random / clip-int8)", onnx.display());
+            continue;
+        }
+        let mut enc = ClipImageEncoder::load(onnx, cfg.clip_preprocess.clone(), &cfg.session).unwrap();
+        enc.batch_size = cfg.clip_batch_size;
+        let name = format!("{} decode+preprocess+tower", onnx.file_name().unwrap().to_string_lossy());
+        group.bench_function(name, |b| b.iter(|| enc.encode_files(&images).unwrap()));
+    }
     group.finish();
 }
 

@@ -6,11 +6,12 @@
   * transformers CLIPModel (ViT-B/32 architecture, random weights) with CLIPImageProcessorPil, images/s
     including PIL decoding.
 
-    .venv/bin/python scripts/bench_baselines.py [--threads 2] [--rust] [--limit N]
+    .venv/bin/python scripts/bench_baselines.py [--threads 2] [--rust] [--limit N] [--rounds R]
 
-Prints one JSON object. With --rust it then runs the Rust benchmark (`cargo test --test encoders full_benchmark
--- --ignored`, i.e. the test profile: dependencies at opt-level 2, ONNX Runtime native either way) and adds
-the ratios Rust / baseline, so one run gives them. The benchmark photos are written to .deps/bench/images.
+Prints one JSON object. With --rust it also runs the Rust benchmark (`cargo test --config
+profile.dev.package.mmboundary.opt-level=3 --test encoders full_benchmark -- --ignored`: the test profile's
+dependencies (opt-level 2) are reused and only this crate is rebuilt optimized; `--release` instead rebuilds
+everything) and adds the ratios Rust / baseline, so one run gives them. With --rounds R everything runs R times interleaved and each keeps its best. The benchmark photos are written to .deps/bench/images.
 """
 import argparse
 import json
@@ -28,6 +29,7 @@ import export_onnx  # noqa: E402
 ROOT = export_onnx.ROOT
 MINILM = ROOT / ".deps" / "models" / "all-MiniLM-L6-v2"
 IMAGES = ROOT / ".deps" / "bench" / "images"
+CRATE_OPT_LEVEL = 3
 
 
 def bench_images():
@@ -141,55 +143,93 @@ def clip_images(paths, threads, repeat, batch=16):
     return {"images_per_s": len(files) / s, "images": len(files), "seconds": s, "batch": batch}
 
 
+def run_rust(threads, limit, image_repeat, release=False):
+    env = dict(os.environ, MMB_BENCH_THREADS=str(threads), MMB_BENCH_IMAGE_REPEAT=str(image_repeat), RUST_LOG="warn")
+    if limit:
+        env["MMB_BENCH_LIMIT"] = str(limit)
+    # without --release: the test profile, with this crate (not its dependencies) optimized like them, so
+    # only this crate is rebuilt; the dependencies are at opt-level 2 and ONNX Runtime is native either way
+    profile = ["--release"] if release else ["--config", f"profile.dev.package.mmboundary.opt-level={CRATE_OPT_LEVEL}"]
+    cmd = ["cargo", "test", "-q"] + profile + ["--test", "encoders", "full_benchmark", "--", "--ignored", "--nocapture"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    start = res.stdout.find("{")
+    if res.returncode != 0 or start < 0:
+        print(res.stdout[-3000:], res.stderr[-3000:], file=sys.stderr)
+        raise SystemExit("the Rust benchmark failed")
+    return json.JSONDecoder().raw_decode(res.stdout[start:])[0]
+
+
+def best(runs, key):
+    """The fastest of several rounds: on a shared machine, load only ever slows a run down."""
+    return max(runs, key=lambda r: r[key])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--limit", type=int)
+    ap.add_argument("--limit", type=int, help="first N corpus sentences (both sides)")
     ap.add_argument("--image-repeat", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat everything, interleaved, and keep each one's best")
     ap.add_argument("--rust", action="store_true", help="also run the Rust benchmark and print ratios")
+    ap.add_argument("--release", action="store_true",
+                    help="build the Rust side with the release profile (a full rebuild of the dependencies, minutes)")
     ap.add_argument("--skip-clip", action="store_true")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     lines = export_onnx.corpus_lines(a.limit)
     fp32 = MINILM / "onnx" / "model.onnx"
     int8 = MINILM / "onnx" / "model_int8.onnx"
-    out = {"threads": a.threads, "sentences": len(lines), "corpus": str(export_onnx.CORPUS)}
+    out = {"threads": a.threads, "sentences": len(lines), "corpus": str(export_onnx.CORPUS), "rounds": a.rounds,
+           "rust_profile": "release" if a.release else "test"}
     images = bench_images()
     out["image_files"] = [str(p) for p in images]
-    st, st_emb = st_sentences(lines, a.threads)
-    out["sentence_transformers"] = st
-    o32, o32_emb = ort_sentences(fp32, lines, a.threads)
-    o32["cosine_vs_sentence_transformers_min"] = float((o32_emb * st_emb).sum(1).min())
-    out["python_onnxruntime_fp32"] = o32
-    if int8.exists():
-        o8, o8_emb = ort_sentences(int8, lines, a.threads)
-        o8["min_cosine_vs_fp32"] = float((o8_emb * o32_emb).sum(1).min())
-        out["python_onnxruntime_int8"] = o8
-    if not a.skip_clip:
-        out["transformers_clip_vit_b32"] = clip_images(images, a.threads, a.image_repeat)
-    if a.rust:
-        env = dict(os.environ, MMB_BENCH_THREADS=str(a.threads), RUST_LOG="warn")
-        if a.limit:
-            print("--limit applies to the Python side only", file=sys.stderr)
-        cmd = ["cargo", "test", "-q", "--test", "encoders", "full_benchmark", "--", "--ignored", "--nocapture"]
-        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        text = res.stdout
-        start = text.find("{")
-        if res.returncode != 0 or start < 0:
-            print(res.stdout[-3000:], res.stderr[-3000:], file=sys.stderr)
-            raise SystemExit("the Rust benchmark failed")
-        rust = json.JSONDecoder().raw_decode(text[start:])[0]
-        out["rust"] = rust
+    runs = {k: [] for k in ["st", "o32", "o8", "clip", "rust"]}
+    for _ in range(a.rounds):
+        o32, o32_emb = ort_sentences(fp32, lines, a.threads)
+        runs["o32"].append(o32)
+        if int8.exists():
+            o8, o8_emb = ort_sentences(int8, lines, a.threads)
+            o8["min_cosine_vs_fp32"] = float((o8_emb * o32_emb).sum(1).min())
+            runs["o8"].append(o8)
+        if a.rust:
+            runs["rust"].append(run_rust(a.threads, a.limit, a.image_repeat, a.release))
+        st, st_emb = st_sentences(lines, a.threads)
+        st["onnxruntime_fp32_min_cosine_vs_this"] = float((o32_emb * st_emb).sum(1).min())
+        runs["st"].append(st)
+        if not a.skip_clip:
+            runs["clip"].append(clip_images(images, a.threads, a.image_repeat))
+    st = out["sentence_transformers"] = best(runs["st"], "sentences_per_s")
+    o32 = out["python_onnxruntime_fp32"] = best(runs["o32"], "sentences_per_s")
+    if runs["o8"]:
+        out["python_onnxruntime_int8"] = best(runs["o8"], "sentences_per_s")
+    if runs["clip"]:
+        out["transformers_clip_vit_b32"] = best(runs["clip"], "images_per_s")
+    if runs["rust"]:
+        # best round per entry
+        entries = {}
+        for rep in runs["rust"]:
+            for e in rep["entries"]:
+                key = e["file"]
+                speed = e.get("sentences_per_s") or e.get("images_per_s")
+                if key not in entries or speed > (entries[key].get("sentences_per_s") or entries[key].get("images_per_s")):
+                    entries[key] = e
+        out["rust"] = {"entries": list(entries.values()), "skipped": runs["rust"][-1]["skipped"]}
         ratios = {}
-        for e in rust["entries"]:
-            if e.get("sentences_per_s") and e["file"].endswith("model.onnx"):
+        for e in entries.values():
+            if e.get("sentences_per_s") and e["file"].endswith("/model.onnx"):
                 ratios["minilm_fp32_vs_python_onnxruntime"] = e["sentences_per_s"] / o32["sentences_per_s"]
                 ratios["minilm_fp32_vs_sentence_transformers"] = e["sentences_per_s"] / st["sentences_per_s"]
             elif e.get("sentences_per_s"):
                 ratios["minilm_fast_vs_sentence_transformers"] = e["sentences_per_s"] / st["sentences_per_s"]
+                ratios["minilm_fast_vs_python_onnxruntime_fp32"] = e["sentences_per_s"] / o32["sentences_per_s"]
                 ratios["minilm_fast_min_cosine_vs_fp32"] = e.get("min_cosine_vs_reference")
             if e.get("images_per_s") and "transformers_clip_vit_b32" in out:
-                ratios["clip_b32_vs_transformers"] = e["images_per_s"] / out["transformers_clip_vit_b32"]["images_per_s"]
+                r = e["images_per_s"] / out["transformers_clip_vit_b32"]["images_per_s"]
+                if e["file"].endswith("/image.onnx"):
+                    ratios["clip_b32_vs_transformers"] = r
+                else:
+                    ratios["clip_b32_fast_vs_transformers"] = r
+                    ratios["clip_b32_fast_min_cosine_vs_fp32"] = e.get("min_cosine_vs_reference")
         out["ratios"] = ratios
     print(json.dumps(out, indent=1))
 

@@ -71,5 +71,14 @@ else
   "$VENV/bin/python" "$ROOT/scripts/export_onnx.py" minilm || die "ONNX export of all-MiniLM-L6-v2 failed (see above)"
   touch "$minilm_onnx.done"
 fi
+# the int8 fast path needs the `onnx` package (scripts/requirements-dev.txt); optional
+if [[ ! -f "$DEPS/models/all-MiniLM-L6-v2/onnx/model_int8.onnx" ]]; then
+  if "$VENV/bin/python" -c "import onnx" 2>/dev/null; then
+    say "making the int8 MiniLM fast path"
+    "$VENV/bin/python" "$ROOT/scripts/export_onnx.py" minilm-int8 || die "int8 export of all-MiniLM-L6-v2 failed (see above)"
+  else
+    say "skipping the int8 MiniLM fast path (pip install -r scripts/requirements-dev.txt, then re-run)"
+  fi
+fi
 
 say "done: plain cargo commands now find libtorch and ONNX Runtime"

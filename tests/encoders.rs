@@ -311,7 +311,7 @@ fn bench_runs_and_reports_json() {
     let cfg = BenchConfig {
         limit: Some(128),
         minilm_files: vec!["onnx/model.onnx".into(), "onnx/absent_int8.onnx".into()],
-        clip_image_onnx: Some(fixtures().join("clip_tiny/image.onnx")),
+        clip_image_onnx: vec![fixtures().join("clip_tiny/image.onnx"), fixtures().join("clip_tiny/image.onnx")],
         clip_preprocess: ClipPreprocess { shortest_edge: 32, crop: 32, ..Default::default() },
         images: vec![fixtures().join("photos/chelsea.png"), fixtures().join("photos/rocket.jpg")],
         image_repeat: 2,
@@ -320,12 +320,14 @@ fn bench_runs_and_reports_json() {
     };
     let report = bench::run(&cfg).unwrap();
     assert_eq!(report.sentences, 128);
-    assert_eq!(report.entries.len(), 2);
+    assert_eq!(report.entries.len(), 3);
     let s = &report.entries[0];
     assert!(s.sentences_per_s.unwrap() > 0.0 && s.non_pad_tokens_per_s.unwrap() > s.sentences_per_s.unwrap());
     assert_eq!(s.ep, "cpu");
     assert!(report.skipped[0].contains("absent_int8.onnx"));
     assert_eq!(report.entries[1].items, 4);
+    // the same tower twice: identical embeddings
+    assert!(report.entries[2].min_cosine_vs_reference.unwrap() > 1.0 - 1e-6);
     let json = serde_json::to_string(&report).unwrap();
     assert!(json.contains("images_per_s"));
 }
@@ -336,9 +338,11 @@ fn bench_runs_and_reports_json() {
 #[ignore]
 fn full_benchmark() {
     let mut cfg = BenchConfig::default();
-    if let Ok(t) = std::env::var("MMB_BENCH_THREADS") {
-        cfg.session.intra_threads = Some(t.parse().unwrap());
-    }
+    let env = |k: &str| std::env::var(k).ok().map(|v| v.parse::<usize>().unwrap_or_else(|e| panic!("{k}={v}: {e}")));
+    cfg.session.intra_threads = env("MMB_BENCH_THREADS").or(cfg.session.intra_threads);
+    cfg.limit = env("MMB_BENCH_LIMIT");
+    cfg.image_repeat = env("MMB_BENCH_IMAGE_REPEAT").unwrap_or(cfg.image_repeat);
     let report = bench::run(&cfg).unwrap();
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
+

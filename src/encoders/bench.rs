@@ -25,8 +25,9 @@ pub struct BenchConfig {
     /// Sentence-encoder ONNX files to time (relative to `minilm_dir`); the first is the fp32 reference the
     /// others are compared with.
     pub minilm_files: Vec<PathBuf>,
-    /// CLIP image tower (e.g. the ViT-B/32-architecture export); `None` skips images.
-    pub clip_image_onnx: Option<PathBuf>,
+    /// CLIP image towers to time (e.g. the ViT-B/32-architecture export and its int8 fast path); the first is
+    /// the reference the others are compared with (cosine of image embeddings). Empty: no images.
+    pub clip_image_onnx: Vec<PathBuf>,
     pub clip_preprocess: ClipPreprocess,
     /// Image files, decoded and preprocessed inside the timed region.
     pub images: Vec<PathBuf>,
@@ -45,7 +46,10 @@ impl Default for BenchConfig {
             limit: None,
             minilm_dir: default_model_dir(),
             minilm_files: vec![PathBuf::from("onnx/model.onnx"), PathBuf::from("onnx/model_int8.onnx")],
-            clip_image_onnx: Some(root.join(".deps/models/clip-vit-b32-random/image.onnx")),
+            clip_image_onnx: vec![
+                root.join(".deps/models/clip-vit-b32-random/image.onnx"),
+                root.join(".deps/models/clip-vit-b32-random/image_int8.onnx"),
+            ],
             clip_preprocess: ClipPreprocess::default(),
             images: default_images(),
             image_repeat: 8,
@@ -194,38 +198,50 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         }
     }
     let mut n_images = 0;
-    match &cfg.clip_image_onnx {
-        Some(onnx) if onnx.is_file() && !cfg.images.is_empty() => {
-            let mut enc = ClipImageEncoder::load(onnx, cfg.clip_preprocess.clone(), &cfg.session)?;
-            enc.batch_size = cfg.clip_batch_size.max(1);
-            let list: Vec<PathBuf> = (0..cfg.image_repeat.max(1)).flat_map(|_| cfg.images.iter().cloned()).collect();
-            n_images = list.len();
-            enc.encode_files(&list[..list.len().min(enc.batch_size)])?; // warm-up
-            let t0 = Instant::now();
-            enc.encode_files(&list)?;
-            let secs = t0.elapsed().as_secs_f64();
-            entries.push(BenchEntry {
-                model: "CLIP image tower".into(),
-                file: onnx.clone(),
-                ep: enc.model().provider().name().into(),
-                threads,
-                batch_policy: format!("{} images per call, decode+preprocess included (rayon)", enc.batch_size),
-                items: n_images,
-                seconds: secs,
-                sentences_per_s: None,
-                non_pad_tokens_per_s: None,
-                padding_overhead: None,
-                images_per_s: Some(n_images as f64 / secs),
-                min_cosine_vs_reference: None,
-                mean_cosine_vs_reference: None,
-                truncated: 0,
-            });
+    let mut reference: Option<super::Embeddings> = None;
+    for (k, onnx) in cfg.clip_image_onnx.iter().enumerate() {
+        if !onnx.is_file() {
+            skipped.push(format!("{}: missing (make it with scripts/export_onnx.py clip-b32-random / clip-int8)", onnx.display()));
+            continue;
         }
-        Some(onnx) if !onnx.is_file() => {
-            skipped.push(format!("{}: missing (make it with scripts/export_onnx.py clip-b32-random)", onnx.display()))
+        if cfg.images.is_empty() {
+            skipped.push("CLIP: no images configured".into());
+            break;
         }
-        Some(_) => skipped.push("CLIP: no images configured".into()),
-        None => {}
+        let mut enc = ClipImageEncoder::load(onnx, cfg.clip_preprocess.clone(), &cfg.session)?;
+        enc.batch_size = cfg.clip_batch_size.max(1);
+        let list: Vec<PathBuf> = (0..cfg.image_repeat.max(1)).flat_map(|_| cfg.images.iter().cloned()).collect();
+        n_images = list.len();
+        enc.encode_files(&list[..list.len().min(enc.batch_size)])?; // warm-up
+        let t0 = Instant::now();
+        let out = enc.encode_files(&list)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let (min_cos, mean_cos) = match &reference {
+            Some(r) if k > 0 => {
+                let cs: Vec<f32> = (0..r.len()).map(|i| cosine(r.row(i), out.embeddings.row(i))).collect();
+                (cs.iter().copied().reduce(f32::min), Some(cs.iter().sum::<f32>() / cs.len() as f32))
+            }
+            _ => (None, None),
+        };
+        entries.push(BenchEntry {
+            model: "CLIP image tower".into(),
+            file: onnx.clone(),
+            ep: enc.model().provider().name().into(),
+            threads,
+            batch_policy: format!("{} images per call, decode+preprocess included (rayon)", enc.batch_size),
+            items: n_images,
+            seconds: secs,
+            sentences_per_s: None,
+            non_pad_tokens_per_s: None,
+            padding_overhead: None,
+            images_per_s: Some(n_images as f64 / secs),
+            min_cosine_vs_reference: min_cos,
+            mean_cosine_vs_reference: mean_cos,
+            truncated: 0,
+        });
+        if reference.is_none() {
+            reference = Some(out.embeddings);
+        }
     }
     Ok(BenchReport { corpus: cfg.corpus.clone(), sentences: refs.len(), images: n_images, entries, skipped })
 }

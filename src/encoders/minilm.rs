@@ -132,17 +132,23 @@ impl SentenceEncoder {
             if with_types {
                 inputs.push(("token_type_ids", i64_input(shape, padded.token_type_ids).map_err(ort_err)?));
             }
-            let mut out = self.model.run(inputs, &[self.output])?;
-            let (out_shape, hidden) = out.remove(0);
-            if out_shape.len() != 3 || out_shape[0] != padded.rows || out_shape[1] != padded.len {
-                return Err(EncoderError::ModelSignature {
-                    path: self.model.path().to_path_buf(),
-                    encoder: "sentence-encoder (BERT token embeddings)",
-                    detail: format!("{} has shape {out_shape:?}, expected [{}, {}, hidden]", self.output, padded.rows, padded.len),
-                });
-            }
-            check_finite(&hidden, self.model.path(), self.output)?;
-            Ok(mean_pool(&hidden, &mask, padded.rows, padded.len, out_shape[2], self.params.normalize))
+            let normalize = self.params.normalize;
+            self.model.run_with(inputs, &[self.output], |outs| {
+                let (out_shape, hidden) = &outs[0];
+                if out_shape.len() != 3 || out_shape[0] != padded.rows || out_shape[1] != padded.len {
+                    return Err(EncoderError::ModelSignature {
+                        path: self.model.path().to_path_buf(),
+                        encoder: "sentence-encoder (BERT token embeddings)",
+                        detail: format!("{} has shape {out_shape:?}, expected [{}, {}, hidden]", self.output, padded.rows, padded.len),
+                    });
+                }
+                let pooled = mean_pool(hidden, &mask, padded.rows, padded.len, out_shape[2], normalize);
+                // a NaN/inf in any unmasked token reaches its pooled vector
+                for row in &pooled {
+                    check_finite(row, self.model.path(), self.output)?;
+                }
+                Ok(pooled)
+            })
         })?;
         let dim = rows.first().map_or(0, Vec::len);
         Ok(SentenceEmbeddings {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, ValueType};
 use serde::{Deserialize, Serialize};
@@ -186,7 +186,11 @@ impl OnnxModel {
             .with_intra_threads(options.threads())
             .map_err(|e| ort_err(path, "setting intra-op threads")(e.into()))?
             .with_inter_threads(1)
-            .map_err(|e| ort_err(path, "setting inter-op threads")(e.into()))?;
+            .map_err(|e| ort_err(path, "setting inter-op threads")(e.into()))?
+            // ort defaults to "max efficiency" automatic EP selection, which may place a model on an NPU/GPU
+            // nobody asked for; only the providers named in `options` may run it
+            .with_auto_device(AutoDevicePolicy::PreferCPU)
+            .map_err(|e| ort_err(path, "setting the device policy")(e.into()))?;
         let mut provider = options.provider.clone();
         let mut fallback_reason = None;
         let mut builder = match provider_dispatch(&options.provider) {
@@ -275,9 +279,19 @@ impl OnnxModel {
 
     /// Runs the model and returns the named outputs as (shape, f32 values), in the order asked.
     pub fn run(&self, inputs: Vec<(&str, SessionInputValue<'_>)>, outputs: &[&str]) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
+        self.run_with(inputs, outputs, |views| Ok(views.iter().map(|(shape, data)| (shape.clone(), data.to_vec())).collect()))
+    }
+
+    /// Runs the model and hands the named outputs, borrowed from ONNX Runtime's buffers (no copy), to `read`.
+    pub fn run_with<T>(
+        &self,
+        inputs: Vec<(&str, SessionInputValue<'_>)>,
+        outputs: &[&str],
+        read: impl FnOnce(&[(Vec<usize>, &[f32])]) -> Result<T>,
+    ) -> Result<T> {
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let result = session.run(inputs).map_err(ort_err(&self.path, "running the model"))?;
-        outputs
+        let views = outputs
             .iter()
             .map(|name| {
                 let value = result.get(*name).ok_or_else(|| EncoderError::ModelSignature {
@@ -288,9 +302,10 @@ impl OnnxModel {
                 let (shape, data) = value
                     .try_extract_tensor::<f32>()
                     .map_err(ort_err(&self.path, "reading an output as f32"))?;
-                Ok((shape.iter().map(|&d| d.max(0) as usize).collect(), data.to_vec()))
+                Ok((shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<usize>>(), data))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        read(&views)
     }
 }
 
