@@ -158,6 +158,14 @@ fn smollm2_gguf_logprobs_greedy_and_tokenizer_match_transformers() {
         assert_eq!(text, row["text"].as_str().unwrap());
     }
     assert_eq!(out[0].sentences[0].text, "Paris.");
+    // The sentence's last token is the one that completes it (where a per-sentence reward would land).
+    let s0 = &out[0].sentences[0];
+    let upto: Vec<u32> = out[0].tokens[..=s0.last_token].iter().map(|&t| t as u32).collect();
+    let before: Vec<u32> = out[0].tokens[..s0.last_token].iter().map(|&t| t as u32).collect();
+    assert!(tok.decode(&upto, true).unwrap().trim_end().ends_with("Paris."));
+    assert!(!tok.decode(&before, true).unwrap().trim_end().ends_with("Paris."));
+    let ends = mmboundary::mllm::ppo::statement_end_tokens(&out[0], |s| s.ends_with('.'));
+    assert_eq!(ends.first(), Some(&s0.last_token));
 }
 
 #[test]
@@ -181,6 +189,24 @@ fn missing_and_unexpected_keys_are_listed_and_shapes_named() {
     mmboundary::mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
     let msg = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("[80, 48]") && msg.contains("[80, 47]"), "{msg}");
+}
+
+#[test]
+fn chat_template_from_a_model_folder_renders_like_transformers() {
+    // SmolLM2's template as transformers writes it into tokenizer_config.json; expected text from
+    // transformers' apply_chat_template (smollm2_goldens.json, last row).
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2_goldens.json")).unwrap()).unwrap();
+    let want = g["rows"].as_array().unwrap().last().unwrap()["text"].as_str().unwrap().to_string();
+    let template = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serde_json::json!({"chat_template": template, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"});
+    std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let chat = mmboundary::mllm::chat::ChatTemplate::from_dir(dir.path()).unwrap();
+    let got = chat.render(&[mmboundary::mllm::chat::ChatMessage::new("user", "What is 2 + 2?")], true).unwrap();
+    assert_eq!(got, want);
+    let empty = tempfile::tempdir().unwrap();
+    let e = mmboundary::mllm::chat::ChatTemplate::from_dir(empty.path()).unwrap_err().to_string();
+    assert!(e.contains("no chat template"), "{e}");
 }
 
 #[test]
