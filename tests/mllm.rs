@@ -76,6 +76,20 @@ fn tiny_llama_batched_greedy_generation_matches_transformers() {
 }
 
 #[test]
+fn bf16_weights_and_activations_stay_close_to_f32() {
+    let g = &goldens()["tiny_llama"];
+    let (_vs, lm) = load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::Bf16).unwrap();
+    assert_eq!(lm.kind(), Kind::BFloat16);
+    let ids = imat(&g["input_ids"]);
+    let logits = tch::no_grad(|| lm.forward(&ids_tensor(&ids[..1]), None).unwrap());
+    let ours = to_vec(&logits.get(0).get(11));
+    let want = fvec(&g["logits"][0][11]);
+    let d = max_abs_diff(&ours, &want);
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(d < 0.05 * scale, "bf16 max |Δlogit| {d} vs logit scale {scale}");
+}
+
+#[test]
 fn tiny_qwen2_bf16_tied_with_qkv_bias_matches_transformers() {
     let g = &goldens()["tiny_qwen2"];
     let (_vs, lm) = load_causal_lm(&fixtures().join("tiny-qwen2"), Device::Cpu, DType::F32).unwrap();
@@ -189,6 +203,12 @@ fn missing_and_unexpected_keys_are_listed_and_shapes_named() {
     mmboundary::mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
     let msg = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("[80, 48]") && msg.contains("[80, 47]"), "{msg}");
+
+    tensors.insert("model.layers.1.mlp.up_proj.weight".into(), Tensor::zeros([80, 48], (Kind::Int, Device::Cpu)));
+    let list: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    mmboundary::mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
+    let msg = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
+    assert!(msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("I32") && msg.contains("expected F32, BF16 or F16"), "{msg}");
 }
 
 #[test]
@@ -350,6 +370,37 @@ mod ppo_learning {
     use super::*;
     use mmboundary::mllm::lora::{attach, LoraParams};
     use mmboundary::mllm::ppo::{PpoParams, PpoPrompt, PpoTrainer, Score};
+
+    /// PPO works on a LLaVA model through the image splice (the case TRL does not cover).
+    #[test]
+    fn ppo_step_runs_on_llava_with_image_features() {
+        let g = &goldens()["tiny_llava"];
+        let (vs, mut model) = Llava::load(&fixtures().join("tiny-llava"), Device::Cpu, DType::F32).unwrap();
+        attach(&vs, &mut model.lm, &LoraParams { rank: 4, alpha: 8.0, seed: 1, ..Default::default() }).unwrap();
+        let feats: Vec<Vec<f32>> = g["image_features"][0].as_array().unwrap().iter().map(fvec).collect();
+        let image = Tensor::from_slice(&feats.concat()).view([feats.len() as i64, feats[0].len() as i64]);
+        let prompts = vec![PpoPrompt { ids: ivec(&g["input_ids"][0]), images: vec![image] }];
+        let params = PpoParams {
+            samples_per_prompt: 3,
+            mini_batch_size: 3,
+            ppo_epochs: 2,
+            generation: GenerationParams { temperature: 1.0, max_new_tokens: 5, eos_token_ids: vec![-1], ..Default::default() },
+            ..Default::default()
+        };
+        let mut tr = PpoTrainer::new(&vs, model.cfg.text_config.hidden_size, params).unwrap();
+        let mut reward = |_: usize, g: &mmboundary::mllm::generate::Generated| -> mmboundary::mllm::Result<Score> {
+            Ok(Score { token_rewards: vec![(g.tokens.len() - 1, 1.0)], components: Default::default() })
+        };
+        let s = tr.step(&model, None, &prompts, &mut reward).unwrap();
+        assert_eq!(s.response_length, 5.0);
+        assert!(s.kl.abs() < 1e-4, "first step: policy = reference, KL {}", s.kl);
+        assert!(s.value_loss.is_finite() && s.policy_entropy > 0.0, "{s:?}");
+        // A reward placed past the response is refused.
+        let mut bad = |_: usize, g: &mmboundary::mllm::generate::Generated| -> mmboundary::mllm::Result<Score> {
+            Ok(Score { token_rewards: vec![(g.tokens.len(), 1.0)], components: Default::default() })
+        };
+        assert!(tr.step(&model, None, &prompts, &mut bad).unwrap_err().to_string().contains("placed at token 5"));
+    }
 
     /// Toy "confidence level" reward: +1 on every generated token of the rewarded level (ids 96..128,
     /// a quarter of the vocabulary), placed at that token. PPO must raise it while KL stays bounded.
