@@ -430,7 +430,7 @@ mod ppo_learning {
             Ok(s)
         };
         let mut stats = Vec::new();
-        for _ in 0..18 {
+        for _ in 0..26 {
             let s = tr.step(&lm, None, &prompts, &mut reward).unwrap();
             assert!(s.kl.is_finite() && s.value_loss.is_finite() && s.policy_entropy > 0.0, "{s:?}");
             stats.push(s);
