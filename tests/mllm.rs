@@ -119,6 +119,10 @@ fn tiny_llava_splice_logits_match_transformers() {
     let short = image.narrow(0, 0, 10);
     let e = model.forward(&ids_tensor(&ids), &[short], None).unwrap_err().to_string();
     assert!(e.contains("16 image-token positions") && e.contains("10 image feature rows"), "{e}");
+    let poisoned = image.copy();
+    let _ = poisoned.get(3).get(5).fill_(f64::NAN);
+    let e = model.forward(&ids_tensor(&ids), &[poisoned], None).unwrap_err().to_string();
+    assert!(e.contains("NaN"), "{e}");
     // Generation through the splice runs and returns per-token stats.
     let out = generate_llava(&model, &[(ids[0].clone(), vec![image])], &GenerationParams { max_new_tokens: 3, ..Default::default() }, None).unwrap();
     assert_eq!(out[0].tokens.len(), 3);

@@ -222,6 +222,14 @@ impl CausalLm {
         out
     }
 
+    /// True when any layer carries a LoRA adapter.
+    pub fn has_lora(&self) -> bool {
+        self.layers.iter().any(|l| {
+            let (a, f) = (&l.self_attn, &l.mlp);
+            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &f.gate_proj, &f.up_proj, &f.down_proj].iter().any(|x| x.lora.is_some())
+        })
+    }
+
     pub fn set_lora_enabled(&self, on: bool) {
         self.lora_on.store(on, Ordering::Relaxed);
     }

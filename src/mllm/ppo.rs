@@ -233,7 +233,7 @@ impl PpoTrainer {
         if prompts.is_empty() {
             return Err(MllmError::Input("PPO step: no prompts".into()));
         }
-        if reference.is_none() && !lm.layers.iter().any(|l| l.self_attn.q_proj.lora.is_some() || l.mlp.up_proj.lora.is_some()) {
+        if reference.is_none() && !lm.has_lora() {
             return Err(MllmError::Input("PPO without a reference model needs LoRA adapters (the reference is the base with them off)".into()));
         }
         self.step += 1;
