@@ -76,6 +76,20 @@ fn tiny_llama_batched_greedy_generation_matches_transformers() {
 }
 
 #[test]
+fn bf16_weights_and_activations_stay_close_to_f32() {
+    let g = &goldens()["tiny_llama"];
+    let (_vs, lm) = load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::Bf16).unwrap();
+    assert_eq!(lm.kind(), Kind::BFloat16);
+    let ids = imat(&g["input_ids"]);
+    let logits = tch::no_grad(|| lm.forward(&ids_tensor(&ids[..1]), None).unwrap());
+    let ours = to_vec(&logits.get(0).get(11));
+    let want = fvec(&g["logits"][0][11]);
+    let d = max_abs_diff(&ours, &want);
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(d < 0.05 * scale, "bf16 max |Δlogit| {d} vs logit scale {scale}");
+}
+
+#[test]
 fn tiny_qwen2_bf16_tied_with_qkv_bias_matches_transformers() {
     let g = &goldens()["tiny_qwen2"];
     let (_vs, lm) = load_causal_lm(&fixtures().join("tiny-qwen2"), Device::Cpu, DType::F32).unwrap();
@@ -105,6 +119,10 @@ fn tiny_llava_splice_logits_match_transformers() {
     let short = image.narrow(0, 0, 10);
     let e = model.forward(&ids_tensor(&ids), &[short], None).unwrap_err().to_string();
     assert!(e.contains("16 image-token positions") && e.contains("10 image feature rows"), "{e}");
+    let poisoned = image.copy();
+    let _ = poisoned.get(3).get(5).fill_(f64::NAN);
+    let e = model.forward(&ids_tensor(&ids), &[poisoned], None).unwrap_err().to_string();
+    assert!(e.contains("NaN"), "{e}");
     // Generation through the splice runs and returns per-token stats.
     let out = generate_llava(&model, &[(ids[0].clone(), vec![image])], &GenerationParams { max_new_tokens: 3, ..Default::default() }, None).unwrap();
     assert_eq!(out[0].tokens.len(), 3);
@@ -158,6 +176,14 @@ fn smollm2_gguf_logprobs_greedy_and_tokenizer_match_transformers() {
         assert_eq!(text, row["text"].as_str().unwrap());
     }
     assert_eq!(out[0].sentences[0].text, "Paris.");
+    // The sentence's last token is the one that completes it (where a per-sentence reward would land).
+    let s0 = &out[0].sentences[0];
+    let upto: Vec<u32> = out[0].tokens[..=s0.last_token].iter().map(|&t| t as u32).collect();
+    let before: Vec<u32> = out[0].tokens[..s0.last_token].iter().map(|&t| t as u32).collect();
+    assert!(tok.decode(&upto, true).unwrap().trim_end().ends_with("Paris."));
+    assert!(!tok.decode(&before, true).unwrap().trim_end().ends_with("Paris."));
+    let ends = mmboundary::mllm::ppo::statement_end_tokens(&out[0], |s| s.ends_with('.'));
+    assert_eq!(ends.first(), Some(&s0.last_token));
 }
 
 #[test]
@@ -181,6 +207,30 @@ fn missing_and_unexpected_keys_are_listed_and_shapes_named() {
     mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
     let msg = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("[80, 48]") && msg.contains("[80, 47]"), "{msg}");
+
+    tensors.insert("model.layers.1.mlp.up_proj.weight".into(), Tensor::zeros([80, 48], (Kind::Int, Device::Cpu)));
+    let list: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    mmboundary::mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
+    let msg = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
+    assert!(msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("I32") && msg.contains("expected F32, BF16 or F16"), "{msg}");
+}
+
+#[test]
+fn chat_template_from_a_model_folder_renders_like_transformers() {
+    // SmolLM2's template as transformers writes it into tokenizer_config.json; expected text from
+    // transformers' apply_chat_template (smollm2_goldens.json, last row).
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2_goldens.json")).unwrap()).unwrap();
+    let want = g["rows"].as_array().unwrap().last().unwrap()["text"].as_str().unwrap().to_string();
+    let template = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serde_json::json!({"chat_template": template, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"});
+    std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let chat = mmboundary::mllm::chat::ChatTemplate::from_dir(dir.path()).unwrap();
+    let got = chat.render(&[mmboundary::mllm::chat::ChatMessage::new("user", "What is 2 + 2?")], true).unwrap();
+    assert_eq!(got, want);
+    let empty = tempfile::tempdir().unwrap();
+    let e = mmboundary::mllm::chat::ChatTemplate::from_dir(empty.path()).unwrap_err().to_string();
+    assert!(e.contains("no chat template"), "{e}");
 }
 
 #[test]
@@ -325,6 +375,37 @@ mod ppo_learning {
     use mllm::lora::{attach, LoraParams};
     use mllm::ppo::{PpoParams, PpoPrompt, PpoTrainer, Score};
 
+    /// PPO works on a LLaVA model through the image splice (the case TRL does not cover).
+    #[test]
+    fn ppo_step_runs_on_llava_with_image_features() {
+        let g = &goldens()["tiny_llava"];
+        let (vs, mut model) = Llava::load(&fixtures().join("tiny-llava"), Device::Cpu, DType::F32).unwrap();
+        attach(&vs, &mut model.lm, &LoraParams { rank: 4, alpha: 8.0, seed: 1, ..Default::default() }).unwrap();
+        let feats: Vec<Vec<f32>> = g["image_features"][0].as_array().unwrap().iter().map(fvec).collect();
+        let image = Tensor::from_slice(&feats.concat()).view([feats.len() as i64, feats[0].len() as i64]);
+        let prompts = vec![PpoPrompt { ids: ivec(&g["input_ids"][0]), images: vec![image] }];
+        let params = PpoParams {
+            samples_per_prompt: 3,
+            mini_batch_size: 3,
+            ppo_epochs: 2,
+            generation: GenerationParams { temperature: 1.0, max_new_tokens: 5, eos_token_ids: vec![-1], ..Default::default() },
+            ..Default::default()
+        };
+        let mut tr = PpoTrainer::new(&vs, model.cfg.text_config.hidden_size, params).unwrap();
+        let mut reward = |_: usize, g: &mmboundary::mllm::generate::Generated| -> mmboundary::mllm::Result<Score> {
+            Ok(Score { token_rewards: vec![(g.tokens.len() - 1, 1.0)], components: Default::default() })
+        };
+        let s = tr.step(&model, None, &prompts, &mut reward).unwrap();
+        assert_eq!(s.response_length, 5.0);
+        assert!(s.kl.abs() < 1e-4, "first step: policy = reference, KL {}", s.kl);
+        assert!(s.value_loss.is_finite() && s.policy_entropy > 0.0, "{s:?}");
+        // A reward placed past the response is refused.
+        let mut bad = |_: usize, g: &mmboundary::mllm::generate::Generated| -> mmboundary::mllm::Result<Score> {
+            Ok(Score { token_rewards: vec![(g.tokens.len(), 1.0)], components: Default::default() })
+        };
+        assert!(tr.step(&model, None, &prompts, &mut bad).unwrap_err().to_string().contains("placed at token 5"));
+    }
+
     /// Toy "confidence level" reward: +1 on every generated token of the rewarded level (ids 96..128,
     /// a quarter of the vocabulary), placed at that token. PPO must raise it while KL stays bounded.
     /// With KL coefficient β = 0.5 the KL-regularised optimum is π_ref · exp(r/β) / Z: from a base
@@ -353,7 +434,7 @@ mod ppo_learning {
             Ok(s)
         };
         let mut stats = Vec::new();
-        for _ in 0..18 {
+        for _ in 0..26 {
             let s = tr.step(&lm, None, &prompts, &mut reward).unwrap();
             assert!(s.kl.is_finite() && s.value_loss.is_finite() && s.policy_entropy > 0.0, "{s:?}");
             stats.push(s);

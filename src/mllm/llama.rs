@@ -222,6 +222,14 @@ impl CausalLm {
         out
     }
 
+    /// True when any layer carries a LoRA adapter.
+    pub fn has_lora(&self) -> bool {
+        self.layers.iter().any(|l| {
+            let (a, f) = (&l.self_attn, &l.mlp);
+            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &f.gate_proj, &f.up_proj, &f.down_proj].iter().any(|x| x.lora.is_some())
+        })
+    }
+
     pub fn set_lora_enabled(&self, on: bool) {
         self.lora_on.store(on, Ordering::Relaxed);
     }
@@ -326,15 +334,9 @@ impl Attention {
             }
             None => (k, v),
         };
-        let rep = self.n_heads / self.n_kv;
-        let expand = |z: &Tensor| {
-            if rep == 1 {
-                return z.shallow_clone();
-            }
-            let s = z.size();
-            z.unsqueeze(2).expand([s[0], s[1], rep, s[2], s[3]], false).reshape([s[0], s[1] * rep, s[2], s[3]])
-        };
-        let o = Tensor::scaled_dot_product_attention(&q, &expand(&k), &expand(&v), Some(allowed), 0.0, false, None, false);
+        // Grouped-query attention without materialising repeated K/V heads (SDPA's enable_gqa).
+        let gqa = self.n_heads != self.n_kv;
+        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(allowed), 0.0, false, None, gqa);
         self.o_proj.forward(&o.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]))
     }
 }

@@ -102,6 +102,9 @@ impl Llava {
                     "image {i}: expected features [n_patches, {vis}] (vision_config.hidden_size), found {s:?}"
                 )));
             }
+            if f.isfinite().logical_not().any().int64_value(&[]) != 0 {
+                return Err(MllmError::Input(format!("image {i}: features contain NaN or infinity")));
+            }
             n_feats += s[0];
         }
         if n_slots != n_feats {

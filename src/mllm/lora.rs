@@ -5,6 +5,8 @@
 use super::llama::CausalLm;
 use super::{MllmError, Result};
 use serde::{Deserialize, Serialize};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tch::{nn, Tensor};
 
 /// LoRA settings.
@@ -17,7 +19,7 @@ pub struct LoraParams {
     /// Module names (the last key component) that get adapters; LLaMA-Factory's `all` = every projection.
     pub target_modules: Vec<String>,
     /// Seed for A's initialisation.
-    pub seed: i64,
+    pub seed: u64,
 }
 
 impl Default for LoraParams {
@@ -58,7 +60,6 @@ pub fn attach(vs: &nn::VarStore, model: &mut CausalLm, params: &LoraParams) -> R
     if params.rank <= 0 || !params.alpha.is_finite() {
         return Err(MllmError::Input(format!("LoRA rank must be > 0 and alpha finite, found r={} alpha={}", params.rank, params.alpha)));
     }
-    tch::manual_seed(params.seed);
     let root = vs.root();
     let mut names = Vec::new();
     let mut matched = std::collections::BTreeSet::new();
@@ -73,9 +74,13 @@ pub fn attach(vs: &nn::VarStore, model: &mut CausalLm, params: &LoraParams) -> R
         for c in lin.name.split('.') {
             p = &p / c;
         }
-        let bound = 1.0 / (in_dim as f64).sqrt();
-        let a = (&p / "lora_A").var("weight", &[params.rank, in_dim], nn::Init::Uniform { lo: -bound, up: bound });
-        let b = (&p / "lora_B").var("weight", &[out_dim, params.rank], nn::Init::Const(0.));
+        let bound = 1.0 / (in_dim as f32).sqrt();
+        // Own seeded RNG per layer (not torch's global one): the same adapters whatever else runs.
+        let mut rng = ChaCha8Rng::seed_from_u64(params.seed ^ blake3::hash(lin.name.as_bytes()).as_bytes()[..8].iter().fold(0u64, |h, &b| (h << 8) | b as u64));
+        let init: Vec<f32> = (0..params.rank * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
+        let init = Tensor::from_slice(&init).view([params.rank, in_dim]).to_kind(lin.weight.kind()).to_device(lin.weight.device());
+        let a = (&p / "lora_A").var_copy("weight", &init);
+        let b = (&p / "lora_B").var_copy("weight", &Tensor::zeros([out_dim, params.rank], (lin.weight.kind(), lin.weight.device())));
         names.push(format!("{}.lora_A.weight", lin.name));
         names.push(format!("{}.lora_B.weight", lin.name));
         lin.lora = Some(LoraAdapter { a, b, scale: params.alpha / params.rank as f64 });

@@ -205,9 +205,12 @@ impl PpoTrainer {
         if params.mini_batch_size == 0 || params.samples_per_prompt == 0 || params.ppo_epochs == 0 {
             return Err(MllmError::Input("PPO: mini_batch_size, samples_per_prompt and ppo_epochs must be ≥ 1".into()));
         }
-        tch::manual_seed(params.seed as i64);
+        // Seeded N(0, 0.02²) from our own RNG, independent of torch's global generator.
+        let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
+        let normal = rand_distr::Normal::new(0.0f32, 0.02).map_err(|e| MllmError::Input(e.to_string()))?;
+        let init: Vec<f32> = (0..hidden_size).map(|_| rand_distr::Distribution::sample(&normal, &mut rng)).collect();
         let p = vs.root() / "v_head" / "summary";
-        let weight = p.var("weight", &[1, hidden_size], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
+        let weight = p.var_copy("weight", &Tensor::from_slice(&init).view([1, hidden_size]).to_device(vs.device()));
         let bias = p.var("bias", &[1], nn::Init::Const(0.0));
         let mut trainable: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         trainable.sort_by(|a, b| a.0.cmp(&b.0));
@@ -230,7 +233,7 @@ impl PpoTrainer {
         if prompts.is_empty() {
             return Err(MllmError::Input("PPO step: no prompts".into()));
         }
-        if reference.is_none() && !lm.layers.iter().any(|l| l.self_attn.q_proj.lora.is_some() || l.mlp.up_proj.lora.is_some()) {
+        if reference.is_none() && !lm.has_lora() {
             return Err(MllmError::Input("PPO without a reference model needs LoRA adapters (the reference is the base with them off)".into()));
         }
         self.step += 1;

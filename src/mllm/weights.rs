@@ -124,6 +124,7 @@ pub fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
         Kind::Half => Dtype::F16,
         Kind::Double => Dtype::F64,
         Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
         k => return Err(MllmError::Input(format!("cannot serialize tensor kind {k:?}"))),
     };
     let numel = t.numel();
