@@ -182,7 +182,7 @@ fn smollm2_gguf_logprobs_greedy_and_tokenizer_match_transformers() {
     let before: Vec<u32> = out[0].tokens[..s0.last_token].iter().map(|&t| t as u32).collect();
     assert!(tok.decode(&upto, true).unwrap().trim_end().ends_with("Paris."));
     assert!(!tok.decode(&before, true).unwrap().trim_end().ends_with("Paris."));
-    let ends = mmboundary::mllm::ppo::statement_end_tokens(&out[0], |s| s.ends_with('.'));
+    let ends = mllm::ppo::statement_end_tokens(&out[0], |s| s.ends_with('.'));
     assert_eq!(ends.first(), Some(&s0.last_token));
 }
 
@@ -210,7 +210,7 @@ fn missing_and_unexpected_keys_are_listed_and_shapes_named() {
 
     tensors.insert("model.layers.1.mlp.up_proj.weight".into(), Tensor::zeros([80, 48], (Kind::Int, Device::Cpu)));
     let list: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
-    mmboundary::mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
+    mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &list, Default::default()).unwrap();
     let msg = load_causal_lm(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(msg.contains("model.layers.1.mlp.up_proj.weight") && msg.contains("I32") && msg.contains("expected F32, BF16 or F16"), "{msg}");
 }
@@ -225,11 +225,11 @@ fn chat_template_from_a_model_folder_renders_like_transformers() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = serde_json::json!({"chat_template": template, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"});
     std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
-    let chat = mmboundary::mllm::chat::ChatTemplate::from_dir(dir.path()).unwrap();
-    let got = chat.render(&[mmboundary::mllm::chat::ChatMessage::new("user", "What is 2 + 2?")], true).unwrap();
+    let chat = mllm::chat::ChatTemplate::from_dir(dir.path()).unwrap();
+    let got = chat.render(&[mllm::chat::ChatMessage::new("user", "What is 2 + 2?")], true).unwrap();
     assert_eq!(got, want);
     let empty = tempfile::tempdir().unwrap();
-    let e = mmboundary::mllm::chat::ChatTemplate::from_dir(empty.path()).unwrap_err().to_string();
+    let e = mllm::chat::ChatTemplate::from_dir(empty.path()).unwrap_err().to_string();
     assert!(e.contains("no chat template"), "{e}");
 }
 
@@ -392,7 +392,7 @@ mod ppo_learning {
             ..Default::default()
         };
         let mut tr = PpoTrainer::new(&vs, model.cfg.text_config.hidden_size, params).unwrap();
-        let mut reward = |_: usize, g: &mmboundary::mllm::generate::Generated| -> mmboundary::mllm::Result<Score> {
+        let mut reward = |_: usize, g: &mllm::generate::Generated| -> mllm::Result<Score> {
             Ok(Score { token_rewards: vec![(g.tokens.len() - 1, 1.0)], components: Default::default() })
         };
         let s = tr.step(&model, None, &prompts, &mut reward).unwrap();
@@ -400,7 +400,7 @@ mod ppo_learning {
         assert!(s.kl.abs() < 1e-4, "first step: policy = reference, KL {}", s.kl);
         assert!(s.value_loss.is_finite() && s.policy_entropy > 0.0, "{s:?}");
         // A reward placed past the response is refused.
-        let mut bad = |_: usize, g: &mmboundary::mllm::generate::Generated| -> mmboundary::mllm::Result<Score> {
+        let mut bad = |_: usize, g: &mllm::generate::Generated| -> mllm::Result<Score> {
             Ok(Score { token_rewards: vec![(g.tokens.len(), 1.0)], components: Default::default() })
         };
         assert!(tr.step(&model, None, &prompts, &mut bad).unwrap_err().to_string().contains("placed at token 5"));
