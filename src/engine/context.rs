@@ -145,6 +145,14 @@ impl<'a> StageContext<'a> {
         Ok(id)
     }
 
+    /// Stores a folder (a model: config, weights, tokenizer) as one tar output.
+    pub fn write_dir(&self, output: &str, dir: &Path) -> anyhow::Result<ArtifactId> {
+        let lineage = self.lineage_for(output)?;
+        let id = self.store.put_dir(dir, Some(&lineage))?;
+        self.record(output, &id, ArtifactKind::Tar);
+        Ok(id)
+    }
+
     /// Streams a large non-tabular output straight into the store (hashed as it is written).
     pub fn write_with<F>(&self, output: &str, kind: ArtifactKind, write: F) -> anyhow::Result<ArtifactId>
     where

@@ -2,6 +2,7 @@
 mod config;
 pub mod bin;
 pub mod dataset;
+pub mod demo_clip;
 pub mod features;
 pub mod generate;
 pub mod judges;
