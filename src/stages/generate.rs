@@ -55,8 +55,15 @@ impl Default for GenerateParams {
     }
 }
 
-/// The prompt of the embedded benchmark's models (the demo MLLM is trained on exactly this).
-pub const DEFAULT_PROMPT: &str = "{image}\nQuestion: {question}\nOptions: {options}\nAnswer:";
+/// The prompt of the embedded benchmark's models, in SmolLM2's chat format (the demo MLLM is trained on
+/// exactly this: its user turn is [`question_block`] after the image).
+pub const DEFAULT_PROMPT: &str = "<|im_start|>user\n{image}\nQuestion: {question}\nOptions: {options}<|im_end|>\n<|im_start|>assistant\n";
+
+/// The user turn after the image in [`DEFAULT_PROMPT`].
+pub fn question_block(question: &str, choices: &[String]) -> String {
+    let (_, after) = render_prompt("{image}\nQuestion: {question}\nOptions: {options}", question, choices);
+    after.trim_start_matches('\n').to_string()
+}
 
 /// Renders the text parts of a prompt around the `{image}` slot: (before, after).
 pub fn render_prompt(template: &str, question: &str, choices: &[String]) -> (String, String) {
