@@ -122,11 +122,16 @@ fn f64s(b: &arrow::record_batch::RecordBatch, col: &str) -> Vec<Option<f64>> {
 
 #[test]
 fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_eval() {
-    std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
     let dir = tempfile::tempdir().unwrap();
+    // A private copy of the worker: the target folder may be shared, and a concurrent build of another
+    // checkout would replace the binary under a running test.
+    let worker = dir.path().join("mmb-torch");
+    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
+    std::env::set_var("MMB_TORCH", &worker);
     let store = Store::open(dir.path().join("artifacts")).unwrap();
     let model = tiny_llava(dir.path());
     let s = pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap();
+    eprintln!("first run: {:.1} s", s.seconds);
     assert_eq!(s.ran, vec!["dataset", "features", "generate", "score", "bin", "map", "sft", "ppo", "eval"]);
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let table = |stage: &str, out: &str| store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap();
@@ -212,7 +217,9 @@ fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_e
 
     // Changing one reward weight reruns only ppo and eval.
     assert!(pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap().ran.is_empty());
-    assert_eq!(pipeline(&model, 0.5).run(&store, &RunOptions::default()).unwrap().ran, vec!["ppo", "eval"]);
+    let again = pipeline(&model, 0.5).run(&store, &RunOptions::default()).unwrap();
+    eprintln!("ppo + eval rerun: {:.1} s", again.seconds);
+    assert_eq!(again.ran, vec!["ppo", "eval"]);
 }
 
 fn item() -> Item {
@@ -277,4 +284,45 @@ fn rewards_land_on_statement_ends_and_sum_to_r() {
     // A rollout with no sentence gets the empty-response reward on its last token.
     let e = rm.score(&item(), &image, &tokens_of("")).unwrap();
     assert_eq!(e.total, -1.0);
+}
+
+#[test]
+fn eval_metrics_match_hand_computed_values() {
+    use mmboundary::stages::chain_judge::ChainJudge;
+    use mmboundary::stages::eval::{answer_correct, evaluate, EvalChain};
+    let params = EvalParams { minilm: mmboundary::encoders::minilm::default_model_dir(), pool: pool_path(), ..Default::default() };
+    let judge = ChainJudge::load(&params.minilm, &params.pool, params.parser.clone(), params.backward.clone(), &Default::default()).unwrap();
+    let mut a = item();
+    a.id = "a".into();
+    a.split = "val".into();
+    let mut b = a.clone();
+    b.id = "b".into();
+    let chains = vec![
+        // Two correct sentences, stated fully confident then uncertain; the answer is right.
+        EvalChain {
+            variant: "sft".into(),
+            item_id: "a".into(),
+            text: "There is a red circle in the image and I am completely certain of this. So, the answer is circle. I am far from sure of this.".into(),
+        },
+        // One wrong sentence stated fully confident; no answer.
+        EvalChain { variant: "sft".into(), item_id: "b".into(), text: "Bananas grow on tall trees and I am completely certain of this.".into() },
+    ];
+    assert_eq!(answer_correct(&a, &chains[0].text, &params.metrics), 1.0);
+    assert_eq!(answer_correct(&b, &chains[1].text, &params.metrics), 0.0);
+    let (rows, m) = evaluate(&judge, &[a, b], &chains, &params).unwrap();
+    assert_eq!(rows.num_rows(), 3);
+    let correct: Vec<bool> = rows.column_by_name("correct").unwrap().as_boolean().iter().flatten().collect();
+    assert_eq!(correct, vec![true, true, false]);
+    assert_eq!(f64s(&rows, "confidence"), vec![Some(1.0), Some(0.0), Some(1.0)]);
+    let level = m.column_by_name("level").unwrap().as_string::<i32>();
+    let all = (0..m.num_rows()).find(|&r| level.value(r) == "all").unwrap();
+    let get = |c: &str| f64s(&m, c)[all].unwrap();
+    // MECE = mean over chains of mean |I − conf| = (0.5 + 1) / 2.
+    assert!((get("mece") - 0.75).abs() < 1e-12);
+    // Answer confidence = the last sentence's: (0, right) and (1, wrong): ECE over 20 bins = 1, AUROC 0.
+    assert!((get("ece") - 1.0).abs() < 1e-12);
+    assert!(get("auroc").abs() < 1e-12);
+    assert!((get("accuracy") - 0.5).abs() < 1e-12);
+    // Chain F1: P = 2/3 (2 of 3 sentences match), R = 2/4 (2 of 4 reference sentences covered).
+    assert!((get("chain_f1") - 4.0 / 7.0).abs() < 1e-12);
 }
