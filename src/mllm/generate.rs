@@ -27,11 +27,15 @@ pub struct GenerationParams {
     pub eos_token_ids: Vec<i64>,
     /// Id fed for left padding and finished rows (always masked out).
     pub pad_token_id: i64,
+    /// Ids never chosen (e.g. LLaVA's image token: one in a response would break the image splice when
+    /// the response is fed back for training). Log-probs and entropies stay those of the full distribution.
+    #[serde(default)]
+    pub suppress_token_ids: Vec<i64>,
 }
 
 impl Default for GenerationParams {
     fn default() -> Self {
-        Self { max_new_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 0, stop_strings: vec![], eos_token_ids: vec![], pad_token_id: 0 }
+        Self { max_new_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 0, stop_strings: vec![], eos_token_ids: vec![], pad_token_id: 0, suppress_token_ids: vec![] }
     }
 }
 
@@ -172,10 +176,15 @@ pub fn generate_from_embeds(lm: &CausalLm, embeds: &Tensor, mask: &Tensor, param
         for _ in 0..params.max_new_tokens {
             let logp = logits.log_softmax(-1, Kind::Float);
             let ent = -(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float);
-            let next = if params.temperature == 0.0 {
-                logits.argmax(-1, false)
+            let choose = if params.suppress_token_ids.is_empty() {
+                logits.shallow_clone()
             } else {
-                let probs = (&logits / params.temperature).softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
+                logits.index_fill(-1, &Tensor::from_slice(&params.suppress_token_ids).to_device(dev), f64::NEG_INFINITY)
+            };
+            let next = if params.temperature == 0.0 {
+                choose.argmax(-1, false)
+            } else {
+                let probs = (&choose / params.temperature).softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
                 let v = probs.size()[1] as usize;
                 let flat = Vec::<f32>::try_from(probs.reshape([-1])).map_err(MllmError::Torch)?;
                 let picks: Vec<i64> = active

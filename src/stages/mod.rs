@@ -1,13 +1,16 @@
 //! The pipeline's stages, one short file each, and the registry that builds them from `stages/*.toml`.
 mod config;
 pub mod bin;
+pub mod chain_judge;
 pub mod dataset;
 pub mod demo_clip;
+pub mod eval;
 pub mod features;
 pub mod generate;
 pub mod judges;
 pub mod map;
 pub mod models;
+pub mod ppo;
 pub mod score;
 pub mod sft;
 pub mod worker;

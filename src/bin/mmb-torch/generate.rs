@@ -54,6 +54,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
                 top_p: p.top_p,
                 // A different stream per sample and batch, reproducible from the seed.
                 seed: p.seed.wrapping_add((sample * 1_000_003 + b * 7919) as u64),
+                // An image token in a chain would break the splice wherever the chain is fed back.
+                suppress_token_ids: vec![cfg.image_token_index],
                 ..GenerationParams::default()
             };
             let out = generate_multimodal(&model, &prompts, &gp, Some(&tok))?;

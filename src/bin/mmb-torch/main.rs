@@ -1,8 +1,11 @@
 //! `mmb-torch`: the worker that runs the stages needing libtorch (the MLLM), so that `mmb` itself never
 //! loads libtorch. `mmb` hands it a job file (stage, params, input ids, store) and reads back the ids of
 //! what it wrote; see `src/stages/worker.rs`.
+mod eval;
 mod generate;
 mod inputs;
+mod policy;
+mod ppo;
 mod sft;
 
 use indicatif::MultiProgress;
@@ -34,6 +37,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     match job.stage.as_str() {
         "generate" => generate::run(&ctx)?,
         "sft" => sft::run(&ctx)?,
+        "ppo" => ppo::run(&ctx)?,
+        "eval" => eval::run(&ctx)?,
         other => anyhow::bail!("mmb-torch has no stage `{other}`"),
     }
     let out = WorkerResult { outputs: ctx.written() };

@@ -1,0 +1,68 @@
+//! Loading a policy: the base LLaVA, plus (optionally) a trained checkpoint of the `sft` or `ppo` stage.
+//! Both checkpoints carry the SFT trainer's params in their metadata (`params`), so the LoRA set-up
+//! travels with the weights; `param.<name>` tensors are copied into the matching variables.
+use anyhow::Context;
+use mllm::llava::Llava;
+use mllm::sft::{AsMutLm, FineTuneMode, SftParams};
+use mllm::weights::read_safetensors;
+use std::path::Path;
+use tch::nn;
+
+/// Value-head variables (PPO checkpoints) that a plain policy does not have.
+const VALUE_HEAD: &str = "v_head.";
+
+pub struct Policy {
+    pub vs: nn::VarStore,
+    pub model: Llava,
+    /// The SFT params of the restored checkpoint (None: the base model).
+    pub sft: Option<SftParams>,
+    /// The checkpoint's `params` metadata verbatim (carried into PPO checkpoints).
+    pub sft_meta: Option<String>,
+}
+
+impl Policy {
+    pub fn has_lora(&self) -> bool {
+        matches!(self.sft.as_ref().map(|p| &p.mode), Some(FineTuneMode::Lora(_)))
+    }
+}
+
+pub fn load(model_dir: &Path, device: tch::Device, dtype: mllm::DType, checkpoint: Option<&Path>) -> anyhow::Result<Policy> {
+    let (vs, mut model) = Llava::load(model_dir, device, dtype)?;
+    let Some(ck) = checkpoint else { return Ok(Policy { vs, model, sft: None, sft_meta: None }) };
+    let (tensors, meta) = read_safetensors(ck)?;
+    let raw = meta.get("params").with_context(|| format!("{}: checkpoint metadata has no `params` (expected an sft or ppo checkpoint)", ck.display()))?;
+    let sft: SftParams = serde_json::from_str(raw).with_context(|| format!("{}: metadata `params` is not SFT params", ck.display()))?;
+    if let FineTuneMode::Lora(lp) = &sft.mode {
+        mllm::lora::attach(&vs, model.lm_mut(), lp)?;
+    }
+    let vars = vs.variables();
+    let mut missing = Vec::new();
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (name, var) in &vars {
+            match tensors.get(&format!("param.{name}")) {
+                Some(src) => {
+                    anyhow::ensure!(src.size() == var.size(), "{}: weight {name}: expected shape {:?}, found {:?}", ck.display(), var.size(), src.size());
+                    var.shallow_clone().f_copy_(&src.to_kind(var.kind()).to_device(var.device()))?;
+                }
+                None if var.requires_grad() => missing.push(name.clone()),
+                None => {}
+            }
+        }
+        Ok(())
+    })?;
+    anyhow::ensure!(missing.is_empty(), "{}: checkpoint lacks trained weight(s) {}", ck.display(), missing.join(", "));
+    let unexpected: Vec<&String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("param.").map(|_| k))
+        .filter(|k| !k["param.".len()..].starts_with(VALUE_HEAD) && !vars.contains_key(&k["param.".len()..]))
+        .collect();
+    anyhow::ensure!(unexpected.is_empty(), "{}: checkpoint weights {unexpected:?} match no variable of {}", ck.display(), model_dir.display());
+    Ok(Policy { vs, model, sft: Some(sft), sft_meta: Some(raw.clone()) })
+}
+
+/// Freezes every variable (a reference model).
+pub fn freeze(p: &Policy) {
+    for (_, t) in p.vs.variables() {
+        let _ = t.set_requires_grad(false);
+    }
+}

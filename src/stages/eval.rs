@@ -1,0 +1,344 @@
+//! `eval`: chains from three policies — `vanilla` (the base model), `sft` (base + the SFT checkpoint,
+//! the paper's "w/o RL") and `full` (base + the PPO checkpoint) — on the val, test and out-of-domain
+//! splits, judged sentence by sentence and summarized as the paper's metrics (ECE, MECE, accuracy,
+//! chain F1, AUROC; MECE and chain F1 also per level, perception vs reasoning, Figure 4).
+//! Generation runs in the `mmb-torch` worker; judging and metrics are here ([`evaluate`]).
+//!
+//! Choices (paper: silent): a sentence is correct when its best MiniLM cosine to a reference sentence
+//! is above `match_threshold` (the stand-in for the paper's matcher; recorded in every row); a sentence
+//! without statement gets `missing_confidence`; the answer is right when the text after the last "the
+//! answer is" names the item's correct choice (or contains a reference answer, for free-text items).
+use super::chain_judge::{ChainJudge, JUDGE_NAME};
+use crate::confidence::parser::ParserParams;
+use crate::confidence::rewards::sentence_correctness;
+use crate::confidence::statements::BackwardParams;
+use crate::data::Item;
+use crate::encoders::minilm::DEFAULT_MODEL_DIR;
+use crate::engine::{InputSpec, Stage, StageContext};
+use crate::metrics::accuracy::{choice_from_answer, cultural_match, extract_final_answer};
+use crate::metrics::auroc::auroc;
+use crate::metrics::by_level::{assign_levels, chain_f1_by_level, mece_by_level, ChainLevel};
+use crate::metrics::calibration::{answer_confidence, ece, mece};
+use crate::metrics::chain::{chain_f1, ChainItem};
+use crate::metrics::MetricsParams;
+use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, UInt32Builder, UInt64Builder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const VARIANTS: [&str; 3] = ["vanilla", "sft", "full"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalParams {
+    pub model: Option<PathBuf>,
+    pub prompt: String,
+    pub device: String,
+    pub dtype: String,
+    /// Which of `vanilla`, `sft`, `full` to evaluate.
+    pub variants: Vec<String>,
+    /// The paper's val/test and the out-of-domain split.
+    pub splits: Vec<String>,
+    /// At most this many questions per split (None: all).
+    pub limit: Option<usize>,
+    pub max_new_tokens: usize,
+    /// Paper: unstated for evaluation. We chose greedy (0), so the three policies are compared on their
+    /// modes and a rerun is exact.
+    pub temperature: f64,
+    pub batch: usize,
+    pub seed: u64,
+    pub minilm: PathBuf,
+    pub pool: PathBuf,
+    pub parser: ParserParams,
+    pub backward: BackwardParams,
+    /// I(z) = 1 when the best cosine to a reference sentence is strictly above this (MiniLM cosine; the
+    /// paper's chain-F1 threshold 0.64 is for the stsb cross-encoder).
+    pub match_threshold: f64,
+    /// Confidence given to a sentence that carries no statement (None: such sentences are left out of
+    /// the calibration metrics). We chose 0.5, "no information".
+    pub missing_confidence: Option<f64>,
+    /// ECE bins, chain-F1 threshold, answer matching, answer-level confidence.
+    pub metrics: MetricsParams,
+}
+
+impl Default for EvalParams {
+    fn default() -> Self {
+        let g = super::generate::GenerateParams::default();
+        Self {
+            model: g.model,
+            prompt: g.prompt,
+            device: g.device,
+            dtype: g.dtype,
+            variants: VARIANTS.map(String::from).to_vec(),
+            splits: vec!["val".into(), "test".into(), "ood".into()],
+            limit: None,
+            max_new_tokens: g.max_new_tokens,
+            temperature: 0.0,
+            batch: g.batch,
+            seed: 0,
+            minilm: PathBuf::from(DEFAULT_MODEL_DIR),
+            pool: super::map::MapParams::default().pool,
+            parser: ParserParams::default(),
+            backward: BackwardParams::default(),
+            match_threshold: 0.64,
+            missing_confidence: Some(0.5),
+            metrics: MetricsParams::default(),
+        }
+    }
+}
+
+pub struct EvalStage {
+    pub params: EvalParams,
+}
+
+impl Stage for EvalStage {
+    fn name(&self) -> &str {
+        "eval"
+    }
+    fn code_version(&self) -> &str {
+        "1"
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![
+            InputSpec::new("items", "dataset", "items"),
+            InputSpec::new("features", "features", "features"),
+            InputSpec::new("sft_checkpoint", "sft", "checkpoint"),
+            InputSpec::new("ppo_checkpoint", "ppo", "checkpoint"),
+        ]
+        .into_iter()
+        .chain(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM))
+        .collect()
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["sentences".into(), "metrics".into()]
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).expect("params serialize")
+    }
+    fn models(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.params.minilm.join("onnx/model.onnx"), self.params.minilm.join("tokenizer.json"), self.params.pool.clone()];
+        v.extend(super::models::model_files(&self.params.model));
+        v
+    }
+    fn device(&self) -> String {
+        format!("{}/{}", self.params.device, self.params.dtype)
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        super::worker::run_in_worker(ctx)
+    }
+}
+
+/// One generated chain to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalChain {
+    pub variant: String,
+    pub item_id: String,
+    pub text: String,
+}
+
+/// One row per judged sentence.
+pub fn sentences_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("sentence_index", DataType::UInt32, false),
+        Field::new("sentence", DataType::Utf8, false),
+        Field::new("statement", DataType::Utf8, true),
+        Field::new("confidence", DataType::Float64, true),
+        Field::new("correct", DataType::Boolean, false),
+        Field::new("level", DataType::Utf8, false),
+        Field::new("answer_correct", DataType::Float64, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("judge", DataType::Utf8, false),
+    ]))
+}
+
+/// One row per (variant, split, level); `level` is `all`, `perception` or `reasoning`. Metrics that
+/// are not defined for a cell (AUROC with one class, answer-level metrics by level) are null.
+pub fn metrics_schema() -> SchemaRef {
+    let f = |n: &str| Field::new(n, DataType::Float64, true);
+    Arc::new(Schema::new(vec![
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("level", DataType::Utf8, false),
+        Field::new("responses", DataType::UInt64, false),
+        Field::new("sentences", DataType::UInt64, false),
+        f("ece"),
+        f("mece"),
+        f("accuracy"),
+        f("chain_f1"),
+        f("auroc"),
+    ]))
+}
+
+/// Answer correctness of a chain: the choice named after the last answer marker, or (items without
+/// choices) a reference answer contained in it.
+pub fn answer_correct(item: &Item, text: &str, params: &MetricsParams) -> f64 {
+    let Some(answer) = extract_final_answer(text, &params.accuracy) else { return 0.0 };
+    match item.correct_choice {
+        Some(c) if !item.choices.is_empty() => {
+            if choice_from_answer(&answer, &item.choices, &params.accuracy.normalization) == Some(c as usize) {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        _ => {
+            let mut refs = item.direct_answers.clone();
+            refs.extend(item.answer.clone());
+            cultural_match(&answer, &refs, &params.accuracy)
+        }
+    }
+}
+
+struct Judged {
+    split: String,
+    sentence_correct: Vec<bool>,
+    confidence: Vec<Option<f64>>,
+    levels: Vec<ChainLevel>,
+    ref_levels: Vec<ChainLevel>,
+    similarity: Vec<Vec<f64>>,
+    answer_correct: f64,
+}
+
+fn level_name(l: ChainLevel) -> &'static str {
+    match l {
+        ChainLevel::Perception => "perception",
+        ChainLevel::Reasoning => "reasoning",
+    }
+}
+
+/// Judges every chain and computes the metrics: (per-sentence rows, metrics rows).
+pub fn evaluate(judge: &ChainJudge, items: &[Item], chains: &[EvalChain], params: &EvalParams) -> anyhow::Result<(RecordBatch, RecordBatch)> {
+    let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
+    let (mut o_var, mut o_split, mut o_id, mut o_idx, mut o_sent, mut o_stmt) =
+        (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut o_conf, mut o_corr, mut o_level, mut o_ans, mut o_text, mut o_judge) =
+        (Float64Builder::new(), BooleanBuilder::new(), StringBuilder::new(), Float64Builder::new(), StringBuilder::new(), StringBuilder::new());
+    let mut groups: BTreeMap<(String, String), Vec<Judged>> = BTreeMap::new();
+    for (n, c) in chains.iter().enumerate() {
+        let item = by_id.get(c.item_id.as_str()).ok_or_else(|| anyhow::anyhow!("chain {n}: item {} is not in the dataset", c.item_id))?;
+        let reference: Vec<&str> = item.chain.sentences().collect();
+        anyhow::ensure!(!reference.is_empty(), "item {}: no reference chain to judge against", item.id);
+        let ref_levels: Vec<ChainLevel> = item
+            .chain
+            .perception
+            .iter()
+            .map(|_| ChainLevel::Perception)
+            .chain(item.chain.reasoning.iter().map(|_| ChainLevel::Reasoning))
+            .collect();
+        let judged = judge.judge(&c.text, &reference)?;
+        let similarity: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
+        let correct = sentence_correctness(n, &similarity, reference.len(), params.match_threshold)?;
+        let levels = assign_levels(n, &similarity, &ref_levels)?;
+        let ans = answer_correct(item, &c.text, &params.metrics);
+        for (t, j) in judged.iter().enumerate() {
+            o_var.append_value(&c.variant);
+            o_split.append_value(&item.split);
+            o_id.append_value(&item.id);
+            o_idx.append_value(t as u32);
+            o_sent.append_value(&j.pair.sentence);
+            o_stmt.append_option(j.pair.statement.as_deref());
+            o_conf.append_option(j.expressed);
+            o_corr.append_value(correct[t]);
+            o_level.append_value(level_name(levels[t]));
+            o_ans.append_value(ans);
+            o_text.append_value(&c.text);
+            o_judge.append_value(JUDGE_NAME);
+        }
+        let confidence = judged.iter().map(|j| j.expressed.or(params.missing_confidence)).collect();
+        groups.entry((c.variant.clone(), item.split.clone())).or_default().push(Judged {
+            split: item.split.clone(),
+            sentence_correct: correct,
+            confidence,
+            levels,
+            ref_levels,
+            similarity,
+            answer_correct: ans,
+        });
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(o_var.finish()),
+        Arc::new(o_split.finish()),
+        Arc::new(o_id.finish()),
+        Arc::new(o_idx.finish()),
+        Arc::new(o_sent.finish()),
+        Arc::new(o_stmt.finish()),
+        Arc::new(o_conf.finish()),
+        Arc::new(o_corr.finish()),
+        Arc::new(o_level.finish()),
+        Arc::new(o_ans.finish()),
+        Arc::new(o_text.finish()),
+        Arc::new(o_judge.finish()),
+    ];
+    let rows = RecordBatch::try_new(sentences_schema(), cols)?;
+
+    let (mut m_var, mut m_split, mut m_level, mut m_resp, mut m_sent) =
+        (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), UInt64Builder::new(), UInt64Builder::new());
+    let (mut m_ece, mut m_mece, mut m_acc, mut m_f1, mut m_auroc) =
+        (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new());
+    for ((variant, split), js) in &groups {
+        debug_assert!(js.iter().all(|j| &j.split == split));
+        // Calibration pairs: sentences with a confidence (a statement, or the missing-statement value).
+        let responses: Vec<Vec<(bool, f64)>> =
+            js.iter().map(|j| j.sentence_correct.iter().zip(&j.confidence).filter_map(|(&c, v)| v.map(|v| (c, v))).collect()).collect();
+        let kept: Vec<usize> = (0..js.len()).filter(|&i| !responses[i].is_empty()).collect();
+        let kept_responses: Vec<Vec<(bool, f64)>> = kept.iter().map(|&i| responses[i].clone()).collect();
+        let kept_levels: Vec<Vec<ChainLevel>> = kept
+            .iter()
+            .map(|&i| js[i].levels.iter().zip(&js[i].confidence).filter(|(_, v)| v.is_some()).map(|(l, _)| *l).collect())
+            .collect();
+        let mece_all = if kept_responses.is_empty() { None } else { Some(mece(&kept_responses)?) };
+        let (mut conf, mut corr) = (Vec::new(), Vec::new());
+        for &i in &kept {
+            let c: Vec<f64> = responses[i].iter().map(|x| x.1).collect();
+            conf.push(answer_confidence(i, &c, params.metrics.answer_confidence)?);
+            corr.push(js[i].answer_correct);
+        }
+        let ece_all = if conf.is_empty() { None } else { Some(ece(&conf, &corr, &params.metrics.ece)?) };
+        let labels: Vec<bool> = corr.iter().map(|&c| c >= 0.5).collect();
+        let auroc_all = if labels.iter().any(|&l| l) && labels.iter().any(|&l| !l) { Some(auroc(&conf, &labels)?) } else { None };
+        let accuracy = js.iter().map(|j| j.answer_correct).sum::<f64>() / js.len() as f64;
+        let chain_items: Vec<ChainItem> = js.iter().map(|j| ChainItem { similarity: j.similarity.clone(), n_reference: j.ref_levels.len() }).collect();
+        let f1 = chain_f1(&chain_items, &params.metrics.chain_f1)?.f1;
+        let n_sent: usize = js.iter().map(|j| j.similarity.len()).sum();
+        let mut push = |level: &str, n_s: usize, e: Option<f64>, m: Option<f64>, a: Option<f64>, f: Option<f64>, r: Option<f64>| {
+            m_var.append_value(variant);
+            m_split.append_value(split);
+            m_level.append_value(level);
+            m_resp.append_value(js.len() as u64);
+            m_sent.append_value(n_s as u64);
+            m_ece.append_option(e);
+            m_mece.append_option(m);
+            m_acc.append_option(a);
+            m_f1.append_option(f);
+            m_auroc.append_option(r);
+        };
+        push("all", n_sent, ece_all, mece_all, Some(accuracy), Some(f1), auroc_all);
+        let ref_levels: Vec<Vec<ChainLevel>> = js.iter().map(|j| j.ref_levels.clone()).collect();
+        for level in [ChainLevel::Perception, ChainLevel::Reasoning] {
+            let m = if kept_responses.is_empty() { None } else { mece_by_level(&kept_levels, &kept_responses, level)? };
+            let f = chain_f1_by_level(&chain_items, &ref_levels, level, &params.metrics.chain_f1)?;
+            let n_l: usize = js.iter().map(|j| j.levels.iter().filter(|&&l| l == level).count()).sum();
+            push(level_name(level), n_l, None, m, None, (f.reference > 0).then_some(f.f1), None);
+        }
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(m_var.finish()),
+        Arc::new(m_split.finish()),
+        Arc::new(m_level.finish()),
+        Arc::new(m_resp.finish()),
+        Arc::new(m_sent.finish()),
+        Arc::new(m_ece.finish()),
+        Arc::new(m_mece.finish()),
+        Arc::new(m_acc.finish()),
+        Arc::new(m_f1.finish()),
+        Arc::new(m_auroc.finish()),
+    ];
+    let metrics = RecordBatch::try_new(metrics_schema(), cols)?;
+    Ok((rows, metrics))
+}

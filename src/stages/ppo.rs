@@ -1,0 +1,338 @@
+//! `ppo`: the paper's RL stage (§3.2). The policy is the SFT model (base + the `sft` checkpoint); K
+//! iterations each draw a mini-batch of training questions, sample N = 3 chains per question, score
+//! every chain with R = α R_KA + β R_EC + γ R_CS (eq. 10–13) and take a PPO step (GAE, clipped policy
+//! and value losses, KL penalty to the reference). The model runs in the `mmb-torch` worker; the reward
+//! model (parsing, backward map, internal confidence, correctness) is here, plain Rust, testable alone.
+//!
+//! Where the reward lands (paper: silent): sentence t's share of R (α·ka_t/T + β·ec_t/n_EC + γ·cs_t/n_CS,
+//! so the shares sum to R) is placed on the token that ends its confidence statement, or the sentence's
+//! last token when it has none; GAE carries it back to the tokens that produced the statement. IV(z_t)
+//! is the level value of the sentence's level under the `bin` stage's fitted model, from the same four
+//! signals as `score` computed on the rollout's own log-probs, entropies, TokenSAR and CLIPScore.
+//!
+//! Outputs: `checkpoint` (the policy's trainable weights and value head, safetensors), `log` (one row
+//! per PPO step) and `rollouts` (every scored chain of every iteration: the issue's `rollout` artifact).
+//! Rollout and update stay one stage: a rollout depends on the policy of the step before, so caching
+//! iterations as separate stages would only re-key the same chain; see the report for what is left.
+use super::chain_judge::{token_at_byte, ChainJudge, EmbedderRef, JUDGE_NAME};
+use crate::confidence::levels::LevelModel;
+use crate::confidence::parser::ParserParams;
+use crate::confidence::rewards::{response_reward, sentence_correctness, RewardParams, SentenceSignals};
+use crate::confidence::similarity::CosineOfEmbeddings;
+use crate::confidence::statements::BackwardParams;
+use crate::confidence::uncertainty::{clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, SentenceTokens, TokenInfo, UncertaintyParams};
+use crate::confidence::{level_value, Location};
+use crate::data::Item;
+use crate::encoders::clip::Clip;
+use crate::encoders::minilm::DEFAULT_MODEL_DIR;
+use crate::encoders::runtime::SessionOptions;
+use crate::engine::{InputSpec, Stage, StageContext};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Which frozen model the KL penalty compares the policy with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferencePolicy {
+    /// The SFT model (TRL's reference: the model PPO starts from); a second frozen copy in memory.
+    Sft,
+    /// The base model: the policy with its LoRA adapters switched off (no second copy; LoRA only).
+    Base,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PpoStageParams {
+    /// The base model folder (the same as `generate` and `sft`).
+    pub model: Option<PathBuf>,
+    pub prompt: String,
+    pub device: String,
+    pub dtype: String,
+    /// Splits whose questions are the RL prompts.
+    pub splits: Vec<String>,
+    /// Use only the first N of those questions (None: all).
+    pub limit: Option<usize>,
+    /// K, the number of PPO iterations (rollout + update). Paper: unstated. We chose 8.
+    pub iterations: usize,
+    /// Questions per iteration (each sampled N times). Paper: batch 16, unit unstated; we read it as
+    /// questions.
+    pub prompts_per_iteration: usize,
+    /// The trainer's settings as `mllm::ppo::PpoParams` reads them (ppo_epochs, kl_coef, clip_range,
+    /// clip_range_value, vf_coef, gamma, lam, whiten_rewards, mini_batch_size, samples_per_prompt,
+    /// learning_rate, max_grad_norm, adamw, generation, seed), laid over its defaults: TRL's (4 epochs,
+    /// KL 0.05, clip 0.2, value clip 0.2, vf 0.1, γ 1, λ 0.95) and the paper's N = 3 and lr 1e-5.
+    pub trainer: serde_json::Value,
+    pub reference: ReferencePolicy,
+    /// α, β, γ (1/3 each), the switches of the "w/o R_KA/R_EC/R_CS" ablations, the match threshold of
+    /// I(z_t) and what a sentence without statement contributes.
+    pub rewards: RewardParams,
+    /// Reward of a rollout with no parseable sentence (R's minimum with α = β = γ = 1/3 is −2/3; we chose
+    /// −1 so that saying nothing is worse than any chain).
+    pub empty_response_reward: f64,
+    pub backward: BackwardParams,
+    pub parser: ParserParams,
+    /// The signals of IV, as in `score`.
+    pub uncertainty: UncertaintyParams,
+    pub minilm: PathBuf,
+    pub clip: Option<PathBuf>,
+    pub clip_prefix: String,
+    /// The statement pool (as in `map`).
+    pub pool: PathBuf,
+    /// Seed of the order in which questions are drawn.
+    pub seed: u64,
+}
+
+impl Default for PpoStageParams {
+    fn default() -> Self {
+        let g = super::generate::GenerateParams::default();
+        let s = super::score::ScoreParams::default();
+        Self {
+            model: g.model,
+            prompt: g.prompt,
+            device: g.device,
+            dtype: g.dtype,
+            splits: vec!["train".into()],
+            limit: None,
+            iterations: 8,
+            prompts_per_iteration: 16,
+            trainer: serde_json::json!({}),
+            reference: ReferencePolicy::Sft,
+            rewards: RewardParams::default(),
+            empty_response_reward: -1.0,
+            backward: BackwardParams::default(),
+            parser: ParserParams::default(),
+            uncertainty: s.uncertainty,
+            minilm: PathBuf::from(DEFAULT_MODEL_DIR),
+            clip: s.clip,
+            clip_prefix: s.clip_prefix,
+            pool: super::map::MapParams::default().pool,
+            seed: 0,
+        }
+    }
+}
+
+pub struct PpoStage {
+    pub params: PpoStageParams,
+}
+
+/// One row per PPO step.
+pub fn ppo_log_schema() -> SchemaRef {
+    let f = |n: &str| Field::new(n, DataType::Float64, false);
+    Arc::new(Schema::new(vec![
+        Field::new("iteration", DataType::UInt32, false),
+        f("score_mean"),
+        f("kl"),
+        f("policy_entropy"),
+        f("clip_fraction"),
+        f("value_loss"),
+        f("policy_loss"),
+        f("approx_kl"),
+        f("response_length"),
+        f("r_ka"),
+        f("r_ec"),
+        f("r_cs"),
+        f("reward"),
+        f("seconds"),
+    ]))
+}
+
+/// One row per scored rollout; per-sentence columns are aligned lists.
+pub fn rollouts_schema() -> SchemaRef {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+    Arc::new(Schema::new(vec![
+        Field::new("iteration", DataType::UInt32, false),
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("sample", DataType::UInt32, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("sentences", list(DataType::Utf8), false),
+        Field::new("statements", list(DataType::Utf8), false),
+        Field::new("ev", list(DataType::Float64), false),
+        Field::new("iv", list(DataType::Float64), false),
+        Field::new("level", list(DataType::UInt8), false),
+        Field::new("correct", list(DataType::Boolean), false),
+        Field::new("r_ka", DataType::Float64, false),
+        Field::new("r_ec", DataType::Float64, false),
+        Field::new("r_cs", DataType::Float64, false),
+        Field::new("reward", DataType::Float64, false),
+        Field::new("judge", DataType::Utf8, false),
+    ]))
+}
+
+impl Stage for PpoStage {
+    fn name(&self) -> &str {
+        "ppo"
+    }
+    fn code_version(&self) -> &str {
+        "1"
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![
+            InputSpec::new("sft_checkpoint", "sft", "checkpoint"),
+            InputSpec::new("items", "dataset", "items"),
+            InputSpec::new("features", "features", "features"),
+            InputSpec::new("level_model", "bin", "level_model"),
+        ]
+        .into_iter()
+        .chain(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM))
+        .chain(super::models::model_input(&self.params.clip, "clip", super::models::DEMO_CLIP))
+        .collect()
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["checkpoint".into(), "log".into(), "rollouts".into()]
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).expect("params serialize")
+    }
+    fn models(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.params.minilm.join("onnx/model.onnx"), self.params.minilm.join("tokenizer.json"), self.params.pool.clone()];
+        v.extend(super::models::model_files(&self.params.model));
+        v.extend(super::models::model_files(&self.params.clip));
+        v
+    }
+    fn device(&self) -> String {
+        format!("{}/{}", self.params.device, self.params.dtype)
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        super::worker::run_in_worker(ctx)
+    }
+}
+
+/// A rollout as the reward model sees it: the decoded chain and its tokens, each token's byte end in
+/// the decoded text (the length of the decoding of the tokens up to it).
+#[derive(Debug, Clone)]
+pub struct RolloutTokens {
+    pub text: String,
+    pub tokens: Vec<TokenInfo>,
+    pub token_ends: Vec<usize>,
+}
+
+/// Everything the rewards said about one rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutScore {
+    pub sentences: Vec<String>,
+    pub statements: Vec<Option<String>>,
+    pub expressed: Vec<Option<f64>>,
+    pub internal: Vec<f64>,
+    pub levels: Vec<u8>,
+    pub correct: Vec<bool>,
+    pub ka: f64,
+    pub ec: f64,
+    pub cs: f64,
+    pub total: f64,
+    /// (response token, reward) pairs; they sum to `total`.
+    pub token_rewards: Vec<(usize, f64)>,
+}
+
+/// The reward model of §3.2: parser, backward map, correctness judge, IV from the four signals.
+pub struct RewardModel {
+    pub judge: ChainJudge,
+    pub clip: Clip,
+    pub levels: LevelModel,
+    pub params: PpoStageParams,
+}
+
+impl RewardModel {
+    /// `clip_dir`: the CLIP folder (`params.clip`, or the demo CLIP the stage resolved).
+    pub fn load(params: &PpoStageParams, clip_dir: &std::path::Path, levels: LevelModel, session: &SessionOptions) -> anyhow::Result<Self> {
+        let judge = ChainJudge::load(&params.minilm, &params.pool, params.parser.clone(), params.backward.clone(), session)?;
+        let clip = Clip::load(clip_dir, session)?;
+        Ok(Self { judge, clip, levels, params: params.clone() })
+    }
+
+    /// Scores one rollout of `item` (`image` is the item's CLIP image embedding).
+    pub fn score(&self, item: &Item, image: &[f32], r: &RolloutTokens) -> anyhow::Result<RolloutScore> {
+        anyhow::ensure!(
+            r.tokens.len() == r.token_ends.len(),
+            "item {}: {} tokens but {} token ends",
+            item.id,
+            r.tokens.len(),
+            r.token_ends.len()
+        );
+        let reference: Vec<&str> = item.chain.sentences().collect();
+        let judged = if r.tokens.is_empty() { Vec::new() } else { self.judge.judge(&r.text, &reference)? };
+        if judged.is_empty() {
+            let last = r.tokens.len().saturating_sub(1);
+            let e = self.params.empty_response_reward;
+            return Ok(RolloutScore {
+                sentences: vec![],
+                statements: vec![],
+                expressed: vec![],
+                internal: vec![],
+                levels: vec![],
+                correct: vec![],
+                ka: 0.0,
+                ec: -1.0,
+                cs: -1.0,
+                total: e,
+                token_rewards: if r.tokens.is_empty() { vec![] } else { vec![(last, e)] },
+            });
+        }
+        // I(z_t).
+        let sim: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
+        let correct = sentence_correctness(0, &sim, reference.len(), self.params.rewards.match_threshold)?;
+        // The four signals of each sentence, from its own tokens.
+        let spans: Vec<(usize, usize)> =
+            judged.iter().map(|j| (token_at_byte(&r.token_ends, j.sentence_span.0 + 1), token_at_byte(&r.token_ends, j.sentence_span.1))).collect();
+        let response = ResponseTokens {
+            prompt: item.question.clone(),
+            sentences: spans.iter().map(|&(a, b)| SentenceTokens { tokens: r.tokens[a..=b.max(a)].to_vec() }).collect(),
+        };
+        let u = &self.params.uncertainty;
+        let likelihood = likelihood_signals(std::slice::from_ref(&response), u)?;
+        let sim_model = CosineOfEmbeddings(EmbedderRef(&self.judge.embedder));
+        let sar = token_sar_batched(std::slice::from_ref(&response), &sim_model, &u.token_sar)?;
+        let texts: Vec<String> = judged.iter().map(|j| format!("{}{}", self.params.clip_prefix, j.pair.sentence.trim())).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let te = self.clip.text.encode(&refs)?;
+        let d = te.embeddings.dim;
+        let mut rows = Vec::with_capacity(judged.len());
+        for t in 0..judged.len() {
+            let cs = clip_score_from_embeddings(Location::sentence(0, t), image, &te.embeddings.data[t * d..(t + 1) * d])?;
+            rows.push([likelihood[0][t].0, likelihood[0][t].1, sar[0][t], cs]);
+        }
+        let levels: Vec<u8> = self.levels.apply(&rows)?.iter().map(|s| s.level).collect();
+        let internal: Vec<f64> = levels.iter().map(|&l| level_value(l)).collect();
+        let signals: Vec<SentenceSignals> =
+            (0..judged.len()).map(|t| SentenceSignals { correct: correct[t], expressed: judged[t].expressed, internal: internal[t] }).collect();
+        let rw = response_reward(0, &signals, &self.params.rewards)?;
+
+        // Place each sentence's share of R; what is left (a term with no counted sentence) goes last.
+        let p = &self.params.rewards;
+        let on = |b: bool| if b { 1.0 } else { 0.0 };
+        let n = judged.len() as f64;
+        let n_ec = rw.per_sentence.iter().filter(|s| s.ec.is_some()).count().max(1) as f64;
+        let n_cs = rw.per_sentence.iter().filter(|s| s.cs.is_some()).count().max(1) as f64;
+        let mut token_rewards = Vec::with_capacity(judged.len() + 1);
+        for (t, (j, s)) in judged.iter().zip(&rw.per_sentence).enumerate() {
+            let share = on(p.enable_ka) * p.alpha * s.ka / n
+                + on(p.enable_ec) * p.beta * s.ec.unwrap_or(0.0) / n_ec
+                + on(p.enable_cs) * p.gamma * s.cs.unwrap_or(0.0) / n_cs;
+            let at = j.statement_end.map(|e| token_at_byte(&r.token_ends, e)).unwrap_or(spans[t].1);
+            token_rewards.push((at, share));
+        }
+        let placed: f64 = token_rewards.iter().map(|x| x.1).sum();
+        if (rw.total - placed).abs() > 1e-12 {
+            token_rewards.push((r.tokens.len() - 1, rw.total - placed));
+        }
+        Ok(RolloutScore {
+            sentences: judged.iter().map(|j| j.pair.sentence.clone()).collect(),
+            statements: judged.iter().map(|j| j.pair.statement.clone()).collect(),
+            expressed: judged.iter().map(|j| j.expressed).collect(),
+            internal,
+            levels,
+            correct,
+            ka: rw.ka,
+            ec: rw.ec,
+            cs: rw.cs,
+            total: rw.total,
+            token_rewards,
+        })
+    }
+}
+
+/// The judge recorded in the rollouts artifact.
+pub fn judge_name() -> &'static str {
+    JUDGE_NAME
+}

@@ -1,0 +1,329 @@
+//! The RL stages on tiny models, end to end through the engine: dataset → features → generate → score →
+//! bin → map → sft → ppo → eval; and the reward model of `ppo` on a hand-made chain.
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, UInt32Type};
+use mmboundary::confidence::levels::{FusionParams, LevelModel};
+use mmboundary::confidence::uncertainty::TokenInfo;
+use mmboundary::data::penumbra::PenumbraParams;
+use mmboundary::data::{Item, ReferenceChain};
+use mmboundary::engine::{Pipeline, RunOptions, Stage};
+use mmboundary::stages::bin::{BinParams, BinStage};
+use mmboundary::stages::dataset::{DatasetParams, DatasetStage};
+use mmboundary::stages::eval::{EvalParams, EvalStage};
+use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
+use mmboundary::stages::generate::{GenerateParams, GenerateStage};
+use mmboundary::stages::map::{MapParams, MapStage};
+use mmboundary::stages::ppo::{PpoStage, PpoStageParams, RewardModel, RolloutTokens};
+use mmboundary::stages::score::{ScoreParams, ScoreStage};
+use mmboundary::stages::sft::{SftStage, SftStageParams};
+use mmboundary::store::{ArtifactId, ArtifactKind, Store};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The tiny random LLaVA of the mllm goldens (vocab 100, image token 99), with a word-level tokenizer
+/// of exactly 100 entries so every id decodes.
+fn tiny_llava(dir: &Path) -> PathBuf {
+    let out = dir.join("tiny-llava");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("mllm/tiny-llava").join(f), out.join(f)).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    let words = "[UNK] [PAD] <s> </s> the a is there of and so answer question options yes no red green blue yellow \
+                 purple orange pink teal circle square triangle diamond hexagon small large solid striped checkered left \
+                 right top bottom center above below how many objects same color shape size . , ? : ( )";
+    let mut n = 0;
+    for w in words.split_whitespace() {
+        vocab.insert(w.into(), n.into());
+        n += 1;
+    }
+    while n < 99 {
+        vocab.insert(format!("w{n}"), n.into());
+        n += 1;
+    }
+    vocab.insert("<image>".into(), 99.into());
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 99, "content": "<image>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": {"type": "Lowercase"},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(out.join("tokenizer.json"), serde_json::to_vec(&tok).unwrap()).unwrap();
+    out
+}
+
+fn pool_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("stages/statements.toml")
+}
+
+fn ppo_params(model: &Path, alpha: f64) -> PpoStageParams {
+    let mut p = PpoStageParams {
+        model: Some(model.to_path_buf()),
+        device: "cpu".into(),
+        iterations: 2,
+        prompts_per_iteration: 2,
+        trainer: serde_json::json!({ "ppo_epochs": 1, "mini_batch_size": 3, "generation": { "max_new_tokens": 12 } }),
+        minilm: mmboundary::encoders::minilm::default_model_dir(),
+        clip: Some(fixtures().join("encoders/clip_tiny")),
+        pool: pool_path(),
+        ..Default::default()
+    };
+    p.rewards.alpha = alpha;
+    p
+}
+
+fn pipeline(model: &Path, alpha: f64) -> Pipeline {
+    let stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(DatasetStage { params: DatasetParams { penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() }, chunk: 8 } }),
+        Box::new(FeaturesStage { params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8 }, session: Default::default() }),
+        Box::new(GenerateStage {
+            params: GenerateParams { model: Some(model.to_path_buf()), limit: Some(4), batch: 4, max_new_tokens: 12, device: "cpu".into(), ..Default::default() },
+        }),
+        Box::new(ScoreStage {
+            params: ScoreParams { minilm: mmboundary::encoders::minilm::default_model_dir(), clip: Some(fixtures().join("encoders/clip_tiny")), ..Default::default() },
+            session: Default::default(),
+        }),
+        Box::new(BinStage { params: BinParams::default() }),
+        Box::new(MapStage { params: MapParams { pool: pool_path(), ..Default::default() } }),
+        Box::new(SftStage {
+            params: SftStageParams {
+                model: Some(model.to_path_buf()),
+                trainer: serde_json::json!({ "epochs": 1, "batch_size": 2, "max_steps": 1, "learning_rate": 1e-3 }),
+                device: "cpu".into(),
+                ..Default::default()
+            },
+        }),
+        Box::new(PpoStage { params: ppo_params(model, alpha) }),
+        Box::new(EvalStage {
+            params: EvalParams {
+                model: Some(model.to_path_buf()),
+                device: "cpu".into(),
+                limit: Some(1),
+                max_new_tokens: 12,
+                batch: 4,
+                minilm: mmboundary::encoders::minilm::default_model_dir(),
+                pool: pool_path(),
+                ..Default::default()
+            },
+        }),
+    ];
+    Pipeline::new(stages).unwrap()
+}
+
+fn f64s(b: &arrow::record_batch::RecordBatch, col: &str) -> Vec<Option<f64>> {
+    b.column_by_name(col).unwrap_or_else(|| panic!("no column {col}")).as_primitive::<Float64Type>().iter().collect()
+}
+
+#[test]
+fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    // A private copy of the worker: the target folder may be shared, and a concurrent build of another
+    // checkout would replace the binary under a running test.
+    let worker = dir.path().join("mmb-torch");
+    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
+    std::env::set_var("MMB_TORCH", &worker);
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let model = tiny_llava(dir.path());
+    let s = pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap();
+    eprintln!("first run: {:.1} s", s.seconds);
+    assert_eq!(s.ran, vec!["dataset", "features", "generate", "score", "bin", "map", "sft", "ppo", "eval"]);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let table = |stage: &str, out: &str| store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap();
+
+    // ppo log: one row per iteration, every statistic finite, reward parts in their ranges.
+    let log = table("ppo", "log");
+    assert_eq!(log.num_rows(), 2);
+    for col in ["score_mean", "kl", "policy_entropy", "clip_fraction", "value_loss", "policy_loss", "approx_kl", "response_length", "r_ka", "r_ec", "r_cs", "reward"] {
+        assert!(f64s(&log, col).iter().all(|v| v.unwrap().is_finite()), "{col}");
+    }
+    assert!(f64s(&log, "clip_fraction").iter().all(|v| (0.0..=1.0).contains(&v.unwrap())));
+    assert!(f64s(&log, "r_ka").iter().all(|v| (0.0..=1.0).contains(&v.unwrap())));
+    for col in ["r_ec", "r_cs", "reward"] {
+        assert!(f64s(&log, col).iter().all(|v| (-1.0..=1.0).contains(&v.unwrap())), "{col}");
+    }
+    // rollouts: iterations × questions × N = 2 × 2 × 3, aligned per-sentence lists, EV and IV on [0, 1].
+    let ro = table("ppo", "rollouts");
+    assert_eq!(ro.num_rows(), 12);
+    let it = ro.column_by_name("iteration").unwrap().as_primitive::<UInt32Type>();
+    assert_eq!((0..12).filter(|&r| it.value(r) == 1).count(), 6);
+    let samples = ro.column_by_name("sample").unwrap().as_primitive::<UInt32Type>();
+    assert!(samples.values().iter().all(|s| *s < 3));
+    let sents = ro.column_by_name("sentences").unwrap().as_list::<i32>();
+    let (ev, iv) = (ro.column_by_name("ev").unwrap().as_list::<i32>(), ro.column_by_name("iv").unwrap().as_list::<i32>());
+    let corr = ro.column_by_name("correct").unwrap().as_list::<i32>();
+    let reward = f64s(&ro, "reward");
+    for r in 0..ro.num_rows() {
+        let n = sents.value(r).len();
+        assert_eq!(ev.value(r).len(), n);
+        assert_eq!(iv.value(r).len(), n);
+        assert_eq!(corr.value(r).len(), n);
+        let iv_r = iv.value(r);
+        assert!(iv_r.as_primitive::<Float64Type>().values().iter().all(|v| [0.0, 0.25, 0.5, 0.75, 1.0].contains(v)));
+        let ev_r = ev.value(r);
+        assert!(ev_r.as_primitive::<Float64Type>().iter().flatten().all(|v| (0.0..=1.0).contains(&v)));
+        let rw = reward[r].unwrap();
+        assert!(rw == -1.0 || (-2.0 / 3.0 - 1e-9..=1.0 + 1e-9).contains(&rw), "reward {rw}");
+    }
+    // The mean reward per iteration in the log is the mean over that iteration's rollouts.
+    for i in 0..2u32 {
+        let rows: Vec<f64> = (0..12).filter(|&r| it.value(r) == i).map(|r| reward[r].unwrap()).collect();
+        let mean = rows.iter().sum::<f64>() / rows.len() as f64;
+        assert!((mean - f64s(&log, "reward")[i as usize].unwrap()).abs() < 1e-9);
+    }
+    // checkpoint: adapters and value head, with the SFT set-up in its metadata.
+    let ck = &lock.stages["ppo"].outputs["checkpoint"];
+    let path = store.path_of(&ArtifactId::parse(&ck.id).unwrap(), ArtifactKind::Safetensors);
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let md = meta.metadata().clone().unwrap();
+    assert_eq!(md["format"], "mmboundary-ppo-v1");
+    assert!(md["params"].contains("Lora"));
+    let names: Vec<String> = meta.tensors().keys().cloned().collect();
+    assert!(names.iter().any(|n| n.starts_with("param.v_head.summary")));
+    assert!(names.iter().any(|n| n.contains("lora_A")));
+
+    // eval: per-sentence rows of the three variants; metrics in range for every variant and split.
+    let sent = table("eval", "sentences");
+    let variants = sent.column_by_name("variant").unwrap().as_string::<i32>();
+    assert!(variants.iter().flatten().all(|v| ["vanilla", "sft", "full"].contains(&v)));
+    let m = table("eval", "metrics");
+    let (mv, ms, ml) = (
+        m.column_by_name("variant").unwrap().as_string::<i32>(),
+        m.column_by_name("split").unwrap().as_string::<i32>(),
+        m.column_by_name("level").unwrap().as_string::<i32>(),
+    );
+    let mut cells = std::collections::BTreeSet::new();
+    for r in 0..m.num_rows() {
+        cells.insert((mv.value(r).to_string(), ms.value(r).to_string(), ml.value(r).to_string()));
+    }
+    for v in ["vanilla", "sft", "full"] {
+        for s in ["val", "test", "ood"] {
+            for l in ["all", "perception", "reasoning"] {
+                assert!(cells.contains(&(v.into(), s.into(), l.into())), "no metrics row for {v}/{s}/{l}");
+            }
+        }
+    }
+    for col in ["ece", "mece", "accuracy", "chain_f1", "auroc"] {
+        assert!(f64s(&m, col).iter().flatten().all(|v| (0.0..=1.0).contains(v)), "{col} out of [0, 1]");
+    }
+    let acc = f64s(&m, "accuracy");
+    assert!((0..m.num_rows()).all(|r| (ml.value(r) == "all") == acc[r].is_some()), "accuracy is an answer-level metric");
+
+    // Changing one reward weight reruns only ppo and eval.
+    assert!(pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap().ran.is_empty());
+    // (Checked on the status, which is what a run acts on, to keep the test short.)
+    let status = pipeline(&model, 0.5).status(&store, &[]).unwrap();
+    let stale: Vec<&str> = status.iter().filter(|s| !s.is_fresh()).map(|s| s.stage.as_str()).collect();
+    assert_eq!(stale, vec!["ppo", "eval"]);
+}
+
+fn item() -> Item {
+    let mut it = Item::new("x1", "test", "train", "What shape is the red object?");
+    it.choices = vec!["circle".into(), "square".into()];
+    it.correct_choice = Some(0);
+    it.chain = ReferenceChain { perception: vec!["There is a red circle in the image.".into()], reasoning: vec!["So, the answer is circle.".into()] };
+    it
+}
+
+/// Word-level tokens of `text` (each with its leading space) and their byte ends.
+fn tokens_of(text: &str) -> RolloutTokens {
+    let mut tokens = Vec::new();
+    let mut ends = Vec::new();
+    let mut at = 0;
+    for (i, w) in text.split(' ').enumerate() {
+        let piece = if i == 0 { w.to_string() } else { format!(" {w}") };
+        at += piece.len();
+        tokens.push(TokenInfo { id: i as u32, text: piece, log_prob: -0.1 * (i % 5) as f64, entropy: 0.2 * (i % 3) as f64, is_special: false });
+        ends.push(at);
+    }
+    RolloutTokens { text: text.to_string(), tokens, token_ends: ends }
+}
+
+#[test]
+fn rewards_land_on_statement_ends_and_sum_to_r() {
+    let rows: Vec<[f64; 4]> = (0..20).map(|i| [1.0 + i as f64 * 0.1, 0.5 + (i % 7) as f64 * 0.2, (i % 5) as f64 * 0.1, 0.2 + (i % 3) as f64 * 0.05]).collect();
+    let levels = LevelModel::fit(&rows, &FusionParams::default()).unwrap();
+    let mut params = PpoStageParams {
+        minilm: mmboundary::encoders::minilm::default_model_dir(),
+        clip: Some(fixtures().join("encoders/clip_tiny")),
+        pool: pool_path(),
+        ..Default::default()
+    };
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels.clone(), &Default::default()).unwrap();
+    let image = rm.clip.text.encode(&["a red circle"]).unwrap().embeddings.data;
+    let text = "There is a red circle in the image and I am completely certain of this. So, the answer is circle. I am far from sure of this.";
+    let r = tokens_of(text);
+    let s = rm.score(&item(), &image, &r).unwrap();
+    assert_eq!(s.sentences.len(), 2, "{s:?}");
+    assert_eq!(s.statements[0].as_deref(), Some("and I am completely certain of this."));
+    assert_eq!(s.expressed, vec![Some(1.0), Some(0.0)]);
+    // Both sentences restate a reference sentence almost verbatim: correct under MiniLM cosine 0.64.
+    assert_eq!(s.correct, vec![true, true]);
+    // R = (R_KA + R_EC + R_CS) / 3 with the paper's eq. 10-12, from the reported parts.
+    let ec = ((1.0 - 2.0 * (1.0f64 - 1.0).powi(2)) + (1.0 - 2.0 * (1.0f64 - 0.0).powi(2))) / 2.0;
+    assert!((s.ka - 1.0).abs() < 1e-12 && (s.ec - ec).abs() < 1e-12);
+    let cs: f64 = s.internal.iter().zip(&s.expressed).map(|(iv, ev)| 1.0 - 2.0 * (iv - ev.unwrap()).powi(2)).sum::<f64>() / 2.0;
+    assert!((s.cs - cs).abs() < 1e-12);
+    assert!((s.total - (s.ka + s.ec + s.cs) / 3.0).abs() < 1e-12);
+    // One share per sentence, on the token ending its statement ("this." twice), summing to R.
+    let this = |n: usize| r.tokens.iter().enumerate().filter(|(_, t)| t.text == " this.").nth(n).unwrap().0;
+    assert_eq!(s.token_rewards.iter().map(|x| x.0).collect::<Vec<_>>(), vec![this(0), this(1)]);
+    assert!((s.token_rewards.iter().map(|x| x.1).sum::<f64>() - s.total).abs() < 1e-12);
+
+    // The "w/o R_EC" ablation drops its term and nothing else.
+    params.rewards.enable_ec = false;
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels, &Default::default()).unwrap();
+    let s2 = rm.score(&item(), &image, &r).unwrap();
+    assert!((s2.total - (s.ka + s.cs) / 3.0).abs() < 1e-12);
+    assert!((s2.token_rewards.iter().map(|x| x.1).sum::<f64>() - s2.total).abs() < 1e-12);
+    // A rollout with no sentence gets the empty-response reward on its last token.
+    let e = rm.score(&item(), &image, &tokens_of("")).unwrap();
+    assert_eq!(e.total, -1.0);
+}
+
+#[test]
+fn eval_metrics_match_hand_computed_values() {
+    use mmboundary::stages::chain_judge::ChainJudge;
+    use mmboundary::stages::eval::{answer_correct, evaluate, EvalChain};
+    let params = EvalParams { minilm: mmboundary::encoders::minilm::default_model_dir(), pool: pool_path(), ..Default::default() };
+    let judge = ChainJudge::load(&params.minilm, &params.pool, params.parser.clone(), params.backward.clone(), &Default::default()).unwrap();
+    let mut a = item();
+    a.id = "a".into();
+    a.split = "val".into();
+    let mut b = a.clone();
+    b.id = "b".into();
+    let chains = vec![
+        // Two correct sentences, stated fully confident then uncertain; the answer is right.
+        EvalChain {
+            variant: "sft".into(),
+            item_id: "a".into(),
+            text: "There is a red circle in the image and I am completely certain of this. So, the answer is circle. I am far from sure of this.".into(),
+        },
+        // One wrong sentence stated fully confident; no answer.
+        EvalChain { variant: "sft".into(), item_id: "b".into(), text: "Bananas grow on tall trees and I am completely certain of this.".into() },
+    ];
+    assert_eq!(answer_correct(&a, &chains[0].text, &params.metrics), 1.0);
+    assert_eq!(answer_correct(&b, &chains[1].text, &params.metrics), 0.0);
+    let (rows, m) = evaluate(&judge, &[a, b], &chains, &params).unwrap();
+    assert_eq!(rows.num_rows(), 3);
+    let correct: Vec<bool> = rows.column_by_name("correct").unwrap().as_boolean().iter().flatten().collect();
+    assert_eq!(correct, vec![true, true, false]);
+    assert_eq!(f64s(&rows, "confidence"), vec![Some(1.0), Some(0.0), Some(1.0)]);
+    let level = m.column_by_name("level").unwrap().as_string::<i32>();
+    let all = (0..m.num_rows()).find(|&r| level.value(r) == "all").unwrap();
+    let get = |c: &str| f64s(&m, c)[all].unwrap();
+    // MECE = mean over chains of mean |I − conf| = (0.5 + 1) / 2.
+    assert!((get("mece") - 0.75).abs() < 1e-12);
+    // Answer confidence = the last sentence's: (0, right) and (1, wrong): ECE over 20 bins = 1, AUROC 0.
+    assert!((get("ece") - 1.0).abs() < 1e-12);
+    assert!(get("auroc").abs() < 1e-12);
+    assert!((get("accuracy") - 0.5).abs() < 1e-12);
+    // Chain F1: P = 2/3 (2 of 3 sentences match), R = 2/4 (2 of 4 reference sentences covered).
+    assert!((get("chain_f1") - 4.0 / 7.0).abs() < 1e-12);
+}
