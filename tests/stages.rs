@@ -127,6 +127,8 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
         let (l, e) = (lp.value(r), ent.value(r));
         let (l, e) = (l.as_primitive::<Float32Type>(), e.as_primitive::<Float32Type>());
         assert_eq!(l.len(), toks.value(r).len());
+        // The image token (99) is never generated: a chain containing it would break the splice in sft/ppo.
+        assert!(!toks.value(r).as_primitive::<arrow::datatypes::Int64Type>().values().contains(&99));
         assert!(l.len() >= 1 && l.len() <= 16);
         assert!(l.values().iter().all(|v| *v <= 1e-6 && v.is_finite()));
         // Entropy over the full vocabulary of 100 is at most ln 100.
