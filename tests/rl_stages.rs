@@ -112,6 +112,7 @@ fn pipeline(model: &Path, alpha: f64) -> Pipeline {
                 ..Default::default()
             },
         }),
+        Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }),
     ];
     Pipeline::new(stages).unwrap()
 }
@@ -132,7 +133,16 @@ fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_e
     let model = tiny_llava(dir.path());
     let s = pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap();
     eprintln!("first run: {:.1} s", s.seconds);
-    assert_eq!(s.ran, vec!["dataset", "features", "generate", "score", "bin", "map", "sft", "ppo", "eval"]);
+    assert_eq!(s.ran, vec!["dataset", "features", "generate", "score", "bin", "map", "sft", "ppo", "eval", "report"]);
+    // The report: a folder artifact with the table, the figures and the page.
+    let rep = mmboundary::engine::LockFile::load(store.root()).unwrap().stages["report"].outputs["report"].id.clone();
+    let dir = store.materialize(&mmboundary::store::ArtifactId::parse(&rep).unwrap()).unwrap();
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("Table 1") && html.contains("<svg"), "report.html lacks its table or figures");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    for v in ["vanilla", "sft", "full"] {
+        assert!(md.contains(&format!("| {v} |")), "{md}");
+    }
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let table = |stage: &str, out: &str| store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap();
 
@@ -215,12 +225,12 @@ fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_e
     let acc = f64s(&m, "accuracy");
     assert!((0..m.num_rows()).all(|r| (ml.value(r) == "all") == acc[r].is_some()), "accuracy is an answer-level metric");
 
-    // Changing one reward weight reruns only ppo and eval.
+    // Changing one reward weight reruns only ppo, eval and the report drawn from them.
     assert!(pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap().ran.is_empty());
     // (Checked on the status, which is what a run acts on, to keep the test short.)
     let status = pipeline(&model, 0.5).status(&store, &[]).unwrap();
     let stale: Vec<&str> = status.iter().filter(|s| !s.is_fresh()).map(|s| s.stage.as_str()).collect();
-    assert_eq!(stale, vec!["ppo", "eval"]);
+    assert_eq!(stale, vec!["ppo", "eval", "report"]);
 }
 
 fn item() -> Item {

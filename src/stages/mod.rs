@@ -11,6 +11,7 @@ pub mod judges;
 pub mod map;
 pub mod models;
 pub mod ppo;
+pub mod report;
 pub mod score;
 pub mod sft;
 pub mod worker;

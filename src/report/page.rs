@@ -1,0 +1,160 @@
+//! The report's text: a Table-1-style Markdown table and a self-contained HTML page (inline SVG).
+use std::fmt::Write;
+
+/// One metrics row (level `all`, `perception` or `reasoning`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsRow {
+    pub variant: String,
+    pub split: String,
+    pub level: String,
+    pub responses: u64,
+    pub sentences: u64,
+    pub ece: Option<f64>,
+    pub mece: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub chain_f1: Option<f64>,
+    pub auroc: Option<f64>,
+}
+
+/// One judged sentence of an example chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExampleSentence {
+    pub sentence: String,
+    pub statement: Option<String>,
+    pub confidence: Option<f64>,
+    pub correct: bool,
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into())
+}
+
+/// The paper's Table 1 layout: one row per variant, ECE / MECE / Acc / F1 / AUROC per split (level `all`).
+pub fn table1_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String]) -> String {
+    let mut s = String::from("| variant |");
+    for sp in splits {
+        let _ = write!(s, " {sp} ECE | MECE | Acc | F1 | AUROC |");
+    }
+    s.push_str("\n|---|");
+    for _ in splits {
+        s.push_str("---|---|---|---|---|");
+    }
+    s.push('\n');
+    for v in variants {
+        let _ = write!(s, "| {v} |");
+        for sp in splits {
+            match rows.iter().find(|r| &r.variant == v && &r.split == sp && r.level == "all") {
+                Some(r) => {
+                    let _ = write!(s, " {} | {} | {} | {} | {} |", cell(r.ece), cell(r.mece), cell(r.accuracy), cell(r.chain_f1), cell(r.auroc));
+                }
+                None => s.push_str(" – | – | – | – | – |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Perception vs reasoning (the paper's Figure 4): MECE and chain F1 by chain level.
+pub fn levels_markdown(rows: &[MetricsRow], split: &str, variants: &[String]) -> String {
+    let mut s = String::from("| variant | perception MECE | perception F1 | reasoning MECE | reasoning F1 |\n|---|---|---|---|---|\n");
+    for v in variants {
+        let get = |lvl: &str| rows.iter().find(|r| &r.variant == v && r.split == split && r.level == lvl);
+        let (p, r) = (get("perception"), get("reasoning"));
+        let _ = writeln!(
+            s,
+            "| {v} | {} | {} | {} | {} |",
+            cell(p.and_then(|x| x.mece)),
+            cell(p.and_then(|x| x.chain_f1)),
+            cell(r.and_then(|x| x.mece)),
+            cell(r.and_then(|x| x.chain_f1))
+        );
+    }
+    s
+}
+
+fn escape(t: &str) -> String {
+    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Example chains, each statement colored by whether its sentence was right.
+pub fn examples_html(examples: &[(String, Vec<ExampleSentence>)]) -> String {
+    let mut s = String::new();
+    for (title, sents) in examples {
+        let _ = write!(s, "<div class=\"ex\"><div class=\"q\">{}</div><p>", escape(title));
+        for e in sents {
+            let class = if e.correct { "ok" } else { "bad" };
+            let _ = write!(s, "{} ", escape(&e.sentence));
+            if let Some(st) = &e.statement {
+                let conf = e.confidence.map(|c| format!(" title=\"confidence {c:.2}\"")).unwrap_or_default();
+                let _ = write!(s, "<span class=\"{class}\"{conf}>{}</span> ", escape(st));
+            }
+        }
+        s.push_str("</p></div>\n");
+    }
+    s
+}
+
+/// The whole page: Markdown tables rendered as preformatted text next to the figures (kept dependency-free).
+pub fn html_page(title: &str, sections: &[(String, String)]) -> String {
+    let mut s = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
+         body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
+         pre{{background:#f6f6f6;padding:1em;overflow-x:auto}} .figs svg{{margin:0.5em}}\
+         .ok{{background:#d9f2d9}} .bad{{background:#f8d7d7}} .ex{{border-left:3px solid #ccc;padding-left:1em;margin:1em 0}}\
+         .q{{font-weight:bold}}</style></head><body><h1>{t}</h1>\n",
+        t = escape(title)
+    );
+    for (h, body) in sections {
+        let _ = write!(s, "<h2>{}</h2>\n{body}\n", escape(h));
+    }
+    s.push_str("</body></html>\n");
+    s
+}
+
+/// Markdown tables inside HTML.
+pub fn pre(md: &str) -> String {
+    format!("<pre>{}</pre>", escape(md))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: &str, sp: &str, lvl: &str, ece: f64) -> MetricsRow {
+        MetricsRow {
+            variant: v.into(),
+            split: sp.into(),
+            level: lvl.into(),
+            responses: 1,
+            sentences: 2,
+            ece: Some(ece),
+            mece: Some(0.5),
+            accuracy: None,
+            chain_f1: Some(0.25),
+            auroc: Some(1.0),
+        }
+    }
+
+    #[test]
+    fn table_has_a_row_per_variant_and_dashes_for_gaps() {
+        let rows = vec![row("sft", "val", "all", 0.125), row("full", "val", "all", 0.0625), row("full", "val", "perception", 0.9)];
+        let t = table1_markdown(&rows, &["val".into(), "test".into()], &["sft".into(), "full".into()]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[2].starts_with("| sft | 0.125 | 0.500 | – | 0.250 | 1.000 | – |"), "{}", lines[2]);
+        assert!(lines[3].contains("0.062"));
+        let l = levels_markdown(&rows, "val", &["full".into()]);
+        assert!(l.contains("| full | 0.500 | 0.250 | – | – |"), "{l}");
+    }
+
+    #[test]
+    fn html_escapes_and_colors() {
+        let ex = vec![(
+            "Q <1>".to_string(),
+            vec![ExampleSentence { sentence: "A & B.".into(), statement: Some("I am sure.".into()), confidence: Some(1.0), correct: false }],
+        )];
+        let h = html_page("R", &[("Examples".into(), examples_html(&ex))]);
+        assert!(h.contains("Q &lt;1&gt;") && h.contains("A &amp; B.") && h.contains("class=\"bad\""));
+    }
+}

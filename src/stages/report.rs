@@ -1,0 +1,154 @@
+//! `report`: what a person reads after a run — the Table-1-style table, perception vs reasoning, reliability
+//! diagrams, stated-confidence histograms and example chains with each statement colored by whether its
+//! sentence was right; Markdown plus one self-contained HTML page, stored as a folder artifact.
+use crate::engine::{InputSpec, Stage, StageContext};
+use crate::report::page::{examples_html, html_page, levels_markdown, pre, table1_markdown, ExampleSentence, MetricsRow};
+use crate::report::plots::{level_histogram_svg, reliability_bins, reliability_svg};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, UInt32Type, UInt64Type};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportParams {
+    /// The split of the reliability diagrams and the perception/reasoning table.
+    pub split: String,
+    /// Equal-width bins of the reliability diagrams.
+    pub bins: usize,
+    /// Example chains shown (from the `full` variant).
+    pub examples: usize,
+}
+
+impl Default for ReportParams {
+    fn default() -> Self {
+        Self { split: "val".into(), bins: 10, examples: 6 }
+    }
+}
+
+pub struct ReportStage {
+    pub params: ReportParams,
+}
+
+const VARIANT_ORDER: [&str; 3] = ["vanilla", "sft", "full"];
+
+impl Stage for ReportStage {
+    fn name(&self) -> &str {
+        "report"
+    }
+    fn code_version(&self) -> &str {
+        "1"
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![InputSpec::new("metrics", "eval", "metrics"), InputSpec::new("sentences", "eval", "sentences")]
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["report".into()]
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).expect("params serialize")
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        let p = &self.params;
+        let m = ctx.input_table("metrics")?.concat()?;
+        let col = |b: &arrow::record_batch::RecordBatch, n: &str| b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"));
+        let (variant, split, level) = (col(&m, "variant")?, col(&m, "split")?, col(&m, "level")?);
+        let (responses, sentences) = (col(&m, "responses")?, col(&m, "sentences")?);
+        let f = |n: &str| -> anyhow::Result<Vec<Option<f64>>> { Ok(col(&m, n)?.as_primitive::<Float64Type>().iter().collect()) };
+        let (ece, mece, acc, f1, auroc) = (f("ece")?, f("mece")?, f("accuracy")?, f("chain_f1")?, f("auroc")?);
+        let rows: Vec<MetricsRow> = (0..m.num_rows())
+            .map(|i| MetricsRow {
+                variant: variant.as_string::<i32>().value(i).into(),
+                split: split.as_string::<i32>().value(i).into(),
+                level: level.as_string::<i32>().value(i).into(),
+                responses: responses.as_primitive::<UInt64Type>().value(i),
+                sentences: sentences.as_primitive::<UInt64Type>().value(i),
+                ece: ece[i],
+                mece: mece[i],
+                accuracy: acc[i],
+                chain_f1: f1[i],
+                auroc: auroc[i],
+            })
+            .collect();
+        let mut variants: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
+        variants.sort_by_key(|v| (VARIANT_ORDER.iter().position(|o| o == v).unwrap_or(9), v.clone()));
+        variants.dedup();
+        let mut splits: Vec<String> = rows.iter().map(|r| r.split.clone()).collect();
+        splits.sort_by_key(|s| (["val", "test", "ood"].iter().position(|o| o == s).unwrap_or(9), s.clone()));
+        splits.dedup();
+
+        // Per-sentence (stated confidence, right?) for the diagrams and examples.
+        let s = ctx.input_table("sentences")?.concat()?;
+        let (sv, ss, si) = (col(&s, "variant")?, col(&s, "split")?, col(&s, "item_id")?);
+        let (sidx, st, stmt) = (col(&s, "sentence_index")?, col(&s, "sentence")?, col(&s, "statement")?);
+        let (conf, correct) = (col(&s, "confidence")?, col(&s, "correct")?);
+        let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
+        let mut pairs: BTreeMap<String, Vec<(f64, bool)>> = BTreeMap::new();
+        let mut by_level: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut chains: BTreeMap<String, Vec<(u32, ExampleSentence)>> = BTreeMap::new();
+        for i in 0..s.num_rows() {
+            let v = sv.as_string::<i32>().value(i);
+            if ss.as_string::<i32>().value(i) != p.split {
+                continue;
+            }
+            let c = (!conf.is_null(i)).then(|| conf.value(i));
+            if let Some(c) = c {
+                pairs.entry(v.to_string()).or_default().push((c, correct.value(i)));
+                by_level.entry(v.to_string()).or_default().push(c);
+            }
+            if v == "full" {
+                let e = ExampleSentence {
+                    sentence: st.as_string::<i32>().value(i).into(),
+                    statement: stmt.as_string::<i32>().is_valid(i).then(|| stmt.as_string::<i32>().value(i).to_string()),
+                    confidence: c,
+                    correct: correct.value(i),
+                };
+                chains.entry(si.as_string::<i32>().value(i).to_string()).or_default().push((sidx.as_primitive::<UInt32Type>().value(i), e));
+            }
+        }
+        let series: Vec<(&str, _)> = variants
+            .iter()
+            .filter_map(|v| pairs.get(v).map(|ps| (v.as_str(), reliability_bins(ps, p.bins))))
+            .collect();
+        let reliability = reliability_svg(&format!("Reliability ({})", p.split), &series).map_err(anyhow::Error::msg)?;
+        let hist_groups: Vec<(u8, Vec<f64>)> = variants
+            .iter()
+            .enumerate()
+            .filter_map(|(k, v)| by_level.get(v).map(|c| (k as u8 + 1, c.clone())))
+            .collect();
+        let hist = level_histogram_svg(&format!("Stated confidence ({}; 1 = {})", p.split, variants.join(", 2 = ")), &hist_groups, p.bins)
+            .map_err(anyhow::Error::msg)?;
+        let examples: Vec<(String, Vec<ExampleSentence>)> = chains
+            .into_iter()
+            .take(p.examples)
+            .map(|(id, mut v)| {
+                v.sort_by_key(|x| x.0);
+                (id, v.into_iter().map(|x| x.1).collect())
+            })
+            .collect();
+
+        let table = table1_markdown(&rows, &splits, &variants);
+        let levels = levels_markdown(&rows, &p.split, &variants);
+        let md = format!(
+            "# MMBoundary report\n\n## Table 1 (ECE, MECE, accuracy, chain F1, AUROC; level `all`)\n\n{table}\n\
+             ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
+            split = p.split
+        );
+        let html = html_page(
+            "MMBoundary report",
+            &[
+                ("Table 1".into(), pre(&table)),
+                (format!("Perception vs reasoning ({})", p.split), pre(&levels)),
+                ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
+                ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
+            ],
+        );
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("report.md"), md)?;
+        std::fs::write(dir.path().join("report.html"), html)?;
+        std::fs::write(dir.path().join("reliability.svg"), reliability)?;
+        std::fs::write(dir.path().join("confidence.svg"), hist)?;
+        ctx.write_dir("report", dir.path())?;
+        Ok(())
+    }
+}
