@@ -98,10 +98,43 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[&x.narrow(3, half, half).neg(), &x.narrow(3, 0, half)], 3)
 }
 
-/// Per-layer cached keys and values, [b, kv_heads, t, head_dim] each.
+/// Keys and values of one layer in buffers [b, kv_heads, capacity, head_dim] of which the first `len`
+/// positions are filled; capacity doubles when full, so appending a token copies only that token.
+#[derive(Debug)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: i64,
+}
+
+impl LayerCache {
+    /// Appends k, v [b, kv, t, hd] and returns views of everything cached so far.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let t = k.size()[2];
+        let cap = self.k.size()[2];
+        if self.len + t > cap {
+            let new_cap = (2 * cap).max(self.len + t).max(64);
+            let grow = |buf: &Tensor| {
+                let mut size = buf.size();
+                size[2] = new_cap;
+                let fresh = Tensor::zeros(size, (buf.kind(), buf.device()));
+                fresh.narrow(2, 0, self.len).copy_(&buf.narrow(2, 0, self.len));
+                fresh
+            };
+            self.k = grow(&self.k);
+            self.v = grow(&self.v);
+        }
+        self.k.narrow(2, self.len, t).copy_(k);
+        self.v.narrow(2, self.len, t).copy_(v);
+        self.len += t;
+        (self.k.narrow(2, 0, self.len), self.v.narrow(2, 0, self.len))
+    }
+}
+
+/// Per-layer cached keys and values for incremental decoding (used under `no_grad`).
 #[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
 }
 
 impl KvCache {
@@ -110,16 +143,16 @@ impl KvCache {
     }
     /// Number of positions already cached.
     pub fn len(&self) -> i64 {
-        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.size()[2]).unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).map(|c| c.len).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
     /// Keeps only the given batch rows (for dropping finished sequences).
     pub fn select_rows(&mut self, rows: &Tensor) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(0, rows);
-            *v = v.index_select(0, rows);
+        for c in self.layers.iter_mut().flatten() {
+            c.k = c.k.index_select(0, rows);
+            c.v = c.v.index_select(0, rows);
         }
     }
 }
@@ -316,7 +349,7 @@ impl CausalLm {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, allowed: &Tensor, slot: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, allowed: &Tensor, slot: Option<&mut Option<LayerCache>>) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = self.q_proj.forward(x).view([b, t, self.n_heads, self.head_dim]).transpose(1, 2);
         let k = self.k_proj.forward(x).view([b, t, self.n_kv, self.head_dim]).transpose(1, 2);
@@ -325,12 +358,8 @@ impl Attention {
         let k = &k * cos + rotate_half(&k) * sin;
         let (k, v) = match slot {
             Some(slot) => {
-                let kv = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),
-                    None => (k, v),
-                };
-                *slot = Some((kv.0.shallow_clone(), kv.1.shallow_clone()));
-                kv
+                let c = slot.get_or_insert_with(|| LayerCache { k: k.zeros_like().narrow(2, 0, 0), v: v.zeros_like().narrow(2, 0, 0), len: 0 });
+                c.append(&k, &v)
             }
             None => (k, v),
         };

@@ -287,10 +287,10 @@ impl PpoTrainer {
                 };
                 for (j, &r) in chunk.iter().enumerate() {
                     let n = rollouts[r].response.len() as i64;
-                    let take = |t: &Tensor| Vec::<f64>::try_from(t.get(j as i64).narrow(0, starts[j] as i64, n).to_kind(Kind::Double)).unwrap_or_default();
-                    rollouts[r].old_lp = take(&lp);
-                    rollouts[r].values = take(&v);
-                    ref_lps[r] = take(&rlp);
+                    let take = |t: &Tensor| Vec::<f64>::try_from(t.get(j as i64).narrow(0, starts[j] as i64, n).to_kind(Kind::Double)).map_err(MllmError::Torch);
+                    rollouts[r].old_lp = take(&lp)?;
+                    rollouts[r].values = take(&v)?;
+                    ref_lps[r] = take(&rlp)?;
                 }
                 Ok(())
             })?;
