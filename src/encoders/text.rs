@@ -65,6 +65,11 @@ impl TextTokenizer {
         self.max_len
     }
 
+    /// The id batches are padded with (masked out by `attention_mask`).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -146,11 +151,5 @@ impl Tokenized {
             }
         }
         PaddedBatch { rows, len, input_ids, attention_mask, token_type_ids }
-    }
-}
-
-impl TextTokenizer {
-    pub fn pad_id(&self) -> u32 {
-        self.pad_id
     }
 }
