@@ -72,10 +72,13 @@ else
   touch "$minilm_onnx.done"
 fi
 # the int8 fast path needs the `onnx` package (scripts/requirements-dev.txt); optional
-if [[ ! -f "$DEPS/models/all-MiniLM-L6-v2/onnx/model_int8.onnx" ]]; then
+int8_onnx="$DEPS/models/all-MiniLM-L6-v2/onnx/model_int8.onnx"
+if [[ ! -f "$int8_onnx" || ! -f "$int8_onnx.done" ]]; then
   if "$VENV/bin/python" -c "import onnx" 2>/dev/null; then
     say "making the int8 MiniLM fast path"
+    rm -f "$int8_onnx.done"
     "$VENV/bin/python" "$ROOT/scripts/export_onnx.py" minilm-int8 || die "int8 export of all-MiniLM-L6-v2 failed (see above)"
+    touch "$int8_onnx.done"
   else
     say "skipping the int8 MiniLM fast path (pip install -r scripts/requirements-dev.txt, then re-run)"
   fi
