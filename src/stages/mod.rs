@@ -4,6 +4,7 @@ pub mod bin;
 pub mod chain_judge;
 pub mod dataset;
 pub mod demo_clip;
+pub mod demo_mllm;
 pub mod eval;
 pub mod features;
 pub mod generate;

@@ -1,0 +1,60 @@
+//! `demo_mllm`: the small LLaVA-style MLLM of the embedded benchmark — the demo CLIP's patch features →
+//! a 2-layer GELU projector → a small Llama decoder with SmolLM2's tokenizer — trained with the project's
+//! SFT trainer on the benchmark's plain reference chains, so it really knows easy scenes and not hard ones.
+//! Runs in the `mmb-torch` worker (`mllm::demo`); the result is a LLaVA Hugging Face folder artifact.
+use crate::engine::{InputSpec, Stage, StageContext};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoMllmParams {
+    /// SmolLM2-135M-Instruct's GGUF (tokenizer, and the weights for the `smollm2` preset).
+    pub gguf: PathBuf,
+    /// `mllm::demo::DemoParams` as JSON, laid over its defaults (decoder size or the SmolLM2 preset,
+    /// learning rate, epochs, batch size, seed, max_steps).
+    pub trainer: serde_json::Value,
+    /// Splits whose reference chains train the model.
+    pub splits: Vec<String>,
+    /// Use only the first N training items (None: all).
+    pub limit: Option<usize>,
+}
+
+impl Default for DemoMllmParams {
+    fn default() -> Self {
+        Self {
+            gguf: PathBuf::from(".deps/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            trainer: serde_json::json!({}),
+            splits: vec!["train".into()],
+            limit: None,
+        }
+    }
+}
+
+pub struct DemoMllmStage {
+    pub params: DemoMllmParams,
+}
+
+impl Stage for DemoMllmStage {
+    fn name(&self) -> &str {
+        "demo_mllm"
+    }
+    fn code_version(&self) -> &str {
+        "1"
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")]
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["mllm".into(), "report".into()]
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).expect("params serialize")
+    }
+    fn models(&self) -> Vec<PathBuf> {
+        vec![self.params.gguf.clone()]
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        super::worker::run_in_worker(ctx)
+    }
+}
