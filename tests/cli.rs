@@ -59,17 +59,36 @@ fn sweep_runs_each_variant_under_its_own_lock_and_shares_the_rest() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    run(&["run"]);
-    let out = run(&["sweep"]);
+    run(&["run", "dataset"]);
+    let out = run(&["sweep", "dataset"]);
     let line = |name: &str| out.lines().find(|l| l.starts_with(name)).unwrap().to_string();
     assert!(line("same").contains("ran []") && line("same").contains("restored [dataset]"), "{out}");
     assert!(line("seed1").contains("ran [dataset]") && line("seed1").contains("another seed"), "{out}");
-    let again = run(&["sweep"]);
+    let again = run(&["sweep", "dataset"]);
     assert!(again.lines().all(|l| l.contains("ran []") && l.contains("restored []")), "{again}");
     // A typo in a variant is an error that names the file.
     std::fs::write(stages.join("sweep.toml"), "[[variant]]\nname = \"bad\"\n[variant.params.dataset]\nseeed = 1\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(&store).arg("--stages").arg(&stages).arg("sweep").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(&store).arg("--stages").arg(&stages).args(["sweep", "dataset"]).output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("dataset.toml") && err.contains("seeed"), "{err}");
+}
+
+#[test]
+fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline() {
+    let stages = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("stages");
+    let p = mmboundary::stages::pipeline(&stages).unwrap();
+    let names: Vec<&str> = p.ordered().map(|s| s.name()).collect();
+    for s in ["dataset", "demo_clip", "features", "demo_mllm", "generate", "score", "bin", "map", "sft", "ppo", "eval", "report"] {
+        assert!(names.contains(&s), "{s} missing from {names:?}");
+    }
+    let sweep = mmboundary::stages::SweepFile::load(&stages.join("sweep.toml")).unwrap();
+    assert!(sweep.variant.len() >= 9);
+    for v in &sweep.variant {
+        let c = mmboundary::stages::StageConfigs { dir: stages.clone(), overrides: v.params.clone() };
+        let pv = mmboundary::stages::pipeline_with(&c).unwrap_or_else(|e| panic!("variant {}: {e:#}", v.name));
+        // A variant changes params of at least one stage.
+        let changed = pv.ordered().zip(p.ordered()).any(|(a, b)| a.params() != b.params());
+        assert!(changed, "variant {} changes nothing", v.name);
+    }
 }

@@ -56,7 +56,7 @@ pub fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::runtime::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

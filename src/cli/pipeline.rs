@@ -17,6 +17,8 @@ pub struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
+    /// Run each variant up to this stage (default: everything).
+    pub target: Option<String>,
     /// The variants (default: `<stages>/sweep.toml`).
     #[arg(long)]
     pub file: Option<std::path::PathBuf>,
@@ -101,7 +103,7 @@ pub fn sweep(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCo
     for v in sweep.variant.iter().filter(|v| a.only.is_empty() || a.only.contains(&v.name)) {
         let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
         let pipeline = crate::stages::pipeline_with(&configs)?;
-        let opts = RunOptions { jobs: a.jobs, lock: Some(v.name.clone()), ..Default::default() };
+        let opts = RunOptions { target: a.target.clone(), jobs: a.jobs, lock: Some(v.name.clone()), ..Default::default() };
         let s = pipeline.run(&store, &opts)?;
         println!(
             "{:<24} ran [{}]  restored [{}]  up to date {}  ({:.1} s){}",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("stage `{stage}` failed: {source:#}")]
+    #[error("stage `{stage}` failed: {}", crate::runtime::error_chain(.source.as_ref()))]
     StageFailed { stage: String, source: anyhow::Error },
     #[error("stage `{stage}` finished without writing its declared output `{output}`")]
     MissingOutput { stage: String, output: String },

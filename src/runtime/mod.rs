@@ -13,3 +13,19 @@ pub fn onnxruntime_dylib() -> Option<PathBuf> {
 /// Whether this build linked libtorch_cuda (see build.rs: `MMB_CUDA=1`, or a GPU seen at build time).
 /// Without it CUDA cannot be used even on a GPU machine, and a `--device cuda` must say so.
 pub const CUDA_LINKED: bool = cfg!(mmb_cuda_linked);
+
+/// An error and its causes on one line, each cause shown only if the text so far does not already hold
+/// it (our error types print their source inline, and anyhow's `{:#}` would print it a second time).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cause = c.source();
+    }
+    msg
+}

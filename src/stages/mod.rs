@@ -29,6 +29,20 @@ pub fn pipeline(dir: &Path) -> anyhow::Result<Pipeline> {
 
 /// The pipeline with params from `configs` (a sweep variant's overrides included).
 pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
-    let stages: Vec<Box<dyn Stage>> = vec![Box::new(dataset::DatasetStage { params: c.params("dataset")? })];
+    let session = crate::encoders::runtime::SessionOptions::default();
+    let stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(dataset::DatasetStage { params: c.params("dataset")? }),
+        Box::new(demo_clip::DemoClipStage { params: c.params("demo_clip")? }),
+        Box::new(features::FeaturesStage { params: c.params("features")?, session: session.clone() }),
+        Box::new(demo_mllm::DemoMllmStage { params: c.params("demo_mllm")? }),
+        Box::new(generate::GenerateStage { params: c.params("generate")? }),
+        Box::new(score::ScoreStage { params: c.params("score")?, session: session.clone() }),
+        Box::new(bin::BinStage { params: c.params("bin")? }),
+        Box::new(map::MapStage { params: c.params("map")? }),
+        Box::new(sft::SftStage { params: c.params("sft")? }),
+        Box::new(ppo::PpoStage { params: c.params("ppo")? }),
+        Box::new(eval::EvalStage { params: c.params("eval")? }),
+        Box::new(report::ReportStage { params: c.params("report")? }),
+    ];
     Ok(Pipeline::new(stages)?)
 }

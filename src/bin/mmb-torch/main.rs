@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", mmboundary::runtime::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
