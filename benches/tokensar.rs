@@ -10,9 +10,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mmboundary::confidence::uncertainty::{
-    token_sar_batched, token_sar_loop, ResponseTokens, SentenceTokens, TokenInfo, TokenSarParams,
-};
+use mmboundary::confidence::uncertainty::{token_sar_batched, token_sar_loop, ResponseTokens, SentenceTokens, TokenInfo, TokenSarParams};
 use mmboundary::confidence::{EncoderError, PairSimilarity};
 
 struct CostedDouble {
@@ -30,33 +28,20 @@ fn spin(d: Duration) {
 impl PairSimilarity for CostedDouble {
     fn similarity(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>, EncoderError> {
         spin(self.per_call + self.per_pair * pairs.len() as u32);
-        Ok(pairs
-            .iter()
-            .map(|(a, b)| b.len() as f32 / a.len().max(1) as f32)
-            .collect())
+        Ok(pairs.iter().map(|(a, b)| b.len() as f32 / a.len().max(1) as f32).collect())
     }
 }
 
 fn env_us(name: &str, default: u64) -> Duration {
-    Duration::from_micros(
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default),
-    )
+    Duration::from_micros(std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
 }
 
 /// `responses` × 4 sentences × 12 tokens, with a 200-character prompt and an EOS on the last sentence.
 fn dataset(responses: usize) -> Vec<ResponseTokens> {
-    let words = [
-        " the", " cake", " shows", " thirty", " candles", " on", " a", " gray", " bear", " table",
-    ];
+    let words = [" the", " cake", " shows", " thirty", " candles", " on", " a", " gray", " bear", " table"];
     (0..responses)
         .map(|i| ResponseTokens {
-            prompt: format!(
-                "USER: <image>\nQuestion {i}: {} ASSISTANT:",
-                "why is this so? ".repeat(12)
-            ),
+            prompt: format!("USER: <image>\nQuestion {i}: {} ASSISTANT:", "why is this so? ".repeat(12)),
             sentences: (0..4)
                 .map(|t| SentenceTokens {
                     tokens: (0..12)
@@ -67,13 +52,7 @@ fn dataset(responses: usize) -> Vec<ResponseTokens> {
                             entropy: 0.1 * ((t + k) % 5) as f64,
                             is_special: false,
                         })
-                        .chain((t == 3).then(|| TokenInfo {
-                            id: 2,
-                            text: "</s>".into(),
-                            log_prob: -0.01,
-                            entropy: 0.0,
-                            is_special: true,
-                        }))
+                        .chain((t == 3).then(|| TokenInfo { id: 2, text: "</s>".into(), log_prob: -0.01, entropy: 0.0, is_special: true }))
                         .collect(),
                 })
                 .collect(),
@@ -86,26 +65,11 @@ fn bench(c: &mut Criterion) {
     let sentences: usize = data.iter().map(|r| r.sentences.len()).sum();
     let params = TokenSarParams::default();
     let models = [
-        (
-            "overhead_only",
-            CostedDouble {
-                per_call: Duration::ZERO,
-                per_pair: Duration::ZERO,
-            },
-        ),
-        (
-            "costed",
-            CostedDouble {
-                per_call: env_us("TOKENSAR_CALL_US", 500),
-                per_pair: env_us("TOKENSAR_PAIR_US", 40),
-            },
-        ),
+        ("overhead_only", CostedDouble { per_call: Duration::ZERO, per_pair: Duration::ZERO }),
+        ("costed", CostedDouble { per_call: env_us("TOKENSAR_CALL_US", 500), per_pair: env_us("TOKENSAR_PAIR_US", 40) }),
     ];
     let mut group = c.benchmark_group("tokensar");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_millis(500));
+    group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
     group.throughput(Throughput::Elements(sentences as u64));
     for (name, model) in &models {
         group.bench_with_input(BenchmarkId::new("batched", name), model, |b, m| {

@@ -3,12 +3,12 @@
 //! Layers, each importing only those below it (see README "Architecture"):
 //! `cli` → `engine` → `stages` → {`confidence`, `metrics`} → {`encoders`, `mllm`, `data`} → `store`.
 pub mod cli;
-pub mod engine;
-pub mod stages;
 pub mod confidence;
-pub mod metrics;
-pub mod encoders;
 pub mod data;
+pub mod encoders;
+pub mod engine;
+pub mod metrics;
 pub mod report;
 pub mod runtime;
+pub mod stages;
 pub mod store;

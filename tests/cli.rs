@@ -55,7 +55,8 @@ fn sweep_runs_each_variant_under_its_own_lock_and_shares_the_rest() {
     .unwrap();
     let store = dir.path().join("artifacts");
     let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(&store).arg("--stages").arg(&stages).args(args).output().unwrap();
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(&store).arg("--stages").arg(&stages).args(args).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
@@ -68,7 +69,14 @@ fn sweep_runs_each_variant_under_its_own_lock_and_shares_the_rest() {
     assert!(again.lines().all(|l| l.contains("ran []") && l.contains("restored []")), "{again}");
     // A typo in a variant is an error that names the file.
     std::fs::write(stages.join("sweep.toml"), "[[variant]]\nname = \"bad\"\n[variant.params.dataset]\nseeed = 1\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(&store).arg("--stages").arg(&stages).args(["sweep", "dataset"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mmb"))
+        .arg("--store")
+        .arg(&store)
+        .arg("--stages")
+        .arg(&stages)
+        .args(["sweep", "dataset"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("dataset.toml") && err.contains("seeed"), "{err}");

@@ -6,17 +6,12 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use mmboundary::data::penumbra::{
-    self, render, scene_of, Attribute, Color, Desc, Object, PenumbraParams, QuestionKind, Relation,
-    Scene, Shape, Size, Texture,
+    self, render, scene_of, Attribute, Color, Desc, Object, PenumbraParams, QuestionKind, Relation, Scene, Shape, Size, Texture,
 };
 use mmboundary::data::{items_from_record_batch, items_to_record_batch, Item};
 
 fn params(n: usize, seed: u64) -> PenumbraParams {
-    PenumbraParams {
-        n_items: n,
-        seed,
-        ..PenumbraParams::default()
-    }
+    PenumbraParams { n_items: n, seed, ..PenumbraParams::default() }
 }
 
 fn generate(p: &PenumbraParams) -> Vec<Item> {
@@ -36,20 +31,14 @@ fn record_batch_round_trip_keeps_every_field() {
     for (b, a) in back.iter().zip(&items) {
         // Compare field by field so a failure names the field, not a 100 KB dump.
         assert_eq!(b.id, a.id);
-        assert_eq!(
-            (&b.source, &b.split, &b.question),
-            (&a.source, &a.split, &a.question)
-        );
+        assert_eq!((&b.source, &b.split, &b.question), (&a.source, &a.split, &a.question));
         assert!(b.image == a.image, "{}: image differs", a.id);
         assert_eq!(
             (&b.choices, b.correct_choice, &b.direct_answers, &b.answer),
             (&a.choices, a.correct_choice, &a.direct_answers, &a.answer)
         );
         assert_eq!(b.chain, a.chain);
-        assert_eq!(
-            (b.difficulty, &b.captions, &b.hard_negatives),
-            (a.difficulty, &a.captions, &a.hard_negatives)
-        );
+        assert_eq!((b.difficulty, &b.captions, &b.hard_negatives), (a.difficulty, &a.captions, &a.hard_negatives));
         assert_eq!(b.meta, a.meta, "{}", a.id);
     }
 }
@@ -60,26 +49,18 @@ fn hf_features_cover_every_column_with_image_as_struct() {
     let schema = mmboundary::data::item_schema();
     let obj = f.as_object().unwrap();
     for field in schema.fields() {
-        assert!(
-            obj.contains_key(field.name()),
-            "features lack column {}",
-            field.name()
-        );
+        assert!(obj.contains_key(field.name()), "features lack column {}", field.name());
     }
     assert_eq!(obj.len(), schema.fields().len());
     assert_eq!(f["image"]["_type"], "Image");
     assert_eq!(f["choices"]["_type"], "Sequence");
     assert_eq!(f["correct_choice"]["dtype"], "int32");
-    let meta: serde_json::Value =
-        serde_json::from_str(&mmboundary::data::hf_metadata_json()).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&mmboundary::data::hf_metadata_json()).unwrap();
     assert_eq!(meta["info"]["features"], f);
     // The image column is struct<bytes: binary, path: string>, as `datasets` stores Image.
     let img = schema.field_with_name("image").unwrap();
     use arrow::datatypes::{DataType, Field, Fields};
-    let want = DataType::Struct(Fields::from(vec![
-        Field::new("bytes", DataType::Binary, true),
-        Field::new("path", DataType::Utf8, true),
-    ]));
+    let want = DataType::Struct(Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]));
     assert_eq!(img.data_type(), &want);
 }
 
@@ -88,10 +69,7 @@ fn out_of_range_correct_choice_is_an_error() {
     let mut items = generate(&params(2, 1));
     items[1].correct_choice = Some(9);
     let err = items_to_record_batch(&items).unwrap_err().to_string();
-    assert!(
-        err.contains(&items[1].id) && err.contains("out of range"),
-        "{err}"
-    );
+    assert!(err.contains(&items[1].id) && err.contains("out of range"), "{err}");
 }
 
 // ---------------------------------------------------------------- Penumbra: determinism
@@ -100,21 +78,12 @@ fn out_of_range_correct_choice_is_an_error() {
 fn penumbra_same_seed_same_batch_and_bytes_regardless_of_threads() {
     let p = params(60, 42);
     let a = generate(&p);
-    let one_thread = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let b = one_thread.install(|| generate(&p));
-    let (ba, bb) = (
-        items_to_record_batch(&a).unwrap(),
-        items_to_record_batch(&b).unwrap(),
-    );
+    let (ba, bb) = (items_to_record_batch(&a).unwrap(), items_to_record_batch(&b).unwrap());
     assert_eq!(ba, bb);
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!(
-            x.image.as_ref().unwrap().bytes,
-            y.image.as_ref().unwrap().bytes
-        );
+        assert_eq!(x.image.as_ref().unwrap().bytes, y.image.as_ref().unwrap().bytes);
     }
     // A different seed gives different items; an item does not depend on how many are made.
     let c = generate(&params(60, 43));
@@ -123,10 +92,7 @@ fn penumbra_same_seed_same_batch_and_bytes_regardless_of_threads() {
     assert_eq!(single, a[17]);
     let chunk = penumbra::generate_range(&p, 20..30).unwrap();
     assert_eq!(chunk.as_slice(), &a[20..30]);
-    assert!(penumbra::generate_range(&p, 50..61)
-        .unwrap_err()
-        .to_string()
-        .contains("not within 0..60"));
+    assert!(penumbra::generate_range(&p, 50..61).unwrap_err().to_string().contains("not within 0..60"));
 }
 
 #[test]
@@ -134,10 +100,7 @@ fn penumbra_splits_levels_and_ood_style() {
     let p = params(200, 3);
     let items = generate(&p);
     let count = |s: &str| items.iter().filter(|i| i.split == s).count();
-    assert_eq!(
-        (count("train"), count("val"), count("test"), count("ood")),
-        (140, 20, 20, 20)
-    );
+    assert_eq!((count("train"), count("val"), count("test"), count("ood")), (140, 20, 20, 20));
     let levels: HashSet<u32> = items.iter().map(|i| i.difficulty.unwrap()).collect();
     assert_eq!(levels.len(), 5, "all five levels appear in 200 items");
     let held: Vec<(Shape, Color)> = p.held_out.clone();
@@ -145,23 +108,12 @@ fn penumbra_splits_levels_and_ood_style() {
     assert_eq!(ids.len(), items.len(), "ids are unique");
     for it in &items {
         let scene = scene_of(it).unwrap();
-        let has_held = scene
-            .objects
-            .iter()
-            .any(|o| held.contains(&(o.shape, o.color)));
+        let has_held = scene.objects.iter().any(|o| held.contains(&(o.shape, o.color)));
         if it.split == "ood" {
-            assert!(
-                has_held,
-                "{}: an ood scene shows a held-out combination",
-                it.id
-            );
+            assert!(has_held, "{}: an ood scene shows a held-out combination", it.id);
             assert_eq!(scene.style, penumbra::Style::Dark);
         } else {
-            assert!(
-                !has_held,
-                "{}: held-out combination leaked into {}",
-                it.id, it.split
-            );
+            assert!(!has_held, "{}: held-out combination leaked into {}", it.id, it.split);
             assert_eq!(scene.style, penumbra::Style::Plain);
         }
     }
@@ -185,10 +137,7 @@ fn parse_desc(words: &str) -> Desc {
         } else if let Some(v) = Shape::from_word(w).or_else(|| Shape::from_word(singular)) {
             d.shape = Some(v);
         } else {
-            assert!(
-                w == "object" || w == "objects",
-                "unexpected word {w:?} in a description"
-            );
+            assert!(w == "object" || w == "objects", "unexpected word {w:?} in a description");
         }
     }
     d
@@ -197,11 +146,7 @@ fn parse_desc(words: &str) -> Desc {
 fn the_one<'a>(scene: &'a Scene, words: &str) -> &'a Object {
     let d = parse_desc(words);
     let m: Vec<&Object> = scene.objects.iter().filter(|o| d.matches(o)).collect();
-    assert_eq!(
-        m.len(),
-        1,
-        "description {words:?} must pick out exactly one object"
-    );
+    assert_eq!(m.len(), 1, "description {words:?} must pick out exactly one object");
     m[0]
 }
 
@@ -237,42 +182,20 @@ fn oracle_answer(scene: &Scene, q: &str, margin: f32) -> String {
     if q == "How many objects are there?" {
         return scene.objects.len().to_string();
     }
-    if let Some(rest) = q
-        .strip_prefix("How many objects are ")
-        .and_then(|r| r.strip_suffix('?'))
-    {
+    if let Some(rest) = q.strip_prefix("How many objects are ").and_then(|r| r.strip_suffix('?')) {
         let probe = format!("x {rest}");
         let (r, _, anchor) = parse_relation(&probe).unwrap();
         let a = the_one(scene, anchor.trim_start_matches("the "));
         for o in scene.objects.iter().filter(|o| o.id != a.id) {
-            assert!(
-                r.holds(o, a, margin).is_some(),
-                "an object too close to call for {q}"
-            );
+            assert!(r.holds(o, a, margin).is_some(), "an object too close to call for {q}");
         }
-        return scene
-            .objects
-            .iter()
-            .filter(|o| o.id != a.id && r.holds(o, a, margin) == Some(true))
-            .count()
-            .to_string();
+        return scene.objects.iter().filter(|o| o.id != a.id && r.holds(o, a, margin) == Some(true)).count().to_string();
     }
-    if let Some(rest) = q
-        .strip_prefix("How many ")
-        .and_then(|r| r.strip_suffix(" are there?"))
-    {
+    if let Some(rest) = q.strip_prefix("How many ").and_then(|r| r.strip_suffix(" are there?")) {
         let d = parse_desc(rest);
-        return scene
-            .objects
-            .iter()
-            .filter(|o| d.matches(o))
-            .count()
-            .to_string();
+        return scene.objects.iter().filter(|o| d.matches(o)).count().to_string();
     }
-    if let Some(rest) = q
-        .strip_prefix("Are there more ")
-        .and_then(|r| r.strip_suffix('?'))
-    {
+    if let Some(rest) = q.strip_prefix("Are there more ").and_then(|r| r.strip_suffix('?')) {
         let (p1, p2) = rest.split_once(" than ").unwrap();
         let (d1, d2) = (parse_desc(p1), parse_desc(p2));
         let n = |d: &Desc| scene.objects.iter().filter(|o| d.matches(o)).count();
@@ -286,16 +209,10 @@ fn oracle_answer(scene: &Scene, q: &str, margin: f32) -> String {
     }
     if let Some(rest) = q.strip_prefix("Is the ").and_then(|r| r.strip_suffix('?')) {
         let (r, a, b) = parse_relation(rest).unwrap();
-        let (a, b) = (
-            the_one(scene, a),
-            the_one(scene, b.trim_start_matches("the ")),
-        );
+        let (a, b) = (the_one(scene, a), the_one(scene, b.trim_start_matches("the ")));
         return yn(r.holds(a, b, margin).expect("asked relations are clear"));
     }
-    if let Some(rest) = q
-        .strip_prefix("What pattern does the ")
-        .and_then(|r| r.strip_suffix(" have?"))
-    {
+    if let Some(rest) = q.strip_prefix("What pattern does the ").and_then(|r| r.strip_suffix(" have?")) {
         return the_one(scene, rest).texture.word().into();
     }
     if let Some(rest) = q.strip_prefix("What ").and_then(|r| r.strip_suffix('?')) {
@@ -338,32 +255,16 @@ fn penumbra_answers_and_chains_agree_with_the_scene_graph() {
     for i in 0..p.n_items {
         let g = penumbra::generate_one(&p, i).unwrap();
         let (it, scene) = (&g.item, &g.scene);
-        assert_eq!(
-            &scene_of(it).unwrap(),
-            scene,
-            "meta carries the scene graph"
-        );
+        assert_eq!(&scene_of(it).unwrap(), scene, "meta carries the scene graph");
         kinds.insert(g.question.kind);
         let answer = it.answer.clone().unwrap();
-        assert_eq!(
-            oracle_answer(scene, &it.question, margin),
-            answer,
-            "{}: {}",
-            it.id,
-            it.question
-        );
+        assert_eq!(oracle_answer(scene, &it.question, margin), answer, "{}: {}", it.id, it.question);
         // Options: unique, the marked one is the answer.
         assert_eq!(it.choices[it.correct_choice.unwrap() as usize], answer);
-        assert_eq!(
-            it.choices.iter().collect::<HashSet<_>>().len(),
-            it.choices.len()
-        );
+        assert_eq!(it.choices.iter().collect::<HashSet<_>>().len(), it.choices.len());
         assert!(it.direct_answers.contains(&answer));
         // Reasoning ends with the paper's closing sentence.
-        assert_eq!(
-            it.chain.reasoning.last().unwrap(),
-            &format!("So, the answer is {answer}.")
-        );
+        assert_eq!(it.chain.reasoning.last().unwrap(), &format!("So, the answer is {answer}."));
         // Every perception sentence is true of the object it names, position included.
         let ids = it.meta["perception_objects"].as_array().unwrap();
         assert_eq!(ids.len(), it.chain.perception.len());
@@ -382,17 +283,9 @@ fn penumbra_answers_and_chains_agree_with_the_scene_graph() {
                     assert_eq!(sentence, &expect, "{}", it.id);
                 }
                 None => {
-                    let words = sentence
-                        .strip_prefix("There is no ")
-                        .unwrap()
-                        .strip_suffix(" in the image.")
-                        .unwrap();
+                    let words = sentence.strip_prefix("There is no ").unwrap().strip_suffix(" in the image.").unwrap();
                     let d = parse_desc(words);
-                    assert!(
-                        scene.objects.iter().all(|o| !d.matches(o)),
-                        "{}: {sentence}",
-                        it.id
-                    );
+                    assert!(scene.objects.iter().all(|o| !d.matches(o)), "{}: {sentence}", it.id);
                 }
             }
         }
@@ -405,10 +298,7 @@ fn penumbra_answers_and_chains_agree_with_the_scene_graph() {
         for (c, n) in it.captions.iter().zip(&it.hard_negatives) {
             assert_ne!(c, n);
             if let Some((r, a, b)) = parse_relation(c) {
-                let (a, b) = (
-                    the_one(scene, a.trim_start_matches("a ")),
-                    the_one(scene, b.trim_start_matches("a ")),
-                );
+                let (a, b) = (the_one(scene, a.trim_start_matches("a ")), the_one(scene, b.trim_start_matches("a ")));
                 assert_eq!(r.holds(a, b, margin), Some(true), "{c}");
                 let (rn, _, _) = parse_relation(n).unwrap();
                 assert_eq!(rn.holds(a, b, margin), Some(false), "{n}");
@@ -422,11 +312,7 @@ fn penumbra_answers_and_chains_agree_with_the_scene_graph() {
             }
         }
     }
-    assert_eq!(
-        kinds.len(),
-        QuestionKind::ALL.len(),
-        "every question kind occurs in 400 items"
-    );
+    assert_eq!(kinds.len(), QuestionKind::ALL.len(), "every question kind occurs in 400 items");
 }
 
 // ---------------------------------------------------------------- Penumbra: pixels vs scene graph
@@ -450,16 +336,8 @@ fn penumbra_objects_are_drawn_where_the_graph_says() {
             let top = topmost_at(scene, cx, cy).expect("an object covers its own center");
             let (main, pattern) = render::object_colors(scene, top);
             let px = clean.get_pixel(cx, cy).0;
-            assert!(
-                px == main || px == pattern,
-                "{}: object {} center",
-                g.item.id,
-                o.id
-            );
-            assert!(
-                o.visible_fraction >= p.min_visible - 1e-3,
-                "visible fraction is quantized to 1/1024"
-            );
+            assert!(px == main || px == pattern, "{}: object {} center", g.item.id, o.id);
+            assert!(o.visible_fraction >= p.min_visible - 1e-3, "visible fraction is quantized to 1/1024");
         }
         // A pixel no object covers is background.
         'bgscan: for y in (0..scene.height).step_by(7) {
@@ -471,10 +349,7 @@ fn penumbra_objects_are_drawn_where_the_graph_says() {
             }
         }
         // Level 0 has no blur or noise: the PNG decodes to exactly the clean drawing.
-        let decoded =
-            image::load_from_memory(g.item.image.as_ref().unwrap().bytes.as_ref().unwrap())
-                .unwrap()
-                .to_rgb8();
+        let decoded = image::load_from_memory(g.item.image.as_ref().unwrap().bytes.as_ref().unwrap()).unwrap().to_rgb8();
         assert_eq!(decoded.dimensions(), (p.image_size, p.image_size));
         if scene.level == 0 {
             assert_eq!(decoded, clean, "{}", g.item.id);
@@ -494,9 +369,7 @@ fn penumbra_color_reading_gets_harder_with_level() {
     for i in 0..p.n_items {
         let g = penumbra::generate_one(&p, i).unwrap();
         let scene = &g.scene;
-        let img = image::load_from_memory(g.item.image.as_ref().unwrap().bytes.as_ref().unwrap())
-            .unwrap()
-            .to_rgb8();
+        let img = image::load_from_memory(g.item.image.as_ref().unwrap().bytes.as_ref().unwrap()).unwrap().to_rgb8();
         for o in &scene.objects {
             // The evidence a small reader gets: the pixel at the object's center, if it is on top there.
             if topmost_at(scene, o.x as u32, o.y as u32).map(|t| t.id) != Some(o.id) {
@@ -506,17 +379,9 @@ fn penumbra_color_reading_gets_harder_with_level() {
             let guess = Color::ALL
                 .iter()
                 .min_by_key(|c| {
-                    let probe = Object {
-                        color: **c,
-                        texture: Texture::Solid,
-                        ..o.clone()
-                    };
+                    let probe = Object { color: **c, texture: Texture::Solid, ..o.clone() };
                     let (main, pattern) = render::object_colors(scene, &probe);
-                    let d = |q: [u8; 3]| {
-                        (0..3)
-                            .map(|k| (px[k] as i32 - q[k] as i32).pow(2))
-                            .sum::<i32>()
-                    };
+                    let d = |q: [u8; 3]| (0..3).map(|k| (px[k] as i32 - q[k] as i32).pow(2)).sum::<i32>();
                     d(main).min(d(pattern))
                 })
                 .unwrap();
@@ -528,10 +393,7 @@ fn penumbra_color_reading_gets_harder_with_level() {
     let acc: Vec<f64> = (0..5).map(|l| right[l] as f64 / total[l] as f64).collect();
     eprintln!("center-pixel color accuracy by level: {acc:.3?}");
     assert!(acc[0] > 0.95, "{acc:?}");
-    assert!(
-        acc[4] < acc[0] - 0.2,
-        "level 4 must be clearly harder: {acc:?}"
-    );
+    assert!(acc[4] < acc[0] - 0.2, "level 4 must be clearly harder: {acc:?}");
     assert!(acc[4] <= acc[2] && acc[2] <= acc[0], "{acc:?}");
 }
 
@@ -541,15 +403,9 @@ fn penumbra_color_reading_gets_harder_with_level() {
 #[test]
 #[ignore]
 fn penumbra_rate_on_two_threads() {
-    let n: usize = std::env::var("PENUMBRA_RATE_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+    let n: usize = std::env::var("PENUMBRA_RATE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
     let p = params(n, 2026);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let cpu0 = process_cpu_seconds();
     let t = std::time::Instant::now();
     let items = pool.install(|| generate(&p));
@@ -557,10 +413,7 @@ fn penumbra_rate_on_two_threads() {
     // CPU time too: on a shared machine the wall clock measures the neighbours' load; items per
     // CPU-second × 2 is the rate two free cores would give.
     let cpu = process_cpu_seconds() - cpu0;
-    let bytes: usize = items
-        .iter()
-        .map(|i| i.image.as_ref().unwrap().bytes.as_ref().unwrap().len())
-        .sum();
+    let bytes: usize = items.iter().map(|i| i.image.as_ref().unwrap().bytes.as_ref().unwrap().len()).sum();
     let t2 = std::time::Instant::now();
     let batch = items_to_record_batch(&items).unwrap();
     let secs_batch = t2.elapsed().as_secs_f64();
@@ -604,20 +457,15 @@ fn fixtures() -> PathBuf {
 }
 
 fn expected() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap()
 }
 
 /// The shared folder beside the repository (`<repo>/../shared` on CI, `/work/shared` here).
 fn shared_dir() -> Option<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [
-        manifest.join("../shared"),
-        manifest.join("../../shared"),
-        PathBuf::from("/work/shared"),
-    ]
-    .into_iter()
-    .find(|p| p.join("data/mmboundary-annotated").is_dir())
+    [manifest.join("../shared"), manifest.join("../../shared"), PathBuf::from("/work/shared")]
+        .into_iter()
+        .find(|p| p.join("data/mmboundary-annotated").is_dir())
 }
 
 /// Copy a fixture folder into a temp dir so a test can break it.
@@ -642,12 +490,7 @@ fn scratch_copy(sub: &str) -> tempfile::TempDir {
 #[test]
 fn aokvqa_fixture_loads_as_the_reference_says() {
     let dir = fixtures().join("aokvqa");
-    let loaded = aokvqa::load_aokvqa(
-        &dir.join("aokvqa_v1p0_val.json"),
-        Some(&dir.join("coco")),
-        &AokvqaParams::default(),
-    )
-    .unwrap();
+    let loaded = aokvqa::load_aokvqa(&dir.join("aokvqa_v1p0_val.json"), Some(&dir.join("coco")), &AokvqaParams::default()).unwrap();
     let exp = expected()["aokvqa"].as_array().unwrap().clone();
     assert_eq!(loaded.items.len(), exp.len());
     assert!(loaded.report.skipped.is_empty());
@@ -656,33 +499,19 @@ fn aokvqa_fixture_loads_as_the_reference_says() {
         assert_eq!(it.source, "aokvqa");
         assert_eq!(it.split, e["split"].as_str().unwrap());
         assert_eq!(it.answer.as_deref(), e["answer"].as_str());
-        assert_eq!(
-            it.correct_choice,
-            Some(e["correct_choice"].as_u64().unwrap() as u32)
-        );
+        assert_eq!(it.correct_choice, Some(e["correct_choice"].as_u64().unwrap() as u32));
         assert_eq!(it.direct_answers.len(), 10);
         let img = it.image.as_ref().unwrap();
         let rel = e["image_path"].as_str().unwrap();
         assert_eq!(img.path.as_deref(), Some(rel));
-        assert_eq!(
-            img.bytes.as_deref().unwrap(),
-            std::fs::read(dir.join("coco").join(rel))
-                .unwrap()
-                .as_slice(),
-            "bytes kept as on disk"
-        );
+        assert_eq!(img.bytes.as_deref().unwrap(), std::fs::read(dir.join("coco").join(rel)).unwrap().as_slice(), "bytes kept as on disk");
         assert_eq!(it.meta["rationales"].as_array().unwrap().len(), 3);
     }
     // Into the one schema and back.
     let batch = items_to_record_batch(&loaded.items).unwrap();
     assert_eq!(items_from_record_batch(&batch).unwrap(), loaded.items);
     // Without a COCO folder: no images, and the report says so.
-    let bare = aokvqa::load_aokvqa(
-        &dir.join("aokvqa_v1p0_val.json"),
-        None,
-        &AokvqaParams::default(),
-    )
-    .unwrap();
+    let bare = aokvqa::load_aokvqa(&dir.join("aokvqa_v1p0_val.json"), None, &AokvqaParams::default()).unwrap();
     assert!(bare.items.iter().all(|i| i.image.is_none()));
     assert_eq!(bare.report.notes["images_not_requested"], 3);
 }
@@ -696,58 +525,27 @@ fn aokvqa_missing_image_and_malformed_records_are_errors_or_counted_skips() {
     let err = aokvqa::load_aokvqa(&json, Some(&coco), &AokvqaParams::default()).unwrap_err();
     assert!(matches!(err, DataError::MissingImage { .. }), "{err}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("qA2")
-            && msg.contains("000000000202.jpg")
-            && msg.contains("aokvqa_v1p0_val.json"),
-        "{msg}"
-    );
-    let skip = AokvqaParams {
-        on_bad_record: SkipPolicy::SkipAndCount,
-    };
+    assert!(msg.contains("qA2") && msg.contains("000000000202.jpg") && msg.contains("aokvqa_v1p0_val.json"), "{msg}");
+    let skip = AokvqaParams { on_bad_record: SkipPolicy::SkipAndCount };
     let loaded = aokvqa::load_aokvqa(&json, Some(&coco), &skip).unwrap();
-    assert_eq!(
-        loaded
-            .items
-            .iter()
-            .map(|i| i.id.as_str())
-            .collect::<Vec<_>>(),
-        ["qA1", "qA3"]
-    );
+    assert_eq!(loaded.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["qA1", "qA3"]);
     assert_eq!(loaded.report.skip_count(), 1);
     assert!(loaded.report.skipped[0].record.contains("qA2"));
 
     // Malformed: a record without `question`, one with an out-of-range answer index, a repeated id.
-    let mut recs: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let mut recs: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     recs[0].as_object_mut().unwrap().remove("question");
     recs[1]["correct_choice_idx"] = serde_json::json!(7);
     recs.push(recs[2].clone());
     std::fs::write(&json, serde_json::to_string(&recs).unwrap()).unwrap();
-    let err = aokvqa::load_aokvqa(&json, None, &AokvqaParams::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("record #0 (qA1)") && err.contains("`question` is missing"),
-        "{err}"
-    );
+    let err = aokvqa::load_aokvqa(&json, None, &AokvqaParams::default()).unwrap_err().to_string();
+    assert!(err.contains("record #0 (qA1)") && err.contains("`question` is missing"), "{err}");
     let loaded = aokvqa::load_aokvqa(&json, None, &skip).unwrap();
     assert_eq!(loaded.items.len(), 1);
-    let reasons: Vec<&str> = loaded
-        .report
-        .skipped
-        .iter()
-        .map(|s| s.reason.as_str())
-        .collect();
+    let reasons: Vec<&str> = loaded.report.skipped.iter().map(|s| s.reason.as_str()).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
-    assert!(
-        reasons[1].contains("correct_choice_idx") && reasons[1].contains("found 7"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons[2].contains("qA3") && reasons[2].contains("more than once"),
-        "{reasons:?}"
-    );
+    assert!(reasons[1].contains("correct_choice_idx") && reasons[1].contains("found 7"), "{reasons:?}");
+    assert!(reasons[2].contains("qA3") && reasons[2].contains("more than once"), "{reasons:?}");
 }
 
 #[test]
@@ -763,58 +561,30 @@ fn scienceqa_fixture_loads_image_questions_only() {
     let e = expected();
     let exp = e["scienceqa"].as_array().unwrap();
     assert_eq!(loaded.items.len(), exp.len());
-    assert_eq!(
-        loaded.report.notes["text_only"],
-        e["scienceqa_text_only"].as_u64().unwrap() as usize
-    );
+    assert_eq!(loaded.report.notes["text_only"], e["scienceqa_text_only"].as_u64().unwrap() as usize);
     for (it, e) in loaded.items.iter().zip(exp) {
         assert_eq!(it.id, e["id"].as_str().unwrap());
         assert_eq!(it.split, e["split"].as_str().unwrap());
         assert_eq!(it.answer.as_deref(), e["answer"].as_str());
-        assert_eq!(
-            it.correct_choice,
-            Some(e["correct_choice"].as_u64().unwrap() as u32)
-        );
+        assert_eq!(it.correct_choice, Some(e["correct_choice"].as_u64().unwrap() as u32));
         let rel = e["image_path"].as_str().unwrap();
         let img = it.image.as_ref().unwrap();
         assert_eq!(img.path.as_deref(), Some(rel));
-        assert_eq!(
-            img.bytes.as_deref().unwrap(),
-            std::fs::read(dir.join("images").join(rel))
-                .unwrap()
-                .as_slice()
-        );
+        assert_eq!(img.bytes.as_deref().unwrap(), std::fs::read(dir.join("images").join(rel)).unwrap().as_slice());
         assert!(it.meta.contains_key("hint") && it.meta.contains_key("lecture"));
     }
     // A missing image names the problem; an unknown split is an error.
     let tmp = scratch_copy("scienceqa");
     std::fs::remove_file(tmp.path().join("images/val/3/image.png")).unwrap();
     let load = |p: &ScienceqaParams| {
-        scienceqa::load_scienceqa(
-            &tmp.path().join("problems.json"),
-            &tmp.path().join("pid_splits.json"),
-            &tmp.path().join("images"),
-            p,
-        )
+        scienceqa::load_scienceqa(&tmp.path().join("problems.json"), &tmp.path().join("pid_splits.json"), &tmp.path().join("images"), p)
     };
     let err = load(&ScienceqaParams::default()).unwrap_err().to_string();
-    assert!(
-        err.contains("record 3") && err.contains("image.png"),
-        "{err}"
-    );
-    let skipped = load(&ScienceqaParams {
-        on_bad_record: SkipPolicy::SkipAndCount,
-        ..Default::default()
-    })
-    .unwrap();
+    assert!(err.contains("record 3") && err.contains("image.png"), "{err}");
+    let skipped = load(&ScienceqaParams { on_bad_record: SkipPolicy::SkipAndCount, ..Default::default() }).unwrap();
     assert_eq!(skipped.items.len(), 2);
     assert_eq!(skipped.report.skip_count(), 1);
-    let err = load(&ScienceqaParams {
-        splits: vec!["dev".into()],
-        ..Default::default()
-    })
-    .unwrap_err()
-    .to_string();
+    let err = load(&ScienceqaParams { splits: vec!["dev".into()], ..Default::default() }).unwrap_err().to_string();
     assert!(err.contains("\"dev\" is not in the file"), "{err}");
 }
 
@@ -833,23 +603,10 @@ fn culturalvqa_parquet_shards_load_in_order_with_images() {
         let img = it.image.as_ref().unwrap();
         assert_eq!(img.path.as_deref(), e["image_path"].as_str());
         // The bytes are the JPEG the reference wrote: its pixels have the reference color.
-        let px = image::load_from_memory(img.bytes.as_ref().unwrap())
-            .unwrap()
-            .to_rgb8()
-            .get_pixel(3, 3)
-            .0;
-        let want: Vec<i32> = e["color"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap() as i32)
-            .collect();
+        let px = image::load_from_memory(img.bytes.as_ref().unwrap()).unwrap().to_rgb8().get_pixel(3, 3).0;
+        let want: Vec<i32> = e["color"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
         for c in 0..3 {
-            assert!(
-                (px[c] as i32 - want[c]).abs() <= 6,
-                "{}: {px:?} vs {want:?}",
-                it.id
-            );
+            assert!((px[c] as i32 - want[c]).abs() <= 6, "{}: {px:?} vs {want:?}", it.id);
         }
     }
 }
@@ -862,132 +619,53 @@ fn annotated_fixture_quirks_standalone_and_joined() {
     let p = AnnotatedParams::default();
     let loaded = annotated::load_annotated(&file, &p).unwrap();
     let ids: Vec<&str> = loaded.items.iter().map(|i| i.id.as_str()).collect();
-    let want: Vec<&str> = ea["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let want: Vec<&str> = ea["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(ids, want);
-    let lens: Vec<usize> = loaded
-        .items
-        .iter()
-        .map(|i| i.chain.perception.len())
-        .collect();
-    let want_lens: Vec<usize> = ea["perception_lens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
+    let lens: Vec<usize> = loaded.items.iter().map(|i| i.chain.perception.len()).collect();
+    let want_lens: Vec<usize> = ea["perception_lens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     assert_eq!(lens, want_lens);
-    assert_eq!(
-        loaded.report.skip_count(),
-        ea["skipped"].as_u64().unwrap() as usize
-    );
-    assert_eq!(
-        loaded.report.notes["missing_image_level"],
-        ea["missing_image_level"].as_u64().unwrap() as usize
-    );
+    assert_eq!(loaded.report.skip_count(), ea["skipped"].as_u64().unwrap() as usize);
+    assert_eq!(loaded.report.notes["missing_image_level"], ea["missing_image_level"].as_u64().unwrap() as usize);
     assert!(loaded.items.iter().all(|i| i.image.is_none()));
-    assert_eq!(
-        loaded.items[0].chain.reasoning.last().unwrap(),
-        "So, the answer is bed."
-    );
+    assert_eq!(loaded.items[0].chain.reasoning.last().unwrap(), "So, the answer is bed.");
     assert_eq!(loaded.items[0].answer.as_deref(), Some("bed"));
 
     // Duplicate policies.
-    let first = annotated::load_annotated(
-        &file,
-        &AnnotatedParams {
-            duplicates: DuplicatePolicy::KeepFirst,
-            ..p.clone()
-        },
-    )
-    .unwrap();
+    let first = annotated::load_annotated(&file, &AnnotatedParams { duplicates: DuplicatePolicy::KeepFirst, ..p.clone() }).unwrap();
     assert_eq!(first.items.len(), 3);
     assert_eq!(first.report.skip_count(), 2);
-    let err = annotated::load_annotated(
-        &file,
-        &AnnotatedParams {
-            duplicates: DuplicatePolicy::Error,
-            ..p.clone()
-        },
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, DataError::DuplicateId { ref id, .. } if id == "qA1"),
-        "{err}"
-    );
+    let err = annotated::load_annotated(&file, &AnnotatedParams { duplicates: DuplicatePolicy::Error, ..p.clone() }).unwrap_err();
+    assert!(matches!(err, DataError::DuplicateId { ref id, .. } if id == "qA1"), "{err}");
     assert!(err.to_string().contains("record #2"), "{err}");
 
     // Join onto the A-OKVQA fixture: the annotation for qZZ has no match.
     let coco = fixtures().join("aokvqa");
-    let data = aokvqa::load_aokvqa(
-        &coco.join("aokvqa_v1p0_val.json"),
-        Some(&coco.join("coco")),
-        &AokvqaParams::default(),
-    )
-    .unwrap();
+    let data = aokvqa::load_aokvqa(&coco.join("aokvqa_v1p0_val.json"), Some(&coco.join("coco")), &AokvqaParams::default()).unwrap();
     let ann = annotated::read_annotations(&file, &p).unwrap();
     assert_eq!(ann.kind, AnnotatedKind::Aokvqa);
     let err = annotated::attach_chains(data.items.clone(), &ann, &p).unwrap_err();
-    assert!(
-        matches!(err, DataError::UnmatchedId { ref id, .. } if id == "qZZ"),
-        "{err}"
-    );
-    let sp = AnnotatedParams {
-        on_bad_record: SkipPolicy::SkipAndCount,
-        ..p.clone()
-    };
+    assert!(matches!(err, DataError::UnmatchedId { ref id, .. } if id == "qZZ"), "{err}");
+    let sp = AnnotatedParams { on_bad_record: SkipPolicy::SkipAndCount, ..p.clone() };
     let joined = annotated::attach_chains(data.items.clone(), &ann, &sp).unwrap();
     let ids: Vec<&str> = joined.items.iter().map(|i| i.id.as_str()).collect();
-    let want: Vec<&str> = ea["join_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let want: Vec<&str> = ea["join_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(ids, want);
-    assert!(joined
-        .items
-        .iter()
-        .all(|i| i.image.is_some() && !i.chain.reasoning.is_empty()));
+    assert!(joined.items.iter().all(|i| i.image.is_some() && !i.chain.reasoning.is_empty()));
     assert_eq!(joined.report.notes["unannotated_items"], 1);
-    assert!(joined
-        .report
-        .skipped
-        .iter()
-        .any(|s| s.reason.contains("qZZ")));
-    let keep = annotated::attach_chains(
-        data.items,
-        &ann,
-        &AnnotatedParams {
-            keep_unannotated: true,
-            ..sp
-        },
-    )
-    .unwrap();
+    assert!(joined.report.skipped.iter().any(|s| s.reason.contains("qZZ")));
+    let keep = annotated::attach_chains(data.items, &ann, &AnnotatedParams { keep_unannotated: true, ..sp }).unwrap();
     assert_eq!(keep.items.len(), 4);
 
     // CulturalVQA: annotations join on the row index of the Parquet shards.
     let d = fixtures().join("culturalvqa/data");
-    let (a, b) = (
-        d.join("test-00000-of-00002.parquet"),
-        d.join("test-00001-of-00002.parquet"),
-    );
+    let (a, b) = (d.join("test-00000-of-00002.parquet"), d.join("test-00001-of-00002.parquet"));
     let cv = culturalvqa::load_culturalvqa(&[&a, &b], &CulturalvqaParams::default()).unwrap();
-    let cann =
-        annotated::read_annotations(&fixtures().join("annotated/culturalvqa_cvqa_mmb.json"), &p)
-            .unwrap();
+    let cann = annotated::read_annotations(&fixtures().join("annotated/culturalvqa_cvqa_mmb.json"), &p).unwrap();
     assert_eq!(cann.kind, AnnotatedKind::CulturalVqa);
     let joined = annotated::attach_chains(cv.items, &cann, &p).unwrap();
     let ids: Vec<&str> = joined.items.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids, ["0", "2"]);
-    assert_eq!(
-        joined.items[1].chain.reasoning,
-        ["Lamps are lit for it.", "So, the answer is 'Diwali'."]
-    );
+    assert_eq!(joined.items[1].chain.reasoning, ["Lamps are lit for it.", "So, the answer is 'Diwali'."]);
     assert_eq!(joined.items[1].question, "Which festival is shown?");
 }
 
@@ -1005,67 +683,17 @@ fn annotated_real_files_load_with_their_quirks_counted() {
         let loaded = annotated::load_annotated(&file, &AnnotatedParams::default()).unwrap();
         assert_eq!(loaded.items.len(), n("items"), "{name}");
         assert_eq!(loaded.report.skip_count(), n("empty_reasoning"), "{name}");
-        assert_eq!(
-            loaded
-                .report
-                .notes
-                .get("missing_image_level")
-                .copied()
-                .unwrap_or(0),
-            n("missing_image_level"),
-            "{name}"
-        );
-        assert_eq!(
-            loaded
-                .report
-                .notes
-                .get("empty_perception")
-                .copied()
-                .unwrap_or(0),
-            n("empty_perception"),
-            "{name}"
-        );
-        assert_eq!(
-            loaded
-                .report
-                .notes
-                .get("duplicate_id")
-                .copied()
-                .unwrap_or(0),
-            n("repeated_ids"),
-            "{name}"
-        );
+        assert_eq!(loaded.report.notes.get("missing_image_level").copied().unwrap_or(0), n("missing_image_level"), "{name}");
+        assert_eq!(loaded.report.notes.get("empty_perception").copied().unwrap_or(0), n("empty_perception"), "{name}");
+        assert_eq!(loaded.report.notes.get("duplicate_id").copied().unwrap_or(0), n("repeated_ids"), "{name}");
         let ids: HashSet<&str> = loaded.items.iter().map(|i| i.id.as_str()).collect();
-        assert_eq!(
-            ids.len(),
-            loaded.items.len(),
-            "{name}: ids unique after suffixing"
-        );
-        let so = loaded
-            .items
-            .iter()
-            .filter(|i| {
-                i.chain
-                    .reasoning
-                    .last()
-                    .is_some_and(|s| s.starts_with("So, the answer is"))
-            })
-            .count();
-        assert_eq!(
-            so,
-            n("last_is_so_the_answer"),
-            "{name}: sentence order kept"
-        );
+        assert_eq!(ids.len(), loaded.items.len(), "{name}: ids unique after suffixing");
+        let so = loaded.items.iter().filter(|i| i.chain.reasoning.last().is_some_and(|s| s.starts_with("So, the answer is"))).count();
+        assert_eq!(so, n("last_is_so_the_answer"), "{name}: sentence order kept");
         let batch = items_to_record_batch(&loaded.items).unwrap();
         assert_eq!(items_from_record_batch(&batch).unwrap(), loaded.items);
-        let first = annotated::load_annotated(
-            &file,
-            &AnnotatedParams {
-                duplicates: DuplicatePolicy::KeepFirst,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let first =
+            annotated::load_annotated(&file, &AnnotatedParams { duplicates: DuplicatePolicy::KeepFirst, ..Default::default() }).unwrap();
         assert_eq!(first.items.len(), n("unique_ids"), "{name}");
     }
 }
@@ -1113,23 +741,12 @@ fn cli_generate_writes_images_sheet_and_text() {
     let p = params(40, 5);
     let g = penumbra::generate_one(&p, 12).unwrap();
     let written = std::fs::read(out.join("images").join(format!("{}.png", g.item.id))).unwrap();
-    assert_eq!(
-        &written,
-        g.item.image.as_ref().unwrap().bytes.as_ref().unwrap()
-    );
+    assert_eq!(&written, g.item.image.as_ref().unwrap().bytes.as_ref().unwrap());
     // Contact sheet: one row per level present, 3 tiles per row.
-    let sheet = image::open(out.join("contact_sheet.png"))
-        .unwrap()
-        .to_rgb8();
+    let sheet = image::open(out.join("contact_sheet.png")).unwrap().to_rgb8();
     let items = generate(&p);
     let levels: HashSet<u32> = items.iter().filter_map(|i| i.difficulty).collect();
-    assert_eq!(
-        sheet.dimensions(),
-        (
-            16 + 4 + 3 * (96 + 4) + 4,
-            4 + levels.len() as u32 * (96 + 4)
-        )
-    );
+    assert_eq!(sheet.dimensions(), (16 + 4 + 3 * (96 + 4) + 4, 4 + levels.len() as u32 * (96 + 4)));
     let text = std::fs::read_to_string(out.join("show.txt")).unwrap();
     assert!(text.contains(&format!("images/{}.png", g.item.id)));
     assert!(text.contains(&g.item.question) && text.contains("reasoning (Reasoning_level):"));
@@ -1148,10 +765,7 @@ fn cli_generate_writes_images_sheet_and_text() {
     ])
     .unwrap();
     let err = format!("{:#}", cli_data::run(cli.args).unwrap_err());
-    assert!(
-        err.contains("image_size") && err.contains("found 8"),
-        "{err}"
-    );
+    assert!(err.contains("image_size") && err.contains("found 8"), "{err}");
 }
 
 #[test]
@@ -1159,11 +773,7 @@ fn show_lists_question_options_and_chain() {
     let g = penumbra::generate_one(&params(10, 1), 3).unwrap();
     let text = mmboundary::data::sheet::show(&g.item, Some("x/y.png"));
     assert!(text.contains("image:    x/y.png"));
-    let marked = format!(
-        "* ({}) {}",
-        (b'A' + g.question.correct_choice as u8) as char,
-        g.question.answer
-    );
+    let marked = format!("* ({}) {}", (b'A' + g.question.correct_choice as u8) as char, g.question.answer);
     assert!(text.contains(&marked), "{text}");
     for s in g.item.chain.sentences() {
         assert!(text.contains(s));
@@ -1176,8 +786,7 @@ fn show_lists_question_options_and_chain() {
 #[ignore]
 fn run_data_cli_from_env() {
     use clap::Parser;
-    let args = std::env::var("MMB_DATA_ARGS")
-        .expect("set MMB_DATA_ARGS, e.g. \"sheet -n 200 -o sheet.png\"");
+    let args = std::env::var("MMB_DATA_ARGS").expect("set MMB_DATA_ARGS, e.g. \"sheet -n 200 -o sheet.png\"");
     let argv = std::iter::once("data").chain(args.split_whitespace());
     cli_data::run(DataCli::try_parse_from(argv).unwrap().args).unwrap();
 }
@@ -1190,23 +799,15 @@ fn run_data_cli_from_env() {
 fn write_hf_sample_parquet() {
     use std::sync::Arc;
     let path = std::env::var("MMB_HF_SAMPLE").expect("set MMB_HF_SAMPLE to the output path");
-    let n = std::env::var("MMB_HF_SAMPLE_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let n = std::env::var("MMB_HF_SAMPLE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let items = generate(&params(n, 0));
     let batch = items_to_record_batch(&items).unwrap();
     let mut md = std::collections::HashMap::new();
-    md.insert(
-        "huggingface".to_string(),
-        mmboundary::data::hf_metadata_json(),
-    );
+    md.insert("huggingface".to_string(), mmboundary::data::hf_metadata_json());
     let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(md));
     let batch = batch.with_schema(schema.clone()).unwrap();
     let f = std::fs::File::create(&path).unwrap();
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(100))
-        .build();
+    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(100)).build();
     let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
@@ -1218,31 +819,11 @@ fn penumbra_params_round_trip_through_toml_and_partial_files_default() {
     let text = toml::to_string(&p).unwrap();
     let back: PenumbraParams = toml::from_str(&text).unwrap();
     assert_eq!(back, p);
-    let partial: PenumbraParams =
-        toml::from_str("image_size = 64\nrelation_margin = 0.1\n").unwrap();
+    let partial: PenumbraParams = toml::from_str("image_size = 64\nrelation_margin = 0.1\n").unwrap();
     assert_eq!((partial.image_size, partial.relation_margin), (64, 0.1));
     assert_eq!(partial.ladder, p.ladder);
-    let bad = PenumbraParams {
-        question_weights: vec![1.0; 3],
-        ..p.clone()
-    };
-    assert!(bad
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("question_weights"));
-    let bad = PenumbraParams {
-        splits: penumbra::SplitFractions {
-            train: 0.5,
-            val: 0.1,
-            test: 0.1,
-            ood: 0.1,
-        },
-        ..p
-    };
-    assert!(bad
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("summing to 1"));
+    let bad = PenumbraParams { question_weights: vec![1.0; 3], ..p.clone() };
+    assert!(bad.validate().unwrap_err().to_string().contains("question_weights"));
+    let bad = PenumbraParams { splits: penumbra::SplitFractions { train: 0.5, val: 0.1, test: 0.1, ood: 0.1 }, ..p };
+    assert!(bad.validate().unwrap_err().to_string().contains("summing to 1"));
 }

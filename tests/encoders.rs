@@ -140,10 +140,8 @@ fn cuda_without_a_usable_provider_fails_unless_fallback_allowed() {
             let ce = CrossEncoder::load(&model, CrossEncoderParams::default(), &fallback).unwrap();
             assert_eq!(ce.model().provider(), &ExecutionProvider::Cpu);
             assert!(ce.model().fallback_reason().is_some());
-            let trt = SessionOptions {
-                provider: ExecutionProvider::TensorRt { device_id: 0, fp16: true, engine_cache_dir: None },
-                ..opts()
-            };
+            let trt =
+                SessionOptions { provider: ExecutionProvider::TensorRt { device_id: 0, fp16: true, engine_cache_dir: None }, ..opts() };
             let msg = CrossEncoder::load(&model, CrossEncoderParams::default(), &trt).err().unwrap().to_string();
             assert!(msg.contains("tensorrt"), "{msg}");
         }
@@ -205,8 +203,12 @@ fn tiny_clip_matches_transformers() {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     // tokenization: CLIP's BPE, 77 tokens, the end token kept on truncation
     let ids = clip.text.token_ids(&refs).unwrap();
-    let expected_ids: Vec<Vec<u32>> =
-        g["input_ids"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect();
+    let expected_ids: Vec<Vec<u32>> = g["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect();
     assert_eq!(ids, expected_ids);
     let text = clip.text.encode(&refs).unwrap();
     assert_close(&text.embeddings.data, &floats(&g["text_embeds"]), 1e-4, "text_embeds");
@@ -235,7 +237,11 @@ fn tiny_clip_matches_transformers() {
         for t in 0..nt {
             let s = clip::clip_score(img.embeddings.row(i), text.embeddings.row(t), &ClipScoreParams::default());
             assert!((s - cos[i * nt + t].max(0.0)).abs() < 1e-4, "CLIPScore image {i} text {t}: {s} vs {}", cos[i * nt + t]);
-            let r = clip::clip_score(img.embeddings.row(i), text.embeddings.row(t), &ClipScoreParams { prefix: None, ..ClipScoreParams::reference() });
+            let r = clip::clip_score(
+                img.embeddings.row(i),
+                text.embeddings.row(t),
+                &ClipScoreParams { prefix: None, ..ClipScoreParams::reference() },
+            );
             assert!((r - 2.5 * s).abs() < 1e-4);
         }
     }
@@ -276,12 +282,8 @@ fn bad_images_are_errors_naming_the_file() {
 fn tiny_cross_encoder_matches_sentence_transformers() {
     let g = golden("cross_encoder_golden.json");
     let ce = CrossEncoder::load(&fixtures().join("cross_encoder_tiny"), CrossEncoderParams::default(), &opts()).unwrap();
-    let pairs: Vec<(String, String)> = g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string()))
-        .collect();
+    let pairs: Vec<(String, String)> =
+        g["pairs"].as_array().unwrap().iter().map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string())).collect();
     let refs: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let out = ce.predict(&refs).unwrap();
     let expected = floats(&g["scores"]);
@@ -299,7 +301,9 @@ fn tiny_cross_encoder_matches_sentence_transformers() {
 #[test]
 fn minilm_cosine_stands_in_and_says_so() {
     let judge = PairJudge::SentenceCosine(minilm());
-    let out = judge.score(&[("A cat sleeps on the sofa.", "A cat is sleeping on a couch."), ("A cat sleeps.", "Stock prices fell sharply.")]).unwrap();
+    let out = judge
+        .score(&[("A cat sleeps on the sofa.", "A cat is sleeping on a couch."), ("A cat sleeps.", "Stock prices fell sharply.")])
+        .unwrap();
     assert!(matches!(out.judge, Judge::SentenceCosine { .. }));
     assert!(out.scores[0] > 0.6 && out.scores[1] < 0.3, "{:?}", out.scores);
 }
@@ -345,4 +349,3 @@ fn full_benchmark() {
     let report = bench::run(&cfg).unwrap();
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
-

@@ -64,34 +64,57 @@ impl Counters {
 /// source(n) → scale(factor) → sum; source → side (independent of scale).
 fn chain(n: i64, factor: i64) -> (Pipeline, Counters) {
     let mut counters = Vec::new();
-    let mut mk = |name: &str, inputs: Vec<InputSpec>, params: serde_json::Value, body: Box<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync>| {
+    let mut mk = |name: &str,
+                  inputs: Vec<InputSpec>,
+                  params: serde_json::Value,
+                  body: Box<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync>| {
         let runs = Arc::new(AtomicUsize::new(0));
         counters.push((name.to_string(), runs.clone()));
         Box::new(TestStage { name: name.into(), inputs, params, runs, body }) as Box<dyn Stage>
     };
     let stages = vec![
-        mk("sum", vec![InputSpec::new("scaled", "scale", "out")], serde_json::json!({}), Box::new(|ctx| {
-            let v = read_ints(ctx, "scaled")?;
-            let (s, b) = int_table(vec![v.iter().sum()]);
-            ctx.write_table("out", s, &[b], None)?;
-            Ok(())
-        })),
-        mk("source", vec![], serde_json::json!({ "n": n }), Box::new(move |ctx| {
-            let (s, b) = int_table((0..n).collect());
-            ctx.write_table("out", s, &[b], None)?;
-            Ok(())
-        })),
-        mk("scale", vec![InputSpec::new("numbers", "source", "out")], serde_json::json!({ "factor": factor }), Box::new(move |ctx| {
-            let v = read_ints(ctx, "numbers")?;
-            let (s, b) = int_table(v.into_iter().map(|x| x * factor).collect());
-            ctx.write_table("out", s, &[b], None)?;
-            Ok(())
-        })),
-        mk("side", vec![InputSpec::new("numbers", "source", "out")], serde_json::json!({}), Box::new(|ctx| {
-            let v = read_ints(ctx, "numbers")?;
-            ctx.write_bytes("out", ArtifactKind::Json, serde_json::to_string(&v)?.as_bytes())?;
-            Ok(())
-        })),
+        mk(
+            "sum",
+            vec![InputSpec::new("scaled", "scale", "out")],
+            serde_json::json!({}),
+            Box::new(|ctx| {
+                let v = read_ints(ctx, "scaled")?;
+                let (s, b) = int_table(vec![v.iter().sum()]);
+                ctx.write_table("out", s, &[b], None)?;
+                Ok(())
+            }),
+        ),
+        mk(
+            "source",
+            vec![],
+            serde_json::json!({ "n": n }),
+            Box::new(move |ctx| {
+                let (s, b) = int_table((0..n).collect());
+                ctx.write_table("out", s, &[b], None)?;
+                Ok(())
+            }),
+        ),
+        mk(
+            "scale",
+            vec![InputSpec::new("numbers", "source", "out")],
+            serde_json::json!({ "factor": factor }),
+            Box::new(move |ctx| {
+                let v = read_ints(ctx, "numbers")?;
+                let (s, b) = int_table(v.into_iter().map(|x| x * factor).collect());
+                ctx.write_table("out", s, &[b], None)?;
+                Ok(())
+            }),
+        ),
+        mk(
+            "side",
+            vec![InputSpec::new("numbers", "source", "out")],
+            serde_json::json!({}),
+            Box::new(|ctx| {
+                let v = read_ints(ctx, "numbers")?;
+                ctx.write_bytes("out", ArtifactKind::Json, serde_json::to_string(&v)?.as_bytes())?;
+                Ok(())
+            }),
+        ),
     ];
     (Pipeline::new(stages).unwrap(), Counters(counters))
 }
@@ -193,7 +216,8 @@ fn independent_stages_run_in_parallel_with_jobs() {
         }
     };
     let mk = |name: &str, body: Box<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync>| {
-        Box::new(TestStage { name: name.into(), inputs: vec![], params: serde_json::json!({}), runs: Arc::default(), body }) as Box<dyn Stage>
+        Box::new(TestStage { name: name.into(), inputs: vec![], params: serde_json::json!({}), runs: Arc::default(), body })
+            as Box<dyn Stage>
     };
     let p = Pipeline::new(vec![mk("a", Box::new(rendezvous(tx_a, rx_b))), mk("b", Box::new(rendezvous(tx_b, rx_a)))]).unwrap();
     let s = p.run(&store, &RunOptions { jobs: 2, ..Default::default() }).unwrap();
@@ -323,7 +347,14 @@ fn killed_child_helper() {
         })?;
         Ok(())
     });
-    let p = Pipeline::new(vec![Box::new(TestStage { name: "slow".into(), inputs: vec![], params: serde_json::json!({}), runs: Arc::default(), body }) as Box<dyn Stage>]).unwrap();
+    let p = Pipeline::new(vec![Box::new(TestStage {
+        name: "slow".into(),
+        inputs: vec![],
+        params: serde_json::json!({}),
+        runs: Arc::default(),
+        body,
+    }) as Box<dyn Stage>])
+    .unwrap();
     p.run(&store, &RunOptions::default()).unwrap();
 }
 
@@ -337,7 +368,8 @@ fn a_run_killed_mid_write_leaves_no_artifact_and_the_next_run_recovers() {
         .spawn()
         .unwrap();
     let objects = store.objects_dir();
-    let temps = || std::fs::read_dir(&objects).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp-")).count();
+    let temps =
+        || std::fs::read_dir(&objects).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp-")).count();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while temps() == 0 {
         assert!(std::time::Instant::now() < deadline, "child never started writing");

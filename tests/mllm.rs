@@ -64,7 +64,8 @@ fn tiny_llama_batched_greedy_generation_matches_transformers() {
     let (_vs, lm) = load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::F32).unwrap();
     let ids = imat(&g["input_ids"]);
     let mask = imat(&g["attention_mask"]);
-    let prompts: Vec<Vec<i64>> = ids.iter().zip(&mask).map(|(i, m)| i.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect()).collect();
+    let prompts: Vec<Vec<i64>> =
+        ids.iter().zip(&mask).map(|(i, m)| i.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect()).collect();
     let params = GenerationParams { max_new_tokens: 8, eos_token_ids: vec![-1], ..Default::default() };
     let out = generate(&lm, &prompts, &params, None).unwrap();
     for (b, o) in out.iter().enumerate() {
@@ -124,7 +125,8 @@ fn tiny_llava_splice_logits_match_transformers() {
     let e = model.forward(&ids_tensor(&ids), &[poisoned], None).unwrap_err().to_string();
     assert!(e.contains("NaN"), "{e}");
     // Generation through the splice runs and returns per-token stats.
-    let out = generate_llava(&model, &[(ids[0].clone(), vec![image])], &GenerationParams { max_new_tokens: 3, ..Default::default() }, None).unwrap();
+    let out = generate_llava(&model, &[(ids[0].clone(), vec![image])], &GenerationParams { max_new_tokens: 3, ..Default::default() }, None)
+        .unwrap();
     assert_eq!(out[0].tokens.len(), 3);
     let last = fvec(&g["logits"][ids[0].len() - 1]);
     let argmax = last.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as i64;
@@ -475,7 +477,8 @@ fn perf_smollm2_generation() {
     for dtype in [DType::F32, DType::Bf16] {
         let (_vs, lm, file) = load_llama_gguf(&smollm2_gguf(), Device::Cpu, dtype).unwrap();
         let tok = file.tokenizer().unwrap();
-        let ids: Vec<Vec<i64>> = prompts.iter().map(|p| tok.encode(*p, false).unwrap().get_ids().iter().map(|&i| i as i64).collect()).collect();
+        let ids: Vec<Vec<i64>> =
+            prompts.iter().map(|p| tok.encode(*p, false).unwrap().get_ids().iter().map(|&i| i as i64).collect()).collect();
         for bs in [1usize, 8] {
             let params = GenerationParams { max_new_tokens: 64, eos_token_ids: vec![-1], ..Default::default() };
             generate(&lm, &ids[..bs], &GenerationParams { max_new_tokens: 4, ..params.clone() }, None).unwrap();

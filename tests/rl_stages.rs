@@ -80,13 +80,29 @@ fn ppo_params(model: &Path, alpha: f64) -> PpoStageParams {
 
 fn pipeline(model: &Path, alpha: f64) -> Pipeline {
     let stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(DatasetStage { params: DatasetParams { penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() }, chunk: 8 } }),
-        Box::new(FeaturesStage { params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8 }, session: Default::default() }),
+        Box::new(DatasetStage {
+            params: DatasetParams { penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() }, chunk: 8 },
+        }),
+        Box::new(FeaturesStage {
+            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8 },
+            session: Default::default(),
+        }),
         Box::new(GenerateStage {
-            params: GenerateParams { model: Some(model.to_path_buf()), limit: Some(4), batch: 4, max_new_tokens: 12, device: "cpu".into(), ..Default::default() },
+            params: GenerateParams {
+                model: Some(model.to_path_buf()),
+                limit: Some(4),
+                batch: 4,
+                max_new_tokens: 12,
+                device: "cpu".into(),
+                ..Default::default()
+            },
         }),
         Box::new(ScoreStage {
-            params: ScoreParams { minilm: mmboundary::encoders::minilm::default_model_dir(), clip: Some(fixtures().join("encoders/clip_tiny")), ..Default::default() },
+            params: ScoreParams {
+                minilm: mmboundary::encoders::minilm::default_model_dir(),
+                clip: Some(fixtures().join("encoders/clip_tiny")),
+                ..Default::default()
+            },
             session: Default::default(),
         }),
         Box::new(BinStage { params: BinParams::default() }),
@@ -144,12 +160,27 @@ fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_e
         assert!(md.contains(&format!("| {v} |")), "{md}");
     }
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
-    let table = |stage: &str, out: &str| store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap();
+    let table = |stage: &str, out: &str| {
+        store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap()
+    };
 
     // ppo log: one row per iteration, every statistic finite, reward parts in their ranges.
     let log = table("ppo", "log");
     assert_eq!(log.num_rows(), 2);
-    for col in ["score_mean", "kl", "policy_entropy", "clip_fraction", "value_loss", "policy_loss", "approx_kl", "response_length", "r_ka", "r_ec", "r_cs", "reward"] {
+    for col in [
+        "score_mean",
+        "kl",
+        "policy_entropy",
+        "clip_fraction",
+        "value_loss",
+        "policy_loss",
+        "approx_kl",
+        "response_length",
+        "r_ka",
+        "r_ec",
+        "r_cs",
+        "reward",
+    ] {
         assert!(f64s(&log, col).iter().all(|v| v.unwrap().is_finite()), "{col}");
     }
     assert!(f64s(&log, "clip_fraction").iter().all(|v| (0.0..=1.0).contains(&v.unwrap())));
@@ -237,7 +268,10 @@ fn item() -> Item {
     let mut it = Item::new("x1", "test", "train", "What shape is the red object?");
     it.choices = vec!["circle".into(), "square".into()];
     it.correct_choice = Some(0);
-    it.chain = ReferenceChain { perception: vec!["There is a red circle in the image.".into()], reasoning: vec!["So, the answer is circle.".into()] };
+    it.chain = ReferenceChain {
+        perception: vec!["There is a red circle in the image.".into()],
+        reasoning: vec!["So, the answer is circle.".into()],
+    };
     it
 }
 
@@ -249,7 +283,13 @@ fn tokens_of(text: &str) -> RolloutTokens {
     for (i, w) in text.split(' ').enumerate() {
         let piece = if i == 0 { w.to_string() } else { format!(" {w}") };
         at += piece.len();
-        tokens.push(TokenInfo { id: i as u32, text: piece, log_prob: -0.1 * (i % 5) as f64, entropy: 0.2 * (i % 3) as f64, is_special: false });
+        tokens.push(TokenInfo {
+            id: i as u32,
+            text: piece,
+            log_prob: -0.1 * (i % 5) as f64,
+            entropy: 0.2 * (i % 3) as f64,
+            is_special: false,
+        });
         ends.push(at);
     }
     RolloutTokens { text: text.to_string(), tokens, token_ends: ends }
@@ -257,7 +297,8 @@ fn tokens_of(text: &str) -> RolloutTokens {
 
 #[test]
 fn rewards_land_on_statement_ends_and_sum_to_r() {
-    let rows: Vec<[f64; 4]> = (0..20).map(|i| [1.0 + i as f64 * 0.1, 0.5 + (i % 7) as f64 * 0.2, (i % 5) as f64 * 0.1, 0.2 + (i % 3) as f64 * 0.05]).collect();
+    let rows: Vec<[f64; 4]> =
+        (0..20).map(|i| [1.0 + i as f64 * 0.1, 0.5 + (i % 7) as f64 * 0.2, (i % 5) as f64 * 0.1, 0.2 + (i % 3) as f64 * 0.05]).collect();
     let levels = LevelModel::fit(&rows, &FusionParams::default()).unwrap();
     let mut params = PpoStageParams {
         minilm: mmboundary::encoders::minilm::default_model_dir(),
@@ -267,7 +308,8 @@ fn rewards_land_on_statement_ends_and_sum_to_r() {
     };
     let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels.clone(), &Default::default()).unwrap();
     let image = rm.clip.text.encode(&["a red circle"]).unwrap().embeddings.data;
-    let text = "There is a red circle in the image and I am completely certain of this. So, the answer is circle. I am far from sure of this.";
+    let text =
+        "There is a red circle in the image and I am completely certain of this. So, the answer is circle. I am far from sure of this.";
     let r = tokens_of(text);
     let s = rm.score(&item(), &image, &r).unwrap();
     assert_eq!(s.sentences.len(), 2, "{s:?}");
@@ -302,7 +344,8 @@ fn eval_metrics_match_hand_computed_values() {
     use mmboundary::stages::chain_judge::ChainJudge;
     use mmboundary::stages::eval::{answer_correct, evaluate, EvalChain};
     let params = EvalParams { minilm: mmboundary::encoders::minilm::default_model_dir(), pool: pool_path(), ..Default::default() };
-    let judge = ChainJudge::load(&params.minilm, &params.pool, params.parser.clone(), params.backward.clone(), &Default::default()).unwrap();
+    let judge =
+        ChainJudge::load(&params.minilm, &params.pool, params.parser.clone(), params.backward.clone(), &Default::default()).unwrap();
     let mut a = item();
     a.id = "a".into();
     a.split = "val".into();

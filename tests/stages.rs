@@ -4,9 +4,9 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
 use mmboundary::data::penumbra::PenumbraParams;
 use mmboundary::engine::{Pipeline, RunOptions, Stage};
+use mmboundary::stages::bin::{BinParams, BinStage};
 use mmboundary::stages::dataset::{DatasetParams, DatasetStage};
 use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
-use mmboundary::stages::bin::{BinParams, BinStage};
 use mmboundary::stages::generate::{GenerateParams, GenerateStage};
 use mmboundary::stages::map::{MapParams, MapStage};
 use mmboundary::stages::score::{ScoreParams, ScoreStage};
@@ -92,10 +92,7 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
             }),
             Box::new(BinStage { params: BinParams::default() }),
             Box::new(MapStage {
-                params: MapParams {
-                    pool: Path::new(env!("CARGO_MANIFEST_DIR")).join("stages/statements.toml"),
-                    ..Default::default()
-                },
+                params: MapParams { pool: Path::new(env!("CARGO_MANIFEST_DIR")).join("stages/statements.toml"), ..Default::default() },
             }),
             Box::new(SftStage {
                 params: SftStageParams {
@@ -137,7 +134,9 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
 
     // score: one row per generated sentence, every signal finite, CLIPScore in [0, 1].
     let n_sentences: usize = (0..c.num_rows()).map(|r| c.column_by_name("sentences").unwrap().as_list::<i32>().value(r).len()).sum();
-    let table = |stage: &str, out: &str| store.read_table(&ArtifactId::parse(&lock_now(&store).stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap();
+    let table = |stage: &str, out: &str| {
+        store.read_table(&ArtifactId::parse(&lock_now(&store).stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap()
+    };
     let scored = table("score", "scored");
     assert_eq!(scored.num_rows(), n_sentences);
     for col in ["lnlp", "mte", "tokensar", "clipscore"] {
@@ -155,7 +154,10 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
     let targets = sft.column_by_name("target").unwrap().as_string::<i32>();
     assert!(sft.num_rows() > 0);
     for t in targets.iter().flatten() {
-        let found = pool.lines().filter_map(|l| l.trim().strip_prefix('"').and_then(|l| l.trim_end_matches(',').strip_suffix('"'))).any(|st| t.contains(st.trim_end_matches('.')));
+        let found = pool
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix('"').and_then(|l| l.trim_end_matches(',').strip_suffix('"')))
+            .any(|st| t.contains(st.trim_end_matches('.')));
         assert!(found, "no pool statement in {t:?}");
     }
 
@@ -180,9 +182,16 @@ fn generate_without_the_worker_or_model_fails_clearly() {
     std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
     let store = Store::open(dir.path().join("artifacts")).unwrap();
     let stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(DatasetStage { params: DatasetParams { penumbra: PenumbraParams { n_items: 4, image_size: 32, ..Default::default() }, chunk: 4 } }),
-        Box::new(FeaturesStage { params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4 }, session: Default::default() }),
-        Box::new(GenerateStage { params: GenerateParams { model: Some(dir.path().join("no-such-model")), device: "cpu".into(), ..Default::default() } }),
+        Box::new(DatasetStage {
+            params: DatasetParams { penumbra: PenumbraParams { n_items: 4, image_size: 32, ..Default::default() }, chunk: 4 },
+        }),
+        Box::new(FeaturesStage {
+            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4 },
+            session: Default::default(),
+        }),
+        Box::new(GenerateStage {
+            params: GenerateParams { model: Some(dir.path().join("no-such-model")), device: "cpu".into(), ..Default::default() },
+        }),
     ];
     let e = Pipeline::new(stages).unwrap().run(&store, &RunOptions::default()).unwrap_err().to_string();
     assert!(e.contains("no-such-model"), "{e}");

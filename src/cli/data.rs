@@ -70,10 +70,8 @@ pub enum DataCommand {
 fn penumbra_params(gen: &GenOptions) -> anyhow::Result<PenumbraParams> {
     let mut p = match &gen.params {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("{}: not a Penumbra params TOML", path.display()))?
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}: not a Penumbra params TOML", path.display()))?
         }
         None => PenumbraParams::default(),
     };
@@ -85,59 +83,33 @@ fn penumbra_params(gen: &GenOptions) -> anyhow::Result<PenumbraParams> {
 
 /// Generate with the requested thread count; returns the items and the seconds taken.
 fn generate(gen: &GenOptions, p: &PenumbraParams) -> anyhow::Result<(Vec<Item>, f64)> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(gen.threads.unwrap_or(0))
-        .build()?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(gen.threads.unwrap_or(0)).build()?;
     let t = Instant::now();
     let items = pool.install(|| penumbra::generate(p))?;
     Ok((items, t.elapsed().as_secs_f64()))
 }
 
 fn write_sheet(items: &[Item], per_level: usize, tile: u32, out: &Path) -> anyhow::Result<()> {
-    let img = sheet::contact_sheet(
-        items,
-        &SheetParams {
-            per_level,
-            tile,
-            ..SheetParams::default()
-        },
-    )?;
+    let img = sheet::contact_sheet(items, &SheetParams { per_level, tile, ..SheetParams::default() })?;
     let png = penumbra::render::encode_png(&img)?;
     std::fs::write(out, png).with_context(|| format!("writing {}", out.display()))
 }
 
 pub fn run(args: DataArgs) -> anyhow::Result<()> {
     match args.command {
-        DataCommand::Generate {
-            gen,
-            out,
-            per_level,
-        } => {
+        DataCommand::Generate { gen, out, per_level } => {
             let p = penumbra_params(&gen)?;
             let (items, secs) = generate(&gen, &p)?;
             let images = out.join("images");
-            std::fs::create_dir_all(&images)
-                .with_context(|| format!("creating {}", images.display()))?;
+            std::fs::create_dir_all(&images).with_context(|| format!("creating {}", images.display()))?;
             items.par_iter().try_for_each(|it| -> anyhow::Result<()> {
-                let img = it
-                    .image
-                    .as_ref()
-                    .and_then(|i| i.bytes.as_ref())
-                    .context("generated item without image")?;
+                let img = it.image.as_ref().and_then(|i| i.bytes.as_ref()).context("generated item without image")?;
                 let path = images.join(format!("{}.png", it.id));
                 std::fs::write(&path, img).with_context(|| format!("writing {}", path.display()))
             })?;
-            write_sheet(
-                &items,
-                per_level,
-                p.image_size,
-                &out.join("contact_sheet.png"),
-            )?;
-            let text: String = items
-                .iter()
-                .map(|it| sheet::show(it, Some(&format!("images/{}.png", it.id))))
-                .collect::<Vec<_>>()
-                .join("\n");
+            write_sheet(&items, per_level, p.image_size, &out.join("contact_sheet.png"))?;
+            let text: String =
+                items.iter().map(|it| sheet::show(it, Some(&format!("images/{}.png", it.id)))).collect::<Vec<_>>().join("\n");
             std::fs::write(out.join("show.txt"), text)?;
             println!(
                 "generated {} Penumbra items (seed {}) in {:.2} s = {:.0} items/s on {} threads → {}",
@@ -149,25 +121,14 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
                 out.display()
             );
         }
-        DataCommand::Sheet {
-            gen,
-            out,
-            per_level,
-        } => {
+        DataCommand::Sheet { gen, out, per_level } => {
             let p = penumbra_params(&gen)?;
             let (items, _) = generate(&gen, &p)?;
             write_sheet(&items, per_level, p.image_size, &out)?;
-            println!(
-                "contact sheet of {} levels → {}",
-                p.ladder.levels.len(),
-                out.display()
-            );
+            println!("contact sheet of {} levels → {}", p.ladder.levels.len(), out.display());
         }
         DataCommand::Show { gen, count } => {
-            let p = penumbra_params(&GenOptions {
-                n: gen.n.max(count),
-                ..gen.clone()
-            })?;
+            let p = penumbra_params(&GenOptions { n: gen.n.max(count), ..gen.clone() })?;
             for i in 0..count.min(p.n_items) {
                 let g = penumbra::generate_one(&p, i)?;
                 println!("{}", sheet::show(&g.item, None));

@@ -16,12 +16,7 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub const ALL: [Signal; 4] = [
-        Signal::Lnlp,
-        Signal::Mte,
-        Signal::TokenSar,
-        Signal::ClipScore,
-    ];
+    pub const ALL: [Signal; 4] = [Signal::Lnlp, Signal::Mte, Signal::TokenSar, Signal::ClipScore];
     pub fn index(self) -> usize {
         self as usize
     }
@@ -45,12 +40,7 @@ pub struct EnabledSignals {
 
 impl Default for EnabledSignals {
     fn default() -> Self {
-        EnabledSignals {
-            lnlp: true,
-            mte: true,
-            token_sar: true,
-            clip_score: true,
-        }
+        EnabledSignals { lnlp: true, mte: true, token_sar: true, clip_score: true }
     }
 }
 
@@ -135,9 +125,7 @@ impl FusionParams {
     fn check(&self) -> Result<()> {
         let enabled = self.enabled.as_array();
         if !enabled.iter().any(|&e| e) {
-            return Err(ConfidenceError::InvalidParams(
-                "fusion.enabled: at least one signal must be enabled".into(),
-            ));
+            return Err(ConfidenceError::InvalidParams("fusion.enabled: at least one signal must be enabled".into()));
         }
         for (i, &w) in self.weights.iter().enumerate() {
             if !w.is_finite() || w < 0.0 {
@@ -148,17 +136,9 @@ impl FusionParams {
             }
         }
         if self.pooling == Pooling::Weighted {
-            let total: f64 = self
-                .weights
-                .iter()
-                .zip(enabled)
-                .filter(|(_, e)| *e)
-                .map(|(w, _)| w)
-                .sum();
+            let total: f64 = self.weights.iter().zip(enabled).filter(|(_, e)| *e).map(|(w, _)| w).sum();
             if total <= 0.0 {
-                return Err(ConfidenceError::InvalidParams(
-                    "fusion.weights: the enabled signals' weights sum to 0".into(),
-                ));
+                return Err(ConfidenceError::InvalidParams("fusion.weights: the enabled signals' weights sum to 0".into()));
             }
         }
         Ok(())
@@ -192,11 +172,7 @@ impl MinMaxNormalizer {
     /// Fits min and max per signal. Errors on an empty dataset or a non-finite value (naming the row).
     pub fn fit(rows: &[SignalScores]) -> Result<Self> {
         if rows.is_empty() {
-            return Err(ConfidenceError::Empty {
-                at: Location::Dataset,
-                what: "dataset of signal scores",
-                unit: "sentence",
-            });
+            return Err(ConfidenceError::Empty { at: Location::Dataset, what: "dataset of signal scores", unit: "sentence" });
         }
         let mut min = [f64::INFINITY; 4];
         let mut max = [f64::NEG_INFINITY; 4];
@@ -217,11 +193,7 @@ impl MinMaxNormalizer {
         for i in 0..4 {
             let v = check_finite(Location::Row(row), Signal::ALL[i].name(), scores[i])?;
             let span = self.max[i] - self.min[i];
-            let x = if span > 0.0 {
-                (v - self.min[i]) / span
-            } else {
-                0.0
-            };
+            let x = if span > 0.0 { (v - self.min[i]) / span } else { 0.0 };
             out[i] = if clamp { x.clamp(0.0, 1.0) } else { x };
         }
         Ok(out)
@@ -241,18 +213,8 @@ fn fuse_unchecked(normalized: &SignalScores, params: &FusionParams) -> f64 {
     }
     let enabled = params.enabled.as_array();
     match params.pooling {
-        Pooling::Weighted => params
-            .effective_weights()
-            .iter()
-            .zip(u)
-            .map(|(w, x)| w * x)
-            .sum(),
-        Pooling::Max => u
-            .iter()
-            .zip(enabled)
-            .filter(|(_, e)| *e)
-            .map(|(x, _)| *x)
-            .fold(f64::NEG_INFINITY, f64::max),
+        Pooling::Weighted => params.effective_weights().iter().zip(u).map(|(w, x)| w * x).sum(),
+        Pooling::Max => u.iter().zip(enabled).filter(|(_, e)| *e).map(|(x, _)| *x).fold(f64::NEG_INFINITY, f64::max),
     }
 }
 
@@ -269,11 +231,7 @@ pub struct LevelCuts {
 impl LevelCuts {
     pub fn fit(u_final: &[f64], params: &FusionParams) -> Result<Self> {
         if u_final.is_empty() {
-            return Err(ConfidenceError::Empty {
-                at: Location::Dataset,
-                what: "U_Final values",
-                unit: "sentence",
-            });
+            return Err(ConfidenceError::Empty { at: Location::Dataset, what: "U_Final values", unit: "sentence" });
         }
         for (r, &u) in u_final.iter().enumerate() {
             check_finite(Location::Row(r), "U_Final", u)?;
@@ -282,9 +240,7 @@ impl LevelCuts {
         let mean = u_final.iter().sum::<f64>() / n as f64;
         let ddof = params.sigma_ddof as usize;
         if n <= ddof {
-            return Err(ConfidenceError::InvalidParams(format!(
-                "fusion.sigma_ddof = {ddof} needs more than {ddof} sentences, found {n}"
-            )));
+            return Err(ConfidenceError::InvalidParams(format!("fusion.sigma_ddof = {ddof} needs more than {ddof} sentences, found {n}")));
         }
         let var = u_final.iter().map(|u| (u - mean).powi(2)).sum::<f64>() / (n - ddof) as f64;
         let std = var.sqrt();
@@ -330,19 +286,10 @@ impl LevelModel {
         let u: Vec<f64> = rows
             .iter()
             .enumerate()
-            .map(|(r, row)| {
-                Ok(fuse_unchecked(
-                    &normalizer.apply(r, row, params.clamp)?,
-                    params,
-                ))
-            })
+            .map(|(r, row)| Ok(fuse_unchecked(&normalizer.apply(r, row, params.clamp)?, params)))
             .collect::<Result<_>>()?;
         let cuts = LevelCuts::fit(&u, params)?;
-        Ok(LevelModel {
-            params: params.clone(),
-            normalizer,
-            cuts,
-        })
+        Ok(LevelModel { params: params.clone(), normalizer, cuts })
     }
 
     /// Normalizes, fuses and bins `rows` with what was fitted (the same or another dataset).
@@ -353,11 +300,7 @@ impl LevelModel {
             .map(|(r, row)| {
                 let normalized = self.normalizer.apply(r, row, self.params.clamp)?;
                 let u_final = fuse_unchecked(&normalized, &self.params);
-                Ok(Scored {
-                    normalized,
-                    u_final,
-                    level: self.cuts.level(u_final),
-                })
+                Ok(Scored { normalized, u_final, level: self.cuts.level(u_final) })
             })
             .collect()
     }

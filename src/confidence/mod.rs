@@ -101,45 +101,21 @@ impl std::fmt::Display for Location {
 #[derive(Debug, Error)]
 pub enum ConfidenceError {
     #[error("{at}: {field} must be finite, found {value}")]
-    NonFinite {
-        at: Location,
-        field: &'static str,
-        value: f64,
-    },
+    NonFinite { at: Location, field: &'static str, value: f64 },
     #[error("{at}: {what} is empty (expected at least one {unit})")]
-    Empty {
-        at: Location,
-        what: &'static str,
-        unit: &'static str,
-    },
+    Empty { at: Location, what: &'static str, unit: &'static str },
     #[error("{at}: {field} = {value} is outside the expected range {expected}")]
-    OutOfRange {
-        at: Location,
-        field: &'static str,
-        value: f64,
-        expected: &'static str,
-    },
+    OutOfRange { at: Location, field: &'static str, value: f64, expected: &'static str },
     #[error("{what}: expected {expected}, found {found}")]
-    Shape {
-        what: String,
-        expected: usize,
-        found: usize,
-    },
+    Shape { what: String, expected: usize, found: usize },
     #[error("U_Final has standard deviation 0 over {n} sentences (all equal to {value}): the μ/σ intervals are undefined; use uniform intervals or a larger dataset")]
     ZeroSpread { n: usize, value: f64 },
     #[error("{0}")]
     InvalidParams(String),
     #[error("statement pool {source_name}: {message}")]
-    Pool {
-        source_name: String,
-        message: String,
-    },
+    Pool { source_name: String, message: String },
     #[error("statement {index} ({text:?}) maps to no level: {reason}")]
-    NoLevel {
-        index: usize,
-        text: String,
-        reason: String,
-    },
+    NoLevel { index: usize, text: String, reason: String },
     #[error("encoder call failed while {during}: {source}")]
     Encoder {
         during: &'static str,
@@ -169,12 +145,7 @@ pub(crate) fn check_unit(at: Location, field: &'static str, value: f64) -> Resul
     if (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
-        Err(ConfidenceError::OutOfRange {
-            at,
-            field,
-            value,
-            expected: "[0, 1]",
-        })
+        Err(ConfidenceError::OutOfRange { at, field, value, expected: "[0, 1]" })
     }
 }
 

@@ -52,12 +52,8 @@ fn strings(words: &[&str]) -> Vec<String> {
 impl Default for ParserParams {
     fn default() -> Self {
         ParserParams {
-            connectives: strings(&[
-                "and", "but", "though", "although", "yet", "with", "while", "albeit",
-            ]),
-            openers: strings(&[
-                "i", "i'm", "i've", "i'd", "my", "this", "that", "it", "it's", "there's",
-            ]),
+            connectives: strings(&["and", "but", "though", "although", "yet", "with", "while", "albeit"]),
+            openers: strings(&["i", "i'm", "i've", "i'd", "my", "this", "that", "it", "it's", "there's"]),
             cue_words: strings(&[
                 "sure",
                 "unsure",
@@ -93,8 +89,8 @@ impl Default for ParserParams {
             max_statement_words: 10,
             short_clause_words: 4,
             abbreviations: strings(&[
-                "Mr.", "Mrs.", "Ms.", "Dr.", "St.", "Ft.", "Mt.", "Jr.", "Sr.", "vs.", "e.g.",
-                "i.e.", "U.S.", "U.K.", "No.", "approx.", "Fig.",
+                "Mr.", "Mrs.", "Ms.", "Dr.", "St.", "Ft.", "Mt.", "Jr.", "Sr.", "vs.", "e.g.", "i.e.", "U.S.", "U.K.", "No.", "approx.",
+                "Fig.",
             ]),
         }
     }
@@ -128,11 +124,7 @@ fn words_in(text: &str, lo: usize, hi: usize) -> Vec<Word> {
     text[lo..hi]
         .split_word_bound_indices()
         .filter(|(_, w)| w.chars().any(char::is_alphanumeric))
-        .map(|(i, w)| Word {
-            start: lo + i,
-            end: lo + i + w.len(),
-            norm: normalize_word(w),
-        })
+        .map(|(i, w)| Word { start: lo + i, end: lo + i + w.len(), norm: normalize_word(w) })
         .collect()
 }
 
@@ -145,11 +137,7 @@ fn is_terminator(c: char) -> bool {
 
 /// Byte index just past any terminator characters that directly follow `end`.
 fn extend_over_terminators(text: &str, end: usize) -> usize {
-    end + text[end..]
-        .chars()
-        .take_while(|&c| is_terminator(c))
-        .map(char::len_utf8)
-        .sum::<usize>()
+    end + text[end..].chars().take_while(|&c| is_terminator(c)).map(char::len_utf8).sum::<usize>()
 }
 
 fn clean_piece(piece: &str) -> Option<String> {
@@ -167,11 +155,7 @@ fn sentence_ranges(text: &str, abbreviations: &[String]) -> Vec<(usize, usize)> 
             Some(last) if join_next => last.1 = i + s.len(),
             _ => out.push((i, i + s.len())),
         }
-        let last_token = s
-            .split_whitespace()
-            .last()
-            .unwrap_or("")
-            .trim_start_matches(|c: char| !c.is_alphanumeric());
+        let last_token = s.split_whitespace().last().unwrap_or("").trim_start_matches(|c: char| !c.is_alphanumeric());
         join_next = abbreviations.iter().any(|a| a == last_token);
     }
     out
@@ -180,10 +164,7 @@ fn sentence_ranges(text: &str, abbreviations: &[String]) -> Vec<(usize, usize)> 
 /// The sentences of `text`, split and cleaned as [`Parser::parse`] does (no statement detection), with
 /// the default abbreviations: how the generator splits a raw response into the sentences it scores.
 pub fn split_sentences(text: &str) -> Vec<String> {
-    sentence_ranges(text, &ParserParams::default().abbreviations)
-        .into_iter()
-        .filter_map(|(a, b)| clean_piece(&text[a..b]))
-        .collect()
+    sentence_ranges(text, &ParserParams::default().abbreviations).into_iter().filter_map(|(a, b)| clean_piece(&text[a..b])).collect()
 }
 
 /// The statement finder, built once per pool.
@@ -198,24 +179,15 @@ impl Parser {
     pub fn new(pool: &StatementPool, params: ParserParams) -> Self {
         let mut patterns: HashMap<String, Vec<Vec<String>>> = HashMap::new();
         for (_, s) in pool.iter() {
-            let seq: Vec<String> = words_in(s, 0, s.len())
-                .into_iter()
-                .map(|w| w.norm)
-                .collect();
+            let seq: Vec<String> = words_in(s, 0, s.len()).into_iter().map(|w| w.norm).collect();
             if let Some(first) = seq.first() {
                 patterns.entry(first.clone()).or_default().push(seq);
             }
         }
         // Longest first, so the longest pool statement wins at a position.
-        patterns
-            .values_mut()
-            .for_each(|v| v.sort_by_key(|p| std::cmp::Reverse(p.len())));
+        patterns.values_mut().for_each(|v| v.sort_by_key(|p| std::cmp::Reverse(p.len())));
         let params = ParserParams {
-            connectives: params
-                .connectives
-                .iter()
-                .map(|w| normalize_word(w))
-                .collect(),
+            connectives: params.connectives.iter().map(|w| normalize_word(w)).collect(),
             openers: params.openers.iter().map(|w| normalize_word(w)).collect(),
             cue_words: params.cue_words.iter().map(|w| normalize_word(w)).collect(),
             ..params
@@ -237,10 +209,7 @@ impl Parser {
         let mut i = 0;
         while i < words.len() {
             let hit = self.patterns.get(&words[i].norm).and_then(|cands| {
-                cands.iter().find(|p| {
-                    i + p.len() <= words.len()
-                        && p.iter().zip(&words[i..]).all(|(a, b)| *a == b.norm)
-                })
+                cands.iter().find(|p| i + p.len() <= words.len() && p.iter().zip(&words[i..]).all(|(a, b)| *a == b.norm))
             });
             match hit {
                 Some(p) => {
@@ -264,28 +233,14 @@ impl Parser {
     }
 
     /// Paraphrased statements inside the sentence piece [lo, hi) (which holds no pool statement).
-    fn cue_spans(
-        &self,
-        text: &str,
-        lo: usize,
-        hi: usize,
-        at_sentence_start: bool,
-        out: &mut Vec<(usize, usize)>,
-    ) {
+    fn cue_spans(&self, text: &str, lo: usize, hi: usize, at_sentence_start: bool, out: &mut Vec<(usize, usize)>) {
         let ws = words_in(text, lo, hi);
         if ws.is_empty() {
             return;
         }
         let max = self.params.max_statement_words;
-        if at_sentence_start
-            && self.params.openers.iter().any(|o| *o == ws[0].norm)
-            && ws.len() <= max
-            && self.has_cue(&ws)
-        {
-            out.push((
-                ws[0].start,
-                extend_over_terminators(text, ws[ws.len() - 1].end),
-            ));
+        if at_sentence_start && self.params.openers.iter().any(|o| *o == ws[0].norm) && ws.len() <= max && self.has_cue(&ws) {
+            out.push((ws[0].start, extend_over_terminators(text, ws[ws.len() - 1].end)));
             return;
         }
         let mut c = 0;
@@ -300,8 +255,7 @@ impl Parser {
                 e += 1;
             }
             let clause = &ws[c..e];
-            let referent = clause.len() <= self.params.short_clause_words
-                || clause.iter().any(|w| self.params.openers.contains(&w.norm));
+            let referent = clause.len() <= self.params.short_clause_words || clause.iter().any(|w| self.params.openers.contains(&w.norm));
             if clause.len() <= max && referent && self.has_cue(clause) {
                 out.push((ws[c].start, extend_over_terminators(text, ws[e - 1].end)));
                 c = e;
@@ -315,15 +269,8 @@ impl Parser {
     pub fn parse(&self, text: &str) -> ParsedResponse {
         let sentences = sentence_ranges(text, &self.params.abbreviations);
         let words = words_in(text, 0, text.len());
-        let sentence_of: Vec<usize> = words
-            .iter()
-            .map(|w| {
-                sentences
-                    .iter()
-                    .position(|&(s, e)| w.start >= s && w.start < e)
-                    .unwrap_or(0)
-            })
-            .collect();
+        let sentence_of: Vec<usize> =
+            words.iter().map(|w| sentences.iter().position(|&(s, e)| w.start >= s && w.start < e).unwrap_or(0)).collect();
         let pool = self.pool_spans(text, &words, &sentence_of);
 
         // Paraphrases in the sentence pieces left between pool statements.
@@ -351,10 +298,7 @@ impl Parser {
                 let (a, b) = (s.max(lo), e.min(hi));
                 if a < b {
                     if let Some(sentence) = clean_piece(&text[a..b]) {
-                        out.pairs.push(ParsedPair {
-                            sentence,
-                            statement: None,
-                        });
+                        out.pairs.push(ParsedPair { sentence, statement: None });
                     }
                 }
             }
@@ -378,13 +322,7 @@ impl Parser {
 
 /// The warm-up target of one response (§3.1.2): each sentence followed by a statement drawn from its
 /// level's pool ([`StatementPool::sample`], keyed by `item_key` and the sentence index).
-pub fn interleave(
-    pool: &StatementPool,
-    seed: u64,
-    item_key: &str,
-    sentences: &[String],
-    levels: &[u8],
-) -> Result<Vec<ParsedPair>> {
+pub fn interleave(pool: &StatementPool, seed: u64, item_key: &str, sentences: &[String], levels: &[u8]) -> Result<Vec<ParsedPair>> {
     if sentences.len() != levels.len() {
         return Err(ConfidenceError::Shape {
             what: format!("levels of item {item_key:?} (one per sentence)"),
@@ -397,10 +335,7 @@ pub fn interleave(
         .zip(levels)
         .enumerate()
         .map(|(t, (sentence, &level))| {
-            Ok(ParsedPair {
-                sentence: sentence.clone(),
-                statement: Some(pool.sample(level, seed, item_key, t)?.to_string()),
-            })
+            Ok(ParsedPair { sentence: sentence.clone(), statement: Some(pool.sample(level, seed, item_key, t)?.to_string()) })
         })
         .collect()
 }
@@ -420,11 +355,9 @@ pub fn render(pairs: &[ParsedPair]) -> String {
             }
         };
         match p.statement.as_deref().map(str::trim) {
-            Some(c) if c.chars().next().is_some_and(char::is_lowercase) => parts.push(format!(
-                "{} {}",
-                sentence.trim_end_matches(is_terminator),
-                with_stop(c)
-            )),
+            Some(c) if c.chars().next().is_some_and(char::is_lowercase) => {
+                parts.push(format!("{} {}", sentence.trim_end_matches(is_terminator), with_stop(c)))
+            }
             Some(c) => parts.push(format!("{} {}", with_stop(sentence), with_stop(c))),
             None => parts.push(with_stop(sentence)),
         }

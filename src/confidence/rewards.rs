@@ -84,18 +84,9 @@ pub struct ResponseReward {
 
 /// I(z_t) for each generated sentence from its similarity row to the reference chain
 /// (`similarity[t][j]`): max_j s_tj > threshold. An empty reference chain is an error.
-pub fn sentence_correctness(
-    item: usize,
-    similarity: &[Vec<f64>],
-    n_reference: usize,
-    threshold: f64,
-) -> Result<Vec<bool>> {
+pub fn sentence_correctness(item: usize, similarity: &[Vec<f64>], n_reference: usize, threshold: f64) -> Result<Vec<bool>> {
     if n_reference == 0 {
-        return Err(ConfidenceError::Empty {
-            at: Location::item(item),
-            what: "reference chain",
-            unit: "sentence",
-        });
+        return Err(ConfidenceError::Empty { at: Location::item(item), what: "reference chain", unit: "sentence" });
     }
     similarity
         .iter()
@@ -122,28 +113,14 @@ fn calibration(indicator: f64, expressed: f64) -> f64 {
 }
 
 /// Rewards of one response (`item` names it in errors).
-pub fn response_reward(
-    item: usize,
-    sentences: &[SentenceSignals],
-    params: &RewardParams,
-) -> Result<ResponseReward> {
-    for (name, w) in [
-        ("alpha", params.alpha),
-        ("beta", params.beta),
-        ("gamma", params.gamma),
-    ] {
+pub fn response_reward(item: usize, sentences: &[SentenceSignals], params: &RewardParams) -> Result<ResponseReward> {
+    for (name, w) in [("alpha", params.alpha), ("beta", params.beta), ("gamma", params.gamma)] {
         if !w.is_finite() {
-            return Err(ConfidenceError::InvalidParams(format!(
-                "rewards.{name} must be finite, found {w}"
-            )));
+            return Err(ConfidenceError::InvalidParams(format!("rewards.{name} must be finite, found {w}")));
         }
     }
     if sentences.is_empty() {
-        return Err(ConfidenceError::Empty {
-            at: Location::item(item),
-            what: "response",
-            unit: "sentence",
-        });
+        return Err(ConfidenceError::Empty { at: Location::item(item), what: "response", unit: "sentence" });
     }
     let mut per_sentence = Vec::with_capacity(sentences.len());
     for (t, s) in sentences.iter().enumerate() {
@@ -158,13 +135,7 @@ pub fn response_reward(
             None => match params.missing_statement {
                 MissingStatement::Penalize => (Some(-1.0), Some(-1.0)),
                 MissingStatement::Skip => (None, None),
-                MissingStatement::Error => {
-                    return Err(ConfidenceError::Empty {
-                        at,
-                        what: "confidence statement",
-                        unit: "statement",
-                    })
-                }
+                MissingStatement::Error => return Err(ConfidenceError::Empty { at, what: "confidence statement", unit: "statement" }),
             },
         };
         per_sentence.push(SentenceReward { ka, ec, cs });
@@ -181,14 +152,7 @@ pub fn response_reward(
     let ec = mean(&|r| r.ec);
     let cs = mean(&|r| r.cs);
     let on = |b: bool| if b { 1.0 } else { 0.0 };
-    let total = on(params.enable_ka) * params.alpha * ka
-        + on(params.enable_ec) * params.beta * ec
-        + on(params.enable_cs) * params.gamma * cs;
-    Ok(ResponseReward {
-        ka,
-        ec,
-        cs,
-        total,
-        per_sentence,
-    })
+    let total =
+        on(params.enable_ka) * params.alpha * ka + on(params.enable_ec) * params.beta * ec + on(params.enable_cs) * params.gamma * cs;
+    Ok(ResponseReward { ka, ec, cs, total, per_sentence })
 }

@@ -23,42 +23,21 @@ impl<E: SentenceEmbedder> PairSimilarity for CosineOfEmbeddings<E> {
         }
         let emb = self.0.embed(&texts)?;
         if emb.len() != texts.len() {
-            return Err(format!(
-                "embedder returned {} vectors for {} texts",
-                emb.len(),
-                texts.len()
-            )
-            .into());
+            return Err(format!("embedder returned {} vectors for {} texts", emb.len(), texts.len()).into());
         }
-        let norms: Vec<f64> = emb
-            .iter()
-            .map(|v| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt())
-            .collect();
+        let norms: Vec<f64> = emb.iter().map(|v| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()).collect();
         pairs
             .iter()
             .enumerate()
             .map(|(p, &(a, b))| {
                 let (i, j) = (index[a], index[b]);
                 if emb[i].len() != emb[j].len() {
-                    return Err(format!(
-                        "pair {p}: embedding lengths differ ({} vs {})",
-                        emb[i].len(),
-                        emb[j].len()
-                    )
-                    .into());
+                    return Err(format!("pair {p}: embedding lengths differ ({} vs {})", emb[i].len(), emb[j].len()).into());
                 }
-                if !(norms[i] > 0.0
-                    && norms[j] > 0.0
-                    && norms[i].is_finite()
-                    && norms[j].is_finite())
-                {
+                if !(norms[i] > 0.0 && norms[j] > 0.0 && norms[i].is_finite() && norms[j].is_finite()) {
                     return Err(format!("pair {p}: zero or non-finite embedding norm").into());
                 }
-                let dot: f64 = emb[i]
-                    .iter()
-                    .zip(&emb[j])
-                    .map(|(&x, &y)| f64::from(x) * f64::from(y))
-                    .sum();
+                let dot: f64 = emb[i].iter().zip(&emb[j]).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
                 Ok((dot / (norms[i] * norms[j])) as f32)
             })
             .collect()

@@ -21,10 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{
-    aokvqa, kind, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, ReferenceChain,
-    Result, SkipPolicy,
-};
+use super::{aokvqa, kind, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, ReferenceChain, Result, SkipPolicy};
 
 /// Which chain of a record to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -129,35 +126,17 @@ fn detect(file: &Path, records: &[Value]) -> Result<AnnotatedKind> {
 fn parse_chain(ctx: &RecordCtx, rec: &Value, field: ChainField) -> Result<(ReferenceChain, bool)> {
     let keys = ctx.field(rec, field.key())?;
     if !keys.is_object() {
-        return Err(ctx.malformed(format!(
-            "field `{}`: expected an object, found {}",
-            field.key(),
-            kind(keys)
-        )));
+        return Err(ctx.malformed(format!("field `{}`: expected an object, found {}", field.key(), kind(keys))));
     }
     let (perception, missing) = match keys.get("Image_level") {
         None | Some(Value::Null) => (Vec::new(), true),
-        Some(v) => (
-            ctx.str_list_value(v, &format!("{}.Image_level", field.key()))?,
-            false,
-        ),
+        Some(v) => (ctx.str_list_value(v, &format!("{}.Image_level", field.key()))?, false),
     };
     let reasoning = match keys.get("Reasoning_level") {
-        None | Some(Value::Null) => {
-            return Err(ctx.malformed(format!(
-                "field `{}.Reasoning_level` is missing",
-                field.key()
-            )))
-        }
+        None | Some(Value::Null) => return Err(ctx.malformed(format!("field `{}.Reasoning_level` is missing", field.key()))),
         Some(v) => ctx.str_list_value(v, &format!("{}.Reasoning_level", field.key()))?,
     };
-    Ok((
-        ReferenceChain {
-            perception,
-            reasoning,
-        },
-        missing,
-    ))
+    Ok((ReferenceChain { perception, reasoning }, missing))
 }
 
 fn parse_culturalvqa(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
@@ -166,12 +145,7 @@ fn parse_culturalvqa(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
         .as_i64()
         .map(|i| i.to_string())
         .or_else(|| id.as_str().map(str::to_string))
-        .ok_or_else(|| {
-            ctx.malformed(format!(
-                "field `id`: expected an integer, found {}",
-                kind(id)
-            ))
-        })?;
+        .ok_or_else(|| ctx.malformed(format!("field `id`: expected an integer, found {}", kind(id))))?;
     let question = ctx.str(rec, "question")?;
     let mut item = Item::new(id, super::culturalvqa::SOURCE, "test", question);
     if let Some(g) = ctx.opt_str(rec, "general_output")? {
@@ -196,16 +170,8 @@ pub fn read_annotations(file: &Path, params: &AnnotatedParams) -> Result<Annotat
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut annotations = Vec::with_capacity(records.len());
     for (i, rec) in records.iter().enumerate() {
-        let raw_id = rec
-            .get("question_id")
-            .or_else(|| rec.get("id"))
-            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
-        let ctx = RecordCtx {
-            file,
-            record: raw_id
-                .as_deref()
-                .map_or(format!("#{i}"), |q| format!("#{i} ({q})")),
-        };
+        let raw_id = rec.get("question_id").or_else(|| rec.get("id")).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+        let ctx = RecordCtx { file, record: raw_id.as_deref().map_or(format!("#{i}"), |q| format!("#{i} ({q})")) };
         let parsed = match kind_ {
             AnnotatedKind::Aokvqa => aokvqa::parse_record(&ctx, rec),
             AnnotatedKind::CulturalVqa => parse_culturalvqa(&ctx, rec),
@@ -237,19 +203,11 @@ pub fn read_annotations(file: &Path, params: &AnnotatedParams) -> Result<Annotat
                     report.skipped.push(super::Skip {
                         file: file.to_path_buf(),
                         record: ctx.record.clone(),
-                        reason: format!(
-                            "id {id} repeated (occurrence {k}); duplicate policy keeps the first"
-                        ),
+                        reason: format!("id {id} repeated (occurrence {k}); duplicate policy keeps the first"),
                     });
                     continue;
                 }
-                DuplicatePolicy::Error => {
-                    return Err(DataError::DuplicateId {
-                        path: file.to_path_buf(),
-                        record: ctx.record.clone(),
-                        id,
-                    })
-                }
+                DuplicatePolicy::Error => return Err(DataError::DuplicateId { path: file.to_path_buf(), record: ctx.record.clone(), id }),
             }
         }
         // Quirks are counted on the records that are kept.
@@ -261,28 +219,15 @@ pub fn read_annotations(file: &Path, params: &AnnotatedParams) -> Result<Annotat
         }
         item.chain = chain.clone();
         item.meta.insert("annotation".into(), json!({"file": file.file_name().map(|f| f.to_string_lossy()), "record": i, "index": k, "chain_field": params.chain_field.key()}));
-        annotations.push(Annotation {
-            id,
-            record: i,
-            chain,
-            item,
-        });
+        annotations.push(Annotation { id, record: i, chain, item });
     }
-    Ok(Annotations {
-        file: file.to_path_buf(),
-        kind: kind_,
-        annotations,
-        report,
-    })
+    Ok(Annotations { file: file.to_path_buf(), kind: kind_, annotations, report })
 }
 
 /// Load an annotated file as items on their own (no images: the files do not carry them).
 pub fn load_annotated(file: &Path, params: &AnnotatedParams) -> Result<Loaded> {
     let a = read_annotations(file, params)?;
-    Ok(Loaded {
-        items: a.annotations.into_iter().map(|a| a.item).collect(),
-        report: a.report,
-    })
+    Ok(Loaded { items: a.annotations.into_iter().map(|a| a.item).collect(), report: a.report })
 }
 
 /// Join chains onto a loaded dataset by id (A-OKVQA `question_id`; CulturalVQA row index).
@@ -291,11 +236,7 @@ pub fn load_annotated(file: &Path, params: &AnnotatedParams) -> Result<Loaded> {
 /// [`DuplicatePolicy::KeepAll`], ids suffixed as in the annotations). An annotation whose id is
 /// not in `items` is an error or a counted skip (`on_bad_record`); items without an annotation
 /// are left out (counted) unless `keep_unannotated`.
-pub fn attach_chains(
-    items: Vec<Item>,
-    annotations: &Annotations,
-    params: &AnnotatedParams,
-) -> Result<Loaded> {
+pub fn attach_chains(items: Vec<Item>, annotations: &Annotations, params: &AnnotatedParams) -> Result<Loaded> {
     let mut report = annotations.report.clone();
     let mut by_id: HashMap<&str, Vec<&Annotation>> = HashMap::new();
     for a in &annotations.annotations {
@@ -304,11 +245,7 @@ pub fn attach_chains(
     let known: std::collections::HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
     for a in &annotations.annotations {
         if !known.contains(a.id.as_str()) {
-            let err = DataError::UnmatchedId {
-                path: annotations.file.clone(),
-                record: format!("#{}", a.record),
-                id: a.id.clone(),
-            };
+            let err = DataError::UnmatchedId { path: annotations.file.clone(), record: format!("#{}", a.record), id: a.id.clone() };
             report.reject(params.on_bad_record, err)?;
         }
     }

@@ -8,9 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{
-    kind, load_image, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy,
-};
+use super::{kind, load_image, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy};
 
 pub const SOURCE: &str = "aokvqa";
 
@@ -37,10 +35,7 @@ pub(crate) fn parse_record(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
     let image_id = ctx.int(rec, "image_id")?;
     let choices = ctx.str_list(rec, "choices")?;
     if choices.len() < 2 {
-        return Err(ctx.malformed(format!(
-            "field `choices`: expected at least 2 options, found {}",
-            choices.len()
-        )));
+        return Err(ctx.malformed(format!("field `choices`: expected at least 2 options, found {}", choices.len())));
     }
     let mut item = Item::new(qid, SOURCE, &split, question);
     item.choices = choices;
@@ -48,15 +43,9 @@ pub(crate) fn parse_record(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
     match rec.get("correct_choice_idx") {
         None | Some(Value::Null) => {}
         Some(v) => {
-            let idx = v
-                .as_u64()
-                .filter(|&i| (i as usize) < item.choices.len())
-                .ok_or_else(|| {
-                    ctx.malformed(format!(
-                        "field `correct_choice_idx`: expected an index below {}, found {v}",
-                        item.choices.len()
-                    ))
-                })?;
+            let idx = v.as_u64().filter(|&i| (i as usize) < item.choices.len()).ok_or_else(|| {
+                ctx.malformed(format!("field `correct_choice_idx`: expected an index below {}, found {v}", item.choices.len()))
+            })?;
             item.correct_choice = Some(idx as u32);
             item.answer = Some(item.choices[idx as usize].clone());
         }
@@ -64,16 +53,9 @@ pub(crate) fn parse_record(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
     if rec.get("direct_answers").is_some_and(|v| !v.is_null()) {
         item.direct_answers = ctx.str_list(rec, "direct_answers")?;
     }
-    let rationales = if rec.get("rationales").is_some_and(|v| !v.is_null()) {
-        ctx.str_list(rec, "rationales")?
-    } else {
-        Vec::new()
-    };
+    let rationales = if rec.get("rationales").is_some_and(|v| !v.is_null()) { ctx.str_list(rec, "rationales")? } else { Vec::new() };
     item.meta.insert("image_id".into(), json!(image_id));
-    item.meta.insert(
-        "coco_file".into(),
-        json!(coco_relative_path(&split, image_id)),
-    );
+    item.meta.insert("coco_file".into(), json!(coco_relative_path(&split, image_id)));
     item.meta.insert("rationales".into(), json!(rationales));
     if let Some(d) = rec.get("difficult_direct_answer").and_then(Value::as_bool) {
         item.meta.insert("difficult_direct_answer".into(), json!(d));
@@ -84,11 +66,7 @@ pub(crate) fn parse_record(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
 /// Load an official A-OKVQA JSON file. With `coco_dir`, each image is read (bytes kept as they
 /// are) and a missing one is an error or a counted skip; without it, items carry no image and
 /// the report notes `images_not_requested`.
-pub fn load_aokvqa(
-    json_path: &Path,
-    coco_dir: Option<&Path>,
-    params: &AokvqaParams,
-) -> Result<Loaded> {
+pub fn load_aokvqa(json_path: &Path, coco_dir: Option<&Path>, params: &AokvqaParams) -> Result<Loaded> {
     let root = read_json(json_path)?;
     let records = root.as_array().ok_or_else(|| DataError::Malformed {
         path: json_path.to_path_buf(),
@@ -99,14 +77,8 @@ pub fn load_aokvqa(
     let mut items = Vec::with_capacity(records.len());
     let mut seen = std::collections::HashSet::new();
     for (i, rec) in records.iter().enumerate() {
-        let label = rec
-            .get("question_id")
-            .and_then(Value::as_str)
-            .map_or(format!("#{i}"), |q| format!("#{i} ({q})"));
-        let ctx = RecordCtx {
-            file: json_path,
-            record: label,
-        };
+        let label = rec.get("question_id").and_then(Value::as_str).map_or(format!("#{i}"), |q| format!("#{i} ({q})"));
+        let ctx = RecordCtx { file: json_path, record: label };
         let mut item = match parse_record(&ctx, rec) {
             Ok(it) => it,
             Err(e) => {
@@ -116,22 +88,13 @@ pub fn load_aokvqa(
         };
         if !seen.insert(item.id.clone()) {
             let id = item.id.clone();
-            report.reject(
-                params.on_bad_record,
-                DataError::DuplicateId {
-                    path: json_path.to_path_buf(),
-                    record: ctx.record.clone(),
-                    id,
-                },
-            )?;
+            report
+                .reject(params.on_bad_record, DataError::DuplicateId { path: json_path.to_path_buf(), record: ctx.record.clone(), id })?;
             continue;
         }
         match coco_dir {
             Some(dir) => {
-                let rel = item.meta["coco_file"]
-                    .as_str()
-                    .expect("set by parse_record")
-                    .to_string();
+                let rel = item.meta["coco_file"].as_str().expect("set by parse_record").to_string();
                 match load_image(json_path, &ctx.record, &dir.join(&rel), rel) {
                     Ok(img) => item.image = Some(img),
                     Err(e) => {

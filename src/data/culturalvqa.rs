@@ -31,32 +31,20 @@ pub struct CulturalvqaParams {
 
 impl Default for CulturalvqaParams {
     fn default() -> Self {
-        CulturalvqaParams {
-            split: "test".into(),
-            on_bad_record: SkipPolicy::Error,
-        }
+        CulturalvqaParams { split: "test".into(), on_bad_record: SkipPolicy::Error }
     }
 }
 
 fn pq_err(path: &Path, e: impl std::fmt::Display) -> DataError {
-    DataError::Parquet {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
+    DataError::Parquet { path: path.to_path_buf(), reason: e.to_string() }
 }
 
 fn as_utf8(path: &Path, batch: &RecordBatch, name: &str) -> Result<Option<arrow::array::ArrayRef>> {
     match batch.column_by_name(name) {
         None => Ok(None),
-        Some(c) => cast(c, &DataType::Utf8).map(Some).map_err(|e| {
-            pq_err(
-                path,
-                format!(
-                    "column `{name}`: expected text, found {} ({e})",
-                    c.data_type()
-                ),
-            )
-        }),
+        Some(c) => cast(c, &DataType::Utf8)
+            .map(Some)
+            .map_err(|e| pq_err(path, format!("column `{name}`: expected text, found {} ({e})", c.data_type()))),
     }
 }
 
@@ -66,31 +54,16 @@ pub fn load_culturalvqa(files: &[&Path], params: &CulturalvqaParams) -> Result<L
     let mut items = Vec::new();
     let mut row_id = 0usize;
     for &path in files {
-        let f = File::open(path).map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-            .map_err(|e| pq_err(path, e))?
-            .build()
-            .map_err(|e| pq_err(path, e))?;
+        let f = File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| pq_err(path, e))?.build().map_err(|e| pq_err(path, e))?;
         for batch in reader {
             let batch = batch.map_err(|e| pq_err(path, e))?;
-            let question = as_utf8(path, &batch, "question")?
-                .ok_or_else(|| pq_err(path, "expected a `question` column, found none"))?;
+            let question = as_utf8(path, &batch, "question")?.ok_or_else(|| pq_err(path, "expected a `question` column, found none"))?;
             let question = question.as_string::<i32>();
-            let image = batch
-                .column_by_name("image")
-                .ok_or_else(|| pq_err(path, "expected an `image` column, found none"))?;
-            let image = image.as_struct_opt().ok_or_else(|| {
-                pq_err(
-                    path,
-                    format!(
-                        "column `image`: expected struct<bytes, path>, found {}",
-                        image.data_type()
-                    ),
-                )
-            })?;
+            let image = batch.column_by_name("image").ok_or_else(|| pq_err(path, "expected an `image` column, found none"))?;
+            let image = image
+                .as_struct_opt()
+                .ok_or_else(|| pq_err(path, format!("column `image`: expected struct<bytes, path>, found {}", image.data_type())))?;
             let bytes = image
                 .column_by_name("bytes")
                 .map(|c| cast(c, &DataType::Binary))
@@ -104,9 +77,7 @@ pub fn load_culturalvqa(files: &[&Path], params: &CulturalvqaParams) -> Result<L
                 .transpose()
                 .map_err(|e| pq_err(path, format!("column `image.path`: {e}")))?;
             let img_path = img_path.as_ref().map(|c| c.as_string::<i32>());
-            let answers = batch
-                .column_by_name("answers")
-                .and_then(|c| c.as_list_opt::<i32>());
+            let answers = batch.column_by_name("answers").and_then(|c| c.as_list_opt::<i32>());
             // Scalar extras go to meta as text.
             let extras: Vec<(String, arrow::array::ArrayRef)> = batch
                 .schema()
@@ -115,8 +86,7 @@ pub fn load_culturalvqa(files: &[&Path], params: &CulturalvqaParams) -> Result<L
                 .filter(|f| !["question", "image", "answers"].contains(&f.name().as_str()))
                 .filter_map(|f| {
                     let c = batch.column_by_name(f.name())?;
-                    (!c.data_type().is_nested())
-                        .then(|| cast(c, &DataType::Utf8).ok().map(|a| (f.name().clone(), a)))?
+                    (!c.data_type().is_nested()).then(|| cast(c, &DataType::Utf8).ok().map(|a| (f.name().clone(), a)))?
                 })
                 .collect();
             for r in 0..batch.num_rows() {
@@ -124,42 +94,28 @@ pub fn load_culturalvqa(files: &[&Path], params: &CulturalvqaParams) -> Result<L
                 row_id += 1;
                 let record = format!("row {id}");
                 if question.is_null(r) {
-                    let e = DataError::Malformed {
-                        path: path.to_path_buf(),
-                        record,
-                        reason: "field `question` is null".into(),
-                    };
+                    let e = DataError::Malformed { path: path.to_path_buf(), record, reason: "field `question` is null".into() };
                     report.reject(params.on_bad_record, e)?;
                     continue;
                 }
                 if image.is_null(r) || bytes.is_null(r) || bytes.value(r).is_empty() {
-                    let image_name = img_path.filter(|p| !p.is_null(r)).map_or_else(
-                        || format!("(row {id} of {})", path.display()),
-                        |p| p.value(r).to_string(),
-                    );
-                    let e = DataError::MissingImage {
-                        path: path.to_path_buf(),
-                        record,
-                        image: image_name.into(),
-                    };
+                    let image_name = img_path
+                        .filter(|p| !p.is_null(r))
+                        .map_or_else(|| format!("(row {id} of {})", path.display()), |p| p.value(r).to_string());
+                    let e = DataError::MissingImage { path: path.to_path_buf(), record, image: image_name.into() };
                     report.reject(params.on_bad_record, e)?;
                     continue;
                 }
                 let mut item = Item::new(id, SOURCE, &params.split, question.value(r));
                 item.image = Some(ImageData {
                     bytes: Some(bytes.value(r).to_vec()),
-                    path: img_path
-                        .filter(|p| !p.is_null(r))
-                        .map(|p| p.value(r).to_string()),
+                    path: img_path.filter(|p| !p.is_null(r)).map(|p| p.value(r).to_string()),
                 });
                 if let Some(a) = answers.filter(|a| !a.is_null(r)) {
                     let v = a.value(r);
                     if let Ok(s) = cast(&v, &DataType::Utf8) {
                         let s = s.as_string::<i32>();
-                        item.direct_answers = (0..s.len())
-                            .filter(|&k| !s.is_null(k))
-                            .map(|k| s.value(k).to_string())
-                            .collect();
+                        item.direct_answers = (0..s.len()).filter(|&k| !s.is_null(k)).map(|k| s.value(k).to_string()).collect();
                     }
                 }
                 for (name, col) in &extras {
@@ -168,10 +124,7 @@ pub fn load_culturalvqa(files: &[&Path], params: &CulturalvqaParams) -> Result<L
                         item.meta.insert(name.clone(), json!(s.value(r)));
                     }
                 }
-                item.meta.insert(
-                    "source_file".into(),
-                    json!(path.file_name().map(|f| f.to_string_lossy())),
-                );
+                item.meta.insert("source_file".into(), json!(path.file_name().map(|f| f.to_string_lossy())));
                 items.push(item);
             }
         }

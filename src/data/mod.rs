@@ -27,8 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use schema::{
-    hf_features, hf_metadata_json, item_schema, items_from_record_batch, items_to_record_batch,
-    ImageData, Item, ReferenceChain,
+    hf_features, hf_metadata_json, item_schema, items_from_record_batch, items_to_record_batch, ImageData, Item, ReferenceChain,
 };
 
 /// The one error type of the data library. Every variant says where (file, record, field).
@@ -47,29 +46,13 @@ pub enum DataError {
         source: serde_json::Error,
     },
     #[error("{path}, record {record}: {reason}")]
-    Malformed {
-        path: PathBuf,
-        record: String,
-        reason: String,
-    },
+    Malformed { path: PathBuf, record: String, reason: String },
     #[error("{path}, record {record}: image file {image} is missing")]
-    MissingImage {
-        path: PathBuf,
-        record: String,
-        image: PathBuf,
-    },
+    MissingImage { path: PathBuf, record: String, image: PathBuf },
     #[error("{path}, record {record}: id {id} has no match in the dataset it is joined onto")]
-    UnmatchedId {
-        path: PathBuf,
-        record: String,
-        id: String,
-    },
+    UnmatchedId { path: PathBuf, record: String, id: String },
     #[error("{path}, record {record}: id {id} occurs more than once")]
-    DuplicateId {
-        path: PathBuf,
-        record: String,
-        id: String,
-    },
+    DuplicateId { path: PathBuf, record: String, id: String },
     #[error("{path}: Parquet/Arrow read failed: {reason}")]
     Parquet { path: PathBuf, reason: String },
     #[error("record batch does not match the item schema: {0}")]
@@ -127,11 +110,7 @@ impl LoadReport {
             SkipPolicy::Error => Err(err),
             SkipPolicy::SkipAndCount => {
                 let (file, record) = err_location(&err);
-                self.skipped.push(Skip {
-                    file,
-                    record,
-                    reason: err.to_string(),
-                });
+                self.skipped.push(Skip { file, record, reason: err.to_string() });
                 Ok(())
             }
         }
@@ -144,9 +123,7 @@ fn err_location(err: &DataError) -> (PathBuf, String) {
         | DataError::MissingImage { path, record, .. }
         | DataError::UnmatchedId { path, record, .. }
         | DataError::DuplicateId { path, record, .. } => (path.clone(), record.clone()),
-        DataError::Io { path, .. }
-        | DataError::Json { path, .. }
-        | DataError::Parquet { path, .. } => (path.clone(), String::new()),
+        DataError::Io { path, .. } | DataError::Json { path, .. } | DataError::Parquet { path, .. } => (path.clone(), String::new()),
         _ => (PathBuf::new(), String::new()),
     }
 }
@@ -159,42 +136,23 @@ pub struct Loaded {
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     let bytes = read_file(path)?;
-    serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_slice(&bytes).map_err(|source| DataError::Json { path: path.to_path_buf(), source })
 }
 
 /// Read an image file as it is (no re-encoding, so its bytes and hash stay those of the source),
 /// or report it missing for `record` of `file`.
-pub(crate) fn load_image(
-    file: &Path,
-    record: &str,
-    image_path: &Path,
-    display_path: String,
-) -> Result<ImageData> {
+pub(crate) fn load_image(file: &Path, record: &str, image_path: &Path, display_path: String) -> Result<ImageData> {
     match std::fs::read(image_path) {
-        Ok(bytes) => Ok(ImageData {
-            bytes: Some(bytes),
-            path: Some(display_path),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DataError::MissingImage {
-            path: file.to_path_buf(),
-            record: record.to_string(),
-            image: image_path.to_path_buf(),
-        }),
-        Err(source) => Err(DataError::Io {
-            path: image_path.to_path_buf(),
-            source,
-        }),
+        Ok(bytes) => Ok(ImageData { bytes: Some(bytes), path: Some(display_path) }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(DataError::MissingImage { path: file.to_path_buf(), record: record.to_string(), image: image_path.to_path_buf() })
+        }
+        Err(source) => Err(DataError::Io { path: image_path.to_path_buf(), source }),
     }
 }
 
@@ -206,26 +164,16 @@ pub(crate) struct RecordCtx<'a> {
 
 impl RecordCtx<'_> {
     pub fn malformed(&self, reason: impl Into<String>) -> DataError {
-        DataError::Malformed {
-            path: self.file.to_path_buf(),
-            record: self.record.clone(),
-            reason: reason.into(),
-        }
+        DataError::Malformed { path: self.file.to_path_buf(), record: self.record.clone(), reason: reason.into() }
     }
 
     pub fn field<'v>(&self, v: &'v serde_json::Value, name: &str) -> Result<&'v serde_json::Value> {
-        v.get(name)
-            .ok_or_else(|| self.malformed(format!("field `{name}` is missing")))
+        v.get(name).ok_or_else(|| self.malformed(format!("field `{name}` is missing")))
     }
 
     pub fn str(&self, v: &serde_json::Value, name: &str) -> Result<String> {
         let f = self.field(v, name)?;
-        f.as_str().map(str::to_string).ok_or_else(|| {
-            self.malformed(format!(
-                "field `{name}`: expected a string, found {}",
-                kind(f)
-            ))
-        })
+        f.as_str().map(str::to_string).ok_or_else(|| self.malformed(format!("field `{name}`: expected a string, found {}", kind(f))))
     }
 
     pub fn opt_str(&self, v: &serde_json::Value, name: &str) -> Result<Option<String>> {
@@ -237,12 +185,7 @@ impl RecordCtx<'_> {
 
     pub fn int(&self, v: &serde_json::Value, name: &str) -> Result<i64> {
         let f = self.field(v, name)?;
-        f.as_i64().ok_or_else(|| {
-            self.malformed(format!(
-                "field `{name}`: expected an integer, found {}",
-                kind(f)
-            ))
-        })
+        f.as_i64().ok_or_else(|| self.malformed(format!("field `{name}`: expected an integer, found {}", kind(f))))
     }
 
     pub fn str_list(&self, v: &serde_json::Value, name: &str) -> Result<Vec<String>> {
@@ -251,21 +194,13 @@ impl RecordCtx<'_> {
     }
 
     pub fn str_list_value(&self, f: &serde_json::Value, name: &str) -> Result<Vec<String>> {
-        let arr = f.as_array().ok_or_else(|| {
-            self.malformed(format!(
-                "field `{name}`: expected a list of strings, found {}",
-                kind(f)
-            ))
-        })?;
+        let arr = f.as_array().ok_or_else(|| self.malformed(format!("field `{name}`: expected a list of strings, found {}", kind(f))))?;
         arr.iter()
             .enumerate()
             .map(|(i, s)| {
-                s.as_str().map(str::to_string).ok_or_else(|| {
-                    self.malformed(format!(
-                        "field `{name}`[{i}]: expected a string, found {}",
-                        kind(s)
-                    ))
-                })
+                s.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| self.malformed(format!("field `{name}`[{i}]: expected a string, found {}", kind(s))))
             })
             .collect()
     }

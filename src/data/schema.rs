@@ -10,8 +10,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, Int32Array, ListBuilder, RecordBatch, StringArray,
-    StringBuilder, StructArray,
+    Array, ArrayRef, AsArray, BinaryBuilder, Int32Array, ListBuilder, RecordBatch, StringArray, StringBuilder, StructArray,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef};
@@ -45,10 +44,7 @@ impl ReferenceChain {
 
     /// All sentences in order, perception first (how the paper lays out a chain).
     pub fn sentences(&self) -> impl Iterator<Item = &str> {
-        self.perception
-            .iter()
-            .chain(self.reasoning.iter())
-            .map(String::as_str)
+        self.perception.iter().chain(self.reasoning.iter()).map(String::as_str)
     }
 }
 
@@ -83,12 +79,7 @@ pub struct Item {
 
 impl Item {
     /// A row with only the required fields set.
-    pub fn new(
-        id: impl Into<String>,
-        source: &str,
-        split: &str,
-        question: impl Into<String>,
-    ) -> Self {
+    pub fn new(id: impl Into<String>, source: &str, split: &str, question: impl Into<String>) -> Self {
         Item {
             id: id.into(),
             source: source.to_string(),
@@ -108,24 +99,14 @@ impl Item {
     }
 }
 
-const LIST_COLUMNS: [&str; 6] = [
-    "choices",
-    "direct_answers",
-    "perception",
-    "reasoning",
-    "captions",
-    "hard_negatives",
-];
+const LIST_COLUMNS: [&str; 6] = ["choices", "direct_answers", "perception", "reasoning", "captions", "hard_negatives"];
 
 fn string_list() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
 }
 
 fn image_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("bytes", DataType::Binary, true),
-        Field::new("path", DataType::Utf8, true),
-    ])
+    Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)])
 }
 
 /// The fixed Arrow schema of an item batch (without metadata; the store adds lineage and
@@ -199,9 +180,7 @@ pub fn items_to_record_batch(items: &[Item]) -> Result<RecordBatch> {
     let mut answer = StringBuilder::new();
     let mut difficulty = Vec::with_capacity(n);
     let mut meta = StringBuilder::new();
-    let mut lists: Vec<ListBuilder<StringBuilder>> = (0..LIST_COLUMNS.len())
-        .map(|_| ListBuilder::new(StringBuilder::new()))
-        .collect();
+    let mut lists: Vec<ListBuilder<StringBuilder>> = (0..LIST_COLUMNS.len()).map(|_| ListBuilder::new(StringBuilder::new())).collect();
 
     for it in items {
         id.append_value(&it.id);
@@ -229,28 +208,18 @@ pub fn items_to_record_batch(items: &[Item]) -> Result<RecordBatch> {
                         it.choices.len()
                     )));
                 }
-                Some(i32::try_from(c).map_err(|_| {
-                    DataError::Schema(format!("item {}: correct_choice {c} too large", it.id))
-                })?)
+                Some(i32::try_from(c).map_err(|_| DataError::Schema(format!("item {}: correct_choice {c} too large", it.id)))?)
             }
             None => None,
         };
         correct.push(cc);
         answer.append_option(it.answer.as_deref());
         difficulty.push(match it.difficulty {
-            Some(d) => Some(i32::try_from(d).map_err(|_| {
-                DataError::Schema(format!("item {}: difficulty {d} too large", it.id))
-            })?),
+            Some(d) => Some(i32::try_from(d).map_err(|_| DataError::Schema(format!("item {}: difficulty {d} too large", it.id)))?),
             None => None,
         });
-        let cols: [&Vec<String>; 6] = [
-            &it.choices,
-            &it.direct_answers,
-            &it.chain.perception,
-            &it.chain.reasoning,
-            &it.captions,
-            &it.hard_negatives,
-        ];
+        let cols: [&Vec<String>; 6] =
+            [&it.choices, &it.direct_answers, &it.chain.perception, &it.chain.reasoning, &it.captions, &it.hard_negatives];
         for (b, col) in lists.iter_mut().zip(cols) {
             for s in col {
                 b.values().append_value(s);
@@ -262,15 +231,10 @@ pub fn items_to_record_batch(items: &[Item]) -> Result<RecordBatch> {
 
     let image = StructArray::try_new(
         image_fields(),
-        vec![
-            Arc::new(img_bytes.finish()) as ArrayRef,
-            Arc::new(img_path.finish()),
-        ],
+        vec![Arc::new(img_bytes.finish()) as ArrayRef, Arc::new(img_path.finish())],
         Some(NullBuffer::from(img_valid)),
     )?;
-    let mut lists = lists
-        .into_iter()
-        .map(|mut b| Arc::new(b.finish()) as ArrayRef);
+    let mut lists = lists.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
     let mut next_list = || lists.next().expect("six list columns");
     let choices = next_list();
     let direct = next_list();
@@ -304,11 +268,7 @@ pub fn items_from_record_batch(batch: &RecordBatch) -> Result<Vec<Item>> {
     let want = item_schema();
     let got = batch.schema();
     if got.fields().len() != want.fields().len() {
-        return Err(DataError::Schema(format!(
-            "expected {} columns, found {}",
-            want.fields().len(),
-            got.fields().len()
-        )));
+        return Err(DataError::Schema(format!("expected {} columns, found {}", want.fields().len(), got.fields().len())));
     }
     for (w, g) in want.fields().iter().zip(got.fields().iter()) {
         if w.name() != g.name() || !types_match(w.data_type(), g.data_type()) {
@@ -346,47 +306,24 @@ pub fn items_from_record_batch(batch: &RecordBatch) -> Result<Vec<Item>> {
     for r in 0..batch.num_rows() {
         let meta_map = match serde_json::from_str::<Value>(meta.value(r)) {
             Ok(Value::Object(m)) => m,
-            Ok(_) | Err(_) => {
-                return Err(DataError::Schema(format!(
-                    "row {r} (id {}): column `meta` is not a JSON object",
-                    id.value(r)
-                )))
-            }
+            Ok(_) | Err(_) => return Err(DataError::Schema(format!("row {r} (id {}): column `meta` is not a JSON object", id.value(r)))),
         };
         let nonneg = |v: i32, what: &str| -> Result<u32> {
-            u32::try_from(v).map_err(|_| {
-                DataError::Schema(format!(
-                    "row {r} (id {}): `{what}` is negative ({v})",
-                    id.value(r)
-                ))
-            })
+            u32::try_from(v).map_err(|_| DataError::Schema(format!("row {r} (id {}): `{what}` is negative ({v})", id.value(r))))
         };
         out.push(Item {
             id: id.value(r).to_string(),
             source: source.value(r).to_string(),
             split: split.value(r).to_string(),
             question: question.value(r).to_string(),
-            image: (!image.is_null(r)).then(|| ImageData {
-                bytes: (!img_bytes.is_null(r)).then(|| img_bytes.value(r).to_vec()),
-                path: opt_str(img_path, r),
-            }),
+            image: (!image.is_null(r))
+                .then(|| ImageData { bytes: (!img_bytes.is_null(r)).then(|| img_bytes.value(r).to_vec()), path: opt_str(img_path, r) }),
             choices: list_at(5, r),
-            correct_choice: if correct.is_null(r) {
-                None
-            } else {
-                Some(nonneg(correct.value(r), "correct_choice")?)
-            },
+            correct_choice: if correct.is_null(r) { None } else { Some(nonneg(correct.value(r), "correct_choice")?) },
             direct_answers: list_at(7, r),
             answer: opt_str(answer, r),
-            chain: ReferenceChain {
-                perception: list_at(9, r),
-                reasoning: list_at(10, r),
-            },
-            difficulty: if difficulty.is_null(r) {
-                None
-            } else {
-                Some(nonneg(difficulty.value(r), "difficulty")?)
-            },
+            chain: ReferenceChain { perception: list_at(9, r), reasoning: list_at(10, r) },
+            difficulty: if difficulty.is_null(r) { None } else { Some(nonneg(difficulty.value(r), "difficulty")?) },
             captions: list_at(12, r),
             hard_negatives: list_at(13, r),
             meta: meta_map,
@@ -401,10 +338,7 @@ fn types_match(a: &DataType, b: &DataType) -> bool {
     match (a, b) {
         (DataType::List(x), DataType::List(y)) => types_match(x.data_type(), y.data_type()),
         (DataType::Struct(x), DataType::Struct(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .zip(y.iter())
-                    .all(|(f, g)| f.name() == g.name() && types_match(f.data_type(), g.data_type()))
+            x.len() == y.len() && x.iter().zip(y.iter()).all(|(f, g)| f.name() == g.name() && types_match(f.data_type(), g.data_type()))
         }
         _ => a == b,
     }

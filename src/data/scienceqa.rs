@@ -10,9 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{
-    kind, load_image, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy,
-};
+use super::{kind, load_image, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy};
 
 pub const SOURCE: &str = "scienceqa";
 
@@ -27,17 +25,12 @@ pub struct ScienceqaParams {
 
 impl Default for ScienceqaParams {
     fn default() -> Self {
-        ScienceqaParams {
-            splits: vec!["train".into(), "val".into(), "test".into()],
-            on_bad_record: SkipPolicy::Error,
-        }
+        ScienceqaParams { splits: vec!["train".into(), "val".into(), "test".into()], on_bad_record: SkipPolicy::Error }
     }
 }
 
 /// Fields copied into `meta` when present (the hint matters for prompting: "Context: …").
-const META_FIELDS: [&str; 9] = [
-    "hint", "task", "grade", "subject", "topic", "category", "skill", "lecture", "solution",
-];
+const META_FIELDS: [&str; 9] = ["hint", "task", "grade", "subject", "topic", "category", "skill", "lecture", "solution"];
 
 fn parse_problem(ctx: &RecordCtx, pid: &str, split: &str, rec: &Value) -> Result<Option<Item>> {
     if !rec.is_object() {
@@ -51,16 +44,11 @@ fn parse_problem(ctx: &RecordCtx, pid: &str, split: &str, rec: &Value) -> Result
     let choices = ctx.str_list(rec, "choices")?;
     let answer = ctx.int(rec, "answer")?;
     if answer < 0 || answer as usize >= choices.len() {
-        return Err(ctx.malformed(format!(
-            "field `answer`: expected an index below {}, found {answer}",
-            choices.len()
-        )));
+        return Err(ctx.malformed(format!("field `answer`: expected an index below {}, found {answer}", choices.len())));
     }
     if let Some(own) = ctx.opt_str(rec, "split")? {
         if own != split {
-            return Err(ctx.malformed(format!(
-                "field `split` says {own:?} but pid_splits.json lists it under {split:?}"
-            )));
+            return Err(ctx.malformed(format!("field `split` says {own:?} but pid_splits.json lists it under {split:?}")));
         }
     }
     let mut item = Item::new(pid, SOURCE, split, question);
@@ -73,26 +61,17 @@ fn parse_problem(ctx: &RecordCtx, pid: &str, split: &str, rec: &Value) -> Result
             item.meta.insert(f.into(), v.clone());
         }
     }
-    item.meta
-        .insert("image_file".into(), json!(format!("{split}/{pid}/{image}")));
+    item.meta.insert("image_file".into(), json!(format!("{split}/{pid}/{image}")));
     Ok(Some(item))
 }
 
 /// Load the image questions of the chosen splits, images read from `image_dir`.
-pub fn load_scienceqa(
-    problems_path: &Path,
-    pid_splits_path: &Path,
-    image_dir: &Path,
-    params: &ScienceqaParams,
-) -> Result<Loaded> {
+pub fn load_scienceqa(problems_path: &Path, pid_splits_path: &Path, image_dir: &Path, params: &ScienceqaParams) -> Result<Loaded> {
     let problems = read_json(problems_path)?;
     let problems = problems.as_object().ok_or_else(|| DataError::Malformed {
         path: problems_path.to_path_buf(),
         record: "(top level)".into(),
-        reason: format!(
-            "expected an object keyed by problem id, found {}",
-            kind(&problems)
-        ),
+        reason: format!("expected an object keyed by problem id, found {}", kind(&problems)),
     })?;
     let splits = read_json(pid_splits_path)?;
     let mut report = LoadReport::default();
@@ -104,31 +83,17 @@ pub fn load_scienceqa(
             record: split.clone(),
             reason: format!("split {split:?} is not in the file"),
         })?;
-        let sctx = RecordCtx {
-            file: pid_splits_path,
-            record: split.clone(),
-        };
+        let sctx = RecordCtx { file: pid_splits_path, record: split.clone() };
         let pids = sctx.str_list_value(list, split)?;
         for pid in pids {
-            let ctx = RecordCtx {
-                file: problems_path,
-                record: pid.clone(),
-            };
+            let ctx = RecordCtx { file: problems_path, record: pid.clone() };
             if !seen.insert(pid.clone()) {
-                let e = DataError::DuplicateId {
-                    path: pid_splits_path.to_path_buf(),
-                    record: split.clone(),
-                    id: pid.clone(),
-                };
+                let e = DataError::DuplicateId { path: pid_splits_path.to_path_buf(), record: split.clone(), id: pid.clone() };
                 report.reject(params.on_bad_record, e)?;
                 continue;
             }
             let Some(rec) = problems.get(&pid) else {
-                let e = DataError::UnmatchedId {
-                    path: pid_splits_path.to_path_buf(),
-                    record: split.clone(),
-                    id: pid.clone(),
-                };
+                let e = DataError::UnmatchedId { path: pid_splits_path.to_path_buf(), record: split.clone(), id: pid.clone() };
                 report.reject(params.on_bad_record, e)?;
                 continue;
             };
@@ -143,10 +108,7 @@ pub fn load_scienceqa(
                     continue;
                 }
             };
-            let rel = item.meta["image_file"]
-                .as_str()
-                .expect("set by parse_problem")
-                .to_string();
+            let rel = item.meta["image_file"].as_str().expect("set by parse_problem").to_string();
             match load_image(problems_path, &pid, &image_dir.join(&rel), rel) {
                 Ok(img) => item.image = Some(img),
                 Err(e) => {

@@ -22,11 +22,7 @@ pub struct SheetParams {
 
 impl Default for SheetParams {
     fn default() -> Self {
-        SheetParams {
-            per_level: 8,
-            tile: 96,
-            pad: 4,
-        }
+        SheetParams { per_level: 8, tile: 96, pad: 4 }
     }
 }
 
@@ -58,26 +54,15 @@ pub fn contact_sheet(items: &[Item], params: &SheetParams) -> Result<RgbImage> {
             let r = Rect::at((pad + 2) as i32, (y + k * (sq + 2)) as i32).of_size(sq, sq);
             draw_filled_rect_mut(&mut sheet, r, Rgb([40, 40, 40]));
         }
-        let chosen = items
-            .iter()
-            .filter(|i| i.difficulty == Some(*level))
-            .take(params.per_level);
+        let chosen = items.iter().filter(|i| i.difficulty == Some(*level)).take(params.per_level);
         for (col, item) in chosen.enumerate() {
             let bytes = item
                 .image
                 .as_ref()
                 .and_then(|im| im.bytes.as_deref())
-                .ok_or_else(|| {
-                    DataError::Params(format!(
-                        "contact sheet: item {} has no image bytes",
-                        item.id
-                    ))
-                })?;
+                .ok_or_else(|| DataError::Params(format!("contact sheet: item {} has no image bytes", item.id)))?;
             let img = image::load_from_memory(bytes)
-                .map_err(|e| DataError::Image {
-                    what: format!("item {}", item.id),
-                    reason: e.to_string(),
-                })?
+                .map_err(|e| DataError::Image { what: format!("item {}", item.id), reason: e.to_string() })?
                 .to_rgb8();
             let img = if img.width() == tile && img.height() == tile {
                 img
@@ -101,22 +86,14 @@ pub fn show(item: &Item, image_path: Option<&str>) -> String {
         item.id,
         item.source,
         item.split,
-        item.difficulty
-            .map(|d| format!(" difficulty {d}"))
-            .unwrap_or_default()
+        item.difficulty.map(|d| format!(" difficulty {d}")).unwrap_or_default()
     );
-    let path = image_path
-        .map(str::to_string)
-        .or_else(|| item.image.as_ref().and_then(|i| i.path.clone()))
-        .unwrap_or_else(|| "(no image)".into());
+    let path =
+        image_path.map(str::to_string).or_else(|| item.image.as_ref().and_then(|i| i.path.clone())).unwrap_or_else(|| "(no image)".into());
     let _ = writeln!(s, "image:    {path}");
     let _ = writeln!(s, "question: {}", item.question);
     for (i, c) in item.choices.iter().enumerate() {
-        let mark = if item.correct_choice == Some(i as u32) {
-            "*"
-        } else {
-            " "
-        };
+        let mark = if item.correct_choice == Some(i as u32) { "*" } else { " " };
         let _ = writeln!(s, "  {mark} ({}) {c}", (b'A' + (i as u8 % 26)) as char);
     }
     if let Some(a) = &item.answer {

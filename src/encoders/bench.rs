@@ -67,10 +67,7 @@ pub fn default_corpus() -> PathBuf {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let rel = "shared/data/bench/corpus_sentences.txt";
-    [root.join("..").join(rel), root.join("../..").join(rel)]
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| root.join("..").join(rel))
+    [root.join("..").join(rel), root.join("../..").join(rel)].into_iter().find(|p| p.is_file()).unwrap_or_else(|| root.join("..").join(rel))
 }
 
 /// `.deps/bench/images/*` (written by `scripts/bench_baselines.py` from scikit-image's photos), else the test

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::batching::{self, BatchPolicy};
 use super::runtime::{f32_input, i64_input, OnnxModel, Port, SessionOptions};
 use super::text::TextTokenizer;
-use super::{check_finite, EncoderError, Embeddings, Result};
+use super::{check_finite, Embeddings, EncoderError, Result};
 
 /// OpenAI CLIP's normalization constants (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -224,7 +224,11 @@ pub fn resize_bicubic_pil(src: &image::RgbImage, out_w: u32, out_h: u32) -> imag
 pub fn shortest_edge_size(width: u32, height: u32, edge: u32) -> (u32, u32) {
     let (short, long) = if width <= height { (width, height) } else { (height, width) };
     let new_long = (edge as f64 * long as f64 / short as f64) as u32;
-    if width <= height { (edge, new_long) } else { (new_long, edge) }
+    if width <= height {
+        (edge, new_long)
+    } else {
+        (new_long, edge)
+    }
 }
 
 /// Center crop as transformers' `center_crop` (zero padding when the image is smaller than the crop).
@@ -285,10 +289,8 @@ impl ClipPreprocess {
 
     /// Decodes and preprocesses files in parallel; `[n, 3, crop, crop]` flat.
     pub fn load_batch(&self, paths: &[PathBuf]) -> Result<Vec<f32>> {
-        let per: Vec<Vec<f32>> = paths
-            .par_iter()
-            .map(|p| decode_image_file(p).map(|img| self.pixel_values(&img)))
-            .collect::<Result<_>>()?;
+        let per: Vec<Vec<f32>> =
+            paths.par_iter().map(|p| decode_image_file(p).map(|img| self.pixel_values(&img))).collect::<Result<_>>()?;
         Ok(per.concat())
     }
 }
@@ -364,7 +366,8 @@ impl ClipImageEncoder {
     /// stays bounded. An unreadable file is an error naming it.
     pub fn encode_files(&self, paths: &[PathBuf]) -> Result<ImageFeatures> {
         let crop = self.preprocess.crop as usize;
-        let mut features = ImageFeatures { embeddings: Embeddings { dim: 0, data: Vec::new() }, penultimate: Vec::new(), tokens: 0, hidden: 0 };
+        let mut features =
+            ImageFeatures { embeddings: Embeddings { dim: 0, data: Vec::new() }, penultimate: Vec::new(), tokens: 0, hidden: 0 };
         for chunk in paths.chunks(self.batch_size.max(1)) {
             let pixels = self.preprocess.load_batch(chunk)?;
             let (dim, tokens, hidden, embeds, penult) = self.run(&pixels, chunk.len(), crop)?;
@@ -539,10 +542,12 @@ impl Clip {
                 hint: " (export the model with scripts/export_onnx.py clip --src HF_FOLDER --out DIR)".into(),
             });
         }
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| EncoderError::Config { path: cfg_path.clone(), reason: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(&cfg_path).map_err(|e| EncoderError::Config { path: cfg_path.clone(), reason: e.to_string() })?;
         let cfg: ClipFolderConfig =
             serde_json::from_str(&text).map_err(|e| EncoderError::Config { path: cfg_path.clone(), reason: e.to_string() })?;
-        let pre = ClipPreprocess { shortest_edge: cfg.shortest_edge, crop: cfg.crop_size, image_mean: cfg.image_mean, image_std: cfg.image_std };
+        let pre =
+            ClipPreprocess { shortest_edge: cfg.shortest_edge, crop: cfg.crop_size, image_mean: cfg.image_mean, image_std: cfg.image_std };
         Ok(Self {
             image: ClipImageEncoder::load(&dir.join("image.onnx"), pre, options)?,
             text: ClipTextEncoder::load(&dir.join("text.onnx"), &dir.join("tokenizer.json"), cfg.max_text_tokens, options)?,

@@ -148,8 +148,8 @@ fn read_max_length(path: &Path) -> Result<Option<usize>> {
         return Ok(None);
     }
     let err = |reason: String| EncoderError::Config { path: path.to_path_buf(), reason };
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?)
-        .map_err(|e| err(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))?;
     match v.get("max_length") {
         None => Ok(None),
         Some(n) => n.as_u64().map(|n| Some(n as usize)).ok_or_else(|| err(format!("max_length: expected an integer, found {n}"))),

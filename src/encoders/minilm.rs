@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::batching::{self, BatchPolicy};
 use super::runtime::{i64_input, OnnxModel, Port, SessionOptions};
 use super::text::TextTokenizer;
-use super::{check_finite, EncoderError, Embeddings, Result};
+use super::{check_finite, Embeddings, EncoderError, Result};
 
 /// Where `scripts/setup.sh` puts all-MiniLM-L6-v2 (relative to the crate root).
 pub const DEFAULT_MODEL_DIR: &str = ".deps/models/all-MiniLM-L6-v2";
@@ -85,10 +85,8 @@ impl SentenceEncoder {
         };
         let tokenizer = TextTokenizer::load(&model_dir.join("tokenizer.json"), max_len, "[PAD]")?;
         let model = OnnxModel::load(&onnx, options)?;
-        let output = ["last_hidden_state", "token_embeddings"]
-            .into_iter()
-            .find(|n| model.output_names().contains(n))
-            .unwrap_or("last_hidden_state");
+        let output =
+            ["last_hidden_state", "token_embeddings"].into_iter().find(|n| model.output_names().contains(n)).unwrap_or("last_hidden_state");
         model.expect_signature(
             "sentence-encoder (BERT token embeddings)",
             &ID_INPUTS,

@@ -61,7 +61,11 @@ pub struct Embeddings {
 
 impl Embeddings {
     pub fn len(&self) -> usize {
-        if self.dim == 0 { 0 } else { self.data.len() / self.dim }
+        if self.dim == 0 {
+            0
+        } else {
+            self.data.len() / self.dim
+        }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -53,10 +53,9 @@ impl ExecutionProvider {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda { device_id: 0 }),
             "tensorrt" | "trt" => Ok(Self::TensorRt { device_id: 0, fp16: false, engine_cache_dir: None }),
-            other => Err(EncoderError::BadInput {
-                item: "--ep".into(),
-                reason: format!("expected cpu, cuda or tensorrt, found {other:?}"),
-            }),
+            other => {
+                Err(EncoderError::BadInput { item: "--ep".into(), reason: format!("expected cpu, cuda or tensorrt, found {other:?}") })
+            }
         }
     }
 }
@@ -96,9 +95,7 @@ impl Default for SessionOptions {
 
 impl SessionOptions {
     pub fn threads(&self) -> usize {
-        self.intra_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-            .max(1)
+        self.intra_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1)
     }
 }
 
@@ -107,8 +104,7 @@ static ENVIRONMENT: OnceLock<std::result::Result<Environment, (String, String)>>
 /// The process-wide ONNX Runtime environment, loaded from [`crate::runtime::onnxruntime_dylib`] on first use.
 pub fn environment() -> Result<&'static Environment> {
     let env = ENVIRONMENT.get_or_init(|| {
-        let path = crate::runtime::onnxruntime_dylib()
-            .ok_or_else(|| ("(unset)".to_string(), "ORT_DYLIB_PATH is not set".to_string()))?;
+        let path = crate::runtime::onnxruntime_dylib().ok_or_else(|| ("(unset)".to_string(), "ORT_DYLIB_PATH is not set".to_string()))?;
         let shown = path.display().to_string();
         if !path.exists() {
             return Err((shown, "no such file".into()));
@@ -152,9 +148,7 @@ fn ort_err<'a>(path: &'a Path, during: &'static str) -> impl FnOnce(ort::Error) 
 fn provider_dispatch(ep: &ExecutionProvider) -> Option<ort::ep::ExecutionProviderDispatch> {
     match ep {
         ExecutionProvider::Cpu => None,
-        ExecutionProvider::Cuda { device_id } => {
-            Some(ort::ep::CUDA::default().with_device_id(*device_id).build().error_on_failure())
-        }
+        ExecutionProvider::Cuda { device_id } => Some(ort::ep::CUDA::default().with_device_id(*device_id).build().error_on_failure()),
         ExecutionProvider::TensorRt { device_id, fp16, engine_cache_dir } => {
             let mut trt = ort::ep::TensorRT::default().with_device_id(*device_id).with_fp16(*fp16);
             if let Some(dir) = engine_cache_dir {
@@ -250,9 +244,7 @@ impl OnnxModel {
     /// known (required or optional) with the right element type and rank, and every required output present.
     pub fn expect_signature(&self, encoder: &'static str, inputs: &[Port], outputs: &[Port]) -> Result<()> {
         let bad = |detail: String| EncoderError::ModelSignature { path: self.path.clone(), encoder, detail };
-        let describe = |list: &[(String, ValueType)]| {
-            list.iter().map(|(n, t)| format!("{n}: {t}")).collect::<Vec<_>>().join(", ")
-        };
+        let describe = |list: &[(String, ValueType)]| list.iter().map(|(n, t)| format!("{n}: {t}")).collect::<Vec<_>>().join(", ");
         for (name, ty) in &self.inputs {
             let Some(port) = inputs.iter().find(|p| p.name == name) else {
                 return Err(bad(format!(
@@ -299,9 +291,7 @@ impl OnnxModel {
                     encoder: "ONNX",
                     detail: format!("output {name:?} not produced"),
                 })?;
-                let (shape, data) = value
-                    .try_extract_tensor::<f32>()
-                    .map_err(ort_err(&self.path, "reading an output as f32"))?;
+                let (shape, data) = value.try_extract_tensor::<f32>().map_err(ort_err(&self.path, "reading an output as f32"))?;
                 Ok((shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<usize>>(), data))
             })
             .collect::<Result<Vec<_>>>()?;

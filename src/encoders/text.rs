@@ -43,9 +43,8 @@ impl TextTokenizer {
         }
         let err = |reason: String| EncoderError::Tokenizer { path: path.to_path_buf(), reason };
         let mut tokenizer = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
-        let pad_id = tokenizer
-            .token_to_id(pad_token)
-            .ok_or_else(|| err(format!("padding token {pad_token:?} is not in the vocabulary")))?;
+        let pad_id =
+            tokenizer.token_to_id(pad_token).ok_or_else(|| err(format!("padding token {pad_token:?} is not in the vocabulary")))?;
         if max_len < 4 {
             return Err(err(format!("max length must be at least 4 tokens, found {max_len}")));
         }

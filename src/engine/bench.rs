@@ -54,6 +54,7 @@ impl Stage for ChainStage {
 /// `stages` chained stages writing `total_bytes` in all.
 pub fn synthetic_chain(stages: usize, total_bytes: u64) -> Pipeline {
     let per = total_bytes / stages as u64;
-    let v: Vec<Box<dyn Stage>> = (0..stages).map(|i| Box::new(ChainStage { name: format!("s{i}"), index: i, bytes: per }) as Box<dyn Stage>).collect();
+    let v: Vec<Box<dyn Stage>> =
+        (0..stages).map(|i| Box::new(ChainStage { name: format!("s{i}"), index: i, bytes: per }) as Box<dyn Stage>).collect();
     Pipeline::new(v).expect("a chain is a valid pipeline")
 }

@@ -59,7 +59,11 @@ impl<'a> StageContext<'a> {
     /// A folder for resumable work of this run (e.g. training checkpoints): the same key gets the same
     /// folder, so a rerun after a crash finds what the crashed run left. `mmb gc` does not touch it.
     pub fn work_dir(&self) -> anyhow::Result<PathBuf> {
-        let dir = self.store.root().join("work").join(format!("{}-{}", self.stage, &self.lineage.cache_key[..16.min(self.lineage.cache_key.len())]));
+        let dir = self.store.root().join("work").join(format!(
+            "{}-{}",
+            self.stage,
+            &self.lineage.cache_key[..16.min(self.lineage.cache_key.len())]
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         Ok(dir)
     }

@@ -70,7 +70,8 @@ impl LockFile {
     pub fn load_named(root: &Path, name: Option<&str>) -> Result<Self, EngineError> {
         let path = Self::path_named(root, name);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| EngineError::LockFile { path, msg: format!("unreadable ({e}); delete it to rerun everything") }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| EngineError::LockFile { path, msg: format!("unreadable ({e}); delete it to rerun everything") }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self { version: 1, stages: BTreeMap::new() }),
             Err(e) => Err(EngineError::LockFile { path, msg: e.to_string() }),
         }

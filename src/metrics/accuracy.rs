@@ -21,11 +21,7 @@ impl Default for AnswerNormalization {
     /// Official A-OKVQA: exact strings. We chose lowercase + punctuation + articles stripped, because our
     /// answers are extracted from free text ("So, the answer is a Thirty.").
     fn default() -> Self {
-        AnswerNormalization {
-            lowercase: true,
-            strip_punctuation: true,
-            strip_articles: true,
-        }
+        AnswerNormalization { lowercase: true, strip_punctuation: true, strip_articles: true }
     }
 }
 
@@ -63,11 +59,7 @@ impl Default for AccuracyParams {
 
 /// Normalizes an answer for comparison (whitespace always collapsed and trimmed).
 pub fn normalize_answer(answer: &str, norm: &AnswerNormalization) -> String {
-    let text = if norm.lowercase {
-        answer.to_lowercase()
-    } else {
-        answer.to_string()
-    };
+    let text = if norm.lowercase { answer.to_lowercase() } else { answer.to_string() };
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
     for (i, &c) in chars.iter().enumerate() {
@@ -75,31 +67,17 @@ pub fn normalize_answer(answer: &str, norm: &AnswerNormalization) -> String {
         let next = chars.get(i + 1).copied();
         let keep = !norm.strip_punctuation
             || !c.is_ascii_punctuation()
-            || (c == '\''
-                && prev.is_some_and(char::is_alphanumeric)
-                && next.is_some_and(char::is_alphanumeric))
-            || (c == '.'
-                && prev.is_some_and(|p| p.is_ascii_digit())
-                && next.is_some_and(|n| n.is_ascii_digit()));
+            || (c == '\'' && prev.is_some_and(char::is_alphanumeric) && next.is_some_and(char::is_alphanumeric))
+            || (c == '.' && prev.is_some_and(|p| p.is_ascii_digit()) && next.is_some_and(|n| n.is_ascii_digit()));
         out.push(if keep { c } else { ' ' });
     }
-    out.split_whitespace()
-        .filter(|w| !(norm.strip_articles && matches!(*w, "a" | "an" | "the")))
-        .collect::<Vec<_>>()
-        .join(" ")
+    out.split_whitespace().filter(|w| !(norm.strip_articles && matches!(*w, "a" | "an" | "the"))).collect::<Vec<_>>().join(" ")
 }
 
 /// A-OKVQA direct-answer accuracy: min(#matching annotator answers / 3, 1).
-pub fn aokvqa_direct(
-    prediction: &str,
-    direct_answers: &[String],
-    norm: &AnswerNormalization,
-) -> f64 {
+pub fn aokvqa_direct(prediction: &str, direct_answers: &[String], norm: &AnswerNormalization) -> f64 {
     let p = normalize_answer(prediction, norm);
-    let matches = direct_answers
-        .iter()
-        .filter(|a| normalize_answer(a, norm) == p)
-        .count();
+    let matches = direct_answers.iter().filter(|a| normalize_answer(a, norm) == p).count();
     (matches as f64 / 3.0).min(1.0)
 }
 
@@ -115,11 +93,7 @@ pub fn choice_accuracy(predicted: Option<usize>, correct: usize) -> f64 {
 
 /// Reads a choice index from an answer: a letter ("B", "(B)", "B.", "option B") or the choice's text
 /// (exact after normalization, else the only choice contained in the answer as whole words).
-pub fn choice_from_answer(
-    answer: &str,
-    choices: &[String],
-    norm: &AnswerNormalization,
-) -> Option<usize> {
+pub fn choice_from_answer(answer: &str, choices: &[String], norm: &AnswerNormalization) -> Option<usize> {
     let raw = answer.trim();
     let letters: Vec<char> = raw
         .trim_start_matches(|c: char| c == '(' || c.is_whitespace())
@@ -129,9 +103,7 @@ pub fn choice_from_answer(
         .collect();
     if let Some(&c) = letters.first() {
         let rest: String = letters[1..].iter().collect();
-        let alone = rest
-            .trim_matches(|c: char| c == ')' || c == '.' || c == ':' || c.is_whitespace())
-            .is_empty();
+        let alone = rest.trim_matches(|c: char| c == ')' || c == '.' || c == ':' || c.is_whitespace()).is_empty();
         if alone && c.is_ascii_uppercase() {
             let i = (c as u8 - b'A') as usize;
             if i < choices.len() {
@@ -144,9 +116,7 @@ pub fn choice_from_answer(
     if let Some(i) = normed.iter().position(|c| *c == a) {
         return Some(i);
     }
-    let contained: Vec<usize> = (0..normed.len())
-        .filter(|&i| contains_words(&a, &normed[i]))
-        .collect();
+    let contained: Vec<usize> = (0..normed.len()).filter(|&i| contains_words(&a, &normed[i])).collect();
     (contained.len() == 1).then(|| contained[0])
 }
 
@@ -179,11 +149,7 @@ pub fn cultural_match(prediction: &str, references: &[String], params: &Accuracy
 pub fn extract_final_answer(response: &str, params: &AccuracyParams) -> Option<String> {
     let lower = response.to_lowercase();
     // Lowercasing can change byte lengths (rare non-ASCII); only use positions when it did not.
-    let (hay, same) = if lower.len() == response.len() {
-        (lower.as_str(), true)
-    } else {
-        (response, false)
-    };
+    let (hay, same) = if lower.len() == response.len() { (lower.as_str(), true) } else { (response, false) };
     let (start, _) = params
         .answer_markers
         .iter()
@@ -203,8 +169,7 @@ pub fn extract_final_answer(response: &str, params: &AccuracyParams) -> Option<S
         }
         let rest = &answer[i + c.len_utf8()..];
         let next_word = rest.trim_start();
-        rest.is_empty()
-            || (rest.starts_with(char::is_whitespace) && !next_word.starts_with(char::is_lowercase))
+        rest.is_empty() || (rest.starts_with(char::is_whitespace) && !next_word.starts_with(char::is_lowercase))
     }) {
         answer = answer[..i].trim();
     }

@@ -8,34 +8,20 @@ use super::{MetricsError, Result};
 pub fn auroc(scores: &[f64], labels: &[bool]) -> Result<f64> {
     super::same_len("AUROC labels (one per score)", scores.len(), labels.len())?;
     if scores.is_empty() {
-        return Err(MetricsError::Empty {
-            what: "AUROC input".into(),
-            unit: "score",
-        });
+        return Err(MetricsError::Empty { what: "AUROC input".into(), unit: "score" });
     }
     if let Some(i) = scores.iter().position(|s| s.is_nan()) {
-        return Err(MetricsError::NonFinite {
-            what: "AUROC score",
-            index: i.to_string(),
-            value: f64::NAN,
-        });
+        return Err(MetricsError::NonFinite { what: "AUROC score", index: i.to_string(), value: f64::NAN });
     }
     let pos = labels.iter().filter(|&&l| l).count();
     let neg = labels.len() - pos;
     if pos == 0 || neg == 0 {
-        return Err(MetricsError::SingleClass {
-            n: labels.len(),
-            label: pos > 0,
-        });
+        return Err(MetricsError::SingleClass { n: labels.len(), label: pos > 0 });
     }
     let finite: Vec<f64> = scores.iter().copied().filter(|s| s.is_finite()).collect();
     let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
-    let (hi, lo) = if finite.is_empty() {
-        (1.0, -1.0)
-    } else {
-        (hi + 1.0, lo - 1.0)
-    };
+    let (hi, lo) = if finite.is_empty() { (1.0, -1.0) } else { (hi + 1.0, lo - 1.0) };
     let clean: Vec<f64> = scores
         .iter()
         .map(|&s| {

@@ -18,26 +18,15 @@ pub enum ChainLevel {
 }
 
 /// The level of each predicted sentence (row of `similarity`): that of its nearest reference sentence.
-pub fn assign_levels(
-    index: usize,
-    similarity: &[Vec<f64>],
-    reference_levels: &[ChainLevel],
-) -> Result<Vec<ChainLevel>> {
+pub fn assign_levels(index: usize, similarity: &[Vec<f64>], reference_levels: &[ChainLevel]) -> Result<Vec<ChainLevel>> {
     if reference_levels.is_empty() {
-        return Err(MetricsError::Empty {
-            what: format!("reference chain of item {index}"),
-            unit: "sentence",
-        });
+        return Err(MetricsError::Empty { what: format!("reference chain of item {index}"), unit: "sentence" });
     }
     similarity
         .iter()
         .enumerate()
         .map(|(i, row)| {
-            same_len(
-                &format!("similarity row {i} of item {index}"),
-                reference_levels.len(),
-                row.len(),
-            )?;
+            same_len(&format!("similarity row {i} of item {index}"), reference_levels.len(), row.len())?;
             let mut best = (0usize, f64::NEG_INFINITY);
             for (j, &s) in row.iter().enumerate() {
                 if finite("similarity", format!("{index}][{i}][{j}"), s)? > best.1 {
@@ -51,29 +40,12 @@ pub fn assign_levels(
 
 /// MECE over the sentences of `level` only; responses with no sentence of that level are left out.
 /// `None` when no response has one.
-pub fn mece_by_level(
-    sentence_levels: &[Vec<ChainLevel>],
-    responses: &[Vec<(bool, f64)>],
-    level: ChainLevel,
-) -> Result<Option<f64>> {
-    same_len(
-        "sentence levels (one list per response)",
-        responses.len(),
-        sentence_levels.len(),
-    )?;
+pub fn mece_by_level(sentence_levels: &[Vec<ChainLevel>], responses: &[Vec<(bool, f64)>], level: ChainLevel) -> Result<Option<f64>> {
+    same_len("sentence levels (one list per response)", responses.len(), sentence_levels.len())?;
     let mut kept = Vec::new();
     for (a, (levels, sentences)) in sentence_levels.iter().zip(responses).enumerate() {
-        same_len(
-            &format!("sentence levels of response {a}"),
-            sentences.len(),
-            levels.len(),
-        )?;
-        let subset: Vec<(bool, f64)> = sentences
-            .iter()
-            .zip(levels)
-            .filter(|(_, l)| **l == level)
-            .map(|(s, _)| *s)
-            .collect();
+        same_len(&format!("sentence levels of response {a}"), sentences.len(), levels.len())?;
+        let subset: Vec<(bool, f64)> = sentences.iter().zip(levels).filter(|(_, l)| **l == level).map(|(s, _)| *s).collect();
         if !subset.is_empty() {
             kept.push(subset);
         }
@@ -92,26 +64,10 @@ pub fn chain_f1_by_level(
     level: ChainLevel,
     params: &ChainF1Params,
 ) -> Result<ChainF1> {
-    same_len(
-        "reference levels (one list per item)",
-        items.len(),
-        reference_levels.len(),
-    )?;
-    let mut acc = ChainF1 {
-        precise: 0,
-        predicted: 0,
-        covered: 0,
-        reference: 0,
-        precision: 0.0,
-        recall: 0.0,
-        f1: 0.0,
-    };
+    same_len("reference levels (one list per item)", items.len(), reference_levels.len())?;
+    let mut acc = ChainF1 { precise: 0, predicted: 0, covered: 0, reference: 0, precision: 0.0, recall: 0.0, f1: 0.0 };
     for (index, (item, levels)) in items.iter().zip(reference_levels).enumerate() {
-        same_len(
-            &format!("reference levels of item {index}"),
-            item.n_reference,
-            levels.len(),
-        )?;
+        same_len(&format!("reference levels of item {index}"), item.n_reference, levels.len())?;
         let cols: Vec<usize> = (0..levels.len()).filter(|&j| levels[j] == level).collect();
         if cols.is_empty() {
             continue;

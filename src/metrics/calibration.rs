@@ -20,16 +20,9 @@ impl Default for EceParams {
 }
 
 fn check_pairs(confidence: &[f64], correct: &[f64]) -> Result<()> {
-    same_len(
-        "ECE: correctness values (one per confidence)",
-        confidence.len(),
-        correct.len(),
-    )?;
+    same_len("ECE: correctness values (one per confidence)", confidence.len(), correct.len())?;
     if confidence.is_empty() {
-        return Err(MetricsError::Empty {
-            what: "ECE input".into(),
-            unit: "answer",
-        });
+        return Err(MetricsError::Empty { what: "ECE input".into(), unit: "answer" });
     }
     for (i, (&c, &q)) in confidence.iter().zip(correct).enumerate() {
         unit("confidence", i, c)?;
@@ -42,9 +35,7 @@ fn check_pairs(confidence: &[f64], correct: &[f64]) -> Result<()> {
 /// direct-answer accuracy), in [0, 1].
 pub fn ece(confidence: &[f64], correct: &[f64], params: &EceParams) -> Result<f64> {
     if params.bins == 0 {
-        return Err(MetricsError::InvalidParams(
-            "ece.bins must be ≥ 1, found 0".into(),
-        ));
+        return Err(MetricsError::InvalidParams("ece.bins must be ≥ 1, found 0".into()));
     }
     check_pairs(confidence, correct)?;
     let b = params.bins;
@@ -78,12 +69,7 @@ pub fn ece(confidence: &[f64], correct: &[f64], params: &EceParams) -> Result<f6
 /// SaySelf's unbinned variant: mean |confidence − correctness|.
 pub fn ece_unbinned(confidence: &[f64], correct: &[f64]) -> Result<f64> {
     check_pairs(confidence, correct)?;
-    Ok(confidence
-        .iter()
-        .zip(correct)
-        .map(|(c, q)| (c - q).abs())
-        .sum::<f64>()
-        / confidence.len() as f64)
+    Ok(confidence.iter().zip(correct).map(|(c, q)| (c - q).abs()).sum::<f64>() / confidence.len() as f64)
 }
 
 /// MECE (eq. 15–17): mean over responses of the mean over their sentences of |I(z) − Conf(c)|.
@@ -91,18 +77,12 @@ pub fn ece_unbinned(confidence: &[f64], correct: &[f64]) -> Result<f64> {
 /// (eq. 16 divides by |a|); drop such responses upstream if that is the intent.
 pub fn mece(responses: &[Vec<(bool, f64)>]) -> Result<f64> {
     if responses.is_empty() {
-        return Err(MetricsError::Empty {
-            what: "MECE input".into(),
-            unit: "response",
-        });
+        return Err(MetricsError::Empty { what: "MECE input".into(), unit: "response" });
     }
     let mut total = 0.0;
     for (a, sentences) in responses.iter().enumerate() {
         if sentences.is_empty() {
-            return Err(MetricsError::Empty {
-                what: format!("MECE response {a}"),
-                unit: "sentence",
-            });
+            return Err(MetricsError::Empty { what: format!("MECE response {a}"), unit: "sentence" });
         }
         let mut s = 0.0;
         for (t, &(correct, conf)) in sentences.iter().enumerate() {
@@ -132,16 +112,9 @@ impl Default for AnswerConfidence {
 }
 
 /// The answer-level confidence of one response (`index` names it in errors).
-pub fn answer_confidence(
-    index: usize,
-    sentence_confidences: &[f64],
-    mode: AnswerConfidence,
-) -> Result<f64> {
+pub fn answer_confidence(index: usize, sentence_confidences: &[f64], mode: AnswerConfidence) -> Result<f64> {
     if sentence_confidences.is_empty() {
-        return Err(MetricsError::Empty {
-            what: format!("sentence confidences of response {index}"),
-            unit: "sentence",
-        });
+        return Err(MetricsError::Empty { what: format!("sentence confidences of response {index}"), unit: "sentence" });
     }
     for (t, &c) in sentence_confidences.iter().enumerate() {
         unit("sentence confidence", format!("{index}][{t}"), c)?;
@@ -150,9 +123,6 @@ pub fn answer_confidence(
     Ok(match mode {
         AnswerConfidence::FinalSentence => sentence_confidences[sentence_confidences.len() - 1],
         AnswerConfidence::Mean => sentence_confidences.iter().sum::<f64>() / n,
-        AnswerConfidence::Min => sentence_confidences
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min),
+        AnswerConfidence::Min => sentence_confidences.iter().copied().fold(f64::INFINITY, f64::min),
     })
 }

@@ -39,25 +39,14 @@ pub struct ChainF1 {
 }
 
 /// (precise, covered) of one item, after checking its shape and values.
-pub(crate) fn item_counts(
-    index: usize,
-    item: &ChainItem,
-    threshold: f64,
-) -> Result<(usize, usize)> {
+pub(crate) fn item_counts(index: usize, item: &ChainItem, threshold: f64) -> Result<(usize, usize)> {
     if item.n_reference == 0 {
-        return Err(MetricsError::Empty {
-            what: format!("reference chain of item {index}"),
-            unit: "sentence",
-        });
+        return Err(MetricsError::Empty { what: format!("reference chain of item {index}"), unit: "sentence" });
     }
     let mut covered = vec![false; item.n_reference];
     let mut precise = 0;
     for (i, row) in item.similarity.iter().enumerate() {
-        super::same_len(
-            &format!("chain similarity row {i} of item {index}"),
-            item.n_reference,
-            row.len(),
-        )?;
+        super::same_len(&format!("chain similarity row {i} of item {index}"), item.n_reference, row.len())?;
         let mut hit = false;
         for (j, &s) in row.iter().enumerate() {
             if finite("chain similarity", format!("{index}][{i}][{j}"), s)? > threshold {
@@ -74,26 +63,12 @@ pub(crate) fn item_counts(
 /// 0 predicted. P = 0 when nothing was predicted, F1 = 0 when P + R = 0.
 pub fn chain_f1(items: &[ChainItem], params: &ChainF1Params) -> Result<ChainF1> {
     if !params.threshold.is_finite() {
-        return Err(MetricsError::InvalidParams(format!(
-            "chain_f1.threshold must be finite, found {}",
-            params.threshold
-        )));
+        return Err(MetricsError::InvalidParams(format!("chain_f1.threshold must be finite, found {}", params.threshold)));
     }
     if items.is_empty() {
-        return Err(MetricsError::Empty {
-            what: "chain F1 input".into(),
-            unit: "item",
-        });
+        return Err(MetricsError::Empty { what: "chain F1 input".into(), unit: "item" });
     }
-    let mut acc = ChainF1 {
-        precise: 0,
-        predicted: 0,
-        covered: 0,
-        reference: 0,
-        precision: 0.0,
-        recall: 0.0,
-        f1: 0.0,
-    };
+    let mut acc = ChainF1 { precise: 0, predicted: 0, covered: 0, reference: 0, precision: 0.0, recall: 0.0, f1: 0.0 };
     for (index, item) in items.iter().enumerate() {
         let (p, c) = item_counts(index, item, params.threshold)?;
         acc.precise += p;
@@ -105,21 +80,9 @@ pub fn chain_f1(items: &[ChainItem], params: &ChainF1Params) -> Result<ChainF1> 
 }
 
 pub(crate) fn finish(mut acc: ChainF1) -> ChainF1 {
-    acc.precision = if acc.predicted > 0 {
-        acc.precise as f64 / acc.predicted as f64
-    } else {
-        0.0
-    };
-    acc.recall = if acc.reference > 0 {
-        acc.covered as f64 / acc.reference as f64
-    } else {
-        0.0
-    };
+    acc.precision = if acc.predicted > 0 { acc.precise as f64 / acc.predicted as f64 } else { 0.0 };
+    acc.recall = if acc.reference > 0 { acc.covered as f64 / acc.reference as f64 } else { 0.0 };
     let s = acc.precision + acc.recall;
-    acc.f1 = if s > 0.0 {
-        2.0 * acc.precision * acc.recall / s
-    } else {
-        0.0
-    };
+    acc.f1 = if s > 0.0 { 2.0 * acc.precision * acc.recall / s } else { 0.0 };
     acc
 }

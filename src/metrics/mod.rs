@@ -19,26 +19,13 @@ pub use chain::{chain_f1, ChainF1, ChainF1Params, ChainItem};
 #[derive(Debug, Error)]
 pub enum MetricsError {
     #[error("{what}[{index}] must be finite, found {value}")]
-    NonFinite {
-        what: &'static str,
-        index: String,
-        value: f64,
-    },
+    NonFinite { what: &'static str, index: String, value: f64 },
     #[error("{what}[{index}] = {value} is outside {expected}")]
-    OutOfRange {
-        what: &'static str,
-        index: String,
-        value: f64,
-        expected: &'static str,
-    },
+    OutOfRange { what: &'static str, index: String, value: f64, expected: &'static str },
     #[error("{what} is empty (expected at least one {unit})")]
     Empty { what: String, unit: &'static str },
     #[error("{what}: expected length {expected}, found {found}")]
-    Shape {
-        what: String,
-        expected: usize,
-        found: usize,
-    },
+    Shape { what: String, expected: usize, found: usize },
     #[error("AUROC is undefined: all {n} labels are {label} (need both classes)")]
     SingleClass { n: usize, label: bool },
     #[error("{0}")]
@@ -51,11 +38,7 @@ pub(crate) fn finite(what: &'static str, index: impl std::fmt::Display, value: f
     if value.is_finite() {
         Ok(value)
     } else {
-        Err(MetricsError::NonFinite {
-            what,
-            index: index.to_string(),
-            value,
-        })
+        Err(MetricsError::NonFinite { what, index: index.to_string(), value })
     }
 }
 
@@ -64,12 +47,7 @@ pub(crate) fn unit(what: &'static str, index: impl std::fmt::Display, value: f64
     if (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
-        Err(MetricsError::OutOfRange {
-            what,
-            index: index.to_string(),
-            value,
-            expected: "[0, 1]",
-        })
+        Err(MetricsError::OutOfRange { what, index: index.to_string(), value, expected: "[0, 1]" })
     }
 }
 
@@ -77,11 +55,7 @@ pub(crate) fn same_len(what: &str, expected: usize, found: usize) -> Result<()> 
     if expected == found {
         Ok(())
     } else {
-        Err(MetricsError::Shape {
-            what: what.to_string(),
-            expected,
-            found,
-        })
+        Err(MetricsError::Shape { what: what.to_string(), expected, found })
     }
 }
 

@@ -34,9 +34,16 @@ pub struct RopeParameters {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (inv_freq / factor).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's band-wise scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// A Llama-family decoder config (Llama, Mistral, Qwen2).
@@ -104,8 +111,8 @@ fn ids(v: &Option<serde_json::Value>) -> Vec<i64> {
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(super::io_err(path))?;
-        let cfg: Self = serde_json::from_str(&text)
-            .map_err(|e| MllmError::Config { path: path.display().to_string(), msg: e.to_string() })?;
+        let cfg: Self =
+            serde_json::from_str(&text).map_err(|e| MllmError::Config { path: path.display().to_string(), msg: e.to_string() })?;
         cfg.validate(&path.display().to_string())?;
         Ok(cfg)
     }
@@ -158,7 +165,11 @@ impl LlamaConfig {
     }
     /// Attention window past which Mistral-style sliding attention would differ from full attention.
     pub fn attention_window(&self) -> Option<i64> {
-        if self.model_type == "mistral" { self.sliding_window } else { None }
+        if self.model_type == "mistral" {
+            self.sliding_window
+        } else {
+            None
+        }
     }
     pub fn eos_token_ids(&self) -> Vec<i64> {
         ids(&self.eos_token_id)
@@ -241,8 +252,7 @@ impl ModelConfig {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(super::io_err(&path))?;
         let at = path.display().to_string();
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| MllmError::Config { path: at.clone(), msg: e.to_string() })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| MllmError::Config { path: at.clone(), msg: e.to_string() })?;
         let mt = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("").to_string();
         let parse_err = |e: serde_json::Error| MllmError::Config { path: at.clone(), msg: e.to_string() };
         match mt.as_str() {
@@ -267,11 +277,7 @@ impl ModelConfig {
             }
             _ => {
                 let arch = v.get("architectures").map(|a| a.to_string()).unwrap_or_default();
-                Err(MllmError::UnsupportedArchitecture {
-                    found: format!("model_type {mt:?} {arch}"),
-                    path: at,
-                    supported: SUPPORTED_ALL,
-                })
+                Err(MllmError::UnsupportedArchitecture { found: format!("model_type {mt:?} {arch}"), path: at, supported: SUPPORTED_ALL })
             }
         }
     }

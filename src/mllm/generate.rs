@@ -35,7 +35,16 @@ pub struct GenerationParams {
 
 impl Default for GenerationParams {
     fn default() -> Self {
-        Self { max_new_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 0, stop_strings: vec![], eos_token_ids: vec![], pad_token_id: 0, suppress_token_ids: vec![] }
+        Self {
+            max_new_tokens: 128,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_strings: vec![],
+            eos_token_ids: vec![],
+            pad_token_id: 0,
+            suppress_token_ids: vec![],
+        }
     }
 }
 
@@ -83,7 +92,12 @@ pub fn left_pad(prompts: &[Vec<i64>], pad: i64) -> (Vec<i64>, Vec<i64>, i64) {
 }
 
 /// Generates from token-id prompts (one row per prompt).
-pub fn generate(lm: &CausalLm, prompts: &[Vec<i64>], params: &GenerationParams, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<Vec<Generated>> {
+pub fn generate(
+    lm: &CausalLm,
+    prompts: &[Vec<i64>],
+    params: &GenerationParams,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Result<Vec<Generated>> {
     if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
         return Err(MllmError::Input("generate: expected at least one prompt, each with at least one token".into()));
     }
@@ -98,7 +112,12 @@ pub fn generate(lm: &CausalLm, prompts: &[Vec<i64>], params: &GenerationParams, 
 
 /// Generates from multimodal prompts (token ids with image tokens, and each prompt's image features) on
 /// any model that embeds its inputs (LLaVA, or a text model with no images).
-pub fn generate_multimodal<M: EmbedInputs>(model: &M, prompts: &[(Vec<i64>, Vec<Tensor>)], params: &GenerationParams, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<Vec<Generated>> {
+pub fn generate_multimodal<M: EmbedInputs>(
+    model: &M,
+    prompts: &[(Vec<i64>, Vec<Tensor>)],
+    params: &GenerationParams,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Result<Vec<Generated>> {
     if prompts.is_empty() || prompts.iter().any(|p| p.0.is_empty()) {
         return Err(MllmError::Input("generate: expected at least one prompt, each with at least one token".into()));
     }
@@ -122,7 +141,12 @@ pub fn generate_multimodal<M: EmbedInputs>(model: &M, prompts: &[(Vec<i64>, Vec<
 }
 
 /// Generates from LLaVA prompts (see `generate_multimodal`).
-pub fn generate_llava(model: &Llava, prompts: &[(Vec<i64>, Vec<Tensor>)], params: &GenerationParams, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<Vec<Generated>> {
+pub fn generate_llava(
+    model: &Llava,
+    prompts: &[(Vec<i64>, Vec<Tensor>)],
+    params: &GenerationParams,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Result<Vec<Generated>> {
     generate_multimodal(model, prompts, params, tokenizer)
 }
 
@@ -149,7 +173,13 @@ fn sample_top_p(probs: &[f32], top_p: f64, rng: &mut ChaCha8Rng) -> i64 {
 }
 
 /// The generation loop on already-embedded, left-padded prompts: `embeds` [b, t, h], `mask` [b, t].
-pub fn generate_from_embeds(lm: &CausalLm, embeds: &Tensor, mask: &Tensor, params: &GenerationParams, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<Vec<Generated>> {
+pub fn generate_from_embeds(
+    lm: &CausalLm,
+    embeds: &Tensor,
+    mask: &Tensor,
+    params: &GenerationParams,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Result<Vec<Generated>> {
     if !(params.temperature >= 0.0 && params.temperature.is_finite()) || !(params.top_p > 0.0 && params.top_p <= 1.0) {
         return Err(MllmError::Input(format!(
             "generation: expected temperature >= 0 and 0 < top_p <= 1, found temperature {} top_p {}",
@@ -163,7 +193,14 @@ pub fn generate_from_embeds(lm: &CausalLm, embeds: &Tensor, mask: &Tensor, param
     let b = embeds.size()[0] as usize;
     let dev = lm.device();
     let mut out: Vec<Generated> = (0..b)
-        .map(|_| Generated { tokens: vec![], logprobs: vec![], entropies: vec![], text: String::new(), sentences: vec![], finish: FinishReason::Length })
+        .map(|_| Generated {
+            tokens: vec![],
+            logprobs: vec![],
+            entropies: vec![],
+            text: String::new(),
+            sentences: vec![],
+            finish: FinishReason::Length,
+        })
         .collect();
     let mut rngs: Vec<ChaCha8Rng> = (0..b).map(|i| ChaCha8Rng::seed_from_u64(params.seed.wrapping_add(i as u64))).collect();
     tch::no_grad(|| -> Result<()> {
@@ -272,7 +309,13 @@ pub fn sentences(tok: &tokenizers::Tokenizer, tokens: &[i64], text: &str) -> Res
         let (bs, be) = (start + lead, start + trimmed.len());
         let first = ends.iter().position(|&e| e > bs).unwrap_or(tokens.len().saturating_sub(1));
         let last = ends.iter().position(|&e| e >= be).unwrap_or(tokens.len().saturating_sub(1));
-        out.push(Sentence { text: text[bs..be].to_string(), byte_start: bs, byte_end: be, first_token: first, last_token: last.max(first) });
+        out.push(Sentence {
+            text: text[bs..be].to_string(),
+            byte_start: bs,
+            byte_end: be,
+            first_token: first,
+            last_token: last.max(first),
+        });
     }
     Ok(out)
 }

@@ -109,7 +109,12 @@ impl<'a> Cursor<'a> {
             10 => Value::U(self.u64()?),
             11 => Value::I(self.u64()? as i64),
             12 => Value::F(f64::from_le_bytes(self.take(8)?.try_into().unwrap())),
-            t => return Err(MllmError::Gguf { path: self.path.to_string(), msg: format!("unknown metadata value type {t} at offset {}", self.pos) }),
+            t => {
+                return Err(MllmError::Gguf {
+                    path: self.path.to_string(),
+                    msg: format!("unknown metadata value type {t} at offset {}", self.pos),
+                })
+            }
         })
     }
 }
@@ -242,7 +247,10 @@ impl GgufFile {
         })?;
         let n: u64 = info.dims.iter().product();
         if n as usize % blk != 0 {
-            return Err(MllmError::Gguf { path: self.path.clone(), msg: format!("tensor {}: {n} elements not a multiple of block {blk}", info.name) });
+            return Err(MllmError::Gguf {
+                path: self.path.clone(),
+                msg: format!("tensor {}: {n} elements not a multiple of block {blk}", info.name),
+            });
         }
         let start = self.data_start + info.offset as usize;
         let len = n as usize / blk * bytes;

@@ -57,8 +57,7 @@ impl Rope {
         let d = cfg.head_dim();
         let theta = cfg.rope_theta();
         // In f32, as transformers computes it.
-        let base: Vec<f32> =
-            (0..d / 2).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / d as f32)).collect();
+        let base: Vec<f32> = (0..d / 2).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / d as f32)).collect();
         let inv: Vec<f32> = match cfg.rope()? {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
@@ -272,10 +271,7 @@ impl CausalLm {
         if ids.numel() > 0 {
             let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
             if lo < 0 || hi >= self.cfg.vocab_size {
-                return Err(MllmError::Input(format!(
-                    "token ids must lie in [0, {}), found range [{lo}, {hi}]",
-                    self.cfg.vocab_size
-                )));
+                return Err(MllmError::Input(format!("token ids must lie in [0, {}), found range [{lo}, {hi}]", self.cfg.vocab_size)));
             }
         }
         Ok(Tensor::embedding(&self.embed_tokens, &ids.to_device(self.device()), -1, false, false))
@@ -358,7 +354,8 @@ impl Attention {
         let k = &k * cos + rotate_half(&k) * sin;
         let (k, v) = match slot {
             Some(slot) => {
-                let c = slot.get_or_insert_with(|| LayerCache { k: k.zeros_like().narrow(2, 0, 0), v: v.zeros_like().narrow(2, 0, 0), len: 0 });
+                let c =
+                    slot.get_or_insert_with(|| LayerCache { k: k.zeros_like().narrow(2, 0, 0), v: v.zeros_like().narrow(2, 0, 0), len: 0 });
                 c.append(&k, &v)
             }
             None => (k, v),
@@ -398,11 +395,7 @@ pub fn load_causal_lm(dir: &std::path::Path, device: Device, dtype: super::DType
     let mut vs = nn::VarStore::new(device);
     let lm = CausalLm::new(&vs.root(), &cfg)?;
     let rename = text_key_rename(&cfg);
-    super::weights::load_safetensors_dir(
-        &vs.variables(),
-        dir,
-        &super::weights::KeyPolicy { rename: &rename, optional: &|_| false },
-    )?;
+    super::weights::load_safetensors_dir(&vs.variables(), dir, &super::weights::KeyPolicy { rename: &rename, optional: &|_| false })?;
     vs.set_kind(dtype.kind());
     Ok((vs, lm))
 }

@@ -4,9 +4,9 @@
 //! (`CausalLm::set_lora_enabled(false)`) gives the frozen base, which PPO uses as its reference.
 use super::llama::CausalLm;
 use super::{MllmError, Result};
-use serde::{Deserialize, Serialize};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 /// LoRA settings.
@@ -27,9 +27,7 @@ impl Default for LoraParams {
         Self {
             rank: 8,
             alpha: 16.0,
-            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec(),
             seed: 0,
         }
     }
@@ -76,7 +74,9 @@ pub fn attach(vs: &nn::VarStore, model: &mut CausalLm, params: &LoraParams) -> R
         }
         let bound = 1.0 / (in_dim as f32).sqrt();
         // Own seeded RNG per layer (not torch's global one): the same adapters whatever else runs.
-        let mut rng = ChaCha8Rng::seed_from_u64(params.seed ^ blake3::hash(lin.name.as_bytes()).as_bytes()[..8].iter().fold(0u64, |h, &b| (h << 8) | b as u64));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            params.seed ^ blake3::hash(lin.name.as_bytes()).as_bytes()[..8].iter().fold(0u64, |h, &b| (h << 8) | b as u64),
+        );
         let init: Vec<f32> = (0..params.rank * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
         let init = Tensor::from_slice(&init).view([params.rank, in_dim]).to_kind(lin.weight.kind()).to_device(lin.weight.device());
         let a = (&p / "lora_A").var_copy("weight", &init);

@@ -110,9 +110,14 @@ impl AdamW {
         for (i, (n, p)) in self.params.iter().enumerate() {
             for (which, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
                 let key = format!("adam.{which}.{n}");
-                let src = tensors.get(&key).ok_or_else(|| MllmError::Checkpoint { path: at.into(), msg: format!("missing optimizer state {key}") })?;
+                let src = tensors
+                    .get(&key)
+                    .ok_or_else(|| MllmError::Checkpoint { path: at.into(), msg: format!("missing optimizer state {key}") })?;
                 if src.size() != p.size() {
-                    return Err(MllmError::Checkpoint { path: at.into(), msg: format!("{key}: expected shape {:?}, found {:?}", p.size(), src.size()) });
+                    return Err(MllmError::Checkpoint {
+                        path: at.into(),
+                        msg: format!("{key}: expected shape {:?}, found {:?}", p.size(), src.size()),
+                    });
                 }
                 *slot = src.to_kind(Kind::Float).to_device(p.device());
             }

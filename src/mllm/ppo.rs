@@ -234,7 +234,9 @@ impl PpoTrainer {
             return Err(MllmError::Input("PPO step: no prompts".into()));
         }
         if reference.is_none() && !lm.has_lora() {
-            return Err(MllmError::Input("PPO without a reference model needs LoRA adapters (the reference is the base with them off)".into()));
+            return Err(MllmError::Input(
+                "PPO without a reference model needs LoRA adapters (the reference is the base with them off)".into(),
+            ));
         }
         self.step += 1;
         // 1. Rollouts.
@@ -268,7 +270,14 @@ impl PpoTrainer {
         let mut rollouts: Vec<Rollout> = gens
             .iter()
             .zip(&owners)
-            .map(|(g, &o)| Rollout { prompt: o, response: g.tokens.clone(), old_lp: vec![], values: vec![], advantages: vec![], returns: vec![] })
+            .map(|(g, &o)| Rollout {
+                prompt: o,
+                response: g.tokens.clone(),
+                old_lp: vec![],
+                values: vec![],
+                advantages: vec![],
+                returns: vec![],
+            })
             .collect();
         let mut ref_lps: Vec<Vec<f64>> = vec![vec![]; rollouts.len()];
         let idx: Vec<usize> = (0..rollouts.len()).collect();
@@ -287,7 +296,9 @@ impl PpoTrainer {
                 };
                 for (j, &r) in chunk.iter().enumerate() {
                     let n = rollouts[r].response.len() as i64;
-                    let take = |t: &Tensor| Vec::<f64>::try_from(t.get(j as i64).narrow(0, starts[j] as i64, n).to_kind(Kind::Double)).map_err(MllmError::Torch);
+                    let take = |t: &Tensor| {
+                        Vec::<f64>::try_from(t.get(j as i64).narrow(0, starts[j] as i64, n).to_kind(Kind::Double)).map_err(MllmError::Torch)
+                    };
                     rollouts[r].old_lp = take(&lp)?;
                     rollouts[r].values = take(&v)?;
                     ref_lps[r] = take(&rlp)?;
@@ -333,7 +344,8 @@ impl PpoTrainer {
                     let rows: Vec<&[f64]> = chunk.iter().map(|&r| f(&rollouts[r]).as_slice()).collect();
                     layout(&rows, &starts, w, dev)
                 };
-                let (old_lp, old_v, adv, ret) = (field(|r| &r.old_lp), field(|r| &r.values), field(|r| &r.advantages), field(|r| &r.returns));
+                let (old_lp, old_v, adv, ret) =
+                    (field(|r| &r.old_lp), field(|r| &r.values), field(|r| &r.advantages), field(|r| &r.returns));
                 let mask = &batch.target_mask;
                 self.opt.zero_grad();
                 let (lp, en, v) = policy_forward(model, &self.value_head, &batch)?;
@@ -370,7 +382,13 @@ impl PpoTrainer {
         Ok(stats)
     }
 
-    fn batch(&self, prompts: &[PpoPrompt], rollouts: &[Rollout], chunk: &[usize], dev: tch::Device) -> Result<(super::sft::Batch, Vec<usize>)> {
+    fn batch(
+        &self,
+        prompts: &[PpoPrompt],
+        rollouts: &[Rollout],
+        chunk: &[usize],
+        dev: tch::Device,
+    ) -> Result<(super::sft::Batch, Vec<usize>)> {
         let ex: Vec<SftExample> = chunk
             .iter()
             .map(|&r| SftExample {

@@ -236,10 +236,8 @@ impl SftTrainer {
                 let group = groups[self.group_in_epoch];
                 let step = self.step + 1;
                 let lr = linear_warmup_decay(self.params.learning_rate, step, total, warmup);
-                let micro: Vec<Batch> = group
-                    .iter()
-                    .map(|idx| make_batch(&idx.iter().map(|&i| &data[i]).collect::<Vec<_>>(), dev))
-                    .collect::<Result<_>>()?;
+                let micro: Vec<Batch> =
+                    group.iter().map(|idx| make_batch(&idx.iter().map(|&i| &data[i]).collect::<Vec<_>>(), dev)).collect::<Result<_>>()?;
                 let n_tok: f64 = micro.iter().map(|b| b.target_mask.sum(Kind::Double).double_value(&[])).sum();
                 self.opt.zero_grad();
                 let mut loss_sum = 0.0;
@@ -318,18 +316,28 @@ impl SftTrainer {
         let at = path.display().to_string();
         let (tensors, meta) = read_safetensors(path)?;
         let get = |k: &str| -> Result<usize> {
-            meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("metadata field {k} missing or not a number") })
+            meta.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("metadata field {k} missing or not a number") })
         };
         if meta.get("format").map(String::as_str) != Some("mmboundary-sft-v1") {
-            return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("expected format mmboundary-sft-v1, found {:?}", meta.get("format")) });
+            return Err(MllmError::Checkpoint {
+                path: at.clone(),
+                msg: format!("expected format mmboundary-sft-v1, found {:?}", meta.get("format")),
+            });
         }
         let seed = get("seed")? as u64;
         if seed != self.params.seed {
-            return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("data-order seed {seed} differs from this run's {}", self.params.seed) });
+            return Err(MllmError::Checkpoint {
+                path: at.clone(),
+                msg: format!("data-order seed {seed} differs from this run's {}", self.params.seed),
+            });
         }
         tch::no_grad(|| -> Result<()> {
             for (n, p) in &self.opt.params {
-                let src = tensors.get(&format!("param.{n}")).ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("missing weight {n}") })?;
+                let src = tensors
+                    .get(&format!("param.{n}"))
+                    .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("missing weight {n}") })?;
                 if src.size() != p.size() {
                     return Err(MllmError::Shape { key: n.clone(), file: at.clone(), expected: p.size(), found: src.size() });
                 }

@@ -26,8 +26,8 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(super::io_err(&index))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| MllmError::Weights { path: index.display().to_string(), msg: e.to_string() })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| MllmError::Weights { path: index.display().to_string(), msg: e.to_string() })?;
         let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| MllmError::Weights {
             path: index.display().to_string(),
             msg: "expected an object field \"weight_map\"".into(),
@@ -78,8 +78,8 @@ pub fn load_safetensors_dir(vars: &HashMap<String, Tensor>, dir: &Path, policy: 
         let f = std::fs::File::open(file).map_err(super::io_err(file))?;
         // SAFETY: read-only mapping of a file we do not modify while it is mapped.
         let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(super::io_err(file))?;
-        let st = SafeTensors::deserialize(&mmap)
-            .map_err(|e| MllmError::Weights { path: file.display().to_string(), msg: e.to_string() })?;
+        let st =
+            SafeTensors::deserialize(&mmap).map_err(|e| MllmError::Weights { path: file.display().to_string(), msg: e.to_string() })?;
         for (key, view) in st.tensors() {
             let Some(name) = (policy.rename)(&key) else { continue };
             let Some(var) = vars.get(&name) else {
@@ -105,7 +105,11 @@ pub fn load_safetensors_dir(vars: &HashMap<String, Tensor>, dir: &Path, policy: 
     names.sort();
     for name in names {
         if !seen.contains(name) {
-            if (policy.optional)(name) { optional_absent.push(name.clone()) } else { missing.push(name.clone()) }
+            if (policy.optional)(name) {
+                optional_absent.push(name.clone())
+            } else {
+                missing.push(name.clone())
+            }
         }
     }
     if !missing.is_empty() || !unexpected.is_empty() {

@@ -45,7 +45,15 @@ pub fn table1_markdown(rows: &[MetricsRow], splits: &[String], variants: &[Strin
         for sp in splits {
             match rows.iter().find(|r| &r.variant == v && &r.split == sp && r.level == "all") {
                 Some(r) => {
-                    let _ = write!(s, " {} | {} | {} | {} | {} |", cell(r.ece), cell(r.mece), cell(r.accuracy), cell(r.chain_f1), cell(r.auroc));
+                    let _ = write!(
+                        s,
+                        " {} | {} | {} | {} | {} |",
+                        cell(r.ece),
+                        cell(r.mece),
+                        cell(r.accuracy),
+                        cell(r.chain_f1),
+                        cell(r.auroc)
+                    );
                 }
                 None => s.push_str(" – | – | – | – | – |"),
             }
@@ -152,7 +160,12 @@ mod tests {
     fn html_escapes_and_colors() {
         let ex = vec![(
             "Q <1>".to_string(),
-            vec![ExampleSentence { sentence: "A & B.".into(), statement: Some("I am sure.".into()), confidence: Some(1.0), correct: false }],
+            vec![ExampleSentence {
+                sentence: "A & B.".into(),
+                statement: Some("I am sure.".into()),
+                confidence: Some(1.0),
+                correct: false,
+            }],
         )];
         let h = html_page("R", &[("Examples".into(), examples_html(&ex))]);
         assert!(h.contains("Q &lt;1&gt;") && h.contains("A &amp; B.") && h.contains("class=\"bad\""));

@@ -46,12 +46,7 @@ pub fn reliability_svg(title: &str, series: &[(&str, Vec<ReliabilityBin>)]) -> R
             .y_label_area_size(44)
             .build_cartesian_2d(0f64..1f64, 0f64..1f64)
             .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("stated confidence")
-            .y_desc("accuracy")
-            .draw()
-            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("stated confidence").y_desc("accuracy").draw().map_err(|e| e.to_string())?;
         chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.4))).map_err(|e| e.to_string())?;
         let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
         for (k, (name, bins)) in series.iter().enumerate() {

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 /// The ONNX Runtime shared library: `$ORT_DYLIB_PATH` at run time, else the path cargo saw at build
 /// time (`.deps/onnxruntime/libonnxruntime.so`, linked by scripts/setup.sh).
 pub fn onnxruntime_dylib() -> Option<PathBuf> {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).or_else(|| option_env!("ORT_DYLIB_PATH").map(PathBuf::from))
 }
 
 /// Whether this build linked libtorch_cuda (see build.rs: `MMB_CUDA=1`, or a GPU seen at build time).

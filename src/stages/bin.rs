@@ -47,7 +47,8 @@ impl Stage for BinStage {
         };
         let (lnlp, mte, sar, clip) = (f("lnlp")?, f("mte")?, f("tokensar")?, f("clipscore")?);
         let rows: Vec<SignalScores> = (0..scored.num_rows()).map(|i| [lnlp[i], mte[i], sar[i], clip[i]]).collect();
-        let splits = scored.column_by_name("split").ok_or_else(|| anyhow::anyhow!("scored artifact has no column `split`"))?.as_string::<i32>();
+        let splits =
+            scored.column_by_name("split").ok_or_else(|| anyhow::anyhow!("scored artifact has no column `split`"))?.as_string::<i32>();
         let fit_rows: Vec<SignalScores> = rows
             .iter()
             .enumerate()

@@ -58,7 +58,13 @@ pub fn cosine_matrix(rows: &[Vec<f32>], cols: &[Vec<f32>]) -> anyhow::Result<Vec
 }
 
 impl ChainJudge {
-    pub fn load(minilm: &Path, pool_path: &Path, parser: ParserParams, backward: BackwardParams, session: &SessionOptions) -> anyhow::Result<Self> {
+    pub fn load(
+        minilm: &Path,
+        pool_path: &Path,
+        parser: ParserParams,
+        backward: BackwardParams,
+        session: &SessionOptions,
+    ) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(pool_path).map_err(|e| anyhow::anyhow!("{}: {e}", pool_path.display()))?;
         let pool = StatementPool::from_toml(&text, &pool_path.display().to_string())?;
         let embedder = MiniLmEmbedder(SentenceEncoder::load(minilm, SentenceEncoderParams::default(), session)?);
@@ -83,7 +89,8 @@ impl ChainJudge {
         let sentences: Vec<&str> = parsed.pairs.iter().map(|p| p.sentence.as_str()).collect();
         let sim = cosine_matrix(&self.embed(&sentences)?, &self.embed(reference)?)?;
         let statements: Vec<&str> = parsed.pairs.iter().filter_map(|p| p.statement.as_deref()).filter(|s| !s.trim().is_empty()).collect();
-        let mut ev = if statements.is_empty() { Vec::new() } else { self.pool.map(&statements, &self.embedder, &self.backward)? }.into_iter();
+        let mut ev =
+            if statements.is_empty() { Vec::new() } else { self.pool.map(&statements, &self.embedder, &self.backward)? }.into_iter();
         let mut cursor = 0usize;
         let mut out = Vec::with_capacity(parsed.pairs.len());
         for (pair, row) in parsed.pairs.into_iter().zip(sim) {

@@ -33,7 +33,9 @@ impl StageConfigs {
     pub fn params<P: DeserializeOwned + Default>(&self, stage: &str) -> anyhow::Result<P> {
         let path = self.dir.join(format!("{stage}.toml"));
         let mut table = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str::<StageToml>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.params.unwrap_or_default(),
+            Ok(text) => {
+                toml::from_str::<StageToml>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.params.unwrap_or_default()
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
             Err(e) => anyhow::bail!("{}: {e}", path.display()),
         };
@@ -43,7 +45,8 @@ impl StageConfigs {
         if table.is_empty() {
             return Ok(P::default());
         }
-        P::deserialize(toml::Value::Table(table)).map_err(|e| anyhow::anyhow!("{} (with overrides for `{stage}`): params: {e}", path.display()))
+        P::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("{} (with overrides for `{stage}`): params: {e}", path.display()))
     }
 }
 

@@ -55,10 +55,8 @@ impl Stage for DatasetStage {
         let mut all = Vec::with_capacity(p.n_items);
         for start in (0..p.n_items).step_by(chunk) {
             let end = (start + chunk).min(p.n_items);
-            let items = (start..end)
-                .into_par_iter()
-                .map(|i| penumbra::generate_one(p, i).map(|g| g.item))
-                .collect::<Result<Vec<_>, _>>()?;
+            let items =
+                (start..end).into_par_iter().map(|i| penumbra::generate_one(p, i).map(|g| g.item)).collect::<Result<Vec<_>, _>>()?;
             batches.push(items_to_record_batch(&items)?);
             bar.inc((end - start) as u64);
             all.extend(items);

@@ -88,7 +88,8 @@ impl Stage for DemoClipStage {
         let (mut id, mut img, mut cap, mut neg, mut held) =
             (Int64Builder::new(), BinaryBuilder::new(), StringBuilder::new(), StringBuilder::new(), BooleanBuilder::new());
         for (i, it) in items.iter().enumerate() {
-            let bytes = it.image.as_ref().and_then(|x| x.bytes.as_deref()).ok_or_else(|| anyhow::anyhow!("item {}: no image bytes", it.id))?;
+            let bytes =
+                it.image.as_ref().and_then(|x| x.bytes.as_deref()).ok_or_else(|| anyhow::anyhow!("item {}: no image bytes", it.id))?;
             for (c, n) in it.captions.iter().zip(&it.hard_negatives) {
                 id.append_value(i as i64);
                 img.append_value(bytes);
@@ -104,7 +105,8 @@ impl Stage for DemoClipStage {
             Field::new("negative", DataType::Utf8, false),
             Field::new("heldout", DataType::Boolean, false),
         ]));
-        let cols: Vec<ArrayRef> = vec![Arc::new(id.finish()), Arc::new(img.finish()), Arc::new(cap.finish()), Arc::new(neg.finish()), Arc::new(held.finish())];
+        let cols: Vec<ArrayRef> =
+            vec![Arc::new(id.finish()), Arc::new(img.finish()), Arc::new(cap.finish()), Arc::new(neg.finish()), Arc::new(held.finish())];
         let batch = RecordBatch::try_new(schema.clone(), cols)?;
         anyhow::ensure!(batch.num_rows() > 0, "the dataset has no captions to train a CLIP on");
         let work = tempfile::tempdir()?;

@@ -213,12 +213,29 @@ fn level_name(l: ChainLevel) -> &'static str {
 }
 
 /// Judges every chain and computes the metrics: (per-sentence rows, metrics rows).
-pub fn evaluate(judge: &ChainJudge, items: &[Item], chains: &[EvalChain], params: &EvalParams) -> anyhow::Result<(RecordBatch, RecordBatch)> {
+pub fn evaluate(
+    judge: &ChainJudge,
+    items: &[Item],
+    chains: &[EvalChain],
+    params: &EvalParams,
+) -> anyhow::Result<(RecordBatch, RecordBatch)> {
     let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
-    let (mut o_var, mut o_split, mut o_id, mut o_idx, mut o_sent, mut o_stmt) =
-        (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new(), StringBuilder::new());
-    let (mut o_conf, mut o_corr, mut o_level, mut o_ans, mut o_text, mut o_judge) =
-        (Float64Builder::new(), BooleanBuilder::new(), StringBuilder::new(), Float64Builder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut o_var, mut o_split, mut o_id, mut o_idx, mut o_sent, mut o_stmt) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        UInt32Builder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
+    let (mut o_conf, mut o_corr, mut o_level, mut o_ans, mut o_text, mut o_judge) = (
+        Float64Builder::new(),
+        BooleanBuilder::new(),
+        StringBuilder::new(),
+        Float64Builder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     let mut groups: BTreeMap<(String, String), Vec<Judged>> = BTreeMap::new();
     for (n, c) in chains.iter().enumerate() {
         let item = by_id.get(c.item_id.as_str()).ok_or_else(|| anyhow::anyhow!("chain {n}: item {} is not in the dataset", c.item_id))?;
@@ -303,7 +320,8 @@ pub fn evaluate(judge: &ChainJudge, items: &[Item], chains: &[EvalChain], params
         let labels: Vec<bool> = corr.iter().map(|&c| c >= 0.5).collect();
         let auroc_all = if labels.iter().any(|&l| l) && labels.iter().any(|&l| !l) { Some(auroc(&conf, &labels)?) } else { None };
         let accuracy = js.iter().map(|j| j.answer_correct).sum::<f64>() / js.len() as f64;
-        let chain_items: Vec<ChainItem> = js.iter().map(|j| ChainItem { similarity: j.similarity.clone(), n_reference: j.ref_levels.len() }).collect();
+        let chain_items: Vec<ChainItem> =
+            js.iter().map(|j| ChainItem { similarity: j.similarity.clone(), n_reference: j.ref_levels.len() }).collect();
         let f1 = chain_f1(&chain_items, &params.metrics.chain_f1)?.f1;
         let n_sent: usize = js.iter().map(|j| j.similarity.len()).sum();
         let mut push = |level: &str, n_s: usize, e: Option<f64>, m: Option<f64>, a: Option<f64>, f: Option<f64>, r: Option<f64>| {

@@ -67,12 +67,8 @@ pub fn question_block(question: &str, choices: &[String]) -> String {
 
 /// Renders the text parts of a prompt around the `{image}` slot: (before, after).
 pub fn render_prompt(template: &str, question: &str, choices: &[String]) -> (String, String) {
-    let options = choices
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("({}) {c}", (b'A' + (i as u8 % 26)) as char))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let options =
+        choices.iter().enumerate().map(|(i, c)| format!("({}) {c}", (b'A' + (i as u8 % 26)) as char)).collect::<Vec<_>>().join(" ");
     let text = template.replace("{question}", question).replace("{options}", &options);
     match text.split_once("{image}") {
         Some((a, b)) => (a.to_string(), b.to_string()),

@@ -66,15 +66,22 @@ impl Stage for MapStage {
         let t = ctx.input_table("levels")?.concat()?;
         let col = |n: &str| t.column_by_name(n).ok_or_else(|| anyhow::anyhow!("levels artifact has no column `{n}`"));
         let (ids, splits, texts) = (col("item_id")?.as_string::<i32>(), col("split")?.as_string::<i32>(), col("text")?.as_string::<i32>());
-        let (samples, sentence, level) =
-            (col("sample")?.as_primitive::<UInt32Type>(), col("sentence")?.as_primitive::<UInt32Type>(), col("level")?.as_primitive::<UInt8Type>());
+        let (samples, sentence, level) = (
+            col("sample")?.as_primitive::<UInt32Type>(),
+            col("sentence")?.as_primitive::<UInt32Type>(),
+            col("level")?.as_primitive::<UInt8Type>(),
+        );
         // Group sentences by chain, in sentence order.
         let mut chains: BTreeMap<(String, u32), Vec<(u32, String, u8)>> = BTreeMap::new();
         for r in 0..t.num_rows() {
             if !self.params.splits.iter().any(|s| s == splits.value(r)) {
                 continue;
             }
-            chains.entry((ids.value(r).to_string(), samples.value(r))).or_default().push((sentence.value(r), texts.value(r).to_string(), level.value(r)));
+            chains.entry((ids.value(r).to_string(), samples.value(r))).or_default().push((
+                sentence.value(r),
+                texts.value(r).to_string(),
+                level.value(r),
+            ));
         }
         anyhow::ensure!(!chains.is_empty(), "no scored chains in splits {:?}", self.params.splits);
         let (mut o_id, mut o_sample, mut o_target) = (StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());

@@ -1,7 +1,7 @@
 //! The pipeline's stages, one short file each, and the registry that builds them from `stages/*.toml`.
-mod config;
 pub mod bin;
 pub mod chain_judge;
+mod config;
 pub mod dataset;
 pub mod demo_clip;
 pub mod demo_mllm;

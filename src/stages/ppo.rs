@@ -20,7 +20,9 @@ use crate::confidence::parser::ParserParams;
 use crate::confidence::rewards::{response_reward, sentence_correctness, RewardParams, SentenceSignals};
 use crate::confidence::similarity::CosineOfEmbeddings;
 use crate::confidence::statements::BackwardParams;
-use crate::confidence::uncertainty::{clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, SentenceTokens, TokenInfo, UncertaintyParams};
+use crate::confidence::uncertainty::{
+    clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, SentenceTokens, TokenInfo, UncertaintyParams,
+};
 use crate::confidence::{level_value, Location};
 use crate::data::Item;
 use crate::encoders::clip::Clip;
@@ -273,8 +275,10 @@ impl RewardModel {
         let sim: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
         let correct = sentence_correctness(0, &sim, reference.len(), self.params.rewards.match_threshold)?;
         // The four signals of each sentence, from its own tokens.
-        let spans: Vec<(usize, usize)> =
-            judged.iter().map(|j| (token_at_byte(&r.token_ends, j.sentence_span.0 + 1), token_at_byte(&r.token_ends, j.sentence_span.1))).collect();
+        let spans: Vec<(usize, usize)> = judged
+            .iter()
+            .map(|j| (token_at_byte(&r.token_ends, j.sentence_span.0 + 1), token_at_byte(&r.token_ends, j.sentence_span.1)))
+            .collect();
         let response = ResponseTokens {
             prompt: item.question.clone(),
             sentences: spans.iter().map(|&(a, b)| SentenceTokens { tokens: r.tokens[a..=b.max(a)].to_vec() }).collect(),
@@ -294,8 +298,9 @@ impl RewardModel {
         }
         let levels: Vec<u8> = self.levels.apply(&rows)?.iter().map(|s| s.level).collect();
         let internal: Vec<f64> = levels.iter().map(|&l| level_value(l)).collect();
-        let signals: Vec<SentenceSignals> =
-            (0..judged.len()).map(|t| SentenceSignals { correct: correct[t], expressed: judged[t].expressed, internal: internal[t] }).collect();
+        let signals: Vec<SentenceSignals> = (0..judged.len())
+            .map(|t| SentenceSignals { correct: correct[t], expressed: judged[t].expressed, internal: internal[t] })
+            .collect();
         let rw = response_reward(0, &signals, &self.params.rewards)?;
 
         // Place each sentence's share of R; what is left (a term with no counted sentence) goes last.

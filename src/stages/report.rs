@@ -51,7 +51,9 @@ impl Stage for ReportStage {
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let p = &self.params;
         let m = ctx.input_table("metrics")?.concat()?;
-        let col = |b: &arrow::record_batch::RecordBatch, n: &str| b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"));
+        let col = |b: &arrow::record_batch::RecordBatch, n: &str| {
+            b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"))
+        };
         let (variant, split, level) = (col(&m, "variant")?, col(&m, "split")?, col(&m, "level")?);
         let (responses, sentences) = (col(&m, "responses")?, col(&m, "sentences")?);
         let f = |n: &str| -> anyhow::Result<Vec<Option<f64>>> { Ok(col(&m, n)?.as_primitive::<Float64Type>().iter().collect()) };
@@ -106,16 +108,11 @@ impl Stage for ReportStage {
                 chains.entry(si.as_string::<i32>().value(i).to_string()).or_default().push((sidx.as_primitive::<UInt32Type>().value(i), e));
             }
         }
-        let series: Vec<(&str, _)> = variants
-            .iter()
-            .filter_map(|v| pairs.get(v).map(|ps| (v.as_str(), reliability_bins(ps, p.bins))))
-            .collect();
+        let series: Vec<(&str, _)> =
+            variants.iter().filter_map(|v| pairs.get(v).map(|ps| (v.as_str(), reliability_bins(ps, p.bins)))).collect();
         let reliability = reliability_svg(&format!("Reliability ({})", p.split), &series).map_err(anyhow::Error::msg)?;
-        let hist_groups: Vec<(u8, Vec<f64>)> = variants
-            .iter()
-            .enumerate()
-            .filter_map(|(k, v)| by_level.get(v).map(|c| (k as u8 + 1, c.clone())))
-            .collect();
+        let hist_groups: Vec<(u8, Vec<f64>)> =
+            variants.iter().enumerate().filter_map(|(k, v)| by_level.get(v).map(|c| (k as u8 + 1, c.clone()))).collect();
         let hist = level_histogram_svg(&format!("Stated confidence ({}; 1 = {})", p.split, variants.join(", 2 = ")), &hist_groups, p.bins)
             .map_err(anyhow::Error::msg)?;
         let examples: Vec<(String, Vec<ExampleSentence>)> = chains

@@ -15,7 +15,7 @@ use crate::encoders::clip::Clip;
 use crate::encoders::minilm::{SentenceEncoder, SentenceEncoderParams, DEFAULT_MODEL_DIR};
 use crate::encoders::runtime::SessionOptions;
 use crate::engine::{InputSpec, Stage, StageContext};
-use arrow::array::{Array, AsArray, Float64Builder, StringBuilder, UInt32Builder, ArrayRef};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -121,13 +121,15 @@ impl Stage for ScoreStage {
         let mut responses = Vec::with_capacity(chains.num_rows());
         let mut texts: Vec<Vec<String>> = Vec::with_capacity(chains.num_rows());
         for r in 0..chains.num_rows() {
-            let q = question.get(ids.value(r)).ok_or_else(|| anyhow::anyhow!("chain row {r}: item {} is not in the dataset", ids.value(r)))?;
+            let q =
+                question.get(ids.value(r)).ok_or_else(|| anyhow::anyhow!("chain row {r}: item {} is not in the dataset", ids.value(r)))?;
             let (tok, tt) = (tokens.value(r), token_text.value(r));
             let (tok, tt) = (tok.as_primitive::<Int64Type>(), tt.as_string::<i32>());
             let (lp, en) = (logprobs.value(r), entropies.value(r));
             let (lp, en) = (lp.as_primitive::<Float32Type>(), en.as_primitive::<Float32Type>());
             let (s_text, s_first, s_last) = (sentences.value(r), firsts.value(r), lasts.value(r));
-            let (s_text, s_first, s_last) = (s_text.as_string::<i32>(), s_first.as_primitive::<UInt32Type>(), s_last.as_primitive::<UInt32Type>());
+            let (s_text, s_first, s_last) =
+                (s_text.as_string::<i32>(), s_first.as_primitive::<UInt32Type>(), s_last.as_primitive::<UInt32Type>());
             let mut sents = Vec::new();
             let mut st = Vec::new();
             for s in 0..s_text.len() {
@@ -156,9 +158,16 @@ impl Stage for ScoreStage {
         let tokensar = token_sar_batched(&responses, &sim, &u.token_sar)?;
         let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &self.session)?;
 
-        let (mut o_id, mut o_split, mut o_sample, mut o_sent, mut o_text, mut o_judge) =
-            (StringBuilder::new(), StringBuilder::new(), UInt32Builder::new(), UInt32Builder::new(), StringBuilder::new(), StringBuilder::new());
-        let (mut o_lnlp, mut o_mte, mut o_sar, mut o_clip) = (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new());
+        let (mut o_id, mut o_split, mut o_sample, mut o_sent, mut o_text, mut o_judge) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            UInt32Builder::new(),
+            UInt32Builder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let (mut o_lnlp, mut o_mte, mut o_sar, mut o_clip) =
+            (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new());
         for r in 0..responses.len() {
             let id = ids.value(r);
             let &img = image_row.get(id).ok_or_else(|| anyhow::anyhow!("item {id}: no CLIP features"))?;

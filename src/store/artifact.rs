@@ -64,20 +64,9 @@ impl ArtifactKind {
         }
     }
     pub fn from_extension(ext: &str) -> Option<Self> {
-        [
-            Self::Parquet,
-            Self::Safetensors,
-            Self::Onnx,
-            Self::Json,
-            Self::Png,
-            Self::Svg,
-            Self::Html,
-            Self::Markdown,
-            Self::Tar,
-            Self::Bin,
-        ]
-        .into_iter()
-        .find(|k| k.extension() == ext)
+        [Self::Parquet, Self::Safetensors, Self::Onnx, Self::Json, Self::Png, Self::Svg, Self::Html, Self::Markdown, Self::Tar, Self::Bin]
+            .into_iter()
+            .find(|k| k.extension() == ext)
     }
 }
 
@@ -195,9 +184,7 @@ impl Store {
     pub fn sidecar_lineage(&self, path: &Path) -> Result<Option<Lineage>, StoreError> {
         let side = sidecar_path(path);
         match fs::read(&side) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Lineage { path: side, msg: e.to_string() }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Lineage { path: side, msg: e.to_string() }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { path: side, source: e }),
         }

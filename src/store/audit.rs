@@ -96,10 +96,10 @@ impl Store {
         }
         let lineage = if kind == ArtifactKind::Parquet {
             let table = read_parquet(file, id.clone())?;
-            let lineage = table
-                .lineage
-                .clone()
-                .ok_or_else(|| StoreError::Lineage { path: file.to_path_buf(), msg: "no mmboundary.lineage entry: not an mmb artifact".into() })?;
+            let lineage = table.lineage.clone().ok_or_else(|| StoreError::Lineage {
+                path: file.to_path_buf(),
+                msg: "no mmboundary.lineage entry: not an mmb artifact".into(),
+            })?;
             let rows = table.num_rows() as u64;
             if lineage.rows != Some(rows) {
                 return Err(StoreError::Lineage {

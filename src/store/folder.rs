@@ -28,7 +28,10 @@ impl Store {
     pub fn put_dir(&self, dir: &Path, lineage: Option<&Lineage>) -> Result<ArtifactId, StoreError> {
         let files = files_under(dir)?;
         if files.is_empty() {
-            return Err(StoreError::Io { path: dir.to_path_buf(), source: std::io::Error::other("folder artifact: the folder has no files") });
+            return Err(StoreError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::other("folder artifact: the folder has no files"),
+            });
         }
         self.put_with(ArtifactKind::Tar, lineage, |w| {
             let mut tar = tar::Builder::new(w);

@@ -17,6 +17,6 @@ mod table;
 pub use artifact::{hash_file, write_atomic, ArtifactId, ArtifactKind, HashingWriter, Store};
 pub use audit::{Mismatch, VerifyReport};
 pub use error::StoreError;
-pub use lineage::{Lineage, LINEAGE_KEY, HF_KEY};
+pub use lineage::{Lineage, HF_KEY, LINEAGE_KEY};
 pub use lock::StoreLock;
 pub use table::{expect_columns, read_parquet, Table};

@@ -30,8 +30,7 @@ impl Table {
 
     /// All rows as one batch.
     pub fn concat(&self) -> Result<RecordBatch, StoreError> {
-        arrow::compute::concat_batches(&self.schema, &self.batches)
-            .map_err(|source| StoreError::Arrow { path: self.path.clone(), source })
+        arrow::compute::concat_batches(&self.schema, &self.batches).map_err(|source| StoreError::Arrow { path: self.path.clone(), source })
     }
 }
 
@@ -79,8 +78,8 @@ impl Store {
             .build();
         let at = self.objects_dir();
         self.put_with(ArtifactKind::Parquet, None, |w| {
-            let mut writer = ArrowWriter::try_new(w, schema.clone(), Some(props))
-                .map_err(|source| StoreError::Parquet { path: at.clone(), source })?;
+            let mut writer =
+                ArrowWriter::try_new(w, schema.clone(), Some(props)).map_err(|source| StoreError::Parquet { path: at.clone(), source })?;
             for b in batches {
                 writer.write(b).map_err(|source| StoreError::Parquet { path: at.clone(), source })?;
             }
@@ -103,8 +102,8 @@ impl Store {
 /// Reads any Parquet file (an artifact, or a file offered for import) with its metadata.
 pub fn read_parquet(path: &Path, id: ArtifactId) -> Result<Table, StoreError> {
     let file = File::open(path).at(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|source| StoreError::Parquet { path: path.to_path_buf(), source })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| StoreError::Parquet { path: path.to_path_buf(), source })?;
     let kv = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
     let get = |key: &str| kv.iter().find(|e| e.key == key).and_then(|e| e.value.clone());
     let lineage = get(LINEAGE_KEY)
@@ -116,9 +115,7 @@ pub fn read_parquet(path: &Path, id: ArtifactId) -> Result<Table, StoreError> {
         .and_then(|v| v.get("info").and_then(|i| i.get("features")).cloned());
     let schema = builder.schema().clone();
     let reader = builder.build().map_err(|source| StoreError::Parquet { path: path.to_path_buf(), source })?;
-    let batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| StoreError::Arrow { path: path.to_path_buf(), source })?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|source| StoreError::Arrow { path: path.to_path_buf(), source })?;
     Ok(Table { id, path: path.to_path_buf(), schema, batches, lineage, hf_features })
 }
 

@@ -22,7 +22,10 @@ impl Features {
         let mut rows = HashMap::with_capacity(ids.len());
         for i in 0..ids.len() {
             let v = patches.value(i);
-            rows.insert(ids.value(i).to_string(), (n_p.value(i) as i64, dims.value(i) as i64, v.as_primitive::<Float32Type>().values().to_vec()));
+            rows.insert(
+                ids.value(i).to_string(),
+                (n_p.value(i) as i64, dims.value(i) as i64, v.as_primitive::<Float32Type>().values().to_vec()),
+            );
         }
         Ok(Self { rows })
     }

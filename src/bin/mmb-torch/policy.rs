@@ -30,7 +30,9 @@ pub fn load(model_dir: &Path, device: tch::Device, dtype: mllm::DType, checkpoin
     let (vs, mut model) = Llava::load(model_dir, device, dtype)?;
     let Some(ck) = checkpoint else { return Ok(Policy { vs, model, sft: None, sft_meta: None }) };
     let (tensors, meta) = read_safetensors(ck)?;
-    let raw = meta.get("params").with_context(|| format!("{}: checkpoint metadata has no `params` (expected an sft or ppo checkpoint)", ck.display()))?;
+    let raw = meta
+        .get("params")
+        .with_context(|| format!("{}: checkpoint metadata has no `params` (expected an sft or ppo checkpoint)", ck.display()))?;
     let sft: SftParams = serde_json::from_str(raw).with_context(|| format!("{}: metadata `params` is not SFT params", ck.display()))?;
     if let FineTuneMode::Lora(lp) = &sft.mode {
         mllm::lora::attach(&vs, model.lm_mut(), lp)?;
@@ -41,7 +43,13 @@ pub fn load(model_dir: &Path, device: tch::Device, dtype: mllm::DType, checkpoin
         for (name, var) in &vars {
             match tensors.get(&format!("param.{name}")) {
                 Some(src) => {
-                    anyhow::ensure!(src.size() == var.size(), "{}: weight {name}: expected shape {:?}, found {:?}", ck.display(), var.size(), src.size());
+                    anyhow::ensure!(
+                        src.size() == var.size(),
+                        "{}: weight {name}: expected shape {:?}, found {:?}",
+                        ck.display(),
+                        var.size(),
+                        src.size()
+                    );
                     var.shallow_clone().f_copy_(&src.to_kind(var.kind()).to_device(var.device()))?;
                 }
                 None if var.requires_grad() => missing.push(name.clone()),
@@ -56,7 +64,12 @@ pub fn load(model_dir: &Path, device: tch::Device, dtype: mllm::DType, checkpoin
         .filter_map(|k| k.strip_prefix("param.").map(|_| k))
         .filter(|k| !k["param.".len()..].starts_with(VALUE_HEAD) && !vars.contains_key(&k["param.".len()..]))
         .collect();
-    anyhow::ensure!(unexpected.is_empty(), "{}: checkpoint weights {unexpected:?} match no variable of {}", ck.display(), model_dir.display());
+    anyhow::ensure!(
+        unexpected.is_empty(),
+        "{}: checkpoint weights {unexpected:?} match no variable of {}",
+        ck.display(),
+        model_dir.display()
+    );
     Ok(Policy { vs, model, sft: Some(sft), sft_meta: Some(raw.clone()) })
 }
 

@@ -13,7 +13,9 @@ use mmboundary::confidence::levels::LevelModel;
 use mmboundary::confidence::uncertainty::TokenInfo;
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::StageContext;
-use mmboundary::stages::ppo::{judge_name, ppo_log_schema, rollouts_schema, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore, RolloutTokens};
+use mmboundary::stages::ppo::{
+    judge_name, ppo_log_schema, rollouts_schema, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore, RolloutTokens,
+};
 use mmboundary::store::ArtifactKind;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -26,7 +28,11 @@ pub fn trainer_params(overrides: &serde_json::Value) -> anyhow::Result<PpoParams
     let mut v = serde_json::to_value(PpoParams::default())?;
     if let (Some(base), Some(over)) = (v.as_object_mut(), overrides.as_object()) {
         for (k, x) in over {
-            anyhow::ensure!(base.contains_key(k), "ppo.trainer: unknown key `{k}` (known: {})", base.keys().cloned().collect::<Vec<_>>().join(", "));
+            anyhow::ensure!(
+                base.contains_key(k),
+                "ppo.trainer: unknown key `{k}` (known: {})",
+                base.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
             // Nested tables (generation, adamw) are laid over their defaults too.
             match (base.get_mut(k).and_then(|b| b.as_object_mut()), x.as_object()) {
                 (Some(b), Some(o)) => {
@@ -91,12 +97,16 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             Some(r)
         }
         ReferencePolicy::Base => {
-            anyhow::ensure!(pol.has_lora(), "ppo.reference = \"base\" needs a LoRA SFT checkpoint (the base is the policy with its adapters off)");
+            anyhow::ensure!(
+                pol.has_lora(),
+                "ppo.reference = \"base\" needs a LoRA SFT checkpoint (the base is the policy with its adapters off)"
+            );
             None
         }
     };
     let level_path = ctx.input_path("level_model")?;
-    let levels: LevelModel = serde_json::from_slice(&std::fs::read(&level_path)?).with_context(|| format!("{}: not a level model", level_path.display()))?;
+    let levels: LevelModel =
+        serde_json::from_slice(&std::fs::read(&level_path)?).with_context(|| format!("{}: not a level model", level_path.display()))?;
     let rewards = RewardModel::load(&p, &mmboundary::stages::models::resolve(ctx, &p.clip, "clip")?, levels, &Default::default())?;
 
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
@@ -138,7 +148,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             }
             batch.push(order.pop().expect("refilled"));
         }
-        let step_prompts: Vec<PpoPrompt> = batch.iter().map(|&i| PpoPrompt { ids: prompts[i].0.clone(), images: vec![prompts[i].1.shallow_clone()] }).collect();
+        let step_prompts: Vec<PpoPrompt> =
+            batch.iter().map(|&i| PpoPrompt { ids: prompts[i].0.clone(), images: vec![prompts[i].1.shallow_clone()] }).collect();
         let mut samples: HashMap<usize, u32> = HashMap::new();
         let mut reward_fn = |pi: usize, g: &Generated| -> mllm::Result<Score> {
             let it = selected[batch[pi]];
@@ -173,7 +184,12 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             Ok(out)
         };
         let stats = trainer.step(&pol.model, reference.as_ref().map(|r| &r.model), &step_prompts, &mut reward_fn)?;
-        for (name, v) in [("kl", stats.kl), ("value_loss", stats.value_loss), ("policy_loss", stats.policy_loss), ("policy_entropy", stats.policy_entropy)] {
+        for (name, v) in [
+            ("kl", stats.kl),
+            ("value_loss", stats.value_loss),
+            ("policy_loss", stats.policy_loss),
+            ("policy_entropy", stats.policy_entropy),
+        ] {
             anyhow::ensure!(v.is_finite(), "ppo iteration {iteration}: {name} is {v}");
         }
         log.push((iteration as u32, stats, started.elapsed().as_secs_f64()));
@@ -220,11 +236,13 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     cols.extend(c.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     ctx.write_table("log", ppo_log_schema(), &[RecordBatch::try_new(ppo_log_schema(), cols)?], None)?;
 
-    let (mut o_it, mut o_id, mut o_sample, mut o_text) = (UInt32Builder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());
+    let (mut o_it, mut o_id, mut o_sample, mut o_text) =
+        (UInt32Builder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());
     let (mut o_sent, mut o_stmt) = (ListBuilder::new(StringBuilder::new()), ListBuilder::new(StringBuilder::new()));
     let (mut o_ev, mut o_iv) = (ListBuilder::new(Float64Builder::new()), ListBuilder::new(Float64Builder::new()));
     let (mut o_lv, mut o_corr) = (ListBuilder::new(UInt8Builder::new()), ListBuilder::new(BooleanBuilder::new()));
-    let (mut o_ka, mut o_ec, mut o_cs, mut o_r, mut o_judge) = (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), StringBuilder::new());
+    let (mut o_ka, mut o_ec, mut o_cs, mut o_r, mut o_judge) =
+        (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), StringBuilder::new());
     for r in &rows {
         let s = &r.score;
         o_it.append_value(r.iteration);

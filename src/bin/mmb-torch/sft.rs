@@ -18,7 +18,11 @@ fn trainer_params(overrides: &serde_json::Value) -> anyhow::Result<SftParams> {
     let mut v = serde_json::to_value(SftParams::default())?;
     if let (Some(base), Some(over)) = (v.as_object_mut(), overrides.as_object()) {
         for (k, x) in over {
-            anyhow::ensure!(base.contains_key(k), "sft.trainer: unknown key `{k}` (known: {})", base.keys().cloned().collect::<Vec<_>>().join(", "));
+            anyhow::ensure!(
+                base.contains_key(k),
+                "sft.trainer: unknown key `{k}` (known: {})",
+                base.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
             base.insert(k.clone(), x.clone());
         }
     }
@@ -58,7 +62,10 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let mut trainer = SftTrainer::new(&vs, &mut model, tp)?;
     // Checkpoints of this very run (same cache key) survive a crash: resume from the latest one.
     let work = ctx.work_dir()?;
-    let mut done: Vec<_> = std::fs::read_dir(&work)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect();
+    let mut done: Vec<_> = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
     done.sort();
     if let Some(last) = done.last() {
         eprintln!("sft: resuming from {}", last.display());
@@ -67,8 +74,15 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let report = trainer.train(&model, &examples, &work)?;
     let last = trainer.save(&work)?;
 
-    let (mut step, mut epoch, mut lr, mut loss, mut gn, mut rt, mut secs) =
-        (UInt64Builder::new(), UInt64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Int64Builder::new(), Float64Builder::new());
+    let (mut step, mut epoch, mut lr, mut loss, mut gn, mut rt, mut secs) = (
+        UInt64Builder::new(),
+        UInt64Builder::new(),
+        Float64Builder::new(),
+        Float64Builder::new(),
+        Float64Builder::new(),
+        Int64Builder::new(),
+        Float64Builder::new(),
+    );
     for row in &report.rows {
         step.append_value(row.step as u64);
         epoch.append_value(row.epoch as u64);

@@ -24,12 +24,7 @@ fn same_kind(a: &Object, b: &Object) -> bool {
 
 /// `(captions, hard_negatives)`, aligned: `hard_negatives[i]` is `captions[i]` with one thing
 /// made false, and is false of every object in the scene (not just the one described).
-pub fn captions<R: Rng>(
-    rng: &mut R,
-    scene: &Scene,
-    margin: f32,
-    max_objects: usize,
-) -> (Vec<String>, Vec<String>) {
+pub fn captions<R: Rng>(rng: &mut R, scene: &Scene, margin: f32, max_objects: usize) -> (Vec<String>, Vec<String>) {
     let mut pos = Vec::new();
     let mut neg = Vec::new();
     let mut described: Vec<&Object> = Vec::new();
@@ -59,25 +54,15 @@ pub fn captions<R: Rng>(
     }
     // One relational caption, negated by flipping the relation.
     let n = scene.objects.len();
-    let mut pairs: Vec<(usize, usize)> = (0..n)
-        .flat_map(|a| (0..n).filter(move |&b| b != a).map(move |b| (a, b)))
-        .collect();
+    let mut pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (0..n).filter(move |&b| b != a).map(move |b| (a, b))).collect();
     pairs.shuffle(rng);
     for (a, b) in pairs {
         let (oa, ob) = (&scene.objects[a], &scene.objects[b]);
         // Both kinds unique in the scene, so the flipped caption is false of every pair.
         let unique = |o: &Object| scene.objects.iter().filter(|x| same_kind(x, o)).count() == 1;
         if Relation::LeftOf.holds(oa, ob, margin) == Some(true) && unique(oa) && unique(ob) {
-            pos.push(format!(
-                "a {} to the left of a {}",
-                oa.full_description(),
-                ob.full_description()
-            ));
-            neg.push(format!(
-                "a {} to the right of a {}",
-                oa.full_description(),
-                ob.full_description()
-            ));
+            pos.push(format!("a {} to the left of a {}", oa.full_description(), ob.full_description()));
+            neg.push(format!("a {} to the right of a {}", oa.full_description(), ob.full_description()));
             break;
         }
     }

@@ -42,14 +42,7 @@ pub struct DifficultyLadder {
 
 impl Default for DifficultyLadder {
     fn default() -> Self {
-        let level = |objs: (usize, usize),
-                     r: f32,
-                     occ: f32,
-                     sim: f32,
-                     dis: f32,
-                     noise: f32,
-                     blur: f32,
-                     contrast: f32| LevelKnobs {
+        let level = |objs: (usize, usize), r: f32, occ: f32, sim: f32, dis: f32, noise: f32, blur: f32, contrast: f32| LevelKnobs {
             min_objects: objs.0,
             max_objects: objs.1,
             small_radius: r,
@@ -96,34 +89,19 @@ impl DifficultyLadder {
             unit(k.distractor_prob, "distractor_prob")?;
             unit(k.contrast, "contrast")?;
             if k.min_objects == 0 || k.min_objects > k.max_objects || k.max_objects > 32 {
-                return Err(format!(
-                    "level {i}: expected 1 ≤ min_objects ≤ max_objects ≤ 32, found {}..{}",
-                    k.min_objects, k.max_objects
-                ));
+                return Err(format!("level {i}: expected 1 ≤ min_objects ≤ max_objects ≤ 32, found {}..{}", k.min_objects, k.max_objects));
             }
             if !(k.small_radius > 0.0 && k.small_radius < 0.25) {
-                return Err(format!(
-                    "level {i}: `small_radius` must be in (0, 0.25), found {}",
-                    k.small_radius
-                ));
+                return Err(format!("level {i}: `small_radius` must be in (0, 0.25), found {}", k.small_radius));
             }
             if !(k.large_ratio >= 1.2 && k.large_ratio <= 3.0) {
-                return Err(format!(
-                    "level {i}: `large_ratio` must be in [1.2, 3], found {}",
-                    k.large_ratio
-                ));
+                return Err(format!("level {i}: `large_ratio` must be in [1.2, 3], found {}", k.large_ratio));
             }
             if !(k.noise_sigma >= 0.0 && k.noise_sigma <= 128.0) {
-                return Err(format!(
-                    "level {i}: `noise_sigma` must be in [0, 128], found {}",
-                    k.noise_sigma
-                ));
+                return Err(format!("level {i}: `noise_sigma` must be in [0, 128], found {}", k.noise_sigma));
             }
             if !(k.blur_sigma >= 0.0 && k.blur_sigma <= 8.0) {
-                return Err(format!(
-                    "level {i}: `blur_sigma` must be in [0, 8], found {}",
-                    k.blur_sigma
-                ));
+                return Err(format!("level {i}: `blur_sigma` must be in [0, 8], found {}", k.blur_sigma));
             }
         }
         Ok(())

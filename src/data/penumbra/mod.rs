@@ -43,12 +43,7 @@ pub struct SplitFractions {
 
 impl Default for SplitFractions {
     fn default() -> Self {
-        SplitFractions {
-            train: 0.7,
-            val: 0.1,
-            test: 0.1,
-            ood: 0.1,
-        }
+        SplitFractions { train: 0.7, val: 0.1, test: 0.1, ood: 0.1 }
     }
 }
 
@@ -104,42 +99,24 @@ impl PenumbraParams {
         let bad = |m: String| Err(DataError::Params(m));
         self.ladder.validate().map_err(DataError::Params)?;
         if !(32..=1024).contains(&self.image_size) {
-            return bad(format!(
-                "image_size: expected 32..=1024 pixels, found {}",
-                self.image_size
-            ));
+            return bad(format!("image_size: expected 32..=1024 pixels, found {}", self.image_size));
         }
         let s = &self.splits;
         let parts = [s.train, s.val, s.test, s.ood];
-        if parts.iter().any(|p| !p.is_finite() || *p < 0.0)
-            || ((parts.iter().sum::<f64>()) - 1.0).abs() > 1e-6
-        {
-            return bad(format!(
-                "splits: expected non-negative fractions summing to 1, found {parts:?}"
-            ));
+        if parts.iter().any(|p| !p.is_finite() || *p < 0.0) || ((parts.iter().sum::<f64>()) - 1.0).abs() > 1e-6 {
+            return bad(format!("splits: expected non-negative fractions summing to 1, found {parts:?}"));
         }
         if s.ood > 0.0 && self.held_out.is_empty() {
-            return bad(
-                "held_out: the ood split needs at least one held-out (shape, color) pair".into(),
-            );
+            return bad("held_out: the ood split needs at least one held-out (shape, color) pair".into());
         }
         if !(0.0..0.5).contains(&self.relation_margin) {
-            return bad(format!(
-                "relation_margin: expected [0, 0.5), found {}",
-                self.relation_margin
-            ));
+            return bad(format!("relation_margin: expected [0, 0.5), found {}", self.relation_margin));
         }
         if !(0.05..=1.0).contains(&self.min_visible) {
-            return bad(format!(
-                "min_visible: expected [0.05, 1], found {}",
-                self.min_visible
-            ));
+            return bad(format!("min_visible: expected [0.05, 1], found {}", self.min_visible));
         }
         if self.question_weights.len() != QuestionKind::ALL.len()
-            || self
-                .question_weights
-                .iter()
-                .any(|w| !w.is_finite() || *w < 0.0)
+            || self.question_weights.iter().any(|w| !w.is_finite() || *w < 0.0)
             || self.question_weights.iter().sum::<f32>() <= 0.0
         {
             return bad(format!(
@@ -225,49 +202,27 @@ fn generate_valid(params: &PenumbraParams, index: usize) -> Result<Generated> {
     let png = render::encode_png(&render::render(&scene))?;
     let id = format!("penumbra-{}-{index:06}", params.seed);
     let mut meta = Map::new();
-    meta.insert(
-        "generator".into(),
-        json!({"name": SOURCE, "version": GENERATOR_VERSION, "seed": params.seed, "index": index}),
-    );
-    meta.insert(
-        "question_kind".into(),
-        serde_json::to_value(question.kind).expect("enum serializes"),
-    );
-    meta.insert(
-        "perception_objects".into(),
-        json!(question.perception_objects),
-    );
-    meta.insert(
-        "scene".into(),
-        serde_json::to_value(&scene).expect("scene serializes"),
-    );
+    meta.insert("generator".into(), json!({"name": SOURCE, "version": GENERATOR_VERSION, "seed": params.seed, "index": index}));
+    meta.insert("question_kind".into(), serde_json::to_value(question.kind).expect("enum serializes"));
+    meta.insert("perception_objects".into(), json!(question.perception_objects));
+    meta.insert("scene".into(), serde_json::to_value(&scene).expect("scene serializes"));
     let item = Item {
         id: id.clone(),
         source: SOURCE.into(),
         split: params.split_of(index).into(),
         question: question.text.clone(),
-        image: Some(ImageData {
-            bytes: Some(png),
-            path: Some(format!("{id}.png")),
-        }),
+        image: Some(ImageData { bytes: Some(png), path: Some(format!("{id}.png")) }),
         choices: question.choices.clone(),
         correct_choice: Some(question.correct_choice as u32),
         direct_answers: question.direct_answers.clone(),
         answer: Some(question.answer.clone()),
-        chain: ReferenceChain {
-            perception: question.perception.clone(),
-            reasoning: question.reasoning.clone(),
-        },
+        chain: ReferenceChain { perception: question.perception.clone(), reasoning: question.reasoning.clone() },
         difficulty: Some(scene.level),
         captions: caps,
         hard_negatives: negs,
         meta,
     };
-    Ok(Generated {
-        item,
-        scene,
-        question,
-    })
+    Ok(Generated { item, scene, question })
 }
 
 /// Generate all `params.n_items` items in parallel (order = index order, independent of threads).
@@ -280,27 +235,13 @@ pub fn generate(params: &PenumbraParams) -> Result<Vec<Item>> {
 pub fn generate_range(params: &PenumbraParams, range: std::ops::Range<usize>) -> Result<Vec<Item>> {
     params.validate()?;
     if range.end > params.n_items || range.start > range.end {
-        return Err(DataError::Params(format!(
-            "item range {}..{} is not within 0..{} (n_items)",
-            range.start, range.end, params.n_items
-        )));
+        return Err(DataError::Params(format!("item range {}..{} is not within 0..{} (n_items)", range.start, range.end, params.n_items)));
     }
-    range
-        .into_par_iter()
-        .map(|i| generate_valid(params, i).map(|g| g.item))
-        .collect()
+    range.into_par_iter().map(|i| generate_valid(params, i).map(|g| g.item)).collect()
 }
 
 /// Read the scene graph back from an item's `meta` (for checks and display).
 pub fn scene_of(item: &Item) -> Result<Scene> {
-    let v = item
-        .meta
-        .get("scene")
-        .ok_or_else(|| DataError::Schema(format!("item {}: meta has no `scene`", item.id)))?;
-    serde_json::from_value(v.clone()).map_err(|e| {
-        DataError::Schema(format!(
-            "item {}: meta.scene is not a scene graph: {e}",
-            item.id
-        ))
-    })
+    let v = item.meta.get("scene").ok_or_else(|| DataError::Schema(format!("item {}: meta has no `scene`", item.id)))?;
+    serde_json::from_value(v.clone()).map_err(|e| DataError::Schema(format!("item {}: meta.scene is not a scene graph: {e}", item.id)))
 }

@@ -84,11 +84,7 @@ const NUMBER_WORDS: [&str; 21] = [
 
 /// The perception sentence for one object: full description and coarse position.
 pub fn see(scene: &Scene, o: &Object) -> String {
-    format!(
-        "There is a {} {}.",
-        o.full_description(),
-        o.region(scene.width, scene.height)
-    )
+    format!("There is a {} {}.", o.full_description(), o.region(scene.width, scene.height))
 }
 
 fn final_sentence(answer: &str) -> String {
@@ -97,10 +93,7 @@ fn final_sentence(answer: &str) -> String {
 
 /// "the A", "the A and the B", "the A, the B and the C".
 fn list_objects(objs: &[&Object]) -> String {
-    let names: Vec<String> = objs
-        .iter()
-        .map(|o| format!("the {}", o.full_description()))
-        .collect();
+    let names: Vec<String> = objs.iter().map(|o| format!("the {}", o.full_description())).collect();
     match names.len() {
         0 => String::new(),
         1 => names[0].clone(),
@@ -125,13 +118,7 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// Options: the answer, then `prefer` (hard distractors), then others from `pool`, `n` in all, shuffled.
-fn make_choices<R: Rng>(
-    rng: &mut R,
-    answer: &str,
-    prefer: &[String],
-    pool: &[String],
-    n: usize,
-) -> (Vec<String>, usize) {
+fn make_choices<R: Rng>(rng: &mut R, answer: &str, prefer: &[String], pool: &[String], n: usize) -> (Vec<String>, usize) {
     let mut out = vec![answer.to_string()];
     for p in prefer {
         if out.len() < n && !out.contains(p) {
@@ -147,10 +134,7 @@ fn make_choices<R: Rng>(
         out.push(p.clone());
     }
     out.shuffle(rng);
-    let idx = out
-        .iter()
-        .position(|c| c == answer)
-        .expect("answer is among the choices");
+    let idx = out.iter().position(|c| c == answer).expect("answer is among the choices");
     (out, idx)
 }
 
@@ -163,19 +147,11 @@ struct Evidence {
 }
 
 fn ev(perception: Vec<String>, objects: Vec<Option<usize>>, reasoning: Vec<String>) -> Evidence {
-    Evidence {
-        perception,
-        objects,
-        reasoning,
-    }
+    Evidence { perception, objects, reasoning }
 }
 
 fn yes_no_question(kind: QuestionKind, text: String, truth: bool, ev: Evidence) -> Question {
-    let Evidence {
-        perception,
-        objects: objs,
-        mut reasoning,
-    } = ev;
+    let Evidence { perception, objects: objs, mut reasoning } = ev;
     let answer = yes_no(truth).to_string();
     reasoning.push(final_sentence(&answer));
     Question {
@@ -191,68 +167,28 @@ fn yes_no_question(kind: QuestionKind, text: String, truth: bool, ev: Evidence) 
     }
 }
 
-fn count_question<R: Rng>(
-    rng: &mut R,
-    kind: QuestionKind,
-    text: String,
-    n: usize,
-    ev: Evidence,
-) -> Question {
-    let Evidence {
-        perception,
-        objects: objs,
-        mut reasoning,
-    } = ev;
+fn count_question<R: Rng>(rng: &mut R, kind: QuestionKind, text: String, n: usize, ev: Evidence) -> Question {
+    let Evidence { perception, objects: objs, mut reasoning } = ev;
     let answer = n.to_string();
     reasoning.push(final_sentence(&answer));
     let lo = n.saturating_sub(2);
-    let pool: Vec<String> = (lo..=n + 3)
-        .filter(|&k| k != n)
-        .map(|k| k.to_string())
-        .collect();
-    let prefer: Vec<String> = [n.checked_sub(1), Some(n + 1)]
-        .into_iter()
-        .flatten()
-        .map(|k| k.to_string())
-        .collect();
+    let pool: Vec<String> = (lo..=n + 3).filter(|&k| k != n).map(|k| k.to_string()).collect();
+    let prefer: Vec<String> = [n.checked_sub(1), Some(n + 1)].into_iter().flatten().map(|k| k.to_string()).collect();
     let (choices, correct_choice) = make_choices(rng, &answer, &prefer, &pool, 4);
     let mut direct_answers = vec![answer.clone()];
     if let Some(w) = NUMBER_WORDS.get(n) {
         direct_answers.push(w.to_string());
     }
-    Question {
-        kind,
-        text,
-        answer,
-        direct_answers,
-        choices,
-        correct_choice,
-        perception,
-        perception_objects: objs,
-        reasoning,
-    }
+    Question { kind, text, answer, direct_answers, choices, correct_choice, perception, perception_objects: objs, reasoning }
 }
 
-fn attribute_question<R: Rng>(
-    rng: &mut R,
-    kind: QuestionKind,
-    text: String,
-    attr: Attribute,
-    value: &str,
-    ev: Evidence,
-) -> Question {
-    let Evidence {
-        perception,
-        objects: objs,
-        mut reasoning,
-    } = ev;
+fn attribute_question<R: Rng>(rng: &mut R, kind: QuestionKind, text: String, attr: Attribute, value: &str, ev: Evidence) -> Question {
+    let Evidence { perception, objects: objs, mut reasoning } = ev;
     let answer = value.to_string();
     reasoning.push(final_sentence(&answer));
     let pool: Vec<String> = attr.values().into_iter().map(str::to_string).collect();
     let prefer: Vec<String> = match attr {
-        Attribute::Color => Color::from_word(value)
-            .map(|c| c.similar().iter().map(|s| s.word().to_string()).collect())
-            .unwrap_or_default(),
+        Attribute::Color => Color::from_word(value).map(|c| c.similar().iter().map(|s| s.word().to_string()).collect()).unwrap_or_default(),
         _ => Vec::new(),
     };
     let (choices, correct_choice) = make_choices(rng, &answer, &prefer, &pool, 4);
@@ -271,12 +207,7 @@ fn attribute_question<R: Rng>(
 
 /// Sample a question of a random kind (by `weights`, aligned with [`QuestionKind::ALL`]) that the
 /// scene supports; falls back to counting all objects, which every scene supports.
-pub fn sample_question<R: Rng>(
-    rng: &mut R,
-    scene: &Scene,
-    weights: &[f32],
-    margin: f32,
-) -> Question {
+pub fn sample_question<R: Rng>(rng: &mut R, scene: &Scene, weights: &[f32], margin: f32) -> Question {
     let total: f32 = weights.iter().sum();
     for _ in 0..6 {
         let mut pick = rng.random_range(0.0..total.max(f32::MIN_POSITIVE));
@@ -300,12 +231,7 @@ pub fn sample_question<R: Rng>(
 }
 
 /// Try to instantiate one question of `kind`; None when this scene cannot support it unambiguously.
-pub fn try_kind<R: Rng>(
-    rng: &mut R,
-    scene: &Scene,
-    kind: QuestionKind,
-    margin: f32,
-) -> Option<Question> {
+pub fn try_kind<R: Rng>(rng: &mut R, scene: &Scene, kind: QuestionKind, margin: f32) -> Option<Question> {
     let objs = &scene.objects;
     if objs.is_empty() {
         return None;
@@ -322,21 +248,10 @@ pub fn try_kind<R: Rng>(
             };
             let value = attr.value_of(o);
             let reasoning = vec![
-                format!(
-                    "The only {} in the image is the {}.",
-                    d.phrase(),
-                    o.full_description()
-                ),
+                format!("The only {} in the image is the {}.", d.phrase(), o.full_description()),
                 format!("Its {} is {}.", attr.word(), value),
             ];
-            Some(attribute_question(
-                rng,
-                kind,
-                text,
-                attr,
-                value,
-                ev(vec![see(scene, o)], vec![Some(t)], reasoning),
-            ))
+            Some(attribute_question(rng, kind, text, attr, value, ev(vec![see(scene, o)], vec![Some(t)], reasoning)))
         }
         QuestionKind::Count => {
             let d = if rng.random_bool(0.7) {
@@ -354,9 +269,7 @@ pub fn try_kind<R: Rng>(
                 // A description drawn from the vocabulary: the count may well be zero.
                 Desc {
                     color: Some(*Color::ALL.choose(rng)?),
-                    shape: rng
-                        .random_bool(0.5)
-                        .then(|| *Shape::ALL.choose(rng).expect("non-empty")),
+                    shape: rng.random_bool(0.5).then(|| *Shape::ALL.choose(rng).expect("non-empty")),
                     ..Desc::default()
                 }
             };
@@ -364,31 +277,16 @@ pub fn try_kind<R: Rng>(
             let n = matching.len();
             let text = format!("How many {} are there?", d.plural());
             let (perception, ids) = if n == 0 {
-                (
-                    vec![format!("There is no {} in the image.", d.phrase())],
-                    vec![None],
-                )
+                (vec![format!("There is no {} in the image.", d.phrase())], vec![None])
             } else {
-                (
-                    matching.iter().map(|o| see(scene, o)).collect(),
-                    matching.iter().map(|o| Some(o.id)).collect(),
-                )
+                (matching.iter().map(|o| see(scene, o)).collect(), matching.iter().map(|o| Some(o.id)).collect())
             };
             let reasoning = if n == 0 {
-                vec![format!(
-                    "No object in the image is a {}, so the count is 0.",
-                    d.phrase()
-                )]
+                vec![format!("No object in the image is a {}, so the count is 0.", d.phrase())]
             } else {
                 vec![format!("Counting the {} gives {n}.", d.plural())]
             };
-            Some(count_question(
-                rng,
-                kind,
-                text,
-                n,
-                ev(perception, ids, reasoning),
-            ))
+            Some(count_question(rng, kind, text, n, ev(perception, ids, reasoning)))
         }
         QuestionKind::Relation => {
             if objs.len() < 2 {
@@ -398,18 +296,10 @@ pub fn try_kind<R: Rng>(
             let b = (a + rng.random_range(1..objs.len())) % objs.len();
             let r = *Relation::ALL.choose(rng)?;
             let truth = r.holds(&objs[a], &objs[b], margin)?;
-            let (da, db) = (
-                unique_description(objs, a, None)?,
-                unique_description(objs, b, None)?,
-            );
+            let (da, db) = (unique_description(objs, a, None)?, unique_description(objs, b, None)?);
             let text = format!("Is the {} {} the {}?", da.phrase(), r.phrase(), db.phrase());
             let step = if truth {
-                format!(
-                    "The {} is {} the {}.",
-                    objs[a].full_description(),
-                    r.phrase(),
-                    objs[b].full_description()
-                )
+                format!("The {} is {} the {}.", objs[a].full_description(), r.phrase(), objs[b].full_description())
             } else {
                 format!(
                     "The {} is {} the {}, not {} it.",
@@ -423,11 +313,7 @@ pub fn try_kind<R: Rng>(
                 kind,
                 text,
                 truth,
-                ev(
-                    vec![see(scene, &objs[a]), see(scene, &objs[b])],
-                    vec![Some(a), Some(b)],
-                    vec![step],
-                ),
+                ev(vec![see(scene, &objs[a]), see(scene, &objs[b])], vec![Some(a), Some(b)], vec![step]),
             ))
         }
         QuestionKind::NearestInDirection => {
@@ -454,12 +340,7 @@ pub fn try_kind<R: Rng>(
             let nearest = side[0].0;
             let attr = *[Attribute::Color, Attribute::Shape].choose(rng)?;
             let da = unique_description(objs, a, None)?;
-            let text = format!(
-                "What {} is the nearest object {} the {}?",
-                attr.word(),
-                r.phrase(),
-                da.phrase()
-            );
+            let text = format!("What {} is the nearest object {} the {}?", attr.word(), r.phrase(), da.phrase());
             let set: Vec<&Object> = side.iter().map(|(o, _)| *o).collect();
             let mut perception = vec![see(scene, anchor)];
             let mut ids = vec![Some(a)];
@@ -469,19 +350,9 @@ pub fn try_kind<R: Rng>(
             }
             let mut reasoning = Vec::new();
             if set.len() == 1 {
-                reasoning.push(format!(
-                    "The only object {} the {} is {}.",
-                    r.phrase(),
-                    anchor.full_description(),
-                    list_objects(&set)
-                ));
+                reasoning.push(format!("The only object {} the {} is {}.", r.phrase(), anchor.full_description(), list_objects(&set)));
             } else {
-                reasoning.push(format!(
-                    "The objects {} the {} are {}.",
-                    r.phrase(),
-                    anchor.full_description(),
-                    list_objects(&set)
-                ));
+                reasoning.push(format!("The objects {} the {} are {}.", r.phrase(), anchor.full_description(), list_objects(&set)));
                 reasoning.push(format!(
                     "Of these, the {} is the nearest to the {}.",
                     nearest.full_description(),
@@ -490,55 +361,27 @@ pub fn try_kind<R: Rng>(
             }
             let value = attr.value_of(nearest);
             reasoning.push(format!("Its {} is {}.", attr.word(), value));
-            Some(attribute_question(
-                rng,
-                kind,
-                text,
-                attr,
-                value,
-                ev(perception, ids, reasoning),
-            ))
+            Some(attribute_question(rng, kind, text, attr, value, ev(perception, ids, reasoning)))
         }
         QuestionKind::CompareCount => {
             let attr = *[Attribute::Color, Attribute::Shape].choose(rng)?;
             let o = objs.choose(rng)?;
             let d1 = Desc::of(o, &[attr]);
-            let others: Vec<&'static str> = attr
-                .values()
-                .into_iter()
-                .filter(|v| *v != attr.value_of(o))
-                .collect();
+            let others: Vec<&'static str> = attr.values().into_iter().filter(|v| *v != attr.value_of(o)).collect();
             let w2 = *others.choose(rng)?;
             let d2 = match attr {
-                Attribute::Color => Desc {
-                    color: Color::from_word(w2),
-                    ..Desc::default()
-                },
-                _ => Desc {
-                    shape: Shape::from_word(w2),
-                    ..Desc::default()
-                },
+                Attribute::Color => Desc { color: Color::from_word(w2), ..Desc::default() },
+                _ => Desc { shape: Shape::from_word(w2), ..Desc::default() },
             };
             let count = |d: &Desc| objs.iter().filter(|o| d.matches(o)).count();
             // Balance yes and no: when the counts differ, a coin decides which comes first.
             let want_yes = rng.random_bool(0.5);
-            let (d1, d2) = if (count(&d1) > count(&d2)) == want_yes {
-                (d1, d2)
-            } else {
-                (d2, d1)
-            };
+            let (d1, d2) = if (count(&d1) > count(&d2)) == want_yes { (d1, d2) } else { (d2, d1) };
             let (n1, n2) = (count(&d1), count(&d2));
             let text = format!("Are there more {} than {}?", d1.plural(), d2.plural());
-            let involved: Vec<&Object> = objs
-                .iter()
-                .filter(|o| d1.matches(o) || d2.matches(o))
-                .collect();
+            let involved: Vec<&Object> = objs.iter().filter(|o| d1.matches(o) || d2.matches(o)).collect();
             let truth = n1 > n2;
-            let cmp = if truth {
-                format!("{n1} is more than {n2}.")
-            } else {
-                format!("{n1} is not more than {n2}.")
-            };
+            let cmp = if truth { format!("{n1} is more than {n2}.") } else { format!("{n1} is not more than {n2}.") };
             Some(yes_no_question(
                 kind,
                 text,
@@ -557,9 +400,7 @@ pub fn try_kind<R: Rng>(
             let a = rng.random_range(0..objs.len());
             let attr = *Attribute::ALL.choose(rng)?;
             // Half the time pick a partner that shares the value (if any), so "yes" is not rare.
-            let same: Vec<usize> = (0..objs.len())
-                .filter(|&b| b != a && attr.value_of(&objs[b]) == attr.value_of(&objs[a]))
-                .collect();
+            let same: Vec<usize> = (0..objs.len()).filter(|&b| b != a && attr.value_of(&objs[b]) == attr.value_of(&objs[a])).collect();
             let b = match same.choose(rng) {
                 Some(&b) if rng.random_bool(0.5) => b,
                 _ => (a + rng.random_range(1..objs.len())) % objs.len(),
@@ -567,12 +408,7 @@ pub fn try_kind<R: Rng>(
             let da = unique_description(objs, a, Some(attr))?;
             let db = unique_description(objs, b, Some(attr))?;
             let (va, vb) = (attr.value_of(&objs[a]), attr.value_of(&objs[b]));
-            let text = format!(
-                "Do the {} and the {} have the same {}?",
-                da.phrase(),
-                db.phrase(),
-                attr.word()
-            );
+            let text = format!("Do the {} and the {} have the same {}?", da.phrase(), db.phrase(), attr.word());
             let reasoning = vec![
                 format!("The {} of the {} is {}.", attr.word(), da.phrase(), va),
                 format!("The {} of the {} is {}.", attr.word(), db.phrase(), vb),
@@ -581,11 +417,7 @@ pub fn try_kind<R: Rng>(
                 kind,
                 text,
                 va == vb,
-                ev(
-                    vec![see(scene, &objs[a]), see(scene, &objs[b])],
-                    vec![Some(a), Some(b)],
-                    reasoning,
-                ),
+                ev(vec![see(scene, &objs[a]), see(scene, &objs[b])], vec![Some(a), Some(b)], reasoning),
             ))
         }
         QuestionKind::CountInDirection => {
@@ -611,34 +443,14 @@ pub fn try_kind<R: Rng>(
             }
             let n = set.len();
             let mut reasoning = vec![match n {
-                0 => format!(
-                    "No object is {} the {}.",
-                    r.phrase(),
-                    anchor.full_description()
-                ),
-                1 => format!(
-                    "The only object {} the {} is {}.",
-                    r.phrase(),
-                    anchor.full_description(),
-                    list_objects(&set)
-                ),
-                _ => format!(
-                    "The objects {} the {} are {}.",
-                    r.phrase(),
-                    anchor.full_description(),
-                    list_objects(&set)
-                ),
+                0 => format!("No object is {} the {}.", r.phrase(), anchor.full_description()),
+                1 => format!("The only object {} the {} is {}.", r.phrase(), anchor.full_description(), list_objects(&set)),
+                _ => format!("The objects {} the {} are {}.", r.phrase(), anchor.full_description(), list_objects(&set)),
             }];
             if n > 1 {
                 reasoning.push(format!("That makes {n} objects."));
             }
-            Some(count_question(
-                rng,
-                kind,
-                text,
-                n,
-                ev(perception, ids, reasoning),
-            ))
+            Some(count_question(rng, kind, text, n, ev(perception, ids, reasoning)))
         }
     }
 }
@@ -653,11 +465,5 @@ fn count_all<R: Rng>(rng: &mut R, scene: &Scene) -> Question {
     let perception = scene.objects.iter().map(|o| see(scene, o)).collect();
     let ids = scene.objects.iter().map(|o| Some(o.id)).collect();
     let reasoning = vec![format!("Counting all the objects gives {n}.")];
-    count_question(
-        rng,
-        QuestionKind::Count,
-        "How many objects are there?".into(),
-        n,
-        ev(perception, ids, reasoning),
-    )
+    count_question(rng, QuestionKind::Count, "How many objects are there?".into(), n, ev(perception, ids, reasoning))
 }

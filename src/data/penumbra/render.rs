@@ -12,9 +12,7 @@ use crate::data::{DataError, Result};
 fn blend(bg: [u8; 3], fg: [u8; 3], keep: f32) -> [u8; 3] {
     let mut out = [0u8; 3];
     for c in 0..3 {
-        out[c] = (bg[c] as f32 + (fg[c] as f32 - bg[c] as f32) * keep)
-            .round()
-            .clamp(0.0, 255.0) as u8;
+        out[c] = (bg[c] as f32 + (fg[c] as f32 - bg[c] as f32) * keep).round().clamp(0.0, 255.0) as u8;
     }
     out
 }
@@ -24,15 +22,8 @@ fn blend(bg: [u8; 3], fg: [u8; 3], keep: f32) -> [u8; 3] {
 pub fn object_colors(scene: &Scene, o: &Object) -> ([u8; 3], [u8; 3]) {
     let bg = scene.style.background();
     let rgb = o.color.rgb();
-    let dark = [
-        (rgb[0] as f32 * 0.45) as u8,
-        (rgb[1] as f32 * 0.45) as u8,
-        (rgb[2] as f32 * 0.45) as u8,
-    ];
-    (
-        blend(bg, rgb, scene.contrast),
-        blend(bg, dark, scene.contrast),
-    )
+    let dark = [(rgb[0] as f32 * 0.45) as u8, (rgb[1] as f32 * 0.45) as u8, (rgb[2] as f32 * 0.45) as u8];
+    (blend(bg, rgb, scene.contrast), blend(bg, dark, scene.contrast))
 }
 
 /// Pattern period in pixels: about a fifth of the object's diameter, at least 2.
@@ -63,11 +54,7 @@ pub fn draw_clean(scene: &Scene) -> RgbImage {
             let row = (py * w) as usize * 3;
             for px in x0..x1 {
                 if o.covers(px, py) {
-                    let c = if pattern_on(o.texture, px - x0, py - y0, period) {
-                        pattern
-                    } else {
-                        main
-                    };
+                    let c = if pattern_on(o.texture, px - x0, py - y0, period) { pattern } else { main };
                     let i = row + px as usize * 3;
                     buf[i..i + 3].copy_from_slice(&c);
                 }
@@ -83,9 +70,7 @@ pub fn render(scene: &Scene) -> RgbImage {
     if scene.blur_sigma > 0.0 {
         // `DynamicImage::blur` is not generic, so it runs as compiled in `image` (optimized)
         // even in a debug build of this crate.
-        img = image::DynamicImage::ImageRgb8(img)
-            .blur(scene.blur_sigma)
-            .into_rgb8();
+        img = image::DynamicImage::ImageRgb8(img).blur(scene.blur_sigma).into_rgb8();
     }
     if scene.noise_sigma > 0.0 {
         add_noise(&mut img, scene.noise_sigma, scene.noise_seed);
@@ -113,9 +98,7 @@ impl SplitMix64 {
 pub fn add_noise(img: &mut RgbImage, sigma: f32, seed: u64) {
     // Var of one uniform byte = (256² − 1) / 12; four of them: 21845.
     let scale = sigma / 21845f32.sqrt();
-    let table: Vec<i16> = (0..=1020)
-        .map(|s| ((s as f32 - 510.0) * scale).round() as i16)
-        .collect();
+    let table: Vec<i16> = (0..=1020).map(|s| ((s as f32 - 510.0) * scale).round() as i16).collect();
     let mut rng = SplitMix64(seed);
     let buf: &mut [u8] = img.as_mut();
     let mut r = 0u64;
@@ -135,15 +118,7 @@ pub fn add_noise(img: &mut RgbImage, sigma: f32, seed: u64) {
 pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity((img.width() * img.height()) as usize);
     PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Sub)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| DataError::Image {
-            what: "penumbra scene".into(),
-            reason: e.to_string(),
-        })?;
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .map_err(|e| DataError::Image { what: "penumbra scene".into(), reason: e.to_string() })?;
     Ok(out)
 }

@@ -147,13 +147,7 @@ pub struct Object {
 impl Object {
     /// "large red striped circle" (texture always named, so the description is exact).
     pub fn full_description(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            self.size.word(),
-            self.color.word(),
-            self.texture.adjective(),
-            self.shape.word()
-        )
+        format!("{} {} {} {}", self.size.word(), self.color.word(), self.texture.adjective(), self.shape.word())
     }
 
     /// Where the object is, in a 3×3 grid of the image: "at the top left", "in the center".
@@ -181,11 +175,7 @@ impl Object {
     /// Whether pixel (px, py) (its center) belongs to the object's shape.
     #[inline]
     pub fn covers(&self, px: u32, py: u32) -> bool {
-        self.shape.contains(
-            px as f32 + 0.5 - self.x,
-            py as f32 + 0.5 - self.y,
-            self.radius,
-        )
+        self.shape.contains(px as f32 + 0.5 - self.x, py as f32 + 0.5 - self.y, self.radius)
     }
 }
 
@@ -219,12 +209,7 @@ pub enum Relation {
 }
 
 impl Relation {
-    pub const ALL: &'static [Relation] = &[
-        Relation::LeftOf,
-        Relation::RightOf,
-        Relation::Above,
-        Relation::Below,
-    ];
+    pub const ALL: &'static [Relation] = &[Relation::LeftOf, Relation::RightOf, Relation::Above, Relation::Below];
 
     /// "to the left of", "above", …
     pub fn phrase(self) -> &'static str {
@@ -310,27 +295,18 @@ pub(crate) fn sample_objects<R: Rng>(rng: &mut R, spec: &SceneSpec) -> Vec<Objec
         // Attributes first (independent of placement).
         let (shape, color) = loop {
             if spec.ood && (force_held_out || rng.random_bool(0.5)) {
-                break *spec
-                    .held_out
-                    .choose(rng)
-                    .expect("held_out is non-empty in OOD");
+                break *spec.held_out.choose(rng).expect("held_out is non-empty in OOD");
             }
             let (s, c) = if !objects.is_empty() && rng.random_bool(k.distractor_prob as f64) {
                 // A distractor: same shape as an earlier object, so references need more words.
                 let o = objects.choose(rng).expect("non-empty");
                 (o.shape, *Color::ALL.choose(rng).expect("non-empty"))
             } else {
-                (
-                    *Shape::ALL.choose(rng).expect("non-empty"),
-                    *Color::ALL.choose(rng).expect("non-empty"),
-                )
+                (*Shape::ALL.choose(rng).expect("non-empty"), *Color::ALL.choose(rng).expect("non-empty"))
             };
             let c = if !objects.is_empty() && rng.random_bool(k.similar_color_prob as f64) {
                 let o = objects.choose(rng).expect("non-empty");
-                *o.color
-                    .similar()
-                    .choose(rng)
-                    .expect("every color has a similar one")
+                *o.color.similar().choose(rng).expect("every color has a similar one")
             } else {
                 c
             };
@@ -361,25 +337,11 @@ pub(crate) fn sample_objects<R: Rng>(rng: &mut R, spec: &SceneSpec) -> Vec<Objec
                     rng.random_range(reach..(spec.height as f32 - reach).max(reach + 1.0)),
                 )
             };
-            if x - reach < 0.0
-                || y - reach < 0.0
-                || x + reach > spec.width as f32
-                || y + reach > spec.height as f32
-            {
+            if x - reach < 0.0 || y - reach < 0.0 || x + reach > spec.width as f32 || y + reach > spec.height as f32 {
                 continue;
             }
             let (x, y) = (quantize(x), quantize(y));
-            let cand = Object {
-                id,
-                shape,
-                color,
-                size,
-                texture,
-                x,
-                y,
-                radius,
-                visible_fraction: 1.0,
-            };
+            let cand = Object { id, shape, color, size, texture, x, y, radius, visible_fraction: 1.0 };
             if !occlude {
                 // Keep apart (a clear gap) unless occlusion is intended.
                 let apart = objects.iter().all(|o| {
@@ -411,10 +373,7 @@ pub(crate) fn sample_objects<R: Rng>(rng: &mut R, spec: &SceneSpec) -> Vec<Objec
             if own == 0 {
                 continue;
             }
-            let ok = trial_visible
-                .iter()
-                .zip(&area)
-                .all(|(&v, &a)| v as f32 >= spec.min_visible * a as f32);
+            let ok = trial_visible.iter().zip(&area).all(|(&v, &a)| v as f32 >= spec.min_visible * a as f32);
             if !ok {
                 continue;
             }
@@ -458,12 +417,7 @@ pub enum Attribute {
 }
 
 impl Attribute {
-    pub const ALL: &'static [Attribute] = &[
-        Attribute::Size,
-        Attribute::Color,
-        Attribute::Texture,
-        Attribute::Shape,
-    ];
+    pub const ALL: &'static [Attribute] = &[Attribute::Size, Attribute::Color, Attribute::Texture, Attribute::Shape];
 
     pub fn word(self) -> &'static str {
         match self {
@@ -547,11 +501,7 @@ impl Desc {
 
 /// The shortest description of `objects[target]` that picks it out alone, never naming `exclude`.
 /// Shape is preferred as the noun; returns None when no description is unique.
-pub fn unique_description(
-    objects: &[Object],
-    target: usize,
-    exclude: Option<Attribute>,
-) -> Option<Desc> {
+pub fn unique_description(objects: &[Object], target: usize, exclude: Option<Attribute>) -> Option<Desc> {
     use Attribute::*;
     const CANDIDATES: &[&[Attribute]] = &[
         &[Shape],
