@@ -56,3 +56,27 @@ impl Prompter<'_> {
         Ok(ids)
     }
 }
+
+/// A trainer's params: its defaults with the stage's JSON table laid over them, nested tables merged key
+/// by key. An unknown key is an error naming where it is (`what.key.subkey`), never silently ignored.
+pub fn overlay_params<T: serde::Serialize + serde::de::DeserializeOwned + Default>(overrides: &serde_json::Value, what: &str) -> anyhow::Result<T> {
+    fn merge(base: &mut serde_json::Map<String, serde_json::Value>, over: &serde_json::Map<String, serde_json::Value>, at: &str) -> anyhow::Result<()> {
+        for (k, x) in over {
+            let Some(b) = base.get_mut(k) else {
+                anyhow::bail!("{at}: unknown key `{k}` (known: {})", base.keys().cloned().collect::<Vec<_>>().join(", "));
+            };
+            match (b.as_object_mut(), x.as_object()) {
+                (Some(b), Some(o)) => merge(b, o, &format!("{at}.{k}"))?,
+                _ => *b = x.clone(),
+            }
+        }
+        Ok(())
+    }
+    let mut v = serde_json::to_value(T::default())?;
+    match (v.as_object_mut(), overrides) {
+        (Some(base), serde_json::Value::Object(over)) => merge(base, over, what)?,
+        (_, serde_json::Value::Null) => {}
+        (_, other) => anyhow::bail!("{what}: expected a table, found {other}"),
+    }
+    serde_json::from_value(v).with_context(|| what.to_string())
+}

@@ -23,32 +23,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// The trainer's params: its defaults with the stage's `trainer` table laid over them.
-pub fn trainer_params(overrides: &serde_json::Value) -> anyhow::Result<PpoParams> {
-    let mut v = serde_json::to_value(PpoParams::default())?;
-    if let (Some(base), Some(over)) = (v.as_object_mut(), overrides.as_object()) {
-        for (k, x) in over {
-            anyhow::ensure!(
-                base.contains_key(k),
-                "ppo.trainer: unknown key `{k}` (known: {})",
-                base.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
-            // Nested tables (generation, adamw) are laid over their defaults too.
-            match (base.get_mut(k).and_then(|b| b.as_object_mut()), x.as_object()) {
-                (Some(b), Some(o)) => {
-                    for (kk, xx) in o {
-                        anyhow::ensure!(b.contains_key(kk), "ppo.trainer.{k}: unknown key `{kk}`");
-                        b.insert(kk.clone(), xx.clone());
-                    }
-                }
-                _ => {
-                    base.insert(k.clone(), x.clone());
-                }
-            }
-        }
-    }
-    serde_json::from_value(v).context("ppo.trainer")
-}
 
 /// Decoded text of a rollout and each token's byte end in it.
 pub fn decode_with_ends(tok: &tokenizers::Tokenizer, tokens: &[i64]) -> anyhow::Result<(String, Vec<usize>)> {
@@ -77,7 +51,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: PpoStageParams = ctx.params()?;
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
     anyhow::ensure!(p.iterations > 0 && p.prompts_per_iteration > 0, "ppo: iterations and prompts_per_iteration must be ≥ 1");
-    let mut tp = trainer_params(&p.trainer)?;
+    let mut tp = crate::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
     let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
     let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {

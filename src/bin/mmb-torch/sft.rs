@@ -13,25 +13,10 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// The trainer's params: its defaults with the stage's `trainer` table laid over them.
-fn trainer_params(overrides: &serde_json::Value) -> anyhow::Result<SftParams> {
-    let mut v = serde_json::to_value(SftParams::default())?;
-    if let (Some(base), Some(over)) = (v.as_object_mut(), overrides.as_object()) {
-        for (k, x) in over {
-            anyhow::ensure!(
-                base.contains_key(k),
-                "sft.trainer: unknown key `{k}` (known: {})",
-                base.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
-            base.insert(k.clone(), x.clone());
-        }
-    }
-    serde_json::from_value(v).context("sft.trainer")
-}
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: SftStageParams = ctx.params()?;
-    let tp = trainer_params(&p.trainer)?;
+    let tp = crate::inputs::overlay_params::<SftParams>(&p.trainer, "sft.trainer")?;
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
     let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
