@@ -48,6 +48,12 @@ pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> 
     } else {
         eprintln!("ran {} ({} up to date) in {:.1} s{restored}", s.ran.join(", "), s.fresh.len(), s.seconds);
     }
+    // Point at the report, extracted from its artifact, when the run produced one.
+    let lock = crate::engine::LockFile::load(store.root())?;
+    if let Some(o) = lock.stages.get("report").and_then(|r| r.outputs.get("report")) {
+        let dir = store.materialize(&crate::store::ArtifactId::parse(&o.id)?)?;
+        eprintln!("report: {}", dir.join("report.html").display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
