@@ -188,3 +188,127 @@ fn unsupported_architecture_is_named_with_the_supported_ones() {
     let msg = ModelConfig::from_dir(dir.path()).unwrap_err().to_string();
     assert!(msg.contains("yarn"), "{msg}");
 }
+
+mod training {
+    use super::*;
+    use mmboundary::mllm::lora::LoraParams;
+    use mmboundary::mllm::sft::{evaluate_loss, FineTuneMode, SftExample, SftParams, SftTrainer};
+    use rand::{Rng, SeedableRng};
+
+    /// A small fixed task: the response is a function of the prompt's first two tokens.
+    pub fn task(n: usize, seed: u64) -> Vec<SftExample> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let p: Vec<i64> = (0..5).map(|_| rng.random_range(3..100)).collect();
+                let r = vec![100 + p[0] % 4, 110 + p[1] % 4, 2];
+                SftExample::text(p, r)
+            })
+            .collect()
+    }
+
+    fn tiny() -> (tch::nn::VarStore, mmboundary::mllm::llama::CausalLm) {
+        load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::F32).unwrap()
+    }
+
+    fn lora_params(epochs: usize) -> SftParams {
+        SftParams {
+            mode: FineTuneMode::Lora(LoraParams { rank: 8, alpha: 16.0, seed: 7, ..Default::default() }),
+            learning_rate: 1e-2,
+            epochs,
+            batch_size: 8,
+            grad_accum_steps: 2,
+            seed: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sft_lora_and_full_lower_held_out_loss() {
+        let train = task(48, 1);
+        let held = task(16, 2);
+        for (name, params) in [
+            ("lora", lora_params(10)),
+            ("full", SftParams { mode: FineTuneMode::Full, learning_rate: 3e-3, epochs: 6, batch_size: 8, seed: 3, ..Default::default() }),
+        ] {
+            let (vs, mut lm) = tiny();
+            let before = evaluate_loss(&lm, &held, 8).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let mut tr = SftTrainer::new(&vs, &mut lm, params).unwrap();
+            let rep = tr.train(&lm, &train, dir.path()).unwrap();
+            let after = evaluate_loss(&lm, &held, 8).unwrap();
+            eprintln!("{name}: held-out loss {before:.3} -> {after:.3} in {} steps", rep.steps_run);
+            assert!(after < 0.6 * before, "{name}: held-out loss {before} -> {after}");
+            assert_eq!(rep.rows.len(), rep.steps_run);
+            // 10 % warm-up: lr rises from 0, peaks, decays.
+            assert_eq!(rep.rows[0].lr, 0.0);
+            assert!(rep.rows.last().unwrap().lr < rep.rows[rep.rows.len() / 2].lr);
+        }
+        // LoRA switched off gives back the base model exactly.
+        let (vs, mut lm) = tiny();
+        let base = evaluate_loss(&lm, &held, 8).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut tr = SftTrainer::new(&vs, &mut lm, lora_params(2)).unwrap();
+        tr.train(&lm, &train, dir.path()).unwrap();
+        lm.set_lora_enabled(false);
+        assert_eq!(evaluate_loss(&lm, &held, 8).unwrap(), base);
+    }
+
+    fn weights(vs: &tch::nn::VarStore) -> Vec<(String, Vec<f32>)> {
+        let mut v: Vec<(String, Vec<f32>)> = vs.variables().into_iter().map(|(k, t)| (k, to_vec(&t.detach()))).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn resume_at_epoch_boundary_continues_exactly() {
+        let train = task(40, 4); // 5 micro-batches of 8, accumulation 2 → 3 optimizer steps per epoch
+        let dir = tempfile::tempdir().unwrap();
+        // Uninterrupted: 2 epochs.
+        let (vs_a, mut lm_a) = tiny();
+        let mut a = SftTrainer::new(&vs_a, &mut lm_a, lora_params(2)).unwrap();
+        let rep_a = a.train(&lm_a, &train, &dir.path().join("a")).unwrap();
+        assert_eq!(rep_a.steps_run, 6);
+        // Interrupted after epoch 1 (its end-of-epoch checkpoint), resumed in a fresh process-like state.
+        let (vs_b, mut lm_b) = tiny();
+        let mut b = SftTrainer::new(&vs_b, &mut lm_b, SftParams { max_steps: Some(3), ..lora_params(2) }).unwrap();
+        let rep_b = b.train(&lm_b, &train, &dir.path().join("b")).unwrap();
+        assert_eq!(rep_b.steps_run, 3);
+        let ckpt = rep_b.checkpoints.last().unwrap().clone();
+        assert!(ckpt.path.file_name().unwrap().to_str().unwrap().contains(&ckpt.blake3[..16]));
+        let (vs_c, mut lm_c) = tiny();
+        let mut c = SftTrainer::new(&vs_c, &mut lm_c, lora_params(2)).unwrap();
+        c.resume(&ckpt.path).unwrap();
+        let rep_c = c.train(&lm_c, &train, &dir.path().join("c")).unwrap();
+        assert_eq!(rep_c.steps_run, 3, "resuming at the epoch boundary must train the second epoch");
+        assert_eq!(rep_c.rows.iter().map(|r| r.step).collect::<Vec<_>>(), vec![4, 5, 6]);
+        for (ra, rc) in rep_a.rows[3..].iter().zip(&rep_c.rows) {
+            assert!((ra.loss - rc.loss).abs() < 1e-6 && ra.lr == rc.lr, "{ra:?} vs {rc:?}");
+        }
+        for ((n, wa), (_, wc)) in weights(&vs_a).iter().zip(weights(&vs_c).iter()) {
+            assert!(max_abs_diff(wa, wc) < 1e-6, "{n} differs after resume");
+        }
+    }
+
+    #[test]
+    fn nan_loss_stops_names_the_step_and_keeps_the_last_checkpoint() {
+        let train = task(16, 5);
+        let dir = tempfile::tempdir().unwrap();
+        let (vs, mut lm) = tiny();
+        let mut tr = SftTrainer::new(&vs, &mut lm, lora_params(3)).unwrap();
+        let rep = tr.train(&lm, &train, dir.path()).unwrap();
+        let good = rep.checkpoints.last().unwrap().clone();
+        let bytes = std::fs::read(&good.path).unwrap();
+        // Poison a frozen weight, then train on: the first step must fail with its number.
+        let w = vs.variables()["model.norm.weight"].shallow_clone();
+        let _ = tch::no_grad(|| w.shallow_clone().fill_(f64::NAN));
+        let mut tr3 = SftTrainer::new(&vs, &mut lm, SftParams { mode: FineTuneMode::Full, ..lora_params(1) }).unwrap();
+        let e = tr3.train(&lm, &train, dir.path()).unwrap_err();
+        match &e {
+            MllmError::NonFiniteLoss { step, .. } => assert_eq!(*step, 1),
+            other => panic!("expected NonFiniteLoss, got {other}"),
+        }
+        assert!(e.to_string().contains("step 1"), "{e}");
+        assert_eq!(std::fs::read(&good.path).unwrap(), bytes, "last good checkpoint changed");
+    }
+}

@@ -3,7 +3,7 @@
 //! distribution, both under the model's own distribution (temperature 1, before top-p), which is what the
 //! score stage's I(z) needs and what PPO's old log-probs are; plus the sentence each token belongs to.
 use super::llama::{CausalLm, KvCache};
-use super::llava::Llava;
+use super::llava::{EmbedInputs, Llava};
 use super::{MllmError, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -88,28 +88,38 @@ pub fn generate(lm: &CausalLm, prompts: &[Vec<i64>], params: &GenerationParams, 
     let dev = lm.device();
     let ids = Tensor::from_slice(&ids).view([b, t]).to_device(dev);
     let mask = Tensor::from_slice(&mask).view([b, t]).to_device(dev);
-    let embeds = lm.embed(&ids)?;
+    let embeds = tch::no_grad(|| lm.embed(&ids))?;
     generate_from_embeds(lm, &embeds, &mask, params, tokenizer)
 }
 
-/// Generates from LLaVA prompts: token ids with image tokens, and each prompt's image features.
-pub fn generate_llava(model: &Llava, prompts: &[(Vec<i64>, Vec<Tensor>)], params: &GenerationParams, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<Vec<Generated>> {
+/// Generates from multimodal prompts (token ids with image tokens, and each prompt's image features) on
+/// any model that embeds its inputs (LLaVA, or a text model with no images).
+pub fn generate_multimodal<M: EmbedInputs>(model: &M, prompts: &[(Vec<i64>, Vec<Tensor>)], params: &GenerationParams, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<Vec<Generated>> {
     if prompts.is_empty() || prompts.iter().any(|p| p.0.is_empty()) {
-        return Err(MllmError::Input("generate_llava: expected at least one non-empty prompt".into()));
+        return Err(MllmError::Input("generate: expected at least one prompt, each with at least one token".into()));
     }
-    let dev = model.lm.device();
+    let lm = model.text_model();
+    let dev = lm.device();
     let t = prompts.iter().map(|p| p.0.len()).max().unwrap_or(0) as i64;
     let mut rows = Vec::new();
     let mut mask = Vec::new();
-    for (ids, images) in prompts {
-        let n = ids.len() as i64;
-        let e = model.embed_multimodal(&Tensor::from_slice(ids).view([1, n]).to_device(dev), images)?;
-        let h = e.size()[2];
-        rows.push(Tensor::cat(&[Tensor::zeros([1, t - n, h], (e.kind(), dev)), e], 1));
-        mask.extend(std::iter::repeat_n(0i64, (t - n) as usize).chain(std::iter::repeat_n(1, n as usize)));
-    }
+    tch::no_grad(|| -> Result<()> {
+        for (ids, images) in prompts {
+            let n = ids.len() as i64;
+            let e = model.embed_inputs(&Tensor::from_slice(ids).view([1, n]).to_device(dev), images)?;
+            let h = e.size()[2];
+            rows.push(Tensor::cat(&[Tensor::zeros([1, t - n, h], (e.kind(), dev)), e], 1));
+            mask.extend(std::iter::repeat_n(0i64, (t - n) as usize).chain(std::iter::repeat_n(1, n as usize)));
+        }
+        Ok(())
+    })?;
     let mask = Tensor::from_slice(&mask).view([prompts.len() as i64, t]).to_device(dev);
-    generate_from_embeds(&model.lm, &Tensor::cat(&rows, 0), &mask, params, tokenizer)
+    generate_from_embeds(lm, &Tensor::cat(&rows, 0), &mask, params, tokenizer)
+}
+
+/// Generates from LLaVA prompts (see `generate_multimodal`).
+pub fn generate_llava(model: &Llava, prompts: &[(Vec<i64>, Vec<Tensor>)], params: &GenerationParams, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<Vec<Generated>> {
+    generate_multimodal(model, prompts, params, tokenizer)
 }
 
 fn sample_top_p(probs: &[f32], top_p: f64, rng: &mut ChaCha8Rng) -> i64 {

@@ -128,3 +128,32 @@ impl Llava {
         Ok(self.lm.logits(&self.lm.forward_embeds(&e, attention_mask, None)?))
     }
 }
+
+/// A model that turns token ids (plus, for multimodal models, image features) into input embeddings
+/// for its text tower; the trainers and generation work on anything that implements it.
+pub trait EmbedInputs {
+    fn text_model(&self) -> &CausalLm;
+    /// Embeddings [b, t, h] for ids [b, t] and the images of the batch in image-token order.
+    fn embed_inputs(&self, ids: &Tensor, images: &[Tensor]) -> Result<Tensor>;
+}
+
+impl EmbedInputs for CausalLm {
+    fn text_model(&self) -> &CausalLm {
+        self
+    }
+    fn embed_inputs(&self, ids: &Tensor, images: &[Tensor]) -> Result<Tensor> {
+        if !images.is_empty() {
+            return Err(MllmError::Input(format!("a text-only model was given {} image(s)", images.len())));
+        }
+        self.embed(ids)
+    }
+}
+
+impl EmbedInputs for Llava {
+    fn text_model(&self) -> &CausalLm {
+        &self.lm
+    }
+    fn embed_inputs(&self, ids: &Tensor, images: &[Tensor]) -> Result<Tensor> {
+        self.embed_multimodal(ids, images)
+    }
+}

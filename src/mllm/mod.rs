@@ -12,8 +12,9 @@ pub mod gguf;
 pub mod llama;
 pub mod llava;
 pub mod lora;
-//PPO pub mod ppo;
-//SFT pub mod sft;
+pub mod optim;
+pub mod ppo;
+pub mod sft;
 pub mod weights;
 
 use std::str::FromStr;
