@@ -7,6 +7,7 @@
 //! `LlavaForConditionalGeneration` with one of those as its text tower (multimodal). The vision tower is
 //! frozen and runs elsewhere: this module takes its (cached) penultimate-layer patch features as tensors.
 pub mod config;
+pub mod demo;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
