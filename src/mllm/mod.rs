@@ -14,6 +14,7 @@
 //! checkpointing and bf16 autocast for GPU training (bf16 weights work on CPU and GPU), PPO checkpoints.
 pub mod chat;
 pub mod config;
+pub mod demo;
 pub mod generate;
 pub mod gguf;
 pub mod llama;

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Train a small CLIP contrastively on Penumbra image–caption pairs and export it for `encoders::clip::Clip`.
+
+    train_clip.py --pairs PAIRS.parquet --out DIR [--seed 0] [--epochs 12] [--patch-size 16] ...
+
+Input: a Parquet file with one row per (image, true caption, hard negative) triple:
+    image_id (int64)   which image the row belongs to (rows of one image share it)
+    image    (binary)  the PNG bytes (square; every image the same size)
+    caption  (string)  a true caption of the image
+    negative (string)  the same caption with exactly one attribute or relation made false
+    heldout  (bool)    true for rows kept out of training (retrieval accuracy is measured on them)
+
+Output: DIR/hf (a Hugging Face CLIPModel folder: config.json, model.safetensors, tokenizer files) and DIR itself
+in the ONNX layout `Clip::load` reads (image.onnx, text.onnx, tokenizer.json, clip_config.json), exported by
+scripts/export_onnx.py's `export_clip_model`. Prints one JSON line: held-out retrieval accuracy (true caption
+scores above its one-wrong-attribute negative), parameter count, bytes, seconds.
+
+Why these choices: CLIP's own 49k BPE cannot be downloaded here, so the tokenizer is CLIP's pipeline
+(transformers' CLIPTokenizer: lowercase, CLIP split regex, byte-level BPE with '</w>' ends, <|startoftext|> …
+<|endoftext|>) trained on the caption vocabulary. The loss is CLIP's symmetric InfoNCE over the batch, with each
+image's hard negative added as an extra text column (as NegCLIP does) so attribute binding is learned rather
+than just object presence. Deterministic: seeded torch, one thread count, fixed data order per seed.
+"""
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_onnx import export_clip_model  # noqa: E402  (same export as any real CLIP)
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+
+
+def read_pairs(path):
+    import pyarrow.parquet as pq
+    t = pq.read_table(path)
+    need = {"image_id", "image", "caption", "negative", "heldout"}
+    missing = need - set(t.column_names)
+    if missing:
+        raise SystemExit(f"{path}: expected columns {sorted(need)}, missing {sorted(missing)}")
+    d = t.to_pydict()
+    if not d["image_id"]:
+        raise SystemExit(f"{path}: no rows")
+    return d
+
+
+def pixels(png_bytes):
+    """PIL decode → RGB → [3, H, W] normalized as CLIPImageProcessor does (the images are already the model's
+    size, so resize and crop are identities, on both the Python and the Rust side)."""
+    from PIL import Image
+    img = Image.open(io.BytesIO(png_bytes)).convert("RGB")
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    return ((a - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)
+
+
+def build_tokenizer(captions, vocab_size):
+    from transformers import CLIPTokenizer
+    base = CLIPTokenizer()
+    tok = base.train_new_from_iterator(iter(captions), vocab_size=vocab_size)
+    tok.model_max_length = 77
+    return tok
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--width", type=int, default=64, help="hidden size of both towers")
+    p.add_argument("--layers", type=int, default=2, help="encoder layers of each tower")
+    p.add_argument("--projection-dim", type=int, default=64)
+    p.add_argument("--vocab-size", type=int, default=400)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    started = time.time()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    np.random.seed(a.seed)
+
+    d = read_pairs(a.pairs)
+    image_ids = np.array(d["image_id"], dtype=np.int64)
+    heldout = np.array(d["heldout"], dtype=bool)
+    uniq, first = np.unique(image_ids, return_index=True)
+    imgs = np.stack([pixels(d["image"][i]) for i in first])
+    size = imgs.shape[-1]
+    if imgs.shape[-2] != size or size % a.patch_size:
+        raise SystemExit(f"images are {imgs.shape[-2]}×{size}: expected square images whose side is a multiple of "
+                         f"--patch-size {a.patch_size}")
+    row_img = np.searchsorted(uniq, image_ids)  # row → index into imgs
+
+    from transformers import CLIPConfig, CLIPModel
+    tok = build_tokenizer([c for c in d["caption"]] + [n for n in d["negative"]], a.vocab_size)
+    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    bos = tok.convert_tokens_to_ids(tok.bos_token)
+    w, heads = a.width, max(1, a.width // 32)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=w, intermediate_size=4 * w, num_hidden_layers=a.layers,
+                         num_attention_heads=heads, max_position_embeddings=77, eos_token_id=eos, bos_token_id=bos,
+                         pad_token_id=eos, projection_dim=a.projection_dim),
+        vision_config=dict(image_size=size, patch_size=a.patch_size, hidden_size=w, intermediate_size=4 * w,
+                           num_hidden_layers=a.layers, num_attention_heads=heads, projection_dim=a.projection_dim),
+        projection_dim=a.projection_dim)
+    model = CLIPModel(cfg)
+
+    def encode_text(texts):
+        enc = tok(list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    # Tokenized once: every caption and negative padded to the longest (short captions: ~20 tokens).
+    all_ids, all_mask = encode_text(list(d["caption"]) + list(d["negative"]))
+    n_rows = len(d["caption"])
+
+    train_rows = np.flatnonzero(~heldout)
+    test_rows = np.flatnonzero(heldout)
+    if len(train_rows) == 0:
+        raise SystemExit(f"{a.pairs}: every row is held out; nothing to train on")
+    # Each step: a batch of distinct training images, one random true caption each (+ its hard negative).
+    by_image = {}
+    for r in train_rows:
+        by_image.setdefault(row_img[r], []).append(r)
+    train_imgs = np.array(sorted(by_image))
+    rng = np.random.default_rng(a.seed)
+    steps_per_epoch = max(1, len(train_imgs) // a.batch_size)
+    total = steps_per_epoch * a.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=total, pct_start=0.1)
+    images_t = torch.from_numpy(imgs)
+    model.train()
+    last_loss = float("nan")
+    for epoch in range(a.epochs):
+        order = rng.permutation(train_imgs)
+        for s in range(steps_per_epoch):
+            bi = order[s * a.batch_size:(s + 1) * a.batch_size]
+            rows = [by_image[i][rng.integers(len(by_image[i]))] for i in bi]
+            sel = torch.tensor(rows + [r + n_rows for r in rows])
+            ids, mask = all_ids[sel], all_mask[sel]
+            out = model(input_ids=ids, attention_mask=mask, pixel_values=images_t[bi])
+            logits = out.logits_per_image  # [b, 2b]: true captions then negatives
+            target = torch.arange(len(bi))
+            loss = 0.5 * (torch.nn.functional.cross_entropy(logits, target)
+                          + torch.nn.functional.cross_entropy(logits[:, :len(bi)].t(), target))
+            if not torch.isfinite(loss):
+                raise SystemExit(f"non-finite loss at epoch {epoch} step {s}")
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            last_loss = loss.item()
+        print(f"train_clip: epoch {epoch} loss {last_loss:.4f} ({time.time() - started:.1f} s)", file=sys.stderr)
+
+    model.eval()
+    acc = None
+    if len(test_rows):
+        with torch.no_grad():
+            ie = model.get_image_features(pixel_values=images_t[row_img[test_rows]])
+            ie = ie.pooler_output if hasattr(ie, "pooler_output") else ie
+            tp = model.get_text_features(*encode_text([d["caption"][r] for r in test_rows]))
+            tn = model.get_text_features(*encode_text([d["negative"][r] for r in test_rows]))
+            tp = tp.pooler_output if hasattr(tp, "pooler_output") else tp
+            tn = tn.pooler_output if hasattr(tn, "pooler_output") else tn
+            cos = torch.nn.functional.cosine_similarity
+            acc = (cos(ie, tp) > cos(ie, tn)).float().mean().item()
+    train_seconds = time.time() - started
+
+    out = Path(a.out)
+    hf = out / "hf"
+    hf.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(hf)
+    tok.save_pretrained(hf)
+    export_clip_model(model, out, tokenizer=tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    size_bytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(json.dumps({
+        "heldout_retrieval_accuracy": acc, "heldout_pairs": int(len(test_rows)), "train_pairs": int(len(train_rows)),
+        "train_images": int(len(train_imgs)), "epochs": a.epochs, "final_loss": last_loss,
+        "parameters": int(n_params), "bytes": int(size_bytes), "image_size": int(size), "patch_size": a.patch_size,
+        "patches": int((size // a.patch_size) ** 2), "vision_hidden": w, "vocab_size": len(tok), "seed": a.seed,
+        "train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+//! The embedded benchmark's own models, end to end: Penumbra items → pairs Parquet → scripts/train_clip.py
+//! (a small CLIP, exported to ONNX) → `encoders::clip::Clip` → patch features → `mllm::demo::train` (the
+//! project's SFT trainer on the reference chains) → answers by difficulty level.
+//!
+//! The fast tests run in CI time on 2 cores; `demo_models_long_run` (ignored) is the longer run whose
+//! accuracy-by-difficulty table goes in the report:
+//! `cargo test --test demo_models -- --ignored --nocapture demo_models_long_run`
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{ArrayRef, BinaryArray, BooleanArray, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use mllm::demo::{self, DemoExample, DemoParams, DemoModel};
+use mmboundary::data::penumbra::{self, PenumbraParams};
+use mmboundary::data::Item;
+use mmboundary::encoders::clip::{decode_image_bytes, Clip};
+use mmboundary::encoders::cosine;
+use mmboundary::encoders::runtime::SessionOptions;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    root().join(".venv/bin/python")
+}
+
+fn gguf() -> PathBuf {
+    root().join(".deps/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn opts() -> SessionOptions {
+    SessionOptions { intra_threads: Some(2), ..Default::default() }
+}
+
+fn items(n: usize, seed: u64) -> Vec<Item> {
+    penumbra::generate(&PenumbraParams { seed, n_items: n, ..Default::default() }).unwrap()
+}
+
+fn png(item: &Item) -> &[u8] {
+    item.image.as_ref().and_then(|i| i.bytes.as_deref()).expect("penumbra items carry PNG bytes")
+}
+
+/// Training rows come from the `train` split; everything else is held out.
+fn held_out(item: &Item) -> bool {
+    item.split != "train"
+}
+
+/// One row per (image, true caption, hard negative).
+fn write_pairs(items: &[Item], path: &Path) {
+    let (mut ids, mut imgs, mut caps, mut negs, mut held) = (vec![], vec![], vec![], vec![], vec![]);
+    for (i, it) in items.iter().enumerate() {
+        assert_eq!(it.captions.len(), it.hard_negatives.len(), "{}: captions and negatives are aligned", it.id);
+        for (c, n) in it.captions.iter().zip(&it.hard_negatives) {
+            ids.push(i as i64);
+            imgs.push(png(it));
+            caps.push(c.as_str());
+            negs.push(n.as_str());
+            held.push(held_out(it));
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("image_id", DataType::Int64, false),
+        Field::new("image", DataType::Binary, false),
+        Field::new("caption", DataType::Utf8, false),
+        Field::new("negative", DataType::Utf8, false),
+        Field::new("heldout", DataType::Boolean, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(ids)),
+        Arc::new(BinaryArray::from_vec(imgs)),
+        Arc::new(StringArray::from(caps)),
+        Arc::new(StringArray::from(negs)),
+        Arc::new(BooleanArray::from(held)),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Runs scripts/train_clip.py; returns its JSON summary.
+fn train_clip(pairs: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let o = std::process::Command::new(python())
+        .arg(root().join("scripts/train_clip.py"))
+        .arg("--pairs")
+        .arg(pairs)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("the venv's python runs");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "train_clip.py failed:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last = stdout.lines().last().unwrap_or_else(|| panic!("no JSON from train_clip.py; stderr:\n{stderr}"));
+    serde_json::from_str(last).unwrap()
+}
+
+/// Preprocessed pixels of the items' images.
+fn pixels(clip: &Clip, items: &[&Item]) -> Vec<f32> {
+    items
+        .iter()
+        .flat_map(|it| clip.image.preprocess().pixel_values(&decode_image_bytes(png(it), &it.id).unwrap()))
+        .collect()
+}
+
+/// Held-out retrieval accuracy through ONNX Runtime: true caption vs its one-wrong-attribute negative.
+fn retrieval_accuracy(clip: &Clip, items: &[Item]) -> (f64, usize) {
+    let held: Vec<&Item> = items.iter().filter(|i| held_out(i)).collect();
+    let feats = clip.image.encode_pixels(&pixels(clip, &held), held.len()).unwrap();
+    let (mut right, mut n) = (0, 0);
+    for (k, it) in held.iter().enumerate() {
+        let caps: Vec<&str> = it.captions.iter().map(String::as_str).collect();
+        let negs: Vec<&str> = it.hard_negatives.iter().map(String::as_str).collect();
+        if caps.is_empty() {
+            continue;
+        }
+        let (tp, tn) = (clip.text.encode(&caps).unwrap(), clip.text.encode(&negs).unwrap());
+        let img = feats.embeddings.row(k);
+        for j in 0..caps.len() {
+            right += (cosine(img, tp.embeddings.row(j)) > cosine(img, tn.embeddings.row(j))) as usize;
+            n += 1;
+        }
+    }
+    (right as f64 / n as f64, n)
+}
+
+fn prompt_of(it: &Item) -> String {
+    if it.choices.is_empty() {
+        it.question.clone()
+    } else {
+        format!("{}\nChoices: {}.", it.question, it.choices.join(", "))
+    }
+}
+
+/// The demo MLLM's examples: CLIP patch features, question (+ choices), plain reference chain.
+fn examples(clip: &Clip, items: &[&Item]) -> (Vec<DemoExample>, usize) {
+    let mut out = Vec::with_capacity(items.len());
+    let mut hidden = 0;
+    for chunk in items.chunks(64) {
+        let f = clip.image.encode_pixels(&pixels(clip, chunk), chunk.len()).unwrap();
+        hidden = f.hidden;
+        for (k, it) in chunk.iter().enumerate() {
+            out.push(DemoExample {
+                patches: f.patch_features(k).to_vec(),
+                n_patches: f.tokens - 1,
+                prompt: prompt_of(it),
+                target: it.chain.sentences().collect::<Vec<_>>().join(" "),
+            });
+        }
+    }
+    (out, hidden)
+}
+
+/// Accuracy by difficulty level of the model's greedy answers: (level → (right, n)).
+fn accuracy_by_level(model: &DemoModel, clip: &Clip, items: &[&Item]) -> BTreeMap<u32, (usize, usize)> {
+    let (ex, _) = examples(clip, items);
+    let texts = model.generate(&ex, 96, 32).unwrap();
+    let mut by = BTreeMap::new();
+    for (it, text) in items.iter().zip(&texts) {
+        let truth = it.answer.as_deref().unwrap().trim().trim_end_matches('.').to_lowercase();
+        let got = demo::answer_of(text).map(|a| a.to_lowercase());
+        let e = by.entry(it.difficulty.unwrap()).or_insert((0, 0));
+        e.0 += (got.as_deref() == Some(truth.as_str())) as usize;
+        e.1 += 1;
+    }
+    by
+}
+
+fn acc(by: &BTreeMap<u32, (usize, usize)>, levels: &[u32]) -> f64 {
+    let (r, n) = levels.iter().filter_map(|l| by.get(l)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    r as f64 / n.max(1) as f64
+}
+
+struct Trained {
+    _dir: tempfile::TempDir,
+    items: Vec<Item>,
+    clip: Clip,
+    summary: serde_json::Value,
+}
+
+const FAST_ITEMS: usize = 1200;
+
+/// The CLIP of the fast tests, trained once and shared.
+fn fast_clip() -> &'static Trained {
+    static T: OnceLock<Trained> = OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let items = items(FAST_ITEMS, 7);
+        let pairs = dir.path().join("pairs.parquet");
+        write_pairs(&items, &pairs);
+        let out = dir.path().join("clip");
+        let summary = train_clip(&pairs, &out, &["--seed", "0", "--epochs", "8"]);
+        eprintln!("train_clip: {summary}");
+        let clip = Clip::load(&out, &opts()).unwrap();
+        Trained { _dir: dir, items, clip, summary }
+    })
+}
+
+/// A random-weight CLIP scores a true caption above its one-wrong-attribute negative about half the time
+/// (each negative differs in one word, which a random text tower maps to an unrelated direction). With
+/// ~1,700 held-out pairs, chance gives 0.50 ± 0.012 (one s.d.); 0.54 is over 3 s.d. above chance. This
+/// short CI run (8 epochs over 840 training images) has measured 0.559 and 0.609 (the tokenizer trainer's
+/// tie-breaking varies between runs); a CLIP that only learned which objects are present, not their
+/// attributes, stays at chance, since each negative names the same object with one attribute changed.
+#[test]
+fn small_clip_prefers_true_captions_over_one_wrong_attribute() {
+    let t = fast_clip();
+    let (acc_ort, n) = retrieval_accuracy(&t.clip, &t.items);
+    eprintln!("held-out retrieval accuracy through ONNX Runtime: {acc_ort:.3} on {n} pairs");
+    let acc_py = t.summary["heldout_retrieval_accuracy"].as_f64().unwrap();
+    assert_eq!(n as u64, t.summary["heldout_pairs"].as_u64().unwrap());
+    // Same model, two runtimes (PyTorch before export, ORT after): the export and preprocessing agree.
+    assert!((acc_ort - acc_py).abs() <= 0.01, "ORT {acc_ort} vs PyTorch {acc_py}");
+    assert!(acc_ort >= 0.54, "held-out retrieval accuracy {acc_ort:.3} (chance 0.5)");
+    // The text tower uses CLIP's 77-token window with the end token kept.
+    let long = "a large red circle ".repeat(40);
+    let ids = t.clip.text.token_ids(&[long.as_str()]).unwrap();
+    assert_eq!(ids[0].len(), 77);
+}
+
+/// The demo MLLM's mechanics in CI time: a short SFT run on the reference chains lowers the loss, the
+/// saved folder loads through `mllm::llava` and answers every question. (Whether it has learned enough
+/// to separate easy from hard scenes needs a longer run: `demo_mllm_answers_easy_scenes_better_than_hard_ones`.)
+#[test]
+fn demo_mllm_trains_on_chains_and_reloads() {
+    let t = fast_clip();
+    let train: Vec<&Item> = t.items.iter().filter(|i| !held_out(i)).collect();
+    let held: Vec<&Item> = t.items.iter().filter(|i| held_out(i)).take(8).collect();
+    let (ex, hidden) = examples(&t.clip, &train);
+    let dir = tempfile::tempdir().unwrap();
+    let params = DemoParams { max_steps: Some(30), ..Default::default() };
+    let report = demo::train(&ex, hidden, &gguf(), dir.path(), &params).unwrap();
+    eprintln!(
+        "demo MLLM: {} steps, loss {:.3} -> {:.3}, {} parameters, {} bytes, {:.1} s",
+        report.steps, report.rows[0].loss, report.final_loss, report.parameters, report.bytes, report.seconds
+    );
+    assert_eq!(report.steps, 30);
+    // From a random init the first loss is about ln(vocabulary); 30 steps must cut it by well over a third.
+    assert!(report.final_loss.is_finite() && report.final_loss < 0.6 * report.rows[0].loss, "{:?}", report.rows.last());
+    assert!(!dir.path().join(".sft-checkpoints").exists(), "trainer checkpoints are removed");
+    let model = DemoModel::load(dir.path()).unwrap();
+    assert!(model.tokenizer.get_vocab_size(true) < 2000);
+    let (q, _) = examples(&t.clip, &held);
+    let texts = model.generate(&q, 48, 8).unwrap();
+    assert_eq!(texts.len(), q.len());
+    assert!(texts.iter().all(|x| !x.trim().is_empty()), "{texts:?}");
+    // Features of the wrong width are refused with a message, not a panic.
+    let mut bad = q[0].clone();
+    bad.patches.pop();
+    assert!(model.generate(&[bad], 4, 1).unwrap_err().to_string().contains("patch features"));
+}
+
+/// After a longer SFT run the from-scratch decoder answers easy scenes far better than hard ones: the
+/// spread the method's confidence signals need. Levels {0, 1} vs {3, 4} of held-out items. About 20 min
+/// on 2 shared cores, hence ignored in CI:
+/// `cargo test --test demo_models -- --ignored --nocapture demo_mllm_answers_easy_scenes_better_than_hard_ones`
+#[test]
+#[ignore]
+fn demo_mllm_answers_easy_scenes_better_than_hard_ones() {
+    let t = fast_clip();
+    let train: Vec<&Item> = t.items.iter().filter(|i| !held_out(i)).collect();
+    let held: Vec<&Item> = t.items.iter().filter(|i| held_out(i) && i.split != "ood").collect();
+    let (ex, hidden) = examples(&t.clip, &train);
+    let dir = tempfile::tempdir().unwrap();
+    let epochs = std::env::var("DEMO_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let report = demo::train(&ex, hidden, &gguf(), dir.path(), &DemoParams { epochs, ..Default::default() }).unwrap();
+    eprintln!("demo MLLM: {} steps, final loss {:.3}, {:.1} s", report.steps, report.final_loss, report.seconds);
+    let model = DemoModel::load(dir.path()).unwrap();
+    let by = accuracy_by_level(&model, &t.clip, &held);
+    eprintln!("accuracy by level (right, n): {by:?}");
+    let (easy, hard) = (acc(&by, &[0, 1]), acc(&by, &[3, 4]));
+    assert!(easy >= hard + 0.15, "easy {easy:.3} vs hard {hard:.3}: {by:?}");
+}
+
+/// The longer run of the report (about the preparation budget: both models on 2 cores).
+#[test]
+#[ignore]
+fn demo_models_long_run() {
+    let n: usize = std::env::var("DEMO_ITEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(1200);
+    let epochs: usize = std::env::var("DEMO_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let all = items(n, 11);
+    let pairs = dir.path().join("pairs.parquet");
+    write_pairs(&all, &pairs);
+    let clip_dir = dir.path().join("clip");
+    let summary = train_clip(&pairs, &clip_dir, &["--seed", "0", "--epochs", "8"]);
+    let clip = Clip::load(&clip_dir, &opts()).unwrap();
+    let (acc_ort, pairs_n) = retrieval_accuracy(&clip, &all);
+    let clip_secs = started.elapsed().as_secs_f64();
+    let train: Vec<&Item> = all.iter().filter(|i| !held_out(i)).collect();
+    let held: Vec<&Item> = all.iter().filter(|i| held_out(i) && i.split != "ood").collect();
+    let (ex, hidden) = examples(&clip, &train);
+    let mdir = dir.path().join("mllm");
+    let report = demo::train(&ex, hidden, &gguf(), &mdir, &DemoParams { epochs, ..Default::default() }).unwrap();
+    let model = DemoModel::load(&mdir).unwrap();
+    let by = accuracy_by_level(&model, &clip, &held);
+    let ood: Vec<&Item> = all.iter().filter(|i| i.split == "ood").collect();
+    let by_ood = accuracy_by_level(&model, &clip, &ood);
+    println!("CLIP: {summary}");
+    println!("CLIP held-out retrieval accuracy (ORT): {acc_ort:.4} on {pairs_n} pairs; {clip_secs:.1} s incl. data");
+    println!(
+        "MLLM: {} examples, {} steps, final loss {:.4}, {} parameters, {} bytes, {:.1} s",
+        ex.len(), report.steps, report.final_loss, report.parameters, report.bytes, report.seconds
+    );
+    println!("| level | held-out items | accuracy | ood items | ood accuracy |");
+    println!("|---|---|---|---|---|");
+    for (l, (r, k)) in &by {
+        let (ro, ko) = by_ood.get(l).copied().unwrap_or((0, 0));
+        println!("| {l} | {k} | {:.3} | {ko} | {:.3} |", *r as f64 / *k as f64, ro as f64 / ko.max(1) as f64);
+    }
+    println!("total wall time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Writes a pairs Parquet for running scripts/train_clip.py by hand:
+/// `DEMO_PAIRS=/tmp/pairs.parquet DEMO_ITEMS=1200 cargo test --test demo_models -- --ignored write_pairs_for_manual_runs`
+#[test]
+#[ignore]
+fn write_pairs_for_manual_runs() {
+    let path = PathBuf::from(std::env::var("DEMO_PAIRS").expect("DEMO_PAIRS=output path"));
+    let n: usize = std::env::var("DEMO_ITEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(FAST_ITEMS);
+    write_pairs(&items(n, 7), &path);
+}
+
+/// The MLLM half alone, on a CLIP folder made by hand with scripts/train_clip.py (for tuning runs):
+/// `DEMO_CLIP=DIR DEMO_EPOCHS=1 cargo test --test demo_models -- --ignored --nocapture mllm_on_existing_clip`
+#[test]
+#[ignore]
+fn mllm_on_existing_clip() {
+    let clip = Clip::load(Path::new(&std::env::var("DEMO_CLIP").expect("DEMO_CLIP=folder")), &opts()).unwrap();
+    let n: usize = std::env::var("DEMO_ITEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(FAST_ITEMS);
+    let epochs = std::env::var("DEMO_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let all = items(n, 7);
+    let train: Vec<&Item> = all.iter().filter(|i| !held_out(i)).collect();
+    let held: Vec<&Item> = all.iter().filter(|i| held_out(i) && i.split != "ood").collect();
+    let (ex, hidden) = examples(&clip, &train);
+    let dir = tempfile::tempdir().unwrap();
+    let report = demo::train(&ex, hidden, &gguf(), dir.path(), &DemoParams { epochs, ..Default::default() }).unwrap();
+    for r in report.rows.iter().step_by(5) {
+        println!("step {} loss {:.3} {:.2} s", r.step, r.loss, r.seconds);
+    }
+    println!("{} steps, final loss {:.3}, {} parameters, {} bytes, {:.1} s", report.steps, report.final_loss, report.parameters, report.bytes, report.seconds);
+    let model = DemoModel::load(dir.path()).unwrap();
+    let started = std::time::Instant::now();
+    let by = accuracy_by_level(&model, &clip, &held);
+    println!("accuracy by level (right, n): {by:?} ({:.1} s)", started.elapsed().as_secs_f64());
+}
+
+/// The compact vocabulary tokenizes benchmark text into exactly SmolLM2's tokens (same strings), and
+/// still encodes text it never saw (falling back to shorter pieces).
+#[test]
+fn compact_tokenizer_keeps_smollm2_tokenization_on_its_corpus() {
+    let full = mllm::gguf::GgufFile::open(&gguf()).unwrap().tokenizer().unwrap();
+    let all = items(60, 3);
+    let texts: Vec<String> = all.iter().flat_map(|i| [prompt_of(i), i.chain.sentences().collect::<Vec<_>>().join(" ")]).collect();
+    let (fit, unseen) = texts.split_at(40);
+    let small = demo::compact_tokenizer(&full, &fit.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert!(small.get_vocab_size(true) < 2000, "{}", small.get_vocab_size(true));
+    for t in fit {
+        assert_eq!(full.encode(t.as_str(), false).unwrap().get_tokens(), small.encode(t.as_str(), false).unwrap().get_tokens(), "{t}");
+    }
+    for t in unseen.iter().map(String::as_str).chain(["Zebra quokka!", "<|im_start|>user\n"]) {
+        let e = small.encode(t, false).unwrap();
+        assert_eq!(small.decode(e.get_ids(), false).unwrap(), t);
+    }
+    assert_eq!(small.encode("<|im_end|>", false).unwrap().get_ids().len(), 1);
+}
