@@ -79,6 +79,10 @@ pub struct DemoParams {
     pub projector_hidden_act: String,
     /// Stop after this many optimizer steps (bounded runs, tests).
     pub max_steps: Option<usize>,
+    /// More text the compact vocabulary must cover beyond the training examples (the confidence
+    /// statements that later fine-tuning teaches), so no word of them falls outside the tokenizer.
+    #[serde(default)]
+    pub extra_vocabulary: Vec<String>,
 }
 
 impl Default for DemoParams {
@@ -91,6 +95,7 @@ impl Default for DemoParams {
             seed: 0,
             projector_hidden_act: "gelu".into(),
             max_steps: None,
+            extra_vocabulary: Vec::new(),
         }
     }
 }
@@ -289,6 +294,7 @@ pub fn train(examples: &[DemoExample], vision_hidden: usize, gguf: &Path, out_di
         DecoderChoice::Scratch(_) => {
             let mut corpus: Vec<String> = examples.iter().flat_map(|e| [chat_prompt(&e.prompt, 0), e.target.clone()]).collect();
             corpus.extend((0..=20).map(|n| n.to_string()));
+            corpus.extend(params.extra_vocabulary.iter().cloned());
             compact_tokenizer(&full, &corpus.iter().map(String::as_str).collect::<Vec<_>>())?
         }
     };

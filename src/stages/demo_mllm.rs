@@ -18,6 +18,9 @@ pub struct DemoMllmParams {
     pub splits: Vec<String>,
     /// Use only the first N training items (None: all).
     pub limit: Option<usize>,
+    /// The statement pool (as `map`'s): its text joins the compact vocabulary, so the statements that SFT
+    /// later teaches tokenize the same way as everything else.
+    pub pool: PathBuf,
 }
 
 impl Default for DemoMllmParams {
@@ -27,6 +30,7 @@ impl Default for DemoMllmParams {
             trainer: serde_json::json!({}),
             splits: vec!["train".into()],
             limit: None,
+            pool: PathBuf::from("stages/statements.toml"),
         }
     }
 }
@@ -52,7 +56,7 @@ impl Stage for DemoMllmStage {
         serde_json::to_value(&self.params).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
-        vec![self.params.gguf.clone()]
+        vec![self.params.gguf.clone(), self.params.pool.clone()]
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)

@@ -2,6 +2,7 @@
 //! loads libtorch. `mmb` hands it a job file (stage, params, input ids, store) and reads back the ids of
 //! what it wrote; see `src/stages/worker.rs`.
 mod eval;
+mod demo_mllm;
 mod generate;
 mod inputs;
 mod policy;
@@ -37,6 +38,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     match job.stage.as_str() {
         "generate" => generate::run(&ctx)?,
         "sft" => sft::run(&ctx)?,
+        "demo_mllm" => demo_mllm::run(&ctx)?,
         "ppo" => ppo::run(&ctx)?,
         "eval" => eval::run(&ctx)?,
         other => anyhow::bail!("mmb-torch has no stage `{other}`"),

@@ -1,0 +1,54 @@
+//! The `demo_mllm` stage's model work: train the benchmark's small LLaVA on its plain reference chains.
+use crate::inputs::Features;
+use anyhow::Context;
+use arrow::array::{Array, AsArray};
+use mllm::demo::{train, DemoExample, DemoParams};
+use mmboundary::data::items_from_record_batch;
+use mmboundary::engine::StageContext;
+use mmboundary::stages::demo_mllm::DemoMllmParams;
+use mmboundary::stages::generate::question_block;
+use mmboundary::store::ArtifactKind;
+
+
+pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
+    let p: DemoMllmParams = ctx.params()?;
+    let mut tp = crate::inputs::overlay_params::<DemoParams>(&p.trainer, "demo_mllm.trainer")?;
+    let pool_text = std::fs::read_to_string(&p.pool).with_context(|| p.pool.display().to_string())?;
+    let pool = mmboundary::confidence::statements::StatementPool::from_toml(&pool_text, &p.pool.display().to_string())?;
+    tp.extra_vocabulary.extend(pool.level.iter().flat_map(|l| l.statements.iter().cloned()));
+    let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
+    let feats_batch = ctx.input_table("features")?.concat()?;
+    let feats = Features::from_batch(&feats_batch)?;
+    let dims = feats_batch.column_by_name("dim").context("features artifact has no `dim`")?;
+    anyhow::ensure!(!dims.is_empty(), "the features artifact is empty");
+    let vision_hidden = dims.as_primitive::<arrow::datatypes::UInt32Type>().value(0) as usize;
+
+    let mut examples = Vec::new();
+    for it in items.iter().filter(|i| p.splits.iter().any(|s| s == &i.split)) {
+        if p.limit.is_some_and(|n| examples.len() >= n) {
+            break;
+        }
+        let (n, t) = feats.tensor(&it.id)?;
+        let patches = Vec::<f32>::try_from(t.reshape([-1]))?;
+        let target = it.chain.sentences().collect::<Vec<_>>().join(" ");
+        examples.push(DemoExample { patches, n_patches: n as usize, prompt: question_block(&it.question, &it.choices), target });
+    }
+    anyhow::ensure!(!examples.is_empty(), "no items in splits {:?} to train the demo MLLM on", p.splits);
+    let out = tempfile::tempdir()?;
+    let dir = out.path().join("mllm");
+    let bar = ctx.progress(1, "training the demo MLLM");
+    let report = train(&examples, vision_hidden, &p.gguf, &dir, &tp)?;
+    bar.finish_and_clear();
+    let summary = serde_json::json!({
+        "examples": examples.len(),
+        "steps": report.steps,
+        "final_loss": report.final_loss,
+        "parameters": report.parameters,
+        "bytes": report.bytes,
+        "seconds": report.seconds,
+        "losses": report.rows.iter().map(|r| r.loss).collect::<Vec<_>>(),
+    });
+    ctx.write_bytes("report", ArtifactKind::Json, &serde_json::to_vec_pretty(&summary)?)?;
+    ctx.write_dir("mllm", &dir)?;
+    Ok(())
+}
