@@ -80,6 +80,19 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The real judge: all-MiniLM-L6-v2 on ONNX Runtime (cosine of embeddings as g), when set-up made it.
+    let dir = mmboundary::encoders::minilm::default_model_dir();
+    if dir.join("onnx/model.onnx").is_file() {
+        let enc = mmboundary::encoders::minilm::SentenceEncoder::load(&dir, Default::default(), &Default::default()).expect("MiniLM loads");
+        let sim = mmboundary::confidence::similarity::CosineOfEmbeddings(mmboundary::stages::judges::MiniLmEmbedder(enc));
+        let mut g = c.benchmark_group("tokensar_minilm");
+        g.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_millis(500));
+        g.throughput(Throughput::Elements(sentences as u64));
+        g.bench_function("batched", |b| b.iter(|| black_box(token_sar_batched(black_box(&data), &sim, &params).unwrap())));
+        g.bench_function("loop", |b| b.iter(|| black_box(token_sar_loop(black_box(&data), &sim, &params).unwrap())));
+        g.finish();
+    }
 }
 
 criterion_group!(benches, bench);
