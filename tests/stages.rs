@@ -12,46 +12,10 @@ use mmboundary::stages::map::{MapParams, MapStage};
 use mmboundary::stages::score::{ScoreParams, ScoreStage};
 use mmboundary::stages::sft::{SftStage, SftStageParams};
 use mmboundary::store::{ArtifactId, Store};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// The tiny random LLaVA of the mllm goldens (vocab 100, image token 99), with a word-level tokenizer
-/// of exactly 100 entries so every id decodes.
-fn tiny_llava(dir: &Path) -> PathBuf {
-    let out = dir.join("tiny-llava");
-    std::fs::create_dir_all(&out).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures().join("mllm/tiny-llava").join(f), out.join(f)).unwrap();
-    }
-    let mut vocab = serde_json::Map::new();
-    let words = "[UNK] [PAD] <s> </s> the a is there of and so answer question options yes no red green blue yellow \
-                 purple orange pink teal circle square triangle diamond hexagon small large solid striped checkered left \
-                 right top bottom center above below how many objects same color shape size . , ? : ( )";
-    let mut n = 0;
-    for w in words.split_whitespace() {
-        vocab.insert(w.into(), n.into());
-        n += 1;
-    }
-    while n < 99 {
-        vocab.insert(format!("w{n}"), n.into());
-        n += 1;
-    }
-    vocab.insert("<image>".into(), 99.into());
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [{"id": 99, "content": "<image>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
-        "normalizer": {"type": "Lowercase"},
-        "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    });
-    std::fs::write(out.join("tokenizer.json"), serde_json::to_vec(&tok).unwrap()).unwrap();
-    out
-}
+mod common;
+use common::{fixtures, tiny_llava};
 
 fn lock_now(store: &Store) -> mmboundary::engine::LockFile {
     mmboundary::engine::LockFile::load(store.root()).unwrap()
