@@ -611,6 +611,44 @@ fn level_cut_points_go_to_the_less_confident_side() {
     assert_eq!(got, vec![5, 4, 3, 2, 1]);
 }
 
+/// `context_words`: each pair's left side is the last n words of x (prompt + earlier sentences) + y; a window
+/// wider than x changes nothing, a narrow one changes the values.
+#[test]
+fn token_sar_context_window_keeps_the_last_words_of_x() {
+    struct Recording(std::cell::RefCell<Vec<String>>, DoubleSimilarity);
+    impl PairSimilarity for Recording {
+        fn similarity(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>, EncoderError> {
+            self.0.borrow_mut().extend(pairs.iter().map(|(a, _)| a.to_string()));
+            self.1.similarity(pairs)
+        }
+    }
+    let rs = responses();
+    let full = token_sar_batched(&rs, &DoubleSimilarity::default(), &TokenSarParams::default()).unwrap();
+    let wide = TokenSarParams { context_words: Some(100_000), ..Default::default() };
+    assert_eq!(token_sar_batched(&rs, &DoubleSimilarity::default(), &wide).unwrap(), full);
+    let rec = Recording(Default::default(), DoubleSimilarity::default());
+    let narrow = token_sar_batched(&rs, &rec, &TokenSarParams { context_words: Some(3), ..Default::default() }).unwrap();
+    assert_ne!(narrow, full);
+    // The left sides we expect, as word lists: last 3 words of x, then the sentence's words.
+    let mut expected = std::collections::HashSet::new();
+    for r in &rs {
+        let mut x = r.prompt.clone();
+        for s in &r.sentences {
+            let xw: Vec<&str> = x.split_whitespace().collect();
+            let mut words: Vec<String> = xw[xw.len().saturating_sub(3)..].iter().map(|w| w.to_string()).collect();
+            words.extend(s.text().split_whitespace().map(str::to_string));
+            expected.insert(words);
+            x.push_str(&s.text());
+        }
+    }
+    let seen = rec.0.borrow();
+    assert!(!seen.is_empty());
+    for a in seen.iter() {
+        let words: Vec<String> = a.split_whitespace().map(str::to_string).collect();
+        assert!(expected.contains(&words), "unexpected left side {a:?}");
+    }
+}
+
 #[test]
 fn cosine_of_embeddings_dedupes_texts_and_feeds_token_sar() {
     use mmboundary::confidence::similarity::CosineOfEmbeddings;

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use arrow::array::{ArrayRef, BinaryArray, BooleanArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use mllm::demo::{self, DemoExample, DemoParams, DemoModel};
+use mllm::demo::{self, DemoExample, DemoModel, DemoParams};
 use mmboundary::data::penumbra::{self, PenumbraParams};
 use mmboundary::data::Item;
 use mmboundary::encoders::clip::{decode_image_bytes, Clip};
@@ -101,10 +101,7 @@ fn train_clip(pairs: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
 
 /// Preprocessed pixels of the items' images.
 fn pixels(clip: &Clip, items: &[&Item]) -> Vec<f32> {
-    items
-        .iter()
-        .flat_map(|it| clip.image.preprocess().pixel_values(&decode_image_bytes(png(it), &it.id).unwrap()))
-        .collect()
+    items.iter().flat_map(|it| clip.image.preprocess().pixel_values(&decode_image_bytes(png(it), &it.id).unwrap())).collect()
 }
 
 /// Held-out retrieval accuracy through ONNX Runtime: true caption vs its one-wrong-attribute negative.
@@ -306,7 +303,12 @@ fn demo_models_long_run() {
     println!("CLIP held-out retrieval accuracy (ORT): {acc_ort:.4} on {pairs_n} pairs; {clip_secs:.1} s incl. data");
     println!(
         "MLLM: {} examples, {} steps, final loss {:.4}, {} parameters, {} bytes, {:.1} s",
-        ex.len(), report.steps, report.final_loss, report.parameters, report.bytes, report.seconds
+        ex.len(),
+        report.steps,
+        report.final_loss,
+        report.parameters,
+        report.bytes,
+        report.seconds
     );
     println!("| level | held-out items | accuracy | ood items | ood accuracy |");
     println!("|---|---|---|---|---|");
@@ -344,7 +346,10 @@ fn mllm_on_existing_clip() {
     for r in report.rows.iter().step_by(5) {
         println!("step {} loss {:.3} {:.2} s", r.step, r.loss, r.seconds);
     }
-    println!("{} steps, final loss {:.3}, {} parameters, {} bytes, {:.1} s", report.steps, report.final_loss, report.parameters, report.bytes, report.seconds);
+    println!(
+        "{} steps, final loss {:.3}, {} parameters, {} bytes, {:.1} s",
+        report.steps, report.final_loss, report.parameters, report.bytes, report.seconds
+    );
     let model = DemoModel::load(dir.path()).unwrap();
     let started = std::time::Instant::now();
     let by = accuracy_by_level(&model, &clip, &held);

@@ -394,16 +394,16 @@ mod ppo_learning {
             ..Default::default()
         };
         let mut tr = PpoTrainer::new(&vs, model.cfg.text_config.hidden_size, params).unwrap();
-        let mut reward = |_: usize, g: &mllm::generate::Generated| -> mllm::Result<Score> {
-            Ok(Score { token_rewards: vec![(g.tokens.len() - 1, 1.0)], components: Default::default() })
+        let mut reward = |b: &[(usize, &mllm::generate::Generated)]| -> mllm::Result<Vec<Score>> {
+            Ok(b.iter().map(|(_, g)| Score { token_rewards: vec![(g.tokens.len() - 1, 1.0)], components: Default::default() }).collect())
         };
         let s = tr.step(&model, None, &prompts, &mut reward).unwrap();
         assert_eq!(s.response_length, 5.0);
         assert!(s.kl.abs() < 1e-4, "first step: policy = reference, KL {}", s.kl);
         assert!(s.value_loss.is_finite() && s.policy_entropy > 0.0, "{s:?}");
         // A reward placed past the response is refused.
-        let mut bad = |_: usize, g: &mllm::generate::Generated| -> mllm::Result<Score> {
-            Ok(Score { token_rewards: vec![(g.tokens.len(), 1.0)], components: Default::default() })
+        let mut bad = |b: &[(usize, &mllm::generate::Generated)]| -> mllm::Result<Vec<Score>> {
+            Ok(b.iter().map(|(_, g)| Score { token_rewards: vec![(g.tokens.len(), 1.0)], components: Default::default() }).collect())
         };
         assert!(tr.step(&model, None, &prompts, &mut bad).unwrap_err().to_string().contains("placed at token 5"));
     }
@@ -429,11 +429,15 @@ mod ppo_learning {
         };
         let mut tr = PpoTrainer::new(&vs, lm.cfg.hidden_size, params).unwrap();
         let prompts: Vec<PpoPrompt> = (0..8).map(|i| PpoPrompt { ids: vec![1, 10 + i, 20 + 2 * i, 30], images: vec![] }).collect();
-        let mut reward = |_: usize, g: &mllm::generate::Generated| -> mllm::Result<Score> {
-            let hits: Vec<(usize, f64)> = g.tokens.iter().enumerate().filter(|(_, &t)| t >= 96).map(|(i, _)| (i, 1.0)).collect();
-            let mut s = Score { components: Default::default(), token_rewards: hits };
-            s.components.insert("level_fraction".into(), s.token_rewards.len() as f64 / g.tokens.len() as f64);
-            Ok(s)
+        let mut reward = |b: &[(usize, &mllm::generate::Generated)]| -> mllm::Result<Vec<Score>> {
+            Ok(b.iter()
+                .map(|(_, g)| {
+                    let hits: Vec<(usize, f64)> = g.tokens.iter().enumerate().filter(|(_, &t)| t >= 96).map(|(i, _)| (i, 1.0)).collect();
+                    let mut s = Score { components: Default::default(), token_rewards: hits };
+                    s.components.insert("level_fraction".into(), s.token_rewards.len() as f64 / g.tokens.len() as f64);
+                    s
+                })
+                .collect())
         };
         let mut stats = Vec::new();
         for _ in 0..26 {

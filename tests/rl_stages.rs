@@ -301,6 +301,19 @@ fn rewards_land_on_statement_ends_and_sum_to_r() {
     // A rollout with no sentence gets the empty-response reward on its last token.
     let e = rm.score(&item(), &image, &tokens_of("")).unwrap();
     assert_eq!(e.total, -1.0);
+
+    // Scoring rollouts together (one encoder call for all) gives what scoring each alone gives.
+    let r2 = tokens_of("So, the answer is circle. I am far from sure of this. There is a red circle.");
+    let (empty, it) = (tokens_of(""), item());
+    let together = rm.score_batch(&[(&it, &image, &r), (&it, &image, &empty), (&it, &image, &r2)]).unwrap();
+    let alone = [&r, &empty, &r2].map(|x| rm.score(&it, &image, x).unwrap());
+    assert_eq!(together.len(), 3);
+    for (a, b) in together.iter().zip(&alone) {
+        assert_eq!(a.levels, b.levels);
+        assert_eq!(a.correct, b.correct);
+        assert!((a.total - b.total).abs() < 1e-9, "{} vs {}", a.total, b.total);
+        assert_eq!(a.token_rewards.len(), b.token_rewards.len());
+    }
 }
 
 #[test]

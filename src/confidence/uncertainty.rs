@@ -100,6 +100,11 @@ pub struct TokenSarParams {
     /// Bound on the number of pairs handed to the similarity model in one call of the batched path;
     /// 0 = all deletions of the dataset in one call (default). A bound only caps memory.
     pub max_pairs_per_call: usize,
+    /// Keep only the last this-many whitespace-separated words of x on both sides of a pair; None = all
+    /// of x (eq. 5 as written, the default). The encoder's cost grows with the pair's length and every
+    /// token deletion repeats x, so a short window makes TokenSAR several times cheaper; relevance is
+    /// still measured in the local context the sentence continues.
+    pub context_words: Option<usize>,
 }
 
 impl Default for TokenSarParams {
@@ -109,6 +114,7 @@ impl Default for TokenSarParams {
             single_token_similarity: 0.5,
             context_separator: " ".into(),
             max_pairs_per_call: 0,
+            context_words: None,
         }
     }
 }
@@ -215,7 +221,32 @@ fn plan_units(responses: &[ResponseTokens], params: &TokenSarParams) -> Result<V
     Ok(units)
 }
 
+/// The last `n` whitespace-separated words of `s` (all of it for None), from the start of the first kept word.
+fn last_words(s: &str, n: Option<usize>) -> &str {
+    let Some(n) = n else { return s };
+    if n == 0 {
+        return "";
+    }
+    let mut seen = 0;
+    let mut in_word = false;
+    for (i, c) in s.char_indices().rev() {
+        if c.is_whitespace() {
+            if in_word {
+                seen += 1;
+                if seen == n {
+                    return &s[i + c.len_utf8()..];
+                }
+            }
+            in_word = false;
+        } else {
+            in_word = true;
+        }
+    }
+    s
+}
+
 fn make_unit(response: usize, context: &str, sentences: &[(usize, &SentenceTokens)], params: &TokenSarParams) -> Unit {
+    let context = last_words(context, params.context_words);
     let flat: Vec<(usize, usize, &TokenInfo)> =
         sentences.iter().flat_map(|&(t, s)| s.tokens.iter().enumerate().map(move |(k, tok)| (t, k, tok))).collect();
     let sep = params.context_separator.as_str();
@@ -383,4 +414,20 @@ pub fn cosine(at: Location, a: &[f32], b: &[f32]) -> Result<f64> {
         return Err(ConfidenceError::OutOfRange { at, field: "embedding norm", value: 0.0, expected: "> 0" });
     }
     Ok(dot / (na.sqrt() * nb.sqrt()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_words;
+
+    #[test]
+    fn last_words_keeps_the_tail_from_a_word_start() {
+        assert_eq!(last_words("a bb  ccc\nd", Some(2)), "ccc\nd");
+        assert_eq!(last_words("a bb ccc d", Some(2)), "ccc d");
+        assert_eq!(last_words("a bb ccc d ", Some(1)), "d ");
+        assert_eq!(last_words("a bb", Some(5)), "a bb");
+        assert_eq!(last_words("a bb", None), "a bb");
+        assert_eq!(last_words("a bb", Some(0)), "");
+        assert_eq!(last_words("héllo wörld", Some(1)), "wörld");
+    }
 }

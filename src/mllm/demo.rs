@@ -41,7 +41,14 @@ impl Default for ScratchDecoder {
     /// Small enough to train on 2 CPU cores in minutes; most parameters sit in SmolLM2's 49k-token
     /// embedding (tied with the output head), whose logits dominate the cost of a step.
     fn default() -> Self {
-        Self { hidden_size: 128, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 384, init_std: 0.02 }
+        Self {
+            hidden_size: 128,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            intermediate_size: 384,
+            init_std: 0.02,
+        }
     }
 }
 
@@ -193,7 +200,9 @@ pub fn compact_tokenizer(tok: &tokenizers::Tokenizer, corpus: &[&str]) -> Result
         .iter()
         .map(|m| match m {
             Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| bad(format!("merge {s:?}"))),
-            Value::Array(a) if a.len() == 2 => Ok((a[0].as_str().unwrap_or_default().to_string(), a[1].as_str().unwrap_or_default().to_string())),
+            Value::Array(a) if a.len() == 2 => {
+                Ok((a[0].as_str().unwrap_or_default().to_string(), a[1].as_str().unwrap_or_default().to_string()))
+            }
             other => Err(bad(format!("merge {other}"))),
         })
         .collect::<Result<_>>()?;
@@ -401,7 +410,11 @@ fn copy_gguf_decoder(vs: &nn::VarStore, gguf: &Path, base: &LlamaConfig) -> Resu
     tch::no_grad(|| -> Result<()> {
         for (name, t) in src_vs.variables() {
             let key = format!("language_model.{name}");
-            let d = dst.get(&key).ok_or_else(|| MllmError::KeyMismatch { dir: gguf.display().to_string(), missing: vec![], unexpected: vec![key.clone()] })?;
+            let d = dst.get(&key).ok_or_else(|| MllmError::KeyMismatch {
+                dir: gguf.display().to_string(),
+                missing: vec![],
+                unexpected: vec![key.clone()],
+            })?;
             let mut d = d.shallow_clone();
             if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
                 d.narrow(0, 0, base.vocab_size).f_copy_(&t)?;
@@ -443,7 +456,8 @@ impl DemoModel {
     pub fn generate(&self, examples: &[DemoExample], max_new_tokens: usize, batch: usize) -> Result<Vec<String>> {
         let vision = self.model.cfg.vision_config.hidden_size as usize;
         check_examples(examples, vision, false)?;
-        let params = GenerationParams { max_new_tokens, eos_token_ids: vec![self.eos], pad_token_id: self.eos, ..GenerationParams::default() };
+        let params =
+            GenerationParams { max_new_tokens, eos_token_ids: vec![self.eos], pad_token_id: self.eos, ..GenerationParams::default() };
         let mut out = Vec::with_capacity(examples.len());
         for chunk in examples.chunks(batch.max(1)) {
             let prompts: Vec<(Vec<i64>, Vec<Tensor>)> =

@@ -225,7 +225,7 @@ impl PpoTrainer {
         model: &M,
         reference: Option<&M>,
         prompts: &[PpoPrompt],
-        reward_fn: &mut dyn FnMut(usize, &Generated) -> Result<Score>,
+        reward_fn: &mut dyn FnMut(&[(usize, &Generated)]) -> Result<Vec<Score>>,
     ) -> Result<PpoStats> {
         let p = self.params.clone();
         let lm = model.text_model();
@@ -252,9 +252,13 @@ impl PpoTrainer {
         let gens = generate_multimodal(model, &gen_inputs, &gparams, None)?;
         // 2. Scores.
         let mut stats = PpoStats { step: self.step, ..Default::default() };
-        let mut scores = Vec::new();
-        for (g, &o) in gens.iter().zip(&owners) {
-            let s = reward_fn(o, g)?;
+        // One call for every rollout of the step, so the reward model batches its encoders across them.
+        let batch: Vec<(usize, &Generated)> = owners.iter().copied().zip(&gens).collect();
+        let scores = reward_fn(&batch)?;
+        if scores.len() != gens.len() {
+            return Err(MllmError::Input(format!("the reward function returned {} scores for {} rollouts", scores.len(), gens.len())));
+        }
+        for (g, s) in gens.iter().zip(&scores) {
             for &(t, r) in &s.token_rewards {
                 if t >= g.tokens.len() || !r.is_finite() {
                     return Err(MllmError::Input(format!("reward ({r}) placed at token {t} of a {}-token response", g.tokens.len())));
@@ -264,7 +268,6 @@ impl PpoTrainer {
                 *stats.components.entry(k.clone()).or_default() += v / gens.len() as f64;
             }
             stats.score_mean += s.token_rewards.iter().map(|x| x.1).sum::<f64>() / gens.len() as f64;
-            scores.push(s);
         }
         // 3. Old log-probs, reference log-probs and values (no gradient), in mini-batch chunks.
         let mut rollouts: Vec<Rollout> = gens

@@ -14,7 +14,7 @@
 //! per PPO step) and `rollouts` (every scored chain of every iteration: the issue's `rollout` artifact).
 //! Rollout and update stay one stage: a rollout depends on the policy of the step before, so caching
 //! iterations as separate stages would only re-key the same chain; see the report for what is left.
-use super::chain_judge::{token_at_byte, ChainJudge, EmbedderRef, JUDGE_NAME};
+use super::chain_judge::{token_at_byte, ChainJudge, EmbedderRef, JudgedPair, JUDGE_NAME};
 use crate::confidence::levels::LevelModel;
 use crate::confidence::parser::ParserParams;
 use crate::confidence::rewards::{response_reward, sentence_correctness, RewardParams, SentenceSignals};
@@ -23,7 +23,7 @@ use crate::confidence::statements::BackwardParams;
 use crate::confidence::uncertainty::{
     clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, SentenceTokens, TokenInfo, UncertaintyParams,
 };
-use crate::confidence::{level_value, Location};
+use crate::confidence::{level_value, ConfidenceError, Location};
 use crate::data::Item;
 use crate::encoders::clip::Clip;
 use crate::encoders::minilm::DEFAULT_MODEL_DIR;
@@ -245,58 +245,113 @@ impl RewardModel {
 
     /// Scores one rollout of `item` (`image` is the item's CLIP image embedding).
     pub fn score(&self, item: &Item, image: &[f32], r: &RolloutTokens) -> anyhow::Result<RolloutScore> {
-        anyhow::ensure!(
-            r.tokens.len() == r.token_ends.len(),
-            "item {}: {} tokens but {} token ends",
-            item.id,
-            r.tokens.len(),
-            r.token_ends.len()
-        );
-        let reference: Vec<&str> = item.chain.sentences().collect();
-        let judged = if r.tokens.is_empty() { Vec::new() } else { self.judge.judge(&r.text, &reference)? };
-        if judged.is_empty() {
-            let last = r.tokens.len().saturating_sub(1);
-            let e = self.params.empty_response_reward;
-            return Ok(RolloutScore {
-                sentences: vec![],
-                statements: vec![],
-                expressed: vec![],
-                internal: vec![],
-                levels: vec![],
-                correct: vec![],
-                ka: 0.0,
-                ec: -1.0,
-                cs: -1.0,
-                total: e,
-                token_rewards: if r.tokens.is_empty() { vec![] } else { vec![(last, e)] },
-            });
+        Ok(self.score_batch(&[(item, image, r)])?.pop().expect("one score per rollout"))
+    }
+
+    /// Scores rollouts together: TokenSAR's deletions and CLIPScore's sentences of every rollout go to
+    /// the encoders in one call each, which is where the reward model spends its time.
+    pub fn score_batch(&self, batch: &[(&Item, &[f32], &RolloutTokens)]) -> anyhow::Result<Vec<RolloutScore>> {
+        // 1. Per rollout: judge the sentences, locate their tokens.
+        let mut plans = Vec::with_capacity(batch.len());
+        for &(item, _, r) in batch {
+            anyhow::ensure!(
+                r.tokens.len() == r.token_ends.len(),
+                "item {}: {} tokens but {} token ends",
+                item.id,
+                r.tokens.len(),
+                r.token_ends.len()
+            );
+            let reference: Vec<&str> = item.chain.sentences().collect();
+            let judged = if r.tokens.is_empty() { Vec::new() } else { self.judge.judge(&r.text, &reference)? };
+            if judged.is_empty() {
+                plans.push(None);
+                continue;
+            }
+            // I(z_t).
+            let sim: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
+            let correct = sentence_correctness(0, &sim, reference.len(), self.params.rewards.match_threshold)
+                .map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
+            let spans: Vec<(usize, usize)> = judged
+                .iter()
+                .map(|j| (token_at_byte(&r.token_ends, j.sentence_span.0 + 1), token_at_byte(&r.token_ends, j.sentence_span.1)))
+                .collect();
+            let response = ResponseTokens {
+                prompt: item.question.clone(),
+                sentences: spans.iter().map(|&(a, b)| SentenceTokens { tokens: r.tokens[a..=b.max(a)].to_vec() }).collect(),
+            };
+            plans.push(Some((judged, correct, spans, response)));
         }
-        // I(z_t).
-        let sim: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
-        let correct = sentence_correctness(0, &sim, reference.len(), self.params.rewards.match_threshold)?;
-        // The four signals of each sentence, from its own tokens.
-        let spans: Vec<(usize, usize)> = judged
-            .iter()
-            .map(|j| (token_at_byte(&r.token_ends, j.sentence_span.0 + 1), token_at_byte(&r.token_ends, j.sentence_span.1)))
-            .collect();
-        let response = ResponseTokens {
-            prompt: item.question.clone(),
-            sentences: spans.iter().map(|&(a, b)| SentenceTokens { tokens: r.tokens[a..=b.max(a)].to_vec() }).collect(),
-        };
+        // 2. The four signals of every sentence, each encoder called once for the whole batch.
+        let responses: Vec<ResponseTokens> = plans.iter().flatten().map(|p| p.3.clone()).collect();
+        let owners: Vec<&str> = batch.iter().zip(&plans).filter(|(_, p)| p.is_some()).map(|(b, _)| b.0.id.as_str()).collect();
+        let at = |e: ConfidenceError| anyhow::anyhow!("scoring rollouts (items {owners:?}): {e}");
         let u = &self.params.uncertainty;
-        let likelihood = likelihood_signals(std::slice::from_ref(&response), u)?;
-        let sim_model = CosineOfEmbeddings(EmbedderRef(&self.judge.embedder));
-        let sar = token_sar_batched(std::slice::from_ref(&response), &sim_model, &u.token_sar)?;
-        let texts: Vec<String> = judged.iter().map(|j| format!("{}{}", self.params.clip_prefix, j.pair.sentence.trim())).collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let te = self.clip.text.encode(&refs)?;
-        let d = te.embeddings.dim;
-        let mut rows = Vec::with_capacity(judged.len());
-        for t in 0..judged.len() {
-            let cs = clip_score_from_embeddings(Location::sentence(0, t), image, &te.embeddings.data[t * d..(t + 1) * d])?;
-            rows.push([likelihood[0][t].0, likelihood[0][t].1, sar[0][t], cs]);
+        let (likelihood, sar, te) = if responses.is_empty() {
+            (Vec::new(), Vec::new(), None)
+        } else {
+            let likelihood = likelihood_signals(&responses, u).map_err(at)?;
+            let sim_model = CosineOfEmbeddings(EmbedderRef(&self.judge.embedder));
+            let sar = token_sar_batched(&responses, &sim_model, &u.token_sar).map_err(at)?;
+            let texts: Vec<String> = plans
+                .iter()
+                .flatten()
+                .flat_map(|p| p.0.iter().map(|j| format!("{}{}", self.params.clip_prefix, j.pair.sentence.trim())))
+                .collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            (likelihood, sar, Some(self.clip.text.encode(&refs)?))
+        };
+        // 3. Per rollout: levels, rewards and where they land.
+        let mut out = Vec::with_capacity(batch.len());
+        let (mut k, mut sentence) = (0, 0);
+        for (&(item, image, r), plan) in batch.iter().zip(plans) {
+            let Some((judged, correct, spans, _)) = plan else {
+                out.push(self.empty_score(r));
+                continue;
+            };
+            let te = te.as_ref().expect("encoded when any rollout has sentences");
+            let d = te.embeddings.dim;
+            let mut rows = Vec::with_capacity(judged.len());
+            for t in 0..judged.len() {
+                let e = &te.embeddings.data[(sentence + t) * d..(sentence + t + 1) * d];
+                let cs =
+                    clip_score_from_embeddings(Location::sentence(0, t), image, e).map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
+                rows.push([likelihood[k][t].0, likelihood[k][t].1, sar[k][t], cs]);
+            }
+            sentence += judged.len();
+            k += 1;
+            out.push(self.finish(r, judged, correct, spans, &rows)?);
         }
-        let levels: Vec<u8> = self.levels.apply(&rows)?.iter().map(|s| s.level).collect();
+        Ok(out)
+    }
+
+    /// An empty response (or one with no sentence): the configured reward on its last token.
+    fn empty_score(&self, r: &RolloutTokens) -> RolloutScore {
+        let last = r.tokens.len().saturating_sub(1);
+        let e = self.params.empty_response_reward;
+        RolloutScore {
+            sentences: vec![],
+            statements: vec![],
+            expressed: vec![],
+            internal: vec![],
+            levels: vec![],
+            correct: vec![],
+            ka: 0.0,
+            ec: -1.0,
+            cs: -1.0,
+            total: e,
+            token_rewards: if r.tokens.is_empty() { vec![] } else { vec![(last, e)] },
+        }
+    }
+
+    fn finish(
+        &self,
+        r: &RolloutTokens,
+        judged: Vec<JudgedPair>,
+        correct: Vec<bool>,
+        spans: Vec<(usize, usize)>,
+        rows: &[[f64; 4]],
+    ) -> anyhow::Result<RolloutScore> {
+        let levels: Vec<u8> = self.levels.apply(rows)?.iter().map(|s| s.level).collect();
         let internal: Vec<f64> = levels.iter().map(|&l| level_value(l)).collect();
         let signals: Vec<SentenceSignals> = (0..judged.len())
             .map(|t| SentenceSignals { correct: correct[t], expressed: judged[t].expressed, internal: internal[t] })

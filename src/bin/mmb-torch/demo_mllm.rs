@@ -9,7 +9,6 @@ use mmboundary::stages::demo_mllm::DemoMllmParams;
 use mmboundary::stages::generate::question_block;
 use mmboundary::store::ArtifactKind;
 
-
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: DemoMllmParams = ctx.params()?;
     let mut tp = crate::inputs::overlay_params::<DemoParams>(&p.trainer, "demo_mllm.trainer")?;

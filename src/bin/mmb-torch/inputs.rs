@@ -59,8 +59,15 @@ impl Prompter<'_> {
 
 /// A trainer's params: its defaults with the stage's JSON table laid over them, nested tables merged key
 /// by key. An unknown key is an error naming where it is (`what.key.subkey`), never silently ignored.
-pub fn overlay_params<T: serde::Serialize + serde::de::DeserializeOwned + Default>(overrides: &serde_json::Value, what: &str) -> anyhow::Result<T> {
-    fn merge(base: &mut serde_json::Map<String, serde_json::Value>, over: &serde_json::Map<String, serde_json::Value>, at: &str) -> anyhow::Result<()> {
+pub fn overlay_params<T: serde::Serialize + serde::de::DeserializeOwned + Default>(
+    overrides: &serde_json::Value,
+    what: &str,
+) -> anyhow::Result<T> {
+    fn merge(
+        base: &mut serde_json::Map<String, serde_json::Value>,
+        over: &serde_json::Map<String, serde_json::Value>,
+        at: &str,
+    ) -> anyhow::Result<()> {
         for (k, x) in over {
             let Some(b) = base.get_mut(k) else {
                 anyhow::bail!("{at}: unknown key `{k}` (known: {})", base.keys().cloned().collect::<Vec<_>>().join(", "));

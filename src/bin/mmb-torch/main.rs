@@ -1,8 +1,8 @@
 //! `mmb-torch`: the worker that runs the stages needing libtorch (the MLLM), so that `mmb` itself never
 //! loads libtorch. `mmb` hands it a job file (stage, params, input ids, store) and reads back the ids of
 //! what it wrote; see `src/stages/worker.rs`.
-mod eval;
 mod demo_mllm;
+mod eval;
 mod generate;
 mod inputs;
 mod policy;

@@ -11,7 +11,7 @@ use mllm::ppo::{PpoParams, PpoPrompt, PpoTrainer, Score};
 use mllm::weights::write_safetensors;
 use mmboundary::confidence::levels::LevelModel;
 use mmboundary::confidence::uncertainty::TokenInfo;
-use mmboundary::data::items_from_record_batch;
+use mmboundary::data::{items_from_record_batch, Item};
 use mmboundary::engine::StageContext;
 use mmboundary::stages::ppo::{
     judge_name, ppo_log_schema, rollouts_schema, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore, RolloutTokens,
@@ -22,7 +22,6 @@ use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
-
 
 /// Decoded text of a rollout and each token's byte end in it.
 pub fn decode_with_ends(tok: &tokenizers::Tokenizer, tokens: &[i64]) -> anyhow::Result<(String, Vec<usize>)> {
@@ -125,36 +124,45 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         let step_prompts: Vec<PpoPrompt> =
             batch.iter().map(|&i| PpoPrompt { ids: prompts[i].0.clone(), images: vec![prompts[i].1.shallow_clone()] }).collect();
         let mut samples: HashMap<usize, u32> = HashMap::new();
-        let mut reward_fn = |pi: usize, g: &Generated| -> mllm::Result<Score> {
-            let it = selected[batch[pi]];
-            let scored = (|| -> anyhow::Result<(String, RolloutScore)> {
-                let (text, ends) = decode_with_ends(&tok, &g.tokens)?;
-                let tokens = g
-                    .tokens
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &t)| TokenInfo {
-                        id: t as u32,
-                        text: tok.id_to_token(t as u32).unwrap_or_default(),
-                        log_prob: g.logprobs[k] as f64,
-                        entropy: g.entropies[k] as f64,
-                        is_special: eos.contains(&t),
-                    })
-                    .collect();
-                let s = rewards.score(it, &image[&it.id], &RolloutTokens { text: text.clone(), tokens, token_ends: ends })?;
-                Ok((text, s))
+        let mut reward_fn = |gens: &[(usize, &Generated)]| -> mllm::Result<Vec<Score>> {
+            let scored = (|| -> anyhow::Result<Vec<(String, RolloutScore)>> {
+                let mut decoded = Vec::with_capacity(gens.len());
+                for (_, g) in gens {
+                    let (text, ends) = decode_with_ends(&tok, &g.tokens)?;
+                    let tokens = g
+                        .tokens
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &t)| TokenInfo {
+                            id: t as u32,
+                            text: tok.id_to_token(t as u32).unwrap_or_default(),
+                            log_prob: g.logprobs[k] as f64,
+                            entropy: g.entropies[k] as f64,
+                            is_special: eos.contains(&t),
+                        })
+                        .collect();
+                    decoded.push(RolloutTokens { text, tokens, token_ends: ends });
+                }
+                let items: Vec<&Item> = gens.iter().map(|(pi, _)| selected[batch[*pi]]).collect();
+                let inputs: Vec<(&Item, &[f32], &RolloutTokens)> =
+                    items.iter().zip(&decoded).map(|(it, r)| (*it, image[&it.id].as_slice(), r)).collect();
+                let scores = rewards.score_batch(&inputs)?;
+                Ok(decoded.into_iter().map(|r| r.text).zip(scores).collect())
             })()
-            .map_err(|e| mllm::MllmError::Input(format!("scoring a rollout of item {}: {e:#}", it.id)))?;
-            let (text, s) = scored;
-            let sample = samples.entry(pi).or_default();
-            let mut components = BTreeMap::new();
-            components.insert("r_ka".to_string(), s.ka);
-            components.insert("r_ec".to_string(), s.ec);
-            components.insert("r_cs".to_string(), s.cs);
-            components.insert("reward".to_string(), s.total);
-            let out = Score { token_rewards: s.token_rewards.clone(), components };
-            rows.push(RolloutRow { iteration: iteration as u32, item: it.id.clone(), sample: *sample, text, score: s });
-            *sample += 1;
+            .map_err(|e| mllm::MllmError::Input(format!("scoring the rollouts of PPO iteration {iteration}: {e:#}")))?;
+            let mut out = Vec::with_capacity(scored.len());
+            for ((pi, _), (text, s)) in gens.iter().zip(scored) {
+                let it = selected[batch[*pi]];
+                let sample = samples.entry(*pi).or_default();
+                let mut components = BTreeMap::new();
+                components.insert("r_ka".to_string(), s.ka);
+                components.insert("r_ec".to_string(), s.ec);
+                components.insert("r_cs".to_string(), s.cs);
+                components.insert("reward".to_string(), s.total);
+                out.push(Score { token_rewards: s.token_rewards.clone(), components });
+                rows.push(RolloutRow { iteration: iteration as u32, item: it.id.clone(), sample: *sample, text, score: s });
+                *sample += 1;
+            }
             Ok(out)
         };
         let stats = trainer.step(&pol.model, reference.as_ref().map(|r| &r.model), &step_prompts, &mut reward_fn)?;

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: SftStageParams = ctx.params()?;
     let tp = crate::inputs::overlay_params::<SftParams>(&p.trainer, "sft.trainer")?;
