@@ -5,7 +5,8 @@
 
 Input: a Parquet file with one row per (image, true caption, hard negative) triple:
     image_id (int64)   which image the row belongs to (rows of one image share it)
-    image    (binary)  the PNG bytes (square; every image the same size)
+    image    (binary)  the PNG bytes (square; every image the same size) on the image's first row; later rows of
+                       the same image may leave it null
     caption  (string)  a true caption of the image
     negative (string)  the same caption with exactly one attribute or relation made false
     heldout  (bool)    true for rows kept out of training (retrieval accuracy is measured on them)
@@ -17,7 +18,7 @@ scores above its one-wrong-attribute negative), parameter count, bytes, seconds.
 
 Why these choices: CLIP's own 49k BPE cannot be downloaded here, so the tokenizer is CLIP's pipeline
 (transformers' CLIPTokenizer: lowercase, CLIP split regex, byte-level BPE with '</w>' ends, <|startoftext|> …
-<|endoftext|>) trained on the caption vocabulary. The loss is CLIP's symmetric InfoNCE over the batch, with each
+<|endoftext|>) with merges learned on the caption vocabulary by a deterministic BPE (`build_tokenizer`). The loss is CLIP's symmetric InfoNCE over the batch, with each
 image's hard negative added as an extra text column (as NegCLIP does) so attribute binding is learned rather
 than just object presence. Deterministic: seeded torch, one thread count, fixed data order per seed.
 """
@@ -61,10 +62,58 @@ def pixels(png_bytes):
     return ((a - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)
 
 
+def byte_symbols():
+    """The 256 symbols of byte-level BPE (GPT-2's bytes_to_unicode): printable bytes as themselves, the rest
+    shifted past 255."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    out, n = dict(), 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return [out[b] for b in range(256)]
+
+
 def build_tokenizer(captions, vocab_size):
+    """CLIP's tokenizer pipeline (lowercase, CLIP's split regex, byte-level BPE with '</w>' word ends) with merges
+    learned on the captions by a deterministic BPE: the most frequent adjacent pair is merged first, ties broken
+    by the pair itself. (The `tokenizers` trainer breaks ties in hash order, so its vocabulary changed between
+    runs of the same seed, and with it the demo_clip artifact.) Every byte symbol is in the vocabulary, so no
+    text maps to the unknown token; the merges fill it up to `vocab_size`."""
+    from collections import Counter
     from transformers import CLIPTokenizer
     base = CLIPTokenizer()
-    tok = base.train_new_from_iterator(iter(captions), vocab_size=vocab_size)
+    norm, pre = base.backend_tokenizer.normalizer, base.backend_tokenizer.pre_tokenizer
+    counts = Counter(w for c in captions for w, _ in pre.pre_tokenize_str(norm.normalize_str(c)))
+    words = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in sorted(counts)}
+    syms = byte_symbols()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for x in syms + [x + "</w>" for x in syms]:
+        vocab.setdefault(x, len(vocab))
+    merges = []
+    while len(vocab) < vocab_size:
+        pairs = Counter()
+        for w, parts in words.items():
+            for a, b in zip(parts, parts[1:]):
+                pairs[(a, b)] += counts[w]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        for w, parts in words.items():
+            i, out = 0, []
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    out.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    out.append(parts[i])
+                    i += 1
+            words[w] = out
+    tok = CLIPTokenizer(vocab=vocab, merges=merges)
     tok.model_max_length = 77
     return tok
 
@@ -81,7 +130,7 @@ def main():
     p.add_argument("--width", type=int, default=64, help="hidden size of both towers")
     p.add_argument("--layers", type=int, default=2, help="encoder layers of each tower")
     p.add_argument("--projection-dim", type=int, default=64)
-    p.add_argument("--vocab-size", type=int, default=400)
+    p.add_argument("--vocab-size", type=int, default=800, help="byte symbols (514 with the specials) + merges")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     started = time.time()
@@ -93,6 +142,9 @@ def main():
     image_ids = np.array(d["image_id"], dtype=np.int64)
     heldout = np.array(d["heldout"], dtype=bool)
     uniq, first = np.unique(image_ids, return_index=True)
+    for i in first:
+        if d["image"][i] is None:
+            raise SystemExit(f"{a.pairs}: row {i} (first row of image_id {image_ids[i]}) has no image bytes")
     imgs = np.stack([pixels(d["image"][i]) for i in first])
     size = imgs.shape[-1]
     if imgs.shape[-2] != size or size % a.patch_size:

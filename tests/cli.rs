@@ -67,6 +67,18 @@ fn sweep_runs_each_variant_under_its_own_lock_and_shares_the_rest() {
     assert!(line("seed1").contains("ran [dataset]") && line("seed1").contains("another seed"), "{out}");
     let again = run(&["sweep", "dataset"]);
     assert!(again.lines().all(|l| l.contains("ran []") && l.contains("restored []")), "{again}");
+    // A preset is a variant of presets.toml run by `mmb run --preset`, under its own lock.
+    std::fs::write(stages.join("presets.toml"), "[[variant]]\nname = \"seed2\"\n[variant.params.dataset]\nseed = 2\n").unwrap();
+    let mmb = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(&store).arg("--stages").arg(&stages).args(args).output().unwrap()
+    };
+    let o = mmb(&["run", "--preset", "seed2", "dataset"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("ran dataset"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = mmb(&["run", "dataset"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("up to date"), "the default lock is untouched");
+    let o = mmb(&["run", "--preset", "nope"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("presets.toml") && err.contains("seed2"), "{err}");
     // A typo in a variant is an error that names the file.
     std::fs::write(stages.join("sweep.toml"), "[[variant]]\nname = \"bad\"\n[variant.params.dataset]\nseeed = 1\n").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_mmb"))
@@ -99,4 +111,10 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
         let changed = pv.ordered().zip(p.ordered()).any(|(a, b)| a.params() != b.params());
         assert!(changed, "variant {} changes nothing", v.name);
     }
+    let presets = mmboundary::stages::SweepFile::load(&stages.join("presets.toml")).unwrap();
+    let smol = presets.variant.iter().find(|v| v.name == "smollm2-135m").expect("the SmolLM2 preset");
+    let c = mmboundary::stages::StageConfigs { dir: stages.clone(), overrides: smol.params.clone() };
+    let pv = mmboundary::stages::pipeline_with(&c).unwrap();
+    let demo = pv.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
+    assert_eq!(demo["trainer"]["decoder"], "smollm2_gguf", "{demo}");
 }

@@ -48,14 +48,14 @@ fn held_out(item: &Item) -> bool {
     item.split != "train"
 }
 
-/// One row per (image, true caption, hard negative).
+/// One row per (image, true caption, hard negative); the PNG only on each image's first row.
 fn write_pairs(items: &[Item], path: &Path) {
     let (mut ids, mut imgs, mut caps, mut negs, mut held) = (vec![], vec![], vec![], vec![], vec![]);
     for (i, it) in items.iter().enumerate() {
         assert_eq!(it.captions.len(), it.hard_negatives.len(), "{}: captions and negatives are aligned", it.id);
-        for (c, n) in it.captions.iter().zip(&it.hard_negatives) {
+        for (k, (c, n)) in it.captions.iter().zip(&it.hard_negatives).enumerate() {
             ids.push(i as i64);
-            imgs.push(png(it));
+            imgs.push((k == 0).then(|| png(it)));
             caps.push(c.as_str());
             negs.push(n.as_str());
             held.push(held_out(it));
@@ -63,14 +63,14 @@ fn write_pairs(items: &[Item], path: &Path) {
     }
     let schema = Arc::new(Schema::new(vec![
         Field::new("image_id", DataType::Int64, false),
-        Field::new("image", DataType::Binary, false),
+        Field::new("image", DataType::Binary, true),
         Field::new("caption", DataType::Utf8, false),
         Field::new("negative", DataType::Utf8, false),
         Field::new("heldout", DataType::Boolean, false),
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(ids)),
-        Arc::new(BinaryArray::from_vec(imgs)),
+        Arc::new(BinaryArray::from_opt_vec(imgs)),
         Arc::new(StringArray::from(caps)),
         Arc::new(StringArray::from(negs)),
         Arc::new(BooleanArray::from(held)),
@@ -286,7 +286,11 @@ fn demo_models_long_run() {
     let pairs = dir.path().join("pairs.parquet");
     write_pairs(&all, &pairs);
     let clip_dir = dir.path().join("clip");
-    let summary = train_clip(&pairs, &clip_dir, &["--seed", "0", "--epochs", "8"]);
+    // DEMO_CLIP_ARGS: extra train_clip.py arguments, e.g. "--epochs 30 --lr 1e-2 --patch-size 12".
+    let clip_args = std::env::var("DEMO_CLIP_ARGS").unwrap_or_default();
+    let mut args: Vec<&str> = vec!["--seed", "0", "--epochs", "8"];
+    args.extend(clip_args.split_whitespace());
+    let summary = train_clip(&pairs, &clip_dir, &args);
     let clip = Clip::load(&clip_dir, &opts()).unwrap();
     let (acc_ort, pairs_n) = retrieval_accuracy(&clip, &all);
     let clip_secs = started.elapsed().as_secs_f64();
@@ -294,7 +298,11 @@ fn demo_models_long_run() {
     let held: Vec<&Item> = all.iter().filter(|i| held_out(i) && i.split != "ood").collect();
     let (ex, hidden) = examples(&clip, &train);
     let mdir = dir.path().join("mllm");
-    let report = demo::train(&ex, hidden, &gguf(), &mdir, &DemoParams { epochs, ..Default::default() }).unwrap();
+    let env_f = |k: &str, d: f64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let learning_rate = env_f("DEMO_LR", DemoParams::default().learning_rate);
+    let batch_size = env_f("DEMO_BATCH", DemoParams::default().batch_size as f64) as usize;
+    let params = DemoParams { epochs, learning_rate, batch_size, ..Default::default() };
+    let report = demo::train(&ex, hidden, &gguf(), &mdir, &params).unwrap();
     let model = DemoModel::load(&mdir).unwrap();
     let by = accuracy_by_level(&model, &clip, &held);
     let ood: Vec<&Item> = all.iter().filter(|i| i.split == "ood").collect();

@@ -408,6 +408,66 @@ mod ppo_learning {
         assert!(tr.step(&model, None, &prompts, &mut bad).unwrap_err().to_string().contains("placed at token 5"));
     }
 
+    /// A step run in a fresh process continues exactly: two steps in one trainer equal one step, then the
+    /// trainable weights and `state()` carried into a new trainer, then one more step (what the pipeline's
+    /// per-iteration `rollout_k` / `update_k` stages do).
+    #[test]
+    fn ppo_state_round_trip_continues_exactly() {
+        let params = PpoParams {
+            learning_rate: 3e-3,
+            samples_per_prompt: 2,
+            mini_batch_size: 4,
+            generation: GenerationParams { temperature: 1.0, max_new_tokens: 4, eos_token_ids: vec![-1], seed: 3, ..Default::default() },
+            seed: 9,
+            ..Default::default()
+        };
+        let setup = || {
+            let (vs, mut lm) = load_causal_lm(&fixtures().join("tiny-llama"), Device::Cpu, DType::F32).unwrap();
+            attach(&vs, &mut lm, &LoraParams { rank: 4, alpha: 8.0, seed: 1, ..Default::default() }).unwrap();
+            let tr = PpoTrainer::new(&vs, lm.cfg.hidden_size, params.clone()).unwrap();
+            (vs, lm, tr)
+        };
+        let prompts: Vec<PpoPrompt> = (0..3).map(|i| PpoPrompt { ids: vec![1, 10 + i, 30], images: vec![] }).collect();
+        let mut reward = |b: &[(usize, &mllm::generate::Generated)]| -> mllm::Result<Vec<Score>> {
+            Ok(b.iter()
+                .map(|(_, g)| Score { token_rewards: vec![(g.tokens.len() - 1, (g.tokens[0] % 7) as f64 / 7.0)], ..Default::default() })
+                .collect())
+        };
+        let trainable = |vs: &tch::nn::VarStore| -> Vec<(String, Tensor)> {
+            let mut v: Vec<(String, Tensor)> =
+                vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t.detach().copy())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let (vs_a, lm_a, mut a) = setup();
+        a.step(&lm_a, None, &prompts, &mut reward).unwrap();
+        let second = a.step(&lm_a, None, &prompts, &mut reward).unwrap();
+
+        let (vs_b, lm_b, mut b) = setup();
+        b.step(&lm_b, None, &prompts, &mut reward).unwrap();
+        let weights = trainable(&vs_b);
+        let state: std::collections::HashMap<String, Tensor> = b.state().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let (vs_c, lm_c, mut c) = setup();
+        tch::no_grad(|| {
+            let vars = vs_c.variables();
+            for (n, t) in &weights {
+                vars[n].shallow_clone().copy_(t);
+            }
+        });
+        c.load_state(&state, "memory").unwrap();
+        assert_eq!(c.steps_done(), 1);
+        let resumed = c.step(&lm_c, None, &prompts, &mut reward).unwrap();
+        assert_eq!(resumed.score_mean, second.score_mean, "the same rollouts are sampled");
+        for ((n, x), (_, y)) in trainable(&vs_a).iter().zip(&trainable(&vs_c)) {
+            let d = (x - y).abs().max().double_value(&[]);
+            assert!(d < 1e-6, "{n}: resumed weights differ by {d}");
+        }
+        // A state without the step counter is refused with the file's name.
+        let mut broken = state;
+        broken.remove("ppo.step");
+        assert!(c.load_state(&broken, "ppo_1.safetensors").unwrap_err().to_string().contains("ppo_1.safetensors"));
+    }
+
     /// Toy "confidence level" reward: +1 on every generated token of the rewarded level (ids 96..128,
     /// a quarter of the vocabulary), placed at that token. PPO must raise it while KL stays bounded.
     /// With KL coefficient β = 0.5 the KL-regularised optimum is π_ref · exp(r/β) / Z: from a base

@@ -13,7 +13,7 @@ use mmboundary::stages::eval::{EvalParams, EvalStage};
 use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
 use mmboundary::stages::generate::{GenerateParams, GenerateStage};
 use mmboundary::stages::map::{MapParams, MapStage};
-use mmboundary::stages::ppo::{PpoStage, PpoStageParams, RewardModel, RolloutTokens};
+use mmboundary::stages::ppo::{PpoStageParams, RewardModel, RolloutTokens};
 use mmboundary::stages::score::{ScoreParams, ScoreStage};
 use mmboundary::stages::sft::{SftStage, SftStageParams};
 use mmboundary::store::{ArtifactId, ArtifactKind, Store};
@@ -43,7 +43,12 @@ fn ppo_params(model: &Path, alpha: f64) -> PpoStageParams {
 }
 
 fn pipeline(model: &Path, alpha: f64) -> Pipeline {
-    let stages: Vec<Box<dyn Stage>> = vec![
+    pipeline_k(model, alpha, 2)
+}
+
+/// The pipeline with K = `iterations` PPO iterations.
+fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
+    let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage {
             params: DatasetParams { penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() }, chunk: 8 },
         }),
@@ -79,7 +84,9 @@ fn pipeline(model: &Path, alpha: f64) -> Pipeline {
                 ..Default::default()
             },
         }),
-        Box::new(PpoStage { params: ppo_params(model, alpha) }),
+    ];
+    stages.extend(mmboundary::stages::ppo::stages(PpoStageParams { iterations, ..ppo_params(model, alpha) }));
+    stages.extend::<Vec<Box<dyn Stage>>>(vec![
         Box::new(EvalStage {
             params: EvalParams {
                 model: Some(model.to_path_buf()),
@@ -93,7 +100,7 @@ fn pipeline(model: &Path, alpha: f64) -> Pipeline {
             },
         }),
         Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }),
-    ];
+    ]);
     Pipeline::new(stages).unwrap()
 }
 
@@ -102,7 +109,7 @@ fn f64s(b: &arrow::record_batch::RecordBatch, col: &str) -> Vec<Option<f64>> {
 }
 
 #[test]
-fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_eval() {
+fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one() {
     let dir = tempfile::tempdir().unwrap();
     // A private copy of the worker: the target folder may be shared, and a concurrent build of another
     // checkout would replace the binary under a running test.
@@ -113,7 +120,10 @@ fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_e
     let model = tiny_llava(dir.path());
     let s = pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap();
     eprintln!("first run: {:.1} s", s.seconds);
-    assert_eq!(s.ran, vec!["dataset", "features", "generate", "score", "bin", "map", "sft", "ppo", "eval", "report"]);
+    let rl = ["rollout_0", "update_0", "rollout_1", "update_1", "ppo"];
+    let expected: Vec<&str> =
+        ["dataset", "features", "generate", "score", "bin", "map", "sft"].into_iter().chain(rl).chain(["eval", "report"]).collect();
+    assert_eq!(s.ran, expected);
     // The report: a folder artifact with the table, the figures and the page.
     let rep = mmboundary::engine::LockFile::load(store.root()).unwrap().stages["report"].outputs["report"].id.clone();
     let dir = store.materialize(&mmboundary::store::ArtifactId::parse(&rep).unwrap()).unwrap();
@@ -192,6 +202,12 @@ fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_e
     let names: Vec<String> = meta.tensors().keys().cloned().collect();
     assert!(names.iter().any(|n| n.starts_with("param.v_head.summary")));
     assert!(names.iter().any(|n| n.contains("lora_A")));
+    assert!(names.iter().all(|n| n.starts_with("param.")), "the final policy carries no trainer state: {names:?}");
+    // Each update's checkpoint carries the trainer state the next iteration resumes from.
+    let ck0 = &lock.stages["update_0"].outputs["checkpoint"];
+    let bytes = std::fs::read(store.path_of(&ArtifactId::parse(&ck0.id).unwrap(), ArtifactKind::Safetensors)).unwrap();
+    let (_, meta0) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert!(meta0.tensors().contains_key("ppo.step") && meta0.tensors().keys().any(|n| n.starts_with("adam.m.")));
 
     // eval: per-sentence rows of the three variants; metrics in range for every variant and split.
     let sent = table("eval", "sentences");
@@ -220,12 +236,15 @@ fn sft_ppo_eval_run_through_the_engine_and_a_reward_weight_reruns_only_ppo_and_e
     let acc = f64s(&m, "accuracy");
     assert!((0..m.num_rows()).all(|r| (ml.value(r) == "all") == acc[r].is_some()), "accuracy is an answer-level metric");
 
-    // Changing one reward weight reruns only ppo, eval and the report drawn from them.
+    // Changing one reward weight reruns only the RL stages, eval and the report drawn from them.
     assert!(pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap().ran.is_empty());
     // (Checked on the status, which is what a run acts on, to keep the test short.)
-    let status = pipeline(&model, 0.5).status(&store, &[]).unwrap();
-    let stale: Vec<&str> = status.iter().filter(|s| !s.is_fresh()).map(|s| s.stage.as_str()).collect();
-    assert_eq!(stale, vec!["ppo", "eval", "report"]);
+    let stale =
+        |p: Pipeline| -> Vec<String> { p.status(&store, &[]).unwrap().into_iter().filter(|s| !s.is_fresh()).map(|s| s.stage).collect() };
+    let tail: Vec<&str> = rl.iter().copied().chain(["eval", "report"]).collect();
+    assert_eq!(stale(pipeline(&model, 0.5)), tail);
+    // One more iteration keeps the first two: only iteration 2 and what gathers it are stale.
+    assert_eq!(stale(pipeline_k(&model, 1.0 / 3.0, 3)), vec!["rollout_2", "update_2", "ppo", "eval", "report"]);
 }
 
 fn item() -> Item {

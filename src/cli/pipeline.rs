@@ -13,6 +13,10 @@ pub struct RunArgs {
     /// Rerun these stages even if up to date (repeatable).
     #[arg(long)]
     pub force: Vec<String>,
+    /// Run with a preset of `<stages>/presets.toml` laid over the stage files (e.g. `smollm2-135m`: the
+    /// demo MLLM on SmolLM2-135M-Instruct's weights), under its own lock so the default run stays as it is.
+    #[arg(long)]
+    pub preset: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -38,9 +42,23 @@ pub struct DagArgs {
 }
 
 pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let pipeline = crate::stages::pipeline(stages)?;
+    let (pipeline, lock) = match &a.preset {
+        None => (crate::stages::pipeline(stages)?, None),
+        Some(name) => {
+            let file = stages.join("presets.toml");
+            let presets = crate::stages::SweepFile::load(&file)?;
+            let known: Vec<&str> = presets.variant.iter().map(|v| v.name.as_str()).collect();
+            let v = presets
+                .variant
+                .iter()
+                .find(|v| &v.name == name)
+                .ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}` (known: {})", file.display(), known.join(", ")))?;
+            let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
+            (crate::stages::pipeline_with(&configs)?, Some(format!("preset-{name}")))
+        }
+    };
     let store = Store::open(store)?;
-    let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force, lock: None };
+    let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force, lock };
     let s = pipeline.run(&store, &opts)?;
     let restored = if s.restored.is_empty() { String::new() } else { format!("; restored from the run-cache: {}", s.restored.join(", ")) };
     if s.ran.is_empty() {

@@ -220,6 +220,7 @@ impl PpoTrainer {
 
     /// One PPO step: N rollouts per prompt, scoring, advantages, then `ppo_epochs` passes of mini-batch
     /// updates. `reference`: None = the policy with its LoRA adapters off (needs adapters), or a frozen model.
+    /// The same as [`Self::sample`], then `reward_fn` on every rollout at once, then [`Self::update`].
     pub fn step<M: EmbedInputs>(
         &mut self,
         model: &M,
@@ -227,19 +228,58 @@ impl PpoTrainer {
         prompts: &[PpoPrompt],
         reward_fn: &mut dyn FnMut(&[(usize, &Generated)]) -> Result<Vec<Score>>,
     ) -> Result<PpoStats> {
-        let p = self.params.clone();
-        let lm = model.text_model();
-        let dev = lm.device();
+        let rollouts = self.sample(model, prompts)?;
+        // One call for every rollout of the step, so the reward model batches its encoders across them.
+        let batch: Vec<(usize, &Generated)> = rollouts.iter().map(|(o, g)| (*o, g)).collect();
+        let scores = reward_fn(&batch)?;
+        let sampled: Vec<(usize, Vec<i64>)> = rollouts.into_iter().map(|(o, g)| (o, g.tokens)).collect();
+        self.update(model, reference, prompts, &sampled, &scores)
+    }
+
+    /// Steps taken so far (sample calls); it seeds each step's sampling and mini-batch order.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// Counts a step whose rollouts [`Self::sample`] drew in another process (the pipeline's `rollout_k`),
+    /// before [`Self::update`] on them here.
+    pub fn mark_sampled(&mut self) {
+        self.step += 1;
+    }
+
+    /// The trainer's state beyond the model's weights: the optimizer's moments and step counts, and the
+    /// PPO step counter (`ppo.step`), so that a step run in a later process continues exactly.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.opt.state();
+        v.push(("ppo.step".to_string(), Tensor::from_slice(&[self.step as i64])));
+        v.push(("adam.t".to_string(), Tensor::from_slice(&[self.opt.t])));
+        v
+    }
+
+    /// Restores [`Self::state`]; `at` names the file in errors.
+    pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>, at: &str) -> Result<()> {
+        let counter = |k: &str| -> Result<i64> {
+            let t = tensors
+                .get(k)
+                .ok_or_else(|| MllmError::Checkpoint { path: at.into(), msg: format!("no `{k}` in the PPO trainer state") })?;
+            match t.int64_value(&[0]) {
+                v if v >= 0 => Ok(v),
+                v => Err(MllmError::Checkpoint { path: at.into(), msg: format!("`{k}` is {v}") }),
+            }
+        };
+        let step = counter("ppo.step")?;
+        self.opt.load_state(tensors, counter("adam.t")?, at)?;
+        self.step = step as usize;
+        Ok(())
+    }
+
+    /// N rollouts per prompt from the current policy, as (prompt index, generation); counts a step.
+    pub fn sample<M: EmbedInputs>(&mut self, model: &M, prompts: &[PpoPrompt]) -> Result<Vec<(usize, Generated)>> {
+        let p = &self.params;
         if prompts.is_empty() {
             return Err(MllmError::Input("PPO step: no prompts".into()));
         }
-        if reference.is_none() && !lm.has_lora() {
-            return Err(MllmError::Input(
-                "PPO without a reference model needs LoRA adapters (the reference is the base with them off)".into(),
-            ));
-        }
         self.step += 1;
-        // 1. Rollouts.
         let mut gen_inputs = Vec::new();
         let mut owners = Vec::new();
         for (i, pr) in prompts.iter().enumerate() {
@@ -250,32 +290,54 @@ impl PpoTrainer {
         }
         let gparams = GenerationParams { seed: p.generation.seed.wrapping_add(self.step as u64 * 1_000_003), ..p.generation.clone() };
         let gens = generate_multimodal(model, &gen_inputs, &gparams, None)?;
-        // 2. Scores.
-        let mut stats = PpoStats { step: self.step, ..Default::default() };
-        // One call for every rollout of the step, so the reward model batches its encoders across them.
-        let batch: Vec<(usize, &Generated)> = owners.iter().copied().zip(&gens).collect();
-        let scores = reward_fn(&batch)?;
-        if scores.len() != gens.len() {
-            return Err(MllmError::Input(format!("the reward function returned {} scores for {} rollouts", scores.len(), gens.len())));
+        Ok(owners.into_iter().zip(gens).collect())
+    }
+
+    /// The update of the step [`Self::sample`] started: given its rollouts (prompt index, response token
+    /// ids) and their scores, advantages and `ppo_epochs` passes of mini-batch updates.
+    pub fn update<M: EmbedInputs>(
+        &mut self,
+        model: &M,
+        reference: Option<&M>,
+        prompts: &[PpoPrompt],
+        sampled: &[(usize, Vec<i64>)],
+        scores: &[Score],
+    ) -> Result<PpoStats> {
+        let p = self.params.clone();
+        let lm = model.text_model();
+        let dev = lm.device();
+        if sampled.is_empty() {
+            return Err(MllmError::Input("PPO update: no rollouts".into()));
         }
-        for (g, s) in gens.iter().zip(&scores) {
+        if reference.is_none() && !lm.has_lora() {
+            return Err(MllmError::Input(
+                "PPO without a reference model needs LoRA adapters (the reference is the base with them off)".into(),
+            ));
+        }
+        if scores.len() != sampled.len() {
+            return Err(MllmError::Input(format!("{} scores for {} rollouts", scores.len(), sampled.len())));
+        }
+        let mut stats = PpoStats { step: self.step, ..Default::default() };
+        for ((o, tokens), s) in sampled.iter().zip(scores) {
+            if *o >= prompts.len() {
+                return Err(MllmError::Input(format!("a rollout of prompt {o}, but there are {} prompts", prompts.len())));
+            }
             for &(t, r) in &s.token_rewards {
-                if t >= g.tokens.len() || !r.is_finite() {
-                    return Err(MllmError::Input(format!("reward ({r}) placed at token {t} of a {}-token response", g.tokens.len())));
+                if t >= tokens.len() || !r.is_finite() {
+                    return Err(MllmError::Input(format!("reward ({r}) placed at token {t} of a {}-token response", tokens.len())));
                 }
             }
             for (k, v) in &s.components {
-                *stats.components.entry(k.clone()).or_default() += v / gens.len() as f64;
+                *stats.components.entry(k.clone()).or_default() += v / sampled.len() as f64;
             }
-            stats.score_mean += s.token_rewards.iter().map(|x| x.1).sum::<f64>() / gens.len() as f64;
+            stats.score_mean += s.token_rewards.iter().map(|x| x.1).sum::<f64>() / sampled.len() as f64;
         }
         // 3. Old log-probs, reference log-probs and values (no gradient), in mini-batch chunks.
-        let mut rollouts: Vec<Rollout> = gens
+        let mut rollouts: Vec<Rollout> = sampled
             .iter()
-            .zip(&owners)
-            .map(|(g, &o)| Rollout {
-                prompt: o,
-                response: g.tokens.clone(),
+            .map(|(o, tokens)| Rollout {
+                prompt: *o,
+                response: tokens.clone(),
                 old_lp: vec![],
                 values: vec![],
                 advantages: vec![],

@@ -41,12 +41,12 @@ impl Default for DemoClipParams {
             seed: 0,
             epochs: 12,
             batch_size: 32,
-            lr: 5e-3,
+            lr: 1e-3,
             patch_size: 16,
             width: 64,
             layers: 2,
             projection_dim: 64,
-            vocab_size: 400,
+            vocab_size: 800,
             threads: 2,
             python: PathBuf::from(".venv/bin/python"),
             script: PathBuf::from("scripts/train_clip.py"),
@@ -90,9 +90,14 @@ impl Stage for DemoClipStage {
         for (i, it) in items.iter().enumerate() {
             let bytes =
                 it.image.as_ref().and_then(|x| x.bytes.as_deref()).ok_or_else(|| anyhow::anyhow!("item {}: no image bytes", it.id))?;
-            for (c, n) in it.captions.iter().zip(&it.hard_negatives) {
+            for (k, (c, n)) in it.captions.iter().zip(&it.hard_negatives).enumerate() {
                 id.append_value(i as i64);
-                img.append_value(bytes);
+                // The PNG once per image (its first row), not once per caption.
+                if k == 0 {
+                    img.append_value(bytes);
+                } else {
+                    img.append_null();
+                }
                 cap.append_value(c);
                 neg.append_value(n);
                 held.append_value(it.split != "train");
@@ -100,7 +105,7 @@ impl Stage for DemoClipStage {
         }
         let schema = Arc::new(Schema::new(vec![
             Field::new("image_id", DataType::Int64, false),
-            Field::new("image", DataType::Binary, false),
+            Field::new("image", DataType::Binary, true),
             Field::new("caption", DataType::Utf8, false),
             Field::new("negative", DataType::Utf8, false),
             Field::new("heldout", DataType::Boolean, false),

@@ -30,7 +30,7 @@ pub fn pipeline(dir: &Path) -> anyhow::Result<Pipeline> {
 /// The pipeline with params from `configs` (a sweep variant's overrides included).
 pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
     let session = crate::encoders::runtime::SessionOptions::default();
-    let stages: Vec<Box<dyn Stage>> = vec![
+    let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(dataset::DatasetStage { params: c.params("dataset")? }),
         Box::new(demo_clip::DemoClipStage { params: c.params("demo_clip")? }),
         Box::new(features::FeaturesStage { params: c.params("features")?, session: session.clone() }),
@@ -40,9 +40,10 @@ pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
         Box::new(bin::BinStage { params: c.params("bin")? }),
         Box::new(map::MapStage { params: c.params("map")? }),
         Box::new(sft::SftStage { params: c.params("sft")? }),
-        Box::new(ppo::PpoStage { params: c.params("ppo")? }),
-        Box::new(eval::EvalStage { params: c.params("eval")? }),
-        Box::new(report::ReportStage { params: c.params("report")? }),
     ];
+    // rollout_k and update_k for each of the K iterations, then `ppo`, which gathers them.
+    stages.extend(ppo::stages(c.params("ppo")?));
+    stages.push(Box::new(eval::EvalStage { params: c.params("eval")? }));
+    stages.push(Box::new(report::ReportStage { params: c.params("report")? }));
     Ok(Pipeline::new(stages)?)
 }

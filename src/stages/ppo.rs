@@ -10,10 +10,16 @@
 //! is the level value of the sentence's level under the `bin` stage's fitted model, from the same four
 //! signals as `score` computed on the rollout's own log-probs, entropies, TokenSAR and CLIPScore.
 //!
-//! Outputs: `checkpoint` (the policy's trainable weights and value head, safetensors), `log` (one row
-//! per PPO step) and `rollouts` (every scored chain of every iteration: the issue's `rollout` artifact).
-//! Rollout and update stay one stage: a rollout depends on the policy of the step before, so caching
-//! iterations as separate stages would only re-key the same chain; see the report for what is left.
+//! Each iteration is two cached stages, so a longer run reuses the iterations it shares with a shorter
+//! one and a crash loses at most one iteration:
+//! - `rollout_k`: the policy after k updates samples N chains per question of iteration k's draw, and the
+//!   reward model scores them → `rollouts` (tokens, sentences, statements, IV/EV, correctness, rewards and
+//!   where they land);
+//! - `update_k`: one PPO update on those rollouts, continuing the trainer state `update_{k-1}` left
+//!   (optimizer moments, step counter) → `checkpoint` (policy weights, value head, trainer state), `log`.
+//! Their params are the `ppo` params without `iterations` (plus k), so raising K keeps every earlier key.
+//! `ppo` then gathers the K iterations: `checkpoint` (the last policy, without trainer state), `log` (one
+//! row per iteration) and `rollouts` (every scored chain).
 use super::chain_judge::{token_at_byte, ChainJudge, EmbedderRef, JudgedPair, JUDGE_NAME};
 use crate::confidence::levels::LevelModel;
 use crate::confidence::parser::ParserParams;
@@ -119,7 +125,7 @@ pub struct PpoStage {
     pub params: PpoStageParams,
 }
 
-/// One row per PPO step.
+/// One row per PPO iteration (its update; `seconds` is the update's wall time).
 pub fn ppo_log_schema() -> SchemaRef {
     let f = |n: &str| Field::new(n, DataType::Float64, false);
     Arc::new(Schema::new(vec![
@@ -159,7 +165,132 @@ pub fn rollouts_schema() -> SchemaRef {
         Field::new("r_cs", DataType::Float64, false),
         Field::new("reward", DataType::Float64, false),
         Field::new("judge", DataType::Utf8, false),
+        // What update_k trains on: the sampled token ids, and each reward share with the token it lands on.
+        Field::new("tokens", list(DataType::Int64), false),
+        Field::new("reward_tokens", list(DataType::UInt32), false),
+        Field::new("reward_values", list(DataType::Float64), false),
     ]))
+}
+
+/// The stages of K PPO iterations and the `ppo` stage that gathers them, in dependency order.
+pub fn stages(params: PpoStageParams) -> Vec<Box<dyn Stage>> {
+    let mut v: Vec<Box<dyn Stage>> = Vec::new();
+    for k in 0..params.iterations {
+        v.push(Box::new(RolloutStage { params: params.clone(), iteration: k, name: format!("rollout_{k}") }));
+        v.push(Box::new(UpdateStage { params: params.clone(), iteration: k, name: format!("update_{k}") }));
+    }
+    v.push(Box::new(PpoStage { params }));
+    v
+}
+
+/// What `rollout_k` and `update_k` are keyed by and read: the iteration and the `ppo` params without K.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IterationParams {
+    pub iteration: usize,
+    pub ppo: PpoStageParams,
+}
+
+fn iteration_params(p: &PpoStageParams, k: usize) -> serde_json::Value {
+    let mut ppo = serde_json::to_value(p).expect("params serialize");
+    ppo.as_object_mut().expect("a struct").remove("iterations");
+    serde_json::json!({ "iteration": k, "ppo": ppo })
+}
+
+/// Inputs both iteration stages read: the SFT policy, the questions and their features, the models and,
+/// after the first iteration, the state the previous update left.
+fn iteration_inputs(p: &PpoStageParams, k: usize) -> Vec<InputSpec> {
+    let mut v = vec![
+        InputSpec::new("sft_checkpoint", "sft", "checkpoint"),
+        InputSpec::new("items", "dataset", "items"),
+        InputSpec::new("features", "features", "features"),
+    ];
+    if k > 0 {
+        v.push(InputSpec::new("previous", &format!("update_{}", k - 1), "checkpoint"));
+    }
+    v.extend(super::models::model_input(&p.model, "model", super::models::DEMO_MLLM));
+    v
+}
+
+fn device_of(p: &PpoStageParams) -> String {
+    format!("{}/{}", p.device, p.dtype)
+}
+
+/// `rollout_k`: sampling and scoring of iteration k.
+pub struct RolloutStage {
+    pub params: PpoStageParams,
+    pub iteration: usize,
+    name: String,
+}
+
+impl Stage for RolloutStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn code_version(&self) -> &str {
+        "1"
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        let mut v = iteration_inputs(&self.params, self.iteration);
+        v.push(InputSpec::new("level_model", "bin", "level_model"));
+        v.extend(super::models::model_input(&self.params.clip, "clip", super::models::DEMO_CLIP));
+        v
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["rollouts".into()]
+    }
+    fn params(&self) -> serde_json::Value {
+        iteration_params(&self.params, self.iteration)
+    }
+    fn models(&self) -> Vec<PathBuf> {
+        let p = &self.params;
+        let mut v = vec![p.minilm.join("onnx/model.onnx"), p.minilm.join("tokenizer.json"), p.pool.clone()];
+        v.extend(super::models::model_files(&p.model));
+        v.extend(super::models::model_files(&p.clip));
+        v
+    }
+    fn device(&self) -> String {
+        device_of(&self.params)
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        super::worker::run_in_worker(ctx)
+    }
+}
+
+/// `update_k`: the PPO update of iteration k.
+pub struct UpdateStage {
+    pub params: PpoStageParams,
+    pub iteration: usize,
+    name: String,
+}
+
+impl Stage for UpdateStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn code_version(&self) -> &str {
+        "1"
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        let mut v = iteration_inputs(&self.params, self.iteration);
+        v.push(InputSpec::new("rollouts", &format!("rollout_{}", self.iteration), "rollouts"));
+        v
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["checkpoint".into(), "log".into()]
+    }
+    fn params(&self) -> serde_json::Value {
+        iteration_params(&self.params, self.iteration)
+    }
+    fn models(&self) -> Vec<PathBuf> {
+        super::models::model_files(&self.params.model)
+    }
+    fn device(&self) -> String {
+        device_of(&self.params)
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        super::worker::run_in_worker(ctx)
+    }
 }
 
 impl Stage for PpoStage {
@@ -167,36 +298,32 @@ impl Stage for PpoStage {
         "ppo"
     }
     fn code_version(&self) -> &str {
-        "1"
+        "2"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![
-            InputSpec::new("sft_checkpoint", "sft", "checkpoint"),
-            InputSpec::new("items", "dataset", "items"),
-            InputSpec::new("features", "features", "features"),
-            InputSpec::new("level_model", "bin", "level_model"),
-        ]
-        .into_iter()
-        .chain(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM))
-        .chain(super::models::model_input(&self.params.clip, "clip", super::models::DEMO_CLIP))
-        .collect()
+        let k = self.params.iterations;
+        let mut v: Vec<InputSpec> = (0..k)
+            .flat_map(|i| {
+                [
+                    InputSpec::new(&format!("rollouts_{i}"), &format!("rollout_{i}"), "rollouts"),
+                    InputSpec::new(&format!("log_{i}"), &format!("update_{i}"), "log"),
+                ]
+            })
+            .collect();
+        if k > 0 {
+            v.push(InputSpec::new("last", &format!("update_{}", k - 1), "checkpoint"));
+        }
+        v
     }
     fn outputs(&self) -> Vec<String> {
         vec!["checkpoint".into(), "log".into(), "rollouts".into()]
     }
+    /// Only K: everything else reaches this stage through its inputs' keys.
     fn params(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).expect("params serialize")
-    }
-    fn models(&self) -> Vec<PathBuf> {
-        let mut v = vec![self.params.minilm.join("onnx/model.onnx"), self.params.minilm.join("tokenizer.json"), self.params.pool.clone()];
-        v.extend(super::models::model_files(&self.params.model));
-        v.extend(super::models::model_files(&self.params.clip));
-        v
-    }
-    fn device(&self) -> String {
-        format!("{}/{}", self.params.device, self.params.dtype)
+        serde_json::json!({ "iterations": self.params.iterations })
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        anyhow::ensure!(self.params.iterations > 0, "ppo: iterations must be ≥ 1");
         super::worker::run_in_worker(ctx)
     }
 }

@@ -39,8 +39,10 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         "generate" => generate::run(&ctx)?,
         "sft" => sft::run(&ctx)?,
         "demo_mllm" => demo_mllm::run(&ctx)?,
-        "ppo" => ppo::run(&ctx)?,
+        "ppo" => ppo::gather(&ctx)?,
         "eval" => eval::run(&ctx)?,
+        s if s.starts_with("rollout_") => ppo::rollout(&ctx)?,
+        s if s.starts_with("update_") => ppo::update(&ctx)?,
         other => anyhow::bail!("mmb-torch has no stage `{other}`"),
     }
     let out = WorkerResult { outputs: ctx.written() };

@@ -1,27 +1,35 @@
-//! The `ppo` stage's model work: the SFT policy, K PPO iterations over mini-batches of training
-//! questions with the reward model of `mmboundary::stages::ppo`, and the three artifacts.
+//! The PPO iterations' model work (see `mmboundary::stages::ppo`):
+//! - `rollout_k`: the policy after k updates samples N chains per question of iteration k's draw; the
+//!   reward model scores them all at once;
+//! - `update_k`: one PPO update on those rollouts, from the trainer state `update_{k-1}` left, so that K
+//!   iterations split over 2K processes take the same steps as one process would;
+//! - `ppo`: the last policy (trainer state dropped), every iteration's log row and rollouts.
 use crate::inputs::{Features, Prompter};
-use crate::policy;
+use crate::policy::{self, Policy};
 use anyhow::Context;
-use arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt8Builder};
-use arrow::datatypes::Float32Type;
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt8Builder,
+};
+use arrow::datatypes::{Float32Type, Float64Type, Int64Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
-use mllm::generate::Generated;
+use mllm::config::LlavaConfig;
 use mllm::ppo::{PpoParams, PpoPrompt, PpoTrainer, Score};
-use mllm::weights::write_safetensors;
+use mllm::weights::{read_safetensors, write_safetensors};
 use mmboundary::confidence::levels::LevelModel;
 use mmboundary::confidence::uncertainty::TokenInfo;
 use mmboundary::data::{items_from_record_batch, Item};
 use mmboundary::engine::StageContext;
 use mmboundary::stages::ppo::{
-    judge_name, ppo_log_schema, rollouts_schema, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore, RolloutTokens,
+    judge_name, ppo_log_schema, rollouts_schema, IterationParams, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore, RolloutTokens,
 };
 use mmboundary::store::ArtifactKind;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
+use tch::Tensor;
 
 /// Decoded text of a rollout and each token's byte end in it.
 pub fn decode_with_ends(tok: &tokenizers::Tokenizer, tokens: &[i64]) -> anyhow::Result<(String, Vec<usize>)> {
@@ -38,34 +46,176 @@ pub fn decode_with_ends(tok: &tokenizers::Tokenizer, tokens: &[i64]) -> anyhow::
     Ok((text, ends))
 }
 
-struct RolloutRow {
-    iteration: u32,
-    item: String,
-    sample: u32,
-    text: String,
-    score: RolloutScore,
+/// Which questions iteration `k` draws: without replacement, reshuffled whenever the set is used up, so
+/// iteration k's draw depends only on the seed, the set size and k (not on K).
+pub fn draw(n_questions: usize, per_iteration: usize, seed: u64, k: usize) -> Vec<usize> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<usize> = Vec::new();
+    let mut batch = Vec::new();
+    for _ in 0..=k {
+        batch.clear();
+        while batch.len() < per_iteration.min(n_questions) {
+            if order.is_empty() {
+                order = (0..n_questions).collect();
+                order.shuffle(&mut rng);
+            }
+            batch.push(order.pop().expect("refilled"));
+        }
+    }
+    batch
 }
 
-pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
-    let p: PpoStageParams = ctx.params()?;
-    let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    anyhow::ensure!(p.iterations > 0 && p.prompts_per_iteration > 0, "ppo: iterations and prompts_per_iteration must be ≥ 1");
-    let mut tp = crate::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
-    let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
-    let dtype = mllm::DType::from_str(&p.dtype)?;
-    let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
-        anyhow::bail!("{}: ppo needs a LLaVA-style model", model_dir.display());
-    };
-    let tok_path = model_dir.join("tokenizer.json");
-    let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-    let eos = cfg.text_config.eos_token_ids();
-    let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &p.prompt };
+/// What both iteration stages set up: params, model, tokenizer, and iteration k's questions as prompts.
+struct Iteration {
+    k: usize,
+    p: PpoStageParams,
+    tp: PpoParams,
+    model_dir: PathBuf,
+    device: tch::Device,
+    dtype: mllm::DType,
+    cfg: LlavaConfig,
+    tok: tokenizers::Tokenizer,
+    /// Iteration k's questions, in draw order, with their prompts.
+    items: Vec<Item>,
+    prompts: Vec<PpoPrompt>,
+}
 
-    let sft_ck = ctx.input_path("sft_checkpoint")?;
-    let pol = policy::load(&model_dir, device, dtype, Some(&sft_ck))?;
-    let reference = match p.reference {
+impl Iteration {
+    fn load(ctx: &StageContext) -> anyhow::Result<Self> {
+        let ip: IterationParams = ctx.params()?;
+        let (k, p) = (ip.iteration, ip.ppo);
+        anyhow::ensure!(p.prompts_per_iteration > 0, "ppo: prompts_per_iteration must be ≥ 1");
+        let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
+        let mut tp = crate::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
+        let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
+        let dtype = mllm::DType::from_str(&p.dtype)?;
+        let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
+            anyhow::bail!("{}: ppo needs a LLaVA-style model", model_dir.display());
+        };
+        // Rollouts are fed back through the splice: they must never contain the image token.
+        tp.generation.suppress_token_ids.push(cfg.image_token_index);
+        let tok_path = model_dir.join("tokenizer.json");
+        let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+
+        let all = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
+        let mut selected: Vec<Item> = all.into_iter().filter(|it| p.splits.iter().any(|s| s == &it.split)).collect();
+        if let Some(n) = p.limit {
+            selected.truncate(n);
+        }
+        anyhow::ensure!(!selected.is_empty(), "ppo: no items in splits {:?}", p.splits);
+        let picked = draw(selected.len(), p.prompts_per_iteration, p.seed, k);
+        let items: Vec<Item> = picked.iter().map(|&i| selected[i].clone()).collect();
+        let feats = Features::from_batch(&ctx.input_table("features")?.concat()?)?;
+        let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &p.prompt };
+        let mut prompts = Vec::with_capacity(items.len());
+        for it in &items {
+            let (n, feat) = feats.tensor(&it.id)?;
+            prompts.push(PpoPrompt { ids: prompter.prompt(&it.question, &it.choices, n)?, images: vec![feat.to_device(device)] });
+        }
+        Ok(Self { k, p, tp, model_dir, device, dtype, cfg, tok, items, prompts })
+    }
+
+    /// The policy after k updates and a trainer in the state the k-th update left (a fresh one for k = 0).
+    fn policy(&self, ctx: &StageContext) -> anyhow::Result<(Policy, PpoTrainer)> {
+        let ck = if self.k == 0 { ctx.input_path("sft_checkpoint")? } else { ctx.input_path("previous")? };
+        let pol = policy::load(&self.model_dir, self.device, self.dtype, Some(&ck))?;
+        let mut trainer = PpoTrainer::new(&pol.vs, self.cfg.text_config.hidden_size, self.tp.clone())?;
+        if self.k > 0 {
+            let at = ck.display().to_string();
+            let (tensors, _) = read_safetensors(&ck)?;
+            let vars = pol.vs.variables();
+            tch::no_grad(|| -> anyhow::Result<()> {
+                for (name, var) in vars.iter().filter(|(n, _)| n.starts_with("v_head.")) {
+                    let src = tensors.get(&format!("param.{name}")).with_context(|| format!("{at}: no value head weight {name}"))?;
+                    anyhow::ensure!(src.size() == var.size(), "{at}: {name}: expected shape {:?}, found {:?}", var.size(), src.size());
+                    var.shallow_clone().f_copy_(&src.to_kind(var.kind()).to_device(var.device()))?;
+                }
+                Ok(())
+            })?;
+            trainer.load_state(&tensors, &at)?;
+            anyhow::ensure!(
+                trainer.steps_done() == self.k,
+                "{at}: the trainer state is after step {}, expected {}",
+                trainer.steps_done(),
+                self.k
+            );
+        }
+        Ok((pol, trainer))
+    }
+}
+
+pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
+    let it = Iteration::load(ctx)?;
+    let (pol, mut trainer) = it.policy(ctx)?;
+    let level_path = ctx.input_path("level_model")?;
+    let levels: LevelModel =
+        serde_json::from_slice(&std::fs::read(&level_path)?).with_context(|| format!("{}: not a level model", level_path.display()))?;
+    let rewards = RewardModel::load(&it.p, &mmboundary::stages::models::resolve(ctx, &it.p.clip, "clip")?, levels, &Default::default())?;
+    let feats = ctx.input_table("features")?.concat()?;
+    let f_ids = feats.column_by_name("item_id").context("features artifact has no item_id")?.as_string::<i32>();
+    let f_emb = feats.column_by_name("embedding").context("features artifact has no embedding")?.as_list::<i32>();
+    let image: HashMap<&str, Vec<f32>> =
+        (0..f_ids.len()).map(|i| (f_ids.value(i), f_emb.value(i).as_primitive::<Float32Type>().values().to_vec())).collect();
+
+    let bar = ctx.progress(2, &format!("PPO iteration {}: sampling, scoring", it.k));
+    let sampled = trainer.sample(&pol.model, &it.prompts)?;
+    bar.inc(1);
+    let eos = it.cfg.text_config.eos_token_ids();
+    let mut decoded = Vec::with_capacity(sampled.len());
+    for (_, g) in &sampled {
+        let (text, ends) = decode_with_ends(&it.tok, &g.tokens)?;
+        let tokens = g
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(k, &t)| TokenInfo {
+                id: t as u32,
+                text: it.tok.id_to_token(t as u32).unwrap_or_default(),
+                log_prob: g.logprobs[k] as f64,
+                entropy: g.entropies[k] as f64,
+                is_special: eos.contains(&t),
+            })
+            .collect();
+        decoded.push(RolloutTokens { text, tokens, token_ends: ends });
+    }
+    let mut inputs = Vec::with_capacity(sampled.len());
+    for ((o, _), r) in sampled.iter().zip(&decoded) {
+        let item = &it.items[*o];
+        let emb = image.get(item.id.as_str()).with_context(|| format!("item {}: no CLIP image embedding", item.id))?;
+        inputs.push((item, emb.as_slice(), r));
+    }
+    let scores = rewards.score_batch(&inputs).with_context(|| format!("scoring the rollouts of PPO iteration {}", it.k))?;
+    bar.finish_and_clear();
+
+    let mut samples: HashMap<usize, u32> = HashMap::new();
+    let rows: Vec<RolloutRow> = sampled
+        .iter()
+        .zip(decoded)
+        .zip(scores)
+        .map(|(((o, g), r), score)| {
+            let n = samples.entry(*o).or_default();
+            *n += 1;
+            RolloutRow {
+                iteration: it.k as u32,
+                item: it.items[*o].id.clone(),
+                sample: *n - 1,
+                text: r.text,
+                tokens: g.tokens.clone(),
+                score,
+            }
+        })
+        .collect();
+    ctx.write_table("rollouts", rollouts_schema(), &[rollouts_batch(&rows)?], None)?;
+    Ok(())
+}
+
+pub fn update(ctx: &StageContext) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let it = Iteration::load(ctx)?;
+    let (pol, mut trainer) = it.policy(ctx)?;
+    let reference = match it.p.reference {
         ReferencePolicy::Sft => {
-            let r = policy::load(&model_dir, device, dtype, Some(&sft_ck))?;
+            let r = policy::load(&it.model_dir, it.device, it.dtype, Some(&ctx.input_path("sft_checkpoint")?))?;
             policy::freeze(&r);
             Some(r)
         }
@@ -77,123 +227,124 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             None
         }
     };
-    let level_path = ctx.input_path("level_model")?;
-    let levels: LevelModel =
-        serde_json::from_slice(&std::fs::read(&level_path)?).with_context(|| format!("{}: not a level model", level_path.display()))?;
-    let rewards = RewardModel::load(&p, &mmboundary::stages::models::resolve(ctx, &p.clip, "clip")?, levels, &Default::default())?;
-
-    let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-    let feats_batch = ctx.input_table("features")?.concat()?;
-    let feats = Features::from_batch(&feats_batch)?;
-    let f_ids = feats_batch.column_by_name("item_id").context("features artifact has no item_id")?.as_string::<i32>();
-    let f_emb = feats_batch.column_by_name("embedding").context("features artifact has no embedding")?.as_list::<i32>();
-    let image: HashMap<String, Vec<f32>> =
-        (0..f_ids.len()).map(|i| (f_ids.value(i).to_string(), f_emb.value(i).as_primitive::<Float32Type>().values().to_vec())).collect();
-    let mut selected: Vec<_> = items.iter().filter(|it| p.splits.iter().any(|s| s == &it.split)).collect();
-    if let Some(n) = p.limit {
-        selected.truncate(n);
-    }
-    anyhow::ensure!(!selected.is_empty(), "ppo: no items in splits {:?}", p.splits);
-    let mut prompts = Vec::with_capacity(selected.len());
-    for it in &selected {
-        let (n, feat) = feats.tensor(&it.id)?;
-        anyhow::ensure!(image.contains_key(&it.id), "item {}: no CLIP image embedding", it.id);
-        prompts.push((prompter.prompt(&it.question, &it.choices, n)?, feat.to_device(device)));
-    }
-
-    let hidden = cfg.text_config.hidden_size;
-    // Rollouts are fed back through the splice: they must never contain the image token.
-    tp.generation.suppress_token_ids.push(cfg.image_token_index);
-    let mut trainer = PpoTrainer::new(&pol.vs, hidden, tp.clone())?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(p.seed);
-    let mut order: Vec<usize> = Vec::new();
-    let mut log: Vec<(u32, mllm::ppo::PpoStats, f64)> = Vec::new();
-    let mut rows: Vec<RolloutRow> = Vec::new();
-    let bar = ctx.progress(p.iterations as u64, "PPO iterations");
-    for iteration in 0..p.iterations {
-        let started = std::time::Instant::now();
-        // Questions are drawn without replacement, reshuffled when the training set is used up.
-        let mut batch = Vec::with_capacity(p.prompts_per_iteration);
-        while batch.len() < p.prompts_per_iteration.min(prompts.len()) {
-            if order.is_empty() {
-                order = (0..prompts.len()).collect();
-                order.shuffle(&mut rng);
-            }
-            batch.push(order.pop().expect("refilled"));
-        }
-        let step_prompts: Vec<PpoPrompt> =
-            batch.iter().map(|&i| PpoPrompt { ids: prompts[i].0.clone(), images: vec![prompts[i].1.shallow_clone()] }).collect();
-        let mut samples: HashMap<usize, u32> = HashMap::new();
-        let mut reward_fn = |gens: &[(usize, &Generated)]| -> mllm::Result<Vec<Score>> {
-            let scored = (|| -> anyhow::Result<Vec<(String, RolloutScore)>> {
-                let mut decoded = Vec::with_capacity(gens.len());
-                for (_, g) in gens {
-                    let (text, ends) = decode_with_ends(&tok, &g.tokens)?;
-                    let tokens = g
-                        .tokens
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &t)| TokenInfo {
-                            id: t as u32,
-                            text: tok.id_to_token(t as u32).unwrap_or_default(),
-                            log_prob: g.logprobs[k] as f64,
-                            entropy: g.entropies[k] as f64,
-                            is_special: eos.contains(&t),
-                        })
-                        .collect();
-                    decoded.push(RolloutTokens { text, tokens, token_ends: ends });
-                }
-                let items: Vec<&Item> = gens.iter().map(|(pi, _)| selected[batch[*pi]]).collect();
-                let inputs: Vec<(&Item, &[f32], &RolloutTokens)> =
-                    items.iter().zip(&decoded).map(|(it, r)| (*it, image[&it.id].as_slice(), r)).collect();
-                let scores = rewards.score_batch(&inputs)?;
-                Ok(decoded.into_iter().map(|r| r.text).zip(scores).collect())
-            })()
-            .map_err(|e| mllm::MllmError::Input(format!("scoring the rollouts of PPO iteration {iteration}: {e:#}")))?;
-            let mut out = Vec::with_capacity(scored.len());
-            for ((pi, _), (text, s)) in gens.iter().zip(scored) {
-                let it = selected[batch[*pi]];
-                let sample = samples.entry(*pi).or_default();
-                let mut components = BTreeMap::new();
-                components.insert("r_ka".to_string(), s.ka);
-                components.insert("r_ec".to_string(), s.ec);
-                components.insert("r_cs".to_string(), s.cs);
-                components.insert("reward".to_string(), s.total);
-                out.push(Score { token_rewards: s.token_rewards.clone(), components });
-                rows.push(RolloutRow { iteration: iteration as u32, item: it.id.clone(), sample: *sample, text, score: s });
-                *sample += 1;
-            }
-            Ok(out)
-        };
-        let stats = trainer.step(&pol.model, reference.as_ref().map(|r| &r.model), &step_prompts, &mut reward_fn)?;
-        for (name, v) in [
-            ("kl", stats.kl),
-            ("value_loss", stats.value_loss),
-            ("policy_loss", stats.policy_loss),
-            ("policy_entropy", stats.policy_entropy),
-        ] {
-            anyhow::ensure!(v.is_finite(), "ppo iteration {iteration}: {name} is {v}");
-        }
-        log.push((iteration as u32, stats, started.elapsed().as_secs_f64()));
-        bar.inc(1);
-    }
+    let (sampled, scores) = read_rollouts(ctx, &it)?;
+    trainer.mark_sampled();
+    let bar = ctx.progress(1, &format!("PPO iteration {}: update", it.k));
+    let stats = trainer.update(&pol.model, reference.as_ref().map(|r| &r.model), &it.prompts, &sampled, &scores)?;
     bar.finish_and_clear();
+    for (name, v) in
+        [("kl", stats.kl), ("value_loss", stats.value_loss), ("policy_loss", stats.policy_loss), ("policy_entropy", stats.policy_entropy)]
+    {
+        anyhow::ensure!(v.is_finite(), "ppo iteration {}: {name} is {v}", it.k);
+    }
 
-    // The policy checkpoint: trainable weights (adapters or all) and the value head.
+    // The policy's trainable weights (adapters or all) and value head, and the trainer's state.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("update.safetensors");
+    let mut tensors: Vec<(String, Tensor)> = trainer.opt.params.iter().map(|(n, t)| (format!("param.{n}"), t.detach())).collect();
+    tensors.extend(trainer.state());
+    write_safetensors(&path, &tensors, checkpoint_meta(&pol, &it.tp, it.k + 1)?)?;
+    ctx.write_file("checkpoint", ArtifactKind::Safetensors, &path)?;
+    let log = log_batch(&[(it.k as u32, stats, started.elapsed().as_secs_f64())])?;
+    ctx.write_table("log", ppo_log_schema(), &[log], None)?;
+    Ok(())
+}
+
+/// The `ppo` stage: the last update's policy without its trainer state, and every iteration's log and rollouts.
+pub fn gather(ctx: &StageContext) -> anyhow::Result<()> {
+    let k: usize = ctx.params::<serde_json::Value>()?["iterations"].as_u64().context("ppo: params have no `iterations`")? as usize;
+    let mut logs = Vec::with_capacity(k);
+    let mut rollouts = Vec::with_capacity(k);
+    // Rebuilt on the canonical schemas (what was read carries the files' own metadata).
+    let with = |schema: arrow::datatypes::SchemaRef, t: mmboundary::store::Table| -> anyhow::Result<Vec<RecordBatch>> {
+        let at = t.path.display().to_string();
+        t.batches
+            .iter()
+            .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).with_context(|| format!("{at}: unexpected schema")))
+            .collect()
+    };
+    for i in 0..k {
+        logs.extend(with(ppo_log_schema(), ctx.input_table(&format!("log_{i}"))?)?);
+        rollouts.extend(with(rollouts_schema(), ctx.input_table(&format!("rollouts_{i}"))?)?);
+    }
+    ctx.write_table("log", ppo_log_schema(), &logs, None)?;
+    ctx.write_table("rollouts", rollouts_schema(), &rollouts, None)?;
+    let last = ctx.input_path("last")?;
+    let (tensors, meta) = read_safetensors(&last)?;
+    let mut policy: Vec<(String, Tensor)> = tensors.into_iter().filter(|(n, _)| n.starts_with("param.")).collect();
+    policy.sort_by(|a, b| a.0.cmp(&b.0));
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("ppo.safetensors");
-    let tensors: Vec<(String, tch::Tensor)> = trainer.opt.params.iter().map(|(n, t)| (format!("param.{n}"), t.detach())).collect();
+    write_safetensors(&path, &policy, meta)?;
+    ctx.write_file("checkpoint", ArtifactKind::Safetensors, &path)?;
+    Ok(())
+}
+
+fn checkpoint_meta(pol: &Policy, tp: &PpoParams, iterations: usize) -> anyhow::Result<HashMap<String, String>> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "mmboundary-ppo-v1".to_string());
     meta.insert("params".to_string(), pol.sft_meta.clone().unwrap_or_default());
-    meta.insert("ppo".to_string(), serde_json::to_string(&tp)?);
-    meta.insert("iterations".to_string(), p.iterations.to_string());
-    write_safetensors(&path, &tensors, meta)?;
+    meta.insert("ppo".to_string(), serde_json::to_string(tp)?);
+    meta.insert("iterations".to_string(), iterations.to_string());
+    Ok(meta)
+}
 
+/// Iteration k's rollouts as update_k trains on them: (prompt index, tokens) and the placed rewards.
+fn read_rollouts(ctx: &StageContext, it: &Iteration) -> anyhow::Result<(Vec<(usize, Vec<i64>)>, Vec<Score>)> {
+    let t = ctx.input_table("rollouts")?;
+    let b = t.concat()?;
+    let at = t.path.display().to_string();
+    let col = |n: &str| b.column_by_name(n).with_context(|| format!("{at}: no column `{n}`"));
+    let ids = col("item_id")?.as_string::<i32>();
+    let tokens = col("tokens")?.as_list::<i32>();
+    let (r_tok, r_val) = (col("reward_tokens")?.as_list::<i32>(), col("reward_values")?.as_list::<i32>());
+    let parts: Vec<(&str, &arrow::array::Float64Array)> = ["r_ka", "r_ec", "r_cs", "reward"]
+        .iter()
+        .map(|&n| Ok((n, col(n)?.as_primitive::<Float64Type>())))
+        .collect::<anyhow::Result<_>>()?;
+    let position: HashMap<&str, usize> = it.items.iter().enumerate().map(|(i, x)| (x.id.as_str(), i)).collect();
+    let (mut sampled, mut scores) = (Vec::with_capacity(b.num_rows()), Vec::with_capacity(b.num_rows()));
+    for r in 0..b.num_rows() {
+        let o = *position.get(ids.value(r)).with_context(|| {
+            format!("{at}: row {r}: item {} is not among iteration {}'s questions (stale rollouts?)", ids.value(r), it.k)
+        })?;
+        sampled.push((o, tokens.value(r).as_primitive::<Int64Type>().values().to_vec()));
+        let at_tok = r_tok.value(r);
+        let vals = r_val.value(r);
+        let token_rewards = at_tok
+            .as_primitive::<UInt32Type>()
+            .values()
+            .iter()
+            .zip(vals.as_primitive::<Float64Type>().values())
+            .map(|(&t, &v)| (t as usize, v))
+            .collect();
+        let components = parts.iter().map(|(n, a)| (n.to_string(), a.value(r))).collect::<BTreeMap<_, _>>();
+        scores.push(Score { token_rewards, components });
+    }
+    let expected = it.prompts.len() * it.tp.samples_per_prompt;
+    anyhow::ensure!(
+        sampled.len() == expected,
+        "{at}: {} rollouts, expected {expected} ({} questions × N)",
+        sampled.len(),
+        it.prompts.len()
+    );
+    Ok((sampled, scores))
+}
+
+struct RolloutRow {
+    iteration: u32,
+    item: String,
+    sample: u32,
+    text: String,
+    tokens: Vec<i64>,
+    score: RolloutScore,
+}
+
+fn log_batch(log: &[(u32, mllm::ppo::PpoStats, f64)]) -> anyhow::Result<RecordBatch> {
     let comp = |s: &mllm::ppo::PpoStats, k: &str| s.components.get(k).copied().unwrap_or(f64::NAN);
     let mut c: Vec<Float64Builder> = (0..13).map(|_| Float64Builder::new()).collect();
     let mut it_col = UInt32Builder::new();
-    for (i, s, secs) in &log {
+    for (i, s, secs) in log {
         it_col.append_value(*i);
         let vals = [
             s.score_mean,
@@ -216,8 +367,10 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     }
     let mut cols: Vec<ArrayRef> = vec![Arc::new(it_col.finish())];
     cols.extend(c.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    ctx.write_table("log", ppo_log_schema(), &[RecordBatch::try_new(ppo_log_schema(), cols)?], None)?;
+    Ok(RecordBatch::try_new(ppo_log_schema(), cols)?)
+}
 
+fn rollouts_batch(rows: &[RolloutRow]) -> anyhow::Result<RecordBatch> {
     let (mut o_it, mut o_id, mut o_sample, mut o_text) =
         (UInt32Builder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());
     let (mut o_sent, mut o_stmt) = (ListBuilder::new(StringBuilder::new()), ListBuilder::new(StringBuilder::new()));
@@ -225,7 +378,9 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let (mut o_lv, mut o_corr) = (ListBuilder::new(UInt8Builder::new()), ListBuilder::new(BooleanBuilder::new()));
     let (mut o_ka, mut o_ec, mut o_cs, mut o_r, mut o_judge) =
         (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), StringBuilder::new());
-    for r in &rows {
+    let (mut o_tok, mut o_rt, mut o_rv) =
+        (ListBuilder::new(Int64Builder::new()), ListBuilder::new(UInt32Builder::new()), ListBuilder::new(Float64Builder::new()));
+    for r in rows {
         let s = &r.score;
         o_it.append_value(r.iteration);
         o_id.append_value(&r.item);
@@ -256,6 +411,14 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         o_cs.append_value(s.cs);
         o_r.append_value(s.total);
         o_judge.append_value(judge_name());
+        o_tok.values().append_slice(&r.tokens);
+        o_tok.append(true);
+        for &(t, v) in &s.token_rewards {
+            o_rt.values().append_value(t as u32);
+            o_rv.values().append_value(v);
+        }
+        o_rt.append(true);
+        o_rv.append(true);
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(o_it.finish()),
@@ -273,8 +436,9 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         Arc::new(o_cs.finish()),
         Arc::new(o_r.finish()),
         Arc::new(o_judge.finish()),
+        Arc::new(o_tok.finish()),
+        Arc::new(o_rt.finish()),
+        Arc::new(o_rv.finish()),
     ];
-    ctx.write_table("rollouts", rollouts_schema(), &[RecordBatch::try_new(rollouts_schema(), cols)?], None)?;
-    ctx.write_file("checkpoint", ArtifactKind::Safetensors, &path)?;
-    Ok(())
+    Ok(RecordBatch::try_new(rollouts_schema(), cols)?)
 }
