@@ -125,7 +125,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--patch-size", type=int, default=16)
     p.add_argument("--width", type=int, default=64, help="hidden size of both towers")
     p.add_argument("--layers", type=int, default=2, help="encoder layers of each tower")

@@ -827,3 +827,39 @@ fn penumbra_params_round_trip_through_toml_and_partial_files_default() {
     let bad = PenumbraParams { splits: penumbra::SplitFractions { train: 0.5, val: 0.1, test: 0.1, ood: 0.1 }, ..p };
     assert!(bad.validate().unwrap_err().to_string().contains("summing to 1"));
 }
+
+/// The demo MLLM's extra training text: every object's perception sentence in reading order, and the
+/// whole-scene drills, all read off the scene graph.
+#[test]
+fn penumbra_scene_descriptions_and_drills_follow_the_graph() {
+    let p = params(80, 5);
+    for i in 0..p.n_items {
+        let g = penumbra::generate_one(&p, i).unwrap();
+        let s = &g.scene;
+        let mut objs = s.objects.clone();
+        objs.sort_by(|a, b| a.y.partial_cmp(&b.y).unwrap().then(a.x.partial_cmp(&b.x).unwrap()));
+        let expected: Vec<String> = objs
+            .iter()
+            .map(|o| {
+                let words = [o.size.word(), o.color.word(), o.texture.adjective(), o.shape.word()].join(" ");
+                format!("There is a {words} {}.", region(o, s.width, s.height))
+            })
+            .collect();
+        assert_eq!(penumbra::questions::describe(s), expected, "item {i}");
+        let drills = penumbra::questions::perception_drills(s);
+        assert_eq!(drills[0].1, format!("There are {} objects.", s.objects.len()));
+        let listed = |answer: &str, prefix: &str| -> Vec<String> {
+            answer.strip_prefix(prefix).unwrap().trim_end_matches('.').split(", ").map(str::to_string).collect()
+        };
+        let set = |v: Vec<&str>| v.into_iter().map(str::to_string).collect::<std::collections::BTreeSet<String>>();
+        for (k, prefix, words) in [
+            (1, "The colors are ", set(s.objects.iter().map(|o| o.color.word()).collect())),
+            (2, "The shapes are ", set(s.objects.iter().map(|o| o.shape.word()).collect())),
+            (3, "The patterns are ", set(s.objects.iter().map(|o| o.texture.adjective()).collect())),
+        ] {
+            let got = listed(&drills[k].1, prefix);
+            assert_eq!(got.len(), words.len(), "no repeats: {:?}", drills[k]);
+            assert_eq!(got.into_iter().collect::<std::collections::BTreeSet<_>>(), words, "{:?}", drills[k]);
+        }
+    }
+}

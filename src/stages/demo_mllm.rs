@@ -21,6 +21,13 @@ pub struct DemoMllmParams {
     /// The statement pool (as `map`'s): its text joins the compact vocabulary, so the statements that SFT
     /// later teaches tokenize the same way as everything else.
     pub pool: PathBuf,
+    /// With this prompt, every training image also gets a scene-description example: each object's
+    /// perception sentence in reading order (LLaVA's caption-alignment data; Penumbra items only, from
+    /// their scene graph). None: the reference chains alone.
+    pub describe_prompt: Option<String>,
+    /// Every training image also gets the short whole-scene drills of
+    /// `data::penumbra::questions::perception_drills` (how many objects, which colors, shapes, patterns).
+    pub perception_drills: bool,
 }
 
 impl Default for DemoMllmParams {
@@ -31,6 +38,8 @@ impl Default for DemoMllmParams {
             splits: vec!["train".into()],
             limit: None,
             pool: PathBuf::from("stages/statements.toml"),
+            describe_prompt: Some("Describe every object in the image.".into()),
+            perception_drills: false,
         }
     }
 }
@@ -44,7 +53,7 @@ impl Stage for DemoMllmStage {
         "demo_mllm"
     }
     fn code_version(&self) -> &str {
-        "1"
+        "2"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")]

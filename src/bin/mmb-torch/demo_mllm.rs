@@ -1,9 +1,12 @@
-//! The `demo_mllm` stage's model work: train the benchmark's small LLaVA on its plain reference chains.
+//! The `demo_mllm` stage's model work: train the benchmark's small LLaVA on its plain reference chains
+//! (and, by default, a description of every training scene and short whole-scene drills).
 use crate::inputs::Features;
 use anyhow::Context;
 use arrow::array::{Array, AsArray};
 use mllm::demo::{train, DemoExample, DemoParams};
 use mmboundary::data::items_from_record_batch;
+use mmboundary::data::penumbra::questions::{describe, perception_drills};
+use mmboundary::data::penumbra::Scene;
 use mmboundary::engine::StageContext;
 use mmboundary::stages::demo_mllm::DemoMllmParams;
 use mmboundary::stages::generate::question_block;
@@ -22,7 +25,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     anyhow::ensure!(!dims.is_empty(), "the features artifact is empty");
     let vision_hidden = dims.as_primitive::<arrow::datatypes::UInt32Type>().value(0) as usize;
 
-    let mut examples = Vec::new();
+    let (mut examples, mut described) = (Vec::new(), Vec::new());
     for it in items.iter().filter(|i| p.splits.iter().any(|s| s == &i.split)) {
         if p.limit.is_some_and(|n| examples.len() >= n) {
             break;
@@ -30,8 +33,23 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         let (n, t) = feats.tensor(&it.id)?;
         let patches = Vec::<f32>::try_from(t.reshape([-1]))?;
         let target = it.chain.sentences().collect::<Vec<_>>().join(" ");
+        if let Some(scene) = it.meta.get("scene").filter(|_| p.describe_prompt.is_some() || p.perception_drills) {
+            let scene: Scene = serde_json::from_value(scene.clone()).with_context(|| format!("item {}: meta.scene", it.id))?;
+            let mut extra: Vec<(String, String)> = Vec::new();
+            if let Some(prompt) = &p.describe_prompt {
+                extra.push((prompt.clone(), describe(&scene).join(" ")));
+            }
+            if p.perception_drills {
+                extra.extend(perception_drills(&scene));
+            }
+            for (prompt, target) in extra {
+                described.push(DemoExample { patches: patches.clone(), n_patches: n as usize, prompt, target });
+            }
+        }
         examples.push(DemoExample { patches, n_patches: n as usize, prompt: question_block(&it.question, &it.choices), target });
     }
+    let chains = examples.len();
+    examples.extend(described);
     anyhow::ensure!(!examples.is_empty(), "no items in splits {:?} to train the demo MLLM on", p.splits);
     let out = tempfile::tempdir()?;
     let dir = out.path().join("mllm");
@@ -40,6 +58,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let summary = serde_json::json!({
         "examples": examples.len(),
+        "chains": chains,
+        "scene_examples": examples.len() - chains,
         "steps": report.steps,
         "final_loss": report.final_loss,
         "parameters": report.parameters,

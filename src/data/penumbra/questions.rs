@@ -87,6 +87,35 @@ pub fn see(scene: &Scene, o: &Object) -> String {
     format!("There is a {} {}.", o.full_description(), o.region(scene.width, scene.height))
 }
 
+/// A perception sentence for every object of the scene, in reading order (top to bottom, then left to
+/// right, by centre): the scene's full description, as LLaVA's caption-alignment data describes an image.
+pub fn describe(scene: &Scene) -> Vec<String> {
+    let mut objs: Vec<&Object> = scene.objects.iter().collect();
+    objs.sort_by(|a, b| a.y.total_cmp(&b.y).then(a.x.total_cmp(&b.x)));
+    objs.into_iter().map(|o| see(scene, o)).collect()
+}
+
+/// Short perception drills on the whole scene, (question, answer): how many objects, which colors, which
+/// shapes, which patterns. Global questions with one-sentence answers are what a small model learns to
+/// read off image features first (a targeted answer makes the image the only useful input), the way
+/// LLaVA's alignment stage precedes instruction tuning.
+pub fn perception_drills(scene: &Scene) -> Vec<(String, String)> {
+    fn listed<T: Ord + Copy>(scene: &Scene, f: impl Fn(&Object) -> T, word: impl Fn(T) -> &'static str) -> String {
+        let set: std::collections::BTreeSet<T> = scene.objects.iter().map(f).collect();
+        set.into_iter().map(word).collect::<Vec<_>>().join(", ")
+    }
+    let n = scene.objects.len();
+    vec![
+        (
+            "How many objects are there?".into(),
+            format!("There {} {n} object{}.", if n == 1 { "is" } else { "are" }, if n == 1 { "" } else { "s" }),
+        ),
+        ("Which colors do the objects have?".into(), format!("The colors are {}.", listed(scene, |o| o.color, |c| c.word()))),
+        ("Which shapes are there?".into(), format!("The shapes are {}.", listed(scene, |o| o.shape, |c| c.word()))),
+        ("Which patterns do the objects have?".into(), format!("The patterns are {}.", listed(scene, |o| o.texture, |c| c.adjective()))),
+    ]
+}
+
 fn final_sentence(answer: &str) -> String {
     format!("So, the answer is {answer}.")
 }
