@@ -224,8 +224,14 @@ fn independent_stages_run_in_parallel_with_jobs() {
     assert_eq!(s.ran.len(), 2);
 }
 
+/// Held while a test spawns a process and while a test relies on a lock being released when it drops: between
+/// fork and exec a child holds copies of every descriptor of this process (flock locks included), so a sibling
+/// test's spawn could keep a just-dropped lock alive for a moment.
+static SPAWN_GUARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_concurrent_run_is_refused_with_a_clear_message() {
+    let _guard = SPAWN_GUARD.lock().unwrap_or_else(|e| e.into_inner());
     let (_d, store) = tmp_store();
     let held = StoreLock::acquire(store.root(), "another run").unwrap();
     let err = chain(3, 1).0.run(&store, &RunOptions::default()).unwrap_err().to_string();
@@ -361,12 +367,15 @@ fn killed_child_helper() {
 #[test]
 fn a_run_killed_mid_write_leaves_no_artifact_and_the_next_run_recovers() {
     let (_d, store) = tmp_store();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "killed_child_helper", "--nocapture", "--test-threads=1"])
-        .env("MMB_TEST_CHILD_STORE", store.root())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = {
+        let _guard = SPAWN_GUARD.lock().unwrap_or_else(|e| e.into_inner());
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "killed_child_helper", "--nocapture", "--test-threads=1"])
+            .env("MMB_TEST_CHILD_STORE", store.root())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
     let objects = store.objects_dir();
     let temps =
         || std::fs::read_dir(&objects).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp-")).count();

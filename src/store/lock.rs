@@ -19,7 +19,15 @@ impl StoreLock {
         std::fs::create_dir_all(root).at(root)?;
         let path = root.join(".mmb.lock");
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
-        match file.try_lock() {
+        // A short grace period: a lock just released can still be held for a moment by a copy of its
+        // descriptor in a child this process is forking (the copy lives until the child's exec).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        let mut attempt = file.try_lock();
+        while matches!(attempt, Err(TryLockError::WouldBlock)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            attempt = file.try_lock();
+        }
+        match attempt {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
