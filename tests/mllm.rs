@@ -554,3 +554,26 @@ fn perf_smollm2_generation() {
         }
     }
 }
+
+/// Full fine-tuning speed on SmolLM2 (f32, 2 threads, batch 8 × 128 tokens: 16 prompt + 112 response, AdamW,
+/// loss on the response): samples/s over steps 2–6. Compare with scripts/bench_mllm_training.py run right
+/// before or after. Ignored: a measurement, not a check.
+#[test]
+#[ignore]
+fn perf_smollm2_training_step() {
+    use mllm::sft::{FineTuneMode, SftExample, SftParams, SftTrainer};
+    use rand::{Rng, SeedableRng};
+    tch::set_num_threads(2);
+    let (vs, mut lm, _file) = load_llama_gguf(&smollm2_gguf(), Device::Cpu, DType::F32).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut ids = |n: usize| -> Vec<i64> { (0..n).map(|_| rng.random_range(100..40_000)).collect() };
+    let data: Vec<SftExample> = (0..48).map(|_| SftExample { prompt: ids(16), response: ids(112), images: vec![] }).collect();
+    let params =
+        SftParams { mode: FineTuneMode::Full, batch_size: 8, epochs: 1, max_steps: Some(6), learning_rate: 1e-5, ..Default::default() };
+    let mut tr = SftTrainer::new(&vs, &mut lm, params).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = tr.train(&lm, &data, dir.path()).unwrap();
+    let secs: Vec<f64> = report.rows.iter().skip(1).map(|r| r.seconds).collect();
+    let per = secs.iter().sum::<f64>() / secs.len() as f64;
+    println!("ours f32 full fine-tuning, batch 8 × 128 tokens: {:.2} samples/s ({per:.2} s/step over {} steps)", 8.0 / per, secs.len());
+}
