@@ -48,35 +48,10 @@ fn held_out(item: &Item) -> bool {
     item.split != "train"
 }
 
-/// One row per (image, true caption, hard negative); the PNG only on each image's first row.
+/// The pairs file `demo_clip` writes (same function), for scripts/train_clip.py.
 fn write_pairs(items: &[Item], path: &Path) {
-    let (mut ids, mut imgs, mut caps, mut negs, mut held) = (vec![], vec![], vec![], vec![], vec![]);
-    for (i, it) in items.iter().enumerate() {
-        assert_eq!(it.captions.len(), it.hard_negatives.len(), "{}: captions and negatives are aligned", it.id);
-        for (k, (c, n)) in it.captions.iter().zip(&it.hard_negatives).enumerate() {
-            ids.push(i as i64);
-            imgs.push((k == 0).then(|| png(it)));
-            caps.push(c.as_str());
-            negs.push(n.as_str());
-            held.push(held_out(it));
-        }
-    }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("image_id", DataType::Int64, false),
-        Field::new("image", DataType::Binary, true),
-        Field::new("caption", DataType::Utf8, false),
-        Field::new("negative", DataType::Utf8, false),
-        Field::new("heldout", DataType::Boolean, false),
-    ]));
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(ids)),
-        Arc::new(BinaryArray::from_opt_vec(imgs)),
-        Arc::new(StringArray::from(caps)),
-        Arc::new(StringArray::from(negs)),
-        Arc::new(BooleanArray::from(held)),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    let batch = mmboundary::stages::demo_clip::pairs_batch(items).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 }

@@ -2,7 +2,7 @@
 //! (with one-wrong-attribute hard negatives) by `scripts/train_clip.py` (the venv's torch), exported to ONNX
 //! by the same script as any real CLIP, and then used only through ONNX Runtime. No CLIP weights can be
 //! had on these machines; this makes CLIPScore measure real image–text agreement on the benchmark.
-use crate::data::items_from_record_batch;
+use crate::data::{items_from_record_batch, Item};
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::store::ArtifactKind;
 use arrow::array::{ArrayRef, BinaryBuilder, BooleanBuilder, Int64Builder, StringBuilder};
@@ -54,6 +54,38 @@ impl Default for DemoClipParams {
     }
 }
 
+/// The training script's input: one row per (image, true caption, hard negative), the PNG only on each
+/// image's first row; images outside the `train` split are held out (retrieval accuracy is measured on them).
+pub fn pairs_batch(items: &[Item]) -> anyhow::Result<RecordBatch> {
+    let (mut id, mut img, mut cap, mut neg, mut held) =
+        (Int64Builder::new(), BinaryBuilder::new(), StringBuilder::new(), StringBuilder::new(), BooleanBuilder::new());
+    for (i, it) in items.iter().enumerate() {
+        let bytes = it.image.as_ref().and_then(|x| x.bytes.as_deref()).ok_or_else(|| anyhow::anyhow!("item {}: no image bytes", it.id))?;
+        anyhow::ensure!(it.captions.len() == it.hard_negatives.len(), "item {}: captions and hard negatives are not aligned", it.id);
+        for (k, (c, n)) in it.captions.iter().zip(&it.hard_negatives).enumerate() {
+            id.append_value(i as i64);
+            if k == 0 {
+                img.append_value(bytes);
+            } else {
+                img.append_null();
+            }
+            cap.append_value(c);
+            neg.append_value(n);
+            held.append_value(it.split != "train");
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("image_id", DataType::Int64, false),
+        Field::new("image", DataType::Binary, true),
+        Field::new("caption", DataType::Utf8, false),
+        Field::new("negative", DataType::Utf8, false),
+        Field::new("heldout", DataType::Boolean, false),
+    ]));
+    let cols: Vec<ArrayRef> =
+        vec![Arc::new(id.finish()), Arc::new(img.finish()), Arc::new(cap.finish()), Arc::new(neg.finish()), Arc::new(held.finish())];
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
 pub struct DemoClipStage {
     pub params: DemoClipParams,
 }
@@ -84,39 +116,11 @@ impl Stage for DemoClipStage {
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let p = &self.params;
         let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-        // One row per (image, true caption, hard negative); val/test/ood images are held out.
-        let (mut id, mut img, mut cap, mut neg, mut held) =
-            (Int64Builder::new(), BinaryBuilder::new(), StringBuilder::new(), StringBuilder::new(), BooleanBuilder::new());
-        for (i, it) in items.iter().enumerate() {
-            let bytes =
-                it.image.as_ref().and_then(|x| x.bytes.as_deref()).ok_or_else(|| anyhow::anyhow!("item {}: no image bytes", it.id))?;
-            for (k, (c, n)) in it.captions.iter().zip(&it.hard_negatives).enumerate() {
-                id.append_value(i as i64);
-                // The PNG once per image (its first row), not once per caption.
-                if k == 0 {
-                    img.append_value(bytes);
-                } else {
-                    img.append_null();
-                }
-                cap.append_value(c);
-                neg.append_value(n);
-                held.append_value(it.split != "train");
-            }
-        }
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("image_id", DataType::Int64, false),
-            Field::new("image", DataType::Binary, true),
-            Field::new("caption", DataType::Utf8, false),
-            Field::new("negative", DataType::Utf8, false),
-            Field::new("heldout", DataType::Boolean, false),
-        ]));
-        let cols: Vec<ArrayRef> =
-            vec![Arc::new(id.finish()), Arc::new(img.finish()), Arc::new(cap.finish()), Arc::new(neg.finish()), Arc::new(held.finish())];
-        let batch = RecordBatch::try_new(schema.clone(), cols)?;
+        let batch = pairs_batch(&items)?;
         anyhow::ensure!(batch.num_rows() > 0, "the dataset has no captions to train a CLIP on");
         let work = tempfile::tempdir()?;
         let pairs = work.path().join("pairs.parquet");
-        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&pairs)?, schema, None)?;
+        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&pairs)?, batch.schema(), None)?;
         w.write(&batch)?;
         w.close()?;
         let out = work.path().join("clip");

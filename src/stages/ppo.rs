@@ -176,8 +176,9 @@ pub fn rollouts_schema() -> SchemaRef {
 pub fn stages(params: PpoStageParams) -> Vec<Box<dyn Stage>> {
     let mut v: Vec<Box<dyn Stage>> = Vec::new();
     for k in 0..params.iterations {
-        v.push(Box::new(RolloutStage { params: params.clone(), iteration: k, name: format!("rollout_{k}") }));
-        v.push(Box::new(UpdateStage { params: params.clone(), iteration: k, name: format!("update_{k}") }));
+        for (part, name) in [(IterationPart::Rollout, "rollout"), (IterationPart::Update, "update")] {
+            v.push(Box::new(IterationStage { params: params.clone(), iteration: k, part, name: format!("{name}_{k}") }));
+        }
     }
     v.push(Box::new(PpoStage { params }));
     v
@@ -191,39 +192,24 @@ pub struct IterationParams {
     pub ppo: PpoStageParams,
 }
 
-fn iteration_params(p: &PpoStageParams, k: usize) -> serde_json::Value {
-    let mut ppo = serde_json::to_value(p).expect("params serialize");
-    ppo.as_object_mut().expect("a struct").remove("iterations");
-    serde_json::json!({ "iteration": k, "ppo": ppo })
+/// Which half of PPO iteration k a stage runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IterationPart {
+    /// `rollout_k`: sampling and scoring.
+    Rollout,
+    /// `update_k`: the PPO update on those rollouts.
+    Update,
 }
 
-/// Inputs both iteration stages read: the SFT policy, the questions and their features, the models and,
-/// after the first iteration, the state the previous update left.
-fn iteration_inputs(p: &PpoStageParams, k: usize) -> Vec<InputSpec> {
-    let mut v = vec![
-        InputSpec::new("sft_checkpoint", "sft", "checkpoint"),
-        InputSpec::new("items", "dataset", "items"),
-        InputSpec::new("features", "features", "features"),
-    ];
-    if k > 0 {
-        v.push(InputSpec::new("previous", &format!("update_{}", k - 1), "checkpoint"));
-    }
-    v.extend(super::models::model_input(&p.model, "model", super::models::DEMO_MLLM));
-    v
-}
-
-fn device_of(p: &PpoStageParams) -> String {
-    format!("{}/{}", p.device, p.dtype)
-}
-
-/// `rollout_k`: sampling and scoring of iteration k.
-pub struct RolloutStage {
+/// `rollout_k` or `update_k`.
+pub struct IterationStage {
     pub params: PpoStageParams,
     pub iteration: usize,
+    pub part: IterationPart,
     name: String,
 }
 
-impl Stage for RolloutStage {
+impl Stage for IterationStage {
     fn name(&self) -> &str {
         &self.name
     }
@@ -231,62 +217,48 @@ impl Stage for RolloutStage {
         "1"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        let mut v = iteration_inputs(&self.params, self.iteration);
-        v.push(InputSpec::new("level_model", "bin", "level_model"));
-        v.extend(super::models::model_input(&self.params.clip, "clip", super::models::DEMO_CLIP));
+        let (p, k) = (&self.params, self.iteration);
+        let mut v = vec![
+            InputSpec::new("sft_checkpoint", "sft", "checkpoint"),
+            InputSpec::new("items", "dataset", "items"),
+            InputSpec::new("features", "features", "features"),
+        ];
+        if k > 0 {
+            v.push(InputSpec::new("previous", &format!("update_{}", k - 1), "checkpoint"));
+        }
+        v.extend(super::models::model_input(&p.model, "model", super::models::DEMO_MLLM));
+        match self.part {
+            IterationPart::Rollout => {
+                v.push(InputSpec::new("level_model", "bin", "level_model"));
+                v.extend(super::models::model_input(&p.clip, "clip", super::models::DEMO_CLIP));
+            }
+            IterationPart::Update => v.push(InputSpec::new("rollouts", &format!("rollout_{k}"), "rollouts")),
+        }
         v
     }
     fn outputs(&self) -> Vec<String> {
-        vec!["rollouts".into()]
+        match self.part {
+            IterationPart::Rollout => vec!["rollouts".into()],
+            IterationPart::Update => vec!["checkpoint".into(), "log".into()],
+        }
     }
+    /// The `ppo` params without `iterations`, and k.
     fn params(&self) -> serde_json::Value {
-        iteration_params(&self.params, self.iteration)
+        let mut ppo = serde_json::to_value(&self.params).expect("params serialize");
+        ppo.as_object_mut().expect("a struct").remove("iterations");
+        serde_json::json!({ "iteration": self.iteration, "ppo": ppo })
     }
     fn models(&self) -> Vec<PathBuf> {
         let p = &self.params;
-        let mut v = vec![p.minilm.join("onnx/model.onnx"), p.minilm.join("tokenizer.json"), p.pool.clone()];
-        v.extend(super::models::model_files(&p.model));
-        v.extend(super::models::model_files(&p.clip));
+        let mut v = super::models::model_files(&p.model);
+        if self.part == IterationPart::Rollout {
+            v.extend([p.minilm.join("onnx/model.onnx"), p.minilm.join("tokenizer.json"), p.pool.clone()]);
+            v.extend(super::models::model_files(&p.clip));
+        }
         v
     }
     fn device(&self) -> String {
-        device_of(&self.params)
-    }
-    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
-        super::worker::run_in_worker(ctx)
-    }
-}
-
-/// `update_k`: the PPO update of iteration k.
-pub struct UpdateStage {
-    pub params: PpoStageParams,
-    pub iteration: usize,
-    name: String,
-}
-
-impl Stage for UpdateStage {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn code_version(&self) -> &str {
-        "1"
-    }
-    fn inputs(&self) -> Vec<InputSpec> {
-        let mut v = iteration_inputs(&self.params, self.iteration);
-        v.push(InputSpec::new("rollouts", &format!("rollout_{}", self.iteration), "rollouts"));
-        v
-    }
-    fn outputs(&self) -> Vec<String> {
-        vec!["checkpoint".into(), "log".into()]
-    }
-    fn params(&self) -> serde_json::Value {
-        iteration_params(&self.params, self.iteration)
-    }
-    fn models(&self) -> Vec<PathBuf> {
-        super::models::model_files(&self.params.model)
-    }
-    fn device(&self) -> String {
-        device_of(&self.params)
+        format!("{}/{}", self.params.device, self.params.dtype)
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)

@@ -78,6 +78,8 @@ struct Iteration {
     /// Iteration k's questions, in draw order, with their prompts.
     items: Vec<Item>,
     prompts: Vec<PpoPrompt>,
+    /// The `features` artifact, read once (rollout_k also needs its image embeddings).
+    features: RecordBatch,
 }
 
 impl Iteration {
@@ -105,14 +107,15 @@ impl Iteration {
         anyhow::ensure!(!selected.is_empty(), "ppo: no items in splits {:?}", p.splits);
         let picked = draw(selected.len(), p.prompts_per_iteration, p.seed, k);
         let items: Vec<Item> = picked.iter().map(|&i| selected[i].clone()).collect();
-        let feats = Features::from_batch(&ctx.input_table("features")?.concat()?)?;
+        let features = ctx.input_table("features")?.concat()?;
+        let feats = Features::from_batch(&features)?;
         let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &p.prompt };
         let mut prompts = Vec::with_capacity(items.len());
         for it in &items {
             let (n, feat) = feats.tensor(&it.id)?;
             prompts.push(PpoPrompt { ids: prompter.prompt(&it.question, &it.choices, n)?, images: vec![feat.to_device(device)] });
         }
-        Ok(Self { k, p, tp, model_dir, device, dtype, cfg, tok, items, prompts })
+        Ok(Self { k, p, tp, model_dir, device, dtype, cfg, tok, items, prompts, features })
     }
 
     /// The policy after k updates and a trainer in the state the k-th update left (a fresh one for k = 0).
@@ -151,7 +154,7 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
     let levels: LevelModel =
         serde_json::from_slice(&std::fs::read(&level_path)?).with_context(|| format!("{}: not a level model", level_path.display()))?;
     let rewards = RewardModel::load(&it.p, &mmboundary::stages::models::resolve(ctx, &it.p.clip, "clip")?, levels, &Default::default())?;
-    let feats = ctx.input_table("features")?.concat()?;
+    let feats = &it.features;
     let f_ids = feats.column_by_name("item_id").context("features artifact has no item_id")?.as_string::<i32>();
     let f_emb = feats.column_by_name("embedding").context("features artifact has no embedding")?.as_list::<i32>();
     let image: HashMap<&str, Vec<f32>> =
