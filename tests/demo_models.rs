@@ -2,16 +2,13 @@
 //! (a small CLIP, exported to ONNX) → `encoders::clip::Clip` → patch features → `mllm::demo::train` (the
 //! project's SFT trainer on the reference chains) → answers by difficulty level.
 //!
-//! The fast tests run in CI time on 2 cores; `demo_models_long_run` (ignored) is the longer run whose
-//! accuracy-by-difficulty table goes in the report:
-//! `cargo test --test demo_models -- --ignored --nocapture demo_models_long_run`
+//! The fast tests run in seconds; `demo_mllm_answers_easy_scenes_better_than_hard_ones` trains both models as
+//! the pipeline ships them (about 6 minutes on 2 cores) and prints the accuracy-by-difficulty table of the note:
+//! `cargo test --test demo_models -- --nocapture demo_mllm_answers_easy_scenes_better_than_hard_ones`
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use arrow::array::{ArrayRef, BinaryArray, BooleanArray, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
 use mllm::demo::{self, DemoExample, DemoModel, DemoParams};
 use mmboundary::data::penumbra::{self, PenumbraParams};
 use mmboundary::data::Item;
@@ -108,17 +105,20 @@ fn prompt_of(it: &Item) -> String {
     }
 }
 
-/// The demo MLLM's examples: CLIP patch features, question (+ choices), plain reference chain.
+/// The demo MLLM's examples: CLIP patch features, question (+ choices), plain reference chain. A patch-8
+/// CLIP's 12 × 12 grid is merged 2 × 2 into 36 tokens, as the shipped `stages/features.toml` does.
 fn examples(clip: &Clip, items: &[&Item]) -> (Vec<DemoExample>, usize) {
     let mut out = Vec::with_capacity(items.len());
     let mut hidden = 0;
     for chunk in items.chunks(64) {
         let f = clip.image.encode_pixels(&pixels(clip, chunk), chunk.len()).unwrap();
-        hidden = f.hidden;
-        for (k, it) in chunk.iter().enumerate() {
+        let grid = ((f.tokens - 1) as f64).sqrt().round() as usize;
+        let k = (grid / 6).max(1);
+        hidden = f.hidden * k * k;
+        for (i, it) in chunk.iter().enumerate() {
             out.push(DemoExample {
-                patches: f.patch_features(k).to_vec(),
-                n_patches: f.tokens - 1,
+                patches: mmboundary::stages::features::merge_patches(f.patch_features(i), f.hidden, k).unwrap(),
+                n_patches: (f.tokens - 1) / (k * k),
                 prompt: prompt_of(it),
                 target: it.chain.sentences().collect::<Vec<_>>().join(" "),
             });
@@ -227,33 +227,20 @@ fn demo_mllm_trains_on_chains_and_reloads() {
     assert!(model.generate(&[bad], 4, 1).unwrap_err().to_string().contains("patch features"));
 }
 
-/// After a longer SFT run the from-scratch decoder answers easy scenes far better than hard ones: the
-/// spread the method's confidence signals need. Levels {0, 1} vs {3, 4} of held-out items. About 20 min
-/// on 2 shared cores, hence ignored in CI:
-/// `cargo test --test demo_models -- --ignored --nocapture demo_mllm_answers_easy_scenes_better_than_hard_ones`
+/// The demo models as the pipeline ships them (`stages/demo_clip.toml`, `features.toml`, `demo_mllm.toml`):
+/// a patch-8 CLIP trained on the train split's pairs, its features merged 2 × 2, and the decoder trained on
+/// the plain chains plus one scene description per training image, 6 epochs. The from-scratch decoder must
+/// answer easy held-out scenes (levels 0–1) clearly better than hard ones (levels 3–4): the spread the
+/// method's confidence signals need. Threshold 0.10: with about 160 held-out items per group the standard
+/// error of the difference is about 0.055, so 0.10 is about two of them above a model that reads nothing
+/// off the image (whose easy and hard accuracies differ only by the question mix); the shipped setup has
+/// measured +0.17 here, the patch-16 CLIP it replaced about +0.05.
+/// About 6 minutes on 2 cores. Knobs for experiments: DEMO_ITEMS, DEMO_EPOCHS, DEMO_CLIP_ARGS, DEMO_LR,
+/// DEMO_BATCH, DEMO_DESCRIBE=0, DEMO_DRILLS, DEMO_DIAG (accuracy by kind, swapped images, training items):
+/// `DEMO_DIAG=1 cargo test --test demo_models -- --nocapture demo_mllm_answers_easy_scenes_better_than_hard_ones`
 #[test]
-#[ignore]
 fn demo_mllm_answers_easy_scenes_better_than_hard_ones() {
-    let t = fast_clip();
-    let train: Vec<&Item> = t.items.iter().filter(|i| !held_out(i)).collect();
-    let held: Vec<&Item> = t.items.iter().filter(|i| held_out(i) && i.split != "ood").collect();
-    let (ex, hidden) = examples(&t.clip, &train);
-    let dir = tempfile::tempdir().unwrap();
-    let epochs = std::env::var("DEMO_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
-    let report = demo::train(&ex, hidden, &gguf(), dir.path(), &DemoParams { epochs, ..Default::default() }).unwrap();
-    eprintln!("demo MLLM: {} steps, final loss {:.3}, {:.1} s", report.steps, report.final_loss, report.seconds);
-    let model = DemoModel::load(dir.path()).unwrap();
-    let by = accuracy_by_level(&model, &t.clip, &held);
-    eprintln!("accuracy by level (right, n): {by:?}");
-    let (easy, hard) = (acc(&by, &[0, 1]), acc(&by, &[3, 4]));
-    assert!(easy >= hard + 0.15, "easy {easy:.3} vs hard {hard:.3}: {by:?}");
-}
-
-/// The longer run of the report (about the preparation budget: both models on 2 cores).
-#[test]
-#[ignore]
-fn demo_models_long_run() {
-    let n: usize = std::env::var("DEMO_ITEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(1200);
+    let n: usize = std::env::var("DEMO_ITEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let epochs: usize = std::env::var("DEMO_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -261,9 +248,9 @@ fn demo_models_long_run() {
     let pairs = dir.path().join("pairs.parquet");
     write_pairs(&all, &pairs);
     let clip_dir = dir.path().join("clip");
-    // DEMO_CLIP_ARGS: extra train_clip.py arguments, e.g. "--epochs 30 --lr 1e-2 --patch-size 12".
+    // DEMO_CLIP_ARGS: extra train_clip.py arguments, e.g. "--epochs 30 --lr 1e-2 --patch-size 16".
     let clip_args = std::env::var("DEMO_CLIP_ARGS").unwrap_or_default();
-    let mut args: Vec<&str> = vec!["--seed", "0", "--epochs", "8"];
+    let mut args: Vec<&str> = vec!["--seed", "0", "--epochs", "8", "--patch-size", "8"];
     args.extend(clip_args.split_whitespace());
     let summary = train_clip(&pairs, &clip_dir, &args);
     let clip = Clip::load(&clip_dir, &opts()).unwrap();
@@ -272,8 +259,9 @@ fn demo_models_long_run() {
     let train: Vec<&Item> = all.iter().filter(|i| !held_out(i)).collect();
     let held: Vec<&Item> = all.iter().filter(|i| held_out(i) && i.split != "ood").collect();
     let (mut ex, hidden) = examples(&clip, &train);
-    if std::env::var("DEMO_DESCRIBE").is_ok() {
-        // Plus one scene-description example per training image (every object's perception sentence).
+    if std::env::var("DEMO_DESCRIBE").as_deref() != Ok("0") {
+        // One scene-description example per training image (every object's perception sentence), as the
+        // demo_mllm stage's `describe_prompt` adds.
         let described: Vec<DemoExample> = ex
             .iter()
             .zip(&train)
@@ -329,6 +317,9 @@ fn demo_models_long_run() {
         diagnose(&model, &clip, &held, &train);
     }
     println!("total wall time {:.1} s", started.elapsed().as_secs_f64());
+    let (easy, hard) = (acc(&by, &[0, 1]), acc(&by, &[3, 4]));
+    println!("easy (levels 0-1) {easy:.3} vs hard (levels 3-4) {hard:.3}");
+    assert!(easy >= hard + 0.10, "easy {easy:.3} vs hard {hard:.3}: {by:?}");
 }
 
 /// What the demo MLLM has learned: accuracy by level × question kind, with each item's image swapped for

@@ -53,7 +53,7 @@ fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
             params: DatasetParams { penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() }, chunk: 8 },
         }),
         Box::new(FeaturesStage {
-            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8 },
+            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8, merge: 1 },
             session: Default::default(),
         }),
         Box::new(GenerateStage {

@@ -33,7 +33,7 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
                 params: DatasetParams { penumbra: PenumbraParams { n_items: 12, image_size: 32, ..Default::default() }, chunk: 5 },
             }),
             Box::new(FeaturesStage {
-                params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4 },
+                params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4, merge: 1 },
                 session: Default::default(),
             }),
             Box::new(GenerateStage {
@@ -150,7 +150,7 @@ fn generate_without_the_worker_or_model_fails_clearly() {
             params: DatasetParams { penumbra: PenumbraParams { n_items: 4, image_size: 32, ..Default::default() }, chunk: 4 },
         }),
         Box::new(FeaturesStage {
-            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4 },
+            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4, merge: 1 },
             session: Default::default(),
         }),
         Box::new(GenerateStage {

@@ -42,7 +42,9 @@ impl Default for DemoClipParams {
             epochs: 12,
             batch_size: 32,
             lr: 1e-3,
-            patch_size: 16,
+            // 8-pixel patches (a 12 × 12 grid): with 16-pixel ones the features hold colour but next to no
+            // shape (a probe on them reads shape at chance), and the decoder cannot find "the circle".
+            patch_size: 8,
             width: 64,
             layers: 2,
             projection_dim: 64,

@@ -21,12 +21,39 @@ pub struct FeaturesParams {
     pub clip: Option<PathBuf>,
     /// Images per ONNX Runtime call.
     pub batch: usize,
+    /// Merge each `merge × merge` block of neighbouring patches into one token by concatenating their
+    /// features (space-to-depth, as Qwen2-VL's merger does), so a fine-grained patch grid costs the decoder
+    /// no more tokens. 1 (the default) keeps the CLIP's patches, as a Hugging Face LLaVA expects; the demo
+    /// CLIP (8-pixel patches, a 12 × 12 grid) uses 2.
+    pub merge: usize,
 }
 
 impl Default for FeaturesParams {
     fn default() -> Self {
-        Self { clip: None, batch: 64 }
+        Self { clip: None, batch: 64, merge: 1 }
     }
+}
+
+/// `[g·g, dim]` patch features (row-major grid) → `[(g/k)·(g/k), k·k·dim]`: token (i, j) is the
+/// concatenation of patches (k·i + a, k·j + b) for a, then b, in 0..k.
+pub fn merge_patches(patches: &[f32], dim: usize, k: usize) -> anyhow::Result<Vec<f32>> {
+    anyhow::ensure!(k >= 1 && dim >= 1 && patches.len() % dim == 0, "merge_patches: {} floats are not whole {dim}-wide patches", patches.len());
+    let n = patches.len() / dim;
+    let g = (n as f64).sqrt().round() as usize;
+    anyhow::ensure!(g * g == n, "merge_patches: {n} patches do not form a square grid");
+    anyhow::ensure!(g % k == 0, "merge_patches: a {g} × {g} patch grid cannot be merged in {k} × {k} blocks");
+    let mut out = Vec::with_capacity(patches.len());
+    for i in 0..g / k {
+        for j in 0..g / k {
+            for a in 0..k {
+                for b in 0..k {
+                    let p = (k * i + a) * g + (k * j + b);
+                    out.extend_from_slice(&patches[p * dim..(p + 1) * dim]);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub struct FeaturesStage {
@@ -91,11 +118,14 @@ impl Stage for FeaturesStage {
                 })
                 .collect::<anyhow::Result<_>>()?;
             let f = clip.image.encode_pixels(&pixels.concat(), chunk.len())?;
+            let k = self.params.merge.max(1);
             for (i, it) in chunk.iter().enumerate() {
+                let merged = merge_patches(f.patch_features(i), f.hidden, k)
+                    .map_err(|e| anyhow::anyhow!("item {}: features.merge = {k}: {e}", it.id))?;
                 ids.append_value(&it.id);
-                n_p.append_value((f.tokens - 1) as u32);
-                dims.append_value(f.hidden as u32);
-                patches.values().append_slice(f.patch_features(i));
+                n_p.append_value(((f.tokens - 1) / (k * k)) as u32);
+                dims.append_value((f.hidden * k * k) as u32);
+                patches.values().append_slice(&merged);
                 patches.append(true);
                 let d = f.embeddings.dim;
                 embeds.values().append_slice(&f.embeddings.data[i * d..(i + 1) * d]);
@@ -114,5 +144,31 @@ impl Stage for FeaturesStage {
         let batch = RecordBatch::try_new(features_schema(), cols)?;
         ctx.write_table("features", features_schema(), &[batch], None)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patches;
+
+    #[test]
+    fn merges_two_by_two_blocks_in_reading_order() {
+        // A 4 × 4 grid of 1-wide patches numbered 0..16 row by row.
+        let grid: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let merged = merge_patches(&grid, 1, 2).unwrap();
+        let expect = [0., 1., 4., 5., 2., 3., 6., 7., 8., 9., 12., 13., 10., 11., 14., 15.];
+        assert_eq!(merged, expect);
+        // 2-wide patches keep each patch's features together.
+        let wide: Vec<f32> = (0..8).map(|v| v as f32).collect(); // 2 × 2 grid, dim 2
+        assert_eq!(merge_patches(&wide, 2, 2).unwrap(), wide);
+        assert_eq!(merge_patches(&grid, 1, 1).unwrap(), grid);
+    }
+
+    #[test]
+    fn refuses_grids_that_do_not_divide() {
+        let e = merge_patches(&[0.0; 9], 1, 2).unwrap_err().to_string();
+        assert!(e.contains("3 × 3") && e.contains("2 × 2"), "{e}");
+        let e = merge_patches(&[0.0; 12], 1, 2).unwrap_err().to_string();
+        assert!(e.contains("square"), "{e}");
     }
 }
