@@ -577,3 +577,34 @@ fn perf_smollm2_training_step() {
     let per = secs.iter().sum::<f64>() / secs.len() as f64;
     println!("ours f32 full fine-tuning, batch 8 × 128 tokens: {:.2} samples/s ({per:.2} s/step over {} steps)", 8.0 / per, secs.len());
 }
+
+/// Our AdamW equals torch.optim.AdamW over three steps with changing lr and weight decay
+/// (fixture: scripts/make_adamw_golden.py).
+#[test]
+fn adamw_matches_torch_over_three_steps() {
+    use mllm::optim::{AdamW, AdamWParams};
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("adamw_golden.json")).unwrap()).unwrap();
+    let floats = |v: &Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
+    let params: Vec<Tensor> = g["init"].as_array().unwrap().iter().map(|v| Tensor::from_slice(&floats(v)).set_requires_grad(true)).collect();
+    let named = params.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.shallow_clone())).collect();
+    let wd = g["weight_decay"].as_f64().unwrap();
+    let mut opt = AdamW::new(named, AdamWParams { weight_decay: wd, ..Default::default() });
+    for k in 0..3 {
+        opt.zero_grad();
+        // A loss whose gradient is exactly the fixture's gradient: Σ p·g.
+        let loss = params
+            .iter()
+            .zip(g["grads"][k].as_array().unwrap())
+            .map(|(p, gk)| (p * Tensor::from_slice(&floats(gk))).sum(Kind::Float))
+            .fold(Tensor::from(0.0f32), |a, b| a + b);
+        loss.backward();
+        opt.step(g["lrs"][k].as_f64().unwrap());
+        for (i, p) in params.iter().enumerate() {
+            let got = Vec::<f32>::try_from(&p.detach()).unwrap();
+            let want = floats(&g["after"][k][i]);
+            for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "step {k} param {i}[{j}]: {a} vs torch {b}");
+            }
+        }
+    }
+}

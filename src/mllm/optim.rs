@@ -84,13 +84,22 @@ impl AdamW {
                 if self.hp.weight_decay != 0.0 {
                     let _ = p.f_mul_(&Tensor::from(1.0 - lr * self.hp.weight_decay));
                 }
+                // In place, in torch's order (denom = √v / √bc2 + ε, p −= lr/bc1 · m / denom): the step is
+                // memory-bound, and this makes two temporaries per tensor where out-of-place ops made a dozen.
                 let m = &mut self.m[i];
                 let v = &mut self.v[i];
-                *m = &*m * b1 + &g * (1.0 - b1);
-                *v = &*v * b2 + g.pow_tensor_scalar(2) * (1.0 - b2);
-                let denom = (&*v / bc2).sqrt() + self.hp.eps;
-                let update = (&*m / bc1) / denom * lr;
-                let _ = p.f_sub_(&update.to_kind(p.kind()));
+                // m, v and step have p's shape by construction, so these in-place ops cannot fail.
+                let ok = |r: std::result::Result<Tensor, tch::TchError>| drop(r.expect("AdamW: in-place update of same-shaped tensors"));
+                ok(m.f_lerp_(&g, 1.0 - b1));
+                ok(v.f_mul_scalar_(b2));
+                ok(v.f_addcmul_(&g, &(&g * (1.0 - b2))));
+                let mut step = v.sqrt();
+                ok(step.f_div_scalar_(bc2.sqrt()));
+                ok(step.f_add_scalar_(self.hp.eps));
+                ok(step.f_reciprocal_());
+                ok(step.f_mul_scalar_(-lr / bc1));
+                ok(step.f_mul_(m));
+                ok(p.f_add_(&step.to_kind(p.kind())));
             }
         });
     }
