@@ -261,7 +261,8 @@ def metrics_section():
         n = int(RNG.integers(1, 7))
         responses.append([[bool(RNG.random() < 0.6), float(RNG.integers(0, 5) / 4)] for _ in range(n)])
     mece = {"responses": responses,
-            "expected": float(np.mean([np.mean([abs(float(c) - v) for c, v in r]) for r in responses]))}
+            "expected": float(np.mean([np.mean([abs(float(c) - v) for c, v in r]) for r in responses])),
+            "brier_expected": float(np.mean([np.mean([(float(c) - v) ** 2 for c, v in r]) for r in responses]))}
 
     auroc = []
     s = RNG.normal(size=80)

@@ -17,7 +17,7 @@ use mmboundary::metrics::accuracy::{
     aokvqa_direct, choice_from_answer, cultural_match, extract_final_answer, AccuracyParams, AnswerNormalization,
 };
 use mmboundary::metrics::{
-    auroc, chain_f1, chain_f1_by_level, ece, ece_unbinned, mece, mece_by_level, ChainF1, ChainF1Params, ChainItem, ChainLevel, EceParams,
+    auroc, chain_f1, chain_f1_by_level, ece, ece_unbinned, mece, mece_by_level, step_brier, ChainF1, ChainF1Params, ChainItem, ChainLevel, EceParams,
     MetricsError,
 };
 use proptest::prelude::*;
@@ -255,6 +255,7 @@ fn calibration(v: &Value) -> Vec<Vec<(bool, f64)>> {
 fn golden_mece() {
     let g = &golden()["metrics"]["mece"];
     close(mece(&calibration(&g["responses"])).unwrap(), g["expected"].as_f64().unwrap(), "MECE");
+    close(step_brier(&calibration(&g["responses"])).unwrap(), g["brier_expected"].as_f64().unwrap(), "step-level Brier");
 }
 
 #[test]

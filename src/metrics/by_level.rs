@@ -41,6 +41,15 @@ pub fn assign_levels(index: usize, similarity: &[Vec<f64>], reference_levels: &[
 /// MECE over the sentences of `level` only; responses with no sentence of that level are left out.
 /// `None` when no response has one.
 pub fn mece_by_level(sentence_levels: &[Vec<ChainLevel>], responses: &[Vec<(bool, f64)>], level: ChainLevel) -> Result<Option<f64>> {
+    let kept = level_subset(sentence_levels, responses, level)?;
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    mece(&kept).map(Some)
+}
+
+/// The (I(z), Conf(c)) pairs of `level`'s sentences, per response; responses without one are left out.
+pub fn level_subset(sentence_levels: &[Vec<ChainLevel>], responses: &[Vec<(bool, f64)>], level: ChainLevel) -> Result<Vec<Vec<(bool, f64)>>> {
     same_len("sentence levels (one list per response)", responses.len(), sentence_levels.len())?;
     let mut kept = Vec::new();
     for (a, (levels, sentences)) in sentence_levels.iter().zip(responses).enumerate() {
@@ -50,10 +59,7 @@ pub fn mece_by_level(sentence_levels: &[Vec<ChainLevel>], responses: &[Vec<(bool
             kept.push(subset);
         }
     }
-    if kept.is_empty() {
-        return Ok(None);
-    }
-    mece(&kept).map(Some)
+    Ok(kept)
 }
 
 /// Chain F1 restricted to one level: reference sentences of that level, predicted sentences assigned to

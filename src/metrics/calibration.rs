@@ -76,18 +76,31 @@ pub fn ece_unbinned(confidence: &[f64], correct: &[f64]) -> Result<f64> {
 /// `responses[a]` holds (I(z), Conf(c)) per sentence. A response with no sentence is an error
 /// (eq. 16 divides by |a|); drop such responses upstream if that is the intent.
 pub fn mece(responses: &[Vec<(bool, f64)>]) -> Result<f64> {
+    mean_sentence_error(responses, "MECE", |d| d.abs())
+}
+
+/// Step-level Brier score: MECE's averaging with the squared error (I(z) − Conf(c))². Why report it next
+/// to MECE: the absolute error is not a proper scoring rule (when 80 % of sentences are right it is lowest
+/// for "always 1.0"), while the squared error is lowest for calibrated confidence, which is what R_EC and
+/// R_CS (eq. 11–12, squared) reward.
+pub fn step_brier(responses: &[Vec<(bool, f64)>]) -> Result<f64> {
+    mean_sentence_error(responses, "Brier", |d| d * d)
+}
+
+/// Mean over responses of the mean over their sentences of `err(I(z) − Conf(c))`.
+fn mean_sentence_error(responses: &[Vec<(bool, f64)>], name: &str, err: impl Fn(f64) -> f64) -> Result<f64> {
     if responses.is_empty() {
-        return Err(MetricsError::Empty { what: "MECE input".into(), unit: "response" });
+        return Err(MetricsError::Empty { what: format!("{name} input"), unit: "response" });
     }
     let mut total = 0.0;
     for (a, sentences) in responses.iter().enumerate() {
         if sentences.is_empty() {
-            return Err(MetricsError::Empty { what: format!("MECE response {a}"), unit: "sentence" });
+            return Err(MetricsError::Empty { what: format!("{name} response {a}"), unit: "sentence" });
         }
         let mut s = 0.0;
         for (t, &(correct, conf)) in sentences.iter().enumerate() {
             let conf = unit("Conf(c)", format!("{a}][{t}"), conf)?;
-            s += ((if correct { 1.0 } else { 0.0 }) - conf).abs();
+            s += err((if correct { 1.0 } else { 0.0 }) - conf);
         }
         total += s / sentences.len() as f64;
     }

@@ -11,8 +11,8 @@ use thiserror::Error;
 
 pub use accuracy::{AccuracyParams, AnswerNormalization, CulturalMatch};
 pub use auroc::auroc;
-pub use by_level::{assign_levels, chain_f1_by_level, mece_by_level, ChainLevel};
-pub use calibration::{answer_confidence, ece, ece_unbinned, mece, AnswerConfidence, EceParams};
+pub use by_level::{assign_levels, chain_f1_by_level, level_subset, mece_by_level, ChainLevel};
+pub use calibration::{answer_confidence, ece, ece_unbinned, mece, step_brier, AnswerConfidence, EceParams};
 pub use chain::{chain_f1, ChainF1, ChainF1Params, ChainItem};
 
 /// The one error type of the metrics module.

@@ -11,6 +11,8 @@ pub struct MetricsRow {
     pub sentences: u64,
     pub ece: Option<f64>,
     pub mece: Option<f64>,
+    /// Step-level Brier score (MECE's averaging, squared error).
+    pub brier: Option<f64>,
     pub accuracy: Option<f64>,
     pub chain_f1: Option<f64>,
     pub auroc: Option<f64>,
@@ -57,6 +59,28 @@ pub fn table1_markdown(rows: &[MetricsRow], splits: &[String], variants: &[Strin
                 }
                 None => s.push_str(" – | – | – | – | – |"),
             }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Step-level Brier score by split (level `all`): the proper counterpart of MECE.
+pub fn brier_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String]) -> String {
+    let mut s = String::from("| variant |");
+    for sp in splits {
+        let _ = write!(s, " {sp} |");
+    }
+    s.push_str("\n|---|");
+    for _ in splits {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for v in variants {
+        let _ = write!(s, "| {v} |");
+        for sp in splits {
+            let b = rows.iter().find(|r| &r.variant == v && &r.split == sp && r.level == "all").and_then(|r| r.brier);
+            let _ = write!(s, " {} |", cell(b));
         }
         s.push('\n');
     }
@@ -138,6 +162,7 @@ mod tests {
             sentences: 2,
             ece: Some(ece),
             mece: Some(0.5),
+            brier: Some(ece / 2.0),
             accuracy: None,
             chain_f1: Some(0.25),
             auroc: Some(1.0),
@@ -154,6 +179,8 @@ mod tests {
         assert!(lines[3].contains("0.062"));
         let l = levels_markdown(&rows, "val", &["full".into()]);
         assert!(l.contains("| full | 0.500 | 0.250 | – | – |"), "{l}");
+        let b = brier_markdown(&rows, &["val".into(), "test".into()], &["sft".into(), "full".into()]);
+        assert_eq!(b.lines().nth(2), Some("| sft | 0.062 | – |"), "{b}");
     }
 
     #[test]

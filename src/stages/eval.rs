@@ -17,8 +17,8 @@ use crate::encoders::minilm::DEFAULT_MODEL_DIR;
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::metrics::accuracy::{choice_from_answer, cultural_match, extract_final_answer};
 use crate::metrics::auroc::auroc;
-use crate::metrics::by_level::{assign_levels, chain_f1_by_level, mece_by_level, ChainLevel};
-use crate::metrics::calibration::{answer_confidence, ece, mece};
+use crate::metrics::by_level::{assign_levels, chain_f1_by_level, level_subset, mece_by_level, ChainLevel};
+use crate::metrics::calibration::{answer_confidence, ece, mece, step_brier};
 use crate::metrics::chain::{chain_f1, ChainItem};
 use crate::metrics::MetricsParams;
 use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, UInt32Builder, UInt64Builder};
@@ -99,7 +99,7 @@ impl Stage for EvalStage {
         "eval"
     }
     fn code_version(&self) -> &str {
-        "1"
+        "2"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
@@ -169,6 +169,7 @@ pub fn metrics_schema() -> SchemaRef {
         Field::new("sentences", DataType::UInt64, false),
         f("ece"),
         f("mece"),
+        f("brier"),
         f("accuracy"),
         f("chain_f1"),
         f("auroc"),
@@ -296,8 +297,14 @@ pub fn evaluate(
 
     let (mut m_var, mut m_split, mut m_level, mut m_resp, mut m_sent) =
         (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), UInt64Builder::new(), UInt64Builder::new());
-    let (mut m_ece, mut m_mece, mut m_acc, mut m_f1, mut m_auroc) =
-        (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new());
+    let (mut m_ece, mut m_mece, mut m_brier, mut m_acc, mut m_f1, mut m_auroc) = (
+        Float64Builder::new(),
+        Float64Builder::new(),
+        Float64Builder::new(),
+        Float64Builder::new(),
+        Float64Builder::new(),
+        Float64Builder::new(),
+    );
     for ((variant, split), js) in &groups {
         debug_assert!(js.iter().all(|j| &j.split == split));
         // Calibration pairs: sentences with a confidence (a statement, or the missing-statement value).
@@ -310,6 +317,7 @@ pub fn evaluate(
             .map(|&i| js[i].levels.iter().zip(&js[i].confidence).filter(|(_, v)| v.is_some()).map(|(l, _)| *l).collect())
             .collect();
         let mece_all = if kept_responses.is_empty() { None } else { Some(mece(&kept_responses)?) };
+        let brier_all = if kept_responses.is_empty() { None } else { Some(step_brier(&kept_responses)?) };
         let (mut conf, mut corr) = (Vec::new(), Vec::new());
         for &i in &kept {
             let c: Vec<f64> = responses[i].iter().map(|x| x.1).collect();
@@ -324,7 +332,7 @@ pub fn evaluate(
             js.iter().map(|j| ChainItem { similarity: j.similarity.clone(), n_reference: j.ref_levels.len() }).collect();
         let f1 = chain_f1(&chain_items, &params.metrics.chain_f1)?.f1;
         let n_sent: usize = js.iter().map(|j| j.similarity.len()).sum();
-        let mut push = |level: &str, n_s: usize, e: Option<f64>, m: Option<f64>, a: Option<f64>, f: Option<f64>, r: Option<f64>| {
+        let mut push = |level: &str, n_s: usize, e: Option<f64>, (m, b): (Option<f64>, Option<f64>), a: Option<f64>, f: Option<f64>, r: Option<f64>| {
             m_var.append_value(variant);
             m_split.append_value(split);
             m_level.append_value(level);
@@ -332,17 +340,20 @@ pub fn evaluate(
             m_sent.append_value(n_s as u64);
             m_ece.append_option(e);
             m_mece.append_option(m);
+            m_brier.append_option(b);
             m_acc.append_option(a);
             m_f1.append_option(f);
             m_auroc.append_option(r);
         };
-        push("all", n_sent, ece_all, mece_all, Some(accuracy), Some(f1), auroc_all);
+        push("all", n_sent, ece_all, (mece_all, brier_all), Some(accuracy), Some(f1), auroc_all);
         let ref_levels: Vec<Vec<ChainLevel>> = js.iter().map(|j| j.ref_levels.clone()).collect();
         for level in [ChainLevel::Perception, ChainLevel::Reasoning] {
             let m = if kept_responses.is_empty() { None } else { mece_by_level(&kept_levels, &kept_responses, level)? };
+            let subset = level_subset(&kept_levels, &kept_responses, level)?;
+            let b = if subset.is_empty() { None } else { Some(step_brier(&subset)?) };
             let f = chain_f1_by_level(&chain_items, &ref_levels, level, &params.metrics.chain_f1)?;
             let n_l: usize = js.iter().map(|j| j.levels.iter().filter(|&&l| l == level).count()).sum();
-            push(level_name(level), n_l, None, m, None, (f.reference > 0).then_some(f.f1), None);
+            push(level_name(level), n_l, None, (m, b), None, (f.reference > 0).then_some(f.f1), None);
         }
     }
     let cols: Vec<ArrayRef> = vec![
@@ -353,6 +364,7 @@ pub fn evaluate(
         Arc::new(m_sent.finish()),
         Arc::new(m_ece.finish()),
         Arc::new(m_mece.finish()),
+        Arc::new(m_brier.finish()),
         Arc::new(m_acc.finish()),
         Arc::new(m_f1.finish()),
         Arc::new(m_auroc.finish()),

@@ -2,7 +2,7 @@
 //! diagrams, stated-confidence histograms and example chains with each statement colored by whether its
 //! sentence was right; Markdown plus one self-contained HTML page, stored as a folder artifact.
 use crate::engine::{InputSpec, Stage, StageContext};
-use crate::report::page::{examples_html, html_page, levels_markdown, pre, table1_markdown, ExampleSentence, MetricsRow};
+use crate::report::page::{brier_markdown, examples_html, html_page, levels_markdown, pre, table1_markdown, ExampleSentence, MetricsRow};
 use crate::report::plots::{level_histogram_svg, reliability_bins, reliability_svg};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, UInt32Type, UInt64Type};
@@ -26,6 +26,11 @@ impl Default for ReportParams {
     }
 }
 
+/// Why the report shows the Brier score next to MECE.
+const BRIER_NOTE: &str = "Mean over responses of the mean over sentences of (I(z) − Conf(c))², MECE's averaging with \
+the squared error. Unlike MECE's absolute error it is a proper score: lowest for calibrated confidence, which R_EC \
+and R_CS reward; MECE is lowest for confident statements whenever most sentences are right.";
+
 pub struct ReportStage {
     pub params: ReportParams,
 }
@@ -37,7 +42,7 @@ impl Stage for ReportStage {
         "report"
     }
     fn code_version(&self) -> &str {
-        "1"
+        "2"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec::new("metrics", "eval", "metrics"), InputSpec::new("sentences", "eval", "sentences")]
@@ -57,7 +62,7 @@ impl Stage for ReportStage {
         let (variant, split, level) = (col(&m, "variant")?, col(&m, "split")?, col(&m, "level")?);
         let (responses, sentences) = (col(&m, "responses")?, col(&m, "sentences")?);
         let f = |n: &str| -> anyhow::Result<Vec<Option<f64>>> { Ok(col(&m, n)?.as_primitive::<Float64Type>().iter().collect()) };
-        let (ece, mece, acc, f1, auroc) = (f("ece")?, f("mece")?, f("accuracy")?, f("chain_f1")?, f("auroc")?);
+        let (ece, mece, brier, acc, f1, auroc) = (f("ece")?, f("mece")?, f("brier")?, f("accuracy")?, f("chain_f1")?, f("auroc")?);
         let rows: Vec<MetricsRow> = (0..m.num_rows())
             .map(|i| MetricsRow {
                 variant: variant.as_string::<i32>().value(i).into(),
@@ -67,6 +72,7 @@ impl Stage for ReportStage {
                 sentences: sentences.as_primitive::<UInt64Type>().value(i),
                 ece: ece[i],
                 mece: mece[i],
+                brier: brier[i],
                 accuracy: acc[i],
                 chain_f1: f1[i],
                 auroc: auroc[i],
@@ -126,8 +132,10 @@ impl Stage for ReportStage {
 
         let table = table1_markdown(&rows, &splits, &variants);
         let levels = levels_markdown(&rows, &p.split, &variants);
+        let brier = brier_markdown(&rows, &splits, &variants);
         let md = format!(
             "# MMBoundary report\n\n## Table 1 (ECE, MECE, accuracy, chain F1, AUROC; level `all`)\n\n{table}\n\
+             ## Step-level Brier score\n\n{BRIER_NOTE}\n\n{brier}\n\
              ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
             split = p.split
         );
@@ -135,6 +143,7 @@ impl Stage for ReportStage {
             "MMBoundary report",
             &[
                 ("Table 1".into(), pre(&table)),
+                ("Step-level Brier score".into(), format!("<p>{BRIER_NOTE}</p>{}", pre(&brier))),
                 (format!("Perception vs reasoning ({})", p.split), pre(&levels)),
                 ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
                 ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
