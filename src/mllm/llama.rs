@@ -281,7 +281,7 @@ impl CausalLm {
     /// (left padding with 0); positions follow the mask as transformers does. With a cache, the new keys
     /// and values are appended. Returns the final-norm hidden states [b, t, h].
     pub fn forward_embeds(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (b, t) = (embeds.size()[0], embeds.size()[1]);
+        let t = embeds.size()[1];
         let mut cache = cache;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let total = past + t;
@@ -292,6 +292,24 @@ impl CausalLm {
                 )));
             }
         }
+        let (cos, sin, allowed) = self.attention_inputs(embeds, attention_mask, past)?;
+        if let Some(c) = cache.as_deref_mut() {
+            if c.layers.len() != self.layers.len() {
+                c.layers = (0..self.layers.len()).map(|_| None).collect();
+            }
+        }
+        let mut x = embeds.shallow_clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = self.layer_forward(layer, &x, &cos, &sin, &allowed, slot);
+        }
+        Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps))
+    }
+
+    /// Rotary tables and the boolean attention pattern [b, 1, t, past + t] for `embeds` [b, t, h].
+    fn attention_inputs(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, past: i64) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t) = (embeds.size()[0], embeds.size()[1]);
+        let total = past + t;
         let dev = embeds.device();
         let mask = match attention_mask {
             Some(m) => {
@@ -313,20 +331,47 @@ impl CausalLm {
         let causal = k_pos.le_tensor(&q_pos);
         let diag = k_pos.eq_tensor(&q_pos);
         let allowed = causal.unsqueeze(0).logical_and(&mask.ne(0).unsqueeze(1)).logical_or(&diag.unsqueeze(0)).unsqueeze(1);
-        if let Some(c) = cache.as_deref_mut() {
-            if c.layers.len() != self.layers.len() {
-                c.layers = (0..self.layers.len()).map(|_| None).collect();
+        Ok((cos, sin, allowed))
+    }
+
+    fn layer_forward(&self, layer: &Layer, x: &Tensor, cos: &Tensor, sin: &Tensor, allowed: &Tensor, slot: Option<&mut Option<LayerCache>>) -> Tensor {
+        let h = rms_norm(x, &layer.input_layernorm, self.cfg.rms_norm_eps);
+        let x = x + layer.self_attn.forward(&h, cos, sin, allowed, slot);
+        let h = rms_norm(&x, &layer.post_attention_layernorm, self.cfg.rms_norm_eps);
+        &x + layer.mlp.forward(&h)
+    }
+
+    /// Forward and backward with gradient checkpointing: each decoder layer runs once without autograd,
+    /// keeping only its input, and is recomputed with autograd during the backward pass, layer by layer
+    /// from the last (activation memory of one layer instead of all). `loss` maps the final-norm hidden
+    /// states [b, t, h] to a scalar. Gradients accumulate as `loss.backward()` would leave them, into the
+    /// decoder's parameters and through `embeds` into whatever produced it (embedding, projector).
+    /// Returns the loss value. No dropout here, so the recomputation is exact.
+    pub fn backward_checkpointed(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, loss: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<f64> {
+        let (cos, sin, allowed) = self.attention_inputs(embeds, attention_mask, 0)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = embeds.detach();
+        tch::no_grad(|| {
+            for layer in &self.layers {
+                let next = self.layer_forward(layer, &x, &cos, &sin, &allowed, None);
+                inputs.push(std::mem::replace(&mut x, next));
             }
+        });
+        let last = x.detach().set_requires_grad(true);
+        let l = loss(&rms_norm(&last, &self.norm, self.cfg.rms_norm_eps))?;
+        let value = l.double_value(&[]);
+        l.backward();
+        let mut grad = last.grad();
+        for (layer, input) in self.layers.iter().zip(inputs).rev() {
+            let x = input.set_requires_grad(true);
+            // Σ y·∂L/∂y has the same gradient with respect to x and the layer's weights as L itself.
+            (self.layer_forward(layer, &x, &cos, &sin, &allowed, None) * &grad).sum(Kind::Float).backward();
+            grad = x.grad();
         }
-        let mut x = embeds.shallow_clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let h = rms_norm(&x, &layer.input_layernorm, self.cfg.rms_norm_eps);
-            x = x + layer.self_attn.forward(&h, &cos, &sin, &allowed, slot);
-            let h = rms_norm(&x, &layer.post_attention_layernorm, self.cfg.rms_norm_eps);
-            x = x + layer.mlp.forward(&h);
+        if embeds.requires_grad() {
+            (embeds * &grad).sum(Kind::Float).backward();
         }
-        Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps))
+        Ok(value)
     }
 
     /// Vocabulary logits for hidden states [.., h].

@@ -61,6 +61,11 @@ pub struct SftParams {
     pub checkpoint_every: Option<usize>,
     /// Stop (after checkpointing) once this many optimizer steps have run in total (for bounded runs).
     pub max_steps: Option<usize>,
+    /// Recompute each decoder layer during the backward pass instead of keeping its activations
+    /// ([`super::llama::CausalLm::backward_checkpointed`]): the same gradients, about one more forward
+    /// of compute, activation memory of one layer. For long multimodal sequences on a GPU.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for SftParams {
@@ -77,6 +82,7 @@ impl Default for SftParams {
             seed: 0,
             checkpoint_every: None,
             max_steps: None,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -150,10 +156,32 @@ pub fn next_token_logprobs<M: EmbedInputs>(model: &M, batch: &Batch) -> Result<(
     let lm = model.text_model();
     let e = model.embed_inputs(&batch.ids, &batch.images)?;
     let hidden = lm.forward_embeds(&e, Some(&batch.mask), None)?;
+    Ok((shifted_logprobs(lm, &hidden, &batch.ids), hidden))
+}
+
+/// Log-probs [b, T-1] of `ids[:, 1:]` under the logits of `hidden[:, :-1]`.
+fn shifted_logprobs(lm: &super::llama::CausalLm, hidden: &Tensor, ids: &Tensor) -> Tensor {
     let t = hidden.size()[1];
     let logits = lm.logits(&hidden.narrow(1, 0, t - 1)).to_kind(Kind::Float);
-    let lp = logits.log_softmax(-1, Kind::Float).gather(2, &batch.ids.narrow(1, 1, t - 1).unsqueeze(-1), false).squeeze_dim(-1);
-    Ok((lp, hidden))
+    logits.log_softmax(-1, Kind::Float).gather(2, &ids.narrow(1, 1, t - 1).unsqueeze(-1), false).squeeze_dim(-1)
+}
+
+/// The response-token loss of `batch` (summed, divided by `n_tok`), back-propagated; returns its value.
+/// With `checkpointed`, through [`super::llama::CausalLm::backward_checkpointed`].
+pub fn loss_backward<M: EmbedInputs>(model: &M, batch: &Batch, n_tok: f64, checkpointed: bool) -> Result<f64> {
+    let lm = model.text_model();
+    let loss_of = |lp: Tensor| -(lp * &batch.target_mask).sum(Kind::Float) / n_tok.max(1.0);
+    if checkpointed {
+        let e = model.embed_inputs(&batch.ids, &batch.images)?;
+        return lm.backward_checkpointed(&e, Some(&batch.mask), |hidden| Ok(loss_of(shifted_logprobs(lm, hidden, &batch.ids))));
+    }
+    let (lp, _) = next_token_logprobs(model, batch)?;
+    let loss = loss_of(lp);
+    let v = loss.double_value(&[]);
+    if v.is_finite() {
+        loss.backward();
+    }
+    Ok(v)
 }
 
 /// Mean response-token cross-entropy of `examples` (no gradient).
@@ -242,14 +270,11 @@ impl SftTrainer {
                 self.opt.zero_grad();
                 let mut loss_sum = 0.0;
                 for b in &micro {
-                    let (lp, _) = next_token_logprobs(model, b)?;
-                    let loss = -(lp * &b.target_mask).sum(Kind::Float) / n_tok.max(1.0);
-                    let v = loss.double_value(&[]);
+                    let v = loss_backward(model, b, n_tok, self.params.gradient_checkpointing)?;
                     if !v.is_finite() {
                         return Err(MllmError::NonFiniteLoss { step, loss: v, last_good });
                     }
                     loss_sum += v;
-                    loss.backward();
                 }
                 let grad_norm = self.opt.clip_grad_norm(self.params.max_grad_norm);
                 if !grad_norm.is_finite() {
