@@ -15,6 +15,7 @@ use mmboundary::data::Item;
 use mmboundary::encoders::clip::{decode_image_bytes, Clip};
 use mmboundary::encoders::cosine;
 use mmboundary::encoders::runtime::SessionOptions;
+use mmboundary::stages::demo_mllm::DemoMllmParams;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -259,33 +260,18 @@ fn demo_mllm_answers_easy_scenes_better_than_hard_ones() {
     let train: Vec<&Item> = all.iter().filter(|i| !held_out(i)).collect();
     let held: Vec<&Item> = all.iter().filter(|i| held_out(i) && i.split != "ood").collect();
     let (mut ex, hidden) = examples(&clip, &train);
-    if std::env::var("DEMO_DESCRIBE").as_deref() != Ok("0") {
-        // One scene-description example per training image (every object's perception sentence), as the
-        // demo_mllm stage's `describe_prompt` adds.
-        let described: Vec<DemoExample> = ex
-            .iter()
-            .zip(&train)
-            .map(|(e, it)| {
-                let scene: penumbra::Scene = serde_json::from_value(it.meta["scene"].clone()).unwrap();
-                DemoExample {
-                    prompt: "Describe every object in the image.".into(),
-                    target: penumbra::questions::describe(&scene).join(" "),
-                    ..e.clone()
-                }
-            })
-            .collect();
-        ex.extend(described);
-    }
-    if std::env::var("DEMO_DRILLS").is_ok() {
-        let mut drills = Vec::new();
-        for (e, it) in ex.iter().zip(&train) {
-            let scene: penumbra::Scene = serde_json::from_value(it.meta["scene"].clone()).unwrap();
-            for (q, a) in penumbra::questions::perception_drills(&scene) {
-                drills.push(DemoExample { prompt: q, target: a, ..e.clone() });
-            }
+    // Per training image, the demo_mllm stage's scene examples: its description (unless DEMO_DESCRIBE=0)
+    // and, with DEMO_DRILLS, the perception drills; after all chains, as the stage orders them.
+    let describe = DemoMllmParams::default().describe_prompt.filter(|_| std::env::var("DEMO_DESCRIBE").as_deref() != Ok("0"));
+    let drills = std::env::var("DEMO_DRILLS").is_ok();
+    let mut scene_examples = Vec::new();
+    for (e, it) in ex.iter().zip(&train) {
+        let scene: penumbra::Scene = serde_json::from_value(it.meta["scene"].clone()).unwrap();
+        for (prompt, target) in penumbra::questions::scene_examples(&scene, describe.as_deref(), drills) {
+            scene_examples.push(DemoExample { prompt, target, ..e.clone() });
         }
-        ex.extend(drills);
     }
+    ex.extend(scene_examples);
     let mdir = dir.path().join("mllm");
     let env_f = |k: &str, d: f64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let learning_rate = env_f("DEMO_LR", DemoParams::default().learning_rate);

@@ -81,15 +81,15 @@ impl AdamW {
                 }
                 let g = g.to_kind(Kind::Float);
                 let mut p = p.shallow_clone();
+                // m, v and step have p's shape by construction, so these in-place ops cannot fail.
+                let ok = |r: std::result::Result<Tensor, tch::TchError>| drop(r.expect("AdamW: in-place update of same-shaped tensors"));
                 if self.hp.weight_decay != 0.0 {
-                    let _ = p.f_mul_(&Tensor::from(1.0 - lr * self.hp.weight_decay));
+                    ok(p.f_mul_scalar_(1.0 - lr * self.hp.weight_decay));
                 }
                 // In place, in torch's order (denom = √v / √bc2 + ε, p −= lr/bc1 · m / denom): the step is
                 // memory-bound, and this makes two temporaries per tensor where out-of-place ops made a dozen.
                 let m = &mut self.m[i];
                 let v = &mut self.v[i];
-                // m, v and step have p's shape by construction, so these in-place ops cannot fail.
-                let ok = |r: std::result::Result<Tensor, tch::TchError>| drop(r.expect("AdamW: in-place update of same-shaped tensors"));
                 ok(m.f_lerp_(&g, 1.0 - b1));
                 ok(v.f_mul_scalar_(b2));
                 ok(v.f_addcmul_(&g, &(&g * (1.0 - b2))));

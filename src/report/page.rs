@@ -31,33 +31,32 @@ fn cell(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into())
 }
 
-/// The paper's Table 1 layout: one row per variant, ECE / MECE / Acc / F1 / AUROC per split (level `all`).
-pub fn table1_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String]) -> String {
+/// A metric of a level-`all` row, with its column label.
+type Column = (&'static str, fn(&MetricsRow) -> Option<f64>);
+
+/// One row per variant and, per split, one cell per column (level `all`); the first column of a split is
+/// labelled with the split's name.
+fn per_split_table(rows: &[MetricsRow], splits: &[String], variants: &[String], columns: &[Column]) -> String {
     let mut s = String::from("| variant |");
     for sp in splits {
-        let _ = write!(s, " {sp} ECE | MECE | Acc | F1 | AUROC |");
+        for (i, (name, _)) in columns.iter().enumerate() {
+            let label = match (i, name.is_empty()) {
+                (0, true) => sp.clone(),
+                (0, false) => format!("{sp} {name}"),
+                _ => name.to_string(),
+            };
+            let _ = write!(s, " {label} |");
+        }
     }
     s.push_str("\n|---|");
-    for _ in splits {
-        s.push_str("---|---|---|---|---|");
-    }
+    s.push_str(&"---|".repeat(splits.len() * columns.len()));
     s.push('\n');
     for v in variants {
         let _ = write!(s, "| {v} |");
         for sp in splits {
-            match rows.iter().find(|r| &r.variant == v && &r.split == sp && r.level == "all") {
-                Some(r) => {
-                    let _ = write!(
-                        s,
-                        " {} | {} | {} | {} | {} |",
-                        cell(r.ece),
-                        cell(r.mece),
-                        cell(r.accuracy),
-                        cell(r.chain_f1),
-                        cell(r.auroc)
-                    );
-                }
-                None => s.push_str(" – | – | – | – | – |"),
+            let row = rows.iter().find(|r| &r.variant == v && &r.split == sp && r.level == "all");
+            for (_, metric) in columns {
+                let _ = write!(s, " {} |", cell(row.and_then(metric)));
             }
         }
         s.push('\n');
@@ -65,26 +64,16 @@ pub fn table1_markdown(rows: &[MetricsRow], splits: &[String], variants: &[Strin
     s
 }
 
+/// The paper's Table 1 layout: one row per variant, ECE / MECE / Acc / F1 / AUROC per split (level `all`).
+pub fn table1_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String]) -> String {
+    let columns: [Column; 5] =
+        [("ECE", |r| r.ece), ("MECE", |r| r.mece), ("Acc", |r| r.accuracy), ("F1", |r| r.chain_f1), ("AUROC", |r| r.auroc)];
+    per_split_table(rows, splits, variants, &columns)
+}
+
 /// Step-level Brier score by split (level `all`): the proper counterpart of MECE.
 pub fn brier_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String]) -> String {
-    let mut s = String::from("| variant |");
-    for sp in splits {
-        let _ = write!(s, " {sp} |");
-    }
-    s.push_str("\n|---|");
-    for _ in splits {
-        s.push_str("---|");
-    }
-    s.push('\n');
-    for v in variants {
-        let _ = write!(s, "| {v} |");
-        for sp in splits {
-            let b = rows.iter().find(|r| &r.variant == v && &r.split == sp && r.level == "all").and_then(|r| r.brier);
-            let _ = write!(s, " {} |", cell(b));
-        }
-        s.push('\n');
-    }
-    s
+    per_split_table(rows, splits, variants, &[("", |r| r.brier)])
 }
 
 /// Perception vs reasoning (the paper's Figure 4): MECE and chain F1 by chain level.

@@ -17,7 +17,7 @@ use crate::encoders::minilm::DEFAULT_MODEL_DIR;
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::metrics::accuracy::{choice_from_answer, cultural_match, extract_final_answer};
 use crate::metrics::auroc::auroc;
-use crate::metrics::by_level::{assign_levels, chain_f1_by_level, level_subset, mece_by_level, ChainLevel};
+use crate::metrics::by_level::{assign_levels, chain_f1_by_level, level_subset, ChainLevel};
 use crate::metrics::calibration::{answer_confidence, ece, mece, step_brier};
 use crate::metrics::chain::{chain_f1, ChainItem};
 use crate::metrics::MetricsParams;
@@ -348,9 +348,9 @@ pub fn evaluate(
         push("all", n_sent, ece_all, (mece_all, brier_all), Some(accuracy), Some(f1), auroc_all);
         let ref_levels: Vec<Vec<ChainLevel>> = js.iter().map(|j| j.ref_levels.clone()).collect();
         for level in [ChainLevel::Perception, ChainLevel::Reasoning] {
-            let m = if kept_responses.is_empty() { None } else { mece_by_level(&kept_levels, &kept_responses, level)? };
+            // The level's sentences once, for both MECE and Brier.
             let subset = level_subset(&kept_levels, &kept_responses, level)?;
-            let b = if subset.is_empty() { None } else { Some(step_brier(&subset)?) };
+            let (m, b) = if subset.is_empty() { (None, None) } else { (Some(mece(&subset)?), Some(step_brier(&subset)?)) };
             let f = chain_f1_by_level(&chain_items, &ref_levels, level, &params.metrics.chain_f1)?;
             let n_l: usize = js.iter().map(|j| j.levels.iter().filter(|&&l| l == level).count()).sum();
             push(level_name(level), n_l, None, (m, b), None, (f.reference > 0).then_some(f.f1), None);

@@ -5,7 +5,7 @@ use anyhow::Context;
 use arrow::array::{Array, AsArray};
 use mllm::demo::{train, DemoExample, DemoParams};
 use mmboundary::data::items_from_record_batch;
-use mmboundary::data::penumbra::questions::{describe, perception_drills};
+use mmboundary::data::penumbra::questions::scene_examples;
 use mmboundary::data::penumbra::Scene;
 use mmboundary::engine::StageContext;
 use mmboundary::stages::demo_mllm::DemoMllmParams;
@@ -35,14 +35,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         let target = it.chain.sentences().collect::<Vec<_>>().join(" ");
         if let Some(scene) = it.meta.get("scene").filter(|_| p.describe_prompt.is_some() || p.perception_drills) {
             let scene: Scene = serde_json::from_value(scene.clone()).with_context(|| format!("item {}: meta.scene", it.id))?;
-            let mut extra: Vec<(String, String)> = Vec::new();
-            if let Some(prompt) = &p.describe_prompt {
-                extra.push((prompt.clone(), describe(&scene).join(" ")));
-            }
-            if p.perception_drills {
-                extra.extend(perception_drills(&scene));
-            }
-            for (prompt, target) in extra {
+            for (prompt, target) in scene_examples(&scene, p.describe_prompt.as_deref(), p.perception_drills) {
                 described.push(DemoExample { patches: patches.clone(), n_patches: n as usize, prompt, target });
             }
         }

@@ -95,6 +95,19 @@ pub fn describe(scene: &Scene) -> Vec<String> {
     objs.into_iter().map(|o| see(scene, o)).collect()
 }
 
+/// The extra (prompt, target) examples the demo MLLM trains on for one training scene: its description
+/// under `describe_prompt` (when set) and, with `drills`, the [`perception_drills`].
+pub fn scene_examples(scene: &Scene, describe_prompt: Option<&str>, drills: bool) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(prompt) = describe_prompt {
+        out.push((prompt.to_string(), describe(scene).join(" ")));
+    }
+    if drills {
+        out.extend(perception_drills(scene));
+    }
+    out
+}
+
 /// Short perception drills on the whole scene, (question, answer): how many objects, which colors, which
 /// shapes, which patterns. Global questions with one-sentence answers are what a small model learns to
 /// read off image features first (a targeted answer makes the image the only useful input), the way
