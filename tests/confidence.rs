@@ -694,3 +694,24 @@ fn interleave_render_parse_recovers_levels() {
     assert_eq!(pool.level_of("and I am confident"), None);
     assert!(interleave(&pool, 11, "k", &sentences, &levels[..2]).is_err());
 }
+
+#[test]
+fn numeric_pool_of_the_no_mapping_ablation_round_trips() {
+    use mmboundary::confidence::parser::interleave;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/stages/statements_numeric.toml");
+    let pool = StatementPool::from_toml(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+    let sentences: Vec<String> = split_sentences("The circle is red. It sits left of the square. So, the answer is B.");
+    let levels = [1u8, 3, 5];
+    let text = render(&interleave(&pool, 0, "item", &sentences, &levels).unwrap());
+    assert_eq!(text, "The circle is red. Confidence: 0.00. It sits left of the square. Confidence: 0.50. So, the answer is B. Confidence: 1.00.");
+    let parsed = Parser::new(&pool, ParserParams::default()).parse(&text);
+    let got: Vec<(String, Option<u8>)> =
+        parsed.pairs.iter().map(|p| (p.sentence.clone(), p.statement.as_deref().and_then(|s| pool.level_of(s)))).collect();
+    let want: Vec<(String, Option<u8>)> = sentences.iter().cloned().zip([Some(1), Some(3), Some(5)]).collect();
+    assert_eq!(got, want, "{text}");
+    // The number is the level value, (level − 1) / 4.
+    for (level, s) in pool.iter() {
+        let x: f64 = s.trim_start_matches("Confidence: ").trim_end_matches('.').parse().unwrap();
+        assert_eq!(x, mmboundary::confidence::level_value(level), "{s}");
+    }
+}

@@ -139,5 +139,48 @@ pub fn sweep(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCo
             v.description.as_deref().map(|d| format!("  — {d}")).unwrap_or_default()
         );
     }
+    // The table needs every variant's eval; a sweep to an earlier stage has none.
+    if a.target.as_deref().is_none_or(|t| t == "eval" || t == "report") {
+        let table = ablation_table(&store, stages, &sweep)?;
+        let out = store.root().join("sweep.md");
+        crate::store::write_atomic(&out, table.as_bytes())?;
+        println!("\n{table}\nwritten to {}", out.display());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The eval metrics of a lock, if its eval stage is up to date for `pipeline`.
+fn fresh_eval_rows(store: &Store, pipeline: &Pipeline, lock: Option<&str>) -> anyhow::Result<Option<Vec<crate::report::page::MetricsRow>>> {
+    let fresh = pipeline.status_named(store, &[], lock)?.iter().any(|s| s.stage == "eval" && s.is_fresh());
+    let record = crate::engine::LockFile::load_named(store.root(), lock)?.stages.remove("eval");
+    let Some(output) = record.filter(|_| fresh).and_then(|mut r| r.outputs.remove("metrics")) else { return Ok(None) };
+    let table = store.read_table(&crate::store::ArtifactId::parse(&output.id)?)?.concat()?;
+    Ok(Some(crate::stages::report::metrics_rows(&table)?))
+}
+
+/// The paper's ablation table (Table 1's lower half): the main run's full method and its SFT-only policy
+/// ("w/o RL"), then each variant's full method, from each lock's up-to-date eval.
+fn ablation_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile) -> anyhow::Result<String> {
+    let relabel = |rows: &[crate::report::page::MetricsRow], from: &str, to: &str| -> Vec<_> {
+        rows.iter()
+            .filter(|m| m.variant == from)
+            .cloned()
+            .map(|mut m| {
+                m.variant = to.to_string();
+                m
+            })
+            .collect()
+    };
+    let mut entries = Vec::new();
+    let main = fresh_eval_rows(store, &crate::stages::pipeline(stages)?, None)?;
+    for (from, to) in [("full", "MMBoundary"), ("sft", "w/o RL")] {
+        entries.push((format!("{to} (`mmb run`)"), to.to_string(), main.as_ref().map(|r| relabel(r, from, to))));
+    }
+    for v in &sweep.variant {
+        let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
+        let label = v.description.clone().unwrap_or_else(|| v.name.clone());
+        let rows = fresh_eval_rows(store, &crate::stages::pipeline_with(&configs)?, Some(&v.name))?;
+        entries.push((format!("`mmb sweep --only {}`", v.name), label.clone(), rows.map(|r| relabel(&r, "full", &label))));
+    }
+    Ok(crate::report::page::ablation_markdown(&entries))
 }

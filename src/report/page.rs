@@ -94,6 +94,67 @@ pub fn levels_markdown(rows: &[MetricsRow], split: &str, variants: &[String]) ->
     s
 }
 
+/// Splits in the paper's order (val, test, ood), then any others by name.
+pub fn ordered_splits(rows: &[MetricsRow]) -> Vec<String> {
+    let mut splits: Vec<String> = rows.iter().map(|r| r.split.clone()).collect();
+    splits.sort_by_key(|s| (["val", "test", "ood"].iter().position(|o| o == s).unwrap_or(9), s.clone()));
+    splits.dedup();
+    splits
+}
+
+/// The sweep's ablation table: `entries` are (how to produce it, row label, its level-`all` rows relabelled
+/// to the label, or None when not run or stale); rows that exist form a Table-1 and a Brier table, the
+/// others are listed with the command that produces them.
+pub fn ablation_markdown(entries: &[(String, String, Option<Vec<MetricsRow>>)]) -> String {
+    let rows: Vec<MetricsRow> = entries.iter().filter_map(|e| e.2.clone()).flatten().collect();
+    let labels: Vec<String> = entries.iter().filter(|e| e.2.is_some()).map(|e| e.1.clone()).collect();
+    let splits = ordered_splits(&rows);
+    let mut s = String::from("# Ablations (Table 1's lower half)\n\nECE, MECE, accuracy, chain F1, AUROC (level `all`).\n\n");
+    s.push_str(&table1_markdown(&rows, &splits, &labels));
+    s.push_str("\n## Step-level Brier score\n\n");
+    s.push_str(&brier_markdown(&rows, &splits, &labels));
+    let missing: Vec<&(String, String, Option<Vec<MetricsRow>>)> = entries.iter().filter(|e| e.2.is_none()).collect();
+    if !missing.is_empty() {
+        s.push_str("\nNot run yet, or stale since:\n\n");
+        for (how, label, _) in missing {
+            let _ = writeln!(s, "- {label}: {how}");
+        }
+    }
+    s
+}
+
+/// Per variant, what MECE rewards: the share of right sentences, the mean stated confidence, and MECE and
+/// the Brier score as stated and as they would be if every statement said "fully confident" (1.0).
+/// `responses[variant]` holds each response's (sentence right?, stated confidence) pairs.
+pub fn mece_anatomy_markdown(responses: &[(String, Vec<Vec<(bool, f64)>>)]) -> Result<String, crate::metrics::MetricsError> {
+    use crate::metrics::{mece, step_brier};
+    let mut s = String::from(
+        "| variant | sentences | right | mean stated conf. | MECE | MECE, all 1.0 | Brier | Brier, all 1.0 |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for (v, rs) in responses {
+        let rs: Vec<Vec<(bool, f64)>> = rs.iter().filter(|r| !r.is_empty()).cloned().collect();
+        let flat: Vec<&(bool, f64)> = rs.iter().flatten().collect();
+        if flat.is_empty() {
+            let _ = writeln!(s, "| {v} | 0 | – | – | – | – | – | – |");
+            continue;
+        }
+        let n = flat.len() as f64;
+        let right = flat.iter().filter(|x| x.0).count() as f64 / n;
+        let mean_conf = flat.iter().map(|x| x.1).sum::<f64>() / n;
+        let sure: Vec<Vec<(bool, f64)>> = rs.iter().map(|r| r.iter().map(|&(c, _)| (c, 1.0)).collect()).collect();
+        let _ = writeln!(
+            s,
+            "| {v} | {} | {right:.3} | {mean_conf:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            flat.len(),
+            mece(&rs)?,
+            mece(&sure)?,
+            step_brier(&rs)?,
+            step_brier(&sure)?
+        );
+    }
+    Ok(s)
+}
+
 fn escape(t: &str) -> String {
     t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -170,6 +231,28 @@ mod tests {
         assert!(l.contains("| full | 0.500 | 0.250 | – | – |"), "{l}");
         let b = brier_markdown(&rows, &["val".into(), "test".into()], &["sft".into(), "full".into()]);
         assert_eq!(b.lines().nth(2), Some("| sft | 0.062 | – |"), "{b}");
+    }
+
+    #[test]
+    fn ablation_table_lists_what_ran_and_what_did_not() {
+        let entries = vec![
+            ("`mmb run`".to_string(), "MMBoundary".to_string(), Some(vec![row("MMBoundary", "val", "all", 0.25)])),
+            ("`mmb sweep --only no-r-cs`".to_string(), "w/o R_CS".to_string(), None),
+            ("`mmb sweep --only no-mte`".to_string(), "w/o U_MTE".to_string(), Some(vec![row("w/o U_MTE", "test", "all", 0.5)])),
+        ];
+        let t = ablation_markdown(&entries);
+        assert!(t.contains("| MMBoundary | 0.250 | 0.500 | – | 0.250 | 1.000 | – | – | – | – | – |"), "{t}");
+        assert!(t.contains("| w/o U_MTE | – | – | – | – | – | 0.500 |"), "{t}");
+        assert!(t.contains("| val ECE |") && t.contains("| test ECE |"), "{t}");
+        assert!(t.contains("- w/o R_CS: `mmb sweep --only no-r-cs`") && !t.contains("| w/o R_CS |"), "{t}");
+    }
+
+    #[test]
+    fn mece_anatomy_shows_what_always_sure_would_score() {
+        // 3 of 4 sentences right, stated 0.75 throughout: MECE 0.375, Brier 0.1875; all 1.0: 0.25 and 0.25.
+        let r = vec![("sft".to_string(), vec![vec![(true, 0.75), (false, 0.75)], vec![(true, 0.75), (true, 0.75)], vec![]])];
+        let t = mece_anatomy_markdown(&r).unwrap();
+        assert_eq!(t.lines().nth(2), Some("| sft | 4 | 0.750 | 0.750 | 0.375 | 0.250 | 0.188 | 0.250 |"), "{t}");
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! diagrams, stated-confidence histograms and example chains with each statement colored by whether its
 //! sentence was right; Markdown plus one self-contained HTML page, stored as a folder artifact.
 use crate::engine::{InputSpec, Stage, StageContext};
-use crate::report::page::{brier_markdown, examples_html, html_page, levels_markdown, pre, table1_markdown, ExampleSentence, MetricsRow};
+use crate::report::page::{
+    brier_markdown, examples_html, html_page, levels_markdown, mece_anatomy_markdown, ordered_splits, pre, table1_markdown, ExampleSentence, MetricsRow,
+};
 use crate::report::plots::{level_histogram_svg, reliability_bins, reliability_svg};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, UInt32Type, UInt64Type};
+use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -31,6 +34,50 @@ const BRIER_NOTE: &str = "Mean over responses of the mean over sentences of (I(z
 the squared error. Unlike MECE's absolute error it is a proper score: lowest for calibrated confidence, which R_EC \
 and R_CS reward; MECE is lowest for confident statements whenever most sentences are right.";
 
+/// The rows of an eval `metrics` artifact.
+pub fn metrics_rows(m: &RecordBatch) -> anyhow::Result<Vec<MetricsRow>> {
+    let col = |n: &str| m.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval metrics have no column `{n}`"));
+    let s = |n: &str| -> anyhow::Result<Vec<String>> {
+        let c = col(n)?;
+        let c = c.as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("eval metrics column `{n}` is not a string column"))?;
+        Ok(c.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+    };
+    let u = |n: &str| -> anyhow::Result<Vec<u64>> {
+        let c = col(n)?;
+        let c = c.as_primitive_opt::<UInt64Type>().ok_or_else(|| anyhow::anyhow!("eval metrics column `{n}` is not UInt64"))?;
+        Ok(c.iter().map(|v| v.unwrap_or_default()).collect())
+    };
+    let f = |n: &str| -> anyhow::Result<Vec<Option<f64>>> {
+        let c = col(n)?;
+        let c = c.as_primitive_opt::<Float64Type>().ok_or_else(|| anyhow::anyhow!("eval metrics column `{n}` is not Float64"))?;
+        Ok(c.iter().collect())
+    };
+    let (variant, split, level, responses, sentences) = (s("variant")?, s("split")?, s("level")?, u("responses")?, u("sentences")?);
+    let (ece, mece, brier, acc, f1, auroc) = (f("ece")?, f("mece")?, f("brier")?, f("accuracy")?, f("chain_f1")?, f("auroc")?);
+    Ok((0..m.num_rows())
+        .map(|i| MetricsRow {
+            variant: variant[i].clone(),
+            split: split[i].clone(),
+            level: level[i].clone(),
+            responses: responses[i],
+            sentences: sentences[i],
+            ece: ece[i],
+            mece: mece[i],
+            brier: brier[i],
+            accuracy: acc[i],
+            chain_f1: f1[i],
+            auroc: auroc[i],
+        })
+        .collect())
+}
+
+/// How to read the MECE anatomy table.
+const ANATOMY_NOTE: &str = "Sentences with a statement, their share judged right, and the mean stated confidence; then \
+MECE and the Brier score as stated, and as they would be if every statement said \"fully confident\". Where most \
+sentences are right and the statements cannot tell right from wrong (AUROC near 0.5), MECE falls as confidence \
+rises toward 1.0 while the Brier score is lowest at the share of right sentences: a policy trained on R_EC and R_CS \
+moves toward the latter.";
+
 pub struct ReportStage {
     pub params: ReportParams,
 }
@@ -42,7 +89,7 @@ impl Stage for ReportStage {
         "report"
     }
     fn code_version(&self) -> &str {
-        "2"
+        "3"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec::new("metrics", "eval", "metrics"), InputSpec::new("sentences", "eval", "sentences")]
@@ -55,35 +102,14 @@ impl Stage for ReportStage {
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let p = &self.params;
-        let m = ctx.input_table("metrics")?.concat()?;
-        let col = |b: &arrow::record_batch::RecordBatch, n: &str| {
+        let rows = metrics_rows(&ctx.input_table("metrics")?.concat()?)?;
+        let col = |b: &RecordBatch, n: &str| {
             b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"))
         };
-        let (variant, split, level) = (col(&m, "variant")?, col(&m, "split")?, col(&m, "level")?);
-        let (responses, sentences) = (col(&m, "responses")?, col(&m, "sentences")?);
-        let f = |n: &str| -> anyhow::Result<Vec<Option<f64>>> { Ok(col(&m, n)?.as_primitive::<Float64Type>().iter().collect()) };
-        let (ece, mece, brier, acc, f1, auroc) = (f("ece")?, f("mece")?, f("brier")?, f("accuracy")?, f("chain_f1")?, f("auroc")?);
-        let rows: Vec<MetricsRow> = (0..m.num_rows())
-            .map(|i| MetricsRow {
-                variant: variant.as_string::<i32>().value(i).into(),
-                split: split.as_string::<i32>().value(i).into(),
-                level: level.as_string::<i32>().value(i).into(),
-                responses: responses.as_primitive::<UInt64Type>().value(i),
-                sentences: sentences.as_primitive::<UInt64Type>().value(i),
-                ece: ece[i],
-                mece: mece[i],
-                brier: brier[i],
-                accuracy: acc[i],
-                chain_f1: f1[i],
-                auroc: auroc[i],
-            })
-            .collect();
         let mut variants: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
         variants.sort_by_key(|v| (VARIANT_ORDER.iter().position(|o| o == v).unwrap_or(9), v.clone()));
         variants.dedup();
-        let mut splits: Vec<String> = rows.iter().map(|r| r.split.clone()).collect();
-        splits.sort_by_key(|s| (["val", "test", "ood"].iter().position(|o| o == s).unwrap_or(9), s.clone()));
-        splits.dedup();
+        let splits = ordered_splits(&rows);
 
         // Per-sentence (stated confidence, right?) for the diagrams and examples.
         let s = ctx.input_table("sentences")?.concat()?;
@@ -93,6 +119,7 @@ impl Stage for ReportStage {
         let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
         let mut pairs: BTreeMap<String, Vec<(f64, bool)>> = BTreeMap::new();
         let mut by_level: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut responses: BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>> = BTreeMap::new();
         let mut chains: BTreeMap<String, Vec<(u32, ExampleSentence)>> = BTreeMap::new();
         for i in 0..s.num_rows() {
             let v = sv.as_string::<i32>().value(i);
@@ -101,6 +128,8 @@ impl Stage for ReportStage {
             }
             let c = (!conf.is_null(i)).then(|| conf.value(i));
             if let Some(c) = c {
+                let item = si.as_string::<i32>().value(i).to_string();
+                responses.entry(v.to_string()).or_default().entry(item).or_default().push((correct.value(i), c));
                 pairs.entry(v.to_string()).or_default().push((c, correct.value(i)));
                 by_level.entry(v.to_string()).or_default().push(c);
             }
@@ -133,9 +162,15 @@ impl Stage for ReportStage {
         let table = table1_markdown(&rows, &splits, &variants);
         let levels = levels_markdown(&rows, &p.split, &variants);
         let brier = brier_markdown(&rows, &splits, &variants);
+        let anatomy: Vec<(String, Vec<Vec<(bool, f64)>>)> = variants
+            .iter()
+            .filter_map(|v| responses.get(v).map(|r| (v.clone(), r.values().cloned().collect())))
+            .collect();
+        let anatomy = mece_anatomy_markdown(&anatomy)?;
         let md = format!(
             "# MMBoundary report\n\n## Table 1 (ECE, MECE, accuracy, chain F1, AUROC; level `all`)\n\n{table}\n\
              ## Step-level Brier score\n\n{BRIER_NOTE}\n\n{brier}\n\
+             ## What MECE rewards ({split})\n\n{ANATOMY_NOTE}\n\n{anatomy}\n\
              ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
             split = p.split
         );
@@ -144,6 +179,7 @@ impl Stage for ReportStage {
             &[
                 ("Table 1".into(), pre(&table)),
                 ("Step-level Brier score".into(), format!("<p>{BRIER_NOTE}</p>{}", pre(&brier))),
+                (format!("What MECE rewards ({})", p.split), format!("<p>{ANATOMY_NOTE}</p>{}", pre(&anatomy))),
                 (format!("Perception vs reasoning ({})", p.split), pre(&levels)),
                 ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
                 ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
