@@ -17,8 +17,8 @@ use mmboundary::metrics::accuracy::{
     aokvqa_direct, choice_from_answer, cultural_match, extract_final_answer, AccuracyParams, AnswerNormalization,
 };
 use mmboundary::metrics::{
-    auroc, chain_f1, chain_f1_by_level, ece, ece_unbinned, mece, mece_by_level, step_brier, ChainF1, ChainF1Params, ChainItem, ChainLevel, EceParams,
-    MetricsError,
+    auroc, chain_f1, chain_f1_by_level, ece, ece_unbinned, mece, mece_by_level, step_brier, ChainF1, ChainF1Params, ChainItem, ChainLevel,
+    EceParams, MetricsError,
 };
 use proptest::prelude::*;
 use serde_json::Value;
@@ -703,7 +703,10 @@ fn numeric_pool_of_the_no_mapping_ablation_round_trips() {
     let sentences: Vec<String> = split_sentences("The circle is red. It sits left of the square. So, the answer is B.");
     let levels = [1u8, 3, 5];
     let text = render(&interleave(&pool, 0, "item", &sentences, &levels).unwrap());
-    assert_eq!(text, "The circle is red. Confidence: 0.00. It sits left of the square. Confidence: 0.50. So, the answer is B. Confidence: 1.00.");
+    assert_eq!(
+        text,
+        "The circle is red. Confidence: 0.00. It sits left of the square. Confidence: 0.50. So, the answer is B. Confidence: 1.00."
+    );
     let parsed = Parser::new(&pool, ParserParams::default()).parse(&text);
     let got: Vec<(String, Option<u8>)> =
         parsed.pairs.iter().map(|p| (p.sentence.clone(), p.statement.as_deref().and_then(|s| pool.level_of(s)))).collect();

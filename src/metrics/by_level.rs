@@ -49,7 +49,11 @@ pub fn mece_by_level(sentence_levels: &[Vec<ChainLevel>], responses: &[Vec<(bool
 }
 
 /// The (I(z), Conf(c)) pairs of `level`'s sentences, per response; responses without one are left out.
-pub fn level_subset(sentence_levels: &[Vec<ChainLevel>], responses: &[Vec<(bool, f64)>], level: ChainLevel) -> Result<Vec<Vec<(bool, f64)>>> {
+pub fn level_subset(
+    sentence_levels: &[Vec<ChainLevel>],
+    responses: &[Vec<(bool, f64)>],
+    level: ChainLevel,
+) -> Result<Vec<Vec<(bool, f64)>>> {
     same_len("sentence levels (one list per response)", responses.len(), sentence_levels.len())?;
     let mut kept = Vec::new();
     for (a, (levels, sentences)) in sentence_levels.iter().zip(responses).enumerate() {

@@ -334,7 +334,15 @@ impl CausalLm {
         Ok((cos, sin, allowed))
     }
 
-    fn layer_forward(&self, layer: &Layer, x: &Tensor, cos: &Tensor, sin: &Tensor, allowed: &Tensor, slot: Option<&mut Option<LayerCache>>) -> Tensor {
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        allowed: &Tensor,
+        slot: Option<&mut Option<LayerCache>>,
+    ) -> Tensor {
         let h = rms_norm(x, &layer.input_layernorm, self.cfg.rms_norm_eps);
         let x = x + layer.self_attn.forward(&h, cos, sin, allowed, slot);
         let h = rms_norm(&x, &layer.post_attention_layernorm, self.cfg.rms_norm_eps);
@@ -347,7 +355,12 @@ impl CausalLm {
     /// states [b, t, h] to a scalar. Gradients accumulate as `loss.backward()` would leave them, into the
     /// decoder's parameters and through `embeds` into whatever produced it (embedding, projector).
     /// Returns the loss value. No dropout here, so the recomputation is exact.
-    pub fn backward_checkpointed(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, loss: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<f64> {
+    pub fn backward_checkpointed(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+        loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<f64> {
         let (cos, sin, allowed) = self.attention_inputs(embeds, attention_mask, 0)?;
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut x = embeds.detach();

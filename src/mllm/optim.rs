@@ -18,13 +18,18 @@ impl Default for AdamWParams {
     }
 }
 
-/// AdamW over named parameters; moments kept in f32.
+/// AdamW over named parameters; moments kept in f32. Parameters in bf16 or f16 get an f32 master copy:
+/// the update is applied to the master and the parameter is its rounding (mixed-precision training: the
+/// forward and backward run in half precision, the optimizer in f32). Without it, an update smaller than
+/// half a bf16 ulp (2^-9 relative) would round away and training would stall.
 #[derive(Debug)]
 pub struct AdamW {
     pub hp: AdamWParams,
     pub params: Vec<(String, Tensor)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// f32 master weights of the half-precision parameters (None for f32 ones).
+    master: Vec<Option<Tensor>>,
     /// Number of updates applied so far.
     pub t: i64,
 }
@@ -33,7 +38,8 @@ impl AdamW {
     pub fn new(params: Vec<(String, Tensor)>, hp: AdamWParams) -> Self {
         let m = params.iter().map(|(_, p)| Tensor::zeros(p.size(), (Kind::Float, p.device()))).collect();
         let v = params.iter().map(|(_, p)| Tensor::zeros(p.size(), (Kind::Float, p.device()))).collect();
-        Self { hp, params, m, v, t: 0 }
+        let master = params.iter().map(|(_, p)| (p.kind() != Kind::Float).then(|| p.detach().to_kind(Kind::Float))).collect();
+        Self { hp, params, m, v, master, t: 0 }
     }
 
     pub fn zero_grad(&mut self) {
@@ -80,7 +86,11 @@ impl AdamW {
                     continue;
                 }
                 let g = g.to_kind(Kind::Float);
-                let mut p = p.shallow_clone();
+                let half = self.master[i].as_ref().map(|_| p.shallow_clone());
+                let mut p = match &self.master[i] {
+                    Some(master) => master.shallow_clone(),
+                    None => p.shallow_clone(),
+                };
                 // m, v and step have p's shape by construction, so these in-place ops cannot fail.
                 let ok = |r: std::result::Result<Tensor, tch::TchError>| drop(r.expect("AdamW: in-place update of same-shaped tensors"));
                 if self.hp.weight_decay != 0.0 {
@@ -99,17 +109,24 @@ impl AdamW {
                 ok(step.f_reciprocal_());
                 ok(step.f_mul_scalar_(-lr / bc1));
                 ok(step.f_mul_(m));
-                ok(p.f_add_(&step.to_kind(p.kind())));
+                ok(p.f_add_(&step));
+                if let Some(mut half) = half {
+                    half.f_copy_(&p).expect("AdamW: copy of a master into its same-shaped parameter");
+                }
             }
         });
     }
 
-    /// Moments as named tensors (`adam.m.<name>`, `adam.v.<name>`) for a checkpoint.
+    /// Moments as named tensors (`adam.m.<name>`, `adam.v.<name>`, and `adam.master.<name>` for a
+    /// half-precision parameter) for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (i, (n, _)) in self.params.iter().enumerate() {
             out.push((format!("adam.m.{n}"), self.m[i].shallow_clone()));
             out.push((format!("adam.v.{n}"), self.v[i].shallow_clone()));
+            if let Some(master) = &self.master[i] {
+                out.push((format!("adam.master.{n}"), master.shallow_clone()));
+            }
         }
         out
     }
@@ -129,6 +146,20 @@ impl AdamW {
                     });
                 }
                 *slot = src.to_kind(Kind::Float).to_device(p.device());
+            }
+            if self.master[i].is_some() {
+                // A checkpoint from an f32 run (or one without masters) resumes from the parameter itself.
+                let master = match tensors.get(&format!("adam.master.{n}")) {
+                    Some(src) if src.size() == p.size() => src.to_kind(Kind::Float).to_device(p.device()),
+                    Some(src) => {
+                        return Err(MllmError::Checkpoint {
+                            path: at.into(),
+                            msg: format!("adam.master.{n}: expected shape {:?}, found {:?}", p.size(), src.size()),
+                        })
+                    }
+                    None => p.detach().to_kind(Kind::Float),
+                };
+                self.master[i] = Some(master);
             }
         }
         self.t = t;
@@ -157,6 +188,30 @@ mod tests {
         assert_eq!(linear_warmup_decay(1.0, 2, 10, 1), 1.0);
         assert!((linear_warmup_decay(1.0, 6, 10, 1) - 5.0 / 9.0).abs() < 1e-12);
         assert!((linear_warmup_decay(1.0, 10, 10, 1) - 1.0 / 9.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bf16_parameters_train_through_f32_master_weights() {
+        // lr 1e-4 moves 1.0 by less than half a bf16 ulp (2^-8 / 2) per step: a plain bf16 update would
+        // round to 1.0 every time; through the master the 100 steps add up to ~0.99.
+        let p = Tensor::from_slice(&[1.0f32, -1.0]).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())], AdamWParams::default());
+        for _ in 0..100 {
+            opt.zero_grad();
+            (&p * Tensor::from_slice(&[1.0f32, -1.0]).to_kind(Kind::BFloat16)).sum(Kind::Float).backward();
+            opt.step(1e-4);
+        }
+        assert_eq!(p.kind(), Kind::BFloat16);
+        let got = Vec::<f32>::try_from(&p.detach().to_kind(Kind::Float)).unwrap();
+        assert!((got[0] - 0.99).abs() < 4e-3 && (got[1] + 0.99).abs() < 4e-3, "{got:?}");
+        let state = opt.state();
+        let master = state.iter().find(|(n, _)| n == "adam.master.p").expect("master in the checkpoint state").1.copy();
+        assert!((master.double_value(&[0]) - 0.99).abs() < 1e-5, "{master}");
+        // Resuming restores the master exactly, not its bf16 rounding.
+        let q = p.detach().copy().set_requires_grad(true);
+        let mut resumed = AdamW::new(vec![("p".into(), q)], AdamWParams::default());
+        resumed.load_state(&state.into_iter().collect(), 100, "test").unwrap();
+        assert_eq!(resumed.master[0].as_ref().unwrap().double_value(&[0]), master.double_value(&[0]));
     }
 
     #[test]

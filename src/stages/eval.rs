@@ -332,7 +332,13 @@ pub fn evaluate(
             js.iter().map(|j| ChainItem { similarity: j.similarity.clone(), n_reference: j.ref_levels.len() }).collect();
         let f1 = chain_f1(&chain_items, &params.metrics.chain_f1)?.f1;
         let n_sent: usize = js.iter().map(|j| j.similarity.len()).sum();
-        let mut push = |level: &str, n_s: usize, e: Option<f64>, (m, b): (Option<f64>, Option<f64>), a: Option<f64>, f: Option<f64>, r: Option<f64>| {
+        let mut push = |level: &str,
+                        n_s: usize,
+                        e: Option<f64>,
+                        (m, b): (Option<f64>, Option<f64>),
+                        a: Option<f64>,
+                        f: Option<f64>,
+                        r: Option<f64>| {
             m_var.append_value(variant);
             m_split.append_value(split);
             m_level.append_value(level);

@@ -37,7 +37,11 @@ impl Default for FeaturesParams {
 /// `[g·g, dim]` patch features (row-major grid) → `[(g/k)·(g/k), k·k·dim]`: token (i, j) is the
 /// concatenation of patches (k·i + a, k·j + b) for a, then b, in 0..k.
 pub fn merge_patches(patches: &[f32], dim: usize, k: usize) -> anyhow::Result<Vec<f32>> {
-    anyhow::ensure!(k >= 1 && dim >= 1 && patches.len() % dim == 0, "merge_patches: {} floats are not whole {dim}-wide patches", patches.len());
+    anyhow::ensure!(
+        k >= 1 && dim >= 1 && patches.len() % dim == 0,
+        "merge_patches: {} floats are not whole {dim}-wide patches",
+        patches.len()
+    );
     let n = patches.len() / dim;
     let g = (n as f64).sqrt().round() as usize;
     anyhow::ensure!(g * g == n, "merge_patches: {n} patches do not form a square grid");

@@ -3,7 +3,8 @@
 //! sentence was right; Markdown plus one self-contained HTML page, stored as a folder artifact.
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::report::page::{
-    brier_markdown, examples_html, html_page, levels_markdown, mece_anatomy_markdown, ordered_splits, pre, table1_markdown, ExampleSentence, MetricsRow,
+    brier_markdown, examples_html, html_page, levels_markdown, mece_anatomy_markdown, ordered_splits, pre, table1_markdown,
+    ExampleSentence, MetricsRow,
 };
 use crate::report::plots::{level_histogram_svg, reliability_bins, reliability_svg};
 use arrow::array::{Array, AsArray};
@@ -103,9 +104,7 @@ impl Stage for ReportStage {
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let p = &self.params;
         let rows = metrics_rows(&ctx.input_table("metrics")?.concat()?)?;
-        let col = |b: &RecordBatch, n: &str| {
-            b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"))
-        };
+        let col = |b: &RecordBatch, n: &str| b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"));
         let mut variants: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
         variants.sort_by_key(|v| (VARIANT_ORDER.iter().position(|o| o == v).unwrap_or(9), v.clone()));
         variants.dedup();
@@ -162,10 +161,8 @@ impl Stage for ReportStage {
         let table = table1_markdown(&rows, &splits, &variants);
         let levels = levels_markdown(&rows, &p.split, &variants);
         let brier = brier_markdown(&rows, &splits, &variants);
-        let anatomy: Vec<(String, Vec<Vec<(bool, f64)>>)> = variants
-            .iter()
-            .filter_map(|v| responses.get(v).map(|r| (v.clone(), r.values().cloned().collect())))
-            .collect();
+        let anatomy: Vec<(String, Vec<Vec<(bool, f64)>>)> =
+            variants.iter().filter_map(|v| responses.get(v).map(|r| (v.clone(), r.values().cloned().collect()))).collect();
         let anatomy = mece_anatomy_markdown(&anatomy)?;
         let md = format!(
             "# MMBoundary report\n\n## Table 1 (ECE, MECE, accuracy, chain F1, AUROC; level `all`)\n\n{table}\n\
