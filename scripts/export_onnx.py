@@ -111,20 +111,26 @@ def activation_absmax(src, names, sentences, tokenizer_json):
     return amax
 
 
-FFN_OUT = tuple(f"layer.{i}/output/dense" for i in range(24))
+# The FFN output projections of the first two layers stay fp32; those of layers 2-5 are quantized.
+KEEP_FP32 = ("layer.0/output/dense", "layer.1/output/dense")
+# Names the recipe for scripts/setup.sh's stamp: change it when the recipe changes, so set-up re-exports.
+INT8_RECIPE = "smooth-0.8-per-channel-ffn-out-fp32-in-layers-0-1"
 
 
-def export_minilm_int8(src, out, alpha=0.8, alpha_other=None, calib=512, keep_fp32=FFN_OUT):
+def export_minilm_int8(src, out, alpha=0.8, alpha_other=None, calib=512, keep_fp32=KEEP_FP32):
     """The fast path: SmoothQuant-style smoothing, then ORT dynamic int8 with per-channel weights, the FFN
-    output projections kept in fp32.
+    output projections of layers 0 and 1 kept in fp32.
 
     Measured on the 4,000-sentence corpus (min / mean cosine against fp32): plain quantize_dynamic 0.885;
     per-channel weights 0.9785 / 0.9938; + smoothing of the LayerNorm-fed inputs (Q/K/V, FFN-in) with
-    alpha 0.8: 0.9880 / 0.9965; + FFN-out MatMuls in fp32 (their GELU inputs are long-tailed, and smoothing
-    them made things worse at every alpha tried): 0.9959 / 0.9992. Smoothing divides each input channel j of
-    a weight MatMul by s_j = amax(x_j)^alpha / amax(W_j)^(1-alpha) (a Mul before the MatMul) and multiplies
-    weight row j by s_j: the fp32 function is unchanged (checked: cosine 1.000000), the activation outliers
-    move into the per-channel-quantized weights. Calibration: `calib` sentences spread over the corpus."""
+    alpha 0.8: 0.9880 / 0.9965. The FFN-out MatMuls are the rest of the error (their GELU inputs are
+    long-tailed, and smoothing them made things worse at every alpha tried); quantizing only layer i's,
+    with the other five in fp32: i = 0: 0.9909, 1: 0.9917, 2: 0.9929, 3: 0.9950, 4: 0.9956, 5: 0.9959. So
+    layers 0-1 stay fp32 (0.9919 / 0.9982; keeping all six: 0.9959 / 0.9992, layers 0-2: 0.9947 / 0.9988;
+    only layer 0: 0.9850, below the 0.99 bar). Smoothing divides each input channel j of a weight MatMul by
+    s_j = amax(x_j)^alpha / amax(W_j)^(1-alpha) (a Mul before the MatMul) and multiplies weight row j by s_j:
+    the fp32 function is unchanged (checked: cosine 1.000000), the activation outliers move into the
+    per-channel-quantized weights. Calibration: `calib` sentences spread over the corpus."""
     import numpy as np
     import onnx
     from onnx import numpy_helper

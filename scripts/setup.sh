@@ -73,12 +73,14 @@ else
 fi
 # the int8 fast path needs the `onnx` package (scripts/requirements-dev.txt); optional
 int8_onnx="$DEPS/models/all-MiniLM-L6-v2/onnx/model_int8.onnx"
-if [[ ! -f "$int8_onnx" || ! -f "$int8_onnx.done" ]]; then
+# The stamp holds the recipe's name (scripts/export_onnx.py INT8_RECIPE): a changed recipe is re-exported.
+int8_recipe="$(sed -n 's/^INT8_RECIPE = "\(.*\)"$/\1/p' "$ROOT/scripts/export_onnx.py")"
+if [[ ! -f "$int8_onnx" || ! -f "$int8_onnx.done" || "$(cat "$int8_onnx.done")" != "$int8_recipe" ]]; then
   if "$VENV/bin/python" -c "import onnx" 2>/dev/null; then
     say "making the int8 MiniLM fast path"
     rm -f "$int8_onnx.done"
-    "$VENV/bin/python" "$ROOT/scripts/export_onnx.py" minilm-int8 || die "int8 export of all-MiniLM-L6-v2 failed (see above)"
-    touch "$int8_onnx.done"
+    "$VENV/bin/python" "$ROOT/scripts/export_onnx.py" minilm-int8 --force || die "int8 export of all-MiniLM-L6-v2 failed (see above)"
+    echo "$int8_recipe" > "$int8_onnx.done"
   else
     say "skipping the int8 MiniLM fast path (pip install -r scripts/requirements-dev.txt, then re-run)"
   fi
