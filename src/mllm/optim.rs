@@ -86,10 +86,10 @@ impl AdamW {
                     continue;
                 }
                 let g = g.to_kind(Kind::Float);
-                let half = self.master[i].as_ref().map(|_| p.shallow_clone());
-                let mut p = match &self.master[i] {
-                    Some(master) => master.shallow_clone(),
-                    None => p.shallow_clone(),
+                // The update goes to the f32 master when there is one; `half` is then its rounded copy.
+                let (mut p, half) = match &self.master[i] {
+                    Some(master) => (master.shallow_clone(), Some(p.shallow_clone())),
+                    None => (p.shallow_clone(), None),
                 };
                 // m, v and step have p's shape by construction, so these in-place ops cannot fail.
                 let ok = |r: std::result::Result<Tensor, tch::TchError>| drop(r.expect("AdamW: in-place update of same-shaped tensors"));
