@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Proxy timing until src/encoders lands: TokenSAR deletions embedded by the local all-MiniLM-L6-v2
 folder (PyTorch CPU, 1 thread), one call per sentence vs all sentences batched (64 texts a call).
-Run: /work/main/.venv/bin/python scripts/bench_tokensar_minilm_proxy.py"""
+Run: .venv/bin/python scripts/bench_tokensar_minilm_proxy.py"""
 import time, torch
 from transformers import AutoTokenizer, AutoModel
 torch.set_num_threads(1)

@@ -2,7 +2,7 @@
 """Check that Hugging Face `datasets` reads an item Parquet file with our features.
 
     MMB_HF_SAMPLE=/tmp/p.parquet cargo test --test data write_hf_sample_parquet -- --ignored
-    /work/main/.venv/bin/python scripts/check_hf_parquet.py /tmp/p.parquet
+    .venv/bin/python scripts/check_hf_parquet.py /tmp/p.parquet
 """
 import sys
 

@@ -22,9 +22,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent.parent / "shared" / "data" / "bench" / "corpus_sentences.txt"
-if not CORPUS.exists():
-    CORPUS = Path("/work/shared/data/bench/corpus_sentences.txt")
+# The project's own corpus (`mmb data corpus`, committed): int8 calibration and the tiny tokenizers' training text.
+CORPUS = ROOT / "benches" / "corpus" / "penumbra_sentences.txt"
 OPSET = 17
 SEED = 1234
 

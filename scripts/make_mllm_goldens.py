@@ -11,7 +11,7 @@ Writes under tests/fixtures/mllm/:
                         log-probs, top-k and greedy continuations
 
 Run once (needs: pip install gguf accelerate):
-  /work/main/.venv/bin/python scripts/make_mllm_goldens.py [--gguf PATH]
+  .venv/bin/python scripts/make_mllm_goldens.py [--gguf PATH]
 """
 import argparse
 import json

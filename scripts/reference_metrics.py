@@ -5,7 +5,7 @@ Draws random fixtures with a fixed seed, computes every quantity the Rust code c
 inputs + expected values to tests/fixtures/confidence/golden.json, which tests/confidence.rs replays
 (tolerance 1e-9). Run from the repository root:
 
-    /work/main/.venv/bin/python scripts/reference_metrics.py
+    .venv/bin/python scripts/reference_metrics.py
 
 Conventions mirrored from the Rust docs (each is a documented parameter there):
 - TokenSAR (lm-polygraph's CrossEncoderSimilarityMatrixCalculator): pairs are (x + " " + y, x + " " + y

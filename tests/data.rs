@@ -460,14 +460,6 @@ fn expected() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap()
 }
 
-/// The shared folder beside the repository (`<repo>/../shared` on CI, `/work/shared` here).
-fn shared_dir() -> Option<PathBuf> {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [manifest.join("../shared"), manifest.join("../../shared"), PathBuf::from("/work/shared")]
-        .into_iter()
-        .find(|p| p.join("data/mmboundary-annotated").is_dir())
-}
-
 /// Copy a fixture folder into a temp dir so a test can break it.
 fn scratch_copy(sub: &str) -> tempfile::TempDir {
     fn copy(from: &std::path::Path, to: &std::path::Path) {
@@ -669,17 +661,17 @@ fn annotated_fixture_quirks_standalone_and_joined() {
     assert_eq!(joined.items[1].question, "Which festival is shown?");
 }
 
+/// The paper's annotated chains are CC BY-NC and not shipped: the quirks are covered on fixtures in their
+/// format above; this checks the counts on the real files where a user has them.
 #[test]
+#[ignore = "needs the paper's annotated chains (not shipped): MMB_ANNOTATED_DIR=<folder> cargo test --test data -- --ignored"]
 fn annotated_real_files_load_with_their_quirks_counted() {
-    let Some(shared) = shared_dir() else {
-        eprintln!("shared/data/mmboundary-annotated not found beside the repository: skipped");
-        return;
-    };
+    let dir = PathBuf::from(std::env::var_os("MMB_ANNOTATED_DIR").expect("MMB_ANNOTATED_DIR: the folder of aokvqa_val_mmb.json"));
     let e = expected();
     for name in ["aokvqa_val_mmb.json", "culturalvqa_cvqa_mmb.json"] {
         let want = &e["real_annotated"][name];
         let n = |k: &str| want[k].as_u64().unwrap() as usize;
-        let file = shared.join("data/mmboundary-annotated").join(name);
+        let file = dir.join(name);
         let loaded = annotated::load_annotated(&file, &AnnotatedParams::default()).unwrap();
         assert_eq!(loaded.items.len(), n("items"), "{name}");
         assert_eq!(loaded.report.skip_count(), n("empty_reasoning"), "{name}");
@@ -766,6 +758,24 @@ fn cli_generate_writes_images_sheet_and_text() {
     .unwrap();
     let err = format!("{:#}", cli_data::run(cli.args).unwrap_err());
     assert!(err.contains("image_size") && err.contains("found 8"), "{err}");
+}
+
+/// The committed benchmark / int8-calibration corpus is exactly what its documented command makes.
+#[test]
+fn the_committed_corpus_is_what_mmb_data_corpus_makes() {
+    use clap::Parser;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("corpus.txt");
+    let argv = ["data", "corpus", "-n", "3000", "--sentences", "4000", "-o", out.to_str().unwrap()];
+    cli_data::run(DataCli::try_parse_from(argv).unwrap().args).unwrap();
+    let committed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/corpus/penumbra_sentences.txt");
+    let (made, shipped) = (std::fs::read_to_string(&out).unwrap(), std::fs::read_to_string(&committed).unwrap());
+    assert_eq!(made.lines().count(), 4000);
+    assert!(made == shipped, "{} differs from `mmb data corpus -n 3000 --sentences 4000`", committed.display());
+    // Too few items for the sentences asked for is an error, not a short corpus.
+    let argv = ["data", "corpus", "-n", "2", "--sentences", "4000", "-o", out.to_str().unwrap()];
+    let err = cli_data::run(DataCli::try_parse_from(argv).unwrap().args).unwrap_err().to_string();
+    assert!(err.contains("4000 asked for"), "{err}");
 }
 
 #[test]

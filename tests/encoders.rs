@@ -336,6 +336,22 @@ fn bench_runs_and_reports_json() {
     assert!(json.contains("images_per_s"));
 }
 
+/// Set-up makes the int8 fast path by the documented recipe (scripts/export_onnx.py INT8_RECIPE), calibrated
+/// on the project's own corpus; over half of it (the corpus is in a seeded random order, so any prefix is a
+/// spread sample; the whole takes twice as long) it must stay within the README's accuracy bar.
+#[test]
+fn the_int8_fast_path_made_by_set_up_keeps_min_cosine_0_99_over_the_project_corpus() {
+    let cfg = BenchConfig { clip_image_onnx: vec![], session: opts(), limit: Some(2000), ..Default::default() };
+    assert!(cfg.corpus.ends_with("benches/corpus/penumbra_sentences.txt"), "{}", cfg.corpus.display());
+    let report = bench::run(&cfg).unwrap();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(report.sentences, 2000);
+    let int8 = &report.entries[1];
+    assert!(int8.file.ends_with("onnx/model_int8.onnx"));
+    let (min, mean) = (int8.min_cosine_vs_reference.unwrap(), int8.mean_cosine_vs_reference.unwrap());
+    assert!(min >= 0.99 && mean >= 0.995, "int8 vs fp32: min cosine {min}, mean {mean}");
+}
+
 /// The full benchmark (4,000 sentences, ViT-B/32 images); run with
 /// `cargo test --test encoders full_benchmark -- --ignored --nocapture`.
 #[test]

@@ -57,6 +57,19 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 8)]
         per_level: usize,
     },
+    /// Write a sentence corpus (questions, reference-chain sentences, captions; distinct, seeded order), one
+    /// sentence per line: the project's own encoder-benchmark and int8-calibration corpus is
+    /// `mmb data corpus -n 3000 --sentences 4000 -o benches/corpus/penumbra_sentences.txt`.
+    Corpus {
+        #[command(flatten)]
+        gen: GenOptions,
+        /// Sentences to write (fewer if the items have fewer distinct ones: an error).
+        #[arg(long, default_value_t = 4000)]
+        sentences: usize,
+        /// The text file to write.
+        #[arg(long, short = 'o')]
+        out: PathBuf,
+    },
     /// Print items as text (question, options, chain by level).
     Show {
         #[command(flatten)]
@@ -126,6 +139,19 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
             let (items, _) = generate(&gen, &p)?;
             write_sheet(&items, per_level, p.image_size, &out)?;
             println!("contact sheet of {} levels → {}", p.ladder.levels.len(), out.display());
+        }
+        DataCommand::Corpus { gen, sentences, out } => {
+            let p = penumbra_params(&gen)?;
+            let (items, _) = generate(&gen, &p)?;
+            let lines = crate::data::corpus::sentences(&items, sentences, p.seed);
+            anyhow::ensure!(
+                lines.len() == sentences,
+                "{} items hold only {} distinct sentences, {sentences} asked for: raise -n",
+                items.len(),
+                lines.len()
+            );
+            std::fs::write(&out, format!("{}\n", lines.join("\n"))).with_context(|| format!("writing {}", out.display()))?;
+            println!("{} sentences of {} Penumbra items (seed {}) → {}", lines.len(), items.len(), p.seed, out.display());
         }
         DataCommand::Show { gen, count } => {
             let p = penumbra_params(&GenOptions { n: gen.n.max(count), ..gen.clone() })?;

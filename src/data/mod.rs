@@ -16,6 +16,7 @@
 
 pub mod annotated;
 pub mod aokvqa;
+pub mod corpus;
 pub mod culturalvqa;
 pub mod penumbra;
 pub mod schema;

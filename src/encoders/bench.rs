@@ -17,7 +17,7 @@ use super::{cosine, EncoderError, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BenchConfig {
-    /// One sentence per line (default: `shared/data/bench/corpus_sentences.txt`, 4,000 sentences).
+    /// One sentence per line (default: the project's own `benches/corpus/penumbra_sentences.txt`, 4,000 sentences).
     pub corpus: PathBuf,
     /// Use only the first N sentences.
     pub limit: Option<usize>,
@@ -60,14 +60,12 @@ impl Default for BenchConfig {
     }
 }
 
-/// The benchmark corpus: `$MMB_BENCH_CORPUS`, else `shared/data/bench/corpus_sentences.txt` beside the checkout.
+/// The benchmark corpus: `$MMB_BENCH_CORPUS`, else the project's own (`mmb data corpus`, committed).
 pub fn default_corpus() -> PathBuf {
-    if let Some(p) = std::env::var_os("MMB_BENCH_CORPUS") {
-        return PathBuf::from(p);
+    match std::env::var_os("MMB_BENCH_CORPUS") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/corpus/penumbra_sentences.txt"),
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let rel = "shared/data/bench/corpus_sentences.txt";
-    [root.join("..").join(rel), root.join("../..").join(rel)].into_iter().find(|p| p.is_file()).unwrap_or_else(|| root.join("..").join(rel))
 }
 
 /// `.deps/bench/images/*` (written by `scripts/bench_baselines.py` from scikit-image's photos), else the test
