@@ -115,7 +115,7 @@ impl<'a> StageContext<'a> {
         if !self.declared.iter().any(|d| d == output) {
             anyhow::bail!("stage `{}` writes undeclared output `{output}` (declared: {})", self.stage, self.declared.join(", "));
         }
-        Ok(Lineage { output: output.into(), created: Lineage::now(), ..self.lineage.clone() })
+        Ok(Lineage { output: output.into(), created: Some(Lineage::now()), ..self.lineage.clone() })
     }
 
     fn record(&self, output: &str, id: &ArtifactId, kind: ArtifactKind) {

@@ -27,8 +27,11 @@ pub struct Lineage {
     pub cache_key: String,
     /// `mmboundary <version>`.
     pub tool: String,
-    /// RFC 3339; `SOURCE_DATE_EPOCH` (reproducible-builds convention) fixes it for byte-identical reruns.
-    pub created: String,
+    /// When it was written (RFC 3339; `SOURCE_DATE_EPOCH` pins it). Kept only where it does not enter the
+    /// artifact's hash: the sidecar of a non-Parquet artifact. A Parquet artifact carries none, so a rerun
+    /// that reproduces the same rows reproduces the same bytes and name; its time is in the lock file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
     /// Rows of a table (None for files).
     pub rows: Option<u64>,
 }

@@ -64,6 +64,8 @@ impl Store {
         hf_features: Option<&serde_json::Value>,
     ) -> Result<ArtifactId, StoreError> {
         let mut lineage = lineage.clone();
+        // The bytes (and so the name) must not depend on when they were written.
+        lineage.created = None;
         lineage.rows = Some(batches.iter().map(|b| b.num_rows() as u64).sum());
         let mut kv = vec![KeyValue::new(LINEAGE_KEY.to_string(), serde_json::to_string(&lineage).expect("lineage serializes"))];
         if let Some(features) = hf_features {
