@@ -118,3 +118,68 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
     let demo = pv.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
     assert_eq!(demo["trainer"]["decoder"], "smollm2_gguf", "{demo}");
 }
+
+/// A fake report artifact recorded under `lock` (the main lock, or a preset's), as the report stage records one.
+fn record_report(store: &mmboundary::store::Store, lock: Option<&str>, marker: &str) -> std::path::PathBuf {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("report.html"), marker).unwrap();
+    let id = store.put_dir(dir.path(), None).unwrap();
+    let mut l = mmboundary::engine::LockFile::load_named(store.root(), lock).unwrap();
+    let output = mmboundary::engine::OutputRecord { id: id.to_string(), kind: mmboundary::store::ArtifactKind::Tar, bytes: 0 };
+    l.stages.insert(
+        "report".into(),
+        mmboundary::engine::StageRecord {
+            key: "k".repeat(64),
+            code_version: "1".into(),
+            params: serde_json::json!({}),
+            inputs: Default::default(),
+            models: Default::default(),
+            device: "cpu".into(),
+            outputs: [("report".to_string(), output)].into(),
+            finished: String::new(),
+            seconds: 0.0,
+        },
+    );
+    l.save_named(store.root(), lock).unwrap();
+    store.root().join("cache").join(id.as_str()).join("report.html")
+}
+
+#[test]
+fn mmb_works_from_any_folder_inside_the_project_and_a_preset_run_points_at_its_own_report() {
+    let project = tempfile::tempdir().unwrap();
+    let stages = project.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    std::fs::write(stages.join("dataset.toml"), "[params]\nn_items = 4\nimage_size = 32\nchunk = 2\n").unwrap();
+    std::fs::write(stages.join("presets.toml"), "[[variant]]\nname = \"seed2\"\n[variant.params.dataset]\nseed = 2\n").unwrap();
+    let sub = project.path().join("notes/deep");
+    std::fs::create_dir_all(&sub).unwrap();
+    let mmb_in = |dir: &std::path::Path, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_mmb"))
+            .current_dir(dir)
+            .env_remove("MMB_STORE")
+            .env_remove("MMB_STAGES")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // Run from a subfolder: the project's stage files are used and the store is the project's.
+    let err = mmb_in(&sub, &["run", "dataset"]);
+    assert!(err.contains("ran dataset"), "{err}");
+    // Without a terminal, one line per stage start and finish, with the time.
+    let started = err.lines().find(|l| l.contains("dataset: started")).unwrap_or_else(|| panic!("no start line: {err}"));
+    assert!(started.starts_with('[') && started.contains(" s] "), "{started}");
+    assert!(err.lines().any(|l| l.contains("dataset: finished in ")), "{err}");
+    assert!(project.path().join("artifacts/mmb.lock.json").is_file());
+    assert!(!sub.join("artifacts").exists(), "a store was made in the subfolder");
+    assert!(mmb_in(project.path(), &["run", "dataset"]).contains("up to date"));
+    // The preset's report, not the default run's.
+    let store = mmboundary::store::Store::open(project.path().join("artifacts")).unwrap();
+    record_report(&store, None, "main");
+    let preset_report = record_report(&store, Some("preset-seed2"), "preset");
+    let err = mmb_in(&sub, &["run", "--preset", "seed2", "dataset"]);
+    let line = err.lines().find(|l| l.starts_with("report: ")).unwrap_or_else(|| panic!("no report line: {err}"));
+    assert_eq!(std::fs::read_to_string(line.trim_start_matches("report: ")).unwrap(), "preset", "{line}");
+    assert!(preset_report.is_file());
+}

@@ -174,6 +174,9 @@ fn target_runs_only_its_ancestors_and_force_reruns() {
     assert_eq!(ran, vec!["scale", "source"]);
     assert_eq!(c.get("sum"), 0);
     // Forcing source reruns it; its bytes are identical, so nothing downstream is stale (early cutoff).
+    // Without SOURCE_DATE_EPOCH, and a clock that has moved on: the bytes must not carry the time.
+    std::env::remove_var("SOURCE_DATE_EPOCH");
+    std::thread::sleep(Duration::from_millis(1100));
     let (p2, c2) = chain(5, 2);
     let s2 = p2.run(&store, &RunOptions { force: vec!["source".into()], ..Default::default() }).unwrap();
     assert_eq!(c2.get("source"), 1);
@@ -329,13 +332,14 @@ fn gc_is_a_dry_run_unless_applied_and_keeps_what_the_lock_references() {
 }
 
 #[test]
-fn identical_tables_get_identical_ids_when_the_time_is_pinned() {
+fn identical_tables_get_identical_ids_whenever_they_are_written() {
+    // No test in this file sets SOURCE_DATE_EPOCH: names must not depend on the clock without it.
+    std::env::remove_var("SOURCE_DATE_EPOCH");
     let (_d, store) = tmp_store();
-    std::env::set_var("SOURCE_DATE_EPOCH", "1700000000");
-    let l = Lineage { stage: "t".into(), ..Default::default() };
+    let l = |t: &str| Lineage { stage: "t".into(), created: Some(t.into()), ..Default::default() };
     let (s, b) = int_table(vec![1, 2, 3]);
-    let a = store.put_table(s.clone(), &[b.clone()], &l, None).unwrap();
-    let c = store.put_table(s, &[b], &l, None).unwrap();
+    let a = store.put_table(s.clone(), &[b.clone()], &l("2026-01-01T00:00:00Z"), None).unwrap();
+    let c = store.put_table(s, &[b], &l("2027-06-30T12:34:56.789Z"), None).unwrap();
     assert_eq!(a, c);
 }
 
@@ -447,4 +451,92 @@ fn run_cache_restores_a_reverted_param_and_shares_stages_across_variant_locks() 
         mmboundary::engine::LockFile::load_all(store.root()).unwrap().iter().flat_map(|l| l.referenced()).collect();
     store.gc(&keep, true).unwrap();
     assert!(chain(6, 5).0.run(&store, &RunOptions { lock: Some("factor5".into()), ..Default::default() }).unwrap().ran.is_empty());
+}
+
+#[test]
+fn a_panicking_stage_fails_the_run_with_its_message_releases_the_lock_and_leaves_no_partial_artifact() {
+    let (_d, store) = tmp_store();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let stage = TestStage {
+        name: "boom".into(),
+        inputs: vec![],
+        params: serde_json::json!({}),
+        runs: runs.clone(),
+        body: Box::new(|ctx| {
+            // Half an artifact is on disk (a temp file) when the stage panics.
+            ctx.store().put_with(ArtifactKind::Bin, None, |w| {
+                w.write_all(&[1u8; 4096]).unwrap();
+                panic!("bad artifact: column `x` is not Int64");
+            })?;
+            Ok(())
+        }),
+    };
+    let pipeline = Pipeline::new(vec![Box::new(stage) as Box<dyn Stage>]).unwrap();
+    let root = store.root().to_path_buf();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let store = Store::open(&root).unwrap();
+        let _ = tx.send(pipeline.run(&store, &RunOptions::default()).map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let res = rx.recv_timeout(Duration::from_secs(30)).expect("the run must end, not wait forever on a panicked stage");
+    let err = res.expect_err("a panicking stage fails the run");
+    assert!(err.contains("boom") && err.contains("panicked") && err.contains("column `x` is not Int64"), "{err}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // The lock is free, and nothing (no temp file, no artifact) is left in the objects folder.
+    StoreLock::acquire(store.root(), "test").expect("lock released after the failed run");
+    let left: Vec<_> = std::fs::read_dir(store.objects_dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(mmboundary::engine::LockFile::load(store.root()).unwrap().stages.is_empty());
+}
+
+#[test]
+fn gc_waits_for_no_run_and_cleans_the_work_folders_of_finished_runs() {
+    let (_d, store) = tmp_store();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let trainer = TestStage {
+        name: "train".into(),
+        inputs: vec![],
+        params: serde_json::json!({ "epochs": 2 }),
+        runs,
+        body: Box::new(|ctx| {
+            // Per-epoch checkpoints, as the SFT stage keeps them for a resume after a crash.
+            let dir = ctx.work_dir()?;
+            std::fs::write(dir.join("epoch-1.safetensors"), [0u8; 1000])?;
+            ctx.write_bytes("out", ArtifactKind::Bin, b"final weights")?;
+            Ok(())
+        }),
+    };
+    Pipeline::new(vec![Box::new(trainer) as Box<dyn Stage>]).unwrap().run(&store, &RunOptions::default()).unwrap();
+    // A crashed run's resume state (its key never finished) and an artifact nothing references.
+    let orphan = store.root().join("work/train-0123456789abcdef");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("epoch-1.safetensors"), [0u8; 10]).unwrap();
+    let stray = store.put_bytes(ArtifactKind::Bin, b"unreferenced", None).unwrap();
+
+    // While a run holds the store, gc is refused (it could take the run's new outputs for garbage).
+    {
+        let _run = StoreLock::acquire(store.root(), "mmb run").unwrap();
+        let err = mmboundary::engine::collect_garbage(&store, true).unwrap_err().to_string();
+        assert!(err.contains("mmb run"), "{err}");
+        assert!(store.path_of(&stray, ArtifactKind::Bin).exists());
+    }
+    let dry = mmboundary::engine::collect_garbage(&store, false).unwrap();
+    assert_eq!(dry.artifacts.len(), 1);
+    assert_eq!(dry.work.len(), 1);
+    assert_eq!(dry.work[0].1, 1000);
+    assert!(dry.work[0].0.file_name().unwrap().to_string_lossy().starts_with("train-"));
+    assert_eq!(dry.resumable, vec![(orphan.clone(), 10)]);
+    let applied = mmboundary::engine::collect_garbage(&store, true).unwrap();
+    assert!(!applied.work[0].0.exists() && orphan.exists());
+    assert!(!store.path_of(&stray, ArtifactKind::Bin).exists());
+    // What the lock references is still there: a rerun has nothing to do.
+    let trainer_again = TestStage {
+        name: "train".into(),
+        inputs: vec![],
+        params: serde_json::json!({ "epochs": 2 }),
+        runs: Arc::new(AtomicUsize::new(0)),
+        body: Box::new(|_| anyhow::bail!("must not run")),
+    };
+    let s = Pipeline::new(vec![Box::new(trainer_again) as Box<dyn Stage>]).unwrap().run(&store, &RunOptions::default()).unwrap();
+    assert!(s.ran.is_empty());
 }

@@ -5,18 +5,18 @@ mod pipeline;
 mod store;
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(name = "mmb", version, about = "MMBoundary: step-level confidence for multimodal LLMs, as a cached pipeline")]
 pub struct Cli {
-    /// The artifact store.
-    #[arg(long, global = true, default_value = "artifacts", env = "MMB_STORE")]
-    pub store: PathBuf,
-    /// The folder of stage TOML files (one per stage: its inputs and params).
-    #[arg(long, global = true, default_value = "stages", env = "MMB_STAGES")]
-    pub stages: PathBuf,
+    /// The artifact store (default: `artifacts/` of the project).
+    #[arg(long, global = true, env = "MMB_STORE")]
+    pub store: Option<PathBuf>,
+    /// The folder of stage TOML files, one per stage: its inputs and params (default: `stages/` of the project).
+    #[arg(long, global = true, env = "MMB_STAGES")]
+    pub stages: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -35,7 +35,7 @@ pub enum Command {
     Show(store::ShowArgs),
     /// Rehash every artifact; non-zero exit on any mismatch.
     Verify,
-    /// List (or with --apply delete) artifacts that the lock file does not reference.
+    /// List (or with --apply delete) artifacts no lock file references, and work folders of finished runs.
     Gc(store::GcArgs),
     /// Copy an artifact, with its lineage, into a folder to share it.
     Export(store::ExportArgs),
@@ -62,17 +62,40 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The project folder: the nearest folder at or above `start` that holds a `stages/` folder, as git looks
+/// for `.git` and cargo for `Cargo.toml`.
+pub fn find_project_root(start: &Path) -> Option<PathBuf> {
+    start.ancestors().find(|d| d.join("stages").is_dir()).map(Path::to_path_buf)
+}
+
+/// Resolves `--store` and `--stages` (relative to where `mmb` was started), then works from the project
+/// folder, so `mmb` behaves the same from any folder inside it and relative paths in stage files mean
+/// the same thing. Outside any project, the defaults are `artifacts/` and `stages/` of the current folder.
+fn locate(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let cwd = std::env::current_dir()?;
+    let store = cli.store.as_ref().map(|p| cwd.join(p));
+    let stages = cli.stages.as_ref().map(|p| cwd.join(p));
+    let root = find_project_root(&cwd).unwrap_or_else(|| cwd.clone());
+    if root != cwd {
+        std::env::set_current_dir(&root).map_err(|e| anyhow::anyhow!("{}: {e}", root.display()))?;
+        tracing::info!(root = %root.display(), "working from the project folder");
+    }
+    Ok((store.unwrap_or_else(|| root.join("artifacts")), stages.unwrap_or_else(|| root.join("stages"))))
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (store_dir, stages_dir) = locate(&cli)?;
+    let (store, stages) = (store_dir.as_path(), stages_dir.as_path());
     match cli.command {
-        Command::Run(a) => pipeline::run(&cli.store, &cli.stages, a),
-        Command::Sweep(a) => pipeline::sweep(&cli.store, &cli.stages, a),
-        Command::Status => pipeline::status(&cli.store, &cli.stages),
-        Command::Dag(a) => pipeline::dag(&cli.stages, a),
-        Command::Show(a) => store::show(&cli.store, &cli.stages, a),
-        Command::Verify => store::verify(&cli.store),
-        Command::Gc(a) => store::gc(&cli.store, a),
-        Command::Export(a) => store::export(&cli.store, a),
-        Command::Import(a) => store::import(&cli.store, a),
+        Command::Run(a) => pipeline::run(store, stages, a),
+        Command::Sweep(a) => pipeline::sweep(store, stages, a),
+        Command::Status => pipeline::status(store, stages),
+        Command::Dag(a) => pipeline::dag(stages, a),
+        Command::Show(a) => self::store::show(store, stages, a),
+        Command::Verify => self::store::verify(store),
+        Command::Gc(a) => self::store::gc(store, a),
+        Command::Export(a) => self::store::export(store, a),
+        Command::Import(a) => self::store::import(store, a),
         Command::Bench(a) => bench::run(a),
         Command::Data(a) => data::run(a).map(|()| ExitCode::SUCCESS),
     }

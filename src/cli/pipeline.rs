@@ -42,7 +42,7 @@ pub struct DagArgs {
 }
 
 pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let (pipeline, lock) = match &a.preset {
+    let (pipeline, lock_name) = match &a.preset {
         None => (crate::stages::pipeline(stages)?, None),
         Some(name) => {
             let file = stages.join("presets.toml");
@@ -58,7 +58,7 @@ pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> 
         }
     };
     let store = Store::open(store)?;
-    let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force, lock };
+    let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force, lock: lock_name.clone() };
     let s = pipeline.run(&store, &opts)?;
     let restored = if s.restored.is_empty() { String::new() } else { format!("; restored from the run-cache: {}", s.restored.join(", ")) };
     if s.ran.is_empty() {
@@ -66,8 +66,8 @@ pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> 
     } else {
         eprintln!("ran {} ({} up to date) in {:.1} s{restored}", s.ran.join(", "), s.fresh.len(), s.seconds);
     }
-    // Point at the report, extracted from its artifact, when the run produced one.
-    let lock = crate::engine::LockFile::load(store.root())?;
+    // Point at the report of this run (the preset's, under its own lock), extracted from its artifact.
+    let lock = crate::engine::LockFile::load_named(store.root(), lock_name.as_deref())?;
     if let Some(o) = lock.stages.get("report").and_then(|r| r.outputs.get("report")) {
         let dir = store.materialize(&crate::store::ArtifactId::parse(&o.id)?)?;
         eprintln!("report: {}", dir.join("report.html").display());

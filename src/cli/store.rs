@@ -101,18 +101,23 @@ pub fn verify(store: &Path) -> anyhow::Result<ExitCode> {
 
 pub fn gc(store: &Path, a: GcArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(store)?;
-    let keep: std::collections::BTreeSet<String> = LockFile::load_all(store.root())?.iter().flat_map(|l| l.referenced()).collect();
-    let gone = store.gc(&keep, a.apply)?;
-    let total: u64 = gone.iter().map(|(_, b)| b).sum();
-    for (p, b) in &gone {
-        println!("{} {} ({b} bytes)", if a.apply { "deleted" } else { "would delete" }, p.display());
+    let r = crate::engine::collect_garbage(&store, a.apply)?;
+    let verb = if a.apply { "deleted" } else { "would delete" };
+    for (p, b) in r.artifacts.iter().chain(&r.work) {
+        println!("{verb} {} ({b} bytes)", p.display());
     }
+    for (p, b) in &r.resumable {
+        println!("kept {} ({b} bytes): resume state of a run that has not finished", p.display());
+    }
+    let mb = |v: &[(PathBuf, u64)]| v.iter().map(|(_, b)| b).sum::<u64>() as f64 / 1e6;
     eprintln!(
-        "{} {} unreferenced artifact(s), {:.1} MB; kept {}{}",
+        "{} {} unreferenced artifact(s), {:.1} MB, and {} work folder(s) of finished runs, {:.1} MB; kept {} artifact(s){}",
         if a.apply { "deleted" } else { "found" },
-        gone.len(),
-        total as f64 / 1e6,
-        keep.len(),
+        r.artifacts.len(),
+        mb(&r.artifacts),
+        r.work.len(),
+        mb(&r.work),
+        r.kept,
         if a.apply { "" } else { " (dry run: pass --apply to delete)" }
     );
     Ok(ExitCode::SUCCESS)

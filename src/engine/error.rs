@@ -7,6 +7,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("stage `{stage}` failed: {}", crate::runtime::error_chain(.source.as_ref()))]
     StageFailed { stage: String, source: anyhow::Error },
+    #[error("stage `{stage}` panicked: {msg}")]
+    StagePanicked { stage: String, msg: String },
     #[error("stage `{stage}` finished without writing its declared output `{output}`")]
     MissingOutput { stage: String, output: String },
     #[error("stage `{stage}` wrote `{output}`, which it does not declare (declared: {declared})")]

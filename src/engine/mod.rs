@@ -4,6 +4,7 @@
 pub mod bench;
 mod context;
 mod error;
+mod gc;
 mod key;
 mod lockfile;
 mod pipeline;
@@ -14,6 +15,7 @@ mod status;
 
 pub use context::{StageContext, WorkerJob};
 pub use error::EngineError;
+pub use gc::{collect_garbage, GcReport};
 pub use key::cache_key;
 pub use lockfile::{LockFile, OutputRecord, RunCache, StageRecord};
 pub use pipeline::Pipeline;

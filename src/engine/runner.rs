@@ -122,18 +122,29 @@ impl Pipeline {
                                 lock.stages.insert(name.clone(), rec);
                                 lock.save_named(store.root(), lock_name)?;
                                 done.insert(name.clone());
+                                announce(&progress, start, &format!("{name}: outputs restored from the run-cache"));
                                 summary.restored.push(name);
                                 launched = true;
                                 continue;
                             }
                         }
                         tracing::info!(stage = %name, reasons = %st.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "), "running");
+                        announce(
+                            &progress,
+                            start,
+                            &format!("{name}: started ({})", st.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")),
+                        );
                         running.insert(name.clone());
                         rerun.insert(name.clone());
                         let tx = tx.clone();
                         let progress = &progress;
                         scope.spawn(move || {
-                            let res = run_one(s, st, store, progress);
+                            // A panic (an `expect`, an Arrow cast on a bad artifact) must fail the run, not leave
+                            // the loop below waiting for a report that never comes.
+                            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_one(s, st, store, progress)))
+                                .unwrap_or_else(|payload| {
+                                    Err(EngineError::StagePanicked { stage: name.clone(), msg: panic_message(&*payload) })
+                                });
                             let _ = tx.send((name, res));
                         });
                         launched = true;
@@ -144,6 +155,10 @@ impl Pipeline {
                 }
                 let (name, res) = rx.recv().expect("a running stage reports back");
                 running.remove(&name);
+                match &res {
+                    Ok((record, _)) => announce(&progress, start, &format!("{name}: finished in {:.1} s", record.seconds)),
+                    Err(e) => announce(&progress, start, &format!("{name}: FAILED: {e}")),
+                }
                 match res {
                     Ok((record, outs)) => {
                         produced.extend(outs);
@@ -169,6 +184,26 @@ impl Pipeline {
             None => Ok(summary),
         }
     }
+}
+
+/// One line per stage event on stderr, stamped with the time since the run started: above the progress
+/// bars on a terminal, plain lines otherwise (`mmb run > run.log` shows what is happening).
+fn announce(progress: &MultiProgress, start: Instant, what: &str) {
+    let line = format!("[{:>7.1} s] {what}", start.elapsed().as_secs_f64());
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let _ = progress.println(line);
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// A run-cache record's outputs, if every one of them is still in the store.
@@ -202,7 +237,7 @@ fn run_one(
         models: st.models.clone(),
         cache_key: key.clone(),
         tool: Lineage::tool_version(),
-        created: String::new(),
+        created: None,
         rows: None,
     };
     let ctx = StageContext::new(store, &name, st.params.clone(), st.inputs.clone(), stage.outputs(), lineage, progress);

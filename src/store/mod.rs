@@ -16,6 +16,7 @@ mod table;
 
 pub use artifact::{hash_file, write_atomic, ArtifactId, ArtifactKind, HashingWriter, Store};
 pub use audit::{Mismatch, VerifyReport};
+pub(crate) use error::IoContext;
 pub use error::StoreError;
 pub use lineage::{Lineage, HF_KEY, LINEAGE_KEY};
 pub use lock::StoreLock;
