@@ -110,3 +110,30 @@ fn strftime_now_is_available_to_templates() {
     assert_eq!(year.to_string(), strftime("%Y", now));
     assert!(out.ends_with("|x"));
 }
+
+/// A LLaVA folder's pipeline prompt: its template from tokenizer_config.json, its image token's text
+/// from tokenizer.json (id 99 = `<image>` here), placeholders left for the stage.
+#[test]
+fn pipeline_prompt_of_a_model_folder_uses_its_template_and_image_token() {
+    let g = goldens();
+    for name in ["llava", "qwen2", "llama3"] {
+        let case = g["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+        let dir = folder(&case, false);
+        let mut vocab = serde_json::Map::new();
+        for (i, w) in ["[UNK]", "question", "options"].iter().enumerate() {
+            vocab.insert(w.to_string(), i.into());
+        }
+        vocab.insert("<image>".into(), 99.into());
+        let tok = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{"id": 99, "content": "<image>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+        });
+        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+        let got = mllm::chat::pipeline_prompt(dir.path(), 99).unwrap();
+        assert_eq!(got, case["prompt_template"].as_str().unwrap(), "{name}");
+        let e = mllm::chat::pipeline_prompt(dir.path(), 5000).unwrap_err().to_string();
+        assert!(e.contains("5000") && e.contains("tokenizer.json"), "{e}");
+    }
+}

@@ -214,6 +214,20 @@ impl ChatTemplate {
     }
 }
 
+/// The pipeline's prompt for a Hugging Face LLaVA-style folder in the model's own chat format:
+/// [`ChatTemplate::prompt_template`] on [`USER_TURN`], with the text of the model's image token
+/// (`image_token_index` looked up in its `tokenizer.json`) marking the image slot for templates that
+/// render content parts. `{image}`, `{question}` and `{options}` are left for the stage to fill.
+pub fn pipeline_prompt(dir: &Path, image_token_index: i64) -> Result<String> {
+    let chat = ChatTemplate::from_dir(dir)?;
+    let tok = load_tokenizer(dir)?;
+    let image = u32::try_from(image_token_index)
+        .ok()
+        .and_then(|i| tok.id_to_token(i))
+        .ok_or_else(|| MllmError::Tokenizer(format!("{}: image token id {image_token_index} is not in tokenizer.json", dir.display())))?;
+    chat.prompt_template(USER_TURN, Some(&image))
+}
+
 /// transformers' `{% generation %}…{% endgeneration %}` blocks (which only mark the assistant's tokens)
 /// as `{% if true %}…{% endif %}`, keeping whitespace control: the same text, in syntax minijinja parses.
 fn without_generation_tags(source: &str) -> String {
