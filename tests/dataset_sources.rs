@@ -233,4 +233,11 @@ fn penumbra_params_and_outputs_are_those_of_the_generator_alone() {
     assert_eq!(v, want);
     assert_eq!(stage.outputs(), ["items", "sheet"]);
     assert!(stage.models().is_empty());
+    // A dataset table without `source` naming it is a mistake, not a silent penumbra run.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("artifacts")).unwrap();
+    let params = DatasetParams { scienceqa: Some(Default::default()), ..Default::default() };
+    let stages: Vec<Box<dyn Stage>> = vec![Box::new(DatasetStage { params })];
+    let e = format!("{:#}", Pipeline::new(stages).unwrap().run(&store, &RunOptions::default()).unwrap_err());
+    assert!(e.contains("[params.scienceqa] is set but `source` is penumbra"), "{e}");
 }

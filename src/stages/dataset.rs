@@ -144,6 +144,13 @@ impl DatasetStage {
     }
 
     fn run_penumbra(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        for (name, set) in [
+            ("aokvqa", self.params.aokvqa.is_some()),
+            ("scienceqa", self.params.scienceqa.is_some()),
+            ("culturalvqa", self.params.culturalvqa.is_some()),
+        ] {
+            anyhow::ensure!(!set, "dataset: [params.{name}] is set but `source` is penumbra (add source = \"{name}\" to load it)");
+        }
         let p = &self.params.penumbra;
         p.validate()?;
         let bar = ctx.progress(p.n_items as u64, "rendering scenes");
