@@ -241,3 +241,60 @@ fn penumbra_params_and_outputs_are_those_of_the_generator_alone() {
     let e = format!("{:#}", Pipeline::new(stages).unwrap().run(&store, &RunOptions::default()).unwrap_err());
     assert!(e.contains("[params.scienceqa] is set but `source` is penumbra"), "{e}");
 }
+
+/// From configuration alone: `mmb run dataset` with a stage file naming real datasets; a skipped record
+/// is reported on stderr (and listed in load_report); editing an index file reruns the stage.
+#[test]
+fn mmb_run_dataset_from_a_stage_file_reports_skips_and_tracks_index_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&fixtures().join("data"), &data);
+    let stages = tmp.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    let toml = format!(
+        "[params]\nsource = [\"aokvqa\", \"culturalvqa\"]\n\
+         [params.aokvqa]\ndir = {a:?}\ncoco = {c:?}\nsplits = [\"val\"]\nannotated = {n:?}\non_bad_record = \"skip_and_count\"\n\
+         [params.culturalvqa]\ndir = {v:?}\n",
+        a = data.join("aokvqa"),
+        c = data.join("aokvqa/coco"),
+        n = data.join("annotated/aokvqa_val_mmb.json"),
+        v = data.join("culturalvqa"),
+    );
+    std::fs::write(stages.join("dataset.toml"), toml).unwrap();
+    let store = tmp.path().join("artifacts");
+    let mmb = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mmb"))
+            .arg("--store")
+            .arg(&store)
+            .arg("--stages")
+            .arg(&stages)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = mmb(&["run", "dataset"]);
+    // The log is coloured: drop the escape sequences before reading it.
+    let raw = String::from_utf8_lossy(&o.stderr);
+    let mut err = String::new();
+    let mut in_esc = false;
+    for ch in raw.chars() {
+        match (in_esc, ch) {
+            (false, '\u{1b}') => in_esc = true,
+            (true, 'm') => in_esc = false,
+            (true, _) => {}
+            (false, c) => err.push(c),
+        }
+    }
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("records skipped") && err.contains("skipped=2") && err.contains("aokvqa"), "{err}");
+    let s = Store::open(&store).unwrap();
+    assert_eq!(items(&s).len(), 9);
+    assert!(String::from_utf8_lossy(&mmb(&["run", "dataset"]).stderr).contains("up to date"));
+    // The annotated file is an index file: its content is in the key.
+    let ann = data.join("annotated/aokvqa_val_mmb.json");
+    let text = std::fs::read_to_string(&ann).unwrap().replace("Cats like beds.", "Cats love beds.");
+    std::fs::write(&ann, text).unwrap();
+    let o = mmb(&["run", "dataset"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ran dataset"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(items(&Store::open(&store).unwrap())[0].chain.reasoning[0], "Cats love beds.");
+}
