@@ -166,6 +166,61 @@ expected["culturalvqa"] = [
 ]
 expected["annotated_culturalvqa_join_ids"] = ["0", "2"]
 
+# ---------------------------------------------------------------- crafted bad inputs (issue 16)
+# Each file holds one flaw the loaders once let through; tests/data.rs checks each is an error naming
+# file and record (or a counted skip), never silently different data.
+BAD = os.path.join(ROOT, "bad")
+
+# Annotated ids qX, qX, qX#1: a suffixed repeat must not take the id the file itself uses.
+suffix = [ann({**aok[0], "question_id": q}, [f"Look {i}."], [f"Step {i}.", "So, the answer is bed."])
+          for i, q in enumerate(["qX", "qX", "qX#1"])]
+write(os.path.join(BAD, "annotated_suffix.json"), dump(suffix))
+expected["bad_annotated_suffix_ids"] = ["qX", "qX#2", "qX#1"]
+
+# A-OKVQA records with the rationales field absent and null.
+no_rat = [dict(aok[0]), dict(aok[1]), dict(aok[2])]
+del no_rat[0]["rationales"]
+no_rat[1]["rationales"] = None
+write(os.path.join(BAD, "aokvqa_no_rationales.json"), dump(no_rat))
+expected["bad_missing_rationales"] = 2
+
+# ScienceQA: a problem id given twice in problems.json (JSON text written by hand: a dict cannot hold it).
+dup_first = problem("Which ocean is highlighted?", ["Atlantic", "Pacific"], 1, "image.png", "train")
+dup_second = problem("Which ocean is this?", ["Indian", "Arctic"], 0, "image.png", "train")
+ok = problem("Which state is farthest north?", ["Ohio", "Maine"], 1, "image.png", "train")
+text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in
+                          [("1", dup_first), ("3", ok), ("1", dup_second)]) + "\n}\n"
+write(os.path.join(BAD, "scienceqa_dup", "problems.json"), text)
+write(os.path.join(BAD, "scienceqa_dup", "pid_splits.json"), dump({"train": ["1", "3"]}))
+for pid in ["1", "3"]:
+    write(os.path.join(BAD, "scienceqa_dup", "images", "train", pid, "image.png"), png((10, 90, 200)))
+
+# ScienceQA: one choice, no choices, an empty image name; pid 13 is sound.
+sbad = {
+    "10": problem("Which one?", ["only"], 0, "image.png", "train"),
+    "11": problem("Which one?", [], 0, "image.png", "train"),
+    "12": problem("Which one?", ["a", "b"], 0, "", "train"),
+    "13": problem("Which one?", ["a", "b"], 1, "image.png", "train"),
+}
+write(os.path.join(BAD, "scienceqa_bad", "problems.json"), dump(sbad))
+write(os.path.join(BAD, "scienceqa_bad", "pid_splits.json"), dump({"train": ["10", "11", "12", "13"]}))
+for pid in ["10", "11", "13"]:
+    write(os.path.join(BAD, "scienceqa_bad", "images", "train", pid, "image.png"), png((90, 90, 90)))
+os.makedirs(os.path.join(BAD, "scienceqa_bad", "images", "train", "12"), exist_ok=True)
+write(os.path.join(BAD, "scienceqa_bad", "images", "train", "12", ".keep"), "")
+
+# CulturalVQA: question stored as binary (as some exports do), row 1 with bytes that are no image,
+# row 2 with a question that is not UTF-8.
+bad_rows = [(b"What is this dish?", jpg((180, 120, 60)), "a.jpg"),
+            (b"Where is this market?", b"\x89PNG\r\n\x1a\n this is not a png", "b.png"),
+            (b"\xffWhich festival\xfe?", jpg((60, 120, 180)), "c.jpg")]
+bschema = pa.schema([("image", image_type), ("question", pa.binary())])
+btable = pa.table({"image": pa.array([{"bytes": b, "path": p} for _, b, p in bad_rows], type=image_type),
+                   "question": pa.array([q for q, _, _ in bad_rows], type=pa.binary())}, schema=bschema)
+os.makedirs(BAD, exist_ok=True)
+pq.write_table(btable, os.path.join(BAD, "culturalvqa_bad.parquet"))
+expected["bad_culturalvqa_kept_ids"] = ["0"]
+
 # ---------------------------------------------------------------- the paper's real files (not copied)
 # Counts a loader with default params must report on the paper's annotated files (CC BY-NC: never copied
 # here), for the ignored test that a user with the files runs. MMB_ANNOTATED_DIR=<their folder> recounts;

@@ -518,7 +518,7 @@ fn aokvqa_missing_image_and_malformed_records_are_errors_or_counted_skips() {
     assert!(matches!(err, DataError::MissingImage { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("qA2") && msg.contains("000000000202.jpg") && msg.contains("aokvqa_v1p0_val.json"), "{msg}");
-    let skip = AokvqaParams { on_bad_record: SkipPolicy::SkipAndCount };
+    let skip = AokvqaParams { on_bad_record: SkipPolicy::SkipAndCount, ..Default::default() };
     let loaded = aokvqa::load_aokvqa(&json, Some(&coco), &skip).unwrap();
     assert_eq!(loaded.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["qA1", "qA3"]);
     assert_eq!(loaded.report.skip_count(), 1);
@@ -872,4 +872,112 @@ fn penumbra_scene_descriptions_and_drills_follow_the_graph() {
             assert_eq!(got.into_iter().collect::<std::collections::BTreeSet<_>>(), words, "{:?}", drills[k]);
         }
     }
+}
+
+// ---------------------------------------------------------------- loader bugs of issue 16 (crafted files)
+
+fn bad() -> PathBuf {
+    fixtures().join("bad")
+}
+
+fn skip_all() -> SkipPolicy {
+    SkipPolicy::SkipAndCount
+}
+
+#[test]
+fn annotated_suffixed_repeat_never_takes_an_id_the_file_uses() {
+    // ids qX, qX, qX#1: the repeat of qX must not become a second qX#1.
+    let loaded = annotated::load_annotated(&bad().join("annotated_suffix.json"), &AnnotatedParams::default()).unwrap();
+    let ids: Vec<&str> = loaded.items.iter().map(|i| i.id.as_str()).collect();
+    let want: Vec<String> = serde_json::from_value(expected()["bad_annotated_suffix_ids"].clone()).unwrap();
+    assert_eq!(ids, want);
+    assert_eq!(loaded.items[1].chain.perception, ["Look 1."], "the repeat keeps its own chain");
+    assert_eq!(loaded.items[2].chain.perception, ["Look 2."]);
+    assert_eq!(loaded.report.notes["duplicate_id"], 1);
+}
+
+#[test]
+fn scienceqa_duplicate_problem_ids_are_refused_not_overwritten() {
+    let d = bad().join("scienceqa_dup");
+    let load = |p: &ScienceqaParams| scienceqa::load_scienceqa(&d.join("problems.json"), &d.join("pid_splits.json"), &d.join("images"), p);
+    let p = ScienceqaParams { splits: vec!["train".into()], ..Default::default() };
+    let err = load(&p).unwrap_err().to_string();
+    assert!(err.contains("problems.json") && err.contains("record 1") && err.contains("occurs 2 times"), "{err}");
+    let loaded = load(&ScienceqaParams { on_bad_record: skip_all(), ..p }).unwrap();
+    assert_eq!(loaded.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["3"]);
+    assert_eq!(loaded.report.skip_count(), 1);
+    assert_eq!(loaded.report.skipped[0].record, "1");
+}
+
+#[test]
+fn missing_or_null_rationales_are_counted_and_kept_as_null() {
+    let loaded = aokvqa::load_aokvqa(&bad().join("aokvqa_no_rationales.json"), None, &AokvqaParams::default()).unwrap();
+    assert_eq!(loaded.items.len(), 3);
+    assert_eq!(loaded.report.notes["missing_rationales"], expected()["bad_missing_rationales"].as_u64().unwrap() as usize);
+    assert_eq!(loaded.items[0].meta["rationales"], serde_json::Value::Null);
+    assert_eq!(loaded.items[1].meta["rationales"], serde_json::Value::Null);
+    assert_eq!(loaded.items[2].meta["rationales"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn scienceqa_choice_count_and_empty_image_name_are_blamed_on_the_right_field() {
+    let d = bad().join("scienceqa_bad");
+    let load = |p: &ScienceqaParams| scienceqa::load_scienceqa(&d.join("problems.json"), &d.join("pid_splits.json"), &d.join("images"), p);
+    let p = ScienceqaParams { splits: vec!["train".into()], ..Default::default() };
+    let err = load(&p).unwrap_err().to_string();
+    assert!(err.contains("record 10") && err.contains("`choices`: expected at least 2 options, found 1"), "{err}");
+    let loaded = load(&ScienceqaParams { on_bad_record: skip_all(), ..p }).unwrap();
+    assert_eq!(loaded.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["13"]);
+    let by_record: std::collections::HashMap<&str, &str> =
+        loaded.report.skipped.iter().map(|s| (s.record.as_str(), s.reason.as_str())).collect();
+    assert_eq!(by_record.len(), 3, "{by_record:?}");
+    assert!(by_record["10"].contains("`choices`") && by_record["10"].contains("found 1"), "{by_record:?}");
+    assert!(
+        by_record["11"].contains("`choices`") && by_record["11"].contains("found 0") && !by_record["11"].contains("`answer`"),
+        "{by_record:?}"
+    );
+    assert!(
+        by_record["12"].contains("`image`") && by_record["12"].contains("\"\"") && !by_record["12"].contains("directory"),
+        "{by_record:?}"
+    );
+    assert!(by_record.values().all(|r| r.contains("problems.json")), "{by_record:?}");
+}
+
+#[test]
+fn scienceqa_image_that_is_a_folder_names_the_record() {
+    // The image name resolves to a folder: the error names problems.json and the problem.
+    let tmp = scratch_copy("bad/scienceqa_bad");
+    let probs = tmp.path().join("problems.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&probs).unwrap()).unwrap();
+    v["13"]["image"] = "sub".into();
+    std::fs::write(&probs, v.to_string()).unwrap();
+    std::fs::create_dir_all(tmp.path().join("images/train/13/sub")).unwrap();
+    let p = ScienceqaParams { splits: vec!["train".into()], on_bad_record: skip_all(), ..Default::default() };
+    let loaded = scienceqa::load_scienceqa(&probs, &tmp.path().join("pid_splits.json"), &tmp.path().join("images"), &p).unwrap();
+    assert!(loaded.items.is_empty());
+    let s = loaded.report.skipped.iter().find(|s| s.record == "13").expect("problem 13 is skipped");
+    assert!(s.reason.contains("problems.json") && s.reason.contains("sub") && s.reason.contains("not a file"), "{s:?}");
+}
+
+#[test]
+fn culturalvqa_undecodable_images_and_non_utf8_questions_are_bad_records() {
+    let f = bad().join("culturalvqa_bad.parquet");
+    let err = culturalvqa::load_culturalvqa(&[&f], &CulturalvqaParams::default()).unwrap_err().to_string();
+    assert!(err.contains("culturalvqa_bad.parquet") && err.contains("row 1") && err.contains("undecodable image"), "{err}");
+    let loaded = culturalvqa::load_culturalvqa(&[&f], &CulturalvqaParams { on_bad_record: skip_all(), ..Default::default() }).unwrap();
+    let want: Vec<String> = serde_json::from_value(expected()["bad_culturalvqa_kept_ids"].clone()).unwrap();
+    assert_eq!(loaded.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), want);
+    assert_eq!(loaded.items[0].question, "What is this dish?");
+    let reasons: Vec<&str> = loaded.report.skipped.iter().map(|s| s.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[1].contains("row 2") && reasons[1].contains("not valid UTF-8") && !reasons[1].contains("null"), "{reasons:?}");
+}
+
+#[test]
+fn culturalvqa_same_file_listed_twice_is_an_error() {
+    let d = fixtures().join("culturalvqa/data");
+    let a = d.join("test-00000-of-00002.parquet");
+    let again = d.join("../data/test-00000-of-00002.parquet");
+    let err = culturalvqa::load_culturalvqa(&[&a, &again], &CulturalvqaParams::default()).unwrap_err().to_string();
+    assert!(err.contains("test-00000-of-00002.parquet") && err.contains("listed twice"), "{err}");
 }

@@ -50,7 +50,11 @@ fn pipeline(model: &Path, alpha: f64) -> Pipeline {
 fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage {
-            params: DatasetParams { penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() }, chunk: 8 },
+            params: DatasetParams {
+                penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() },
+                chunk: 8,
+                ..Default::default()
+            },
         }),
         Box::new(FeaturesStage {
             params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8, merge: 1 },

@@ -30,7 +30,11 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
     let build = |max_new_tokens: usize| {
         let stages: Vec<Box<dyn Stage>> = vec![
             Box::new(DatasetStage {
-                params: DatasetParams { penumbra: PenumbraParams { n_items: 12, image_size: 32, ..Default::default() }, chunk: 5 },
+                params: DatasetParams {
+                    penumbra: PenumbraParams { n_items: 12, image_size: 32, ..Default::default() },
+                    chunk: 5,
+                    ..Default::default()
+                },
             }),
             Box::new(FeaturesStage {
                 params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4, merge: 1 },
@@ -147,7 +151,11 @@ fn generate_without_the_worker_or_model_fails_clearly() {
     let store = Store::open(dir.path().join("artifacts")).unwrap();
     let stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage {
-            params: DatasetParams { penumbra: PenumbraParams { n_items: 4, image_size: 32, ..Default::default() }, chunk: 4 },
+            params: DatasetParams {
+                penumbra: PenumbraParams { n_items: 4, image_size: 32, ..Default::default() },
+                chunk: 4,
+                ..Default::default()
+            },
         }),
         Box::new(FeaturesStage {
             params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4, merge: 1 },

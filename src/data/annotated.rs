@@ -157,6 +157,11 @@ fn parse_culturalvqa(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
     Ok(item)
 }
 
+/// A record's id as text (`question_id`, else `id`), if it has one.
+fn raw_id(rec: &Value) -> Option<String> {
+    rec.get("question_id").or_else(|| rec.get("id")).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+}
+
 /// Read an annotated file (kind detected from its first record).
 pub fn read_annotations(file: &Path, params: &AnnotatedParams) -> Result<Annotations> {
     let root = read_json(file)?;
@@ -168,9 +173,13 @@ pub fn read_annotations(file: &Path, params: &AnnotatedParams) -> Result<Annotat
     let kind_ = detect(file, records)?;
     let mut report = LoadReport::default();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    // Every id the file uses as it is, and every id given out so far: a suffixed repeat must collide
+    // with neither (ids `qX, qX, qX#1` become `qX, qX#2, qX#1`).
+    let raw_ids: std::collections::HashSet<String> = records.iter().filter_map(raw_id).collect();
+    let mut used: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut annotations = Vec::with_capacity(records.len());
     for (i, rec) in records.iter().enumerate() {
-        let raw_id = rec.get("question_id").or_else(|| rec.get("id")).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+        let raw_id = raw_id(rec);
         let ctx = RecordCtx { file, record: raw_id.as_deref().map_or(format!("#{i}"), |q| format!("#{i} ({q})")) };
         let parsed = match kind_ {
             AnnotatedKind::Aokvqa => aokvqa::parse_record(&ctx, rec),
@@ -198,7 +207,14 @@ pub fn read_annotations(file: &Path, params: &AnnotatedParams) -> Result<Annotat
         if k > 0 {
             report.note("duplicate_id");
             match params.duplicates {
-                DuplicatePolicy::KeepAll => item.id = format!("{id}#{k}"),
+                DuplicatePolicy::KeepAll => {
+                    // The first free `{id}#{n}`, n ≥ k: never an id the file itself uses, nor one given out.
+                    let mut n = k;
+                    while raw_ids.contains(&format!("{id}#{n}")) || used.contains(&format!("{id}#{n}")) {
+                        n += 1;
+                    }
+                    item.id = format!("{id}#{n}");
+                }
                 DuplicatePolicy::KeepFirst => {
                     report.skipped.push(super::Skip {
                         file: file.to_path_buf(),
@@ -217,6 +233,10 @@ pub fn read_annotations(file: &Path, params: &AnnotatedParams) -> Result<Annotat
         if chain.perception.is_empty() {
             report.note("empty_perception");
         }
+        if kind_ == AnnotatedKind::Aokvqa && aokvqa::missing_rationales(rec) {
+            report.note("missing_rationales");
+        }
+        used.insert(item.id.clone());
         item.chain = chain.clone();
         item.meta.insert("annotation".into(), json!({"file": file.file_name().map(|f| f.to_string_lossy()), "record": i, "index": k, "chain_field": params.chain_field.key()}));
         annotations.push(Annotation { id, record: i, chain, item });

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{kind, load_image, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy};
+use super::{kind, load_image, read_json, DataError, ImageMode, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy, IMAGE_HASH_KEY};
 
 pub const SOURCE: &str = "aokvqa";
 
@@ -17,6 +17,8 @@ pub const SOURCE: &str = "aokvqa";
 pub struct AokvqaParams {
     /// What to do with a malformed record or a missing image.
     pub on_bad_record: SkipPolicy,
+    /// Copy the COCO files into the rows or reference them by path and hash.
+    pub images: ImageMode,
 }
 
 /// The COCO file of an image, relative to the COCO folder: `val2017/000000377368.jpg`.
@@ -53,19 +55,27 @@ pub(crate) fn parse_record(ctx: &RecordCtx, rec: &Value) -> Result<Item> {
     if rec.get("direct_answers").is_some_and(|v| !v.is_null()) {
         item.direct_answers = ctx.str_list(rec, "direct_answers")?;
     }
-    let rationales = if rec.get("rationales").is_some_and(|v| !v.is_null()) { ctx.str_list(rec, "rationales")? } else { Vec::new() };
+    // Absent or null rationales (the test split has none) stay null, not an empty list: callers count
+    // them with [`missing_rationales`].
+    let rationales = if missing_rationales(rec) { Value::Null } else { json!(ctx.str_list(rec, "rationales")?) };
     item.meta.insert("image_id".into(), json!(image_id));
     item.meta.insert("coco_file".into(), json!(coco_relative_path(&split, image_id)));
-    item.meta.insert("rationales".into(), json!(rationales));
+    item.meta.insert("rationales".into(), rationales);
     if let Some(d) = rec.get("difficult_direct_answer").and_then(Value::as_bool) {
         item.meta.insert("difficult_direct_answer".into(), json!(d));
     }
     Ok(item)
 }
 
+/// Whether a record's `rationales` field is absent or null (counted as `notes["missing_rationales"]`).
+pub(crate) fn missing_rationales(rec: &Value) -> bool {
+    rec.get("rationales").is_none_or(Value::is_null)
+}
+
 /// Load an official A-OKVQA JSON file. With `coco_dir`, each image is read (bytes kept as they
 /// are) and a missing one is an error or a counted skip; without it, items carry no image and
-/// the report notes `images_not_requested`.
+/// the report notes `images_not_requested`. Records without rationales are kept (null in
+/// `meta.rationales`) and counted in `notes["missing_rationales"]`.
 pub fn load_aokvqa(json_path: &Path, coco_dir: Option<&Path>, params: &AokvqaParams) -> Result<Loaded> {
     let root = read_json(json_path)?;
     let records = root.as_array().ok_or_else(|| DataError::Malformed {
@@ -95,8 +105,13 @@ pub fn load_aokvqa(json_path: &Path, coco_dir: Option<&Path>, params: &AokvqaPar
         match coco_dir {
             Some(dir) => {
                 let rel = item.meta["coco_file"].as_str().expect("set by parse_record").to_string();
-                match load_image(json_path, &ctx.record, &dir.join(&rel), rel) {
-                    Ok(img) => item.image = Some(img),
+                match load_image(json_path, &ctx.record, &dir.join(&rel), rel, params.images) {
+                    Ok((img, hash)) => {
+                        item.image = Some(img);
+                        if let Some(h) = hash {
+                            item.meta.insert(IMAGE_HASH_KEY.into(), json!(h));
+                        }
+                    }
                     Err(e) => {
                         report.reject(params.on_bad_record, e)?;
                         continue;
@@ -104,6 +119,9 @@ pub fn load_aokvqa(json_path: &Path, coco_dir: Option<&Path>, params: &AokvqaPar
                 }
             }
             None => report.note("images_not_requested"),
+        }
+        if missing_rationales(rec) {
+            report.note("missing_rationales");
         }
         items.push(item);
     }

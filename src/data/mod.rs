@@ -10,6 +10,8 @@
 //! - [`annotated`]: the paper's two-level reasoning chains (`keys_filtered`), joined by question id
 //!   or loaded standalone.
 //! - [`penumbra`]: the embedded benchmark, generated from a seed, with known ground truth.
+//! - [`sources`]: what the `dataset` stage loads (the real datasets above by their paths, joined with
+//!   the annotated chains), and how images enter the store ([`ImageMode`]).
 //!
 //! Bad input never disappears silently: a loader either fails with a [`DataError`] that names the
 //! file and the record, or (with [`SkipPolicy::SkipAndCount`]) records each skip in a [`LoadReport`].
@@ -22,6 +24,7 @@ pub mod penumbra;
 pub mod schema;
 pub mod scienceqa;
 pub mod sheet;
+pub mod sources;
 
 use std::path::{Path, PathBuf};
 
@@ -145,16 +148,101 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&bytes).map_err(|source| DataError::Json { path: path.to_path_buf(), source })
 }
 
-/// Read an image file as it is (no re-encoding, so its bytes and hash stay those of the source),
-/// or report it missing for `record` of `file`.
-pub(crate) fn load_image(file: &Path, record: &str, image_path: &Path, display_path: String) -> Result<ImageData> {
-    match std::fs::read(image_path) {
-        Ok(bytes) => Ok(ImageData { bytes: Some(bytes), path: Some(display_path) }),
+/// How a file-based source's images enter the items artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageMode {
+    /// Copy each file's bytes into the row (`image.bytes`), as read (no re-encoding): the artifact is
+    /// self-contained and portable, at the cost of its size (and of every stage that reads the items).
+    #[default]
+    Embed,
+    /// Keep only the file's absolute path (`image.path`, `image.bytes` null) and its blake3 hash
+    /// (`meta.image_blake3`); readers go through [`image_bytes`], which refuses a file whose bytes changed.
+    Reference,
+}
+
+/// The key in `Item::meta` holding the blake3 hash of a referenced image file.
+pub const IMAGE_HASH_KEY: &str = "image_blake3";
+
+/// An image of `record` in `file`: its bytes ([`ImageMode::Embed`]) or a checked reference
+/// ([`ImageMode::Reference`]). A missing file is [`DataError::MissingImage`]; anything else that makes
+/// it unusable (a folder, unreadable, not an image) is [`DataError::Malformed`] naming the record.
+/// Returns the image and, for a reference, the file's blake3 hash.
+pub(crate) fn load_image(
+    file: &Path,
+    record: &str,
+    image_path: &Path,
+    display_path: String,
+    mode: ImageMode,
+) -> Result<(ImageData, Option<String>)> {
+    let bad = |reason: String| DataError::Malformed {
+        path: file.to_path_buf(),
+        record: record.to_string(),
+        reason: format!("image file {}: {reason}", image_path.display()),
+    };
+    let meta = match std::fs::metadata(image_path) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(DataError::MissingImage { path: file.to_path_buf(), record: record.to_string(), image: image_path.to_path_buf() })
+            return Err(DataError::MissingImage { path: file.to_path_buf(), record: record.to_string(), image: image_path.to_path_buf() })
         }
-        Err(source) => Err(DataError::Io { path: image_path.to_path_buf(), source }),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    if !meta.is_file() {
+        return Err(bad("is not a file".into()));
     }
+    match mode {
+        ImageMode::Embed => {
+            let bytes = std::fs::read(image_path).map_err(|e| bad(e.to_string()))?;
+            image::guess_format(&bytes).map_err(|e| bad(format!("not an image: {e}")))?;
+            Ok((ImageData { bytes: Some(bytes), path: Some(display_path) }, None))
+        }
+        ImageMode::Reference => {
+            let abs = std::path::absolute(image_path).map_err(|e| bad(e.to_string()))?;
+            let mut h = blake3::Hasher::new();
+            h.update_mmap(&abs).map_err(|e| bad(e.to_string()))?;
+            let hash = h.finalize().to_hex().to_string();
+            image::ImageReader::open(&abs)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|e| bad(e.to_string()))?
+                .into_dimensions()
+                .map_err(|e| bad(format!("not a readable image: {e}")))?;
+            Ok((ImageData { bytes: None, path: Some(abs.to_string_lossy().into_owned()) }, Some(hash)))
+        }
+    }
+}
+
+/// The encoded bytes of an item's image: embedded ones as they are, a referenced file read from its
+/// path and checked against the hash the dataset stage recorded (a changed file is an error that says
+/// to rerun the dataset stage, never silently different pixels).
+pub fn image_bytes(item: &Item) -> Result<std::borrow::Cow<'_, [u8]>> {
+    let img = item.image.as_ref().ok_or_else(|| DataError::Params(format!("item {}: has no image", item.id)))?;
+    if let Some(b) = &img.bytes {
+        return Ok(std::borrow::Cow::Borrowed(b));
+    }
+    let path = img.path.as_deref().ok_or_else(|| DataError::Params(format!("item {}: image has neither bytes nor a path", item.id)))?;
+    let want = item.meta.get(IMAGE_HASH_KEY).and_then(|v| v.as_str()).ok_or_else(|| {
+        DataError::Params(format!("item {}: image {path} is referenced without its hash (meta.{IMAGE_HASH_KEY})", item.id))
+    })?;
+    let bytes = read_file(Path::new(path))?;
+    let found = blake3::hash(&bytes).to_hex().to_string();
+    if found != want {
+        return Err(DataError::Image {
+            what: format!("item {} ({path})", item.id),
+            reason: format!(
+                "the file changed since the dataset stage read it (blake3 {found}, recorded {want}): rerun the dataset stage (`mmb run dataset --force`)"
+            ),
+        });
+    }
+    Ok(std::borrow::Cow::Owned(bytes))
+}
+
+/// Decode encoded image bytes completely (a format sniff is not enough: bytes that start like a PNG
+/// may still not decode). Err: the reason.
+pub(crate) fn check_decodes(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.is_empty() {
+        return Err("empty image bytes".into());
+    }
+    image::load_from_memory(bytes).map(|_| ()).map_err(|e| format!("undecodable image bytes: {e}"))
 }
 
 /// Field helpers for records parsed as `serde_json::Value`: each error names file, record, field.

@@ -4,13 +4,15 @@
 //! image folder `{image_dir}/{split}/{pid}/{image}`. Only questions with an image are loaded, as
 //! in the paper; text-only ones are counted in `notes["text_only"]`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{kind, load_image, read_json, DataError, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy};
+use super::{
+    kind, load_image, read_file, read_json, DataError, ImageMode, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy, IMAGE_HASH_KEY,
+};
 
 pub const SOURCE: &str = "scienceqa";
 
@@ -21,12 +23,53 @@ pub struct ScienceqaParams {
     pub splits: Vec<String>,
     /// What to do with a malformed record, a missing image or a pid with no problem.
     pub on_bad_record: SkipPolicy,
+    /// Copy the image files into the rows or reference them by path and hash.
+    pub images: ImageMode,
 }
 
 impl Default for ScienceqaParams {
     fn default() -> Self {
-        ScienceqaParams { splits: vec!["train".into(), "val".into(), "test".into()], on_bad_record: SkipPolicy::Error }
+        ScienceqaParams {
+            splits: vec!["train".into(), "val".into(), "test".into()],
+            on_bad_record: SkipPolicy::Error,
+            images: ImageMode::Embed,
+        }
     }
+}
+
+/// A JSON object read with every key kept: `serde_json::Value` keeps only the last of two equal keys,
+/// which would let a repeated problem id replace the first one silently.
+struct KeyedObject {
+    entries: HashMap<String, Value>,
+    /// Keys that occur more than once, with how often.
+    repeated: BTreeMap<String, usize>,
+}
+
+impl<'de> serde::Deserialize<'de> for KeyedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeyedObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object keyed by problem id")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<KeyedObject, A::Error> {
+                let mut out = KeyedObject { entries: HashMap::new(), repeated: BTreeMap::new() };
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if out.entries.insert(k.clone(), v).is_some() {
+                        *out.repeated.entry(k).or_insert(1) += 1;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn read_problems(path: &Path) -> Result<KeyedObject> {
+    let bytes = read_file(path)?;
+    serde_json::from_slice(&bytes).map_err(|source| DataError::Json { path: path.to_path_buf(), source })
 }
 
 /// Fields copied into `meta` when present (the hint matters for prompting: "Context: …").
@@ -40,8 +83,14 @@ fn parse_problem(ctx: &RecordCtx, pid: &str, split: &str, rec: &Value) -> Result
     let Some(image) = image else {
         return Ok(None);
     };
+    if image.trim().is_empty() || image.contains(['/', '\\']) || image == ".." {
+        return Err(ctx.malformed(format!("field `image`: expected a file name, found {image:?}")));
+    }
     let question = ctx.str(rec, "question")?;
     let choices = ctx.str_list(rec, "choices")?;
+    if choices.len() < 2 {
+        return Err(ctx.malformed(format!("field `choices`: expected at least 2 options, found {}", choices.len())));
+    }
     let answer = ctx.int(rec, "answer")?;
     if answer < 0 || answer as usize >= choices.len() {
         return Err(ctx.malformed(format!("field `answer`: expected an index below {}, found {answer}", choices.len())));
@@ -67,14 +116,19 @@ fn parse_problem(ctx: &RecordCtx, pid: &str, split: &str, rec: &Value) -> Result
 
 /// Load the image questions of the chosen splits, images read from `image_dir`.
 pub fn load_scienceqa(problems_path: &Path, pid_splits_path: &Path, image_dir: &Path, params: &ScienceqaParams) -> Result<Loaded> {
-    let problems = read_json(problems_path)?;
-    let problems = problems.as_object().ok_or_else(|| DataError::Malformed {
-        path: problems_path.to_path_buf(),
-        record: "(top level)".into(),
-        reason: format!("expected an object keyed by problem id, found {}", kind(&problems)),
-    })?;
+    let KeyedObject { entries: problems, repeated } = read_problems(problems_path)?;
     let splits = read_json(pid_splits_path)?;
     let mut report = LoadReport::default();
+    // A problem id given twice: which of its records is meant is unknowable, so both are refused
+    // (an error, or one counted skip per id).
+    for (pid, n) in &repeated {
+        let e = DataError::Malformed {
+            path: problems_path.to_path_buf(),
+            record: pid.clone(),
+            reason: format!("problem id {pid:?} occurs {n} times (JSON keeps only the last); none of them is loaded"),
+        };
+        report.reject(params.on_bad_record, e)?;
+    }
     let mut items = Vec::new();
     let mut seen = HashSet::new();
     for split in &params.splits {
@@ -90,6 +144,9 @@ pub fn load_scienceqa(problems_path: &Path, pid_splits_path: &Path, image_dir: &
             if !seen.insert(pid.clone()) {
                 let e = DataError::DuplicateId { path: pid_splits_path.to_path_buf(), record: split.clone(), id: pid.clone() };
                 report.reject(params.on_bad_record, e)?;
+                continue;
+            }
+            if repeated.contains_key(&pid) {
                 continue;
             }
             let Some(rec) = problems.get(&pid) else {
@@ -109,8 +166,13 @@ pub fn load_scienceqa(problems_path: &Path, pid_splits_path: &Path, image_dir: &
                 }
             };
             let rel = item.meta["image_file"].as_str().expect("set by parse_problem").to_string();
-            match load_image(problems_path, &pid, &image_dir.join(&rel), rel) {
-                Ok(img) => item.image = Some(img),
+            match load_image(problems_path, &pid, &image_dir.join(&rel), rel, params.images) {
+                Ok((img, hash)) => {
+                    item.image = Some(img);
+                    if let Some(h) = hash {
+                        item.meta.insert(IMAGE_HASH_KEY.into(), json!(h));
+                    }
+                }
                 Err(e) => {
                     report.reject(params.on_bad_record, e)?;
                     continue;

@@ -41,12 +41,45 @@ pub fn contact_sheet(items: &[Item], params: &SheetParams) -> Result<RgbImage> {
             params.tile
         )));
     }
+    let rows: Vec<(u32, Vec<&Item>)> =
+        levels.iter().map(|&l| (l, items.iter().filter(|i| i.difficulty == Some(l)).take(params.per_level).collect())).collect();
+    draw_rows(&rows, params)
+}
+
+/// One row per (source, split) group in order of first appearance (for datasets without difficulty
+/// levels), the first `per_level` items of each; the margin marks the row's position with stacked squares.
+pub fn contact_sheet_by_split(items: &[Item], params: &SheetParams) -> Result<RgbImage> {
+    let mut groups: Vec<((&str, &str), Vec<&Item>)> = Vec::new();
+    for it in items.iter().filter(|i| i.image.is_some()) {
+        let key = (it.source.as_str(), it.split.as_str());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => {
+                if v.len() < params.per_level {
+                    v.push(it)
+                }
+            }
+            None => groups.push((key, vec![it])),
+        }
+    }
+    if groups.is_empty() || params.per_level == 0 || params.tile == 0 {
+        return Err(DataError::Params(format!(
+            "contact sheet: expected items with images, per_level > 0 and tile > 0; found {} items, per_level {}, tile {}",
+            items.len(),
+            params.per_level,
+            params.tile
+        )));
+    }
+    let rows: Vec<(u32, Vec<&Item>)> = groups.into_iter().enumerate().map(|(k, (_, v))| (k as u32, v)).collect();
+    draw_rows(&rows, params)
+}
+
+fn draw_rows(rows: &[(u32, Vec<&Item>)], params: &SheetParams) -> Result<RgbImage> {
     let (tile, pad) = (params.tile, params.pad);
     let margin = 16 + pad;
     let width = margin + params.per_level as u32 * (tile + pad) + pad;
-    let height = pad + levels.len() as u32 * (tile + pad);
+    let height = pad + rows.len() as u32 * (tile + pad);
     let mut sheet = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    for (row, level) in levels.iter().enumerate() {
+    for (row, (level, chosen)) in rows.iter().enumerate() {
         let y = pad + row as u32 * (tile + pad);
         // Level marker: level+1 small squares, up to the tile height.
         let sq = 6u32;
@@ -54,14 +87,9 @@ pub fn contact_sheet(items: &[Item], params: &SheetParams) -> Result<RgbImage> {
             let r = Rect::at((pad + 2) as i32, (y + k * (sq + 2)) as i32).of_size(sq, sq);
             draw_filled_rect_mut(&mut sheet, r, Rgb([40, 40, 40]));
         }
-        let chosen = items.iter().filter(|i| i.difficulty == Some(*level)).take(params.per_level);
-        for (col, item) in chosen.enumerate() {
-            let bytes = item
-                .image
-                .as_ref()
-                .and_then(|im| im.bytes.as_deref())
-                .ok_or_else(|| DataError::Params(format!("contact sheet: item {} has no image bytes", item.id)))?;
-            let img = image::load_from_memory(bytes)
+        for (col, item) in chosen.iter().enumerate() {
+            let bytes = super::image_bytes(item).map_err(|e| DataError::Params(format!("contact sheet: {e}")))?;
+            let img = image::load_from_memory(&bytes)
                 .map_err(|e| DataError::Image { what: format!("item {}", item.id), reason: e.to_string() })?
                 .to_rgb8();
             let img = if img.width() == tile && img.height() == tile {

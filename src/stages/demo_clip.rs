@@ -62,7 +62,8 @@ pub fn pairs_batch(items: &[Item]) -> anyhow::Result<RecordBatch> {
     let (mut id, mut img, mut cap, mut neg, mut held) =
         (Int64Builder::new(), BinaryBuilder::new(), StringBuilder::new(), StringBuilder::new(), BooleanBuilder::new());
     for (i, it) in items.iter().enumerate() {
-        let bytes = it.image.as_ref().and_then(|x| x.bytes.as_deref()).ok_or_else(|| anyhow::anyhow!("item {}: no image bytes", it.id))?;
+        let bytes = crate::data::image_bytes(it)?;
+        let bytes = bytes.as_ref();
         anyhow::ensure!(it.captions.len() == it.hard_negatives.len(), "item {}: captions and hard negatives are not aligned", it.id);
         for (k, (c, n)) in it.captions.iter().zip(&it.hard_negatives).enumerate() {
             id.append_value(i as i64);

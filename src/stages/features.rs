@@ -113,11 +113,9 @@ impl Stage for FeaturesStage {
             let pixels: Vec<Vec<f32>> = chunk
                 .par_iter()
                 .map(|it| {
-                    let bytes =
-                        it.image.as_ref().and_then(|i| i.bytes.as_deref()).ok_or_else(|| {
-                            anyhow::anyhow!("item {}: no image bytes (features need the images inside the dataset)", it.id)
-                        })?;
-                    let img = crate::encoders::clip::decode_image_bytes(bytes, &it.id)?;
+                    // Embedded bytes, or a referenced file checked against the hash the dataset stage recorded.
+                    let bytes = crate::data::image_bytes(it)?;
+                    let img = crate::encoders::clip::decode_image_bytes(&bytes, &it.id)?;
                     Ok(clip.image.preprocess().pixel_values(&img))
                 })
                 .collect::<anyhow::Result<_>>()?;
