@@ -159,9 +159,29 @@ def run_rust(threads, limit, image_repeat, release=False):
     return json.JSONDecoder().raw_decode(res.stdout[start:])[0]
 
 
-def best(runs, key):
-    """The fastest of several rounds: on a shared machine, load only ever slows a run down."""
-    return max(runs, key=lambda r: r[key])
+def median_run(runs, key):
+    """The round with the median rate, with the spread (slowest, fastest) of all rounds: these machines swing
+    from run to run, so a figure comes with its spread (an even count takes the upper middle)."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    out = dict(ordered[len(ordered) // 2])
+    out["spread_per_s"] = [ordered[0][key], ordered[-1][key]]
+    return out
+
+
+def rust_ratios(rep, st, o32, clip):
+    """Rust / reference ratios of one round (both measured in that round)."""
+    ratios = {}
+    for e in rep["entries"]:
+        if e.get("sentences_per_s") and e["file"].endswith("/model.onnx"):
+            ratios["minilm_fp32_vs_python_onnxruntime"] = e["sentences_per_s"] / o32["sentences_per_s"]
+            ratios["minilm_fp32_vs_sentence_transformers"] = e["sentences_per_s"] / st["sentences_per_s"]
+        elif e.get("sentences_per_s"):
+            ratios["minilm_fast_vs_sentence_transformers"] = e["sentences_per_s"] / st["sentences_per_s"]
+            ratios["minilm_fast_vs_python_onnxruntime_fp32"] = e["sentences_per_s"] / o32["sentences_per_s"]
+        if e.get("images_per_s") and clip:
+            r = e["images_per_s"] / clip["images_per_s"]
+            ratios["clip_b32_vs_transformers" if e["file"].endswith("/image.onnx") else "clip_b32_fast_vs_transformers"] = r
+    return ratios
 
 
 def main():
@@ -169,7 +189,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, help="first N corpus sentences (both sides)")
     ap.add_argument("--image-repeat", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=1, help="repeat everything, interleaved, and keep each one's best")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat everything, interleaved; medians and spreads are reported")
     ap.add_argument("--rust", action="store_true", help="also run the Rust benchmark and print ratios")
     ap.add_argument("--release", action="store_true",
                     help="build the Rust side with the release profile (a full rebuild of the dependencies, minutes)")
@@ -198,39 +218,22 @@ def main():
         runs["st"].append(st)
         if not a.skip_clip:
             runs["clip"].append(clip_images(images, a.threads, a.image_repeat))
-    st = out["sentence_transformers"] = best(runs["st"], "sentences_per_s")
-    o32 = out["python_onnxruntime_fp32"] = best(runs["o32"], "sentences_per_s")
+    st = out["sentence_transformers"] = median_run(runs["st"], "sentences_per_s")
+    out["python_onnxruntime_fp32"] = median_run(runs["o32"], "sentences_per_s")
     if runs["o8"]:
-        out["python_onnxruntime_int8"] = best(runs["o8"], "sentences_per_s")
+        out["python_onnxruntime_int8"] = median_run(runs["o8"], "sentences_per_s")
     if runs["clip"]:
-        out["transformers_clip_vit_b32"] = best(runs["clip"], "images_per_s")
+        out["transformers_clip_vit_b32"] = median_run(runs["clip"], "images_per_s")
     if runs["rust"]:
-        # best round per entry
-        entries = {}
-        for rep in runs["rust"]:
-            for e in rep["entries"]:
-                key = e["file"]
-                speed = e.get("sentences_per_s") or e.get("images_per_s")
-                if key not in entries or speed > (entries[key].get("sentences_per_s") or entries[key].get("images_per_s")):
-                    entries[key] = e
-        out["rust"] = {"entries": list(entries.values()), "skipped": runs["rust"][-1]["skipped"]}
-        ratios = {}
-        for e in entries.values():
-            if e.get("sentences_per_s") and e["file"].endswith("/model.onnx"):
-                ratios["minilm_fp32_vs_python_onnxruntime"] = e["sentences_per_s"] / o32["sentences_per_s"]
-                ratios["minilm_fp32_vs_sentence_transformers"] = e["sentences_per_s"] / st["sentences_per_s"]
-            elif e.get("sentences_per_s"):
-                ratios["minilm_fast_vs_sentence_transformers"] = e["sentences_per_s"] / st["sentences_per_s"]
-                ratios["minilm_fast_vs_python_onnxruntime_fp32"] = e["sentences_per_s"] / o32["sentences_per_s"]
-                ratios["minilm_fast_min_cosine_vs_fp32"] = e.get("min_cosine_vs_reference")
-            if e.get("images_per_s") and "transformers_clip_vit_b32" in out:
-                r = e["images_per_s"] / out["transformers_clip_vit_b32"]["images_per_s"]
-                if e["file"].endswith("/image.onnx"):
-                    ratios["clip_b32_vs_transformers"] = r
-                else:
-                    ratios["clip_b32_fast_vs_transformers"] = r
-                    ratios["clip_b32_fast_min_cosine_vs_fp32"] = e.get("min_cosine_vs_reference")
-        out["ratios"] = ratios
+        out["rust"] = runs["rust"]
+        # Each ratio within its round (Rust and reference measured back to back), then the median over rounds.
+        per_round = [rust_ratios(rep, runs["st"][k], runs["o32"][k], runs["clip"][k] if runs["clip"] else None)
+                     for k, rep in enumerate(runs["rust"])]
+        out["ratios"] = {key: {"median": float(np.median([r[key] for r in per_round])),
+                               "spread": [min(r[key] for r in per_round), max(r[key] for r in per_round)]}
+                         for key in per_round[0]}
+        fast = [e for e in runs["rust"][-1]["entries"] if e.get("min_cosine_vs_reference") is not None]
+        out["ratios"]["min_cosine_vs_fp32"] = {e["file"]: e["min_cosine_vs_reference"] for e in fast}
     print(json.dumps(out, indent=1))
 
 

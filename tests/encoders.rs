@@ -319,6 +319,7 @@ fn bench_runs_and_reports_json() {
         clip_preprocess: ClipPreprocess { shortest_edge: 32, crop: 32, ..Default::default() },
         images: vec![fixtures().join("photos/chelsea.png"), fixtures().join("photos/rocket.jpg")],
         image_repeat: 2,
+        rounds: 3,
         session: opts(),
         ..Default::default()
     };
@@ -327,6 +328,12 @@ fn bench_runs_and_reports_json() {
     assert_eq!(report.entries.len(), 3);
     let s = &report.entries[0];
     assert!(s.sentences_per_s.unwrap() > 0.0 && s.non_pad_tokens_per_s.unwrap() > s.sentences_per_s.unwrap());
+    // Three interleaved rounds: the reported time is their median, the spread their slowest and fastest rates.
+    assert_eq!(s.round_seconds.len(), 3);
+    let mut sorted = s.round_seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(s.seconds, sorted[1]);
+    assert_eq!(s.spread_per_s, (128.0 / sorted[2], 128.0 / sorted[0]));
     assert_eq!(s.ep, "cpu");
     assert!(report.skipped[0].contains("absent_int8.onnx"));
     assert_eq!(report.entries[1].items, 4);
@@ -362,6 +369,7 @@ fn full_benchmark() {
     cfg.session.intra_threads = env("MMB_BENCH_THREADS").or(cfg.session.intra_threads);
     cfg.limit = env("MMB_BENCH_LIMIT");
     cfg.image_repeat = env("MMB_BENCH_IMAGE_REPEAT").unwrap_or(cfg.image_repeat);
+    cfg.rounds = env("MMB_BENCH_ROUNDS").unwrap_or(cfg.rounds);
     let report = bench::run(&cfg).unwrap();
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }

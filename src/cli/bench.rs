@@ -37,9 +37,15 @@ pub struct StoreBenchArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct EncoderBenchArgs {
+    /// One sentence per line (default: the project's own `benches/corpus/penumbra_sentences.txt`).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
     /// Use only the first N corpus sentences.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Timed rounds, each configuration once per round in turn; medians and spread are reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Execution provider: cpu, cuda or tensorrt.
     #[arg(long, default_value = "cpu")]
     pub ep: String,
@@ -65,7 +71,10 @@ fn encoder_bench(a: EncoderBenchArgs) -> anyhow::Result<ExitCode> {
         "tensorrt" => ExecutionProvider::TensorRt { device_id: 0, fp16: a.fp16, engine_cache_dir: a.engine_cache },
         other => anyhow::bail!("--ep: expected cpu, cuda or tensorrt, found `{other}`"),
     };
-    let mut cfg = crate::encoders::bench::BenchConfig { limit: a.limit, ..Default::default() };
+    let mut cfg = crate::encoders::bench::BenchConfig { limit: a.limit, rounds: a.rounds, ..Default::default() };
+    if let Some(corpus) = a.corpus {
+        cfg.corpus = corpus;
+    }
     cfg.session.provider = provider;
     cfg.session.allow_cpu_fallback = a.allow_cpu_fallback;
     cfg.session.intra_threads = a.threads;

@@ -34,6 +34,9 @@ pub struct BenchConfig {
     /// Times the image list is repeated.
     pub image_repeat: usize,
     pub clip_batch_size: usize,
+    /// Timed rounds: each round times every configuration once, in turn (interleaved, so a slow spell of a
+    /// noisy machine hits all of them); the report gives each one's median and spread over the rounds.
+    pub rounds: usize,
     pub session: SessionOptions,
     pub batch: BatchPolicy,
 }
@@ -54,6 +57,7 @@ impl Default for BenchConfig {
             images: default_images(),
             image_repeat: 8,
             clip_batch_size: 16,
+            rounds: 1,
             session: SessionOptions::default(),
             batch: BatchPolicy::default(),
         }
@@ -100,12 +104,19 @@ pub struct BenchEntry {
     pub threads: usize,
     pub batch_policy: String,
     pub items: usize,
+    /// Median over the rounds.
     pub seconds: f64,
+    /// Each round's seconds, in round order.
+    pub round_seconds: Vec<f64>,
+    /// Median over the rounds.
     pub sentences_per_s: Option<f64>,
     pub non_pad_tokens_per_s: Option<f64>,
     /// Padded tokens / non-pad tokens (1.0 = no padding).
     pub padding_overhead: Option<f64>,
+    /// Median over the rounds.
     pub images_per_s: Option<f64>,
+    /// (slowest, fastest) items per second over the rounds.
+    pub spread_per_s: (f64, f64),
     /// Against the first (fp32) sentence-encoder file, over the whole corpus.
     pub min_cosine_vs_reference: Option<f32>,
     pub mean_cosine_vs_reference: Option<f32>,
@@ -138,14 +149,40 @@ fn read_corpus(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
     Ok(lines)
 }
 
-/// Runs every configured measurement.
+/// Median of a non-empty list.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// (median seconds, each round's seconds, (slowest, fastest) items/s) of `items` timed over rounds.
+fn summarize(items: usize, rounds: &[f64]) -> (f64, Vec<f64>, (f64, f64)) {
+    let rates: Vec<f64> = rounds.iter().map(|s| items as f64 / s).collect();
+    let spread = (rates.iter().copied().fold(f64::INFINITY, f64::min), rates.iter().copied().fold(0.0, f64::max));
+    (median(rounds), rounds.to_vec(), spread)
+}
+
+fn cosines(reference: &super::Embeddings, other: &super::Embeddings) -> (Option<f32>, Option<f32>) {
+    let cs: Vec<f32> = (0..reference.len()).map(|i| cosine(reference.row(i), other.row(i))).collect();
+    (cs.iter().copied().reduce(f32::min), Some(cs.iter().sum::<f32>() / cs.len() as f32))
+}
+
+/// Runs every configured measurement: models are loaded and warmed up once, then `rounds` rounds time each
+/// configuration in turn.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let sentences = read_corpus(&cfg.corpus, cfg.limit)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let threads = cfg.session.threads();
-    let mut entries = Vec::new();
+    let rounds = cfg.rounds.max(1);
     let mut skipped = Vec::new();
-    let mut reference: Option<super::Embeddings> = None;
+
+    let mut text_encoders = Vec::new();
     for (k, file) in cfg.minilm_files.iter().enumerate() {
         let full = cfg.minilm_dir.join(file);
         if !full.is_file() {
@@ -162,39 +199,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         let params = SentenceEncoderParams { onnx_file: file.clone(), batch: cfg.batch.clone(), ..Default::default() };
         let enc = SentenceEncoder::load(&cfg.minilm_dir, params, &cfg.session)?;
         enc.encode(&refs[..refs.len().min(64)])?; // warm-up
-        let t0 = Instant::now();
-        let out = enc.encode(&refs)?;
-        let secs = t0.elapsed().as_secs_f64();
-        let (min_cos, mean_cos) = match &reference {
-            None => (None, None),
-            Some(r) => {
-                let cs: Vec<f32> = (0..r.len()).map(|i| cosine(r.row(i), out.embeddings.row(i))).collect();
-                (cs.iter().copied().reduce(f32::min), Some(cs.iter().sum::<f32>() / cs.len() as f32))
-            }
-        };
-        entries.push(BenchEntry {
-            model: "all-MiniLM-L6-v2".into(),
-            file: full,
-            ep: enc.model().provider().name().into(),
-            threads,
-            batch_policy: cfg.batch.describe(),
-            items: refs.len(),
-            seconds: secs,
-            sentences_per_s: Some(refs.len() as f64 / secs),
-            non_pad_tokens_per_s: Some(out.non_pad_tokens as f64 / secs),
-            padding_overhead: Some(out.padded_tokens as f64 / out.non_pad_tokens.max(1) as f64),
-            images_per_s: None,
-            min_cosine_vs_reference: min_cos,
-            mean_cosine_vs_reference: mean_cos,
-            truncated: out.truncated.len(),
-        });
-        if reference.is_none() {
-            reference = Some(out.embeddings);
-        }
+        text_encoders.push((full, enc));
     }
-    let mut n_images = 0;
-    let mut reference: Option<super::Embeddings> = None;
-    for (k, onnx) in cfg.clip_image_onnx.iter().enumerate() {
+    let mut image_encoders = Vec::new();
+    let images: Vec<PathBuf> = (0..cfg.image_repeat.max(1)).flat_map(|_| cfg.images.iter().cloned()).collect();
+    for onnx in &cfg.clip_image_onnx {
         if !onnx.is_file() {
             skipped.push(format!("{}: missing (make it with scripts/export_onnx.py clip-b32-random / clip-int8)", onnx.display()));
             continue;
@@ -205,19 +214,59 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         }
         let mut enc = ClipImageEncoder::load(onnx, cfg.clip_preprocess.clone(), &cfg.session)?;
         enc.batch_size = cfg.clip_batch_size.max(1);
-        let list: Vec<PathBuf> = (0..cfg.image_repeat.max(1)).flat_map(|_| cfg.images.iter().cloned()).collect();
-        n_images = list.len();
-        enc.encode_files(&list[..list.len().min(enc.batch_size)])?; // warm-up
-        let t0 = Instant::now();
-        let out = enc.encode_files(&list)?;
-        let secs = t0.elapsed().as_secs_f64();
-        let (min_cos, mean_cos) = match &reference {
-            Some(r) if k > 0 => {
-                let cs: Vec<f32> = (0..r.len()).map(|i| cosine(r.row(i), out.embeddings.row(i))).collect();
-                (cs.iter().copied().reduce(f32::min), Some(cs.iter().sum::<f32>() / cs.len() as f32))
-            }
-            _ => (None, None),
-        };
+        enc.encode_files(&images[..images.len().min(enc.batch_size)])?; // warm-up
+        image_encoders.push((onnx.clone(), enc));
+    }
+
+    // Interleaved rounds; the outputs of the last round give the agreement figures (they are the same every round).
+    let mut text_times = vec![Vec::new(); text_encoders.len()];
+    let mut image_times = vec![Vec::new(); image_encoders.len()];
+    let mut text_out = Vec::new();
+    let mut image_out = Vec::new();
+    for _ in 0..rounds {
+        text_out.clear();
+        for (k, (_, enc)) in text_encoders.iter().enumerate() {
+            let t0 = Instant::now();
+            let out = enc.encode(&refs)?;
+            text_times[k].push(t0.elapsed().as_secs_f64());
+            text_out.push(out);
+        }
+        image_out.clear();
+        for (k, (_, enc)) in image_encoders.iter().enumerate() {
+            let t0 = Instant::now();
+            let out = enc.encode_files(&images)?;
+            image_times[k].push(t0.elapsed().as_secs_f64());
+            image_out.push(out);
+        }
+    }
+
+    let mut entries = Vec::new();
+    for (k, ((file, enc), out)) in text_encoders.iter().zip(&text_out).enumerate() {
+        let (secs, round_seconds, spread) = summarize(refs.len(), &text_times[k]);
+        let (min_cos, mean_cos) = if k == 0 { (None, None) } else { cosines(&text_out[0].embeddings, &out.embeddings) };
+        entries.push(BenchEntry {
+            model: "all-MiniLM-L6-v2".into(),
+            file: file.clone(),
+            ep: enc.model().provider().name().into(),
+            threads,
+            batch_policy: cfg.batch.describe(),
+            items: refs.len(),
+            seconds: secs,
+            round_seconds,
+            sentences_per_s: Some(refs.len() as f64 / secs),
+            non_pad_tokens_per_s: Some(out.non_pad_tokens as f64 / secs),
+            padding_overhead: Some(out.padded_tokens as f64 / out.non_pad_tokens.max(1) as f64),
+            images_per_s: None,
+            spread_per_s: spread,
+            min_cosine_vs_reference: min_cos,
+            mean_cosine_vs_reference: mean_cos,
+            truncated: out.truncated.len(),
+        });
+    }
+    let n_images = if image_encoders.is_empty() { 0 } else { images.len() };
+    for (k, ((onnx, enc), out)) in image_encoders.iter().zip(&image_out).enumerate() {
+        let (secs, round_seconds, spread) = summarize(n_images, &image_times[k]);
+        let (min_cos, mean_cos) = if k == 0 { (None, None) } else { cosines(&image_out[0].embeddings, &out.embeddings) };
         entries.push(BenchEntry {
             model: "CLIP image tower".into(),
             file: onnx.clone(),
@@ -226,17 +275,16 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             batch_policy: format!("{} images per call, decode+preprocess included (rayon)", enc.batch_size),
             items: n_images,
             seconds: secs,
+            round_seconds,
             sentences_per_s: None,
             non_pad_tokens_per_s: None,
             padding_overhead: None,
             images_per_s: Some(n_images as f64 / secs),
+            spread_per_s: spread,
             min_cosine_vs_reference: min_cos,
             mean_cosine_vs_reference: mean_cos,
             truncated: 0,
         });
-        if reference.is_none() {
-            reference = Some(out.embeddings);
-        }
     }
     Ok(BenchReport { corpus: cfg.corpus.clone(), sentences: refs.len(), images: n_images, entries, skipped })
 }
