@@ -177,15 +177,16 @@ fn smollm2_gguf_logprobs_greedy_and_tokenizer_match_transformers() {
         let text = chat.render(&[mllm::chat::ChatMessage::new("user", q)], true).unwrap();
         assert_eq!(text, row["text"].as_str().unwrap());
     }
-    assert_eq!(out[0].sentences[0].text, "Paris.");
-    // The sentence's last token is the one that completes it (where a per-sentence reward would land).
-    let s0 = &out[0].sentences[0];
-    let upto: Vec<u32> = out[0].tokens[..=s0.last_token].iter().map(|&t| t as u32).collect();
-    let before: Vec<u32> = out[0].tokens[..s0.last_token].iter().map(|&t| t as u32).collect();
-    assert!(tok.decode(&upto, true).unwrap().trim_end().ends_with("Paris."));
-    assert!(!tok.decode(&before, true).unwrap().trim_end().ends_with("Paris."));
-    let ends = mllm::ppo::statement_end_tokens(&out[0], |s| s.ends_with('.'));
-    assert_eq!(ends.first(), Some(&s0.last_token));
+    // Each token's piece is what its decode adds: the pieces concatenate to the text, and the token that
+    // completes "Paris." (where a per-sentence reward would land) is the one whose piece ends it.
+    assert_eq!(out[0].pieces.len(), out[0].tokens.len());
+    assert_eq!(out[0].pieces.concat(), out[0].text);
+    let mut prefix = String::new();
+    for (k, piece) in out[0].pieces.iter().enumerate() {
+        prefix.push_str(piece);
+        let ids: Vec<u32> = out[0].tokens[..=k].iter().map(|&t| t as u32).collect();
+        assert_eq!(prefix, tok.decode(&ids, true).unwrap(), "token {k}");
+    }
 }
 
 #[test]

@@ -4,16 +4,17 @@
 //! This is the scored dataset teams share.
 //!
 //! x for a sentence is the question plus the earlier sentences; a sentence's tokens are the generated
-//! tokens in its span (tokens outside every sentence, such as the end token, belong to none).
+//! tokens in its span (tokens outside every sentence, such as the end token, belong to none), each with
+//! its decoded piece clipped to the sentence ([`chain_responses`], [`crate::confidence::spans`]).
 use crate::confidence::similarity::CosineOfEmbeddings;
-use crate::confidence::uncertainty::{
-    clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, SentenceTokens, TokenInfo, UncertaintyParams,
-};
+use crate::confidence::spans::{floors_after_previous, locate, response_sentences, GeneratedToken};
+use crate::confidence::uncertainty::{clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, UncertaintyParams};
 use crate::confidence::Location;
 use crate::data::items_from_record_batch;
 use crate::encoders::clip::Clip;
 use crate::encoders::minilm::{SentenceEncoder, SentenceEncoderParams, DEFAULT_MODEL_DIR};
 use crate::encoders::runtime::SessionOptions;
+use super::judges::{Judge, JudgeParams};
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema, SchemaRef, UInt32Type};
@@ -26,10 +27,11 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScoreParams {
-    /// The sentence encoder whose cosine is TokenSAR's similarity g. The paper's g is a cross-encoder
-    /// (stsb-roberta-large, lm-polygraph); none can be had here, so MiniLM cosine stands in, and every
-    /// row records which judge was used.
+    /// The sentence encoder whose cosine is TokenSAR's similarity g with the default judge.
     pub minilm: PathBuf,
+    /// TokenSAR's similarity g: MiniLM cosine (default; the stand-in where no cross-encoder can be had)
+    /// or a cross-encoder folder (lm-polygraph's and the paper's stsb-roberta-large). Every row records it.
+    pub judge: JudgeParams,
     /// The CLIP folder (the same as `features`; unset: the demo CLIP).
     pub clip: Option<PathBuf>,
     /// CLIPScore text prefix: "" (the paper's formula) or "A photo depicts " (the CLIPScore reference).
@@ -41,6 +43,7 @@ impl Default for ScoreParams {
     fn default() -> Self {
         Self {
             minilm: PathBuf::from(DEFAULT_MODEL_DIR),
+            judge: JudgeParams::default(),
             clip: super::features::FeaturesParams::default().clip,
             clip_prefix: String::new(),
             uncertainty: UncertaintyParams::default(),
@@ -69,12 +72,80 @@ pub fn scored_schema() -> SchemaRef {
     ]))
 }
 
+/// Per chain of a `chains` table: x (the item's question) and each sentence's tokens, with their decoded
+/// pieces clipped to the sentence as [`crate::confidence::spans`] says (so TokenSAR compares decoded
+/// text); and the sentence texts. A sentence that cannot be located in its chain's tokens, or a token
+/// range that disagrees with the one `generate` recorded, is an error naming the chain.
+pub fn chain_responses(chains: &RecordBatch, question: &HashMap<&str, &str>) -> anyhow::Result<(Vec<ResponseTokens>, Vec<Vec<String>>)> {
+    let col = |n: &str| chains.column_by_name(n).ok_or_else(|| anyhow::anyhow!("chains artifact has no column `{n}`"));
+    let ids = col("item_id")?.as_string::<i32>();
+    let text = col("text")?.as_string::<i32>();
+    let tokens = col("tokens")?.as_list::<i32>();
+    let token_text = col("token_text")?.as_list::<i32>();
+    let logprobs = col("logprobs")?.as_list::<i32>();
+    let entropies = col("entropies")?.as_list::<i32>();
+    let sentences = col("sentences")?.as_list::<i32>();
+    let firsts = col("sentence_first")?.as_list::<i32>();
+    let lasts = col("sentence_last")?.as_list::<i32>();
+    let mut responses = Vec::with_capacity(chains.num_rows());
+    let mut texts: Vec<Vec<String>> = Vec::with_capacity(chains.num_rows());
+    for r in 0..chains.num_rows() {
+        let id = ids.value(r);
+        let q = question.get(id).ok_or_else(|| anyhow::anyhow!("chain row {r}: item {id} is not in the dataset"))?;
+        let (tok, tt) = (tokens.value(r), token_text.value(r));
+        let (tok, tt) = (tok.as_primitive::<Int64Type>(), tt.as_string::<i32>());
+        let (lp, en) = (logprobs.value(r), entropies.value(r));
+        let (lp, en) = (lp.as_primitive::<Float32Type>(), en.as_primitive::<Float32Type>());
+        let (s_text, s_first, s_last) = (sentences.value(r), firsts.value(r), lasts.value(r));
+        let (s_text, s_first, s_last) = (s_text.as_string::<i32>(), s_first.as_primitive::<UInt32Type>(), s_last.as_primitive::<UInt32Type>());
+        anyhow::ensure!(
+            tt.len() == tok.len() && lp.len() == tok.len() && en.len() == tok.len(),
+            "chain row {r} (item {id}): {} tokens, {} token texts, {} log-probs, {} entropies",
+            tok.len(),
+            tt.len(),
+            lp.len(),
+            en.len()
+        );
+        let toks: Vec<GeneratedToken> = (0..tok.len())
+            .map(|k| GeneratedToken {
+                id: tok.value(k) as u32,
+                piece: tt.value(k),
+                log_prob: f64::from(lp.value(k)),
+                entropy: f64::from(en.value(k)),
+                is_special: false,
+            })
+            .collect();
+        let st: Vec<&str> = (0..s_text.len()).map(|s| s_text.value(s)).collect();
+        let chain = text.value(r);
+        let located = locate(r, chain, &st)
+            .and_then(|spans| response_sentences(r, chain, &toks, &floors_after_previous(&spans)))
+            .map_err(|e| anyhow::anyhow!("chain row {r} (item {id}): {e}"))?;
+        let mut sents = Vec::with_capacity(located.len());
+        for (s, (sentence, range)) in located.into_iter().enumerate() {
+            let recorded = (s_first.value(s) as usize, s_last.value(s) as usize);
+            anyhow::ensure!(
+                range == recorded,
+                "chain row {r} (item {id}), sentence {s}: its text spans tokens {}..={}, but generate recorded {}..={}",
+                range.0,
+                range.1,
+                recorded.0,
+                recorded.1
+            );
+            sents.push(sentence);
+        }
+        responses.push(ResponseTokens { prompt: q.to_string(), sentences: sents });
+        texts.push(st.into_iter().map(String::from).collect());
+    }
+    Ok((responses, texts))
+}
+
 impl Stage for ScoreStage {
     fn name(&self) -> &str {
         "score"
     }
+    /// 2: TokenSAR on decoded pieces clipped to each sentence.
     fn code_version(&self) -> &str {
-        "1"
+        "2"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -93,6 +164,7 @@ impl Stage for ScoreStage {
     }
     fn models(&self) -> Vec<PathBuf> {
         let mut v = vec![self.params.minilm.join("onnx/model.onnx"), self.params.minilm.join("tokenizer.json")];
+        v.extend(self.params.judge.model_files());
         v.extend(super::models::model_files(&self.params.clip));
         v
     }
@@ -105,57 +177,21 @@ impl Stage for ScoreStage {
         let f_emb = feats.column_by_name("embedding").expect("features schema").as_list::<i32>();
         let image_row: HashMap<&str, usize> = (0..f_ids.len()).map(|i| (f_ids.value(i), i)).collect();
 
-        let col = |n: &str| chains.column_by_name(n).ok_or_else(|| anyhow::anyhow!("chains artifact has no column `{n}`"));
-        let ids = col("item_id")?.as_string::<i32>();
-        let splits = col("split")?.as_string::<i32>();
-        let samples = col("sample")?.as_primitive::<UInt32Type>();
-        let tokens = col("tokens")?.as_list::<i32>();
-        let token_text = col("token_text")?.as_list::<i32>();
-        let logprobs = col("logprobs")?.as_list::<i32>();
-        let entropies = col("entropies")?.as_list::<i32>();
-        let sentences = col("sentences")?.as_list::<i32>();
-        let firsts = col("sentence_first")?.as_list::<i32>();
-        let lasts = col("sentence_last")?.as_list::<i32>();
-
-        // Per chain: the prompt x and each sentence's tokens.
-        let mut responses = Vec::with_capacity(chains.num_rows());
-        let mut texts: Vec<Vec<String>> = Vec::with_capacity(chains.num_rows());
-        for r in 0..chains.num_rows() {
-            let q =
-                question.get(ids.value(r)).ok_or_else(|| anyhow::anyhow!("chain row {r}: item {} is not in the dataset", ids.value(r)))?;
-            let (tok, tt) = (tokens.value(r), token_text.value(r));
-            let (tok, tt) = (tok.as_primitive::<Int64Type>(), tt.as_string::<i32>());
-            let (lp, en) = (logprobs.value(r), entropies.value(r));
-            let (lp, en) = (lp.as_primitive::<Float32Type>(), en.as_primitive::<Float32Type>());
-            let (s_text, s_first, s_last) = (sentences.value(r), firsts.value(r), lasts.value(r));
-            let (s_text, s_first, s_last) =
-                (s_text.as_string::<i32>(), s_first.as_primitive::<UInt32Type>(), s_last.as_primitive::<UInt32Type>());
-            let mut sents = Vec::new();
-            let mut st = Vec::new();
-            for s in 0..s_text.len() {
-                let (a, b) = (s_first.value(s) as usize, s_last.value(s) as usize);
-                anyhow::ensure!(a <= b && b < tok.len(), "chain row {r}, sentence {s}: token span {a}..={b} outside {} tokens", tok.len());
-                let toks = (a..=b)
-                    .map(|k| TokenInfo {
-                        id: tok.value(k) as u32,
-                        text: tt.value(k).to_string(),
-                        log_prob: lp.value(k) as f64,
-                        entropy: en.value(k) as f64,
-                        is_special: false,
-                    })
-                    .collect();
-                sents.push(SentenceTokens { tokens: toks });
-                st.push(s_text.value(s).to_string());
-            }
-            responses.push(ResponseTokens { prompt: q.to_string(), sentences: sents });
-            texts.push(st);
-        }
+        let (responses, texts) = chain_responses(&chains, &question)?;
+        let ids = chains.column_by_name("item_id").expect("checked by chain_responses").as_string::<i32>();
+        let splits = chains.column_by_name("split").ok_or_else(|| anyhow::anyhow!("chains artifact has no column `split`"))?.as_string::<i32>();
+        let samples = chains.column_by_name("sample").ok_or_else(|| anyhow::anyhow!("chains artifact has no column `sample`"))?.as_primitive::<UInt32Type>();
         let u = &self.params.uncertainty;
         let likelihood = likelihood_signals(&responses, u)?;
-        let encoder = SentenceEncoder::load(&self.params.minilm, SentenceEncoderParams::default(), &self.session)?;
-        let sim = CosineOfEmbeddings(super::judges::MiniLmEmbedder(encoder));
         let bar = ctx.progress(responses.len() as u64, "TokenSAR + CLIPScore");
-        let tokensar = token_sar_batched(&responses, &sim, &u.token_sar)?;
+        let tokensar = match self.params.judge.load("score", &self.session)? {
+            Judge::MinilmCosine => {
+                let encoder = SentenceEncoder::load(&self.params.minilm, SentenceEncoderParams::default(), &self.session)?;
+                token_sar_batched(&responses, &CosineOfEmbeddings(super::judges::MiniLmEmbedder(encoder)), &u.token_sar)?
+            }
+            Judge::CrossEncoder(ce) => token_sar_batched(&responses, &ce, &u.token_sar)?,
+        };
+        let judge_name = self.params.judge.name();
         let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &self.session)?;
 
         let (mut o_id, mut o_split, mut o_sample, mut o_sent, mut o_text, mut o_judge) = (
@@ -179,7 +215,8 @@ impl Stage for ScoreStage {
             for (s, text) in texts[r].iter().enumerate() {
                 let te = text_emb.as_ref().expect("sentences present");
                 let d = te.embeddings.dim;
-                let cs = clip_score_from_embeddings(Location::sentence(r, s), &img_emb, &te.embeddings.data[s * d..(s + 1) * d])?;
+                let cs = clip_score_from_embeddings(Location::sentence(r, s), &img_emb, &te.embeddings.data[s * d..(s + 1) * d])
+                    .map_err(|e| anyhow::anyhow!("CLIPScore of item {id}, sentence {s} ({text:?}): {e}"))?;
                 let (lnlp, mte) = likelihood[r][s];
                 o_id.append_value(id);
                 o_split.append_value(splits.value(r));
@@ -190,7 +227,7 @@ impl Stage for ScoreStage {
                 o_mte.append_value(mte);
                 o_sar.append_value(tokensar[r][s]);
                 o_clip.append_value(cs);
-                o_judge.append_value("minilm-cosine");
+                o_judge.append_value(&judge_name);
             }
             bar.inc(1);
         }
