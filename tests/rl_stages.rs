@@ -133,6 +133,8 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     for v in ["sft", "full"] {
         assert!(md.contains(&format!("| {v} |")) || md.contains(&format!("| {v} (no statements: constant missing_confidence) |")), "{md}");
     }
+    // The judge of I(z) and its threshold are stated.
+    assert!(md.contains("judged by: minilm-cosine > 0.64."), "{md}");
     // The vanilla model writes no statements: its row is the constant it is.
     assert!(md.contains("| vanilla (no statements: constant missing_confidence) |"), "{md}");
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();

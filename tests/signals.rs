@@ -305,3 +305,48 @@ fn the_judge_is_selectable_recorded_and_keyed() {
     let e = JudgeParams { kind: JudgeKind::CrossEncoder, cross_encoder: None }.load("eval", &Default::default()).err().unwrap().to_string();
     assert!(e.contains("eval.judge"), "{e}");
 }
+
+/// The documented procedure for a MiniLM threshold (`metrics::agreement`), run on the tiny cross-encoder
+/// over the annotated chains of the data fixtures: each rationale against each reference sentence of its
+/// item, labeled by the cross-encoder at 0.64. Prints the threshold and the agreement it reaches (with
+/// the tiny random cross-encoder the figure only shows the procedure runs; a real stsb-roberta-large
+/// export gives the one to use).
+#[test]
+fn minilm_threshold_by_agreement_with_the_cross_encoder() {
+    use mmboundary::confidence::SentenceEmbedder;
+    use mmboundary::encoders::cross_encoder::{CrossEncoder, CrossEncoderParams};
+    use mmboundary::encoders::minilm::{SentenceEncoder, SentenceEncoderParams};
+    use mmboundary::metrics::agreement::best_threshold;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("tests/fixtures/data/annotated/aokvqa_val_mmb.json")).unwrap()).unwrap();
+    let strings = |v: &serde_json::Value| -> Vec<String> { v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default() };
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for item in data.as_array().unwrap() {
+        let mut reference = strings(&item["keys_filtered"]["Image_level"]);
+        reference.extend(strings(&item["keys_filtered"]["Reasoning_level"]));
+        for r in strings(&item["rationales"]) {
+            for k in &reference {
+                pairs.push((r.clone(), k.clone()));
+            }
+        }
+    }
+    assert!(pairs.len() >= 20, "{} pairs", pairs.len());
+    let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let ce = CrossEncoder::load(&root.join("tests/fixtures/encoders/cross_encoder_tiny"), CrossEncoderParams::default(), &Default::default()).unwrap();
+    let labels: Vec<bool> = ce.predict(&borrowed).unwrap().scores.iter().map(|&s| f64::from(s) > 0.64).collect();
+    let embedder = mmboundary::stages::judges::MiniLmEmbedder(
+        SentenceEncoder::load(&mmboundary::encoders::minilm::default_model_dir(), SentenceEncoderParams::default(), &Default::default()).unwrap(),
+    );
+    let cosines: Vec<f64> = borrowed
+        .iter()
+        .map(|(a, b)| {
+            let e = embedder.embed(&[a, b]).unwrap();
+            mmboundary::confidence::uncertainty::cosine(mmboundary::confidence::Location::Dataset, &e[0], &e[1]).unwrap()
+        })
+        .collect();
+    let (t, agreement) = best_threshold(&cosines, &labels).unwrap();
+    let majority = labels.iter().filter(|&&l| l).count().max(labels.iter().filter(|&&l| !l).count()) as f64 / labels.len() as f64;
+    eprintln!("MiniLM threshold {t:.4}: agreement {agreement:.3} with the tiny cross-encoder at 0.64 on {} pairs (majority class {majority:.3})", pairs.len());
+    assert!(agreement >= majority - 1e-12 && agreement <= 1.0);
+}

@@ -3,7 +3,7 @@
 //! sentence was right; Markdown plus one self-contained HTML page, stored as a folder artifact.
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::report::page::{
-    brier_markdown, examples_html, html_page, levels_markdown, mece_anatomy_markdown, ordered_splits, pre, table1_markdown,
+    brier_markdown, escape, examples_html, html_page, levels_markdown, mece_anatomy_markdown, ordered_splits, pre, table1_markdown,
     ExampleSentence, MetricsRow,
 };
 use crate::report::plots::{level_histogram_svg, reliability_bins, reliability_svg};
@@ -164,6 +164,11 @@ impl Stage for ReportStage {
         // A variant whose sentences carry no statement gives every sentence the same confidence (eval's
         // `missing_confidence`): it is a constant predictor, not a model's calibration, and says so.
         let labels = constant_labels(&s)?;
+        // Which judge decided I(z) (and at which threshold), as eval recorded it.
+        let mut judges: Vec<String> = col(&s, "judge")?.as_string::<i32>().iter().flatten().map(String::from).collect();
+        judges.sort();
+        judges.dedup();
+        let judge_note = format!("I(z), MECE and chain F1 judged by: {}.", if judges.is_empty() { "-".into() } else { judges.join(", ") });
         let relabel = |v: &str| labels.get(v).cloned().unwrap_or_else(|| v.to_string());
         for r in &mut rows {
             r.variant = relabel(&r.variant);
@@ -197,7 +202,7 @@ impl Stage for ReportStage {
             variants.iter().filter_map(|v| responses.get(v).map(|r| (v.clone(), r.values().cloned().collect()))).collect();
         let anatomy = mece_anatomy_markdown(&anatomy)?;
         let md = format!(
-            "# MMBoundary report\n\n## Table 1 (ECE, MECE, accuracy, chain F1, AUROC; level `all`)\n\n{table}\n\
+            "# MMBoundary report\n\n## Table 1 (ECE, MECE, accuracy, chain F1, AUROC; level `all`)\n\n{judge_note}\n\n{table}\n\
              ## Step-level Brier score\n\n{BRIER_NOTE}\n\n{brier}\n\
              ## What MECE rewards ({split})\n\n{ANATOMY_NOTE}\n\n{anatomy}\n\
              ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
@@ -206,7 +211,7 @@ impl Stage for ReportStage {
         let html = html_page(
             "MMBoundary report",
             &[
-                ("Table 1".into(), pre(&table)),
+                ("Table 1".into(), format!("<p>{}</p>{}", escape(&judge_note), pre(&table))),
                 ("Step-level Brier score".into(), format!("<p>{BRIER_NOTE}</p>{}", pre(&brier))),
                 (format!("What MECE rewards ({})", p.split), format!("<p>{ANATOMY_NOTE}</p>{}", pre(&anatomy))),
                 (format!("Perception vs reasoning ({})", p.split), pre(&levels)),
