@@ -686,3 +686,24 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
         assert!(scale > 1e-6 || n.contains("embed"), "{n}: zero gradient");
     }
 }
+
+/// LLaVA's `vision_feature_layer` / `vision_feature_select_strategy` are honoured or refused: the spliced
+/// features are CLIP's penultimate layer without CLS, so any other setting is an error naming the key.
+#[test]
+fn llava_refuses_vision_feature_settings_it_does_not_compute() {
+    let src = fixtures().join("tiny-llava");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    for (key, value, says) in [
+        ("vision_feature_layer", serde_json::json!(-1), "vision_feature_layer = -1"),
+        ("vision_feature_layer", serde_json::json!([-2, -5]), "vision_feature_layer = [-2,-5]"),
+        ("vision_feature_select_strategy", serde_json::json!("full"), "vision_feature_select_strategy = \"full\""),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+        let mut c = cfg.clone();
+        c[key] = value;
+        std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+        let e = Llava::load(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
+        assert!(e.contains(says) && e.contains("config.json"), "{e}");
+    }
+}

@@ -350,3 +350,39 @@ fn minilm_threshold_by_agreement_with_the_cross_encoder() {
     eprintln!("MiniLM threshold {t:.4}: agreement {agreement:.3} with the tiny cross-encoder at 0.64 on {} pairs (majority class {majority:.3})", pairs.len());
     assert!(agreement >= majority - 1e-12 && agreement <= 1.0);
 }
+
+/// Honest devices: the score stage's ONNX provider is a param, keyed as its device, and a GPU provider
+/// that cannot register is an error naming the model (never a silent CPU run); an MLLM stage's `auto`
+/// is keyed as the device it resolves to.
+#[test]
+fn devices_are_resolved_keyed_and_never_fall_back() {
+    use mmboundary::encoders::runtime::ExecutionProvider;
+    use mmboundary::engine::Stage;
+    use mmboundary::stages::generate::{GenerateParams, GenerateStage};
+    use mmboundary::stages::score::{ScoreParams, ScoreStage};
+    let cpu = ScoreStage { params: ScoreParams::default(), session: Default::default() };
+    let cuda = ScoreStage {
+        params: ScoreParams { execution_provider: ExecutionProvider::Cuda { device_id: 0 }, ..Default::default() },
+        session: Default::default(),
+    };
+    assert_eq!(cpu.device(), "ort-cpu");
+    assert_eq!(cuda.device(), "ort-cuda");
+    assert!(!cuda.session_options().allow_cpu_fallback);
+    if !mmboundary::stages::device::gpu_visible() {
+        let e = mmboundary::encoders::minilm::SentenceEncoder::load(
+            &mmboundary::encoders::minilm::default_model_dir(),
+            Default::default(),
+            &cuda.session_options(),
+        )
+        .err()
+        .expect("no GPU: the CUDA provider cannot register")
+        .to_string();
+        assert!(e.contains("cuda") && e.contains("model.onnx"), "{e}");
+    }
+    let g = |device: &str| GenerateStage { params: GenerateParams { device: device.into(), ..Default::default() } }.device();
+    assert_eq!(g("cpu"), "cpu/f32");
+    assert_eq!(g("cuda"), "cuda:0/f32");
+    let auto = g("auto");
+    assert!(auto == "cpu/f32" || auto == "cuda:0/f32", "{auto}");
+    assert_eq!(auto, format!("{}/f32", mmboundary::stages::device::resolve_device("auto").unwrap()));
+}

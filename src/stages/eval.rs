@@ -16,6 +16,7 @@ use crate::confidence::rewards::sentence_correctness;
 use crate::confidence::statements::BackwardParams;
 use crate::data::Item;
 use crate::encoders::minilm::DEFAULT_MODEL_DIR;
+use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::metrics::accuracy::{aokvqa_direct, choice_accuracy, choice_from_answer, cultural_match, extract_final_answer, AokvqaSetting};
 use crate::metrics::auroc::auroc;
@@ -63,6 +64,8 @@ pub struct EvalParams {
     /// I(z) = 1 when the judge's best score against a reference sentence is strictly above this (the
     /// paper's 0.64 is for the stsb cross-encoder; with MiniLM cosine it is a stand-in).
     pub match_threshold: f64,
+    /// Where the judge's ONNX encoders run (as `score`'s `execution_provider`; no silent fallback).
+    pub execution_provider: ExecutionProvider,
     /// Confidence given to a sentence that carries no statement (None: such sentences are left out of
     /// the calibration metrics). We chose 0.5, "no information".
     pub missing_confidence: Option<f64>,
@@ -91,6 +94,7 @@ impl Default for EvalParams {
             backward: BackwardParams::default(),
             judge: JudgeParams::default(),
             match_threshold: 0.64,
+            execution_provider: ExecutionProvider::Cpu,
             missing_confidence: Some(0.5),
             metrics: MetricsParams::default(),
         }
@@ -99,6 +103,13 @@ impl Default for EvalParams {
 
 pub struct EvalStage {
     pub params: EvalParams,
+}
+
+impl EvalParams {
+    /// The session options of the execution provider (no CPU fallback).
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions { provider: self.execution_provider.clone(), allow_cpu_fallback: false, ..SessionOptions::default() }
+    }
 }
 
 impl Stage for EvalStage {
@@ -132,7 +143,7 @@ impl Stage for EvalStage {
         v
     }
     fn device(&self) -> String {
-        format!("{}/{}", self.params.device, self.params.dtype)
+        super::device::device_key(&self.params.device, &self.params.dtype)
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)

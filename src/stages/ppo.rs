@@ -33,7 +33,7 @@ use crate::confidence::{level_value, ConfidenceError, Location};
 use crate::data::Item;
 use crate::encoders::clip::Clip;
 use crate::encoders::minilm::DEFAULT_MODEL_DIR;
-use crate::encoders::runtime::SessionOptions;
+use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,8 @@ pub struct PpoStageParams {
     /// The judge of I(z) (against `rewards.match_threshold`) and TokenSAR's g: MiniLM cosine (default)
     /// or a cross-encoder folder (the paper's, with threshold 0.64).
     pub judge: JudgeParams,
+    /// Where the reward model's ONNX encoders run (as `score`'s `execution_provider`; no silent fallback).
+    pub execution_provider: ExecutionProvider,
     pub minilm: PathBuf,
     pub clip: Option<PathBuf>,
     pub clip_prefix: String,
@@ -116,6 +118,7 @@ impl Default for PpoStageParams {
             parser: ParserParams::default(),
             uncertainty: s.uncertainty,
             judge: s.judge,
+            execution_provider: s.execution_provider,
             minilm: PathBuf::from(DEFAULT_MODEL_DIR),
             clip: s.clip,
             clip_prefix: s.clip_prefix,
@@ -263,7 +266,7 @@ impl Stage for IterationStage {
         v
     }
     fn device(&self) -> String {
-        format!("{}/{}", self.params.device, self.params.dtype)
+        super::device::device_key(&self.params.device, &self.params.dtype)
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)
@@ -341,6 +344,11 @@ pub struct RewardModel {
 }
 
 impl RewardModel {
+    /// The session options of the params' execution provider (no CPU fallback).
+    pub fn session_options(params: &PpoStageParams) -> SessionOptions {
+        SessionOptions { provider: params.execution_provider.clone(), allow_cpu_fallback: false, ..SessionOptions::default() }
+    }
+
     /// `clip_dir`: the CLIP folder (`params.clip`, or the demo CLIP the stage resolved).
     pub fn load(params: &PpoStageParams, clip_dir: &std::path::Path, levels: LevelModel, session: &SessionOptions) -> anyhow::Result<Self> {
         let judge = ChainJudge::load_with_judge(

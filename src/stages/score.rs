@@ -13,7 +13,7 @@ use crate::confidence::Location;
 use crate::data::items_from_record_batch;
 use crate::encoders::clip::Clip;
 use crate::encoders::minilm::{SentenceEncoder, SentenceEncoderParams, DEFAULT_MODEL_DIR};
-use crate::encoders::runtime::SessionOptions;
+use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
 use super::judges::{Judge, JudgeParams};
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringBuilder, UInt32Builder};
@@ -37,6 +37,10 @@ pub struct ScoreParams {
     /// CLIPScore text prefix: "" (the paper's formula) or "A photo depicts " (the CLIPScore reference).
     pub clip_prefix: String,
     pub uncertainty: UncertaintyParams,
+    /// Where the ONNX encoders (MiniLM or the cross-encoder, CLIP) run: `{ kind = "cpu" }` (default),
+    /// `{ kind = "cuda", device_id = 0 }` or `{ kind = "tensor_rt", … }`. A GPU provider that cannot
+    /// register is an error naming the model, never a silent CPU run; the provider is keyed.
+    pub execution_provider: ExecutionProvider,
 }
 
 impl Default for ScoreParams {
@@ -47,6 +51,7 @@ impl Default for ScoreParams {
             clip: super::features::FeaturesParams::default().clip,
             clip_prefix: String::new(),
             uncertainty: UncertaintyParams::default(),
+            execution_provider: ExecutionProvider::Cpu,
         }
     }
 }
@@ -54,6 +59,13 @@ impl Default for ScoreParams {
 pub struct ScoreStage {
     pub params: ScoreParams,
     pub session: SessionOptions,
+}
+
+impl ScoreStage {
+    /// The session options with the params' execution provider (no CPU fallback).
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions { provider: self.params.execution_provider.clone(), allow_cpu_fallback: false, ..self.session.clone() }
+    }
 }
 
 /// One row per sentence of every chain.
@@ -168,7 +180,11 @@ impl Stage for ScoreStage {
         v.extend(super::models::model_files(&self.params.clip));
         v
     }
+    fn device(&self) -> String {
+        format!("ort-{}", self.params.execution_provider.name())
+    }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        let session = self.session_options();
         let chains = ctx.input_table("chains")?.concat()?;
         let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
         let question: HashMap<&str, &str> = items.iter().map(|i| (i.id.as_str(), i.question.as_str())).collect();
@@ -184,15 +200,15 @@ impl Stage for ScoreStage {
         let u = &self.params.uncertainty;
         let likelihood = likelihood_signals(&responses, u)?;
         let bar = ctx.progress(responses.len() as u64, "TokenSAR + CLIPScore");
-        let tokensar = match self.params.judge.load("score", &self.session)? {
+        let tokensar = match self.params.judge.load("score", &session)? {
             Judge::MinilmCosine => {
-                let encoder = SentenceEncoder::load(&self.params.minilm, SentenceEncoderParams::default(), &self.session)?;
+                let encoder = SentenceEncoder::load(&self.params.minilm, SentenceEncoderParams::default(), &session)?;
                 token_sar_batched(&responses, &CosineOfEmbeddings(super::judges::MiniLmEmbedder(encoder)), &u.token_sar)?
             }
             Judge::CrossEncoder(ce) => token_sar_batched(&responses, &ce, &u.token_sar)?,
         };
         let judge_name = self.params.judge.name();
-        let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &self.session)?;
+        let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &session)?;
 
         let (mut o_id, mut o_split, mut o_sample, mut o_sent, mut o_text, mut o_judge) = (
             StringBuilder::new(),

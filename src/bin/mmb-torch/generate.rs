@@ -10,7 +10,7 @@ use std::str::FromStr;
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: GenerateParams = ctx.params()?;
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
+    let device = crate::policy::device("generate", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
     let (_vs, model) = Llava::load(&model_dir, device, dtype)?;
     let tok_path = model_dir.join("tokenizer.json");

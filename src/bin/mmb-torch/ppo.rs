@@ -74,7 +74,7 @@ impl Iteration {
         anyhow::ensure!(p.prompts_per_iteration > 0, "ppo: prompts_per_iteration must be ≥ 1");
         let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
         let mut tp = crate::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
-        let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
+        let device = crate::policy::device(&format!("ppo iteration {k}"), &p.device)?;
         let dtype = mllm::DType::from_str(&p.dtype)?;
         let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
             anyhow::bail!("{}: ppo needs a LLaVA-style model", model_dir.display());
@@ -138,7 +138,8 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
     let level_path = ctx.input_path("level_model")?;
     let levels: LevelModel =
         serde_json::from_slice(&std::fs::read(&level_path)?).with_context(|| format!("{}: not a level model", level_path.display()))?;
-    let rewards = RewardModel::load(&it.p, &mmboundary::stages::models::resolve(ctx, &it.p.clip, "clip")?, levels, &Default::default())?;
+    let session = RewardModel::session_options(&it.p);
+    let rewards = RewardModel::load(&it.p, &mmboundary::stages::models::resolve(ctx, &it.p.clip, "clip")?, levels, &session)?;
     let feats = &it.features;
     let f_ids = feats.column_by_name("item_id").context("features artifact has no item_id")?.as_string::<i32>();
     let f_emb = feats.column_by_name("embedding").context("features artifact has no embedding")?.as_list::<i32>();
