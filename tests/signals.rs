@@ -151,6 +151,46 @@ impl mmboundary::engine::Stage for Fixed {
     }
 }
 
+/// dataset, features and generate as fixed tables, then the real `score` stage (MiniLM, tiny CLIP).
+fn score_stages(
+    items: arrow::record_batch::RecordBatch,
+    features: arrow::record_batch::RecordBatch,
+    chains: arrow::record_batch::RecordBatch,
+) -> Vec<Box<dyn mmboundary::engine::Stage>> {
+    use mmboundary::stages::score::{ScoreParams, ScoreStage};
+    vec![
+        Box::new(Fixed { name: "dataset", output: "items", batch: items }),
+        Box::new(Fixed { name: "features", output: "features", batch: features }),
+        Box::new(Fixed { name: "generate", output: "chains", batch: chains }),
+        Box::new(ScoreStage {
+            params: ScoreParams {
+                minilm: mmboundary::encoders::minilm::default_model_dir(),
+                clip: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders/clip_tiny")),
+                ..Default::default()
+            },
+            session: Default::default(),
+        }),
+    ]
+}
+
+/// The features table of one item with the given CLIP image embedding.
+fn features_of(item: &str, image: &[f32]) -> arrow::record_batch::RecordBatch {
+    use arrow::array::{Float32Builder, ListBuilder, StringBuilder, UInt32Builder};
+    use std::sync::Arc;
+    let (mut f_id, mut f_n, mut f_dim) = (StringBuilder::new(), UInt32Builder::new(), UInt32Builder::new());
+    let (mut f_patch, mut f_emb) = (ListBuilder::new(Float32Builder::new()), ListBuilder::new(Float32Builder::new()));
+    f_id.append_value(item);
+    f_n.append_value(0);
+    f_dim.append_value(image.len() as u32);
+    f_patch.append(true);
+    f_emb.values().append_slice(image);
+    f_emb.append(true);
+    let schema = mmboundary::stages::features::features_schema();
+    let cols: Vec<arrow::array::ArrayRef> =
+        vec![Arc::new(f_id.finish()), Arc::new(f_n.finish()), Arc::new(f_dim.finish()), Arc::new(f_patch.finish()), Arc::new(f_emb.finish())];
+    arrow::record_batch::RecordBatch::try_new(schema, cols).unwrap()
+}
+
 fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
@@ -161,12 +201,10 @@ fn floats(v: &serde_json::Value) -> Vec<f64> {
 /// transformers, the tiny CLIP's text tower through onnxruntime).
 #[test]
 fn score_stage_signals_equal_the_python_reference_on_decoded_text() {
-    use arrow::array::{AsArray, Float32Builder, ListBuilder, StringBuilder, UInt32Builder};
+    use arrow::array::AsArray;
     use arrow::datatypes::Float64Type;
-    use mmboundary::engine::{Pipeline, RunOptions, Stage};
-    use mmboundary::stages::score::{ScoreParams, ScoreStage};
+    use mmboundary::engine::{Pipeline, RunOptions};
     use mmboundary::store::{ArtifactId, Store};
-    use std::sync::Arc;
 
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/confidence/score_stage.json");
     let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -199,34 +237,11 @@ fn score_stage_signals_equal_the_python_reference_on_decoded_text() {
         mmboundary::data::items_to_record_batch(&[mmboundary::data::Item::new("q1", "test", "train", fx["question"].as_str().unwrap())])
             .unwrap();
     let image = f32s("image_embedding");
-    let (mut f_id, mut f_n, mut f_dim) = (StringBuilder::new(), UInt32Builder::new(), UInt32Builder::new());
-    let (mut f_patch, mut f_emb) = (ListBuilder::new(Float32Builder::new()), ListBuilder::new(Float32Builder::new()));
-    f_id.append_value("q1");
-    f_n.append_value(0);
-    f_dim.append_value(image.len() as u32);
-    f_patch.append(true);
-    f_emb.values().append_slice(&image);
-    f_emb.append(true);
-    let schema = mmboundary::stages::features::features_schema();
-    let cols: Vec<arrow::array::ArrayRef> =
-        vec![Arc::new(f_id.finish()), Arc::new(f_n.finish()), Arc::new(f_dim.finish()), Arc::new(f_patch.finish()), Arc::new(f_emb.finish())];
-    let features = arrow::record_batch::RecordBatch::try_new(schema, cols).unwrap();
+    let features = features_of("q1", &image);
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("artifacts")).unwrap();
-    let stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(Fixed { name: "dataset", output: "items", batch: items }),
-        Box::new(Fixed { name: "features", output: "features", batch: features }),
-        Box::new(Fixed { name: "generate", output: "chains", batch: chains }),
-        Box::new(ScoreStage {
-            params: ScoreParams {
-                minilm: mmboundary::encoders::minilm::default_model_dir(),
-                clip: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders/clip_tiny")),
-                ..Default::default()
-            },
-            session: Default::default(),
-        }),
-    ];
+    let stages = score_stages(items.clone(), features, chains.clone());
     Pipeline::new(stages).unwrap().run(&store, &RunOptions::default()).unwrap();
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let scored =
@@ -245,6 +260,31 @@ fn score_stage_signals_equal_the_python_reference_on_decoded_text() {
             assert!((g - w).abs() <= tol * w.abs().max(1.0), "{col} of sentence {t}: {g} vs reference {w}");
         }
     }
+
+    // A zero image embedding is an error naming the item and the sentence, not a CLIPScore of 0.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let zero = features_of("q1", &vec![0.0; image.len()]);
+    let e = Pipeline::new(score_stages(items, zero, chains)).unwrap().run(&store, &RunOptions::default()).unwrap_err();
+    let e = mmboundary::runtime::error_chain(&e);
+    assert!(e.contains("item q1, sentence 0") && e.contains("norm"), "{e}");
+}
+
+/// A text whose embedding has norm 0 is an error naming the text (TokenSAR, the judge), not a similarity.
+#[test]
+fn zero_norm_embeddings_are_errors_naming_the_text() {
+    use mmboundary::confidence::similarity::CosineOfEmbeddings;
+    use mmboundary::confidence::SentenceEmbedder;
+    struct ZeroFor(&'static str);
+    impl SentenceEmbedder for ZeroFor {
+        fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EncoderError> {
+            Ok(texts.iter().map(|t| if *t == self.0 { vec![0.0; 3] } else { vec![1.0, 2.0, 3.0] }).collect())
+        }
+    }
+    let sim = CosineOfEmbeddings(ZeroFor("the empty one"));
+    assert_eq!(sim.similarity(&[("a", "b")]).unwrap(), vec![1.0]);
+    let e = sim.similarity(&[("a", "b"), ("a", "the empty one")]).unwrap_err().to_string();
+    assert!(e.contains("pair 1") && e.contains("\"the empty one\"") && e.contains("norm 0"), "{e}");
 }
 
 /// The judge is a param of the stages that judge: with the tiny cross-encoder, eval's I(z) is the
