@@ -5,12 +5,7 @@ Draws random fixtures with a fixed seed, computes every quantity the Rust code c
 inputs + expected values to tests/fixtures/confidence/golden.json, which tests/confidence.rs replays
 (tolerance 1e-9). Run from the repository root:
 
-    .venv/bin/python scripts/reference_metrics.py              # golden.json (needs scikit-learn)
-    .venv/bin/python scripts/reference_metrics.py score-stage  # score_stage.json (needs transformers, onnxruntime)
-
-`score-stage` computes the score stage's four signals on one fixed chain of SmolLM2 tokens from its decoded
-text (MiniLM through transformers, the tiny CLIP's text tower through onnxruntime), which
-tests/signals.rs compares with the stage run through the engine.
+    /work/main/.venv/bin/python scripts/reference_metrics.py
 
 Conventions mirrored from the Rust docs (each is a documented parameter there):
 - TokenSAR (lm-polygraph's CrossEncoderSimilarityMatrixCalculator): pairs are (x + " " + y, x + " " + y
@@ -19,6 +14,11 @@ Conventions mirrored from the Rust docs (each is a documented parameter there):
 - The test-double similarity g(a, b) below is deterministic and computed in float64, then rounded to
   float32 (the PairSimilarity trait returns f32).
 - ECE bins are [i/B, (i+1)/B), last bin closed; sigma is the population std (ddof 0) unless stated.
+
+With the argument `score-stage` (needs transformers and onnxruntime, not scikit-learn) it writes
+tests/fixtures/confidence/score_stage.json instead: the score stage's four signals on one fixed chain of
+SmolLM2 tokens, from its decoded text (MiniLM through transformers, the tiny CLIP's text tower through
+onnxruntime), which tests/signals.rs compares with the stage run through the engine.
 """
 import json
 import math
