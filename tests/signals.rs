@@ -250,6 +250,8 @@ fn score_stage_signals_equal_the_python_reference_on_decoded_text() {
     let sentences: Vec<&str> = scored.column_by_name("text").unwrap().as_string::<i32>().iter().flatten().collect();
     let want: Vec<&str> = e["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
     assert_eq!(sentences, want);
+    // The item has no reference chain: I(z) is unknown, not false.
+    assert_eq!(scored.column_by_name("correct").unwrap().null_count(), want.len());
     // LNLP and MTE read the same f32 log-probs and entropies; TokenSAR and CLIPScore go through f32
     // encoders on both sides.
     for (col, tol) in [("lnlp", 1e-9), ("mte", 1e-9), ("tokensar", 2e-5), ("clipscore", 2e-5)] {
@@ -425,4 +427,30 @@ fn devices_are_resolved_keyed_and_never_fall_back() {
     let auto = g("auto");
     assert!(auto == "cpu/f32" || auto == "cuda:0/f32", "{auto}");
     assert_eq!(auto, format!("{}/f32", mmboundary::stages::device::resolve_device("auto").unwrap()));
+}
+
+/// I(z) of scored sentences (the `correct` column) and each signal's AUROC for telling wrong sentences
+/// from right ones, on hand-made scores.
+#[test]
+fn scored_sentences_are_judged_and_signals_ranked_by_auroc() {
+    use mmboundary::data::{Item, ReferenceChain};
+    use mmboundary::stages::score::{sentence_correct, signal_aurocs};
+    /// Similarity = 0.9 when both texts share their first word, else 0.1.
+    struct FirstWord;
+    impl PairSimilarity for FirstWord {
+        fn similarity(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>, EncoderError> {
+            Ok(pairs.iter().map(|(a, b)| if a.split(' ').next() == b.split(' ').next() { 0.9 } else { 0.1 }).collect())
+        }
+    }
+    let mut a = Item::new("a", "test", "train", "q");
+    a.chain = ReferenceChain { perception: vec!["Red circle.".into()], reasoning: vec!["So B.".into()] };
+    let b = Item::new("b", "test", "train", "q"); // no reference chain
+    let sentences = vec![vec!["Red thing.".to_string(), "Blue thing.".into(), "So B.".into()], vec!["Anything.".to_string()]];
+    let c = sentence_correct(&["a", "b"], &sentences, &[a, b], &FirstWord, 0.64).unwrap();
+    assert_eq!(c, vec![vec![Some(true), Some(false), Some(true)], vec![None]]);
+    // LNLP separates perfectly (wrong = higher), MTE is reversed, TokenSAR ties, CLIPScore higher on the wrong one.
+    let rows = [[1.0, 3.0, 0.5, 0.2], [2.0, 1.0, 0.5, 0.9], [1.5, 2.0, 0.5, 0.3]];
+    let auc = signal_aurocs(&rows, &[true, false, true]).unwrap();
+    assert_eq!(auc, [Some(1.0), Some(0.0), Some(0.5), Some(0.0)]);
+    assert_eq!(signal_aurocs(&rows, &[true, true, true]).unwrap(), [None; 4]);
 }

@@ -9,14 +9,15 @@
 use crate::confidence::similarity::CosineOfEmbeddings;
 use crate::confidence::spans::{floors_after_previous, locate, response_sentences, GeneratedToken};
 use crate::confidence::uncertainty::{clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, UncertaintyParams};
-use crate::confidence::Location;
-use crate::data::items_from_record_batch;
+use crate::confidence::rewards::sentence_correctness;
+use crate::confidence::{Location, PairSimilarity};
+use crate::data::{items_from_record_batch, Item};
 use crate::encoders::clip::Clip;
 use crate::encoders::minilm::{SentenceEncoder, SentenceEncoderParams, DEFAULT_MODEL_DIR};
 use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
 use super::judges::{Judge, JudgeParams};
 use crate::engine::{InputSpec, Stage, StageContext};
-use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringBuilder, UInt32Builder};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, StringArray, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,9 @@ pub struct ScoreParams {
     /// TokenSAR's similarity g: MiniLM cosine (default; the stand-in where no cross-encoder can be had)
     /// or a cross-encoder folder (lm-polygraph's and the paper's stsb-roberta-large). Every row records it.
     pub judge: JudgeParams,
+    /// I(z) of each scored sentence (the `correct` column, which tells how well each signal separates
+    /// right from wrong sentences): the judge's best score against a reference sentence above this.
+    pub match_threshold: f64,
     /// The CLIP folder (the same as `features`; unset: the demo CLIP).
     pub clip: Option<PathBuf>,
     /// CLIPScore text prefix: "" (the paper's formula) or "A photo depicts " (the CLIPScore reference).
@@ -48,6 +52,7 @@ impl Default for ScoreParams {
         Self {
             minilm: PathBuf::from(DEFAULT_MODEL_DIR),
             judge: JudgeParams::default(),
+            match_threshold: 0.64,
             clip: super::features::FeaturesParams::default().clip,
             clip_prefix: String::new(),
             uncertainty: UncertaintyParams::default(),
@@ -81,6 +86,9 @@ pub fn scored_schema() -> SchemaRef {
         Field::new("tokensar", DataType::Float64, false),
         Field::new("clipscore", DataType::Float64, false),
         Field::new("judge", DataType::Utf8, false),
+        // I(z): the judge's best score against a sentence of the item's reference chain above
+        // `match_threshold` (null when the item has no reference chain).
+        Field::new("correct", DataType::Boolean, true),
     ]))
 }
 
@@ -151,11 +159,67 @@ pub fn chain_responses(chains: &RecordBatch, question: &HashMap<&str, &str>) -> 
     Ok((responses, texts))
 }
 
+fn responses_ids(ids: &StringArray) -> Vec<&str> {
+    (0..ids.len()).map(|i| ids.value(i)).collect()
+}
+
+/// I(z) of every sentence of every chain: its best similarity under `g` to a sentence of its item's
+/// reference chain above `threshold`; None for items without a reference chain. One call of `g`.
+pub fn sentence_correct(
+    ids: &[&str],
+    sentences: &[Vec<String>],
+    items: &[Item],
+    g: &dyn PairSimilarity,
+    threshold: f64,
+) -> anyhow::Result<Vec<Vec<Option<bool>>>> {
+    let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    let mut refs: Vec<Vec<&str>> = Vec::with_capacity(ids.len());
+    for (r, id) in ids.iter().enumerate() {
+        let item = by_id.get(id).ok_or_else(|| anyhow::anyhow!("chain row {r}: item {id} is not in the dataset"))?;
+        let reference: Vec<&str> = item.chain.sentences().collect();
+        for s in &sentences[r] {
+            pairs.extend(reference.iter().map(|x| (s.as_str(), *x)));
+        }
+        refs.push(reference);
+    }
+    let scores = if pairs.is_empty() { Vec::new() } else { g.similarity(&pairs).map_err(|e| anyhow::anyhow!("judging scored sentences: {e}"))? };
+    anyhow::ensure!(scores.len() == pairs.len(), "the judge returned {} scores for {} pairs", scores.len(), pairs.len());
+    let mut at = 0;
+    let mut out = Vec::with_capacity(ids.len());
+    for (r, reference) in refs.iter().enumerate() {
+        if reference.is_empty() {
+            out.push(vec![None; sentences[r].len()]);
+            continue;
+        }
+        let n = reference.len();
+        let sim: Vec<Vec<f64>> = (0..sentences[r].len()).map(|t| scores[at + t * n..at + (t + 1) * n].iter().map(|&x| f64::from(x)).collect()).collect();
+        at += sentences[r].len() * n;
+        out.push(sentence_correctness(r, &sim, n, threshold)?.into_iter().map(Some).collect());
+    }
+    Ok(out)
+}
+
+/// AUROC of each signal (LNLP, MTE, TokenSAR, 1 − CLIPScore: each grows with uncertainty) for telling
+/// wrong sentences from right ones; None where a class is missing.
+pub fn signal_aurocs(rows: &[[f64; 4]], correct: &[bool]) -> anyhow::Result<[Option<f64>; 4]> {
+    let wrong: Vec<bool> = correct.iter().map(|c| !c).collect();
+    if !(wrong.iter().any(|&w| w) && wrong.iter().any(|&w| !w)) {
+        return Ok([None; 4]);
+    }
+    let mut out = [None; 4];
+    for (k, o) in out.iter_mut().enumerate() {
+        let scores: Vec<f64> = rows.iter().map(|r| if k == 3 { 1.0 - r[3] } else { r[k] }).collect();
+        *o = Some(crate::metrics::auroc(&scores, &wrong)?);
+    }
+    Ok(out)
+}
+
 impl Stage for ScoreStage {
     fn name(&self) -> &str {
         "score"
     }
-    /// 2: TokenSAR on decoded pieces clipped to each sentence.
+    /// 2: TokenSAR on decoded pieces clipped to each sentence; I(z) of each sentence (`correct`).
     fn code_version(&self) -> &str {
         "2"
     }
@@ -200,14 +264,23 @@ impl Stage for ScoreStage {
         let u = &self.params.uncertainty;
         let likelihood = likelihood_signals(&responses, u)?;
         let bar = ctx.progress(responses.len() as u64, "TokenSAR + CLIPScore");
-        let tokensar = match self.params.judge.load("score", &session)? {
-            Judge::MinilmCosine => {
-                let encoder = SentenceEncoder::load(&self.params.minilm, SentenceEncoderParams::default(), &session)?;
-                token_sar_batched(&responses, &CosineOfEmbeddings(super::judges::MiniLmEmbedder(encoder)), &u.token_sar)?
-            }
-            Judge::CrossEncoder(ce) => token_sar_batched(&responses, &ce, &u.token_sar)?,
+        let judge = self.params.judge.load("score", &session)?;
+        let minilm = match judge {
+            Judge::MinilmCosine => Some(CosineOfEmbeddings(super::judges::MiniLmEmbedder(SentenceEncoder::load(
+                &self.params.minilm,
+                SentenceEncoderParams::default(),
+                &session,
+            )?))),
+            Judge::CrossEncoder(_) => None,
         };
-        let judge_name = self.params.judge.name();
+        let g: &dyn PairSimilarity = match (&judge, &minilm) {
+            (Judge::CrossEncoder(ce), _) => ce,
+            (Judge::MinilmCosine, Some(m)) => m,
+            (Judge::MinilmCosine, None) => unreachable!("MiniLM loaded for the MiniLM judge"),
+        };
+        let tokensar = token_sar_batched(&responses, g, &u.token_sar)?;
+        let correct = sentence_correct(&responses_ids(ids), &texts, &items, g, self.params.match_threshold)?;
+        let judge_name = format!("{} > {}", self.params.judge.name(), self.params.match_threshold);
         let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &session)?;
 
         let (mut o_id, mut o_split, mut o_sample, mut o_sent, mut o_text, mut o_judge) = (
@@ -220,6 +293,8 @@ impl Stage for ScoreStage {
         );
         let (mut o_lnlp, mut o_mte, mut o_sar, mut o_clip) =
             (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new());
+        let mut o_corr = BooleanBuilder::new();
+        let mut clip_scores: Vec<Vec<f64>> = vec![Vec::new(); responses.len()];
         for r in 0..responses.len() {
             let id = ids.value(r);
             let &img = image_row.get(id).ok_or_else(|| anyhow::anyhow!("item {id}: no CLIP features"))?;
@@ -243,7 +318,9 @@ impl Stage for ScoreStage {
                 o_mte.append_value(mte);
                 o_sar.append_value(tokensar[r][s]);
                 o_clip.append_value(cs);
+                clip_scores[r].push(cs);
                 o_judge.append_value(&judge_name);
+                o_corr.append_option(correct[r][s]);
             }
             bar.inc(1);
         }
@@ -259,7 +336,28 @@ impl Stage for ScoreStage {
             Arc::new(o_sar.finish()),
             Arc::new(o_clip.finish()),
             Arc::new(o_judge.finish()),
+            Arc::new(o_corr.finish()),
         ];
+        let (mut rows, mut labels) = (Vec::new(), Vec::new());
+        for r in 0..responses.len() {
+            for (s, c) in correct[r].iter().enumerate() {
+                if let Some(c) = c {
+                    labels.push(*c);
+                    rows.push([likelihood[r][s].0, likelihood[r][s].1, tokensar[r][s], clip_scores[r][s]]);
+                }
+            }
+        }
+        let a = signal_aurocs(&rows, &labels)?;
+        let show = |x: Option<f64>| x.map_or("undefined".to_string(), |v| format!("{v:.3}"));
+        eprintln!(
+            "score: AUROC for telling wrong from right sentences ({} judged by {judge_name}, {} right): LNLP {}, MTE {}, TokenSAR {}, 1 - CLIPScore {}",
+            labels.len(),
+            labels.iter().filter(|&&c| c).count(),
+            show(a[0]),
+            show(a[1]),
+            show(a[2]),
+            show(a[3])
+        );
         ctx.write_table("scored", scored_schema(), &[RecordBatch::try_new(scored_schema(), cols)?], None)?;
         Ok(())
     }
