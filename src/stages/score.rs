@@ -235,6 +235,10 @@ impl Stage for ScoreStage {
     fn outputs(&self) -> Vec<String> {
         vec!["scored".into()]
     }
+    /// Where the ONNX encoders run (the params key it too).
+    fn device(&self) -> String {
+        format!("ort-{}", self.params.execution_provider.name())
+    }
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).expect("params serialize")
     }
@@ -243,9 +247,6 @@ impl Stage for ScoreStage {
         v.extend(self.params.judge.model_files());
         v.extend(super::models::model_files(&self.params.clip));
         v
-    }
-    fn device(&self) -> String {
-        format!("ort-{}", self.params.execution_provider.name())
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let session = self.session_options();
