@@ -51,7 +51,9 @@ pub struct JudgeParams {
     pub cross_encoder: Option<PathBuf>,
 }
 
-/// A loaded judge.
+/// A loaded judge. Unlike `encoders::cross_encoder::PairJudge` (which embeds both texts of every pair),
+/// the MiniLM judge goes through `confidence::similarity::CosineOfEmbeddings`, which embeds each distinct
+/// text once: TokenSAR's pairs share their first text, and the judged sentences their references.
 pub enum Judge {
     MinilmCosine,
     CrossEncoder(CrossEncoderSimilarity),
