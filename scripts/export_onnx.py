@@ -6,6 +6,9 @@
     export_onnx.py clip        --src DIR --out DIR        a local CLIPModel folder -> image.onnx, text.onnx, tokenizer.json
     export_onnx.py tiny-clip   [--out DIR]                tiny random CLIP (fixed seed) + a small trained CLIP-format BPE
     export_onnx.py tiny-cross-encoder [--out DIR]         tiny random RoBERTa cross-encoder + a small byte-level BPE
+    export_onnx.py cross-encoder --src DIR --out DIR      a local sentence-transformers CrossEncoder folder (one label,
+                                                          e.g. cross-encoder/stsb-roberta-large) -> model.onnx,
+                                                          tokenizer.json, cross_encoder_config.json
     export_onnx.py clip-b32-random [--out DIR]            ViT-B/32 architecture, random weights (throughput only)
     export_onnx.py clip-int8   [--src image.onnx] [--out FILE]  image tower fast path: per-channel int8 weight MatMuls
 
@@ -311,10 +314,30 @@ def export_tiny_cross_encoder(out):
     return model, tok
 
 
+def export_cross_encoder_local(src, out):
+    """A user's cross-encoder folder (AutoModelForSequenceClassification with one label, as
+    cross-encoder/stsb-roberta-large): the judge the stages load with `judge = { kind = "cross_encoder" }`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    src, out = Path(src), Path(out)
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForSequenceClassification.from_pretrained(src).eval()
+    if model.config.num_labels != 1:
+        raise SystemExit(f"{src}: a cross-encoder judge has one label (a similarity score), found {model.config.num_labels}")
+    enc = tok(["A cat sleeps.", "A dog runs."], ["A cat naps.", "The sky is blue."], padding=True, return_tensors="pt")
+    export(SeqCls(model), (enc["input_ids"], enc["attention_mask"]), out / "model.onnx", ["input_ids", "attention_mask"],
+           ["logits"], {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}})
+    if not getattr(tok, "is_fast", False):
+        raise SystemExit(f"{src}: needs a fast tokenizer (tokenizer.json)")
+    tok.backend_tokenizer.save(str(out / "tokenizer.json"))
+    max_length = min(int(tok.model_max_length), int(model.config.max_position_embeddings) - 2)
+    (out / "cross_encoder_config.json").write_text(json.dumps({"max_length": max_length}, indent=1))
+    say(f"wrote {out} (max_length {max_length})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["minilm", "minilm-int8", "clip", "tiny-clip", "tiny-cross-encoder", "clip-b32-random",
-                                    "clip-int8"])
+    p.add_argument("what", choices=["minilm", "minilm-int8", "clip", "tiny-clip", "tiny-cross-encoder", "cross-encoder",
+                                    "clip-b32-random", "clip-int8"])
     p.add_argument("--src")
     p.add_argument("--out")
     p.add_argument("--force", action="store_true", help="re-export even when the output exists")
@@ -341,6 +364,10 @@ def main():
         export_tiny_clip(a.out or fx / "clip_tiny")
     elif a.what == "tiny-cross-encoder":
         export_tiny_cross_encoder(a.out or fx / "cross_encoder_tiny")
+    elif a.what == "cross-encoder":
+        if not a.src or not a.out:
+            p.error("cross-encoder needs --src (a local CrossEncoder folder) and --out")
+        export_cross_encoder_local(a.src, a.out)
     elif a.what == "clip-b32-random":
         out = Path(a.out or ROOT / ".deps" / "models" / "clip-vit-b32-random")
         if (out / "image.onnx").exists() and not a.force:

@@ -14,14 +14,19 @@ Conventions mirrored from the Rust docs (each is a documented parameter there):
 - The test-double similarity g(a, b) below is deterministic and computed in float64, then rounded to
   float32 (the PairSimilarity trait returns f32).
 - ECE bins are [i/B, (i+1)/B), last bin closed; sigma is the population std (ddof 0) unless stated.
+
+With the argument `score-stage` (needs transformers and onnxruntime, not scikit-learn) it writes
+tests/fixtures/confidence/score_stage.json instead: the score stage's four signals on one fixed chain of
+SmolLM2 tokens, from its decoded text (MiniLM through transformers, the tiny CLIP's text tower through
+onnxruntime), which tests/signals.rs compares with the stage run through the engine.
 """
 import json
 import math
 import os
 import re
+import sys
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 RNG = np.random.default_rng(20250601)
 OUT = os.path.join("tests", "fixtures", "confidence", "golden.json")
@@ -248,6 +253,8 @@ def ece_ref(conf, correct, bins):
 
 
 def metrics_section():
+    from sklearn.metrics import roc_auc_score
+
     conf = RNG.beta(2, 2, 200)
     conf[:8] = [0.0, 1.0, 0.5, 0.3, 0.7, 0.05, 0.95, 0.25]
     correct = (RNG.random(200) < conf * 0.8 + 0.1).astype(float)
@@ -340,7 +347,137 @@ def metrics_section():
     return {"ece": ece, "mece": mece, "auroc": auroc, "chain": chain, "aokvqa_direct": da}
 
 
+# ----------------------------------------------------------------------- score stage (issue 15)
+SCORE_OUT = os.path.join("tests", "fixtures", "confidence", "score_stage.json")
+# A chain as SmolLM2 could generate it, token by token (each a UTF-8 byte string): words with their
+# leading space, "é" and an emoji split into single-byte tokens, a blank line of two newline tokens,
+# and the end token (decodes to nothing).
+SCORE_CHAIN = [b" The", b" circle", b" is", b" red", b".", b" It", b" sits", b" left", b" of", b" the",
+               b" caf", b"\xc3", b"\xa9", b"'s", b" square", b" ", b"\xf0", b"\x9f", b"\x99", b"\x82", b".",
+               b"\n", b"\n", b"So", b",", b" the", b" answer", b" is", b" B", b"."]
+SCORE_END = "<|im_end|>"
+SCORE_QUESTION = "What shape is red?"
+
+
+def bytes_to_unicode():
+    """GPT-2's byte-level alphabet: the printable bytes stand for themselves, the others for 256 + n."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def minilm_embed(texts):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    path = os.path.join(".deps", "models", "all-MiniLM-L6-v2")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    out = []
+    with torch.no_grad():
+        for t in texts:  # one at a time: no padding enters the mean
+            enc = tok(t, return_tensors="pt", truncation=True, max_length=256)
+            h = model(**enc).last_hidden_state[0]
+            out.append(h.mean(0).double().numpy())
+    return out
+
+
+def clip_text_embed(texts):
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+    d = os.path.join("tests", "fixtures", "encoders", "clip_tiny")
+    tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    sess = ort.InferenceSession(os.path.join(d, "text.onnx"), providers=["CPUExecutionProvider"])
+    out = []
+    for t in texts:
+        ids = tok.encode(t).ids
+        assert len(ids) <= 77, t
+        feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        out.append(sess.run(["text_embeds"], feed)[0][0].astype(np.float64))
+    return out
+
+
+def cos(a, b):
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def score_stage_section():
+    """The score stage's four signals on SCORE_CHAIN, from the decoded text: sentences split at a terminator
+    followed by whitespace; a token owns the characters whose last byte it holds; a sentence's tokens run
+    from the first reaching past its start to the first reaching its end, their text clipped to the
+    sentence plus the whitespace before it (not before the previous sentence's end); x = the question and
+    the earlier sentences' texts; TokenSAR's g = cosine of MiniLM mean-pooled embeddings; CLIPScore =
+    max(cos(image, CLIP text(sentence)), 0)."""
+    rng = np.random.default_rng(15)
+    b2u = bytes_to_unicode()
+    vocab = ["".join(b2u[b] for b in t) for t in SCORE_CHAIN] + [SCORE_END]
+    n = len(vocab)
+    logprobs = [float(np.float32(-x)) for x in rng.uniform(0.01, 3.0, n)]
+    entropies = [float(np.float32(x)) for x in rng.uniform(0.05, 4.0, n)]
+    image = [float(np.float32(x)) for x in rng.normal(size=16)]
+    raw = b"".join(SCORE_CHAIN)
+    text = raw.decode("utf-8")
+    # Character ends per token: char c (byte range) belongs to the token holding its last byte.
+    byte_end = np.cumsum([len(t) for t in SCORE_CHAIN] + [0])
+    char_bytes = np.cumsum([len(ch.encode()) for ch in text])  # byte end of each char
+    ends = []  # char end per token
+    for k in range(n):
+        ends.append(int(np.searchsorted(char_bytes, byte_end[k], side="right")))
+    starts = [0] + ends[:-1]
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S.*?[.!?](?=\s|$)", text, flags=re.S)]
+    sentences, lnlp, mte, sar, clip = [], [], [], [], []
+    context = SCORE_QUESTION
+    floor = 0
+    sar_pairs = []
+    units = []
+    for a, b in spans:
+        first = next(k for k in range(n) if ends[k] > a)
+        last = next(k for k in range(n) if ends[k] >= b)
+        ws = a
+        while ws > floor and text[ws - 1].isspace():
+            ws -= 1
+        start = max(min(starts[first], ws), floor)
+        pieces = [text[(start if k == first else max(starts[k], start)):min(ends[k], b)] for k in range(first, last + 1)]
+        assert "".join(pieces) == text[start:b]
+        ks = list(range(first, last + 1))
+        sentences.append(text[a:b])
+        lnlp.append(float(np.exp(-np.mean([logprobs[k] for k in ks]))))
+        mte.append(float(np.mean([entropies[k] for k in ks])))
+        full = context + " " + "".join(pieces)
+        pairs = [(full, context + " " + "".join(p for j, p in enumerate(pieces) if j != i)) for i in range(len(pieces))]
+        units.append((ks, pairs))
+        sar_pairs += pairs
+        context += text[start:b]
+        floor = b
+    texts = sorted({t for p in sar_pairs for t in p})
+    emb = dict(zip(texts, minilm_embed(texts)))
+    for ks, pairs in units:
+        sims = [min(max(cos(emb[x], emb[y]), 0.0), 1.0) for x, y in pairs] if len(ks) > 1 else [0.5]
+        rel = 1.0 - np.array(sims)
+        w = rel / rel.sum() if rel.sum() > 0 else np.full(len(ks), 1.0 / len(ks))
+        sar.append(float(np.sum(-np.array([logprobs[k] for k in ks]) * w)))
+    img = np.array(image, dtype=np.float64)
+    clip = [max(cos(img, e), 0.0) for e in clip_text_embed(sentences)]
+    return {
+        "question": SCORE_QUESTION, "tokens": vocab, "logprobs": logprobs, "entropies": entropies,
+        "image_embedding": image, "text": text,
+        "expected": {"sentences": sentences, "lnlp": lnlp, "mte": mte, "tokensar": sar, "clipscore": clip,
+                     "tokensar_pairs": [list(p) for p in sar_pairs]},
+    }
+
+
 def main():
+    if sys.argv[1:] == ["score-stage"]:
+        data = score_stage_section()
+        with open(SCORE_OUT, "w") as f:
+            json.dump(data, f, indent=1, ensure_ascii=False, allow_nan=False)
+        print("wrote", SCORE_OUT, os.path.getsize(SCORE_OUT), "bytes")
+        return
     data = {"uncertainty": uncertainty_section(), "clip": clip_section(), "levels": levels_section(),
             "backward": backward_section(), "rewards": rewards_section(), "metrics": metrics_section()}
     os.makedirs(os.path.dirname(OUT), exist_ok=True)

@@ -177,15 +177,16 @@ fn smollm2_gguf_logprobs_greedy_and_tokenizer_match_transformers() {
         let text = chat.render(&[mllm::chat::ChatMessage::new("user", q)], true).unwrap();
         assert_eq!(text, row["text"].as_str().unwrap());
     }
-    assert_eq!(out[0].sentences[0].text, "Paris.");
-    // The sentence's last token is the one that completes it (where a per-sentence reward would land).
-    let s0 = &out[0].sentences[0];
-    let upto: Vec<u32> = out[0].tokens[..=s0.last_token].iter().map(|&t| t as u32).collect();
-    let before: Vec<u32> = out[0].tokens[..s0.last_token].iter().map(|&t| t as u32).collect();
-    assert!(tok.decode(&upto, true).unwrap().trim_end().ends_with("Paris."));
-    assert!(!tok.decode(&before, true).unwrap().trim_end().ends_with("Paris."));
-    let ends = mllm::ppo::statement_end_tokens(&out[0], |s| s.ends_with('.'));
-    assert_eq!(ends.first(), Some(&s0.last_token));
+    // Each token's piece is what its decode adds: the pieces concatenate to the text, and the token that
+    // completes "Paris." (where a per-sentence reward would land) is the one whose piece ends it.
+    assert_eq!(out[0].pieces.len(), out[0].tokens.len());
+    assert_eq!(out[0].pieces.concat(), out[0].text);
+    let mut prefix = String::new();
+    for (k, piece) in out[0].pieces.iter().enumerate() {
+        prefix.push_str(piece);
+        let ids: Vec<u32> = out[0].tokens[..=k].iter().map(|&t| t as u32).collect();
+        assert_eq!(prefix, tok.decode(&ids, true).unwrap(), "token {k}");
+    }
 }
 
 #[test]
@@ -683,5 +684,26 @@ fn gradient_checkpointing_gives_the_plain_gradients() {
         let scale = a.abs().max().double_value(&[]).max(1e-6);
         assert!(diff <= 1e-5 * scale, "{n}: max |Δgrad| {diff} (max |grad| {scale})");
         assert!(scale > 1e-6 || n.contains("embed"), "{n}: zero gradient");
+    }
+}
+
+/// LLaVA's `vision_feature_layer` / `vision_feature_select_strategy` are honoured or refused: the spliced
+/// features are CLIP's penultimate layer without CLS, so any other setting is an error naming the key.
+#[test]
+fn llava_refuses_vision_feature_settings_it_does_not_compute() {
+    let src = fixtures().join("tiny-llava");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    for (key, value, says) in [
+        ("vision_feature_layer", serde_json::json!(-1), "vision_feature_layer = -1"),
+        ("vision_feature_layer", serde_json::json!([-2, -5]), "vision_feature_layer = [-2,-5]"),
+        ("vision_feature_select_strategy", serde_json::json!("full"), "vision_feature_select_strategy = \"full\""),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+        let mut c = cfg.clone();
+        c[key] = value;
+        std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+        let e = Llava::load(dir.path(), Device::Cpu, DType::F32).unwrap_err().to_string();
+        assert!(e.contains(says) && e.contains("config.json"), "{e}");
     }
 }

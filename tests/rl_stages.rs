@@ -134,9 +134,13 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("Table 1") && html.contains("<svg"), "report.html lacks its table or figures");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    for v in ["vanilla", "sft", "full"] {
-        assert!(md.contains(&format!("| {v} |")), "{md}");
+    for v in ["sft", "full"] {
+        assert!(md.contains(&format!("| {v} |")) || md.contains(&format!("| {v} (no statements: constant missing_confidence) |")), "{md}");
     }
+    // The judge of I(z) and its threshold are stated.
+    assert!(md.contains("judged by: minilm-cosine > 0.64."), "{md}");
+    // The vanilla model writes no statements: its row is the constant it is.
+    assert!(md.contains("| vanilla (no statements: constant missing_confidence) |"), "{md}");
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let table = |stage: &str, out: &str| {
         store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap()
@@ -361,8 +365,12 @@ fn eval_metrics_match_hand_computed_values() {
         // One wrong sentence stated fully confident; no answer.
         EvalChain { variant: "sft".into(), item_id: "b".into(), text: "Bananas grow on tall trees and I am completely certain of this.".into() },
     ];
-    assert_eq!(answer_correct(&a, &chains[0].text, &params.metrics), 1.0);
-    assert_eq!(answer_correct(&b, &chains[1].text, &params.metrics), 0.0);
+    let answer = |it: &Item, text: &str| {
+        let s: Vec<String> = judge.parser.parse(text).pairs.into_iter().map(|p| p.sentence).collect();
+        answer_correct(it, &s.iter().map(String::as_str).collect::<Vec<_>>(), &params.metrics)
+    };
+    assert_eq!(answer(&a, &chains[0].text), 1.0);
+    assert_eq!(answer(&b, &chains[1].text), 0.0);
     let (rows, m) = evaluate(&judge, &[a, b], &chains, &params).unwrap();
     assert_eq!(rows.num_rows(), 3);
     let correct: Vec<bool> = rows.column_by_name("correct").unwrap().as_boolean().iter().flatten().collect();
@@ -379,4 +387,76 @@ fn eval_metrics_match_hand_computed_values() {
     assert!((get("accuracy") - 0.5).abs() < 1e-12);
     // Chain F1: P = 2/3 (2 of 3 sentences match), R = 2/4 (2 of 4 reference sentences covered).
     assert!((get("chain_f1") - 4.0 / 7.0).abs() < 1e-12);
+}
+
+/// Answers are read from the chain without its statements and scored as each benchmark does; the eval
+/// stage's accuracy and MECE equal hand-computed values on chains with statements attached.
+#[test]
+fn eval_scores_answers_as_the_benchmarks_do_with_statements_stripped() {
+    use mmboundary::metrics::accuracy::AokvqaSetting;
+    use mmboundary::stages::chain_judge::ChainJudge;
+    use mmboundary::stages::eval::{answer_correct, evaluate, EvalChain};
+    let mut params = EvalParams { minilm: mmboundary::encoders::minilm::default_model_dir(), pool: pool_path(), ..Default::default() };
+    let judge =
+        ChainJudge::load(&params.minilm, &params.pool, params.parser.clone(), params.backward.clone(), &Default::default()).unwrap();
+    let chain = |p: &str, r: &str| ReferenceChain { perception: vec![p.into()], reasoning: vec![r.into()] };
+    let mut a = Item::new("a", "aokvqa", "val", "How is the soup served?");
+    a.choices = vec!["cold".into(), "hot".into()];
+    a.correct_choice = Some(1);
+    a.direct_answers = ["hot", "hot", "warm", "warm", "warm", "warm", "warm", "warm", "warm", "warm"].map(String::from).to_vec();
+    a.chain = chain("The soup is steaming in the bowl.", "So, the answer is hot.");
+    let mut b = Item::new("b", "scienceqa", "val", "Which is a metal?");
+    b.choices = vec!["iron".into(), "wood".into()];
+    b.correct_choice = Some(0);
+    b.chain = chain("Iron is a metal.", "So, the answer is iron.");
+    let mut c = Item::new("c", "culturalvqa", "val", "What is this dish?");
+    c.answer = Some("dumplings".into());
+    c.chain = chain("The dish is steamed.", "So, the answer is dumplings.");
+    let chains = vec![
+        EvalChain {
+            variant: "full".into(),
+            item_id: "a".into(),
+            text: "The soup is steaming in the bowl and I am completely certain of this. So, the answer is hot and I am completely certain of this.".into(),
+        },
+        EvalChain { variant: "full".into(), item_id: "b".into(), text: "Iron is a metal. So, the answer is iron. I am far from sure of this.".into() },
+        EvalChain {
+            variant: "full".into(),
+            item_id: "c".into(),
+            text: "Bananas grow on tall trees and I am completely certain of this. So, the answer is dumplings but I may well be wrong here.".into(),
+        },
+    ];
+    let items = [a.clone(), b, c];
+    // The statement glued to the answer is not part of it: A-OKVQA's direct-answer score of "hot" is
+    // min(2 / 3, 1) (the raw text's "hot and I am completely certain of this" would score 0).
+    params.metrics.accuracy.aokvqa = AokvqaSetting::DirectAnswer;
+    assert!((answer_correct(&a, &["So, the answer is hot"], &params.metrics) - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(answer_correct(&a, &["So, the answer is hot and I am completely certain of this."], &params.metrics), 0.0);
+    let (rows, m) = evaluate(&judge, &items, &chains, &params).unwrap();
+    let sentences: Vec<&str> = rows.column_by_name("sentence").unwrap().as_string::<i32>().iter().flatten().collect();
+    assert_eq!(
+        sentences,
+        vec![
+            "The soup is steaming in the bowl",
+            "So, the answer is hot",
+            "Iron is a metal.",
+            "So, the answer is iron.",
+            "Bananas grow on tall trees",
+            "So, the answer is dumplings"
+        ]
+    );
+    let correct: Vec<bool> = rows.column_by_name("correct").unwrap().as_boolean().iter().flatten().collect();
+    assert_eq!(correct, vec![true, true, true, true, false, true]);
+    assert_eq!(f64s(&rows, "confidence"), vec![Some(1.0), Some(1.0), None, Some(0.0), Some(1.0), Some(0.0)]);
+    let level = m.column_by_name("level").unwrap().as_string::<i32>();
+    let all = (0..m.num_rows()).find(|&r| level.value(r) == "all").unwrap();
+    let get = |m: &arrow::record_batch::RecordBatch, col: &str| f64s(m, col)[all].unwrap();
+    // Accuracy: A-OKVQA direct answer 2/3, ScienceQA choice 1, CulturalVQA contains 1.
+    assert!((get(&m, "accuracy") - (2.0 / 3.0 + 1.0 + 1.0) / 3.0).abs() < 1e-12, "{}", get(&m, "accuracy"));
+    // MECE: a = (0 + 0) / 2; b = (|1 − 0.5| + |1 − 0|) / 2 (no statement: missing_confidence 0.5);
+    // c = (|0 − 1| + |1 − 0|) / 2.
+    assert!((get(&m, "mece") - (0.0 + 0.75 + 1.0) / 3.0).abs() < 1e-12, "{}", get(&m, "mece"));
+    // Multiple choice: the chosen option "hot" is right.
+    params.metrics.accuracy.aokvqa = AokvqaSetting::MultipleChoice;
+    let (_, m) = evaluate(&judge, &items, &chains, &params).unwrap();
+    assert!((get(&m, "accuracy") - 1.0).abs() < 1e-12);
 }

@@ -13,8 +13,8 @@
 //! - No function returns NaN: bad input is a [`ConfidenceError`] naming the item and sentence.
 //!
 //! How the stages use it:
-//! - score: [`parser::split_sentences`] on the raw response → per-sentence [`uncertainty::SentenceTokens`]
-//!   → [`uncertainty::likelihood_signals`], [`uncertainty::token_sar_batched`], [`uncertainty::clip_scores`].
+//! - generate/score: [`parser::sentence_spans`] on the raw response → [`spans::response_sentences`] →
+//!   per-sentence [`uncertainty::SentenceTokens`] → [`uncertainty::likelihood_signals`], [`uncertainty::token_sar_batched`], [`uncertainty::clip_scores`].
 //! - bin: [`levels::LevelModel::fit`] on the training set's signal rows, [`levels::LevelModel::apply`] on
 //!   any set (the fitted model is serializable, so it travels as an artifact).
 //! - map (warm-up data): [`parser::interleave`] + [`parser::render`].
@@ -25,6 +25,7 @@ pub mod levels;
 pub mod parser;
 pub mod rewards;
 pub mod similarity;
+pub mod spans;
 pub mod statements;
 pub mod uncertainty;
 
@@ -110,6 +111,8 @@ pub enum ConfidenceError {
     Shape { what: String, expected: usize, found: usize },
     #[error("U_Final has standard deviation 0 over {n} sentences (all equal to {value}): the μ/σ intervals are undefined; use uniform intervals or a larger dataset")]
     ZeroSpread { n: usize, value: f64 },
+    #[error("{at}: the sentence at bytes {}..{} cannot be located in the response's tokens: {why}", span.0, span.1)]
+    Span { at: Location, span: (usize, usize), why: String },
     #[error("{0}")]
     InvalidParams(String),
     #[error("statement pool {source_name}: {message}")]

@@ -9,8 +9,22 @@
 //!    (sure, certain, confident, doubt, …); or a whole short sentence opening with a first-person or
 //!    deictic word (I, I'm, this, …) that contains a cue word.
 //!
-//! How sentences are split: Unicode sentence boundaries (UAX #29) over the text outside statements;
-//! pieces with no letter or digit are dropped; leading/trailing separators (`,;:` and dashes) are trimmed.
+//! How sentences are split ([`sentence_spans`], the one splitter of the project: the `generate` worker
+//! splits raw responses with it before scoring, PPO and eval split parsed responses with it):
+//! - end-of-text markers a tokenizer left in the text (`</s>`, `<|im_end|>`, `<|endoftext|>`, …, the
+//!   `special_markers` param) end a sentence and never belong to one;
+//! - Unicode sentence boundaries (UAX #29) inside the text between markers, so decimals ("3.5") and
+//!   closing quotes (`"Stop."`) stay in their sentence;
+//! - a full stop glued to the next sentence ("…is blue.I am sure.") ends a sentence when a lower-case
+//!   word of two or more letters precedes it and a capital follows (UAX #29 keeps "e.g.The" together);
+//! - a sentence ending in one of `abbreviations` ("Dr.", "e.g.") is joined to the next;
+//! - pieces with no letter or digit are dropped; leading/trailing whitespace and separators (`,;:` and
+//!   dashes) are trimmed, and leading pictographs (emoji), so an emoji between sentences belongs to
+//!   neither (UAX #29 would give it to the second).
+//!
+//! Numeric statements ("Confidence: 0.8.", "confidence 75%", or a bare "0.75." / ".75." / "75%" right
+//! after a sentence) are found by their value, whatever the pool, and [`numeric_confidence`] reads the
+//! value back (the backward map of a numeric statement is its number, not a pool lookup).
 //!
 //! Pairing rules for messy output: a statement attaches to the sentence just before it; a statement with
 //! no sentence before it since the last statement (two in a row, or one at the very start) is dropped and
@@ -43,6 +57,9 @@ pub struct ParserParams {
     pub short_clause_words: usize,
     /// Tokens after which a full stop does not end a sentence (UAX #29 knows no abbreviations).
     pub abbreviations: Vec<String>,
+    /// End-of-text and role markers that end a sentence and are never part of one (a tokenizer that
+    /// does not treat them as special tokens leaves them in the decoded text).
+    pub special_markers: Vec<String>,
 }
 
 fn strings(words: &[&str]) -> Vec<String> {
@@ -92,6 +109,25 @@ impl Default for ParserParams {
                 "Mr.", "Mrs.", "Ms.", "Dr.", "St.", "Ft.", "Mt.", "Jr.", "Sr.", "vs.", "e.g.", "i.e.", "U.S.", "U.K.", "No.", "approx.",
                 "Fig.",
             ]),
+            special_markers: strings(&[
+                "</s>",
+                "<s>",
+                "<|im_end|>",
+                "<|im_start|>",
+                "<|endoftext|>",
+                "<|eot_id|>",
+                "<|end_of_text|>",
+                "<|begin_of_text|>",
+                "<end_of_turn>",
+                "<start_of_turn>",
+                "<|end|>",
+                "<|assistant|>",
+                "<|user|>",
+                "<|image_pad|>",
+                "<|vision_start|>",
+                "<|vision_end|>",
+                "<image>",
+            ]),
         }
     }
 }
@@ -140,31 +176,239 @@ fn extend_over_terminators(text: &str, end: usize) -> usize {
     end + text[end..].chars().take_while(|&c| is_terminator(c)).map(char::len_utf8).sum::<usize>()
 }
 
-fn clean_piece(piece: &str) -> Option<String> {
-    let t = piece.trim_matches(|c: char| c.is_whitespace() || SEPARATORS.contains(&c));
-    t.chars().any(char::is_alphanumeric).then(|| t.to_string())
+/// Emoji and other pictographs (with their joiners, variation selectors and skin tones): no sentence
+/// starts with one (UAX #29 gives an emoji between two sentences to the second).
+fn is_pictograph(c: char) -> bool {
+    matches!(c as u32,
+        0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0x2B00..=0x2BFF | 0x2300..=0x23FF | 0xFE00..=0xFE0F | 0x200D | 0x20E3 | 0xE0020..=0xE007F)
 }
 
-/// Byte ranges of the UAX #29 sentences of `text`, a sentence ending in one of `abbreviations` joined
-/// to the next.
-fn sentence_ranges(text: &str, abbreviations: &[String]) -> Vec<(usize, usize)> {
-    let mut out: Vec<(usize, usize)> = Vec::new();
-    let mut join_next = false;
-    for (i, s) in text.split_sentence_bound_indices() {
-        match out.last_mut() {
-            Some(last) if join_next => last.1 = i + s.len(),
-            _ => out.push((i, i + s.len())),
+fn is_trimmed(c: char) -> bool {
+    c.is_whitespace() || SEPARATORS.contains(&c)
+}
+
+/// The byte range of `text[lo..hi]` without leading/trailing whitespace and separators and leading
+/// pictographs; None when no letter or digit is left.
+fn clean_span(text: &str, lo: usize, hi: usize) -> Option<(usize, usize)> {
+    let piece = &text[lo..hi];
+    let start = piece.len() - piece.trim_start_matches(|c| is_trimmed(c) || is_pictograph(c)).len();
+    let t = piece[start..].trim_end_matches(is_trimmed);
+    t.chars().any(char::is_alphanumeric).then_some((lo + start, lo + start + t.len()))
+}
+
+fn clean_piece(piece: &str) -> Option<String> {
+    clean_span(piece, 0, piece.len()).map(|(a, b)| piece[a..b].to_string())
+}
+
+/// Byte ranges of `text` between special markers (the markers themselves excluded).
+fn marker_free_ranges(text: &str, markers: &[String]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut lo = 0;
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        match markers.iter().filter(|m| !m.is_empty() && rest.starts_with(m.as_str())).map(String::len).max() {
+            Some(n) => {
+                out.push((lo, i));
+                i += n;
+                lo = i;
+            }
+            None => i += rest.chars().next().map_or(1, char::len_utf8),
         }
-        let last_token = s.split_whitespace().last().unwrap_or("").trim_start_matches(|c: char| !c.is_alphanumeric());
-        join_next = abbreviations.iter().any(|a| a == last_token);
+    }
+    out.push((lo, text.len()));
+    out.retain(|&(a, b)| b > a);
+    out
+}
+
+/// Byte offsets (just past the full stop) inside `s` where a full stop is glued to the next sentence:
+/// a lower-case word of at least two letters, ".", then a capital letter ("blue.I am sure").
+fn glued_breaks(s: &str) -> Vec<usize> {
+    let chars: Vec<(usize, char)> = s.char_indices().collect();
+    let mut out = Vec::new();
+    for k in 2..chars.len().saturating_sub(1) {
+        let (at, c) = chars[k];
+        if c != '.' || !chars[k + 1].1.is_uppercase() {
+            continue;
+        }
+        let word: Vec<char> = chars[..k].iter().rev().map(|&(_, c)| c).take_while(|c| c.is_alphabetic()).collect();
+        if word.len() >= 2 && word.iter().all(|c| c.is_lowercase()) {
+            out.push(at + 1);
+        }
     }
     out
 }
 
+/// Byte ranges of the sentences of `text` (before cleaning): see the module doc for the rules.
+fn sentence_ranges(text: &str, params: &ParserParams) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (lo, hi) in marker_free_ranges(text, &params.special_markers) {
+        let mut join_next = false;
+        for (i, s) in text[lo..hi].split_sentence_bound_indices() {
+            let mut cuts = vec![0];
+            cuts.extend(glued_breaks(s));
+            cuts.push(s.len());
+            for w in cuts.windows(2) {
+                let (a, b) = (lo + i + w[0], lo + i + w[1]);
+                match out.last_mut() {
+                    Some(last) if join_next => last.1 = b,
+                    _ => out.push((a, b)),
+                }
+                let last_token = text[a..b].split_whitespace().last().unwrap_or("").trim_start_matches(|c: char| !c.is_alphanumeric());
+                join_next = params.abbreviations.iter().any(|ab| ab == last_token);
+            }
+        }
+    }
+    out
+}
+
+/// The one sentence splitter: byte spans of the cleaned sentences of `text` (see the module doc), in
+/// order and non-overlapping. `text[a..b]` is the sentence; what lies between spans belongs to none.
+pub fn sentence_spans(text: &str, params: &ParserParams) -> Vec<(usize, usize)> {
+    sentence_ranges(text, params).into_iter().filter_map(|(a, b)| clean_span(text, a, b)).collect()
+}
+
 /// The sentences of `text`, split and cleaned as [`Parser::parse`] does (no statement detection), with
-/// the default abbreviations: how the generator splits a raw response into the sentences it scores.
+/// the default params: how the generator splits a raw response into the sentences it scores.
 pub fn split_sentences(text: &str) -> Vec<String> {
-    sentence_ranges(text, &ParserParams::default().abbreviations).into_iter().filter_map(|(a, b)| clean_piece(&text[a..b])).collect()
+    sentence_spans(text, &ParserParams::default()).into_iter().map(|(a, b)| text[a..b].to_string()).collect()
+}
+
+/// A number as models write confidences: "0.8", ".75", "1.0", "75" (digits, one optional point).
+/// Returns (value, byte length).
+fn scan_number(s: &str) -> Option<(f64, usize)> {
+    let b = s.as_bytes();
+    let mut n = 0;
+    while n < b.len() && b[n].is_ascii_digit() {
+        n += 1;
+    }
+    let int_digits = n;
+    if n < b.len() && b[n] == b'.' && n + 1 < b.len() && b[n + 1].is_ascii_digit() {
+        n += 1;
+        while n < b.len() && b[n].is_ascii_digit() {
+            n += 1;
+        }
+    }
+    if n == 0 || (int_digits == 0 && n < 2) {
+        return None;
+    }
+    // A number glued to a letter or digit ("0.8x", "3.5.6") is not a confidence.
+    if s[n..].chars().next().is_some_and(|c| c.is_alphanumeric()) {
+        return None;
+    }
+    s[..n].parse::<f64>().ok().map(|v| (v, n))
+}
+
+/// A confidence value written after a number: "%" → /100, "/10" or "/100" → divided, a bare value in
+/// [0, 1] as is, a bare integer in (1, 10] on SaySelf's 0–10 scale, in (10, 100] as a percentage (only
+/// when `labeled`). Returns (value in [0, 1], bytes consumed after the number).
+fn scale(value: f64, is_decimal: bool, rest: &str, labeled: bool) -> Option<(f64, usize)> {
+    let after_spaces = rest.len() - rest.trim_start_matches(' ').len();
+    let r = &rest[after_spaces..];
+    let (v, used) = if r.starts_with('%') {
+        (value / 100.0, after_spaces + 1)
+    } else if let Some(d) = r.strip_prefix('/').and_then(|x| scan_number(x.trim_start())) {
+        let used = after_spaces + 1 + (r[1..].len() - r[1..].trim_start().len()) + d.1;
+        if d.0 <= 0.0 {
+            return None;
+        }
+        (value / d.0, used)
+    } else if value <= 1.0 && (is_decimal || labeled) {
+        (value, 0)
+    } else if labeled && !is_decimal && value <= 10.0 {
+        (value / 10.0, 0)
+    } else if labeled && !is_decimal && value <= 100.0 {
+        (value / 100.0, 0)
+    } else {
+        return None;
+    };
+    (0.0..=1.0).contains(&v).then_some((v, used))
+}
+
+/// Labels that introduce a numeric confidence ("Confidence: 0.8", "confidence level is 75%").
+const NUMERIC_LABELS: &[&str] = &["confidence", "certainty"];
+const LABEL_FILLERS: &[&str] = &["level", "score", "is", "of", "="];
+
+/// A labeled number at the start of `s` ("Confidence: 0.8", "confidence 75%"): (value, byte length).
+fn scan_labeled(s: &str) -> Option<(f64, usize)> {
+    let head: String = s.chars().take(40).collect();
+    let lower = head.to_lowercase();
+    if lower.len() != head.len() {
+        return None;
+    }
+    let label = NUMERIC_LABELS.iter().find(|l| lower.starts_with(*l))?;
+    let mut i = label.len();
+    if lower[i..].chars().next().is_some_and(char::is_alphanumeric) {
+        return None;
+    }
+    loop {
+        let skip = lower[i..].len() - lower[i..].trim_start_matches([' ', ':', '\t']).len();
+        i += skip;
+        match LABEL_FILLERS.iter().find(|f| lower[i..].starts_with(*f) && !lower[i + f.len()..].chars().next().is_some_and(char::is_alphabetic)) {
+            Some(f) => i += f.len(),
+            None => break,
+        }
+    }
+    let (v, n) = scan_number(&s[i..])?;
+    let (v, used) = scale(v, s[i..i + n].contains('.'), &s[i + n..], true)?;
+    Some((v, i + n + used))
+}
+
+/// A bare number at the start of `s` that reads as a confidence: a decimal in [0, 1] ("0.75", ".75",
+/// "1.0") or a percentage ("75%"). Returns (value, byte length).
+fn scan_bare(s: &str) -> Option<(f64, usize)> {
+    let (v, n) = scan_number(s)?;
+    let decimal = s[..n].contains('.');
+    let (v, used) = scale(v, decimal, &s[n..], false)?;
+    if !decimal && used == 0 {
+        return None;
+    }
+    Some((v, n + used))
+}
+
+/// The confidence on [0, 1] a numeric statement states ("Confidence: 0.8.", "confidence 75%", "0.75.",
+/// ".75", "75%", "Confidence: 8/10"); None for a statement that is not one number with its label.
+pub fn numeric_confidence(statement: &str) -> Option<f64> {
+    let s = statement.trim().trim_end_matches(is_terminator).trim_end();
+    let (v, n) = scan_labeled(s).or_else(|| scan_bare(s))?;
+    (n == s.len()).then_some(v)
+}
+
+/// Byte spans of numeric statements in `text`: a labeled number anywhere, or a bare one right after a
+/// sentence's terminator; each span runs over the terminators that follow it.
+fn numeric_spans(text: &str) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (i, c) in text.char_indices() {
+        if out.last().is_some_and(|&(_, e)| i < e) {
+            continue;
+        }
+        let prev = text[..i].chars().next_back();
+        if prev.is_some_and(|p| p.is_alphanumeric() || (p == '.' && !c.is_alphabetic())) {
+            continue;
+        }
+        let hit = if c.is_alphabetic() {
+            scan_labeled(&text[i..])
+        } else if c.is_ascii_digit() || c == '.' {
+            // Bare: the previous non-space character ends a sentence.
+            let before = text[..i].trim_end_matches([' ', '\t', '\n']);
+            let after_terminator = before.chars().next_back().is_some_and(is_terminator) && before.len() < i;
+            if after_terminator {
+                scan_bare(&text[i..]).filter(|&(_, n)| {
+                    // …and the number closes its sentence: only terminators, then space, a marker or the end.
+                    let rest = text[i + n..].trim_start_matches(is_terminator);
+                    rest.is_empty() || rest.starts_with(char::is_whitespace) || rest.starts_with('<')
+                })
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        if let Some((_, n)) = hit {
+            out.push((i, extend_over_terminators(text, i + n)));
+        }
+    }
+    out
 }
 
 /// The statement finder, built once per pool.
@@ -267,11 +511,16 @@ impl Parser {
 
     /// Parses one response.
     pub fn parse(&self, text: &str) -> ParsedResponse {
-        let sentences = sentence_ranges(text, &self.params.abbreviations);
+        let sentences = sentence_ranges(text, &self.params);
         let words = words_in(text, 0, text.len());
         let sentence_of: Vec<usize> =
             words.iter().map(|w| sentences.iter().position(|&(s, e)| w.start >= s && w.start < e).unwrap_or(0)).collect();
-        let pool = self.pool_spans(text, &words, &sentence_of);
+        // Pool statements, then numeric statements where no pool statement is.
+        let mut pool = self.pool_spans(text, &words, &sentence_of);
+        let numeric: Vec<(usize, usize)> =
+            numeric_spans(text).into_iter().filter(|&(a, b)| !pool.iter().any(|&(s, e)| a < e && s < b)).collect();
+        pool.extend(numeric);
+        pool.sort_unstable();
 
         // Paraphrases in the sentence pieces left between pool statements.
         let mut spans = pool.clone();

@@ -34,8 +34,11 @@ impl<E: SentenceEmbedder> PairSimilarity for CosineOfEmbeddings<E> {
                 if emb[i].len() != emb[j].len() {
                     return Err(format!("pair {p}: embedding lengths differ ({} vs {})", emb[i].len(), emb[j].len()).into());
                 }
-                if !(norms[i] > 0.0 && norms[j] > 0.0 && norms[i].is_finite() && norms[j].is_finite()) {
-                    return Err(format!("pair {p}: zero or non-finite embedding norm").into());
+                for (t, n) in [(a, norms[i]), (b, norms[j])] {
+                    if !(n > 0.0 && n.is_finite()) {
+                        let shown: String = t.chars().take(80).collect();
+                        return Err(format!("pair {p}: the embedding of {shown:?} has norm {n} (expected finite and > 0)").into());
+                    }
                 }
                 let dot: f64 = emb[i].iter().zip(&emb[j]).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
                 Ok((dot / (norms[i] * norms[j])) as f32)

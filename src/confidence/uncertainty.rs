@@ -2,18 +2,18 @@
 //! (eq. 5) and U_CLIPScore (eq. 6).
 //!
 //! What a sentence is, and what x is (the paper leaves both open; we chose):
-//! - A response is split into sentences by the generator (the `generate` stage, with the same rules as
-//!   [`super::parser`]); each [`SentenceTokens`] holds exactly the generated tokens that decode to that
-//!   sentence, in order. Confidence-statement tokens are never part of a sentence (at warm-up the raw
+//! - A response is split into sentences by the one splitter ([`super::parser::sentence_spans`]); each
+//!   [`SentenceTokens`] holds exactly the generated tokens that decode to that sentence, in order
+//!   ([`super::spans`]). Confidence-statement tokens are never part of a sentence (at warm-up the raw
 //!   response has no statements; at RL time the stage drops the statement's tokens).
 //! - Special tokens (EOS, image markers) keep their log-prob and entropy but are flagged `is_special`.
 //! - x for sentence t is the prompt followed by sentences 1..t−1 (statements excluded): this is what the
 //!   model conditioned on, and it is the context TokenSAR prepends to both sides of its pairs.
-//! - Token `text` pieces are the decoded pieces of each token (leading spaces included), such that the
-//!   concatenation of a sentence's non-special pieces is the sentence text. TokenSAR builds "the text
-//!   without token k" by concatenating the other pieces (decode with special tokens skipped). A
-//!   tokenizer's `decode` may differ from the concatenation at the edges (SentencePiece drops the first
-//!   leading space); the generator should hand us pieces that already reflect that.
+//! - Token `text` pieces are the decoded pieces of each token (the difference of prefix decodes, never
+//!   vocabulary strings such as `ĠThe`), clipped to the sentence by [`super::spans`], so that the
+//!   concatenation of a sentence's non-special pieces is the sentence as decoded, with the whitespace
+//!   before it. TokenSAR builds "the text without token k" by concatenating the other pieces; a byte
+//!   token that completes no character has an empty piece (deleting it changes nothing).
 //! - TokenSAR pairs are (x + sep + y, x + sep + y without y_k), as lm-polygraph builds them; special
 //!   tokens count in L but get similarity 1 (relevance 0); a one-token unit gets similarity 0.5.
 use serde::{Deserialize, Serialize};

@@ -35,6 +35,16 @@ pub enum CulturalMatch {
     Contains,
 }
 
+/// Which A-OKVQA setting the accuracy reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AokvqaSetting {
+    /// The chosen option is the correct one (the prompt lists the options).
+    MultipleChoice,
+    /// The official direct-answer score min(#annotators who gave the answer / 3, 1) ([`aokvqa_direct`]).
+    DirectAnswer,
+}
+
 /// Accuracy params.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,6 +55,9 @@ pub struct AccuracyParams {
     pub cultural_match: CulturalMatch,
     /// Phrases after which the final answer starts (case-insensitive; the last occurrence wins).
     pub answer_markers: Vec<String>,
+    /// Paper: "accuracy" on A-OKVQA, setting unstated. We chose multiple choice (our prompts list the
+    /// options); `direct_answer` scores the same answer against the ten annotator answers.
+    pub aokvqa: AokvqaSetting,
 }
 
 impl Default for AccuracyParams {
@@ -53,6 +66,7 @@ impl Default for AccuracyParams {
             normalization: AnswerNormalization::default(),
             cultural_match: CulturalMatch::Contains,
             answer_markers: vec!["the answer is".into(), "answer:".into()],
+            aokvqa: AokvqaSetting::MultipleChoice,
         }
     }
 }

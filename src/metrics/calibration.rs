@@ -31,6 +31,23 @@ fn check_pairs(confidence: &[f64], correct: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// The ECE bin of a confidence in [0, 1] among `bins` equal-width bins: b with b/B ≤ c < (b+1)/B, the last
+/// bin also holding 1.0 (values outside [0, 1] go to the first or last bin). Compared with the edges
+/// b/B themselves (not floor(c·B)), so a value on an edge is binned exactly. The reliability diagram bins
+/// with this too.
+pub fn ece_bin(c: f64, bins: usize) -> usize {
+    let b = bins.max(1);
+    let c = c.clamp(0.0, 1.0);
+    let mut k = ((c * b as f64).floor() as usize).min(b - 1);
+    while k > 0 && c < k as f64 / b as f64 {
+        k -= 1;
+    }
+    while k + 1 < b && c >= (k + 1) as f64 / b as f64 {
+        k += 1;
+    }
+    k
+}
+
 /// Σ_b (n_b / N) |acc_b − conf_b| over non-empty equal-width bins. Correctness may be soft (A-OKVQA's
 /// direct-answer accuracy), in [0, 1].
 pub fn ece(confidence: &[f64], correct: &[f64], params: &EceParams) -> Result<f64> {
@@ -43,15 +60,7 @@ pub fn ece(confidence: &[f64], correct: &[f64], params: &EceParams) -> Result<f6
     let mut sum_conf = vec![0.0; b];
     let mut sum_acc = vec![0.0; b];
     for (&c, &q) in confidence.iter().zip(correct) {
-        // Compare with the edges i/B themselves (not floor(c·B)), so a value on an edge is binned exactly.
-        let mut k = (c * b as f64).floor() as usize;
-        k = k.min(b - 1);
-        while k > 0 && c < k as f64 / b as f64 {
-            k -= 1;
-        }
-        while k + 1 < b && c >= (k + 1) as f64 / b as f64 {
-            k += 1;
-        }
+        let k = ece_bin(c, b);
         n[k] += 1;
         sum_conf[k] += c;
         sum_acc[k] += q;

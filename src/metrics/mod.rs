@@ -2,6 +2,7 @@
 //! (eq. 15–17), accuracy per dataset, WikiWhy's reasoning-chain F1, AUROC, and the perception /
 //! reasoning split of Figure 4. Plain numbers in, plain numbers out; never NaN.
 pub mod accuracy;
+pub mod agreement;
 pub mod auroc;
 pub mod by_level;
 pub mod calibration;

@@ -1,7 +1,10 @@
 //! KV-cache generation: greedy, temperature, top-p, seeded; batched with left padding; stop strings.
 //! For every generated token: the chosen token's log-prob and the entropy of the full-vocabulary
 //! distribution, both under the model's own distribution (temperature 1, before top-p), which is what the
-//! score stage's I(z) needs and what PPO's old log-probs are; plus the sentence each token belongs to.
+//! score stage's I(z) needs and what PPO's old log-probs are; plus each token's decoded piece.
+//!
+//! Sentences are not split here: the one sentence splitter is `mmboundary::confidence::parser` (which
+//! the callers apply to `Generated::text`, locating each sentence's tokens through `pieces`).
 use super::llama::{CausalLm, KvCache};
 use super::llava::{EmbedInputs, Llava};
 use super::{MllmError, Result};
@@ -9,7 +12,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
-use unicode_segmentation::UnicodeSegmentation;
 
 /// Decoding settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,18 +57,6 @@ pub enum FinishReason {
     Length,
 }
 
-/// A sentence of the generated text and the tokens that make it up.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sentence {
-    pub text: String,
-    /// Byte range in `Generated::text` (trailing whitespace excluded).
-    pub byte_start: usize,
-    pub byte_end: usize,
-    /// Token range [first, last] (inclusive) in `Generated::tokens`; `last_token` ends the sentence.
-    pub first_token: usize,
-    pub last_token: usize,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Generated {
     pub tokens: Vec<i64>,
@@ -74,7 +64,9 @@ pub struct Generated {
     pub entropies: Vec<f32>,
     /// Decoded text (special tokens skipped); empty without a tokenizer.
     pub text: String,
-    pub sentences: Vec<Sentence>,
+    /// Each token's decoded piece ([`decode_pieces`]): their concatenation is `text`; empty without a
+    /// tokenizer.
+    pub pieces: Vec<String>,
     pub finish: FinishReason,
 }
 
@@ -198,7 +190,7 @@ pub fn generate_from_embeds(
             logprobs: vec![],
             entropies: vec![],
             text: String::new(),
-            sentences: vec![],
+            pieces: vec![],
             finish: FinishReason::Length,
         })
         .collect();
@@ -277,8 +269,7 @@ pub fn generate_from_embeds(
     })?;
     if let Some(tok) = tokenizer {
         for g in &mut out {
-            g.text = decode(tok, &g.tokens)?;
-            g.sentences = sentences(tok, &g.tokens, &g.text)?;
+            (g.text, g.pieces) = decode_pieces(tok, &g.tokens)?;
         }
     }
     Ok(out)
@@ -289,35 +280,34 @@ fn decode(tok: &tokenizers::Tokenizer, ids: &[i64]) -> Result<String> {
     tok.decode(&ids, true).map_err(|e| MllmError::Tokenizer(e.to_string()))
 }
 
-/// Splits `text` (the decoding of `tokens`) into Unicode sentences and maps each to its token range.
-pub fn sentences(tok: &tokenizers::Tokenizer, tokens: &[i64], text: &str) -> Result<Vec<Sentence>> {
-    // Byte end of each token = length of the decoded prefix (made monotone, clipped to the text).
-    let mut ends = Vec::with_capacity(tokens.len());
+/// The decoded text of `tokens` (special tokens skipped) and each token's decoded piece: the part of
+/// the text that the decoded prefix gains with that token, so that the pieces concatenate to the text.
+///
+/// A piece is the difference of prefix decodes, measured as the common prefix of the prefix decode with
+/// the full text: a byte-level BPE token that ends inside a multi-byte character (its prefix decodes to
+/// U+FFFD) gets an empty piece and the token completing the character gets the whole character; a
+/// special token gets an empty piece; a SentencePiece tokenizer's dropped first space is dropped here too.
+pub fn decode_pieces(tok: &tokenizers::Tokenizer, tokens: &[i64]) -> Result<(String, Vec<String>)> {
+    let text = decode(tok, tokens)?;
+    let mut pieces = Vec::with_capacity(tokens.len());
     let mut last = 0usize;
     for i in 0..tokens.len() {
-        let n = decode(tok, &tokens[..=i])?.len().min(text.len()).max(last);
-        ends.push(n);
-        last = n;
+        let prefix = decode(tok, &tokens[..=i])?;
+        // Length of the common prefix with the text, on a character boundary, never moving back.
+        let common = prefix
+            .char_indices()
+            .zip(text.char_indices())
+            .find(|((_, a), (_, b))| a != b)
+            .map(|((at, _), _)| at)
+            .unwrap_or_else(|| prefix.len().min(text.len()));
+        let end = common.max(last);
+        pieces.push(text[last..end].to_string());
+        last = end;
     }
-    let mut out = Vec::new();
-    for (start, s) in text.split_sentence_bound_indices() {
-        let trimmed = s.trim_end();
-        let lead = trimmed.len() - trimmed.trim_start().len();
-        if trimmed.trim().is_empty() {
-            continue;
-        }
-        let (bs, be) = (start + lead, start + trimmed.len());
-        let first = ends.iter().position(|&e| e > bs).unwrap_or(tokens.len().saturating_sub(1));
-        let last = ends.iter().position(|&e| e >= be).unwrap_or(tokens.len().saturating_sub(1));
-        out.push(Sentence {
-            text: text[bs..be].to_string(),
-            byte_start: bs,
-            byte_end: be,
-            first_token: first,
-            last_token: last.max(first),
-        });
+    if let Some(p) = pieces.last_mut() {
+        p.push_str(&text[last..]);
     }
-    Ok(out)
+    Ok((text, pieces))
 }
 
 #[cfg(test)]

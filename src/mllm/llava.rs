@@ -43,6 +43,28 @@ pub fn llava_key_rename(k: &str, tied: bool) -> Option<String> {
     Some(k)
 }
 
+/// The image features this crate splices are the `features` stage's: the CLIP tower's penultimate layer
+/// with the CLS token dropped, i.e. `vision_feature_layer = -2` and `vision_feature_select_strategy =
+/// "default"` (the llava-hf defaults, also what an absent key means). Any other setting would splice
+/// features the model was not trained on: refused, naming the key.
+pub fn check_vision_features(cfg: &LlavaConfig) -> std::result::Result<(), String> {
+    match &cfg.vision_feature_layer {
+        None => {}
+        Some(v) if v.as_i64() == Some(-2) => {}
+        Some(v) => {
+            return Err(format!(
+                "vision_feature_layer = {v}: only -2 (the penultimate layer, which the features stage computes) is supported"
+            ))
+        }
+    }
+    match cfg.vision_feature_select_strategy.as_deref() {
+        None | Some("default") => Ok(()),
+        Some(other) => Err(format!(
+            "vision_feature_select_strategy = {other:?}: only \"default\" (CLS dropped, as the features stage does) is supported"
+        )),
+    }
+}
+
 impl Llava {
     pub fn new(vs: &nn::VarStore, cfg: &LlavaConfig) -> Result<Self> {
         let root = vs.root();
@@ -72,6 +94,7 @@ impl Llava {
                 return Err(MllmError::Input(format!("{} holds a text-only model: load it with llama::load_causal_lm", dir.display())))
             }
         };
+        check_vision_features(&cfg).map_err(|msg| MllmError::Config { path: dir.join("config.json").display().to_string(), msg })?;
         let mut vs = nn::VarStore::new(device);
         let model = Self::new(&vs, &cfg)?;
         let tied = cfg.text_config.tie_word_embeddings;

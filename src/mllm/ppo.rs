@@ -5,8 +5,8 @@
 //!
 //! Rewards: the caller scores each rollout and says on which response tokens each reward lands.
 //! MMBoundary rewards every sentence's confidence statement; we place sentence i's reward on the token
-//! that ends its confidence statement (`statement_end_tokens` finds those tokens from the sentence
-//! spans of `Generated`), so the credit reaches the tokens that produced that statement through GAE,
+//! that ends its confidence statement (the caller's reward model locates it through `Generated::pieces`),
+//! so the credit reaches the tokens that produced that statement through GAE,
 //! and nothing after it. Per token the reward is also −kl_coef · (log π − log π_ref) (TRL's k1 estimator).
 use super::generate::{generate_multimodal, Generated, GenerationParams};
 use super::llava::EmbedInputs;
@@ -87,11 +87,6 @@ pub struct Score {
     pub token_rewards: Vec<(usize, f64)>,
     /// Named parts of the reward (logged as their batch means), e.g. r_ka, r_ec, r_cs.
     pub components: BTreeMap<String, f64>,
-}
-
-/// Tokens that end the sentences for which `is_statement` holds (the confidence statements).
-pub fn statement_end_tokens(g: &Generated, is_statement: impl Fn(&str) -> bool) -> Vec<usize> {
-    g.sentences.iter().filter(|s| is_statement(&s.text)).map(|s| s.last_token).collect()
 }
 
 /// Metrics of one PPO step (one row of the caller's Parquet log).

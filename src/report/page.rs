@@ -155,7 +155,7 @@ pub fn mece_anatomy_markdown(responses: &[(String, Vec<Vec<(bool, f64)>>)]) -> R
     Ok(s)
 }
 
-fn escape(t: &str) -> String {
+pub fn escape(t: &str) -> String {
     t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 

@@ -11,12 +11,13 @@ pub struct ReliabilityBin {
     pub accuracy: f64,
 }
 
-/// Equal-width bins of (confidence, correct) pairs; empty bins are kept with count 0.
+/// Equal-width bins of (confidence, correct) pairs, binned exactly as ECE bins
+/// ([`crate::metrics::calibration::ece_bin`]); empty bins are kept with count 0.
 pub fn reliability_bins(pairs: &[(f64, bool)], bins: usize) -> Vec<ReliabilityBin> {
     let bins = bins.max(1);
     let mut acc = vec![(0usize, 0f64, 0usize); bins];
     for &(c, ok) in pairs {
-        let b = ((c.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1);
+        let b = crate::metrics::calibration::ece_bin(c, bins);
         acc[b].0 += 1;
         acc[b].1 += c;
         acc[b].2 += ok as usize;
@@ -118,6 +119,17 @@ mod tests {
         assert!((b[0].mean_confidence - 0.06).abs() < 1e-12 && (b[0].accuracy - 0.5).abs() < 1e-12);
         assert_eq!(b[9].count, 2);
         assert_eq!(b.iter().map(|x| x.count).sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn bins_are_the_ece_bins_on_the_edges() {
+        // 0.3 · 10 = 2.9999999999999996: a plain floor puts 0.3 in [0.2, 0.3); ECE puts it in [0.3, 0.4).
+        let b = reliability_bins(&[(0.3, true), (0.6, false), (1.0, true), (0.0, false)], 10);
+        assert_eq!((b[2].count, b[3].count, b[5].count, b[6].count, b[9].count, b[0].count), (0, 1, 0, 1, 1, 1));
+        for c in [0.0, 0.05, 0.3, 0.35, 0.6, 0.7, 0.95, 1.0] {
+            let i = crate::metrics::calibration::ece_bin(c, 20);
+            assert!(i as f64 / 20.0 <= c && (c < (i + 1) as f64 / 20.0 || i == 19), "{c} in bin {i}");
+        }
     }
 
     #[test]

@@ -4,18 +4,21 @@
 //! chain F1, AUROC; MECE and chain F1 also per level, perception vs reasoning, Figure 4).
 //! Generation runs in the `mmb-torch` worker; judging and metrics are here ([`evaluate`]).
 //!
-//! Choices (paper: silent): a sentence is correct when its best MiniLM cosine to a reference sentence
-//! is above `match_threshold` (the stand-in for the paper's matcher; recorded in every row); a sentence
-//! without statement gets `missing_confidence`; the answer is right when the text after the last "the
-//! answer is" names the item's correct choice (or contains a reference answer, for free-text items).
-use super::chain_judge::{ChainJudge, JUDGE_NAME};
+//! Choices (paper: silent): a sentence is correct when its judge's best score against a reference
+//! sentence is above `match_threshold` (`judge`: MiniLM cosine, or the paper's cross-encoder; both
+//! recorded in every row); a sentence
+//! without statement gets `missing_confidence`; the answer is read after the last "the answer is" of the
+//! chain with its statements stripped, and scored as its benchmark does ([`answer_correct`]).
+use super::chain_judge::ChainJudge;
+use super::judges::JudgeParams;
 use crate::confidence::parser::ParserParams;
 use crate::confidence::rewards::sentence_correctness;
 use crate::confidence::statements::BackwardParams;
 use crate::data::Item;
 use crate::encoders::minilm::DEFAULT_MODEL_DIR;
+use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
 use crate::engine::{InputSpec, Stage, StageContext};
-use crate::metrics::accuracy::{choice_from_answer, cultural_match, extract_final_answer};
+use crate::metrics::accuracy::{aokvqa_direct, choice_accuracy, choice_from_answer, cultural_match, extract_final_answer, AokvqaSetting};
 use crate::metrics::auroc::auroc;
 use crate::metrics::by_level::{assign_levels, chain_f1_by_level, level_subset, ChainLevel};
 use crate::metrics::calibration::{answer_confidence, ece, mece, step_brier};
@@ -54,9 +57,15 @@ pub struct EvalParams {
     pub pool: PathBuf,
     pub parser: ParserParams,
     pub backward: BackwardParams,
-    /// I(z) = 1 when the best cosine to a reference sentence is strictly above this (MiniLM cosine; the
-    /// paper's chain-F1 threshold 0.64 is for the stsb cross-encoder).
+    /// What judges a generated sentence against the reference sentences: MiniLM cosine (default) or a
+    /// cross-encoder folder (the paper's cross-encoder/stsb-roberta-large, exported with
+    /// `scripts/export_onnx.py cross-encoder`). Recorded with the threshold in every row.
+    pub judge: JudgeParams,
+    /// I(z) = 1 when the judge's best score against a reference sentence is strictly above this (the
+    /// paper's 0.64 is for the stsb cross-encoder; with MiniLM cosine it is a stand-in).
     pub match_threshold: f64,
+    /// Where the judge's ONNX encoders run (as `score`'s `execution_provider`; no silent fallback).
+    pub execution_provider: ExecutionProvider,
     /// Confidence given to a sentence that carries no statement (None: such sentences are left out of
     /// the calibration metrics). We chose 0.5, "no information".
     pub missing_confidence: Option<f64>,
@@ -83,7 +92,9 @@ impl Default for EvalParams {
             pool: super::map::MapParams::default().pool,
             parser: ParserParams::default(),
             backward: BackwardParams::default(),
+            judge: JudgeParams::default(),
             match_threshold: 0.64,
+            execution_provider: ExecutionProvider::Cpu,
             missing_confidence: Some(0.5),
             metrics: MetricsParams::default(),
         }
@@ -94,12 +105,19 @@ pub struct EvalStage {
     pub params: EvalParams,
 }
 
+impl EvalParams {
+    /// The session options of the execution provider (no CPU fallback).
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions { provider: self.execution_provider.clone(), allow_cpu_fallback: false, ..SessionOptions::default() }
+    }
+}
+
 impl Stage for EvalStage {
     fn name(&self) -> &str {
         "eval"
     }
     fn code_version(&self) -> &str {
-        "2"
+        "3"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
@@ -121,10 +139,11 @@ impl Stage for EvalStage {
     fn models(&self) -> Vec<PathBuf> {
         let mut v = vec![self.params.minilm.join("onnx/model.onnx"), self.params.minilm.join("tokenizer.json"), self.params.pool.clone()];
         v.extend(super::models::model_files(&self.params.model));
+        v.extend(self.params.judge.model_files());
         v
     }
     fn device(&self) -> String {
-        format!("{}/{}", self.params.device, self.params.dtype)
+        super::device::device_key(&self.params.device, &self.params.dtype)
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)
@@ -176,23 +195,38 @@ pub fn metrics_schema() -> SchemaRef {
     ]))
 }
 
-/// Answer correctness of a chain: the choice named after the last answer marker, or (items without
-/// choices) a reference answer contained in it.
-pub fn answer_correct(item: &Item, text: &str, params: &MetricsParams) -> f64 {
-    let Some(answer) = extract_final_answer(text, &params.accuracy) else { return 0.0 };
-    match item.correct_choice {
-        Some(c) if !item.choices.is_empty() => {
-            if choice_from_answer(&answer, &item.choices, &params.accuracy.normalization) == Some(c as usize) {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        _ => {
-            let mut refs = item.direct_answers.clone();
-            refs.extend(item.answer.clone());
-            cultural_match(&answer, &refs, &params.accuracy)
-        }
+/// Answer accuracy of a chain as its benchmark scores it, from the chain's sentences with their
+/// statements already stripped (so "…the answer is hot and I believe this is right." answers "hot"):
+/// the answer is the text after the last answer marker ([`extract_final_answer`]), then
+/// - A-OKVQA: the chosen option (`metrics.accuracy.aokvqa = "multiple_choice"`, the default) or the
+///   official direct-answer score min(#annotators who gave it / 3, 1) (`"direct_answer"`);
+/// - ScienceQA: the chosen option;
+/// - CulturalVQA: its paper's judge is an LLM (LAVE), unavailable here; a reference answer contained in
+///   the answer (or equal to it, `metrics.accuracy.cultural_match`);
+/// - other sources (the embedded benchmark): the chosen option when the item has options, else as
+///   CulturalVQA.
+pub fn answer_correct(item: &Item, sentences: &[&str], params: &MetricsParams) -> f64 {
+    let stripped = sentences.iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ");
+    let Some(answer) = extract_final_answer(&stripped, &params.accuracy) else { return 0.0 };
+    let norm = &params.accuracy.normalization;
+    let choice = |item: &Item| match item.correct_choice {
+        Some(c) if !item.choices.is_empty() => choice_accuracy(choice_from_answer(&answer, &item.choices, norm), c as usize),
+        _ => 0.0,
+    };
+    let free_text = |item: &Item| {
+        let mut refs = item.direct_answers.clone();
+        refs.extend(item.answer.clone());
+        cultural_match(&answer, &refs, &params.accuracy)
+    };
+    match item.source.as_str() {
+        "aokvqa" => match params.accuracy.aokvqa {
+            AokvqaSetting::MultipleChoice => choice(item),
+            AokvqaSetting::DirectAnswer => aokvqa_direct(&answer, &item.direct_answers, norm),
+        },
+        "scienceqa" => choice(item),
+        "culturalvqa" => free_text(item),
+        _ if item.correct_choice.is_some() && !item.choices.is_empty() => choice(item),
+        _ => free_text(item),
     }
 }
 
@@ -221,6 +255,7 @@ pub fn evaluate(
     params: &EvalParams,
 ) -> anyhow::Result<(RecordBatch, RecordBatch)> {
     let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
+    let judge_name = format!("{} > {}", params.judge.name(), params.match_threshold);
     let (mut o_var, mut o_split, mut o_id, mut o_idx, mut o_sent, mut o_stmt) = (
         StringBuilder::new(),
         StringBuilder::new(),
@@ -249,11 +284,12 @@ pub fn evaluate(
             .map(|_| ChainLevel::Perception)
             .chain(item.chain.reasoning.iter().map(|_| ChainLevel::Reasoning))
             .collect();
-        let judged = judge.judge(&c.text, &reference)?;
+        let judged = judge.judge(&c.text, &reference).map_err(|e| anyhow::anyhow!("judging chain {n} (item {}, {}): {e}", item.id, c.variant))?;
         let similarity: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
         let correct = sentence_correctness(n, &similarity, reference.len(), params.match_threshold)?;
         let levels = assign_levels(n, &similarity, &ref_levels)?;
-        let ans = answer_correct(item, &c.text, &params.metrics);
+        let sentences: Vec<&str> = judged.iter().map(|j| j.pair.sentence.as_str()).collect();
+        let ans = answer_correct(item, &sentences, &params.metrics);
         for (t, j) in judged.iter().enumerate() {
             o_var.append_value(&c.variant);
             o_split.append_value(&item.split);
@@ -266,7 +302,7 @@ pub fn evaluate(
             o_level.append_value(level_name(levels[t]));
             o_ans.append_value(ans);
             o_text.append_value(&c.text);
-            o_judge.append_value(JUDGE_NAME);
+            o_judge.append_value(&judge_name);
         }
         let confidence = judged.iter().map(|j| j.expressed.or(params.missing_confidence)).collect();
         groups.entry((c.variant.clone(), item.split.clone())).or_default().push(Judged {

@@ -1,9 +1,14 @@
 //! `generate`: reasoning chains for the training questions from the (frozen) MLLM, with every generated
 //! token's log-prob and full-vocabulary entropy and the sentence boundaries: what `score` needs.
 //! The model runs in the `mmb-torch` worker (see [`super::worker`]); this file declares the stage and the
-//! layout of its output.
+//! layout of its output ([`chains_batch`], which splits every chain with the one sentence splitter and
+//! locates each sentence's tokens).
+use crate::confidence::parser::{sentence_spans, ParserParams};
+use crate::confidence::spans::{floors_after_previous, response_sentences, GeneratedToken};
 use crate::engine::{InputSpec, Stage, StageContext};
+use arrow::array::{ArrayRef, Float32Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,6 +90,7 @@ pub fn chains_schema() -> SchemaRef {
         Field::new("sample", DataType::UInt32, false),
         Field::new("text", DataType::Utf8, false),
         Field::new("tokens", list(DataType::Int64), false),
+        // Each token's decoded piece; the pieces concatenate to `text`.
         Field::new("token_text", list(DataType::Utf8), false),
         Field::new("logprobs", list(DataType::Float32), false),
         Field::new("entropies", list(DataType::Float32), false),
@@ -95,6 +101,100 @@ pub fn chains_schema() -> SchemaRef {
     ]))
 }
 
+/// One generated chain as the worker hands it over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainRow {
+    pub item_id: String,
+    pub split: String,
+    pub sample: u32,
+    /// The decoded text (special tokens skipped).
+    pub text: String,
+    pub tokens: Vec<i64>,
+    /// Each token's decoded piece (the difference of prefix decodes, `mllm::generate::decode_pieces`):
+    /// they concatenate to `text`. Stored as `token_text`.
+    pub pieces: Vec<String>,
+    pub logprobs: Vec<f32>,
+    pub entropies: Vec<f32>,
+    pub finish: String,
+}
+
+/// The `chains` table of `rows`: each chain split into sentences by the one splitter
+/// ([`sentence_spans`] with the default parser params), each sentence with its token range. A chain whose
+/// pieces do not rebuild its text, or whose sentence cannot be located in its tokens, is an error naming
+/// the item.
+pub fn chains_batch(rows: &[ChainRow]) -> anyhow::Result<RecordBatch> {
+    let (mut c_id, mut c_split, mut c_sample, mut c_text, mut c_finish) =
+        (StringBuilder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new(), StringBuilder::new());
+    let mut c_tokens = ListBuilder::new(Int64Builder::new());
+    let mut c_tt = ListBuilder::new(StringBuilder::new());
+    let (mut c_lp, mut c_ent) = (ListBuilder::new(Float32Builder::new()), ListBuilder::new(Float32Builder::new()));
+    let mut c_sent = ListBuilder::new(StringBuilder::new());
+    let (mut c_first, mut c_last) = (ListBuilder::new(UInt32Builder::new()), ListBuilder::new(UInt32Builder::new()));
+    let parser = ParserParams::default();
+    for (r, row) in rows.iter().enumerate() {
+        let n = row.tokens.len();
+        anyhow::ensure!(
+            row.pieces.len() == n && row.logprobs.len() == n && row.entropies.len() == n,
+            "item {} sample {}: {n} tokens but {} pieces, {} log-probs, {} entropies",
+            row.item_id,
+            row.sample,
+            row.pieces.len(),
+            row.logprobs.len(),
+            row.entropies.len()
+        );
+        let toks: Vec<GeneratedToken> = (0..n)
+            .map(|k| GeneratedToken {
+                id: row.tokens[k] as u32,
+                piece: &row.pieces[k],
+                log_prob: f64::from(row.logprobs[k]),
+                entropy: f64::from(row.entropies[k]),
+                is_special: false,
+            })
+            .collect();
+        let spans = sentence_spans(&row.text, &parser);
+        let located = response_sentences(r, &row.text, &toks, &floors_after_previous(&spans))
+            .map_err(|e| anyhow::anyhow!("item {} sample {}: {e}", row.item_id, row.sample))?;
+        c_id.append_value(&row.item_id);
+        c_split.append_value(&row.split);
+        c_sample.append_value(row.sample);
+        c_text.append_value(&row.text);
+        c_finish.append_value(&row.finish);
+        c_tokens.values().append_slice(&row.tokens);
+        c_tokens.append(true);
+        for p in &row.pieces {
+            c_tt.values().append_value(p);
+        }
+        c_tt.append(true);
+        c_lp.values().append_slice(&row.logprobs);
+        c_lp.append(true);
+        c_ent.values().append_slice(&row.entropies);
+        c_ent.append(true);
+        for (&(a, b), (_, (first, last))) in spans.iter().zip(&located) {
+            c_sent.values().append_value(&row.text[a..b]);
+            c_first.values().append_value(*first as u32);
+            c_last.values().append_value(*last as u32);
+        }
+        c_sent.append(true);
+        c_first.append(true);
+        c_last.append(true);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(c_id.finish()),
+        Arc::new(c_split.finish()),
+        Arc::new(c_sample.finish()),
+        Arc::new(c_text.finish()),
+        Arc::new(c_tokens.finish()),
+        Arc::new(c_tt.finish()),
+        Arc::new(c_lp.finish()),
+        Arc::new(c_ent.finish()),
+        Arc::new(c_sent.finish()),
+        Arc::new(c_first.finish()),
+        Arc::new(c_last.finish()),
+        Arc::new(c_finish.finish()),
+    ];
+    Ok(RecordBatch::try_new(chains_schema(), cols)?)
+}
+
 pub struct GenerateStage {
     pub params: GenerateParams,
 }
@@ -103,8 +203,9 @@ impl Stage for GenerateStage {
     fn name(&self) -> &str {
         "generate"
     }
+    /// 2: `token_text` holds decoded pieces (was: vocabulary entries), sentences from the one splitter.
     fn code_version(&self) -> &str {
-        "1"
+        "2"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")];
@@ -121,7 +222,7 @@ impl Stage for GenerateStage {
         super::models::model_files(&self.params.model)
     }
     fn device(&self) -> String {
-        format!("{}/{}", self.params.device, self.params.dtype)
+        super::device::device_key(&self.params.device, &self.params.dtype)
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)

@@ -5,6 +5,7 @@ mod config;
 pub mod dataset;
 pub mod demo_clip;
 pub mod demo_mllm;
+pub mod device;
 pub mod eval;
 pub mod features;
 pub mod generate;

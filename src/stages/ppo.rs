@@ -20,20 +20,20 @@
 //! Their params are the `ppo` params without `iterations` (plus k), so raising K keeps every earlier key.
 //! `ppo` then gathers the K iterations: `checkpoint` (the last policy, without trainer state), `log` (one
 //! row per iteration) and `rollouts` (every scored chain).
-use super::chain_judge::{token_at_byte, ChainJudge, EmbedderRef, JudgedPair, JUDGE_NAME};
+use super::chain_judge::{token_at_byte, ChainJudge, EmbedderRef, JudgedPair};
+use super::judges::{Judge, JudgeParams};
 use crate::confidence::levels::LevelModel;
 use crate::confidence::parser::ParserParams;
 use crate::confidence::rewards::{response_reward, sentence_correctness, RewardParams, SentenceSignals};
 use crate::confidence::similarity::CosineOfEmbeddings;
 use crate::confidence::statements::BackwardParams;
-use crate::confidence::uncertainty::{
-    clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, SentenceTokens, TokenInfo, UncertaintyParams,
-};
+use crate::confidence::spans::{response_sentences, GeneratedToken};
+use crate::confidence::uncertainty::{clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, TokenInfo, UncertaintyParams};
 use crate::confidence::{level_value, ConfidenceError, Location};
 use crate::data::Item;
 use crate::encoders::clip::Clip;
 use crate::encoders::minilm::DEFAULT_MODEL_DIR;
-use crate::encoders::runtime::SessionOptions;
+use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
@@ -83,6 +83,11 @@ pub struct PpoStageParams {
     pub parser: ParserParams,
     /// The signals of IV, as in `score`.
     pub uncertainty: UncertaintyParams,
+    /// The judge of I(z) (against `rewards.match_threshold`) and TokenSAR's g: MiniLM cosine (default)
+    /// or a cross-encoder folder (the paper's, with threshold 0.64).
+    pub judge: JudgeParams,
+    /// Where the reward model's ONNX encoders run (as `score`'s `execution_provider`; no silent fallback).
+    pub execution_provider: ExecutionProvider,
     pub minilm: PathBuf,
     pub clip: Option<PathBuf>,
     pub clip_prefix: String,
@@ -112,6 +117,8 @@ impl Default for PpoStageParams {
             backward: BackwardParams::default(),
             parser: ParserParams::default(),
             uncertainty: s.uncertainty,
+            judge: s.judge,
+            execution_provider: s.execution_provider,
             minilm: PathBuf::from(DEFAULT_MODEL_DIR),
             clip: s.clip,
             clip_prefix: s.clip_prefix,
@@ -214,7 +221,7 @@ impl Stage for IterationStage {
         &self.name
     }
     fn code_version(&self) -> &str {
-        "1"
+        "2"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let (p, k) = (&self.params, self.iteration);
@@ -253,12 +260,13 @@ impl Stage for IterationStage {
         let mut v = super::models::model_files(&p.model);
         if self.part == IterationPart::Rollout {
             v.extend([p.minilm.join("onnx/model.onnx"), p.minilm.join("tokenizer.json"), p.pool.clone()]);
+            v.extend(p.judge.model_files());
             v.extend(super::models::model_files(&p.clip));
         }
         v
     }
     fn device(&self) -> String {
-        format!("{}/{}", self.params.device, self.params.dtype)
+        super::device::device_key(&self.params.device, &self.params.dtype)
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)
@@ -300,8 +308,9 @@ impl Stage for PpoStage {
     }
 }
 
-/// A rollout as the reward model sees it: the decoded chain and its tokens, each token's byte end in
-/// the decoded text (the length of the decoding of the tokens up to it).
+/// A rollout as the reward model sees it: the decoded chain and its tokens (each `TokenInfo::text` the
+/// token's decoded piece, `mllm::generate::decode_pieces`, so that they concatenate to `text`), each
+/// token's byte end in the decoded text (the length of the pieces up to it).
 #[derive(Debug, Clone)]
 pub struct RolloutTokens {
     pub text: String,
@@ -335,9 +344,22 @@ pub struct RewardModel {
 }
 
 impl RewardModel {
+    /// The session options of the params' execution provider (no CPU fallback).
+    pub fn session_options(params: &PpoStageParams) -> SessionOptions {
+        SessionOptions { provider: params.execution_provider.clone(), allow_cpu_fallback: false, ..SessionOptions::default() }
+    }
+
     /// `clip_dir`: the CLIP folder (`params.clip`, or the demo CLIP the stage resolved).
     pub fn load(params: &PpoStageParams, clip_dir: &std::path::Path, levels: LevelModel, session: &SessionOptions) -> anyhow::Result<Self> {
-        let judge = ChainJudge::load(&params.minilm, &params.pool, params.parser.clone(), params.backward.clone(), session)?;
+        let judge = ChainJudge::load_with_judge(
+            &params.minilm,
+            &params.pool,
+            params.parser.clone(),
+            params.backward.clone(),
+            &params.judge,
+            "ppo",
+            session,
+        )?;
         let clip = Clip::load(clip_dir, session)?;
         Ok(Self { judge, clip, levels, params: params.clone() })
     }
@@ -361,7 +383,11 @@ impl RewardModel {
                 r.token_ends.len()
             );
             let reference: Vec<&str> = item.chain.sentences().collect();
-            let judged = if r.tokens.is_empty() { Vec::new() } else { self.judge.judge(&r.text, &reference)? };
+            let judged = if r.tokens.is_empty() {
+                Vec::new()
+            } else {
+                self.judge.judge(&r.text, &reference).map_err(|e| anyhow::anyhow!("judging a rollout of item {}: {e}", item.id))?
+            };
             if judged.is_empty() {
                 plans.push(None);
                 continue;
@@ -370,14 +396,27 @@ impl RewardModel {
             let sim: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
             let correct = sentence_correctness(0, &sim, reference.len(), self.params.rewards.match_threshold)
                 .map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
-            let spans: Vec<(usize, usize)> = judged
+            // Each sentence's tokens, pieces clipped to it; its floor is the end of the statement (or
+            // sentence) before it.
+            let mut floor = 0;
+            let located: Vec<((usize, usize), usize)> = judged
                 .iter()
-                .map(|j| (token_at_byte(&r.token_ends, j.sentence_span.0 + 1), token_at_byte(&r.token_ends, j.sentence_span.1)))
+                .map(|j| {
+                    let f = floor;
+                    floor = j.statement_end.unwrap_or(j.sentence_span.1);
+                    (j.sentence_span, f)
+                })
                 .collect();
-            let response = ResponseTokens {
-                prompt: item.question.clone(),
-                sentences: spans.iter().map(|&(a, b)| SentenceTokens { tokens: r.tokens[a..=b.max(a)].to_vec() }).collect(),
-            };
+            let toks: Vec<GeneratedToken> = r
+                .tokens
+                .iter()
+                .map(|t| GeneratedToken { id: t.id, piece: &t.text, log_prob: t.log_prob, entropy: t.entropy, is_special: t.is_special })
+                .collect();
+            let sentences =
+                response_sentences(0, &r.text, &toks, &located).map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
+            let spans: Vec<(usize, usize)> = sentences.iter().map(|s| s.1).collect();
+            let response =
+                ResponseTokens { prompt: item.question.clone(), sentences: sentences.into_iter().map(|s| s.0).collect() };
             plans.push(Some((judged, correct, spans, response)));
         }
         // 2. The four signals of every sentence, each encoder called once for the whole batch.
@@ -389,8 +428,12 @@ impl RewardModel {
             (Vec::new(), Vec::new(), None)
         } else {
             let likelihood = likelihood_signals(&responses, u).map_err(at)?;
-            let sim_model = CosineOfEmbeddings(EmbedderRef(&self.judge.embedder));
-            let sar = token_sar_batched(&responses, &sim_model, &u.token_sar).map_err(at)?;
+            let cosine = CosineOfEmbeddings(EmbedderRef(&self.judge.embedder));
+            let sim_model: &dyn crate::confidence::PairSimilarity = match &self.judge.matcher {
+                Judge::MinilmCosine => &cosine,
+                Judge::CrossEncoder(ce) => ce,
+            };
+            let sar = token_sar_batched(&responses, sim_model, &u.token_sar).map_err(at)?;
             let texts: Vec<String> = plans
                 .iter()
                 .flatten()
@@ -491,7 +534,7 @@ impl RewardModel {
     }
 }
 
-/// The judge recorded in the rollouts artifact.
-pub fn judge_name() -> &'static str {
-    JUDGE_NAME
+/// The judge recorded in the rollouts artifact: its name and I(z)'s threshold.
+pub fn judge_name(p: &PpoStageParams) -> String {
+    format!("{} > {}", p.judge.name(), p.rewards.match_threshold)
 }

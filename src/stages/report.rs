@@ -3,7 +3,7 @@
 //! sentence was right; Markdown plus one self-contained HTML page, stored as a folder artifact.
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::report::page::{
-    brier_markdown, examples_html, html_page, levels_markdown, mece_anatomy_markdown, ordered_splits, pre, table1_markdown,
+    brier_markdown, escape, examples_html, html_page, levels_markdown, mece_anatomy_markdown, ordered_splits, pre, table1_markdown,
     ExampleSentence, MetricsRow,
 };
 use crate::report::plots::{level_histogram_svg, reliability_bins, reliability_svg};
@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 pub struct ReportParams {
     /// The split of the reliability diagrams and the perception/reasoning table.
     pub split: String,
-    /// Equal-width bins of the reliability diagrams.
+    /// Equal-width bins of the reliability diagrams, binned as ECE bins (`metrics.ece.bins` of `eval`
+    /// defaults to 20, as here).
     pub bins: usize,
     /// Example chains shown (from the `full` variant).
     pub examples: usize,
@@ -26,7 +27,7 @@ pub struct ReportParams {
 
 impl Default for ReportParams {
     fn default() -> Self {
-        Self { split: "val".into(), bins: 10, examples: 6 }
+        Self { split: "val".into(), bins: crate::metrics::calibration::EceParams::default().bins, examples: 6 }
     }
 }
 
@@ -79,6 +80,24 @@ sentences are right and the statements cannot tell right from wrong (AUROC near 
 rises toward 1.0 while the Brier score is lowest at the share of right sentences: a policy trained on R_EC and R_CS \
 moves toward the latter.";
 
+/// Labels of the variants none of whose sentences carries a statement, from eval's `sentences` table:
+/// their metrics give every sentence eval's `missing_confidence` (0.5 by default), i.e. they are a
+/// constant predictor, and the label says so ("vanilla (no statements: constant missing_confidence)").
+pub fn constant_labels(s: &RecordBatch) -> anyhow::Result<BTreeMap<String, String>> {
+    let col = |n: &str| s.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval sentences have no column `{n}`"));
+    let (variant, statement) = (col("variant")?, col("statement")?);
+    let (variant, statement) = (variant.as_string::<i32>(), statement.as_string::<i32>());
+    let mut any_statement: BTreeMap<&str, bool> = BTreeMap::new();
+    for i in 0..s.num_rows() {
+        *any_statement.entry(variant.value(i)).or_default() |= statement.is_valid(i);
+    }
+    Ok(any_statement
+        .into_iter()
+        .filter(|(_, any)| !any)
+        .map(|(v, _)| (v.to_string(), format!("{v} (no statements: constant missing_confidence)")))
+        .collect())
+}
+
 pub struct ReportStage {
     pub params: ReportParams,
 }
@@ -89,8 +108,9 @@ impl Stage for ReportStage {
     fn name(&self) -> &str {
         "report"
     }
+    /// 4: a variant without statements is labeled as the constant it is; reliability bins as ECE.
     fn code_version(&self) -> &str {
-        "3"
+        "4"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec::new("metrics", "eval", "metrics"), InputSpec::new("sentences", "eval", "sentences")]
@@ -103,12 +123,11 @@ impl Stage for ReportStage {
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let p = &self.params;
-        let rows = metrics_rows(&ctx.input_table("metrics")?.concat()?)?;
+        let mut rows = metrics_rows(&ctx.input_table("metrics")?.concat()?)?;
         let col = |b: &RecordBatch, n: &str| b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"));
         let mut variants: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
         variants.sort_by_key(|v| (VARIANT_ORDER.iter().position(|o| o == v).unwrap_or(9), v.clone()));
         variants.dedup();
-        let splits = ordered_splits(&rows);
 
         // Per-sentence (stated confidence, right?) for the diagrams and examples.
         let s = ctx.input_table("sentences")?.concat()?;
@@ -142,6 +161,24 @@ impl Stage for ReportStage {
                 chains.entry(si.as_string::<i32>().value(i).to_string()).or_default().push((sidx.as_primitive::<UInt32Type>().value(i), e));
             }
         }
+        // A variant whose sentences carry no statement gives every sentence the same confidence (eval's
+        // `missing_confidence`): it is a constant predictor, not a model's calibration, and says so.
+        let labels = constant_labels(&s)?;
+        // Which judge decided I(z) (and at which threshold), as eval recorded it.
+        let mut judges: Vec<String> = col(&s, "judge")?.as_string::<i32>().iter().flatten().map(String::from).collect();
+        judges.sort();
+        judges.dedup();
+        let judge_note = format!("I(z), MECE and chain F1 judged by: {}.", if judges.is_empty() { "-".into() } else { judges.join(", ") });
+        let relabel = |v: &str| labels.get(v).cloned().unwrap_or_else(|| v.to_string());
+        for r in &mut rows {
+            r.variant = relabel(&r.variant);
+        }
+        let variants: Vec<String> = variants.iter().map(|v| relabel(v)).collect();
+        let pairs: BTreeMap<String, Vec<(f64, bool)>> = pairs.into_iter().map(|(k, v)| (relabel(&k), v)).collect();
+        let by_level: BTreeMap<String, Vec<f64>> = by_level.into_iter().map(|(k, v)| (relabel(&k), v)).collect();
+        let responses: BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>> =
+            responses.into_iter().map(|(k, v)| (relabel(&k), v)).collect();
+        let splits = ordered_splits(&rows);
         let series: Vec<(&str, _)> =
             variants.iter().filter_map(|v| pairs.get(v).map(|ps| (v.as_str(), reliability_bins(ps, p.bins)))).collect();
         let reliability = reliability_svg(&format!("Reliability ({})", p.split), &series).map_err(anyhow::Error::msg)?;
@@ -165,7 +202,7 @@ impl Stage for ReportStage {
             variants.iter().filter_map(|v| responses.get(v).map(|r| (v.clone(), r.values().cloned().collect()))).collect();
         let anatomy = mece_anatomy_markdown(&anatomy)?;
         let md = format!(
-            "# MMBoundary report\n\n## Table 1 (ECE, MECE, accuracy, chain F1, AUROC; level `all`)\n\n{table}\n\
+            "# MMBoundary report\n\n## Table 1 (ECE, MECE, accuracy, chain F1, AUROC; level `all`)\n\n{judge_note}\n\n{table}\n\
              ## Step-level Brier score\n\n{BRIER_NOTE}\n\n{brier}\n\
              ## What MECE rewards ({split})\n\n{ANATOMY_NOTE}\n\n{anatomy}\n\
              ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
@@ -174,7 +211,7 @@ impl Stage for ReportStage {
         let html = html_page(
             "MMBoundary report",
             &[
-                ("Table 1".into(), pre(&table)),
+                ("Table 1".into(), format!("<p>{}</p>{}", escape(&judge_note), pre(&table))),
                 ("Step-level Brier score".into(), format!("<p>{BRIER_NOTE}</p>{}", pre(&brier))),
                 (format!("What MECE rewards ({})", p.split), format!("<p>{ANATOMY_NOTE}</p>{}", pre(&anatomy))),
                 (format!("Perception vs reasoning ({})", p.split), pre(&levels)),
@@ -189,5 +226,23 @@ impl Stage for ReportStage {
         std::fs::write(dir.path().join("confidence.svg"), hist)?;
         ctx.write_dir("report", dir.path())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, StringArray};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_variant_without_statements_is_labeled_a_constant() {
+        let variant: ArrayRef = Arc::new(StringArray::from(vec!["vanilla", "vanilla", "sft", "sft", "full"]));
+        let statement: ArrayRef = Arc::new(StringArray::from(vec![None, None, None, Some("I am sure."), None]));
+        let s = RecordBatch::try_from_iter([("variant", variant), ("statement", statement)]).unwrap();
+        let labels = constant_labels(&s).unwrap();
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels["vanilla"], "vanilla (no statements: constant missing_confidence)");
+        assert!(labels.contains_key("full") && !labels.contains_key("sft"));
     }
 }

@@ -79,7 +79,7 @@ impl Stage for SftStage {
         super::models::model_files(&self.params.model)
     }
     fn device(&self) -> String {
-        format!("{}/{}", self.params.device, self.params.dtype)
+        super::device::device_key(&self.params.device, &self.params.dtype)
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)

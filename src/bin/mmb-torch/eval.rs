@@ -12,7 +12,7 @@ use std::str::FromStr;
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: EvalParams = ctx.params()?;
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
+    let device = crate::policy::device("eval", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
     let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
         anyhow::bail!("{}: eval needs a LLaVA-style model", model_dir.display());
@@ -62,7 +62,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    let judge = ChainJudge::load(&p.minilm, &p.pool, p.parser.clone(), p.backward.clone(), &Default::default())?;
+    let judge = ChainJudge::load_with_judge(&p.minilm, &p.pool, p.parser.clone(), p.backward.clone(), &p.judge, "eval", &p.session_options())?;
     let (rows, metrics) = evaluate(&judge, &items, &chains, &p)?;
     ctx.write_table("sentences", sentences_schema(), &[rows], None)?;
     ctx.write_table("metrics", metrics_schema(), &[metrics], None)?;

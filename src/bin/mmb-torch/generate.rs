@@ -1,19 +1,16 @@
 //! The `generate` stage's model work: LLaVA-style generation with per-token log-probs and entropies.
 use crate::inputs::{Features, Prompter};
-use arrow::array::{ArrayRef, Float32Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder};
-use arrow::record_batch::RecordBatch;
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mllm::llava::Llava;
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::StageContext;
-use mmboundary::stages::generate::{chains_schema, GenerateParams};
+use mmboundary::stages::generate::{chains_batch, chains_schema, ChainRow, GenerateParams};
 use std::str::FromStr;
-use std::sync::Arc;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: GenerateParams = ctx.params()?;
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
+    let device = crate::policy::device("generate", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
     let (_vs, model) = Llava::load(&model_dir, device, dtype)?;
     let tok_path = model_dir.join("tokenizer.json");
@@ -32,14 +29,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!selected.is_empty(), "no items in splits {:?}", p.splits);
 
-    let (mut c_id, mut c_split, mut c_sample, mut c_text, mut c_finish) =
-        (StringBuilder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new(), StringBuilder::new());
-    let mut c_tokens = ListBuilder::new(Int64Builder::new());
-    let mut c_tt = ListBuilder::new(StringBuilder::new());
-    let (mut c_lp, mut c_ent) = (ListBuilder::new(Float32Builder::new()), ListBuilder::new(Float32Builder::new()));
-    let mut c_sent = ListBuilder::new(StringBuilder::new());
-    let (mut c_first, mut c_last) = (ListBuilder::new(UInt32Builder::new()), ListBuilder::new(UInt32Builder::new()));
-
+    let mut rows = Vec::new();
     let bar = ctx.progress((selected.len() * p.samples) as u64, "generating chains");
     for sample in 0..p.samples {
         for (b, chunk) in selected.chunks(p.batch.max(1)).enumerate() {
@@ -60,54 +50,28 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             };
             let out = generate_multimodal(&model, &prompts, &gp, Some(&tok))?;
             for (it, g) in chunk.iter().zip(out) {
-                c_id.append_value(&it.id);
-                c_split.append_value(&it.split);
-                c_sample.append_value(sample as u32);
-                c_text.append_value(&g.text);
-                c_finish.append_value(format!("{:?}", g.finish).to_lowercase());
-                c_tokens.values().append_slice(&g.tokens);
-                c_tokens.append(true);
-                for &t in &g.tokens {
-                    c_tt.values().append_value(tok.id_to_token(t as u32).unwrap_or_default());
-                }
-                c_tt.append(true);
                 anyhow::ensure!(
                     g.logprobs.iter().chain(&g.entropies).all(|v| v.is_finite()),
                     "item {}: the model produced non-finite log-probs or entropies",
                     it.id
                 );
-                c_lp.values().append_slice(&g.logprobs);
-                c_lp.append(true);
-                c_ent.values().append_slice(&g.entropies);
-                c_ent.append(true);
-                for s in &g.sentences {
-                    c_sent.values().append_value(&s.text);
-                    c_first.values().append_value(s.first_token as u32);
-                    c_last.values().append_value(s.last_token as u32);
-                }
-                c_sent.append(true);
-                c_first.append(true);
-                c_last.append(true);
+                rows.push(ChainRow {
+                    item_id: it.id.clone(),
+                    split: it.split.clone(),
+                    sample: sample as u32,
+                    text: g.text,
+                    tokens: g.tokens,
+                    pieces: g.pieces,
+                    logprobs: g.logprobs,
+                    entropies: g.entropies,
+                    finish: format!("{:?}", g.finish).to_lowercase(),
+                });
             }
             bar.inc(chunk.len() as u64);
         }
     }
     bar.finish_and_clear();
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(c_id.finish()),
-        Arc::new(c_split.finish()),
-        Arc::new(c_sample.finish()),
-        Arc::new(c_text.finish()),
-        Arc::new(c_tokens.finish()),
-        Arc::new(c_tt.finish()),
-        Arc::new(c_lp.finish()),
-        Arc::new(c_ent.finish()),
-        Arc::new(c_sent.finish()),
-        Arc::new(c_first.finish()),
-        Arc::new(c_last.finish()),
-        Arc::new(c_finish.finish()),
-    ];
-    let batch = RecordBatch::try_new(chains_schema(), cols)?;
+    let batch = chains_batch(&rows)?;
     ctx.write_table("chains", chains_schema(), &[batch], None)?;
     Ok(())
 }

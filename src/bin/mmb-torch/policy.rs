@@ -79,3 +79,19 @@ pub fn freeze(p: &Policy) {
         let _ = t.set_requires_grad(false);
     }
 }
+
+/// Resolves a stage's `device` param with libtorch, checks that it is the device the stage was keyed on
+/// (`mmboundary::stages::device`), and says which device runs the stage. `cuda` where libtorch sees none
+/// is an error.
+pub fn device(stage: &str, choice: &str) -> anyhow::Result<tch::Device> {
+    use std::str::FromStr;
+    let d = mllm::DeviceChoice::from_str(choice)?.resolve().with_context(|| format!("{stage}: device = {choice:?}"))?;
+    let used = match d {
+        tch::Device::Cpu => "cpu".to_string(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        other => anyhow::bail!("{stage}: device {other:?} is not supported (cpu or cuda:N)"),
+    };
+    mmboundary::stages::device::check_worker_device(stage, choice, &used)?;
+    eprintln!("{stage}: running on {used} (device = {choice:?})");
+    Ok(d)
+}

@@ -31,21 +31,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use tch::Tensor;
 
-/// Decoded text of a rollout and each token's byte end in it.
-pub fn decode_with_ends(tok: &tokenizers::Tokenizer, tokens: &[i64]) -> anyhow::Result<(String, Vec<usize>)> {
-    let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
-    let dec = |n: usize| tok.decode(&ids[..n], true).map_err(|e| anyhow::anyhow!("decoding a rollout: {e}"));
-    let text = dec(ids.len())?;
-    let mut ends = Vec::with_capacity(ids.len());
-    let mut last = 0usize;
-    for i in 0..ids.len() {
-        let n = dec(i + 1)?.len().min(text.len()).max(last);
-        ends.push(n);
-        last = n;
-    }
-    Ok((text, ends))
-}
-
 /// Which questions iteration `k` draws: without replacement, reshuffled whenever the set is used up, so
 /// iteration k's draw depends only on the seed, the set size and k (not on K).
 pub fn draw(n_questions: usize, per_iteration: usize, seed: u64, k: usize) -> Vec<usize> {
@@ -89,7 +74,7 @@ impl Iteration {
         anyhow::ensure!(p.prompts_per_iteration > 0, "ppo: prompts_per_iteration must be ≥ 1");
         let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
         let mut tp = crate::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
-        let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
+        let device = crate::policy::device(&format!("ppo iteration {k}"), &p.device)?;
         let dtype = mllm::DType::from_str(&p.dtype)?;
         let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
             anyhow::bail!("{}: ppo needs a LLaVA-style model", model_dir.display());
@@ -153,7 +138,8 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
     let level_path = ctx.input_path("level_model")?;
     let levels: LevelModel =
         serde_json::from_slice(&std::fs::read(&level_path)?).with_context(|| format!("{}: not a level model", level_path.display()))?;
-    let rewards = RewardModel::load(&it.p, &mmboundary::stages::models::resolve(ctx, &it.p.clip, "clip")?, levels, &Default::default())?;
+    let session = RewardModel::session_options(&it.p);
+    let rewards = RewardModel::load(&it.p, &mmboundary::stages::models::resolve(ctx, &it.p.clip, "clip")?, levels, &session)?;
     let feats = &it.features;
     let f_ids = feats.column_by_name("item_id").context("features artifact has no item_id")?.as_string::<i32>();
     let f_emb = feats.column_by_name("embedding").context("features artifact has no embedding")?.as_list::<i32>();
@@ -166,14 +152,16 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
     let eos = it.cfg.text_config.eos_token_ids();
     let mut decoded = Vec::with_capacity(sampled.len());
     for (_, g) in &sampled {
-        let (text, ends) = decode_with_ends(&it.tok, &g.tokens)?;
+        let (text, pieces) = mllm::generate::decode_pieces(&it.tok, &g.tokens)?;
+        let ends = mmboundary::confidence::spans::token_ends(&pieces);
         let tokens = g
             .tokens
             .iter()
             .enumerate()
-            .map(|(k, &t)| TokenInfo {
+            .zip(pieces)
+            .map(|((k, &t), piece)| TokenInfo {
                 id: t as u32,
-                text: it.tok.id_to_token(t as u32).unwrap_or_default(),
+                text: piece,
                 log_prob: g.logprobs[k] as f64,
                 entropy: g.entropies[k] as f64,
                 is_special: eos.contains(&t),
@@ -208,7 +196,7 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
             }
         })
         .collect();
-    ctx.write_table("rollouts", rollouts_schema(), &[rollouts_batch(&rows)?], None)?;
+    ctx.write_table("rollouts", rollouts_schema(), &[rollouts_batch(&rows, &judge_name(&it.p))?], None)?;
     Ok(())
 }
 
@@ -373,7 +361,7 @@ fn log_batch(log: &[(u32, mllm::ppo::PpoStats, f64)]) -> anyhow::Result<RecordBa
     Ok(RecordBatch::try_new(ppo_log_schema(), cols)?)
 }
 
-fn rollouts_batch(rows: &[RolloutRow]) -> anyhow::Result<RecordBatch> {
+fn rollouts_batch(rows: &[RolloutRow], judge: &str) -> anyhow::Result<RecordBatch> {
     let (mut o_it, mut o_id, mut o_sample, mut o_text) =
         (UInt32Builder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());
     let (mut o_sent, mut o_stmt) = (ListBuilder::new(StringBuilder::new()), ListBuilder::new(StringBuilder::new()));
@@ -413,7 +401,7 @@ fn rollouts_batch(rows: &[RolloutRow]) -> anyhow::Result<RecordBatch> {
         o_ec.append_value(s.ec);
         o_cs.append_value(s.cs);
         o_r.append_value(s.total);
-        o_judge.append_value(judge_name());
+        o_judge.append_value(judge);
         o_tok.values().append_slice(&r.tokens);
         o_tok.append(true);
         for &(t, v) in &s.token_rewards {

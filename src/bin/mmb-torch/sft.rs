@@ -17,7 +17,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: SftStageParams = ctx.params()?;
     let tp = crate::inputs::overlay_params::<SftParams>(&p.trainer, "sft.trainer")?;
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = mllm::DeviceChoice::from_str(&p.device)?.resolve()?;
+    let device = crate::policy::device("sft", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
     let (vs, mut model) = Llava::load(&model_dir, device, dtype)?;
     let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
