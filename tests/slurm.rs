@@ -154,7 +154,9 @@ fn scoring(dir: &Path) -> Pipeline {
     let clip = common::fixtures().join("encoders/clip_tiny");
     let model = dir.join("tiny-llava");
     Pipeline::new(vec![
-        Box::new(DatasetStage { params: DatasetParams { penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() }, chunk: 8 } }),
+        Box::new(DatasetStage {
+            params: DatasetParams { penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() }, chunk: 8 },
+        }),
         Box::new(FeaturesStage { params: FeaturesParams { clip: Some(clip.clone()), batch: 4, merge: 1 }, session: Default::default() }),
         Box::new(GenerateStage {
             params: GenerateParams { model: Some(model), batch: 4, max_new_tokens: 12, device: "cpu".into(), ..Default::default() },
@@ -185,8 +187,7 @@ fn slurm_for(stages: &[&str], shards: usize, pipeline: &str, dir: &Path) -> Opti
         file.stage.insert(s.to_string(), StageExecutor { executor: Some(ExecutorKind::Slurm), ..Default::default() });
     }
     let exe = std::env::current_exe().unwrap();
-    let task_command =
-        vec![exe.to_string_lossy().into_owned(), "shard-task".into(), pipeline.into(), dir.to_string_lossy().into_owned()];
+    let task_command = vec![exe.to_string_lossy().into_owned(), "shard-task".into(), pipeline.into(), dir.to_string_lossy().into_owned()];
     Some(Arc::new(Executors { file, task_command }))
 }
 
@@ -353,6 +354,7 @@ fn score_sharded_into_4_gives_the_local_rows() {
     let p = scoring(dir.path());
     p.run(&store, &opts(None, &[], None)).unwrap();
     let local = output_of(&store, None, "score", "scored");
+    let local_s = LockFile::load(store.root()).unwrap().stages["score"].seconds;
     let t0 = Instant::now();
     p.run(&store, &opts(None, &["score"], slurm_for(&["score"], 4, "scoring", dir.path()))).unwrap();
     let slurm_s = t0.elapsed().as_secs_f64();
@@ -362,7 +364,46 @@ fn score_sharded_into_4_gives_the_local_rows() {
     let strip = |b: &RecordBatch| RecordBatch::try_new(Arc::new(Schema::new(b.schema().fields().clone())), b.columns().to_vec()).unwrap();
     assert_eq!(strip(&a), strip(&b), "merged rows equal the local rows");
     assert_eq!(merged, local, "byte-identical artifact");
-    eprintln!("    score ({} sentences): Slurm 4 shards {slurm_s:.2} s", a.num_rows());
+    eprintln!("    score ({} sentences): local {local_s:.2} s, Slurm 4 shards {slurm_s:.2} s", a.num_rows());
+}
+
+/// The `mmb` binary as a user runs it: `mmb run --executor slurm` submits `mmb shard-task` jobs (here the
+/// `dataset` stage, as one job) and records the same artifact as a local run; a job whose task fails is
+/// reported, and `mmb status` shows it.
+fn mmb_run_executor_slurm_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = dir.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    std::fs::write(stages.join("dataset.toml"), "[params]\nn_items = 6\nimage_size = 32\nchunk = 3\n").unwrap();
+    let mmb = |store: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mmb"))
+            .arg("--store")
+            .arg(dir.path().join(store))
+            .arg("--stages")
+            .arg(&stages)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let local = mmb("local", &["run", "dataset"]);
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let o = mmb("cluster", &["run", "dataset", "--executor", "slurm"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("dataset: Slurm job"), "{err}");
+    let items = |store: &str| LockFile::load(&dir.path().join(store)).unwrap().stages["dataset"].outputs["items"].id.clone();
+    assert_eq!(items("cluster"), items("local"), "the Slurm job wrote the local run's artifact");
+
+    // A task that cannot run: reported with its log; `mmb status` shows the failed job.
+    std::fs::write(stages.join("executor.toml"), "executor = \"slurm\"\n[slurm]\nprogram = \"/bin/false\"\npoll_seconds = 0.2\n").unwrap();
+    let o = mmb("broken", &["run", "dataset"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("the job: FAILED, exit 1:0") && err.contains("nothing was merged"), "{err}");
+    let st = mmb("broken", &["status"]);
+    let out = String::from_utf8_lossy(&st.stdout);
+    assert!(out.contains("dataset    stale: never run"), "{out}");
+    assert!(out.contains(": 1 FAILED; 0/1 shard(s) done"), "{out}");
 }
 
 /// Merge cost at 4, 16, 64 shards (figures for the note), checked for the right rows.
@@ -434,6 +475,7 @@ fn main() -> ExitCode {
         ("a_cancelled_job_is_reported_not_waited_on", a_cancelled_job_is_reported_not_waited_on),
         ("a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it", a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it),
         ("score_sharded_into_4_gives_the_local_rows", score_sharded_into_4_gives_the_local_rows),
+        ("mmb_run_executor_slurm_through_the_cli", mmb_run_executor_slurm_through_the_cli),
         ("merge_time_grows_gently_with_shards", merge_time_grows_gently_with_shards),
     ];
     let filter: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
@@ -464,7 +506,12 @@ fn main() -> ExitCode {
             failed.push(*name);
         }
     }
-    println!("\ntest result: {}. {} passed; {} failed", if failed.is_empty() { "ok" } else { "FAILED" }, selected.len() - failed.len(), failed.len());
+    println!(
+        "\ntest result: {}. {} passed; {} failed",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        selected.len() - failed.len(),
+        failed.len()
+    );
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {

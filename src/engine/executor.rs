@@ -406,14 +406,14 @@ fn report_missing(
         };
         lines.push(format!("  {which}: {state} ({}); log: {log}", why.get(&idx).map(String::as_str).unwrap_or("no manifest")));
     }
-    let resubmit = if todo.iter().all(|i| i.is_some()) {
+    let again = if todo.iter().all(|i| i.is_some()) {
         let idx: Vec<usize> = todo.iter().flatten().copied().collect();
-        format!(" (--array={})", array_spec(&idx, throttle))
+        format!("resubmits only these shards (--array={})", array_spec(&idx, throttle))
     } else {
-        String::new()
+        "submits the job again".to_string()
     };
     format!(
-        "{} of {} Slurm task(s) of stage `{stage}` (job {}) did not finish; nothing was merged:\n{}\n`mmb run` again resubmits only these{resubmit}",
+        "{} of {} Slurm task(s) of stage `{stage}` (job {}) did not finish; nothing was merged:\n{}\n`mmb run` again {again}",
         todo.len(),
         of,
         job.unwrap_or("?"),
@@ -455,8 +455,10 @@ pub fn run_task(stage: &dyn Stage, store: &Store, task_file: &Path, index: Optio
     let (mut view, mut items) = (None, None);
     if let (Some(spec), Some(i)) = (&task.shard, index) {
         anyhow::ensure!(i < task.of, "shard {i} of {}: no such shard", task.of);
-        let (full_id, _) =
-            inputs.get(&spec.input).cloned().ok_or_else(|| anyhow::anyhow!("stage `{}` has no input `{}` to shard", job.stage, spec.input))?;
+        let (full_id, _) = inputs
+            .get(&spec.input)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("stage `{}` has no input `{}` to shard", job.stage, spec.input))?;
         let full = store.read_table(&full_id)?;
         let batch = shard_view(&full.concat()?, &spec.key, i, task.of, &format!("input `{}` ({})", spec.input, full.path.display()))?;
         let vl = view_lineage(&job.lineage, spec, &full_id, i, task.of);
@@ -472,7 +474,8 @@ pub fn run_task(stage: &dyn Stage, store: &Store, task_file: &Path, index: Optio
     let written = ctx.into_written();
     let mut outputs = BTreeMap::new();
     for d in &job.outputs {
-        let (id, kind) = written.get(d).ok_or_else(|| anyhow::anyhow!("stage `{}` finished without writing its output `{d}`", job.stage))?;
+        let (id, kind) =
+            written.get(d).ok_or_else(|| anyhow::anyhow!("stage `{}` finished without writing its output `{d}`", job.stage))?;
         let bytes = std::fs::metadata(store.path_of(id, *kind)).map(|m| m.len()).unwrap_or(0);
         outputs.insert(d.clone(), OutputRecord { id: id.to_string(), kind: *kind, bytes });
     }

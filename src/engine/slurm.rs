@@ -27,8 +27,10 @@ pub struct TaskState {
 impl TaskState {
     /// Still queued or running: worth waiting for.
     pub fn is_active(&self) -> bool {
-        let waiting =
-            matches!(self.state.as_str(), "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "RESIZING" | "SUSPENDED" | "SIGNALING" | "STAGE_OUT");
+        let waiting = matches!(
+            self.state.as_str(),
+            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "RESIZING" | "SUSPENDED" | "SIGNALING" | "STAGE_OUT"
+        );
         waiting && !self.is_stuck()
     }
 
@@ -80,7 +82,10 @@ impl SlurmClient {
         let mut c = self.command(program);
         c.args(args);
         c.output().map_err(|e| {
-            anyhow::anyhow!("could not run `{program}` ({e}): is this a Slurm login node (slurm-client installed, on PATH)?{}", self.wrap_note())
+            anyhow::anyhow!(
+                "could not run `{program}` ({e}): is this a Slurm login node (slurm-client installed, on PATH)?{}",
+                self.wrap_note()
+            )
         })
     }
 
@@ -96,11 +101,7 @@ impl SlurmClient {
     pub fn ping(&self) -> anyhow::Result<String> {
         let out = self.output("sinfo", &["-h".into(), "-o".into(), "%P %a %D %T".into()])?;
         if !out.status.success() {
-            anyhow::bail!(
-                "no Slurm controller answers `sinfo`{}: {}",
-                self.wrap_note(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            anyhow::bail!("no Slurm controller answers `sinfo`{}: {}", self.wrap_note(), String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
