@@ -182,7 +182,7 @@ fn slurm_for(stages: &[&str], shards: usize, pipeline: &str, dir: &Path) -> Opti
     let mut file = ExecutorFile::default();
     file.slurm.shards = shards;
     file.slurm.poll_seconds = 0.2;
-    file.slurm.throttle = Some(4);
+    file.slurm.throttle = Some(8);
     for s in stages {
         file.stage.insert(s.to_string(), StageExecutor { executor: Some(ExecutorKind::Slurm), ..Default::default() });
     }
@@ -258,6 +258,25 @@ fn square_sharded_into_4_gives_the_local_rows_byte_identical() {
     eprintln!("    square ({ITEMS} items): local {local_s:.2} s, Slurm 4 shards {slurm_s:.2} s");
 }
 
+/// 64 shards for 24 items: only the shards that hold items get a task; the merge is still the local artifact.
+fn more_shards_than_items_submits_only_shards_holding_items() {
+    let (dir, store) = fresh_store();
+    let p = squares();
+    p.run(&store, &opts(None, &[], None)).unwrap();
+    let local = output_of(&store, None, "square", "out");
+    let t0 = Instant::now();
+    p.run(&store, &opts(Some("slurm"), &["square"], slurm_for(&["square"], 64, "squares", dir.path()))).unwrap();
+    let slurm_s = t0.elapsed().as_secs_f64();
+    assert_eq!(output_of(&store, Some("slurm"), "square", "out"), local);
+    let key = LockFile::load_named(store.root(), Some("slurm")).unwrap().stages["square"].key.clone();
+    let subs = load_submissions(&slurm_dir(store.root(), "square", &key));
+    let mut want: Vec<usize> = (0..ITEMS).map(|x| shard_of(&format!("q{x}"), 64)).collect();
+    want.sort();
+    want.dedup();
+    assert_eq!(subs[0].indexes, want);
+    eprintln!("    square ({ITEMS} items) on 64 shards: {} tasks, {slurm_s:.2} s", want.len());
+}
+
 fn a_failed_shard_is_reported_and_the_rerun_submits_only_it() {
     let (dir, store) = fresh_store();
     let marker = dir.path().join("fail");
@@ -269,7 +288,7 @@ fn a_failed_shard_is_reported_and_the_rerun_submits_only_it() {
     let bad = shard_of("q3", 4);
     assert!(err.contains(&format!("shard {bad} of 4: FAILED")), "{err}");
     assert!(err.contains("1 of 4 Slurm task(s)") && err.contains("nothing was merged"), "{err}");
-    assert!(err.contains(&format!("--array={bad}%4")), "{err}");
+    assert!(err.contains(&format!("--array={bad}%8")), "{err}");
     // The log path named in the report holds the stage's error.
     let log = err.split("log: ").nth(1).unwrap().split_whitespace().next().unwrap();
     let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{log}: {e}"));
@@ -471,6 +490,7 @@ fn main() -> ExitCode {
     std::env::set_var("SOURCE_DATE_EPOCH", "1700000000");
     let tests: Vec<(&str, fn())> = vec![
         ("square_sharded_into_4_gives_the_local_rows_byte_identical", square_sharded_into_4_gives_the_local_rows_byte_identical),
+        ("more_shards_than_items_submits_only_shards_holding_items", more_shards_than_items_submits_only_shards_holding_items),
         ("a_failed_shard_is_reported_and_the_rerun_submits_only_it", a_failed_shard_is_reported_and_the_rerun_submits_only_it),
         ("a_cancelled_job_is_reported_not_waited_on", a_cancelled_job_is_reported_not_waited_on),
         ("a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it", a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it),

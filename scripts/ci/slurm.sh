@@ -46,7 +46,8 @@ netns_up() {
 write_conf() {
     local dir=$1 host cpus mem
     host=$(hostname -s)
-    cpus=$(nproc)
+    # Test tasks are tiny: offer 4 slots per core (config_overrides lets slurmd accept more CPUs than it has).
+    cpus=$(( $(nproc) * 4 ))
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
     mkdir -p /etc/slurm "$dir/state" "$dir/spool" "$dir/log"
     cat >"$CONF.tmp" <<EOF
@@ -74,6 +75,7 @@ SelectTypeParameters=CR_CPU
 ReturnToService=2
 MpiDefault=none
 MinJobAge=600
+SlurmdParameters=config_overrides
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF

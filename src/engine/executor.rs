@@ -170,6 +170,8 @@ pub struct TaskFile {
     pub job: WorkerJob,
     pub shard: Option<ShardSpec>,
     pub of: usize,
+    /// The shards that hold items (only these get a task).
+    pub tasks: Vec<usize>,
     /// Where the manifests go.
     pub manifests: PathBuf,
 }
@@ -211,11 +213,30 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
     }
     let spec = stage.shard();
     let of = if spec.is_some() { settings.shards } else { 1 };
-    let indexes: Vec<Option<usize>> = if spec.is_some() { (0..of).map(Some).collect() } else { vec![None] };
+    // The item list's keys, in order (the merge's row order); shards that hold no item get no task.
+    let order = match &spec {
+        Some(spec) => {
+            let full = ctx.input_table(&spec.input)?.concat()?;
+            Some(super::shard::key_column(&full, &spec.key, &format!("stage `{name}`: input `{}`", spec.input))?)
+        }
+        None => None,
+    };
+    let indexes: Vec<Option<usize>> = match &order {
+        Some(keys) => {
+            let used: std::collections::BTreeSet<usize> = keys.iter().map(|k| super::shard::shard_of(k, of)).collect();
+            used.into_iter().map(Some).collect()
+        }
+        None => vec![None],
+    };
+    if indexes.is_empty() {
+        // No items: nothing to spread; the stage writes its (empty) outputs here.
+        return stage.run(ctx);
+    }
 
     let mut job = ctx.to_job();
     job.store = root.clone();
-    let task = TaskFile { job, shard: spec.clone(), of, manifests: manifests.clone() };
+    let tasks: Vec<usize> = indexes.iter().flatten().copied().collect();
+    let task = TaskFile { job, shard: spec.clone(), of, tasks, manifests: manifests.clone() };
     let task_path = dir.join("task.json");
     write_atomic(&task_path, &serde_json::to_vec_pretty(&task)?)?;
     let mut command = exec.task_command.clone();
@@ -285,7 +306,7 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
         break;
     }
     if !todo.is_empty() {
-        anyhow::bail!(report_missing(name, &todo, &why, &last_states, last_job.as_deref(), &logs, of, settings.throttle));
+        anyhow::bail!(report_missing(name, &todo, &why, &last_states, last_job.as_deref(), &logs, (indexes.len(), of), settings.throttle));
     }
     // Every manifest is there and every part verifies: merge (or adopt a single job's outputs).
     let mut ms = Vec::new();
@@ -300,12 +321,11 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
         }
         Some(spec) => {
             let started = Instant::now();
-            let full = ctx.input_table(&spec.input)?.concat()?;
-            let order = super::shard::key_column(&full, &spec.key, &format!("input `{}`", spec.input))?;
+            let order = order.as_deref().expect("a sharded stage has its item order");
             for out in stage.outputs() {
                 let parts = read_parts(ctx.store(), &ms, &out)?;
                 let hf = parts[0].hf_features.clone();
-                let (schema, batch) = merge_parts(&parts, &spec.key, &order)?;
+                let (schema, batch) = merge_parts(&parts, &spec.key, order)?;
                 ctx.write_table(&out, schema, &[batch], hf.as_ref())?;
             }
             tracing::info!(stage = name, shards = of, seconds = started.elapsed().as_secs_f64(), "merged");
@@ -381,7 +401,7 @@ fn report_missing(
     states: &[TaskState],
     job: Option<&str>,
     logs: &Path,
-    of: usize,
+    (total, of): (usize, usize),
     throttle: Option<usize>,
 ) -> String {
     let mut lines = Vec::new();
@@ -415,7 +435,7 @@ fn report_missing(
     format!(
         "{} of {} Slurm task(s) of stage `{stage}` (job {}) did not finish; nothing was merged:\n{}\n`mmb run` again {again}",
         todo.len(),
-        of,
+        total,
         job.unwrap_or("?"),
         lines.join("\n")
     )
@@ -507,9 +527,11 @@ pub fn job_report(store: &Store, stage: &str, key: &str, wrap: &[String]) -> any
     let dir = slurm_dir(store.root(), stage, key);
     let Some(sub) = load_submissions(&dir).last().cloned() else { return Ok(None) };
     let task: Option<TaskFile> = std::fs::read(dir.join("task.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let of = task.as_ref().map(|t| t.of).unwrap_or(1);
-    let sharded = task.as_ref().map(|t| t.shard.is_some()).unwrap_or(false);
-    let idx: Vec<Option<usize>> = if sharded { (0..of).map(Some).collect() } else { vec![None] };
+    let idx: Vec<Option<usize>> = match &task {
+        Some(t) if t.shard.is_some() => t.tasks.iter().copied().map(Some).collect(),
+        _ => vec![None],
+    };
+    let of = idx.len();
     let manifests = dir.join("manifests");
     let done = idx.iter().filter(|&&i| manifests.join(ShardManifest::file_name(i)).exists()).count();
     let states = SlurmClient::new(wrap).tasks(&sub.job)?;
@@ -530,5 +552,34 @@ impl JobReport {
             }
         };
         format!("Slurm job {}: {states}; {}/{} shard(s) done", self.submission.job, self.done, self.of)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executor_file_overrides_per_stage_and_names_the_file_on_a_typo() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(ExecutorFile::NAME),
+            "executor = \"slurm\"\n[slurm]\npartition = \"gpu\"\nshards = 16\nthrottle = 4\nextra = [\"--mem=8G\"]\n\
+             [stage.score]\nshards = 64\ngpus_per_task = 1\n[stage.bin]\nexecutor = \"local\"\n",
+        )
+        .unwrap();
+        let f = ExecutorFile::load(dir.path()).unwrap();
+        assert_eq!(f.kind_of("score"), ExecutorKind::Slurm);
+        assert_eq!(f.kind_of("bin"), ExecutorKind::Local);
+        let s = f.settings_of("score");
+        assert_eq!((s.shards, s.throttle, s.gpus_per_task, s.partition.as_deref()), (64, Some(4), Some(1), Some("gpu")));
+        assert_eq!(s.extra, vec!["--mem=8G".to_string()]);
+        assert_eq!(f.settings_of("sft").shards, 16);
+
+        std::fs::write(dir.path().join(ExecutorFile::NAME), "[slurm]\npartiton = \"gpu\"\n").unwrap();
+        let e = ExecutorFile::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("executor.toml") && e.contains("partiton"), "{e}");
+        // No file: everything local.
+        assert_eq!(ExecutorFile::load(&dir.path().join("none")).unwrap(), ExecutorFile::default());
     }
 }
