@@ -52,7 +52,7 @@ impl Stage for Numbers {
 }
 
 /// `square`: a map stage; item x gives x % 3 + 1 rows (x, j, x² + j). Fails on the shard holding q3 while
-/// `$MMB_TEST_FAIL` names an existing file; sleeps on the shard holding q5 while `$MMB_TEST_SLEEP` does.
+/// `$MMB_TEST_FAIL` names an existing file; waits on the shard holding q5 while `$MMB_TEST_SLEEP` does.
 struct Square;
 impl Stage for Square {
     fn name(&self) -> &str {
@@ -82,8 +82,11 @@ impl Stage for Square {
         if marker("MMB_TEST_FAIL") && holds("q3") {
             anyhow::bail!("injected failure on the shard holding q3");
         }
-        if marker("MMB_TEST_SLEEP") && holds("q5") {
-            std::thread::sleep(Duration::from_secs(300));
+        if holds("q5") {
+            let until = Instant::now() + Duration::from_secs(300);
+            while marker("MMB_TEST_SLEEP") && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         let (mut o_id, mut o_j, mut o_y) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..t.num_rows() {
@@ -305,6 +308,53 @@ fn a_failed_shard_is_reported_and_the_rerun_submits_only_it() {
     std::env::remove_var("MMB_TEST_FAIL");
 }
 
+/// Waits until the task of the shard holding q5 runs; returns its job id.
+fn wait_for_running_q5(store: &Store) -> String {
+    let client = SlurmClient::new(&[]);
+    let work = store.root().join("work");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the array never started");
+        let sub = std::fs::read_dir(&work)
+            .ok()
+            .and_then(|rd| rd.flatten().find(|e| e.file_name().to_string_lossy().starts_with("square-")))
+            .and_then(|e| load_submissions(&e.path().join("slurm")).last().cloned());
+        if let Some(sub) = sub {
+            let states = client.tasks(&sub.job).unwrap().unwrap_or_default();
+            if states.iter().any(|t| t.indexes == vec![shard_of("q5", 4)] && t.state == "RUNNING") {
+                return sub.job;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `mmb run` killed while its array runs: the next run waits for that job instead of submitting the
+/// shards twice, then merges.
+fn a_rerun_after_the_engine_died_waits_for_the_running_job() {
+    let (dir, store) = fresh_store();
+    let marker = dir.path().join("sleep");
+    std::fs::write(&marker, b"").unwrap();
+    std::env::set_var("MMB_TEST_SLEEP", &marker);
+    let mut engine = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["run-squares", &store.root().to_string_lossy(), &dir.path().to_string_lossy()])
+        .spawn()
+        .unwrap();
+    let job = wait_for_running_q5(&store);
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    squares().run(&store, &opts(None, &[], slurm_for(&["square"], 4, "squares", dir.path()))).unwrap();
+    let key = LockFile::load(store.root()).unwrap().stages["square"].key.clone();
+    let subs = load_submissions(&slurm_dir(store.root(), "square", &key));
+    let logs = slurm_dir(store.root(), "square", &key).join("logs");
+    let log: Vec<String> = (0..4).map(|i| std::fs::read_to_string(logs.join(format!("{job}_{i}.out"))).unwrap_or_default()).collect();
+    assert_eq!(subs.len(), 1, "no second submission: {subs:?}; the first job's logs: {log:?}");
+    assert_eq!(subs[0].job, job);
+    assert_eq!(read_squares(&store, &output_of(&store, None, "square", "out")), expected_squares());
+    std::env::remove_var("MMB_TEST_SLEEP");
+}
+
 fn a_cancelled_job_is_reported_not_waited_on() {
     let (dir, store) = fresh_store();
     let marker = dir.path().join("sleep");
@@ -319,24 +369,9 @@ fn a_cancelled_job_is_reported_not_waited_on() {
         let store = Store::open(root).unwrap();
         squares().run(&store, &opts(None, &[], exec)).map_err(|e| e.to_string())
     });
+    // Wait until the waiting shard runs, then cancel the whole array.
+    let job = wait_for_running_q5(&store);
     let client = SlurmClient::new(&[]);
-    let work = store.root().join("work");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Wait until the sleeping shard runs, then cancel the whole array.
-    let job = loop {
-        assert!(Instant::now() < deadline, "the array never started");
-        let sub = std::fs::read_dir(&work)
-            .ok()
-            .and_then(|rd| rd.flatten().find(|e| e.file_name().to_string_lossy().starts_with("square-")))
-            .and_then(|e| load_submissions(&e.path().join("slurm")).last().cloned());
-        if let Some(sub) = sub {
-            let states = client.tasks(&sub.job).unwrap().unwrap_or_default();
-            if states.iter().any(|t| t.indexes == vec![shard_of("q5", 4)] && t.state == "RUNNING") {
-                break sub.job;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
     let cancelled = Instant::now();
     client.cancel(&job).unwrap();
     while !runner.is_finished() {
@@ -486,6 +521,12 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("shard-task") {
         return task(&args[2..]);
     }
+    if let (Some("run-squares"), Some(root), Some(dir)) = (args.get(1).map(String::as_str), args.get(2), args.get(3)) {
+        // An engine process for a test to kill mid-run.
+        let store = Store::open(root).unwrap();
+        let r = squares().run(&store, &opts(None, &[], slurm_for(&["square"], 4, "squares", Path::new(dir))));
+        return if r.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     // Byte-identical artifacts need a fixed created time (inherited by the array tasks).
     std::env::set_var("SOURCE_DATE_EPOCH", "1700000000");
     let tests: Vec<(&str, fn())> = vec![
@@ -493,6 +534,7 @@ fn main() -> ExitCode {
         ("more_shards_than_items_submits_only_shards_holding_items", more_shards_than_items_submits_only_shards_holding_items),
         ("a_failed_shard_is_reported_and_the_rerun_submits_only_it", a_failed_shard_is_reported_and_the_rerun_submits_only_it),
         ("a_cancelled_job_is_reported_not_waited_on", a_cancelled_job_is_reported_not_waited_on),
+        ("a_rerun_after_the_engine_died_waits_for_the_running_job", a_rerun_after_the_engine_died_waits_for_the_running_job),
         ("a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it", a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it),
         ("score_sharded_into_4_gives_the_local_rows", score_sharded_into_4_gives_the_local_rows),
         ("mmb_run_executor_slurm_through_the_cli", mmb_run_executor_slurm_through_the_cli),

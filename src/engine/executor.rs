@@ -284,6 +284,12 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
             Some(j) => j,
             None if submitted_now => break,
             None => {
+                // A job that ended since we looked may have written manifests meanwhile.
+                why.clear();
+                todo = missing(&mut why);
+                if todo.is_empty() {
+                    break;
+                }
                 let idx: Vec<usize> = todo.iter().flatten().copied().collect();
                 let j = submit(&client, &settings, name, &key, &dir, &logs, &script, spec.as_ref().map(|_| idx.as_slice()))?;
                 let mut subs = load_submissions(&dir);
