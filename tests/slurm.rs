@@ -259,6 +259,12 @@ fn square_sharded_into_4_gives_the_local_rows_byte_identical() {
         assert_eq!(m["items"].as_u64(), Some(want), "shard {i}");
     }
     eprintln!("    square ({ITEMS} items): local {local_s:.2} s, Slurm 4 shards {slurm_s:.2} s");
+
+    // Another shard count: the 4-shard manifests are not taken for shards of 2.
+    p.run(&store, &opts(Some("slurm"), &["square"], slurm_for(&["square"], 2, "squares", dir.path()))).unwrap();
+    let subs = load_submissions(&sdir);
+    assert_eq!((subs.len(), subs[1].indexes.clone(), subs[1].of), (2, vec![0, 1], 2));
+    assert_eq!(output_of(&store, Some("slurm"), "square", "out"), local);
 }
 
 /// 64 shards for 24 items: only the shards that hold items get a task; the merge is still the local artifact.

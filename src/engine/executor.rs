@@ -182,6 +182,9 @@ pub struct Submission {
     pub job: String,
     /// The array indexes submitted (empty: a single job).
     pub indexes: Vec<usize>,
+    /// The number of shards the items were split into.
+    #[serde(default)]
+    pub of: usize,
     pub submitted: String,
 }
 
@@ -253,12 +256,22 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
     );
     write_atomic(&script, body.as_bytes())?;
 
-    let missing = |why: &mut BTreeMap<usize, String>| -> Vec<Option<usize>> {
+    // Which shards have no valid manifest (and why); the verified manifests of the others.
+    let mut ms: BTreeMap<Option<usize>, ShardManifest> = BTreeMap::new();
+    let mut missing = |why: &mut BTreeMap<usize, String>| -> Vec<Option<usize>> {
         let mut out = Vec::new();
         for &i in &indexes {
-            if let Err(e) = ShardManifest::load_verified(&manifests, i, &key, ctx.store()) {
-                why.insert(i.unwrap_or(0), e);
-                out.push(i);
+            if ms.contains_key(&i) {
+                continue;
+            }
+            match ShardManifest::load_verified(&manifests, i, of, &key, ctx.store()) {
+                Ok(m) => {
+                    ms.insert(i, m);
+                }
+                Err(e) => {
+                    why.insert(i.unwrap_or(0), e);
+                    out.push(i);
+                }
             }
         }
         out
@@ -273,7 +286,7 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
         // submitting them twice.
         let previous = load_submissions(&dir).last().cloned();
         let mut job = None;
-        if let Some(prev) = &previous {
+        if let Some(prev) = previous.as_ref().filter(|p| p.of == of) {
             if let Some(states) = client.tasks(&prev.job)? {
                 if states.iter().any(|t| t.is_active()) {
                     job = Some(prev.job.clone());
@@ -293,7 +306,7 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
                 let idx: Vec<usize> = todo.iter().flatten().copied().collect();
                 let j = submit(&client, &settings, name, &key, &dir, &logs, &script, spec.as_ref().map(|_| idx.as_slice()))?;
                 let mut subs = load_submissions(&dir);
-                subs.push(Submission { job: j.clone(), indexes: idx, submitted: Lineage::now() });
+                subs.push(Submission { job: j.clone(), indexes: idx, of, submitted: Lineage::now() });
                 write_atomic(&dir.join("submissions.json"), &serde_json::to_vec_pretty(&subs)?)?;
                 tracing::info!(stage = name, job = %j, tasks = todo.len(), "submitted to Slurm");
                 eprintln!("{name}: Slurm job {j} ({} of {of} shard(s)); logs in {}", todo.len(), logs.display());
@@ -314,11 +327,9 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
     if !todo.is_empty() {
         anyhow::bail!(report_missing(name, &todo, &why, &last_states, last_job.as_deref(), &logs, (indexes.len(), of), settings.throttle));
     }
-    // Every manifest is there and every part verifies: merge (or adopt a single job's outputs).
-    let mut ms = Vec::new();
-    for &i in &indexes {
-        ms.push(ShardManifest::load_verified(&manifests, i, &key, ctx.store()).map_err(|e| anyhow::anyhow!("shard {i:?}: {e}"))?);
-    }
+    // Every manifest is there and every part verified: merge (or adopt a single job's outputs).
+    drop(missing);
+    let ms: Vec<ShardManifest> = ms.into_values().collect();
     match &spec {
         None => {
             for (out, o) in &ms[0].outputs {

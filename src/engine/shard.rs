@@ -92,7 +92,7 @@ impl ShardManifest {
 
     /// The manifest of shard `index` if it exists, belongs to this run and every part it names is in
     /// the store with bytes matching its hash; otherwise why not.
-    pub fn load_verified(dir: &Path, index: Option<usize>, cache_key: &str, store: &Store) -> Result<Self, String> {
+    pub fn load_verified(dir: &Path, index: Option<usize>, of: usize, cache_key: &str, store: &Store) -> Result<Self, String> {
         let path = dir.join(Self::file_name(index));
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -100,8 +100,14 @@ impl ShardManifest {
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let m: Self = serde_json::from_slice(&bytes).map_err(|e| format!("{}: unreadable manifest: {e}", path.display()))?;
-        if m.cache_key != cache_key || m.index != index {
-            return Err(format!("{}: written for another run (key {}, shard {:?})", path.display(), short(&m.cache_key), m.index));
+        if m.cache_key != cache_key || m.index != index || m.of != of {
+            return Err(format!(
+                "{}: written for another run (key {}, shard {:?} of {})",
+                path.display(),
+                short(&m.cache_key),
+                m.index,
+                m.of
+            ));
         }
         for (name, o) in &m.outputs {
             let id = ArtifactId::parse(&o.id).map_err(|e| format!("{}: output `{name}`: {e}", path.display()))?;
@@ -171,7 +177,8 @@ pub fn merge_parts(parts: &[Table], key: &str, order: &[String]) -> anyhow::Resu
     Ok((schema, merged))
 }
 
-/// Reads the parts of output `name` from the manifests (verified when read).
+/// Reads the parts of output `name` from manifests that [`ShardManifest::load_verified`] checked (their
+/// bytes were just rehashed, so they are not hashed again here).
 pub fn read_parts(store: &Store, manifests: &[ShardManifest], name: &str) -> anyhow::Result<Vec<Table>> {
     let mut out = Vec::with_capacity(manifests.len());
     for m in manifests {
@@ -182,7 +189,8 @@ pub fn read_parts(store: &Store, manifests: &[ShardManifest], name: &str) -> any
             m.stage,
             o.kind
         );
-        out.push(store.read_table(&ArtifactId::parse(&o.id)?)?);
+        let id = ArtifactId::parse(&o.id)?;
+        out.push(crate::store::read_parquet(&store.path_of(&id, ArtifactKind::Parquet), id)?);
     }
     Ok(out)
 }
