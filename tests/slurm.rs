@@ -436,11 +436,10 @@ fn mmb_run_executor_slurm_through_the_cli() {
     std::fs::create_dir_all(&stages).unwrap();
     std::fs::write(stages.join("dataset.toml"), "[params]\nn_items = 6\nimage_size = 32\nchunk = 3\n").unwrap();
     let mmb = |store: &str, args: &[&str]| {
+        // Relative paths, as a user types them: the tasks must get them absolute.
         std::process::Command::new(env!("CARGO_BIN_EXE_mmb"))
-            .arg("--store")
-            .arg(dir.path().join(store))
-            .arg("--stages")
-            .arg(&stages)
+            .current_dir(dir.path())
+            .args(["--store", store, "--stages", "stages"])
             .args(args)
             .output()
             .unwrap()
@@ -460,9 +459,17 @@ fn mmb_run_executor_slurm_through_the_cli() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("the job: FAILED, exit 1:0") && err.contains("nothing was merged"), "{err}");
-    let st = mmb("broken", &["status"]);
+    // (`status` builds the whole pipeline, whose demo stages name files of this repository: run it here.)
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_mmb"))
+        .arg("--store")
+        .arg(dir.path().join("broken"))
+        .arg("--stages")
+        .arg(&stages)
+        .arg("status")
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&st.stdout);
-    assert!(out.contains("dataset    stale: never run"), "{out}");
+    assert!(out.contains("dataset    stale: never run"), "{out}{}", String::from_utf8_lossy(&st.stderr));
     assert!(out.contains(": 1 FAILED; 0/1 shard(s) done"), "{out}");
 }
 

@@ -304,7 +304,7 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
                     break;
                 }
                 let idx: Vec<usize> = todo.iter().flatten().copied().collect();
-                let j = submit(&client, &settings, name, &key, &dir, &logs, &script, spec.as_ref().map(|_| idx.as_slice()))?;
+                let j = submit(&client, &settings, name, &key, &logs, &script, spec.as_ref().map(|_| idx.as_slice()))?;
                 let mut subs = load_submissions(&dir);
                 subs.push(Submission { job: j.clone(), indexes: idx, of, submitted: Lineage::now() });
                 write_atomic(&dir.join("submissions.json"), &serde_json::to_vec_pretty(&subs)?)?;
@@ -357,14 +357,14 @@ fn submit(
     s: &SlurmSettings,
     stage: &str,
     key: &str,
-    dir: &Path,
     logs: &Path,
     script: &Path,
     array: Option<&[usize]>,
 ) -> anyhow::Result<String> {
     let mut args = vec![
         format!("--job-name=mmb-{stage}"),
-        format!("--chdir={}", dir.display()),
+        // The submitting folder: stage params and model paths relative to it mean the same in the task.
+        format!("--chdir={}", std::env::current_dir().map_err(|e| anyhow::anyhow!("the current folder: {e}"))?.display()),
         format!("--comment=mmb {stage} {}", &key[..16.min(key.len())]),
     ];
     match array {
