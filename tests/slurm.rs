@@ -12,7 +12,7 @@ use mmboundary::engine::executor::{load_submissions, run_task, slurm_dir, Execut
 use mmboundary::engine::shard::{merge_parts, shard_of};
 use mmboundary::engine::slurm::SlurmClient;
 use mmboundary::engine::{InputSpec, LockFile, Pipeline, RunOptions, ShardSpec, Stage, StageContext};
-use mmboundary::store::{ArtifactId, Lineage, Store};
+use mmboundary::store::{ArtifactId, ArtifactKind, Lineage, Store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -264,6 +264,15 @@ fn square_sharded_into_4_gives_the_local_rows_byte_identical() {
     p.run(&store, &opts(Some("slurm"), &["square"], slurm_for(&["square"], 2, "squares", dir.path()))).unwrap();
     let subs = load_submissions(&sdir);
     assert_eq!((subs.len(), subs[1].indexes.clone(), subs[1].of), (2, vec![0, 1], 2));
+    assert_eq!(output_of(&store, Some("slurm"), "square", "out"), local);
+
+    // A part whose bytes no longer match its hash is not merged: its shard runs again, only it.
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(sdir.join("manifests/shard-1.json")).unwrap()).unwrap();
+    let part = store.path_of(&ArtifactId::parse(m["outputs"]["out"]["id"].as_str().unwrap()).unwrap(), ArtifactKind::Parquet);
+    std::fs::write(&part, b"corrupt").unwrap();
+    p.run(&store, &opts(Some("slurm"), &["square"], slurm_for(&["square"], 2, "squares", dir.path()))).unwrap();
+    let subs = load_submissions(&sdir);
+    assert_eq!((subs.len(), subs[2].indexes.clone()), (3, vec![1]));
     assert_eq!(output_of(&store, Some("slurm"), "square", "out"), local);
 }
 
