@@ -44,6 +44,7 @@ impl std::str::FromStr for ExecutorKind {
 pub struct SlurmSettings {
     pub partition: Option<String>,
     pub account: Option<String>,
+    /// `--gpus-per-task` (0: none, e.g. to override `[slurm]` for a CPU stage).
     pub gpus_per_task: Option<u32>,
     pub cpus_per_task: Option<u32>,
     /// `--time`, e.g. `04:00:00`.
@@ -380,7 +381,7 @@ fn submit(
     if let Some(a) = &s.account {
         args.push(format!("--account={a}"));
     }
-    if let Some(g) = s.gpus_per_task {
+    if let Some(g) = s.gpus_per_task.filter(|&g| g > 0) {
         args.push("--ntasks=1".into());
         args.push(format!("--gpus-per-task={g}"));
     }
@@ -598,5 +599,23 @@ mod tests {
         assert!(e.contains("executor.toml") && e.contains("partiton"), "{e}");
         // No file: everything local.
         assert_eq!(ExecutorFile::load(&dir.path().join("none")).unwrap(), ExecutorFile::default());
+    }
+
+    #[test]
+    fn the_shipped_and_the_readme_configurations_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let shipped = ExecutorFile::load(&root.join("stages")).unwrap();
+        assert_eq!(
+            (shipped.executor, shipped.kind_of("bin"), shipped.settings_of("score").shards),
+            (ExecutorKind::Local, ExecutorKind::Local, 16)
+        );
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let section = readme.split("## On a cluster (Slurm)").nth(1).expect("README has the Slurm section");
+        let toml_block = section.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a TOML example");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ExecutorFile::NAME), toml_block).unwrap();
+        let f = ExecutorFile::load(dir.path()).unwrap();
+        assert_eq!((f.kind_of("score"), f.kind_of("bin")), (ExecutorKind::Slurm, ExecutorKind::Local));
+        assert_eq!(f.settings_of("score").cpus_per_task, Some(8));
     }
 }
