@@ -305,7 +305,9 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
                     break;
                 }
                 let idx: Vec<usize> = todo.iter().flatten().copied().collect();
-                let j = submit(&client, &settings, name, &key, &logs, &script, spec.as_ref().map(|_| idx.as_slice()))?;
+                let cwd = std::env::current_dir().map_err(|e| anyhow::anyhow!("the current folder: {e}"))?;
+                let args = sbatch_args(&settings, name, &key, &cwd, &logs, spec.as_ref().map(|_| idx.as_slice()));
+                let j = client.submit(&args, &script)?;
                 let mut subs = load_submissions(&dir);
                 subs.push(Submission { job: j.clone(), indexes: idx, of, submitted: Lineage::now() });
                 write_atomic(&dir.join("submissions.json"), &serde_json::to_vec_pretty(&subs)?)?;
@@ -352,20 +354,12 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn submit(
-    client: &SlurmClient,
-    s: &SlurmSettings,
-    stage: &str,
-    key: &str,
-    logs: &Path,
-    script: &Path,
-    array: Option<&[usize]>,
-) -> anyhow::Result<String> {
+/// The `sbatch` options of one submission (the script comes last, from [`SlurmClient::submit`]).
+pub fn sbatch_args(s: &SlurmSettings, stage: &str, key: &str, cwd: &Path, logs: &Path, array: Option<&[usize]>) -> Vec<String> {
     let mut args = vec![
         format!("--job-name=mmb-{stage}"),
         // The submitting folder: stage params and model paths relative to it mean the same in the task.
-        format!("--chdir={}", std::env::current_dir().map_err(|e| anyhow::anyhow!("the current folder: {e}"))?.display()),
+        format!("--chdir={}", cwd.display()),
         format!("--comment=mmb {stage} {}", &key[..16.min(key.len())]),
     ];
     match array {
@@ -392,7 +386,7 @@ fn submit(
         args.push(format!("--time={t}"));
     }
     args.extend(s.extra.iter().cloned());
-    client.submit(&args, script)
+    args
 }
 
 /// Polls until no task of the job is queued or running (a held task counts as finished: it would never
@@ -599,6 +593,45 @@ mod tests {
         assert!(e.contains("executor.toml") && e.contains("partiton"), "{e}");
         // No file: everything local.
         assert_eq!(ExecutorFile::load(&dir.path().join("none")).unwrap(), ExecutorFile::default());
+    }
+
+    #[test]
+    fn sbatch_options_follow_the_settings() {
+        let s = SlurmSettings {
+            partition: Some("gpu".into()),
+            account: Some("proj".into()),
+            gpus_per_task: Some(2),
+            time: Some("01:00:00".into()),
+            throttle: Some(3),
+            extra: vec!["--mem=8G".into()],
+            ..Default::default()
+        };
+        let a = sbatch_args(&s, "score", "0123456789abcdef0123", Path::new("/w"), Path::new("/l"), Some(&[0, 1, 2, 5]));
+        assert_eq!(
+            a,
+            [
+                "--job-name=mmb-score",
+                "--chdir=/w",
+                "--comment=mmb score 0123456789abcdef",
+                "--array=0-2,5%3",
+                "--output=/l/%A_%a.out",
+                "--partition=gpu",
+                "--account=proj",
+                "--ntasks=1",
+                "--gpus-per-task=2",
+                "--time=01:00:00",
+                "--mem=8G"
+            ]
+        );
+        let single = sbatch_args(
+            &SlurmSettings { gpus_per_task: Some(0), ..Default::default() },
+            "sft",
+            "k",
+            Path::new("/w"),
+            Path::new("/l"),
+            None,
+        );
+        assert_eq!(single, ["--job-name=mmb-sft", "--chdir=/w", "--comment=mmb sft k", "--output=/l/%j.out"]);
     }
 
     #[test]
