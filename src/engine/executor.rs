@@ -391,14 +391,26 @@ pub fn sbatch_args(s: &SlurmSettings, stage: &str, key: &str, cwd: &Path, logs: 
 
 /// Polls until no task of the job is queued or running (a held task counts as finished: it would never
 /// run by itself). Returns the last states seen (empty when Slurm forgot the job).
+/// A controller that does not answer (restarting, overloaded) is asked again, up to 10 times in a row.
 fn wait(client: &SlurmClient, job: &str, poll: Duration) -> anyhow::Result<Vec<TaskState>> {
+    let mut failures = 0;
     loop {
-        match client.tasks(job)? {
-            None => return Ok(Vec::new()),
-            Some(states) => {
+        match client.tasks(job) {
+            Ok(None) => return Ok(Vec::new()),
+            Ok(Some(states)) => {
+                failures = 0;
                 if !states.iter().any(|t| t.is_active()) {
                     return Ok(states);
                 }
+            }
+            Err(e) if failures < 10 => {
+                failures += 1;
+                tracing::warn!(job, error = %e, "Slurm did not answer; asking again");
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "Slurm job {job}: gave up asking after 10 failures (the tasks may still run; `mmb run` again waits for them)"
+                )))
             }
         }
         std::thread::sleep(poll);
