@@ -136,8 +136,8 @@ pub fn view_lineage(base: &Lineage, spec: &ShardSpec, full: &ArtifactId, index: 
         models: BTreeMap::new(),
         cache_key: base.cache_key.clone(),
         tool: Lineage::tool_version(),
-        created: Lineage::now(),
-        rows: None,
+        // The time and the row count are the store's to fill in.
+        ..Default::default()
     }
 }
 
