@@ -158,7 +158,11 @@ fn scoring(dir: &Path) -> Pipeline {
     let model = dir.join("tiny-llava");
     Pipeline::new(vec![
         Box::new(DatasetStage {
-            params: DatasetParams { penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() }, chunk: 8 },
+            params: DatasetParams {
+                penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() },
+                chunk: 8,
+                ..Default::default()
+            },
         }),
         Box::new(FeaturesStage { params: FeaturesParams { clip: Some(clip.clone()), batch: 4, merge: 1 }, session: Default::default() }),
         Box::new(GenerateStage {
