@@ -9,13 +9,13 @@
 # slurmctld and slurmd have no listen-address option (they bind 0.0.0.0:6817/6818), so they run in a private
 # network namespace `mmbslurm` that has only loopback and an unrouted veth address: nothing outside this
 # machine can reach them. Slurm's clients (sbatch, squeue, scontrol, scancel) must enter that namespace too;
-# `mmb` does so when MMB_SLURM_WRAP is set, which `start` writes to DIR/env:
+# `mmb` does so when MMB_SLURM_WRAP is set. The configuration is DIR/slurm.conf (nothing is written under
+# /etc), which Slurm's commands find through SLURM_CONF. `start` writes both variables to DIR/env:
 #   . DIR/env && cargo test --locked --test slurm
-# Must run as root (it writes /etc/slurm/slurm.conf and creates the namespace).
+# Must run as root (it creates the namespace and runs munged as the munge user).
 set -euo pipefail
 
 NS=mmbslurm
-CONF=/etc/slurm/slurm.conf
 
 die() { echo "slurm.sh: $*" >&2; exit 1; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -44,13 +44,13 @@ netns_up() {
 }
 
 write_conf() {
-    local dir=$1 host cpus mem
+    local dir=$1 host cpus mem conf=$1/slurm.conf
     host=$(hostname -s)
     # Test tasks are tiny: offer 4 slots per core (config_overrides lets slurmd accept more CPUs than it has).
     cpus=$(( $(nproc) * 4 ))
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
-    mkdir -p /etc/slurm "$dir/state" "$dir/spool" "$dir/log"
-    cat >"$CONF.tmp" <<EOF
+    mkdir -p "$dir/state" "$dir/spool" "$dir/log"
+    cat >"$conf.tmp" <<EOF
 # Written by scripts/ci/slurm.sh: a one-node test cluster on loopback.
 ClusterName=mmbtest
 SlurmctldHost=$host(127.0.0.1)
@@ -79,7 +79,7 @@ SlurmdParameters=config_overrides
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
-    mv "$CONF.tmp" "$CONF"
+    mv "$conf.tmp" "$conf"
 }
 
 wait_idle() {
@@ -100,7 +100,8 @@ start() {
     command -v slurmctld >/dev/null || die "Slurm is not installed: run scripts/ci/slurm.sh install first"
     mkdir -p "$1"
     dir=$(cd "$1" && pwd)
-    echo "export MMB_SLURM_WRAP=\"nsenter --net=/run/netns/$NS\"" >"$dir/env"
+    export SLURM_CONF="$dir/slurm.conf"
+    printf 'export MMB_SLURM_WRAP="nsenter --net=/run/netns/%s"\nexport SLURM_CONF="%s"\n' "$NS" "$SLURM_CONF" >"$dir/env"
     if alive "$dir/munged.pid" && alive "$dir/slurmctld.pid" && alive "$dir/slurmd.pid" && [ -e "/run/netns/$NS" ]; then
         wait_idle "$dir"
         echo "slurm.sh: already running (PIDs in $dir)"
@@ -118,11 +119,11 @@ start() {
         for _ in $(seq 1 50); do [ -S /run/munge/munge.socket.2 ] && break; sleep 0.1; done
     fi
     if ! alive "$dir/slurmctld.pid"; then
-        nohup nsenter --net="/run/netns/$NS" /usr/sbin/slurmctld -D -i >"$dir/log/slurmctld.out" 2>&1 &
+        nohup nsenter --net="/run/netns/$NS" /usr/sbin/slurmctld -D -i -f "$SLURM_CONF" >"$dir/log/slurmctld.out" 2>&1 &
         echo $! >"$dir/slurmctld.pid"
     fi
     if ! alive "$dir/slurmd.pid"; then
-        nohup nsenter --net="/run/netns/$NS" /usr/sbin/slurmd -D -N localhost >"$dir/log/slurmd.out" 2>&1 &
+        nohup nsenter --net="/run/netns/$NS" /usr/sbin/slurmd -D -N localhost -f "$SLURM_CONF" >"$dir/log/slurmd.out" 2>&1 &
         echo $! >"$dir/slurmd.pid"
     fi
     wait_idle "$dir"
