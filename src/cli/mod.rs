@@ -1,5 +1,6 @@
 //! The command line: one file per command group, each a thin shell over the libraries.
 mod bench;
+mod cluster;
 mod data;
 mod pipeline;
 mod store;
@@ -45,6 +46,9 @@ pub enum Command {
     Data(data::DataArgs),
     /// Benchmarks (figures as JSON, with references measured in the same run).
     Bench(bench::BenchArgs),
+    /// One Slurm task of a stage (what `mmb run --executor slurm` submits; not for direct use).
+    #[command(hide = true)]
+    ShardTask(cluster::ShardTaskArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -100,5 +104,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(a) => self::store::import(store, a),
         Command::Bench(a) => bench::run(a),
         Command::Data(a) => data::run(a).map(|()| ExitCode::SUCCESS),
+        Command::ShardTask(a) => cluster::shard_task(store, stages, a),
     }
 }

@@ -17,6 +17,10 @@ pub struct RunArgs {
     /// demo MLLM on SmolLM2-135M-Instruct's weights), under its own lock so the default run stays as it is.
     #[arg(long)]
     pub preset: Option<String>,
+    /// Where stages run: `local`, or `slurm` (array jobs for map stages, single jobs for the rest), over
+    /// `executor` of `<stages>/executor.toml`.
+    #[arg(long)]
+    pub executor: Option<crate::engine::executor::ExecutorKind>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -42,23 +46,10 @@ pub struct DagArgs {
 }
 
 pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let (pipeline, lock_name) = match &a.preset {
-        None => (crate::stages::pipeline(stages)?, None),
-        Some(name) => {
-            let file = stages.join("presets.toml");
-            let presets = crate::stages::SweepFile::load(&file)?;
-            let known: Vec<&str> = presets.variant.iter().map(|v| v.name.as_str()).collect();
-            let v = presets
-                .variant
-                .iter()
-                .find(|v| &v.name == name)
-                .ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}` (known: {})", file.display(), known.join(", ")))?;
-            let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
-            (crate::stages::pipeline_with(&configs)?, Some(format!("preset-{name}")))
-        }
-    };
+    let (pipeline, lock_name) = pipeline_for(stages, a.preset.as_deref())?;
+    let executor = super::cluster::executors(store, stages, a.executor, a.preset.as_deref())?;
     let store = Store::open(store)?;
-    let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force, lock: lock_name.clone() };
+    let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force, lock: lock_name.clone(), executor };
     let s = pipeline.run(&store, &opts)?;
     let restored = if s.restored.is_empty() { String::new() } else { format!("; restored from the run-cache: {}", s.restored.join(", ")) };
     if s.ran.is_empty() {
@@ -75,6 +66,25 @@ pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// The pipeline of the stage files, or of a preset of `presets.toml` (with the lock it records in).
+pub(super) fn pipeline_for(stages: &Path, preset: Option<&str>) -> anyhow::Result<(Pipeline, Option<String>)> {
+    Ok(match preset {
+        None => (crate::stages::pipeline(stages)?, None),
+        Some(name) => {
+            let file = stages.join("presets.toml");
+            let presets = crate::stages::SweepFile::load(&file)?;
+            let known: Vec<&str> = presets.variant.iter().map(|v| v.name.as_str()).collect();
+            let v = presets
+                .variant
+                .iter()
+                .find(|v| &v.name == name)
+                .ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}` (known: {})", file.display(), known.join(", ")))?;
+            let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
+            (crate::stages::pipeline_with(&configs)?, Some(format!("preset-{name}")))
+        }
+    })
+}
+
 pub fn status(store: &Path, stages: &Path) -> anyhow::Result<ExitCode> {
     let pipeline = crate::stages::pipeline(stages)?;
     let store = Store::open(store)?;
@@ -84,6 +94,9 @@ pub fn status(store: &Path, stages: &Path) -> anyhow::Result<ExitCode> {
         } else {
             let why: Vec<String> = st.reasons.iter().map(|r| r.to_string()).collect();
             println!("{:<10} stale: {}", st.stage, why.join("; "));
+            if let Some(line) = super::cluster::job_line(&store, stages, &st) {
+                println!("{:<10} {line}", "");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// `work/<stage>-<first 16 of the key>`: a stage run's resumable work folder.
+pub(crate) fn work_dir_path(root: &Path, stage: &str, key: &str) -> PathBuf {
+    root.join("work").join(format!("{stage}-{}", &key[..16.min(key.len())]))
+}
+
 /// A stage handed to another process: what it reads, writes and is keyed by.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkerJob {
@@ -59,11 +64,7 @@ impl<'a> StageContext<'a> {
     /// A folder for resumable work of this run (e.g. training checkpoints): the same key gets the same
     /// folder, so a rerun after a crash finds what the crashed run left. `mmb gc` does not touch it.
     pub fn work_dir(&self) -> anyhow::Result<PathBuf> {
-        let dir = self.store.root().join("work").join(format!(
-            "{}-{}",
-            self.stage,
-            &self.lineage.cache_key[..16.min(self.lineage.cache_key.len())]
-        ));
+        let dir = work_dir_path(self.store.root(), &self.stage, &self.lineage.cache_key);
         std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         Ok(dir)
     }

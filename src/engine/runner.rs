@@ -20,11 +20,13 @@ pub struct RunOptions {
     pub force: Vec<String>,
     /// Record in the lock of this named variant (`locks/<name>.json`) instead of the main one.
     pub lock: Option<String>,
+    /// Where stages run (None: all here; see [`super::executor`]).
+    pub executor: Option<std::sync::Arc<super::executor::Executors>>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { target: None, jobs: 1, force: Vec::new(), lock: None }
+        Self { target: None, jobs: 1, force: Vec::new(), lock: None, executor: None }
     }
 }
 
@@ -138,10 +140,11 @@ impl Pipeline {
                         rerun.insert(name.clone());
                         let tx = tx.clone();
                         let progress = &progress;
+                        let exec = opts.executor.as_deref();
                         scope.spawn(move || {
                             // A panic (an `expect`, an Arrow cast on a bad artifact) must fail the run, not leave
                             // the loop below waiting for a report that never comes.
-                            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_one(s, st, store, progress)))
+                            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_one(s, st, store, progress, exec)))
                                 .unwrap_or_else(|payload| {
                                     Err(EngineError::StagePanicked { stage: name.clone(), msg: panic_message(&*payload) })
                                 });
@@ -224,6 +227,7 @@ fn run_one(
     st: StageStatus,
     store: &Store,
     progress: &MultiProgress,
+    exec: Option<&super::executor::Executors>,
 ) -> Result<(StageRecord, Produced), EngineError> {
     let started = Instant::now();
     let name = stage.name().to_string();
@@ -241,7 +245,7 @@ fn run_one(
         rows: None,
     };
     let ctx = StageContext::new(store, &name, st.params.clone(), st.inputs.clone(), stage.outputs(), lineage, progress);
-    stage.run(&ctx).map_err(|source| EngineError::StageFailed { stage: name.clone(), source })?;
+    super::executor::execute(stage, &ctx, exec).map_err(|source| EngineError::StageFailed { stage: name.clone(), source })?;
     let written = ctx.into_written();
     let declared = stage.outputs();
     for d in &declared {

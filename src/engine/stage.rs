@@ -1,4 +1,5 @@
 use super::context::StageContext;
+use super::shard::ShardSpec;
 use std::path::PathBuf;
 
 /// An input of a stage: the output `output` of stage `stage`, known inside the stage as `name`.
@@ -33,6 +34,11 @@ pub trait Stage: Send + Sync {
     /// Device and dtype, e.g. `cpu/f32`: results may differ across them.
     fn device(&self) -> String {
         "cpu".into()
+    }
+    /// A map stage names its item list and key column here, so an executor may run it on shards of the
+    /// items and merge the outputs (see [`super::shard`]); None: the stage runs as one piece.
+    fn shard(&self) -> Option<ShardSpec> {
+        None
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()>;
 }

@@ -248,6 +248,10 @@ impl Stage for ScoreStage {
         v.extend(super::models::model_files(&self.params.clip));
         v
     }
+    /// Each chain's rows depend on that chain alone: `score` may run on shards of the chains.
+    fn shard(&self) -> Option<crate::engine::ShardSpec> {
+        Some(crate::engine::ShardSpec::new("chains", "item_id"))
+    }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let session = self.session_options();
         let chains = ctx.input_table("chains")?.concat()?;

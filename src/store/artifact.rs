@@ -146,6 +146,7 @@ impl Store {
         let dir = self.objects_dir();
         let tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(&dir).at(&dir)?;
         let (file, tmp_path) = tmp.into_parts();
+        hold_while_writing(&file);
         let mut w = HashingWriter { inner: io::BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new() };
         write(&mut w)?;
         let HashingWriter { inner, hasher } = w;
@@ -200,14 +201,20 @@ impl Store {
     }
 
     /// Removes temp files left by a writer that died mid-write. Call only while holding the store lock.
+    /// A temp file whose writer still lives (a Slurm task writing into this store without the store
+    /// lock) is locked by it and stays.
     pub fn remove_stale_temps(&self) -> Result<usize, StoreError> {
         let dir = self.objects_dir();
         let mut n = 0;
         for entry in fs::read_dir(&dir).at(&dir)? {
             let entry = entry.at(&dir)?;
-            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                fs::remove_file(entry.path()).at(entry.path())?;
-                n += 1;
+            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) && !being_written(&entry.path()) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => n += 1,
+                    // Its writer finished (renamed it) meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::Io { path: entry.path(), source: e }),
+                }
             }
         }
         Ok(n)
@@ -262,11 +269,27 @@ impl Write for HashingWriter {
     }
 }
 
+/// A writer holds an OS lock on its temp file until it is renamed or the writer dies, so that a cleaner
+/// can tell a live write from a dead one's leftovers (where locks are unsupported, every temp is stale).
+fn hold_while_writing(file: &File) {
+    let _ = file.try_lock();
+}
+
+/// Whether a temp file's writer is still at work (holds its lock).
+fn being_written(path: &Path) -> bool {
+    // Opened for writing: where flock is emulated with fcntl locks (NFS), an exclusive lock needs it.
+    match fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 /// Writes small files (lock file, sidecars) atomically: temp, fsync, rename, fsync the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).at(dir)?;
     let mut tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(dir).at(dir)?;
+    hold_while_writing(tmp.as_file());
     tmp.write_all(bytes).at(tmp.path())?;
     tmp.as_file().sync_all().at(tmp.path())?;
     tmp.persist(path).map_err(|e| e.error).at(path)?;
@@ -275,4 +298,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temps_are_removed_but_a_live_writers_temp_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let objects = store.objects_dir();
+        // A dead writer's leftover (no lock) and a live writer's temp (locked, as put_with holds it).
+        fs::write(objects.join(".tmp-dead"), b"half").unwrap();
+        let live = File::create(objects.join(".tmp-live")).unwrap();
+        hold_while_writing(&live);
+        assert_eq!(store.remove_stale_temps().unwrap(), 1);
+        assert!(!objects.join(".tmp-dead").exists());
+        assert!(objects.join(".tmp-live").exists(), "a temp still being written is kept");
+        drop(live);
+        assert_eq!(store.remove_stale_temps().unwrap(), 1);
+        assert!(!objects.join(".tmp-live").exists());
+    }
 }
