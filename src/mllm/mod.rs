@@ -13,12 +13,14 @@
 //! window past its length (refused), rope types other than default/linear/llama3 (refused), gradient
 //! checkpointing and bf16 autocast for GPU training (bf16 weights work on CPU and GPU), PPO checkpoints.
 pub mod chat;
+pub mod clip_vision;
 pub mod config;
 pub mod demo;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod llava;
+pub mod llava_next;
 pub mod lora;
 pub mod optim;
 pub mod ppo;
