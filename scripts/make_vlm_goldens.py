@@ -25,6 +25,7 @@ import os
 import shutil
 import types
 
+import numpy as np
 import PIL
 import torch
 import transformers
@@ -345,7 +346,7 @@ def qwen2_vl_pixels():
         shutil.rmtree(d)
     ip.save_pretrained(d)
     tensors, rows = {}, []
-    for rel, path in make_images(QWEN_CROPS):
+    for rel, path in make_images(QWEN_CROPS) + jpegs():
         im = Image.open(path).convert("RGB")
         out = ip(images=[im], return_tensors="pt")
         pv = out["pixel_values"].double()
@@ -365,11 +366,57 @@ def qwen2_vl_pixels():
         print(r)
 
 
+JPEGS = [  # (name, source, save options): real photos encoded by libjpeg-turbo through Pillow
+    ("chelsea_q90_420", "chelsea.png", {"quality": 90}),
+    ("coffee_q95_444", "coffee.png", {"quality": 95, "subsampling": 0}),
+    ("astronaut_progressive", "astronaut_portrait.png", {"quality": 85, "progressive": True}),
+    ("chelsea_gray", "chelsea.png", {"quality": 80, "gray": True}),
+]
+
+
+def byte_sums(a):
+    """Exact integer checks of decoded bytes: count, sum, and a position-weighted sum."""
+    flat = np.asarray(a, dtype=np.uint8).reshape(-1).astype(np.int64)
+    w = (np.arange(flat.size, dtype=np.int64) % 65521) + 1
+    return [int(flat.size), int(flat.sum()), int((flat * w).sum())]
+
+
+def jpegs():
+    """JPEG photos decoded by Pillow (libjpeg-turbo), and CLIPImageProcessor (PIL) on them."""
+    from transformers import CLIPImageProcessorPil
+    d = os.path.join(OUT, "jpeg")
+    os.makedirs(d, exist_ok=True)
+    files = [("encoders/photos/rocket.jpg", os.path.join(PHOTOS, "rocket.jpg"))]
+    for name, src, opts in JPEGS:
+        opts = dict(opts)
+        im = Image.open(os.path.join(PHOTOS, src)).convert("RGB")
+        if opts.pop("gray", False):
+            im = im.convert("L")
+        path = os.path.join(d, name + ".jpg")
+        im.save(path, "JPEG", **opts)
+        files.append(("backbones/jpeg/" + name + ".jpg", path))
+    clip = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    rows, tensors = [], {}
+    for rel, path in files:
+        im = Image.open(path)
+        mode = im.mode
+        rgb = im.convert("RGB")
+        key = os.path.basename(rel).rsplit(".", 1)[0]
+        pv = clip(images=[rgb], return_tensors="pt")["pixel_values"][0]
+        tensors[key + ".clip_sample"] = pv.reshape(-1)[::31].contiguous()
+        rows.append({"key": key, "file": rel, "mode": mode, "size": [rgb.height, rgb.width],
+                     "rgb_bytes": byte_sums(np.array(rgb)), "clip_sum": pv.double().sum().item()})
+    save_file(tensors, os.path.join(OUT, "jpeg_pixels.safetensors"))
+    with open(os.path.join(OUT, "jpeg_pixels.json"), "w") as fh:
+        json.dump({"pillow": PIL.__version__, "images": rows}, fh, indent=1)
+    return files
+
+
 def main():
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
     ip = processor()
-    files = make_images()
+    files = make_images() + jpegs()
     ptensors, prows = pixels(ip, files)
     save_file(ptensors, os.path.join(OUT, "llava_next_pixels.safetensors"))
     with open(os.path.join(OUT, "llava_next_pixels.json"), "w") as fh:

@@ -67,7 +67,7 @@ fn llava_next_pixels_and_token_counts_match_transformers_on_real_photos() {
     let proc_ = processor();
     let tile = meta["tile"].as_i64().unwrap();
     let rows = meta["images"].as_array().unwrap();
-    assert_eq!(rows.len(), 10, "fixture images");
+    assert_eq!(rows.len(), 15, "fixture images (10 PNG, 5 JPEG)");
     for row in rows {
         let key = row["key"].as_str().unwrap();
         let img = decode_image_file(&fixtures().join(row["file"].as_str().unwrap())).unwrap();
@@ -306,7 +306,7 @@ fn qwen2_vl_patches_grids_and_token_counts_match_transformers_on_real_photos() {
     let proc_ = Qwen2VlImageProcessor::from_dir(&backbones().join("qwen2-vl-processor")).unwrap();
     assert_eq!(proc_.max_pixels, meta["max_pixels"].as_i64().unwrap());
     let rows = meta["images"].as_array().unwrap();
-    assert_eq!(rows.len(), 7, "fixture images");
+    assert_eq!(rows.len(), 12, "fixture images (7 PNG, 5 JPEG)");
     for row in rows {
         let key = row["key"].as_str().unwrap();
         let file = fixtures().join(row["file"].as_str().unwrap());
@@ -324,4 +324,45 @@ fn qwen2_vl_patches_grids_and_token_counts_match_transformers_on_real_photos() {
         let d = max_abs_diff(&ours_sample, &sample);
         assert!(d < 1e-5, "{key}: max |Δ| of the strided sample {d}");
     }
+}
+
+/// Real JPEG photos (baseline 4:2:0 and 4:4:4, progressive, grayscale, and the encoders' rocket.jpg)
+/// decode to exactly Pillow's bytes (count, sum and position-weighted sum of the RGB bytes), and
+/// CLIPImageProcessor's pixel values on them match within 1e-5 (the LLaVA-NeXT and Qwen2-VL tests above
+/// include the same JPEGs).
+#[test]
+fn jpegs_decode_as_pillow_and_clip_pixels_match_transformers() {
+    use mmboundary::encoders::clip::ClipPreprocess;
+    let meta = json("jpeg_pixels.json");
+    let px = tensors("jpeg_pixels.safetensors");
+    let rows = meta["images"].as_array().unwrap();
+    assert_eq!(rows.len(), 5, "fixture JPEGs");
+    let clip = ClipPreprocess { shortest_edge: 224, crop: 224, ..Default::default() };
+    for row in rows {
+        let key = row["key"].as_str().unwrap();
+        let img = decode_image_file(&fixtures().join(row["file"].as_str().unwrap())).unwrap();
+        assert_eq!([img.height() as i64, img.width() as i64], ivec(&row["size"])[..], "{key}: size");
+        let raw = img.as_raw();
+        let sum: i64 = raw.iter().map(|&b| b as i64).sum();
+        let wsum: i64 = raw.iter().enumerate().map(|(i, &b)| b as i64 * ((i as i64 % 65521) + 1)).sum();
+        assert_eq!(vec![raw.len() as i64, sum, wsum], ivec(&row["rgb_bytes"]), "{key}: decoded bytes (count, Σ, weighted Σ) differ from Pillow's");
+        let pv = clip.pixel_values(&img);
+        let total: f64 = pv.iter().map(|&x| x as f64).sum();
+        assert!((total - row["clip_sum"].as_f64().unwrap()).abs() < 1e-3, "{key}: Σ CLIP pixels {total} vs {}", row["clip_sum"]);
+        let sample = f32s(&px[&format!("{key}.clip_sample")].1);
+        let ours: Vec<f32> = pv.iter().step_by(31).copied().collect();
+        let d = max_abs_diff(&ours, &sample);
+        assert!(d < 1e-5, "{key}: CLIP pixels max |Δ| {d}");
+    }
+}
+
+/// A JPEG libjpeg refuses (here: a frame header declaring 7-bit samples) is an error naming the item,
+/// never a panic or a grey image.
+#[test]
+fn a_jpeg_libjpeg_refuses_is_an_error_naming_the_item() {
+    let mut bytes = std::fs::read(backbones().join("jpeg/chelsea_q90_420.jpg")).unwrap();
+    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline frame header");
+    bytes[sof + 4] = 7; // sample precision
+    let e = mmboundary::encoders::clip::decode_image_bytes(&bytes, "bad-precision.jpg").unwrap_err().to_string();
+    assert!(e.contains("bad-precision.jpg") && e.contains("JPEG"), "{e}");
 }

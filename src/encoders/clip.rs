@@ -54,7 +54,7 @@ fn default_max_text() -> usize {
 // ------------------------------------------------------------------ decoding ---------------------------------
 
 /// Decodes an image file to RGB8, as `PIL.Image.open(p).convert("RGB")` (alpha composited on white, as
-/// transformers' `convert_to_rgb` does). Unreadable, truncated or empty images are errors naming the file.
+/// transformers' `convert_to_rgb` does; JPEGs through libjpeg as Pillow, see [`super::jpeg`]). Unreadable, truncated or empty images are errors naming the file.
 pub fn decode_image_file(path: &Path) -> Result<image::RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| EncoderError::Image { item: path.display().to_string(), reason: e.to_string() })?;
     decode_image_bytes(&bytes, &path.display().to_string())
@@ -70,6 +70,11 @@ pub fn decode_image_bytes(bytes: &[u8], item: &str) -> Result<image::RgbImage> {
     if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         // JPEG decoders fill a cut-off scan with grey instead of failing: catch it here.
         return Err(err("truncated JPEG (no end-of-image marker)".into()));
+    }
+    if format == image::ImageFormat::Jpeg {
+        if let Some(rgb) = super::jpeg::decode_jpeg_like_pil(bytes, item)? {
+            return Ok(rgb);
+        }
     }
     let img = image::load_from_memory_with_format(bytes, format).map_err(|e| err(format!("cannot decode {format:?}: {e}")))?;
     if img.width() == 0 || img.height() == 0 {

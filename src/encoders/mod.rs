@@ -6,6 +6,7 @@
 pub mod batching;
 pub mod bench;
 pub mod clip;
+pub mod jpeg;
 pub mod cross_encoder;
 pub mod llava_next_image;
 pub mod minilm;
