@@ -412,6 +412,51 @@ def jpegs():
     return files
 
 
+def qwen2_vl_model():
+    """Tiny Qwen2-VL (merge 2, so the merger and merge-window order are exercised): the vision tower's
+    merged features for two images of one prompt, and get_rope_index's 3-axis positions and delta."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    torch.manual_seed(5)
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=160, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False, use_sliding_window=False,
+                         initializer_range=0.2, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        vision_config={"depth": 2, "embed_dim": 32, "num_heads": 4, "mlp_ratio": 2, "hidden_size": 64,
+                       "hidden_act": "quick_gelu", "in_channels": 3, "patch_size": 14,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2, "initializer_range": 0.2},
+        vision_start_token_id=150, vision_end_token_id=151, image_token_id=152, video_token_id=153,
+    )
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+            elif n.endswith("bias"):
+                p.normal_(0, 0.1)
+    path = os.path.join(OUT, "tiny-qwen2-vl")
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    model.save_pretrained(path)
+    ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=QWEN_MAX_PIXELS, patch_size=14, merge_size=2,
+                                  temporal_patch_size=2)
+    ims = [Image.open(os.path.join(OUT, "images", k + ".png")).convert("RGB") for k in ("grid_56x84", "halfeven_70x126")]
+    inp = ip(images=ims, return_tensors="pt")
+    pv, thw = inp["pixel_values"], inp["image_grid_thw"]
+    counts = (thw.prod(-1) // 4).tolist()
+    ids = [5, 6, 7, 150] + [152] * counts[0] + [151, 8, 150] + [152] * counts[1] + [151, 9, 10]
+    ids_t = torch.tensor([ids])
+    types = (ids_t == 152).int()
+    with torch.no_grad():
+        feats = model.model.visual(pv, grid_thw=thw).pooler_output
+        pos, delta = model.model.get_rope_index(ids_t, types, image_grid_thw=thw)
+    t = {"qwen2_vl.visual": feats.contiguous()}
+    meta = {"images": ["grid_56x84", "halfeven_70x126"], "grid_thw": thw.tolist(), "input_ids": ids,
+            "position_ids": pos[:, 0].tolist(), "rope_delta": int(delta[0, 0]),
+            "layout": "hub" if any(k.startswith("visual.") for k in load_file(os.path.join(path, "model.safetensors"))) else "transformers5"}
+    return t, meta
+
+
 def main():
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
@@ -445,6 +490,9 @@ def main():
     tensors.update(t)
     meta["mistral"] = m
 
+    t, m = qwen2_vl_model()
+    tensors.update(t)
+    meta["qwen2_vl"] = m
     save_file(tensors, os.path.join(OUT, "llava_next_goldens.safetensors"))
     with open(os.path.join(OUT, "llava_next_goldens.json"), "w") as fh:
         json.dump(meta, fh, indent=1)

@@ -366,3 +366,41 @@ fn a_jpeg_libjpeg_refuses_is_an_error_naming_the_item() {
     let e = mmboundary::encoders::clip::decode_image_bytes(&bytes, "bad-precision.jpg").unwrap_err().to_string();
     assert!(e.contains("bad-precision.jpg") && e.contains("JPEG"), "{e}");
 }
+
+/// Qwen2-VL's vision transformer (patch embedding, 2-D rotary, attention within each image, 2x2 merger)
+/// on two real images of different grids, from the image files through our processor, and the M-RoPE
+/// position ids and rope delta of a prompt holding both, against transformers.
+#[test]
+fn qwen2_vl_vision_tower_and_rope_index_match_transformers() {
+    use mmboundary::encoders::qwen2_vl_image::Qwen2VlImageProcessor;
+    use mllm::qwen2_vl::{rope_index, Qwen2VlVision};
+    let meta = json("llava_next_goldens.json");
+    let m = &meta["qwen2_vl"];
+    let g = tensors("llava_next_goldens.safetensors");
+    let proc_ = Qwen2VlImageProcessor::from_dir(&backbones().join("qwen2-vl-processor")).unwrap();
+    let (_vs, vision) = Qwen2VlVision::load(&backbones().join("tiny-qwen2-vl"), Device::Cpu).unwrap();
+    let (mut rows, mut grids) = (vec![], vec![]);
+    for k in m["images"].as_array().unwrap() {
+        let file = backbones().join(format!("images/{}.png", k.as_str().unwrap()));
+        let p = proc_.preprocess(&decode_image_file(&file).unwrap(), k.as_str().unwrap()).unwrap();
+        rows.extend(p.patches);
+        grids.push(p.grid_thw);
+    }
+    let want_grids: Vec<Vec<i64>> = m["grid_thw"].as_array().unwrap().iter().map(ivec).collect();
+    assert_eq!(grids.iter().map(|g| g.to_vec()).collect::<Vec<_>>(), want_grids);
+    let n = rows.len() as i64 / vision.cfg.patch_dim();
+    let feats = tch::no_grad(|| vision.forward(&Tensor::from_slice(&rows).view([n, -1]), &grids).unwrap());
+    let want = tensor(&g["qwen2_vl.visual"]);
+    assert_eq!(feats.size(), want.size());
+    let d = max_abs_diff(&to_vec(&feats), &to_vec(&want));
+    assert!(d < 1e-4, "merged vision features: max |Δ| {d}");
+    let ids = ivec(&m["input_ids"]);
+    let (pos, delta) = rope_index(&ids, 152, &grids, 2).unwrap();
+    for a in 0..3 {
+        let got: Vec<i64> = pos.iter().map(|p| p[a]).collect();
+        assert_eq!(got, ivec(&m["position_ids"][a]), "axis {a}");
+    }
+    assert_eq!(delta, m["rope_delta"].as_i64().unwrap());
+    // the grid count must match the prompt's images
+    assert!(rope_index(&ids, 152, &grids[..1], 2).unwrap_err().to_string().contains("only 1 image grid"));
+}

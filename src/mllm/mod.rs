@@ -24,6 +24,7 @@ pub mod llava_next;
 pub mod lora;
 pub mod optim;
 pub mod ppo;
+pub mod qwen2_vl;
 pub mod sft;
 pub mod weights;
 
