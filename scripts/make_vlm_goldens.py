@@ -450,7 +450,8 @@ def qwen2_vl_model():
     with torch.no_grad():
         feats = model.model.visual(pv, grid_thw=thw).pooler_output
         pos, delta = model.model.get_rope_index(ids_t, types, image_grid_thw=thw)
-    t = {"qwen2_vl.visual": feats.contiguous()}
+        logits = model(input_ids=ids_t, pixel_values=pv, image_grid_thw=thw, mm_token_type_ids=types).logits[0]
+    t = {"qwen2_vl.visual": feats.contiguous(), "qwen2_vl.logits": logits.contiguous()}
     meta = {"images": ["grid_56x84", "halfeven_70x126"], "grid_thw": thw.tolist(), "input_ids": ids,
             "position_ids": pos[:, 0].tolist(), "rope_delta": int(delta[0, 0]),
             "layout": "hub" if any(k.startswith("visual.") for k in load_file(os.path.join(path, "model.safetensors"))) else "transformers5"}

@@ -403,4 +403,14 @@ fn qwen2_vl_vision_tower_and_rope_index_match_transformers() {
     assert_eq!(delta, m["rope_delta"].as_i64().unwrap());
     // the grid count must match the prompt's images
     assert!(rope_index(&ids, 152, &grids[..1], 2).unwrap_err().to_string().contains("only 1 image grid"));
+    // the whole prompt: image features spliced in, Qwen2 decoder with M-RoPE
+    let (_vs, model) = mllm::qwen2_vl::Qwen2Vl::load(&backbones().join("tiny-qwen2-vl"), Device::Cpu).unwrap();
+    assert_eq!(model.mrope_section, vec![2, 3, 3]);
+    let patches = Tensor::from_slice(&rows).view([n, -1]);
+    let logits = tch::no_grad(|| model.forward(&ids, Some(&patches), &grids).unwrap());
+    let want = tensor(&g["qwen2_vl.logits"]);
+    let scale = to_vec(&want).iter().fold(0f32, |a, x| a.max(x.abs()));
+    assert!(scale > 2.0, "logits near uniform ({scale})");
+    let d = max_abs_diff(&to_vec(&logits), &to_vec(&want));
+    assert!(d < 1e-4, "Qwen2-VL logits: max |Δ| {d}");
 }

@@ -1,7 +1,9 @@
-//! Qwen2-VL (`Qwen2VLForConditionalGeneration`), the parts that are here so far: its vision transformer
-//! in tch and the 3-axis M-RoPE position ids of a multimodal prompt. Not here yet: the decoder with M-RoPE
-//! (`mrope_section` applied in attention, rope deltas while decoding) and the image-token splice, so the
-//! model cannot generate yet.
+//! Qwen2-VL (`Qwen2VLForConditionalGeneration`): its vision transformer in tch, the 3-axis M-RoPE
+//! position ids of a multimodal prompt, and the full forward pass of one prompt (image features spliced in
+//! at the image tokens, the Qwen2 decoder with M-RoPE: `mrope_section` splits the rotary frequencies
+//! between the temporal, height and width positions). Not here yet: generation (decoding positions are
+//! `cache position + rope delta` on all three axes, which the shared generation loop does not offset),
+//! batches, and the trainers.
 //!
 //! Vision transformer (`Qwen2VisionTransformerPretrainedModel`): the patch rows of
 //! `encoders::qwen2_vl_image` (`C · temporal · patch · patch` values each, in merge-window order) go
@@ -9,6 +11,7 @@
 //! fused `qkv`, 2-D rotary embeddings (half the rotary frequencies follow the patch row, half the column)
 //! and bidirectional attention within each image only (block-diagonal), then the merger: LayerNorm, every
 //! 2×2 window of patches concatenated, and a GELU MLP to the text width.
+use super::llama::CausalLm;
 use super::{MllmError, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -299,6 +302,127 @@ impl Qwen2VlVision {
         }
         let merged = self.ln_q.forward(&x).view([-1, m * m * d]);
         Ok(self.mlp2.forward(&self.mlp0.forward(&merged).gelu("none")))
+    }
+}
+
+/// `Qwen2VLForConditionalGeneration`: the Qwen2 text tower and the vision transformer.
+#[derive(Debug)]
+pub struct Qwen2Vl {
+    pub lm: CausalLm,
+    pub vision: Qwen2VlVision,
+    /// Rotary frequencies per axis (t, h, w); sums to head_dim / 2.
+    pub mrope_section: Vec<i64>,
+    pub image_token_id: i64,
+}
+
+/// The text keys of a Qwen2-VL config as a Qwen2 decoder config: `text_config` (transformers 5) or the
+/// top level (hub files), with the M-RoPE section taken out of `rope_parameters` / `rope_scaling`.
+fn text_config(v: &serde_json::Value, at: &str) -> Result<(super::config::LlamaConfig, Vec<i64>)> {
+    let bad = |msg: String| MllmError::Config { path: at.to_string(), msg };
+    let mut t = v.get("text_config").cloned().unwrap_or_else(|| v.clone());
+    let obj = t.as_object_mut().ok_or_else(|| bad("text_config: expected an object".into()))?;
+    let rope = obj.get("rope_parameters").or_else(|| obj.get("rope_scaling")).or_else(|| v.get("rope_scaling")).cloned();
+    let rope = rope.ok_or_else(|| bad("rope_parameters / rope_scaling: missing (Qwen2-VL needs mrope_section)".into()))?;
+    let section: Vec<i64> = rope
+        .get("mrope_section")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .ok_or_else(|| bad("rope_parameters.mrope_section: expected a list of three integers".into()))?;
+    let theta = rope.get("rope_theta").and_then(|x| x.as_f64()).or_else(|| obj.get("rope_theta").and_then(|x| x.as_f64())).unwrap_or(1e6);
+    obj.remove("rope_scaling");
+    obj.insert("rope_parameters".into(), serde_json::json!({"rope_type": "default", "rope_theta": theta}));
+    obj.insert("model_type".into(), "qwen2".into());
+    if let Some(tie) = v.get("tie_word_embeddings").and_then(|x| x.as_bool()) {
+        obj.insert("tie_word_embeddings".into(), (tie || obj.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false)).into());
+    }
+    let cfg: super::config::LlamaConfig = serde_json::from_value(t).map_err(|e| bad(format!("text_config: {e}")))?;
+    cfg.validate(&format!("{at} (text_config)"))?;
+    if section.len() != 3 || section.iter().sum::<i64>() != cfg.head_dim() / 2 {
+        return Err(bad(format!(
+            "mrope_section {section:?}: expected three sizes summing to head_dim / 2 = {}",
+            cfg.head_dim() / 2
+        )));
+    }
+    Ok((cfg, section))
+}
+
+impl Qwen2Vl {
+    /// Loads a Qwen2-VL folder (either key layout: hub `model.*` / `visual.*`, or transformers 5's
+    /// `model.language_model.*` / `model.visual.*`; `lm_head.*` in both).
+    pub fn load(dir: &Path, device: tch::Device) -> Result<(nn::VarStore, Self)> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(super::io_err(&path))?;
+        let at = path.display().to_string();
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| MllmError::Config { path: at.clone(), msg: e.to_string() })?;
+        let mt = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
+        if mt != "qwen2_vl" {
+            return Err(MllmError::UnsupportedArchitecture {
+                found: format!("model_type {mt:?}"),
+                path: at,
+                supported: "qwen2_vl (Qwen2VLForConditionalGeneration)",
+            });
+        }
+        let (tc, mrope_section) = text_config(&v, &at)?;
+        let vc = v.get("vision_config").cloned().ok_or_else(|| MllmError::Config { path: at.clone(), msg: "missing vision_config".into() })?;
+        let vcfg: Qwen2VlVisionConfig =
+            serde_json::from_value(vc).map_err(|e| MllmError::Config { path: at.clone(), msg: format!("vision_config: {e}") })?;
+        vcfg.validate(&at)?;
+        if vcfg.hidden_size != tc.hidden_size {
+            return Err(MllmError::Config {
+                path: at,
+                msg: format!("vision_config.hidden_size {} must equal the text hidden_size {}", vcfg.hidden_size, tc.hidden_size),
+            });
+        }
+        let image_token_id = v
+            .get("image_token_id")
+            .and_then(|x| x.as_i64())
+            .ok_or_else(|| MllmError::Config { path: at.clone(), msg: "image_token_id: missing".into() })?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let lm = CausalLm::new(&root, &tc)?;
+        let vision = Qwen2VlVision::new(&(&root / "visual"), &vcfg)?;
+        let tied = tc.tie_word_embeddings;
+        let rename = move |k: &str| {
+            let k = if let Some(r) = k.strip_prefix("model.visual.") {
+                format!("visual.{r}")
+            } else if let Some(r) = k.strip_prefix("model.language_model.") {
+                format!("model.{r}")
+            } else {
+                k.to_string()
+            };
+            (!(k.ends_with("rotary_emb.inv_freq") || (tied && k == "lm_head.weight"))).then_some(k)
+        };
+        super::weights::load_safetensors_dir(&vs.variables(), dir, &super::weights::KeyPolicy { rename: &rename, optional: &|_| false })?;
+        Ok((vs, Self { lm, vision, mrope_section, image_token_id }))
+    }
+
+    /// cos, sin [1, 1, t, head_dim] for 3-axis positions: half-dimension j uses the axis of the
+    /// `mrope_section` chunk it falls in, and the second half repeats the first.
+    pub fn mrope_tables(&self, positions: &[[i64; 3]]) -> (Tensor, Tensor) {
+        let inv = self.lm.rope_inv_freq();
+        let half = inv.size()[0];
+        let axis_of: Vec<usize> =
+            self.mrope_section.iter().enumerate().flat_map(|(i, &n)| std::iter::repeat_n(i % 3, n as usize)).collect();
+        let t = positions.len() as i64;
+        let pos: Vec<f32> = positions.iter().flat_map(|p| axis_of.iter().map(move |&a| p[a] as f32)).collect();
+        let freqs = Tensor::from_slice(&pos).to_device(inv.device()).view([t, half]) * inv.unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).view([1, 1, t, 2 * half]);
+        (emb.cos(), emb.sin())
+    }
+
+    /// Logits [1, t, vocab] of one prompt `ids` whose image tokens are filled, in order, by the images of
+    /// `patches` [Σ t·h·w, patch_dim] with grids `grids`.
+    pub fn forward(&self, ids: &[i64], patches: Option<&Tensor>, grids: &[[i64; 3]]) -> Result<Tensor> {
+        let n = ids.len() as i64;
+        let ids_t = Tensor::from_slice(ids).view([1, n]).to_device(self.lm.device());
+        let feats = match patches {
+            Some(p) => Some(self.vision.forward(p, grids)?),
+            None => None,
+        };
+        let embeds = super::llava_next::splice_rows(&self.lm, &ids_t, self.image_token_id, feats.as_ref())?;
+        let (pos, _) = rope_index(ids, self.image_token_id, grids, self.vision.cfg.spatial_merge_size)?;
+        let (cos, sin) = self.mrope_tables(&pos);
+        let hidden = self.lm.forward_embeds_rotary(&embeds, None, None, Some((&cos, &sin)))?;
+        Ok(self.lm.logits(&hidden))
     }
 }
 
