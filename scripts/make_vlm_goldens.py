@@ -451,9 +451,12 @@ def qwen2_vl_model():
         feats = model.model.visual(pv, grid_thw=thw).pooler_output
         pos, delta = model.model.get_rope_index(ids_t, types, image_grid_thw=thw)
         logits = model(input_ids=ids_t, pixel_values=pv, image_grid_thw=thw, mm_token_type_ids=types).logits[0]
+        gen = model.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), pixel_values=pv,
+                             image_grid_thw=thw, mm_token_type_ids=types, max_new_tokens=32, do_sample=False,
+                             pad_token_id=0, eos_token_id=None)[0, ids_t.shape[1]:]
     t = {"qwen2_vl.visual": feats.contiguous(), "qwen2_vl.logits": logits.contiguous()}
     meta = {"images": ["grid_56x84", "halfeven_70x126"], "grid_thw": thw.tolist(), "input_ids": ids,
-            "position_ids": pos[:, 0].tolist(), "rope_delta": int(delta[0, 0]),
+            "position_ids": pos[:, 0].tolist(), "rope_delta": int(delta[0, 0]), "greedy": gen.tolist(),
             "layout": "hub" if any(k.startswith("visual.") for k in load_file(os.path.join(path, "model.safetensors"))) else "transformers5"}
     return t, meta
 

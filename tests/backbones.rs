@@ -413,4 +413,7 @@ fn qwen2_vl_vision_tower_and_rope_index_match_transformers() {
     assert!(scale > 2.0, "logits near uniform ({scale})");
     let d = max_abs_diff(&to_vec(&logits), &to_vec(&want));
     assert!(d < 1e-4, "Qwen2-VL logits: max |Δ| {d}");
+    // 32 greedy tokens, decoded at `cache position + rope delta`
+    let out = model.greedy(&ids, Some(&patches), &grids, 32).unwrap();
+    assert_eq!(out, ivec(&m["greedy"]), "Qwen2-VL greedy tokens");
 }

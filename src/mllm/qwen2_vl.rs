@@ -424,6 +424,39 @@ impl Qwen2Vl {
         let hidden = self.lm.forward_embeds_rotary(&embeds, None, None, Some((&cos, &sin)))?;
         Ok(self.lm.logits(&hidden))
     }
+
+    /// Greedy decoding of one prompt with a KV cache: the prompt runs with its M-RoPE positions, then
+    /// token k (0-based) after it sits at position `len + k + rope delta` on all three axes, as
+    /// transformers decodes. Returns the `max_new_tokens` chosen ids (no end-of-sequence stop).
+    pub fn greedy(&self, ids: &[i64], patches: Option<&Tensor>, grids: &[[i64; 3]], max_new_tokens: usize) -> Result<Vec<i64>> {
+        tch::no_grad(|| {
+            let n = ids.len() as i64;
+            let ids_t = Tensor::from_slice(ids).view([1, n]).to_device(self.lm.device());
+            let feats = match patches {
+                Some(p) => Some(self.vision.forward(p, grids)?),
+                None => None,
+            };
+            let embeds = super::llava_next::splice_rows(&self.lm, &ids_t, self.image_token_id, feats.as_ref())?;
+            let (pos, delta) = rope_index(ids, self.image_token_id, grids, self.vision.cfg.spatial_merge_size)?;
+            let (cos, sin) = self.mrope_tables(&pos);
+            let mut cache = super::llama::KvCache::new();
+            let mut hidden = self.lm.forward_embeds_rotary(&embeds, None, Some(&mut cache), Some((&cos, &sin)))?;
+            let mut out = Vec::with_capacity(max_new_tokens);
+            for k in 0..max_new_tokens {
+                let last = hidden.narrow(1, hidden.size()[1] - 1, 1);
+                let next = self.lm.logits(&last).argmax(-1, false).int64_value(&[0, 0]);
+                out.push(next);
+                if k + 1 == max_new_tokens {
+                    break;
+                }
+                let p = n + k as i64 + delta;
+                let (cos, sin) = self.mrope_tables(&[[p; 3]]);
+                let e = self.lm.embed(&Tensor::from_slice(&[next]).view([1, 1]))?;
+                hidden = self.lm.forward_embeds_rotary(&e, None, Some(&mut cache), Some((&cos, &sin)))?;
+            }
+            Ok(out)
+        })
+    }
 }
 
 /// M-RoPE position ids (t, h, w) of one unpadded prompt and its rope delta, as transformers'
