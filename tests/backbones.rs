@@ -417,3 +417,69 @@ fn qwen2_vl_vision_tower_and_rope_index_match_transformers() {
     let out = model.greedy(&ids, Some(&patches), &grids, 32).unwrap();
     assert_eq!(out, ivec(&m["greedy"]), "Qwen2-VL greedy tokens");
 }
+
+/// The other Qwen2-VL layouts: the hub's config (text keys at the top level, `rope_scaling` with
+/// `type: mrope`, `in_chans`) with weights under transformers 5's names (`model.language_model.*`,
+/// `model.visual.*`) gives the same logits; bad M-RoPE sections and a missing image token id are refused
+/// naming the file and field.
+#[test]
+fn qwen2_vl_hub_config_layout_and_bad_configs() {
+    use mllm::qwen2_vl::Qwen2Vl;
+    let src = backbones().join("tiny-qwen2-vl");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut hub = cfg.as_object().unwrap().clone();
+    let text = hub.remove("text_config").unwrap();
+    for (k, v) in text.as_object().unwrap() {
+        if k != "rope_parameters" && k != "model_type" {
+            hub.insert(k.clone(), v.clone());
+        }
+    }
+    hub.insert("rope_theta".into(), 1e6.into());
+    hub.insert("rope_scaling".into(), serde_json::json!({"type": "mrope", "mrope_section": [2, 3, 3]}));
+    let vc = hub["vision_config"].as_object_mut().unwrap();
+    let ch = vc.remove("in_channels").unwrap();
+    vc.insert("in_chans".into(), ch);
+    vc.remove("rope_parameters");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), Value::Object(hub.clone()).to_string()).unwrap();
+    let (all, meta) = mllm::weights::read_safetensors(&src.join("model.safetensors")).unwrap();
+    let renamed: Vec<(String, Tensor)> = all
+        .into_iter()
+        .map(|(k, t)| {
+            let k = if let Some(r) = k.strip_prefix("visual.") {
+                format!("model.visual.{r}")
+            } else if let Some(r) = k.strip_prefix("model.") {
+                format!("model.language_model.{r}")
+            } else {
+                k
+            };
+            (k, t)
+        })
+        .collect();
+    assert!(renamed.iter().any(|(k, _)| k.starts_with("model.language_model.layers.")));
+    mllm::weights::write_safetensors(&dir.path().join("model.safetensors"), &renamed, meta).unwrap();
+    let (_vs, a) = Qwen2Vl::load(dir.path(), Device::Cpu).unwrap();
+    let (_vs2, b) = Qwen2Vl::load(&src, Device::Cpu).unwrap();
+    let ids = ivec(&json("llava_next_goldens.json")["qwen2_vl"]["input_ids"]);
+    let text_only: Vec<i64> = ids.iter().copied().filter(|&t| t != 152).collect();
+    let la = tch::no_grad(|| a.forward(&text_only, None, &[]).unwrap());
+    let lb = tch::no_grad(|| b.forward(&text_only, None, &[]).unwrap());
+    assert!(max_abs_diff(&to_vec(&la), &to_vec(&lb)) < 1e-6, "the two layouts give different logits");
+    // bad configs
+    let write = |v: &Value| {
+        std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
+        Qwen2Vl::load(dir.path(), Device::Cpu).unwrap_err().to_string()
+    };
+    let mut bad = Value::Object(hub.clone());
+    bad["rope_scaling"]["mrope_section"] = serde_json::json!([2, 3, 4]);
+    let e = write(&bad);
+    assert!(e.contains("config.json") && e.contains("mrope_section") && e.contains("head_dim / 2 = 8"), "{e}");
+    let mut bad = Value::Object(hub.clone());
+    bad.as_object_mut().unwrap().remove("image_token_id");
+    let e = write(&bad);
+    assert!(e.contains("config.json") && e.contains("image_token_id"), "{e}");
+    let mut bad = Value::Object(hub);
+    bad["vision_config"]["num_heads"] = 3.into();
+    let e = write(&bad);
+    assert!(e.contains("config.json") && e.contains("num_heads"), "{e}");
+}
