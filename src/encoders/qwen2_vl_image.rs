@@ -190,7 +190,8 @@ impl Qwen2VlImageProcessor {
         let (h0, w0) = (img.height() as i64, img.width() as i64);
         let (h, w) = self.resized_size(h0, w0, item)?;
         let resized = if (h, w) == (h0, w0) { img.clone() } else { resize_bicubic_pil(img, w as u32, h as u32) };
-        let norm = ClipPreprocess { image_mean: self.image_mean, image_std: self.image_std, ..Default::default() }.normalize(resized.as_raw());
+        let norm =
+            ClipPreprocess { image_mean: self.image_mean, image_std: self.image_std, ..Default::default() }.normalize(resized.as_raw());
         let (p, m, t) = (self.patch_size as usize, self.merge_size as usize, self.temporal_patch_size as usize);
         let (gh, gw) = (h as usize / p, w as usize / p);
         let (w, hw) = (w as usize, (h * w as i64) as usize);

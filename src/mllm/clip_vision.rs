@@ -213,10 +213,7 @@ impl ClipVision {
         let (n, d, p, g) = (s[0], self.cfg.hidden_size, self.cfg.patch_size, self.cfg.grid());
         let x = pixel_values.to_kind(self.patch_embedding.kind());
         // Conv2d with stride = kernel = patch, as a matmul over (c, py, px) patches in row-major patch order.
-        let patches = x
-            .view([n, 3, g, p, g, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([n, g * g, 3 * p * p]);
+        let patches = x.view([n, 3, g, p, g, p]).permute([0, 2, 4, 1, 3, 5]).reshape([n, g * g, 3 * p * p]);
         let emb = patches.matmul(&self.patch_embedding.view([d, 3 * p * p]).tr());
         let cls = self.class_embedding.view([1, 1, d]).expand([n, 1, d], false);
         let h0 = Tensor::cat(&[cls, emb], 1) + self.position_embedding.unsqueeze(0);

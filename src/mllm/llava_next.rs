@@ -295,11 +295,7 @@ pub fn pack_tiles(features: &Tensor, layout: &AnyresLayout, grid: i64) -> Result
     }
     let d = s[2];
     let base = features.get(0);
-    let full = features
-        .narrow(0, 1, th * tw)
-        .view([th, tw, grid, grid, d])
-        .permute([0, 2, 1, 3, 4])
-        .reshape([th * grid, tw * grid, d]);
+    let full = features.narrow(0, 1, th * tw).view([th, tw, grid, grid, d]).permute([0, 2, 1, 3, 4]).reshape([th * grid, tw * grid, d]);
     let (r0, r1, c0, c1) = layout.window;
     Ok((base, full.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0)))
 }

@@ -216,7 +216,8 @@ impl Qwen2VlVision {
                 supported: "qwen2_vl (Qwen2VLForConditionalGeneration)",
             });
         }
-        let vc = v.get("vision_config").cloned().ok_or_else(|| MllmError::Config { path: at.clone(), msg: "missing vision_config".into() })?;
+        let vc =
+            v.get("vision_config").cloned().ok_or_else(|| MllmError::Config { path: at.clone(), msg: "missing vision_config".into() })?;
         let cfg: Qwen2VlVisionConfig =
             serde_json::from_value(vc).map_err(|e| MllmError::Config { path: at.clone(), msg: format!("vision_config: {e}") })?;
         cfg.validate(&at)?;
@@ -337,10 +338,7 @@ fn text_config(v: &serde_json::Value, at: &str) -> Result<(super::config::LlamaC
     let cfg: super::config::LlamaConfig = serde_json::from_value(t).map_err(|e| bad(format!("text_config: {e}")))?;
     cfg.validate(&format!("{at} (text_config)"))?;
     if section.len() != 3 || section.iter().sum::<i64>() != cfg.head_dim() / 2 {
-        return Err(bad(format!(
-            "mrope_section {section:?}: expected three sizes summing to head_dim / 2 = {}",
-            cfg.head_dim() / 2
-        )));
+        return Err(bad(format!("mrope_section {section:?}: expected three sizes summing to head_dim / 2 = {}", cfg.head_dim() / 2)));
     }
     Ok((cfg, section))
 }
@@ -362,7 +360,8 @@ impl Qwen2Vl {
             });
         }
         let (tc, mrope_section) = text_config(&v, &at)?;
-        let vc = v.get("vision_config").cloned().ok_or_else(|| MllmError::Config { path: at.clone(), msg: "missing vision_config".into() })?;
+        let vc =
+            v.get("vision_config").cloned().ok_or_else(|| MllmError::Config { path: at.clone(), msg: "missing vision_config".into() })?;
         let vcfg: Qwen2VlVisionConfig =
             serde_json::from_value(vc).map_err(|e| MllmError::Config { path: at.clone(), msg: format!("vision_config: {e}") })?;
         vcfg.validate(&at)?;
@@ -475,9 +474,9 @@ pub fn rope_index(ids: &[i64], image_token: i64, grids: &[[i64; 3]], merge: i64)
             i += 1;
             continue;
         }
-        let &[t, h, w] = grids_iter.next().ok_or_else(|| {
-            MllmError::Input(format!("image tokens at position {i} but only {} image grid(s) were given", grids.len()))
-        })?;
+        let &[t, h, w] = grids_iter
+            .next()
+            .ok_or_else(|| MllmError::Input(format!("image tokens at position {i} but only {} image grid(s) were given", grids.len())))?;
         let (gh, gw) = (h / merge, w / merge);
         let n = (t * gh * gw) as usize;
         if i + n > ids.len() || ids[i..i + n].iter().any(|&x| x != image_token) {
