@@ -538,3 +538,28 @@ fn perf_llava_next_generation_and_lora_step() {
         println!("ours {dtype:?} LoRA SFT step: {best:.2} s (best of steps 2-3)");
     }
 }
+
+/// The cached-features path: a model loaded without its CLIP tower takes tile features computed elsewhere
+/// (here by the tower-carrying model, standing in for the ONNX features stage), arranged by `pack_tiles`,
+/// and gives the same logits; asking it for tile features names what is missing.
+#[test]
+fn llava_next_without_tower_takes_precomputed_tile_features() {
+    use mllm::llava_next::pack_tiles;
+    let dir = backbones().join("tiny-llava-next");
+    let (_vs, full) = LlavaNext::load(&dir, Device::Cpu, DType::F32, true).unwrap();
+    let (_vs2, bare) = LlavaNext::load(&dir, Device::Cpu, DType::F32, false).unwrap();
+    assert!(bare.vision.is_none());
+    let p = processor().preprocess(&decode_image_file(&backbones().join("images/rows_90x200.png")).unwrap());
+    let tiles = tile_tensor(&p.pixel_values, p.n_patches, 56);
+    let e = bare.tile_features(&tiles).unwrap_err().to_string();
+    assert!(e.contains("without its vision tower"), "{e}");
+    let feats = tch::no_grad(|| full.tile_features(&tiles).unwrap());
+    let layout = bare.layout(p.size).unwrap();
+    let (base, grid) = pack_tiles(&feats, &layout, 4).unwrap();
+    let n_img = num_image_tokens(&layout, 16);
+    let ids: Vec<i64> = [5, 6].into_iter().chain(std::iter::repeat_n(127, n_img as usize)).chain([7, 8]).collect();
+    let ids = Tensor::from_slice(&ids).view([1, -1]);
+    let a = tch::no_grad(|| bare.forward(&ids, &[base, grid], None).unwrap());
+    let b = tch::no_grad(|| full.forward(&ids, &Vec::from(full.image_inputs(&tiles, p.size).unwrap()), None).unwrap());
+    assert_eq!(max_abs_diff(&to_vec(&a), &to_vec(&b)), 0.0);
+}
