@@ -54,7 +54,7 @@ fn default_max_text() -> usize {
 // ------------------------------------------------------------------ decoding ---------------------------------
 
 /// Decodes an image file to RGB8, as `PIL.Image.open(p).convert("RGB")` (alpha composited on white, as
-/// transformers' `convert_to_rgb` does). Unreadable, truncated or empty images are errors naming the file.
+/// transformers' `convert_to_rgb` does; JPEGs through libjpeg as Pillow, see [`super::jpeg`]). Unreadable, truncated or empty images are errors naming the file.
 pub fn decode_image_file(path: &Path) -> Result<image::RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| EncoderError::Image { item: path.display().to_string(), reason: e.to_string() })?;
     decode_image_bytes(&bytes, &path.display().to_string())
@@ -70,6 +70,11 @@ pub fn decode_image_bytes(bytes: &[u8], item: &str) -> Result<image::RgbImage> {
     if format == image::ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         // JPEG decoders fill a cut-off scan with grey instead of failing: catch it here.
         return Err(err("truncated JPEG (no end-of-image marker)".into()));
+    }
+    if format == image::ImageFormat::Jpeg {
+        if let Some(rgb) = super::jpeg::decode_jpeg_like_pil(bytes, item)? {
+            return Ok(rgb);
+        }
     }
     let img = image::load_from_memory_with_format(bytes, format).map_err(|e| err(format!("cannot decode {format:?}: {e}")))?;
     if img.width() == 0 || img.height() == 0 {
@@ -157,63 +162,87 @@ fn clip8(acc: i64) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Resizes like `PIL.Image.resize((w, h), Image.BICUBIC)` on an RGB image, bit for bit: horizontal pass
-/// into an 8-bit intermediate (only the rows the vertical pass reads), then the vertical pass.
-pub fn resize_bicubic_pil(src: &image::RgbImage, out_w: u32, out_h: u32) -> image::RgbImage {
-    let (in_w, in_h) = (src.width() as usize, src.height() as usize);
-    let (out_w, out_h) = (out_w as usize, out_h as usize);
+/// Horizontal pass: rows `rows` of `src` (`in_w` wide, RGB) resampled to `out_w`, 8-bit.
+fn horizontal_pass(src: &[u8], in_w: usize, rows: std::ops::Range<usize>, out_w: usize) -> Vec<u8> {
     let half = 1i64 << (PRECISION_BITS - 1);
-    let src_raw = src.as_raw();
-    let vert = coefficients(in_h, out_h);
-    // horizontal pass over the rows the vertical pass needs
-    let (row_first, row_last) = if in_h == out_h {
-        (0, in_h)
-    } else {
-        let first = vert.bounds[0].0;
-        let last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
-        (first, last)
-    };
-    let (temp, temp_w): (std::borrow::Cow<[u8]>, usize) = if in_w == out_w {
-        (std::borrow::Cow::Borrowed(&src_raw[row_first * in_w * 3..row_last * in_w * 3]), in_w)
-    } else {
-        let horiz = coefficients(in_w, out_w);
-        let rows = row_last - row_first;
-        let mut temp = vec![0u8; rows * out_w * 3];
-        temp.par_chunks_mut(out_w * 3).enumerate().for_each(|(r, out_row)| {
-            let in_row = &src_raw[(row_first + r) * in_w * 3..(row_first + r + 1) * in_w * 3];
-            for xx in 0..out_w {
-                let (xmin, count) = horiz.bounds[xx];
-                let k = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + count];
-                let (mut s0, mut s1, mut s2) = (half, half, half);
-                for (x, &w) in k.iter().enumerate() {
-                    let p = (xmin + x) * 3;
-                    s0 += in_row[p] as i64 * w as i64;
-                    s1 += in_row[p + 1] as i64 * w as i64;
-                    s2 += in_row[p + 2] as i64 * w as i64;
-                }
-                out_row[xx * 3] = clip8(s0);
-                out_row[xx * 3 + 1] = clip8(s1);
-                out_row[xx * 3 + 2] = clip8(s2);
+    let horiz = coefficients(in_w, out_w);
+    let first = rows.start;
+    let mut out = vec![0u8; rows.len() * out_w * 3];
+    out.par_chunks_mut(out_w * 3).enumerate().for_each(|(r, out_row)| {
+        let in_row = &src[(first + r) * in_w * 3..(first + r + 1) * in_w * 3];
+        for xx in 0..out_w {
+            let (xmin, count) = horiz.bounds[xx];
+            let k = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + count];
+            let (mut s0, mut s1, mut s2) = (half, half, half);
+            for (x, &w) in k.iter().enumerate() {
+                let p = (xmin + x) * 3;
+                s0 += in_row[p] as i64 * w as i64;
+                s1 += in_row[p + 1] as i64 * w as i64;
+                s2 += in_row[p + 2] as i64 * w as i64;
             }
-        });
-        (std::borrow::Cow::Owned(temp), out_w)
-    };
-    if in_h == out_h {
-        return image::RgbImage::from_raw(out_w as u32, out_h as u32, temp.into_owned()).expect("sizes match");
-    }
-    let mut out = vec![0u8; out_h * out_w * 3];
-    out.par_chunks_mut(out_w * 3).enumerate().for_each(|(yy, out_row)| {
+            out_row[xx * 3] = clip8(s0);
+            out_row[xx * 3 + 1] = clip8(s1);
+            out_row[xx * 3 + 2] = clip8(s2);
+        }
+    });
+    out
+}
+
+/// Vertical pass: `src` (`width` wide, RGB, its first row being source row `row_offset`) resampled
+/// with `vert` to `vert.bounds.len()` rows, 8-bit.
+fn vertical_pass(src: &[u8], width: usize, vert: &Coefficients, row_offset: usize) -> Vec<u8> {
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let out_h = vert.bounds.len();
+    let mut out = vec![0u8; out_h * width * 3];
+    out.par_chunks_mut(width * 3).enumerate().for_each(|(yy, out_row)| {
         let (ymin, count) = vert.bounds[yy];
-        let ymin = ymin - row_first;
+        let ymin = ymin - row_offset;
         let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + count];
-        for c in 0..temp_w * 3 {
+        for c in 0..width * 3 {
             let mut s = half;
             for (y, &w) in k.iter().enumerate() {
-                s += temp[(ymin + y) * temp_w * 3 + c] as i64 * w as i64;
+                s += src[(ymin + y) * width * 3 + c] as i64 * w as i64;
             }
             out_row[c] = clip8(s);
         }
     });
+    out
+}
+
+/// Resizes like `PIL.Image.resize((w, h), Image.BICUBIC)` on an RGB image, bit for bit, with Pillow 13's
+/// pass order: when the height shrinks by more than twice what the width shrinks
+/// (`in_h - out_h > 2 · (in_w - out_w)`), the vertical pass runs first over every column, then the
+/// horizontal pass; otherwise the horizontal pass runs first (over only the rows the vertical pass
+/// reads), then the vertical pass. Each pass rounds to 8 bits, so the order changes results by ±1.
+/// (Pillow ≤ 12 always ran the horizontal pass first.)
+pub fn resize_bicubic_pil(src: &image::RgbImage, out_w: u32, out_h: u32) -> image::RgbImage {
+    let (in_w, in_h) = (src.width() as usize, src.height() as usize);
+    let (out_w, out_h) = (out_w as usize, out_h as usize);
+    let src_raw = src.as_raw();
+    let (need_h, need_v) = (in_w != out_w, in_h != out_h);
+    let shrink_h = in_h as i64 - out_h as i64;
+    let vertical_first = shrink_h > 0 && shrink_h > (in_w as i64 - out_w as i64) * 2;
+    let out = if vertical_first {
+        let v = vertical_pass(src_raw, in_w, &coefficients(in_h, out_h), 0);
+        if need_h {
+            horizontal_pass(&v, in_w, 0..out_h, out_w)
+        } else {
+            v
+        }
+    } else if need_v {
+        let vert = coefficients(in_h, out_h);
+        let first = vert.bounds[0].0;
+        let last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
+        if need_h {
+            vertical_pass(&horizontal_pass(src_raw, in_w, first..last, out_w), out_w, &vert, first)
+        } else {
+            vertical_pass(src_raw, in_w, &vert, 0)
+        }
+    } else if need_h {
+        horizontal_pass(src_raw, in_w, 0..in_h, out_w)
+    } else {
+        src_raw.clone()
+    };
     image::RgbImage::from_raw(out_w as u32, out_h as u32, out).expect("sizes match")
 }
 
@@ -273,9 +302,10 @@ impl ClipPreprocess {
         self.normalize(&bytes)
     }
 
-    /// `[crop*crop*3]` RGB bytes to channel-first normalized floats.
+    /// Row-major RGB bytes (`[crop*crop*3]` here; any `[h*w*3]` for other processors) to channel-first
+    /// normalized floats.
     pub fn normalize(&self, bytes: &[u8]) -> Vec<f32> {
-        let n = (self.crop * self.crop) as usize;
+        let n = bytes.len() / 3;
         let mut out = vec![0f32; 3 * n];
         for c in 0..3 {
             let (mean, std) = (self.image_mean[c], self.image_std[c]);

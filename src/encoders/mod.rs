@@ -7,7 +7,10 @@ pub mod batching;
 pub mod bench;
 pub mod clip;
 pub mod cross_encoder;
+pub mod jpeg;
+pub mod llava_next_image;
 pub mod minilm;
+pub mod qwen2_vl_image;
 pub mod runtime;
 pub mod text;
 

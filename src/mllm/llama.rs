@@ -238,6 +238,10 @@ impl CausalLm {
     pub fn device(&self) -> Device {
         self.embed_tokens.device()
     }
+    /// The rotary inverse frequencies [head_dim / 2] (f32, after the config's scaling).
+    pub fn rope_inv_freq(&self) -> &Tensor {
+        &self.rope.inv_freq
+    }
     pub fn kind(&self) -> Kind {
         self.embed_tokens.kind()
     }
@@ -281,6 +285,18 @@ impl CausalLm {
     /// (left padding with 0); positions follow the mask as transformers does. With a cache, the new keys
     /// and values are appended. Returns the final-norm hidden states [b, t, h].
     pub fn forward_embeds(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.forward_embeds_rotary(embeds, attention_mask, cache, None)
+    }
+
+    /// [`Self::forward_embeds`] with the rotary tables given by the caller (cos, sin [b, 1, t, head_dim])
+    /// instead of computed from 1-D positions: Qwen2-VL's 3-axis M-RoPE.
+    pub fn forward_embeds_rotary(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        rotary: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         let t = embeds.size()[1];
         let mut cache = cache;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -293,6 +309,10 @@ impl CausalLm {
             }
         }
         let (cos, sin, allowed) = self.attention_inputs(embeds, attention_mask, past)?;
+        let (cos, sin) = match rotary {
+            Some((c, s)) => (c.to_kind(embeds.kind()), s.to_kind(embeds.kind())),
+            None => (cos, sin),
+        };
         if let Some(c) = cache.as_deref_mut() {
             if c.layers.len() != self.layers.len() {
                 c.layers = (0..self.layers.len()).map(|_| None).collect();

@@ -8,20 +8,26 @@
 //! frozen and runs elsewhere: this module takes its (cached) penultimate-layer patch features as tensors.
 //! Also read: llama.cpp GGUF files with `general.architecture = llama` (F32/F16/Q4_0/Q4_1/Q8_0 tensors).
 //!
-//! Not yet here: LLaVA-NeXT's any-resolution packing (tiles + `image_newline`; the splice already takes
-//! per-image features of any length), Qwen2-VL (its own vision tower and M-RoPE), Mistral's sliding
+//! The paper's backbones: `LlavaNextForConditionalGeneration` ([`llava_next`], with the CLIP tower in tch,
+//! [`clip_vision`]) and `Qwen2VLForConditionalGeneration` ([`qwen2_vl`]: vision transformer, M-RoPE,
+//! forward pass and greedy decoding; not yet in the batched generation loop or the trainers).
+//!
+//! Not yet here: Mistral's sliding
 //! window past its length (refused), rope types other than default/linear/llama3 (refused), gradient
 //! checkpointing and bf16 autocast for GPU training (bf16 weights work on CPU and GPU), PPO checkpoints.
 pub mod chat;
+pub mod clip_vision;
 pub mod config;
 pub mod demo;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod llava;
+pub mod llava_next;
 pub mod lora;
 pub mod optim;
 pub mod ppo;
+pub mod qwen2_vl;
 pub mod sft;
 pub mod weights;
 
