@@ -177,6 +177,24 @@ fn round_trip(a: &Project, b: &Project) {
 }
 
 #[test]
+fn the_store_refuses_downloaded_bytes_that_do_not_hash_to_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let good = bytes(5, 10_000);
+    let id = ArtifactId::parse(&blake3::hash(&good).to_hex().to_string()).unwrap();
+    let mut bad = good.clone();
+    bad[17] ^= 1;
+    let source = Path::new("objects/x.bin");
+    let e = store.put_expected(ArtifactKind::Bin, None, &id, source, |w| std::io::Write::write_all(w, &bad).map_err(|e| mmboundary::store::StoreError::Io { path: source.into(), source: e })).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("objects/x.bin") && msg.contains(id.as_str()) && msg.contains(&blake3::hash(&bad).to_hex().to_string()), "{msg}");
+    assert_eq!(std::fs::read_dir(store.objects_dir()).unwrap().count(), 0, "nothing, not even a temp file, stays");
+    let got = store.put_expected(ArtifactKind::Bin, None, &id, source, |w| std::io::Write::write_all(w, &good).map_err(|e| mmboundary::store::StoreError::Io { path: source.into(), source: e })).unwrap();
+    assert_eq!(got, id);
+    assert_eq!(std::fs::read(store.path_of(&id, ArtifactKind::Bin)).unwrap(), good);
+}
+
+#[test]
 fn remote_add_list_remove_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let mmb = || {
