@@ -86,6 +86,13 @@ pub fn remote_cmd(stages: &Path, a: RemoteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `N stage(s): a, b, c` (the first 8, then a count).
+fn list(names: &[String]) -> String {
+    let head: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+    let more = if names.len() > 8 { format!(", … ({} more)", names.len() - 8) } else { String::new() };
+    format!("{} stage(s){}{}{more}", names.len(), if names.is_empty() { "" } else { ": " }, head.join(", "))
+}
+
 fn mb(b: u64) -> f64 {
     b as f64 / 1e6
 }
@@ -95,14 +102,14 @@ pub fn push(store: &Path, stages: &Path, a: PushArgs) -> anyhow::Result<ExitCode
     let remote = remote::open(stages, a.remote.as_deref())?;
     let r = remote::push(&store, &remote, &a.targets, &TransferOptions { jobs: a.jobs, lock: a.lock })?;
     eprintln!(
-        "pushed to `{}`: {} uploaded ({:.1} MB, {:.1} MB/s), {} already there{}; {} stage(s) in manifest {} ({:.2} s)",
+        "pushed to `{}`: {} uploaded ({:.1} MB, {:.1} MB/s), {} already there{}; {} in manifest {} ({:.2} s)",
         remote.name,
         r.uploaded,
         mb(r.bytes),
         mb(r.bytes) / r.seconds.max(1e-9),
         r.present,
         if r.repaired > 0 { format!(", {} corrupt copies replaced", r.repaired) } else { String::new() },
-        r.stages.len(),
+        list(&r.stages),
         &r.manifest[..12],
         r.seconds
     );
@@ -121,7 +128,7 @@ pub fn pull(store: &Path, stages: &Path, a: PushArgs, record: bool) -> anyhow::R
         mb(r.bytes),
         mb(r.bytes) / r.seconds.max(1e-9),
         r.present,
-        if record { format!("; recorded stage(s): {}", if r.recorded.is_empty() { "none".into() } else { r.recorded.join(", ") }) } else { String::new() },
+        if record { format!("; recorded {}", list(&r.recorded)) } else { String::new() },
         r.seconds
     );
     Ok(ExitCode::SUCCESS)
