@@ -167,11 +167,17 @@ fn round_trip(a: &Project, b: &Project) {
     }
     let (bin_id, bin_kind) = id_of(&lock, "bin");
     assert!(!b.store().path_of(&bin_id, bin_kind).exists(), "bin was not asked for");
-    // `fetch` of an artifact prefix brings the object without touching the lock.
+    // A second pull (everything) downloads only what the store lacks.
+    let out = b.mmb().arg("pull").output().unwrap();
+    let err = stderr_of(&out);
+    assert!(out.status.success() && err.contains("1 downloaded and verified") && err.contains("2 already in the store"), "{err}");
+    assert_eq!(LockFile::load(b.store().root()).unwrap().stages, lock.stages);
+    // `fetch` of an artifact prefix brings the object back without touching the lock.
+    std::fs::remove_file(b.store().path_of(&bin_id, bin_kind)).unwrap();
     let out = b.mmb().args(["fetch", &bin_id.as_str()[..10]]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success() && stderr_of(&out).contains("fetched from `origin`: 1 downloaded"), "{}", stderr_of(&out));
     assert!(b.store().path_of(&bin_id, bin_kind).exists());
-    assert_eq!(LockFile::load(b.store().root()).unwrap().stages.len(), 2);
+    assert_eq!(LockFile::load(b.store().root()).unwrap().stages, lock.stages);
     let out = b.mmb().arg("verify").output().unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
