@@ -1,13 +1,13 @@
 //! Remotes: `mmb remote`, `push`, `pull`, `fetch`, `status --remote` against a shared folder and against a
 //! real S3-compatible server (SeaweedFS, started by `scripts/ci/seaweedfs.sh start DIR`; `source DIR/env`
 //! sets MMB_TEST_S3_ENDPOINT and the AWS keys). The S3 tests FAIL when the server is not set up.
-use std::process::{Command, Stdio};
 use mmboundary::engine::{LockFile, RunOptions, StageRecord};
 use mmboundary::remote::{self, RemoteSpec, RemotesFile, TransferOptions};
 use mmboundary::store::{ArtifactId, ArtifactKind, Lineage, Store};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 mod common;
 
@@ -66,7 +66,13 @@ impl Project {
 }
 
 fn lineage(stage: &str, output: &str) -> Lineage {
-    Lineage { stage: stage.into(), output: output.into(), code_version: "1".into(), created: "2026-01-01T00:00:00Z".into(), ..Default::default() }
+    Lineage {
+        stage: stage.into(),
+        output: output.into(),
+        code_version: "1".into(),
+        created: "2026-01-01T00:00:00Z".into(),
+        ..Default::default()
+    }
 }
 
 /// Deterministic pseudo-random bytes (distinct per seed).
@@ -103,7 +109,10 @@ fn fill(store: &Store, seed: u64, sizes: [usize; 3]) -> LockFile {
     let levels = store.put_bytes(ArtifactKind::Safetensors, &bytes(seed + 2, sizes[2]), Some(&lineage("bin", "levels"))).unwrap();
     let mut lock = LockFile { version: 1, stages: BTreeMap::new() };
     lock.stages.insert("dataset".into(), record(&format!("kd{seed}"), &[], &[("items", &items, ArtifactKind::Json, sizes[0] as u64)]));
-    lock.stages.insert("score".into(), record(&format!("ks{seed}"), &[("items", &items)], &[("scored", &scored, ArtifactKind::Bin, sizes[1] as u64)]));
+    lock.stages.insert(
+        "score".into(),
+        record(&format!("ks{seed}"), &[("items", &items)], &[("scored", &scored, ArtifactKind::Bin, sizes[1] as u64)]),
+    );
     lock.stages.insert(
         "bin".into(),
         record(&format!("kb{seed}"), &[("scored", &scored)], &[("levels", &levels, ArtifactKind::Safetensors, sizes[2] as u64)]),
@@ -191,11 +200,19 @@ fn the_store_refuses_downloaded_bytes_that_do_not_hash_to_their_name() {
     let mut bad = good.clone();
     bad[17] ^= 1;
     let source = Path::new("objects/x.bin");
-    let e = store.put_expected(ArtifactKind::Bin, None, &id, source, |w| std::io::Write::write_all(w, &bad).map_err(|e| mmboundary::store::StoreError::Io { path: source.into(), source: e })).unwrap_err();
+    let e = store
+        .put_expected(ArtifactKind::Bin, None, &id, source, |w| {
+            std::io::Write::write_all(w, &bad).map_err(|e| mmboundary::store::StoreError::Io { path: source.into(), source: e })
+        })
+        .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("objects/x.bin") && msg.contains(id.as_str()) && msg.contains(&blake3::hash(&bad).to_hex().to_string()), "{msg}");
     assert_eq!(std::fs::read_dir(store.objects_dir()).unwrap().count(), 0, "nothing, not even a temp file, stays");
-    let got = store.put_expected(ArtifactKind::Bin, None, &id, source, |w| std::io::Write::write_all(w, &good).map_err(|e| mmboundary::store::StoreError::Io { path: source.into(), source: e })).unwrap();
+    let got = store
+        .put_expected(ArtifactKind::Bin, None, &id, source, |w| {
+            std::io::Write::write_all(w, &good).map_err(|e| mmboundary::store::StoreError::Io { path: source.into(), source: e })
+        })
+        .unwrap();
     assert_eq!(got, id);
     assert_eq!(std::fs::read(store.path_of(&id, ArtifactKind::Bin)).unwrap(), good);
 }
@@ -209,13 +226,21 @@ fn remote_add_list_remove_through_the_cli() {
         c
     };
     std::fs::create_dir_all(dir.path().join("stages")).unwrap();
-    assert!(mmb().args(["remote", "add", "origin", "s3://team-bucket/shared", "--endpoint", "http://127.0.0.1:9"]).output().unwrap().status.success());
+    assert!(mmb()
+        .args(["remote", "add", "origin", "s3://team-bucket/shared", "--endpoint", "http://127.0.0.1:9"])
+        .output()
+        .unwrap()
+        .status
+        .success());
     assert!(mmb().args(["remote", "add", "nfs", "file:///mnt/shared/mmb"]).output().unwrap().status.success());
     let out = mmb().args(["remote", "add", "x", "ftp://nope"]).output().unwrap();
     assert!(!out.status.success() && stderr_of(&out).contains("ftp://nope"), "{}", stderr_of(&out));
     let out = mmb().args(["remote", "list"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("* origin") && text.contains("s3://team-bucket/shared") && text.contains("endpoint http://127.0.0.1:9"), "{text}");
+    assert!(
+        text.contains("* origin") && text.contains("s3://team-bucket/shared") && text.contains("endpoint http://127.0.0.1:9"),
+        "{text}"
+    );
     assert!(text.contains("  nfs") && text.contains("file:///mnt/shared/mmb"), "{text}");
     assert!(mmb().args(["remote", "remove", "origin"]).output().unwrap().status.success());
     let text = String::from_utf8_lossy(&mmb().args(["remote", "list"]).output().unwrap().stdout).into_owned();
@@ -247,8 +272,11 @@ fn corrupted_object_is_refused(a: &Project, b: &Project, corrupt: &dyn Fn(&str, 
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&key) && err.contains("corrupt") && err.contains(&format!("not {id}")), "{err}");
     assert!(!b.store().path_of(&id, kind).exists(), "a corrupt object entered the store");
-    let leftovers: Vec<_> =
-        std::fs::read_dir(b.store().objects_dir()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(b.store().objects_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     // The good objects came in.
     let (items, ikind) = id_of(&lock, "dataset");
@@ -262,7 +290,9 @@ fn file_remote_corrupted_object_is_refused() {
     let shared = tempfile::tempdir().unwrap();
     let spec = RemoteSpec { url: format!("file://{}", shared.path().display()), endpoint: None, region: None };
     let root = shared.path().to_path_buf();
-    corrupted_object_is_refused(&Project::new(spec.clone()), &Project::new(spec), &|key, data| std::fs::write(root.join(key), data).unwrap());
+    corrupted_object_is_refused(&Project::new(spec.clone()), &Project::new(spec), &|key, data| {
+        std::fs::write(root.join(key), data).unwrap()
+    });
 }
 
 #[test]
@@ -364,7 +394,14 @@ fn s3_wrong_credentials_give_a_clear_error() {
     let err = stderr_of(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("remote `origin`") && err.contains("access denied") && err.contains("AWS_SECRET_ACCESS_KEY"), "{err}");
-    let out = a.mmb().arg("push").env_remove("AWS_ACCESS_KEY_ID").env("AWS_SHARED_CREDENTIALS_FILE", a.root.join("none")).env("AWS_CONFIG_FILE", a.root.join("none")).output().unwrap();
+    let out = a
+        .mmb()
+        .arg("push")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env("AWS_SHARED_CREDENTIALS_FILE", a.root.join("none"))
+        .env("AWS_CONFIG_FILE", a.root.join("none"))
+        .output()
+        .unwrap();
     let err = stderr_of(&out);
     assert!(!out.status.success() && err.contains("no AWS credentials"), "{err}");
 }
@@ -458,7 +495,8 @@ fn same_content(sa: &Store, sb: &Store, a: (&str, ArtifactKind), b: (&str, Artif
         ArtifactKind::Safetensors => {
             let ba = std::fs::read(sa.path_of(&ia, a.1)).unwrap();
             let bb = std::fs::read(sb.path_of(&ib, b.1)).unwrap();
-            let (ma, mb) = (safetensors::SafeTensors::read_metadata(&ba).unwrap().1, safetensors::SafeTensors::read_metadata(&bb).unwrap().1);
+            let (ma, mb) =
+                (safetensors::SafeTensors::read_metadata(&ba).unwrap().1, safetensors::SafeTensors::read_metadata(&bb).unwrap().1);
             assert_eq!(ma.metadata(), mb.metadata(), "{what}: metadata");
             let (xa, xb) = (safetensors::SafeTensors::deserialize(&ba).unwrap(), safetensors::SafeTensors::deserialize(&bb).unwrap());
             let mut names = xa.names();
@@ -490,7 +528,9 @@ fn perf_push_pull_against_boto3() {
     };
     for i in 0..1006u64 {
         let (kind, size) = if i < 6 { (ArtifactKind::Parquet, 200_000_000) } else { (ArtifactKind::Json, 16_384) };
-        let id = store.put_bytes(kind, &fill_xof(i, size), (kind != ArtifactKind::Parquet).then(|| lineage("dataset", "part")).as_ref()).unwrap();
+        let id = store
+            .put_bytes(kind, &fill_xof(i, size), (kind != ArtifactKind::Parquet).then(|| lineage("dataset", "part")).as_ref())
+            .unwrap();
         lock.stages.insert(format!("s{i:04}"), record(&format!("k{i}"), &[], &[("part", &id, kind, size as u64)]));
     }
     lock.save(store.root()).unwrap();

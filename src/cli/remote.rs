@@ -143,6 +143,13 @@ pub fn status(store: &Path, stages: &Path, name: &str) -> anyhow::Result<ExitCod
         println!("{:<10} {}", r.stage, r.describe());
     }
     let synced = rows.iter().filter(|r| r.describe() == "in sync").count();
-    eprintln!("remote `{}` ({}): {} of {} stage(s) in sync ({:.2} s)", remote.name, remote.at, synced, rows.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "remote `{}` ({}): {} of {} stage(s) in sync ({:.2} s)",
+        remote.name,
+        remote.at,
+        synced,
+        rows.len(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }

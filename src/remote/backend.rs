@@ -171,11 +171,11 @@ fn s3(name: &str, spec: &RemoteSpec, bucket: &str, at: &str) -> Result<Arc<dyn O
     let creds = super::credentials::credentials(&profile)
         .ok_or_else(|| RemoteError::NoCredentials { remote: name.to_string(), files: profile.files() })?;
     let region = spec.region.clone().or_else(|| super::credentials::region(&profile)).unwrap_or_else(|| "us-east-1".into());
-    let endpoint = spec.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok()).or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    let endpoint =
+        spec.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok()).or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
     let retry = RetryConfig { max_retries: 3, retry_timeout: std::time::Duration::from_secs(20), ..Default::default() };
-    let client = ClientOptions::new()
-        .with_connect_timeout(std::time::Duration::from_secs(5))
-        .with_timeout(std::time::Duration::from_secs(600));
+    let client =
+        ClientOptions::new().with_connect_timeout(std::time::Duration::from_secs(5)).with_timeout(std::time::Duration::from_secs(600));
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_region(region)

@@ -173,8 +173,7 @@ mod tests {
     fn add_list_remove_round_trip_through_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = RemotesFile::load(dir.path()).unwrap();
-        f.add("origin", RemoteSpec { url: "s3://mmb/team".into(), endpoint: Some("http://127.0.0.1:8333".into()), region: None })
-            .unwrap();
+        f.add("origin", RemoteSpec { url: "s3://mmb/team".into(), endpoint: Some("http://127.0.0.1:8333".into()), region: None }).unwrap();
         f.add("nfs", RemoteSpec { url: "file:///mnt/shared".into(), endpoint: None, region: None }).unwrap();
         assert!(f.add("nfs", RemoteSpec { url: "file:///x".into(), endpoint: None, region: None }).is_err());
         assert!(f.add("bad name", RemoteSpec { url: "file:///x".into(), endpoint: None, region: None }).is_err());

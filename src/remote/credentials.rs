@@ -96,11 +96,14 @@ mod tests {
     #[test]
     fn profile_sections_are_read_like_the_aws_cli() {
         let text = "# c\n[default]\naws_access_key_id = A\naws_secret_access_key = B\n\n[team]\naws_access_key_id=C\naws_secret_access_key = D\naws_session_token = T\n";
-        assert_eq!(parse_section(text, "team").unwrap(), vec![
-            ("aws_access_key_id".to_string(), "C".to_string()),
-            ("aws_secret_access_key".to_string(), "D".to_string()),
-            ("aws_session_token".to_string(), "T".to_string()),
-        ]);
+        assert_eq!(
+            parse_section(text, "team").unwrap(),
+            vec![
+                ("aws_access_key_id".to_string(), "C".to_string()),
+                ("aws_secret_access_key".to_string(), "D".to_string()),
+                ("aws_session_token".to_string(), "T".to_string()),
+            ]
+        );
         assert_eq!(parse_section(text, "default").unwrap().len(), 2);
         assert!(parse_section("[default\nx=1", "default").unwrap_err().contains("line 1"));
         let p = Profile { name: "team".into(), paths: vec![], keys: parse_section(text, "team").unwrap().into_iter().collect() };

@@ -96,7 +96,8 @@ pub fn closure(records: &BTreeMap<String, StageRecord>, stages: &[String]) -> Re
         if seen.contains(&s) {
             continue;
         }
-        let r = records.get(&s).ok_or_else(|| format!("no stage `{s}` (known: {})", records.keys().cloned().collect::<Vec<_>>().join(", ")))?;
+        let r =
+            records.get(&s).ok_or_else(|| format!("no stage `{s}` (known: {})", records.keys().cloned().collect::<Vec<_>>().join(", ")))?;
         for id in r.inputs.values() {
             match producer.get(id.as_str()) {
                 Some(p) => todo.push(p.to_string()),
@@ -111,7 +112,10 @@ pub fn closure(records: &BTreeMap<String, StageRecord>, stages: &[String]) -> Re
 }
 
 /// Every output id of these stages.
-pub fn outputs_of<'a>(records: &'a BTreeMap<String, StageRecord>, stages: &'a BTreeSet<String>) -> impl Iterator<Item = (&'a str, ArtifactKind)> {
+pub fn outputs_of<'a>(
+    records: &'a BTreeMap<String, StageRecord>,
+    stages: &'a BTreeSet<String>,
+) -> impl Iterator<Item = (&'a str, ArtifactKind)> {
     stages.iter().flat_map(move |s| records[s].outputs.values().map(|o| (o.id.as_str(), o.kind)))
 }
 

@@ -126,14 +126,21 @@ pub fn latest_manifest(remote: &Remote, lock: &str) -> Result<Option<(u64, Strin
     seqs.sort_unstable();
     let Some(&seq) = seqs.last() else { return Ok(None) };
     let key = ref_key(lock, seq);
-    let manifest_err = |key: &str, msg: String| RemoteError::Manifest { remote: remote.name.clone(), at: remote.at.clone(), key: key.into(), msg };
+    let manifest_err =
+        |key: &str, msg: String| RemoteError::Manifest { remote: remote.name.clone(), at: remote.at.clone(), key: key.into(), msg };
     let bytes = remote.get_small(&key)?.ok_or_else(|| manifest_err(&key, "listed but gone".into()))?;
     let entry: RefEntry = serde_json::from_slice(&bytes).map_err(|e| manifest_err(&key, e.to_string()))?;
     let mkey = format!("manifests/{}.json", entry.manifest);
     let bytes = remote.get_small(&mkey)?.ok_or_else(|| manifest_err(&mkey, format!("named by {key} but missing")))?;
     let found = blake3::hash(&bytes).to_hex().to_string();
     if found != entry.manifest {
-        return Err(RemoteError::Corrupt { remote: remote.name.clone(), at: remote.at.clone(), key: mkey, expected: entry.manifest, found });
+        return Err(RemoteError::Corrupt {
+            remote: remote.name.clone(),
+            at: remote.at.clone(),
+            key: mkey,
+            expected: entry.manifest,
+            found,
+        });
     }
     let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| manifest_err(&mkey, e.to_string()))?;
     if m.format != super::manifest::FORMAT {
@@ -159,7 +166,10 @@ pub fn push(store: &Store, remote: &Remote, targets: &[String], opts: &TransferO
     let mut ids: BTreeMap<ArtifactId, ArtifactKind> = BTreeMap::new();
     if targets.is_empty() {
         if lock.stages.is_empty() {
-            return Err(RemoteError::Target { target: "(all)".into(), msg: "the lock file records no stage: nothing to push (run the pipeline first)".into() });
+            return Err(RemoteError::Target {
+                target: "(all)".into(),
+                msg: "the lock file records no stage: nothing to push (run the pipeline first)".into(),
+            });
         }
         want_stages.extend(lock.stages.keys().cloned());
     }
@@ -171,7 +181,10 @@ pub fn push(store: &Store, remote: &Remote, targets: &[String], opts: &TransferO
             ids.insert(id, kind);
         } else {
             let known = lock.stages.keys().cloned().collect::<Vec<_>>().join(", ");
-            return Err(RemoteError::Target { target: t.clone(), msg: format!("neither a stage of the lock file ({known}) nor an artifact hash prefix") });
+            return Err(RemoteError::Target {
+                target: t.clone(),
+                msg: format!("neither a stage of the lock file ({known}) nor an artifact hash prefix"),
+            });
         }
     }
     let (stages, loose) = closure(&lock.stages, &want_stages).map_err(|msg| RemoteError::Target { target: want_stages.join(" "), msg })?;
@@ -309,12 +322,20 @@ fn resolve_pull(m: &Manifest, targets: &[String]) -> Result<(BTreeSet<String>, B
                 1 => {
                     ids.insert(hits[0].0.clone(), hits[0].1.clone());
                 }
-                0 => return Err(RemoteError::Target { target: t.clone(), msg: "no artifact of the remote's manifest has this prefix".into() }),
+                0 => {
+                    return Err(RemoteError::Target {
+                        target: t.clone(),
+                        msg: "no artifact of the remote's manifest has this prefix".into(),
+                    })
+                }
                 n => return Err(RemoteError::Target { target: t.clone(), msg: format!("ambiguous: {n} artifacts of the remote match") }),
             }
         } else {
             let known = m.stages.keys().cloned().collect::<Vec<_>>().join(", ");
-            return Err(RemoteError::Target { target: t.clone(), msg: format!("neither a stage on the remote ({known}) nor an artifact hash prefix") });
+            return Err(RemoteError::Target {
+                target: t.clone(),
+                msg: format!("neither a stage on the remote ({known}) nor an artifact hash prefix"),
+            });
         }
     }
     let (stages, loose) = closure(&m.stages, &want_stages).map_err(|msg| RemoteError::Target { target: want_stages.join(" "), msg })?;
@@ -370,10 +391,20 @@ pub fn pull(store: &Store, remote: &Remote, targets: &[String], opts: &TransferO
                 })?;
                 let found = blake3::hash(&b).to_hex().to_string();
                 if &found != h {
-                    return Err(RemoteError::Corrupt { remote: remote.name.clone(), at: remote.at.clone(), key, expected: h.clone(), found });
+                    return Err(RemoteError::Corrupt {
+                        remote: remote.name.clone(),
+                        at: remote.at.clone(),
+                        key,
+                        expected: h.clone(),
+                        found,
+                    });
                 }
-                let l: Lineage = serde_json::from_slice(&b)
-                    .map_err(|err| RemoteError::Manifest { remote: remote.name.clone(), at: remote.at.clone(), key, msg: err.to_string() })?;
+                let l: Lineage = serde_json::from_slice(&b).map_err(|err| RemoteError::Manifest {
+                    remote: remote.name.clone(),
+                    at: remote.at.clone(),
+                    key,
+                    msg: err.to_string(),
+                })?;
                 Some(l)
             }
         };
@@ -462,7 +493,9 @@ impl StageSync {
             (None, Some(_)) => "on the remote only (mmb pull to get it)".into(),
             (Some(l), Some(r)) if l != r => format!("differs: local key {} , remote key {}", &l[..12.min(l.len())], &r[..12.min(r.len())]),
             _ if self.remote == self.outputs && self.local == Some(self.outputs) => "in sync".into(),
-            _ if self.remote == self.outputs => format!("pushed; {} of {} outputs missing locally (mmb pull)", self.outputs - self.local.unwrap_or(0), self.outputs),
+            _ if self.remote == self.outputs => {
+                format!("pushed; {} of {} outputs missing locally (mmb pull)", self.outputs - self.local.unwrap_or(0), self.outputs)
+            }
             _ => format!("not pushed: {} of {} outputs missing on the remote (mmb push)", self.outputs - self.remote, self.outputs),
         }
     }
