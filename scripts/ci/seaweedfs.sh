@@ -8,8 +8,8 @@
 #   scripts/ci/seaweedfs.sh stop DIR           # stops it by the PID in DIR/weed.pid
 #
 # Ports: MMB_S3_PORT (default 8333); the other listeners are placed at fixed offsets from it so two
-# servers with different MMB_S3_PORT do not collide. Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
-# if set, else a fixed test pair (the server is loopback-only and holds test data).
+# servers with different MMB_S3_PORT do not collide. Credentials: MMB_TEST_S3_KEY / MMB_TEST_S3_SECRET, else a
+# fixed test pair (the server is loopback-only and holds test data); DIR/env exports them as AWS_* for the tests.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${MMB_VENV:-$ROOT/.venv}"
@@ -36,8 +36,9 @@ start)
     DIR="$(cd "$DIR" && pwd)"
     install
     s3="${MMB_S3_PORT:-8333}"
-    key="${AWS_ACCESS_KEY_ID:-mmb-test-key}"
-    secret="${AWS_SECRET_ACCESS_KEY:-mmb-test-secret}"
+    # Test keys of their own (never the caller's AWS_* credentials, which DIR/env would otherwise repeat).
+    key="${MMB_TEST_S3_KEY:-mmb-test-key}"
+    secret="${MMB_TEST_S3_SECRET:-mmb-test-secret}"
     bucket="${MMB_TEST_S3_BUCKET:-mmb}"
     if [ -f "$DIR/weed.pid" ] && kill -0 "$(cat "$DIR/weed.pid")" 2>/dev/null; then
         say "already running (pid $(cat "$DIR/weed.pid"))"
