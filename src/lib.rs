@@ -8,6 +8,7 @@ pub mod data;
 pub mod encoders;
 pub mod engine;
 pub mod metrics;
+pub mod remote;
 pub mod report;
 pub mod runtime;
 pub mod stages;

@@ -3,6 +3,7 @@ mod bench;
 mod cluster;
 mod data;
 mod pipeline;
+mod remote;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -28,8 +29,8 @@ pub enum Command {
     Run(pipeline::RunArgs),
     /// Run every variant of stages/sweep.toml (the paper's ablations), each sharing every stage it can.
     Sweep(pipeline::SweepArgs),
-    /// Each stage: up to date or stale, and why.
-    Status,
+    /// Each stage: up to date or stale, and why (with --remote: what is pushed to a remote).
+    Status(remote::StatusArgs),
     /// The stage graph (text, or Graphviz with --dot).
     Dag(pipeline::DagArgs),
     /// An artifact (by hash or prefix) or a stage's outputs: schema, rows, lineage, first rows.
@@ -42,6 +43,14 @@ pub enum Command {
     Export(store::ExportArgs),
     /// Bring shared artifacts into this store; refuses files whose hash or lineage do not check.
     Import(store::ImportArgs),
+    /// Manage remotes (S3-compatible buckets, shared folders): add, list, remove.
+    Remote(remote::RemoteArgs),
+    /// Upload stages' outputs (with what they depend on) or artifacts to a remote, verified, with a manifest.
+    Push(remote::PushArgs),
+    /// Download from a remote (each object checked by its blake3) and record the pulled stages in the lock.
+    Pull(remote::PushArgs),
+    /// As pull, without recording stages in the lock file.
+    Fetch(remote::PushArgs),
     /// The embedded Penumbra benchmark outside the pipeline: generate N items, a contact sheet, or show items.
     Data(data::DataArgs),
     /// Benchmarks (figures as JSON, with references measured in the same run).
@@ -95,13 +104,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => pipeline::run(store, stages, a),
         Command::Sweep(a) => pipeline::sweep(store, stages, a),
-        Command::Status => pipeline::status(store, stages),
+        Command::Status(a) => match a.remote {
+            None => pipeline::status(store, stages),
+            Some(name) => remote::status(store, stages, &name),
+        },
         Command::Dag(a) => pipeline::dag(stages, a),
         Command::Show(a) => self::store::show(store, stages, a),
         Command::Verify => self::store::verify(store),
         Command::Gc(a) => self::store::gc(store, a),
         Command::Export(a) => self::store::export(store, a),
         Command::Import(a) => self::store::import(store, a),
+        Command::Remote(a) => remote::remote_cmd(stages, a),
+        Command::Push(a) => remote::push(store, stages, a),
+        Command::Pull(a) => remote::pull(store, stages, a, true),
+        Command::Fetch(a) => remote::pull(store, stages, a, false),
         Command::Bench(a) => bench::run(a),
         Command::Data(a) => data::run(a).map(|()| ExitCode::SUCCESS),
         Command::ShardTask(a) => cluster::shard_task(store, stages, a),

@@ -143,6 +143,35 @@ impl Store {
     where
         F: FnOnce(&mut HashingWriter) -> Result<(), StoreError>,
     {
+        self.put_checked(kind, lineage, None, write)
+    }
+
+    /// As [`Store::put_with`], for bytes that must hash to `expected` (a download): on a mismatch the temp
+    /// file is dropped and nothing enters the store (`HashMismatch` names `source` and both hashes).
+    pub fn put_expected<F>(
+        &self,
+        kind: ArtifactKind,
+        lineage: Option<&Lineage>,
+        expected: &ArtifactId,
+        source: &Path,
+        write: F,
+    ) -> Result<ArtifactId, StoreError>
+    where
+        F: FnOnce(&mut HashingWriter) -> Result<(), StoreError>,
+    {
+        self.put_checked(kind, lineage, Some((expected, source)), write)
+    }
+
+    fn put_checked<F>(
+        &self,
+        kind: ArtifactKind,
+        lineage: Option<&Lineage>,
+        expected: Option<(&ArtifactId, &Path)>,
+        write: F,
+    ) -> Result<ArtifactId, StoreError>
+    where
+        F: FnOnce(&mut HashingWriter) -> Result<(), StoreError>,
+    {
         let dir = self.objects_dir();
         let tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(&dir).at(&dir)?;
         let (file, tmp_path) = tmp.into_parts();
@@ -156,6 +185,12 @@ impl Store {
         file.sync_all().at(&*tmp_path)?;
         drop(file);
         let id = ArtifactId(hasher.finalize().to_hex().to_string());
+        if let Some((want, source)) = expected {
+            if *want != id {
+                // `tmp_path` is removed when it drops.
+                return Err(StoreError::HashMismatch { path: source.to_path_buf(), expected: want.to_string(), found: id.to_string() });
+            }
+        }
         let dest = self.path_of(&id, kind);
         if kind != ArtifactKind::Parquet {
             if let Some(lineage) = lineage {

@@ -1,6 +1,8 @@
 //! What the stage tests share: the fixtures folder and a tiny LLaVA that decodes every id.
 use std::path::{Path, PathBuf};
 
+pub mod tiny;
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

@@ -1,0 +1,102 @@
+//! The tiny end-to-end pipeline of the stage tests (dataset → … → eval → report on the tiny LLaVA, the tiny
+//! CLIP and MiniLM), shared by tests/rl_stages.rs and tests/remote.rs.
+#![allow(dead_code)]
+use super::fixtures;
+use mmboundary::data::penumbra::PenumbraParams;
+use mmboundary::engine::{Pipeline, Stage};
+use mmboundary::stages::bin::{BinParams, BinStage};
+use mmboundary::stages::dataset::{DatasetParams, DatasetStage};
+use mmboundary::stages::eval::{EvalParams, EvalStage};
+use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
+use mmboundary::stages::generate::{GenerateParams, GenerateStage};
+use mmboundary::stages::map::{MapParams, MapStage};
+use mmboundary::stages::ppo::PpoStageParams;
+use mmboundary::stages::score::{ScoreParams, ScoreStage};
+use mmboundary::stages::sft::{SftStage, SftStageParams};
+use std::path::{Path, PathBuf};
+
+pub fn pool_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("stages/statements.toml")
+}
+
+pub fn ppo_params(model: &Path, alpha: f64) -> PpoStageParams {
+    let mut p = PpoStageParams {
+        model: Some(model.to_path_buf()),
+        device: "cpu".into(),
+        iterations: 2,
+        prompts_per_iteration: 2,
+        trainer: serde_json::json!({ "ppo_epochs": 1, "mini_batch_size": 3, "generation": { "max_new_tokens": 12 } }),
+        minilm: mmboundary::encoders::minilm::default_model_dir(),
+        clip: Some(fixtures().join("encoders/clip_tiny")),
+        pool: pool_path(),
+        ..Default::default()
+    };
+    p.rewards.alpha = alpha;
+    p
+}
+
+pub fn pipeline(model: &Path, alpha: f64) -> Pipeline {
+    pipeline_k(model, alpha, 2)
+}
+
+/// The pipeline with K = `iterations` PPO iterations.
+pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
+    let mut stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(DatasetStage {
+            params: DatasetParams {
+                penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() },
+                chunk: 8,
+                ..Default::default()
+            },
+        }),
+        Box::new(FeaturesStage {
+            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8, merge: 1 },
+            session: Default::default(),
+        }),
+        Box::new(GenerateStage {
+            params: GenerateParams {
+                model: Some(model.to_path_buf()),
+                limit: Some(4),
+                batch: 4,
+                max_new_tokens: 12,
+                device: "cpu".into(),
+                ..Default::default()
+            },
+        }),
+        Box::new(ScoreStage {
+            params: ScoreParams {
+                minilm: mmboundary::encoders::minilm::default_model_dir(),
+                clip: Some(fixtures().join("encoders/clip_tiny")),
+                ..Default::default()
+            },
+            session: Default::default(),
+        }),
+        Box::new(BinStage { params: BinParams::default() }),
+        Box::new(MapStage { params: MapParams { pool: pool_path(), ..Default::default() } }),
+        Box::new(SftStage {
+            params: SftStageParams {
+                model: Some(model.to_path_buf()),
+                trainer: serde_json::json!({ "epochs": 1, "batch_size": 2, "max_steps": 1, "learning_rate": 1e-3 }),
+                device: "cpu".into(),
+                ..Default::default()
+            },
+        }),
+    ];
+    stages.extend(mmboundary::stages::ppo::stages(PpoStageParams { iterations, ..ppo_params(model, alpha) }));
+    stages.extend::<Vec<Box<dyn Stage>>>(vec![
+        Box::new(EvalStage {
+            params: EvalParams {
+                model: Some(model.to_path_buf()),
+                device: "cpu".into(),
+                limit: Some(1),
+                max_new_tokens: 12,
+                batch: 4,
+                minilm: mmboundary::encoders::minilm::default_model_dir(),
+                pool: pool_path(),
+                ..Default::default()
+            },
+        }),
+        Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }),
+    ]);
+    Pipeline::new(stages).unwrap()
+}
