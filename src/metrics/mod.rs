@@ -3,6 +3,7 @@
 //! reasoning split of Figure 4. Plain numbers in, plain numbers out; never NaN.
 pub mod accuracy;
 pub mod auroc;
+pub mod bootstrap;
 pub mod by_level;
 pub mod calibration;
 pub mod chain;
