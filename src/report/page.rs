@@ -155,7 +155,130 @@ pub fn mece_anatomy_markdown(responses: &[(String, Vec<Vec<(bool, f64)>>)]) -> R
     Ok(s)
 }
 
-fn escape(t: &str) -> String {
+/// A point value with its interval, "0.123 [0.100, 0.150]" ("0.123" without interval, "–" without value).
+pub fn cell_ci(e: Option<&crate::report::intervals::Estimate>) -> String {
+    match e {
+        None => "–".into(),
+        Some(e) => match e.interval {
+            Some(i) => format!("{:.3} [{:.3}, {:.3}]", e.value, i.lo, i.hi),
+            None => format!("{:.3}", e.value),
+        },
+    }
+}
+
+/// Table 1 with 95 % intervals: one row per (split, variant), the number of items and, per metric, the
+/// value and its bootstrap interval (chain F1 without one: it needs the judge's similarities).
+pub fn table1_ci_markdown(
+    rows: &[MetricsRow],
+    splits: &[String],
+    variants: &[String],
+    cells: &crate::report::intervals::Cells,
+) -> String {
+    use crate::report::intervals::Metric;
+    let mut s = String::from("| split | variant | items | ECE | MECE | Brier | Acc | F1 | AUROC |\n|---|---|---|---|---|---|---|---|---|\n");
+    for sp in splits {
+        for v in variants {
+            let Some(row) = rows.iter().find(|r| &r.variant == v && &r.split == sp && r.level == "all") else { continue };
+            let c = |m: Metric| {
+                cells.get(&(v.clone(), sp.clone(), m)).map(|e| cell_ci(Some(e))).unwrap_or_else(|| cell(m.of_row(row)))
+            };
+            let _ = writeln!(
+                s,
+                "| {sp} | {v} | {} | {} | {} | {} | {} | {} | {} |",
+                row.responses,
+                c(Metric::Ece),
+                c(Metric::Mece),
+                c(Metric::Brier),
+                c(Metric::Accuracy),
+                cell(row.chain_f1),
+                c(Metric::Auroc)
+            );
+        }
+    }
+    s
+}
+
+/// The paired differences `a − b` per split (columns: the metrics of `diffs`, in the order given). Lower
+/// is better for every calibration error, so a negative difference favors `a`; a cell whose interval
+/// excludes 0 says which variant it favors.
+pub fn differences_markdown(diffs: &[crate::report::intervals::Difference], a: &str, b: &str, metrics: &[crate::report::intervals::Metric]) -> String {
+    let mut s = String::from("| split | items |");
+    for m in metrics {
+        let _ = write!(s, " {} {a} − {b} |", m.name());
+    }
+    s.push_str("\n|---|---|");
+    s.push_str(&"---|".repeat(metrics.len()));
+    s.push('\n');
+    let mut splits: Vec<&str> = diffs.iter().map(|d| d.split.as_str()).collect();
+    splits.dedup();
+    for sp in splits {
+        let items = diffs.iter().find(|d| d.split == sp).map(|d| d.items).unwrap_or(0);
+        let _ = write!(s, "| {sp} | {items} |");
+        for m in metrics {
+            let d = diffs.iter().find(|d| d.split == sp && d.metric == *m);
+            let verdict = match d.and_then(|d| d.estimate.interval) {
+                Some(i) if i.hi < 0.0 => format!(" ({a} lower)"),
+                Some(i) if i.lo > 0.0 => format!(" ({b} lower)"),
+                Some(_) => " (no clear difference)".to_string(),
+                None => String::new(),
+            };
+            let _ = write!(s, " {}{verdict} |", cell_ci(d.map(|d| &d.estimate)));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// A Markdown pipe table (as this module writes them: one row per line, no pipes inside cells) as an
+/// HTML table; text outside tables becomes paragraphs. An interval "[lo, hi]" in a cell is set smaller.
+pub fn md_table_html(md: &str) -> String {
+    let mut s = String::new();
+    let mut in_table = false;
+    let mut header_done = false;
+    for line in md.lines() {
+        let t = line.trim();
+        if t.starts_with('|') {
+            let cells: Vec<&str> = t.trim_matches('|').split('|').map(str::trim).collect();
+            if cells.iter().all(|c| !c.is_empty() && c.chars().all(|ch| ch == '-' || ch == ':')) {
+                continue;
+            }
+            if !in_table {
+                s.push_str("<table>");
+                in_table = true;
+                header_done = false;
+            }
+            let tag = if header_done { "td" } else { "th" };
+            s.push_str("<tr>");
+            for c in cells {
+                let body = match c.find(" [") {
+                    Some(k) if c.ends_with(']') || c.contains("] (") => {
+                        format!("{}<span class=\"ci\">{}</span>", escape(&c[..k]), escape(&c[k..]))
+                    }
+                    _ => escape(c),
+                };
+                let num = c.chars().next().is_some_and(|ch| ch.is_ascii_digit() || ch == '−' || ch == '-' || ch == '–');
+                let class = if num && tag == "td" { " class=\"num\"" } else { "" };
+                let _ = write!(s, "<{tag}{class}>{body}</{tag}>");
+            }
+            s.push_str("</tr>\n");
+            header_done = true;
+        } else {
+            if in_table {
+                s.push_str("</table>\n");
+                in_table = false;
+            }
+            if !t.is_empty() {
+                let _ = writeln!(s, "<p>{}</p>", escape(t));
+            }
+        }
+    }
+    if in_table {
+        s.push_str("</table>\n");
+    }
+    s
+}
+
+pub fn escape(t: &str) -> String {
     t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
@@ -182,7 +305,11 @@ pub fn html_page(title: &str, sections: &[(String, String)]) -> String {
     let mut s = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
-         pre{{background:#f6f6f6;padding:1em;overflow-x:auto}} .figs svg{{margin:0.5em}}\
+         pre{{background:#f6f6f6;padding:1em;overflow-x:auto}} .figs{{display:flex;flex-wrap:wrap;gap:1em}}\
+         table{{border-collapse:collapse;margin:0.5em 0 1em;font-size:0.92em}}\
+         th,td{{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left;vertical-align:top}}\
+         th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}}\
+         tr:nth-child(even) td{{background:#fafafa}} .ci{{color:#666;font-size:0.85em}} p.note{{color:#444;max-width:60em}}\
          .ok{{background:#d9f2d9}} .bad{{background:#f8d7d7}} .ex{{border-left:3px solid #ccc;padding-left:1em;margin:1em 0}}\
          .q{{font-weight:bold}}</style></head><body><h1>{t}</h1>\n",
         t = escape(title)
