@@ -44,6 +44,11 @@ impl Metric {
         }
     }
 
+    /// ECE, MECE and Brier are errors; accuracy and AUROC are higher-is-better.
+    pub fn lower_is_better(self) -> bool {
+        matches!(self, Metric::Ece | Metric::Mece | Metric::Brier)
+    }
+
     /// Eval's value of this metric in a metrics row.
     pub fn of_row(self, r: &MetricsRow) -> Option<f64> {
         match self {

@@ -198,9 +198,9 @@ pub fn table1_ci_markdown(
     s
 }
 
-/// The paired differences `a − b` per split (columns: the metrics of `diffs`, in the order given). Lower
-/// is better for every calibration error, so a negative difference favors `a`; a cell whose interval
-/// excludes 0 says which variant it favors.
+/// The paired differences `a − b` per split (columns: the metrics of `diffs`, in the order given). A cell
+/// whose interval excludes 0 says which variant it favors (lower is better for the calibration errors,
+/// higher for accuracy and AUROC); otherwise that its interval spans 0.
 pub fn differences_markdown(diffs: &[crate::report::intervals::Difference], a: &str, b: &str, metrics: &[crate::report::intervals::Metric]) -> String {
     let mut s = String::from("| split | items |");
     for m in metrics {
@@ -216,10 +216,11 @@ pub fn differences_markdown(diffs: &[crate::report::intervals::Difference], a: &
         let _ = write!(s, "| {sp} | {items} |");
         for m in metrics {
             let d = diffs.iter().find(|d| d.split == sp && d.metric == *m);
+            let (below, above) = if m.lower_is_better() { (a, b) } else { (b, a) };
             let verdict = match d.and_then(|d| d.estimate.interval) {
-                Some(i) if i.hi < 0.0 => format!(" ({a} lower)"),
-                Some(i) if i.lo > 0.0 => format!(" ({b} lower)"),
-                Some(_) => " (no clear difference)".to_string(),
+                Some(i) if i.hi < 0.0 => format!(" ({below} better)"),
+                Some(i) if i.lo > 0.0 => format!(" ({above} better)"),
+                Some(_) => " (interval spans 0)".to_string(),
                 None => String::new(),
             };
             let _ = write!(s, " {}{verdict} |", cell_ci(d.map(|d| &d.estimate)));
@@ -250,10 +251,14 @@ pub fn md_table_html(md: &str) -> String {
             let tag = if header_done { "td" } else { "th" };
             s.push_str("<tr>");
             for c in cells {
-                let body = match c.find(" [") {
-                    Some(k) if c.ends_with(']') || c.contains("] (") => {
-                        format!("{}<span class=\"ci\">{}</span>", escape(&c[..k]), escape(&c[k..]))
-                    }
+                // "value [lo, hi] rest": the interval set smaller, what follows it (a verdict) as is.
+                let body = match (c.find(" ["), c.find(']')) {
+                    (Some(k), Some(j)) if j > k => format!(
+                        "{}<span class=\"ci\">{}</span>{}",
+                        escape(&c[..k]),
+                        escape(&c[k..=j]),
+                        if j + 1 < c.len() { format!("<br><span class=\"verdict\">{}</span>", escape(c[j + 1..].trim())) } else { String::new() }
+                    ),
                     _ => escape(c),
                 };
                 let num = c.chars().next().is_some_and(|ch| ch.is_ascii_digit() || ch == '−' || ch == '-' || ch == '–');
@@ -309,7 +314,7 @@ pub fn html_page(title: &str, sections: &[(String, String)]) -> String {
          table{{border-collapse:collapse;margin:0.5em 0 1em;font-size:0.92em}}\
          th,td{{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left;vertical-align:top}}\
          th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}}\
-         tr:nth-child(even) td{{background:#fafafa}} .ci{{color:#666;font-size:0.85em}} p.note{{color:#444;max-width:60em}}\
+         tr:nth-child(even) td{{background:#fafafa}} .ci{{color:#666;font-size:0.85em}} .verdict{{font-size:0.85em}} p.note{{color:#444;max-width:60em}}\
          .ok{{background:#d9f2d9}} .bad{{background:#f8d7d7}} .ex{{border-left:3px solid #ccc;padding-left:1em;margin:1em 0}}\
          .q{{font-weight:bold}}</style></head><body><h1>{t}</h1>\n",
         t = escape(title)

@@ -52,6 +52,7 @@ pub fn reliability_svg(title: &str, series: &[(&str, Vec<ReliabilityBin>)]) -> R
             .y_desc("share of sentences right")
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 15))
+            .light_line_style(RGBColor(238, 238, 238))
             .draw()
             .map_err(|e| e.to_string())?;
         chart
@@ -87,7 +88,7 @@ const COLORS: [RGBColor; 6] =
     [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
 
 /// Histogram of stated confidence per variant: the share of each variant's sentences (with a statement)
-/// in each equal-width bin, one line per variant named in the legend (variants with different sentence
+/// in each equal-width bin, one bar per variant named in the legend (variants with different sentence
 /// counts stay comparable).
 pub fn confidence_histogram_svg(title: &str, groups: &[(&str, Vec<f64>)], bins: usize) -> Result<String, String> {
     let mut svg = String::new();
@@ -120,22 +121,26 @@ pub fn confidence_histogram_svg(title: &str, groups: &[(&str, Vec<f64>)], bins: 
             .y_desc("share of sentences")
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 15))
+            .light_line_style(RGBColor(238, 238, 238))
             .draw()
             .map_err(|e| e.to_string())?;
+        // Grouped bars: within each bin, one bar per variant side by side.
         let w = 1.0 / bins as f64;
+        let bar = w * 0.85 / shares.len().max(1) as f64;
         for (k, (name, c)) in shares.iter().enumerate() {
             let color = COLORS[k % COLORS.len()];
-            let pts: Vec<(f64, f64)> = c.iter().enumerate().map(|(i, &n)| ((i as f64 + 0.5) * w, n)).collect();
             chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .draw_series(c.iter().enumerate().map(|(i, &share)| {
+                    let x0 = i as f64 * w + w * 0.075 + k as f64 * bar;
+                    Rectangle::new([(x0, 0.0), (x0 + bar, share)], color.filled())
+                }))
                 .map_err(|e| e.to_string())?
                 .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| e.to_string())?;
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::UpperMiddle)
             .label_font(("sans-serif", 14))
             .border_style(BLACK.mix(0.3))
             .background_style(WHITE.mix(0.9))
