@@ -44,6 +44,11 @@ fn fixture() -> Vec<(String, String, Vec<(ItemScores, Vec<Option<usize>>)>)> {
                 let answer = if sents.last().unwrap().0 { 1.0 } else { 0.0 };
                 items.push((ItemScores { item_id: format!("{split}-{q:02}"), answer_correct: answer, sentences: sents }, which));
             }
+            if *v == "full" && split == "val" {
+                // A chain without any judged sentence: no sentence rows, counted in eval's responses and
+                // accuracy (as wrong), absent from the calibration metrics.
+                items.push((ItemScores { item_id: "val-24".into(), answer_correct: 0.0, sentences: vec![] }, vec![]));
+            }
             out.push((v.to_string(), split.to_string(), items));
         }
     }
@@ -165,7 +170,7 @@ fn report_renders_in_chromium_with_tables_plots_and_intervals() {
     assert!(!files.html.contains("<pre>") && !files.html.contains("|---|"), "report.html still holds Markdown text");
     assert!(files.html.contains("<th>ECE</th>") && files.html.contains("<span class=\"ci\"> ["), "no interval cells");
     assert!(files.html.contains("ECE full − sft"), "no paired difference table");
-    assert!(files.markdown.contains("| split | variant | items | ECE |") && files.markdown.contains("| val | full | 24 |"));
+    assert!(files.markdown.contains("| split | variant | items | ECE |") && files.markdown.contains("| val | full | 25 |") && files.markdown.contains("| val | sft | 24 |"));
     // The histogram names the variants.
     assert!(files.confidence_svg.contains(">\nsft\n<") && files.confidence_svg.contains(">\nfull\n<"), "histogram legend");
     assert!(!files.confidence_svg.contains("level 1") && !files.html.contains("1 = vanilla"));
