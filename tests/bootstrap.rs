@@ -41,11 +41,16 @@ fn same(got: Option<Interval>, want: &Value, what: &str) {
 #[test]
 fn cell_and_paired_intervals_match_numpy_on_the_same_resamples() {
     let g = golden();
-    let rule = CellRule { ece: EceParams { bins: g["bins"].as_u64().unwrap() as usize }, answer_confidence: AnswerConfidence::FinalSentence };
+    let rule =
+        CellRule { ece: EceParams { bins: g["bins"].as_u64().unwrap() as usize }, answer_confidence: AnswerConfidence::FinalSentence };
     let level = g["level"].as_f64().unwrap();
     let (a, b) = (items(&g["a"]), items(&g["b"]));
-    let indices: Vec<Vec<usize>> =
-        g["indices"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|k| k.as_u64().unwrap() as usize).collect()).collect();
+    let indices: Vec<Vec<usize>> = g["indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|k| k.as_u64().unwrap() as usize).collect())
+        .collect();
     let ids: Vec<String> = g["ids"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
     assert_eq!(paired_ids(&a, &b), ids);
     // Variant a has every id, in id order: its resamples index it directly.

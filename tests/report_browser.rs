@@ -36,7 +36,15 @@ fn fixture() -> Vec<(String, String, Vec<(ItemScores, Vec<Option<usize>>)>)> {
                         sents.push((right, 0.5));
                         which.push(None);
                     } else {
-                        let s = if right == (next() < 0.5 + 0.2 * k as f64) { if next() < 0.5 { 0 } else { 1 } } else { 2 + (q % 2) };
+                        let s = if right == (next() < 0.5 + 0.2 * k as f64) {
+                            if next() < 0.5 {
+                                0
+                            } else {
+                                1
+                            }
+                        } else {
+                            2 + (q % 2)
+                        };
                         sents.push((right, STATEMENTS[s].1));
                         which.push(Some(s));
                     }
@@ -170,7 +178,11 @@ fn report_renders_in_chromium_with_tables_plots_and_intervals() {
     assert!(!files.html.contains("<pre>") && !files.html.contains("|---|"), "report.html still holds Markdown text");
     assert!(files.html.contains("<th>ECE</th>") && files.html.contains("<span class=\"ci\"> ["), "no interval cells");
     assert!(files.html.contains("ECE full − sft"), "no paired difference table");
-    assert!(files.markdown.contains("| split | variant | items | ECE |") && files.markdown.contains("| val | full | 25 |") && files.markdown.contains("| val | sft | 24 |"));
+    assert!(
+        files.markdown.contains("| split | variant | items | ECE |")
+            && files.markdown.contains("| val | full | 25 |")
+            && files.markdown.contains("| val | sft | 24 |")
+    );
     // The histogram names the variants.
     assert!(files.confidence_svg.contains(">\nsft\n<") && files.confidence_svg.contains(">\nfull\n<"), "histogram legend");
     assert!(!files.confidence_svg.contains("level 1") && !files.html.contains("1 = vanilla"));

@@ -84,8 +84,14 @@ pub fn reliability_svg(title: &str, series: &[(&str, Vec<ReliabilityBin>)]) -> R
 }
 
 /// The series colors, shared by both plots so a variant has one color on the page.
-const COLORS: [RGBColor; 6] =
-    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
 
 /// Histogram of stated confidence per variant: the share of each variant's sentences (with a statement)
 /// in each equal-width bin, one bar per variant named in the legend (variants with different sentence

@@ -138,10 +138,9 @@ Chain F1 has no interval.";
 /// How eval computed ECE and AUROC from the sentences, as its metrics artifact records it (one rule for
 /// all rows).
 pub fn cell_rule(m: &RecordBatch) -> anyhow::Result<CellRule> {
-    let bins = m
-        .column_by_name("ece_bins")
-        .and_then(|c| c.as_primitive_opt::<UInt64Type>().cloned())
-        .ok_or_else(|| anyhow::anyhow!("eval metrics have no UInt64 column `ece_bins` (written by eval since code version 3; rerun eval)"))?;
+    let bins = m.column_by_name("ece_bins").and_then(|c| c.as_primitive_opt::<UInt64Type>().cloned()).ok_or_else(|| {
+        anyhow::anyhow!("eval metrics have no UInt64 column `ece_bins` (written by eval since code version 3; rerun eval)")
+    })?;
     let mode = m
         .column_by_name("answer_confidence")
         .and_then(|c| c.as_string_opt::<i32>().cloned())
@@ -171,7 +170,8 @@ pub fn report_items(s: &RecordBatch, rows: &[MetricsRow]) -> anyhow::Result<BTre
     let (corr, ans) = (col("correct")?, col("answer_correct")?);
     let (corr, ans) = (corr.as_boolean(), ans.as_primitive::<Float64Type>());
     let mc = col("metric_confidence").map_err(|e| anyhow::anyhow!("{e} (written by eval since code version 3; rerun eval)"))?;
-    let mc = mc.as_primitive_opt::<Float64Type>().ok_or_else(|| anyhow::anyhow!("eval sentences column `metric_confidence` is not Float64"))?;
+    let mc =
+        mc.as_primitive_opt::<Float64Type>().ok_or_else(|| anyhow::anyhow!("eval sentences column `metric_confidence` is not Float64"))?;
     let mut out: BTreeMap<(String, String), Vec<ItemScores>> = BTreeMap::new();
     let mut pos: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     for i in 0..s.num_rows() {
