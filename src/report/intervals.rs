@@ -72,32 +72,67 @@ pub struct CellRule {
 /// the items with at least one scored sentence, ECE and AUROC on their answer-level confidence
 /// (AUROC: answer right when its correctness ≥ 0.5; None with one class), accuracy over all items.
 pub fn metric_of(drawn: &[&ItemScores], metric: Metric, rule: &CellRule) -> Result<Option<f64>, MetricsError> {
-    let kept: Vec<&ItemScores> = drawn.iter().copied().filter(|i| !i.sentences.is_empty()).collect();
+    let prepared = prepare(drawn, rule)?;
+    metric_prepared(&prepared.iter().collect::<Vec<_>>(), metric, rule)
+}
+
+/// One item reduced to what the metrics read: its MECE and Brier terms (the mean over its sentences, as
+/// `mece` / `step_brier` compute them for one response, so sums over items are those functions' sums in
+/// the same order), its answer-level confidence, its answer correctness. Computed once per cell, so a
+/// resample costs one pass over the drawn items.
+#[derive(Debug, Clone, Copy)]
+struct Prepared {
+    kept: bool,
+    mece: f64,
+    brier: f64,
+    confidence: f64,
+    correct: f64,
+}
+
+fn prepare(items: &[&ItemScores], rule: &CellRule) -> Result<Vec<Prepared>, MetricsError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(k, i)| {
+            if i.sentences.is_empty() {
+                return Ok(Prepared { kept: false, mece: 0.0, brier: 0.0, confidence: 0.0, correct: i.answer_correct });
+            }
+            let one = std::slice::from_ref(&i.sentences);
+            let c: Vec<f64> = i.sentences.iter().map(|x| x.1).collect();
+            Ok(Prepared {
+                kept: true,
+                mece: mece(one)?,
+                brier: step_brier(one)?,
+                confidence: answer_confidence(k, &c, rule.answer_confidence)?,
+                correct: i.answer_correct,
+            })
+        })
+        .collect()
+}
+
+fn metric_prepared(drawn: &[&Prepared], metric: Metric, rule: &CellRule) -> Result<Option<f64>, MetricsError> {
+    let kept: Vec<&Prepared> = drawn.iter().copied().filter(|i| i.kept).collect();
     Ok(match metric {
         Metric::Accuracy => {
             if drawn.is_empty() {
                 None
             } else {
-                Some(drawn.iter().map(|i| i.answer_correct).sum::<f64>() / drawn.len() as f64)
+                Some(drawn.iter().map(|i| i.correct).sum::<f64>() / drawn.len() as f64)
             }
         }
         Metric::Mece | Metric::Brier => {
             if kept.is_empty() {
                 return Ok(None);
             }
-            let responses: Vec<Vec<(bool, f64)>> = kept.iter().map(|i| i.sentences.clone()).collect();
-            Some(if metric == Metric::Mece { mece(&responses)? } else { step_brier(&responses)? })
+            let total: f64 = kept.iter().map(|i| if metric == Metric::Mece { i.mece } else { i.brier }).sum();
+            Some(total / kept.len() as f64)
         }
         Metric::Ece | Metric::Auroc => {
             if kept.is_empty() {
                 return Ok(None);
             }
-            let mut conf = Vec::with_capacity(kept.len());
-            for (k, i) in kept.iter().enumerate() {
-                let c: Vec<f64> = i.sentences.iter().map(|x| x.1).collect();
-                conf.push(answer_confidence(k, &c, rule.answer_confidence)?);
-            }
-            let corr: Vec<f64> = kept.iter().map(|i| i.answer_correct).collect();
+            let conf: Vec<f64> = kept.iter().map(|i| i.confidence).collect();
+            let corr: Vec<f64> = kept.iter().map(|i| i.correct).collect();
             if metric == Metric::Ece {
                 Some(ece(&conf, &corr, &rule.ece)?)
             } else {
@@ -173,9 +208,10 @@ pub fn cell_interval(
     if let Some(bad) = indices.iter().flatten().find(|&&k| k >= items.len()) {
         return Err(MetricsError::InvalidParams(format!("bootstrap: resample index {bad} is out of range for {} items", items.len())));
     }
+    let prepared = prepare(&items.iter().collect::<Vec<_>>(), rule)?;
     interval(indices, level, |ix| {
-        let drawn: Vec<&ItemScores> = ix.iter().map(|&i| &items[i]).collect();
-        metric_of(&drawn, metric, rule).ok().flatten()
+        let drawn: Vec<&Prepared> = ix.iter().map(|&i| &prepared[i]).collect();
+        metric_prepared(&drawn, metric, rule).ok().flatten()
     })
 }
 
@@ -219,14 +255,15 @@ pub fn paired_difference(
     if let Some(bad) = indices.iter().flatten().find(|&&k| k >= ids.len()) {
         anyhow::bail!("paired bootstrap: resample index {bad} is out of range for {} items", ids.len());
     }
-    let on = |its: &[ItemScores], al: &[Option<usize>], ix: &[usize]| {
-        let drawn: Vec<&ItemScores> = ix.iter().filter_map(|&i| al[i].map(|k| &its[k])).collect();
-        metric_of(&drawn, metric, rule)
+    let (pa, pb) = (prepare(&a.iter().collect::<Vec<_>>(), rule)?, prepare(&b.iter().collect::<Vec<_>>(), rule)?);
+    let on = |its: &[Prepared], al: &[Option<usize>], ix: &[usize]| {
+        let drawn: Vec<&Prepared> = ix.iter().filter_map(|&i| al[i].map(|k| &its[k])).collect();
+        metric_prepared(&drawn, metric, rule)
     };
     let identity: Vec<usize> = (0..ids.len()).collect();
-    let (Some(va), Some(vb)) = (on(a, &aa, &identity)?, on(b, &ab, &identity)?) else { return Ok(None) };
-    // Every input value was checked by the point estimates above, so a resample cannot err.
-    let ci = paired_interval(indices, level, |ix| on(a, &aa, ix).ok().flatten(), |ix| on(b, &ab, ix).ok().flatten())?;
+    let (Some(va), Some(vb)) = (on(&pa, &aa, &identity)?, on(&pb, &ab, &identity)?) else { return Ok(None) };
+    // Every input value was checked by `prepare` above, so a resample cannot err.
+    let ci = paired_interval(indices, level, |ix| on(&pa, &aa, ix).ok().flatten(), |ix| on(&pb, &ab, ix).ok().flatten())?;
     Ok(Some(Estimate { value: va - vb, interval: ci }))
 }
 
