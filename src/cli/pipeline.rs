@@ -162,13 +162,28 @@ pub fn sweep(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// The eval metrics of a lock, if its eval stage is up to date for `pipeline`.
-fn fresh_eval_rows(store: &Store, pipeline: &Pipeline, lock: Option<&str>) -> anyhow::Result<Option<Vec<crate::report::page::MetricsRow>>> {
+/// A lock's up-to-date eval: its metrics rows, its per-item scores and how ECE was computed (for the
+/// intervals).
+struct FreshEval {
+    rows: Vec<crate::report::page::MetricsRow>,
+    items: std::collections::BTreeMap<(String, String), Vec<crate::report::intervals::ItemScores>>,
+    rule: crate::report::intervals::CellRule,
+}
+
+/// The eval of a lock, if its eval stage is up to date for `pipeline`.
+fn fresh_eval(store: &Store, pipeline: &Pipeline, lock: Option<&str>) -> anyhow::Result<Option<FreshEval>> {
     let fresh = pipeline.status_named(store, &[], lock)?.iter().any(|s| s.stage == "eval" && s.is_fresh());
     let record = crate::engine::LockFile::load_named(store.root(), lock)?.stages.remove("eval");
-    let Some(output) = record.filter(|_| fresh).and_then(|mut r| r.outputs.remove("metrics")) else { return Ok(None) };
-    let table = store.read_table(&crate::store::ArtifactId::parse(&output.id)?)?.concat()?;
-    Ok(Some(crate::stages::report::metrics_rows(&table)?))
+    let Some(mut record) = record.filter(|_| fresh) else { return Ok(None) };
+    let mut read = |name: &str| -> anyhow::Result<Option<arrow::record_batch::RecordBatch>> {
+        let Some(output) = record.outputs.remove(name) else { return Ok(None) };
+        Ok(Some(store.read_table(&crate::store::ArtifactId::parse(&output.id)?)?.concat()?))
+    };
+    let (Some(metrics), Some(sentences)) = (read("metrics")?, read("sentences")?) else { return Ok(None) };
+    let rows = crate::stages::report::metrics_rows(&metrics)?;
+    let items = crate::stages::report::report_items(&sentences, &rows)?;
+    let rule = crate::stages::report::cell_rule(&metrics)?;
+    Ok(Some(FreshEval { rows, items, rule }))
 }
 
 /// The paper's ablation table (Table 1's lower half): the main run's full method and its SFT-only policy
@@ -184,16 +199,32 @@ fn ablation_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile
             })
             .collect()
     };
+    // Each row's intervals: its variant's items under the row's label, checked against its eval values.
+    let mut cells = crate::report::intervals::Cells::new();
+    let mut add_cells = |e: &FreshEval, from: &str, to: &str, rows: &[crate::report::page::MetricsRow]| -> anyhow::Result<()> {
+        let items =
+            e.items.iter().filter(|((v, _), _)| v == from).map(|((_, sp), its)| ((to.to_string(), sp.clone()), its.clone())).collect();
+        cells.extend(crate::report::intervals::cell_intervals(&items, rows, &e.rule, &Default::default())?);
+        Ok(())
+    };
     let mut entries = Vec::new();
-    let main = fresh_eval_rows(store, &crate::stages::pipeline(stages)?, None)?;
+    let main = fresh_eval(store, &crate::stages::pipeline(stages)?, None)?;
     for (from, to) in [("full", "MMBoundary"), ("sft", "w/o RL")] {
-        entries.push((format!("{to} (`mmb run`)"), to.to_string(), main.as_ref().map(|r| relabel(r, from, to))));
+        let rows = main.as_ref().map(|e| relabel(&e.rows, from, to));
+        if let (Some(e), Some(r)) = (&main, &rows) {
+            add_cells(e, from, to, r)?;
+        }
+        entries.push((format!("{to} (`mmb run`)"), to.to_string(), rows));
     }
     for v in &sweep.variant {
         let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
         let label = v.description.clone().unwrap_or_else(|| v.name.clone());
-        let rows = fresh_eval_rows(store, &crate::stages::pipeline_with(&configs)?, Some(&v.name))?;
-        entries.push((format!("`mmb sweep --only {}`", v.name), label.clone(), rows.map(|r| relabel(&r, "full", &label))));
+        let e = fresh_eval(store, &crate::stages::pipeline_with(&configs)?, Some(&v.name))?;
+        let rows = e.as_ref().map(|e| relabel(&e.rows, "full", &label));
+        if let (Some(e), Some(r)) = (&e, &rows) {
+            add_cells(e, "full", &label, r)?;
+        }
+        entries.push((format!("`mmb sweep --only {}`", v.name), label.clone(), rows));
     }
-    Ok(crate::report::page::ablation_markdown(&entries))
+    Ok(crate::report::page::ablation_markdown(&entries, &cells))
 }

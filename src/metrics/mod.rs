@@ -4,6 +4,7 @@
 pub mod accuracy;
 pub mod agreement;
 pub mod auroc;
+pub mod bootstrap;
 pub mod by_level;
 pub mod calibration;
 pub mod chain;

@@ -31,15 +31,21 @@ fn cell(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into())
 }
 
-/// A metric of a level-`all` row, with its column label.
-type Column = (&'static str, fn(&MetricsRow) -> Option<f64>);
+/// A metric of a level-`all` row, with its column label and, where it has bootstrap intervals, which.
+type Column = (&'static str, fn(&MetricsRow) -> Option<f64>, Option<crate::report::intervals::Metric>);
 
 /// One row per variant and, per split, one cell per column (level `all`); the first column of a split is
-/// labelled with the split's name.
-fn per_split_table(rows: &[MetricsRow], splits: &[String], variants: &[String], columns: &[Column]) -> String {
+/// labelled with the split's name. A cell with an estimate in `cells` shows its interval.
+fn per_split_table(
+    rows: &[MetricsRow],
+    splits: &[String],
+    variants: &[String],
+    columns: &[Column],
+    cells: &crate::report::intervals::Cells,
+) -> String {
     let mut s = String::from("| variant |");
     for sp in splits {
-        for (i, (name, _)) in columns.iter().enumerate() {
+        for (i, (name, _, _)) in columns.iter().enumerate() {
             let label = match (i, name.is_empty()) {
                 (0, true) => sp.clone(),
                 (0, false) => format!("{sp} {name}"),
@@ -55,8 +61,10 @@ fn per_split_table(rows: &[MetricsRow], splits: &[String], variants: &[String], 
         let _ = write!(s, "| {v} |");
         for sp in splits {
             let row = rows.iter().find(|r| &r.variant == v && &r.split == sp && r.level == "all");
-            for (_, metric) in columns {
-                let _ = write!(s, " {} |", cell(row.and_then(metric)));
+            for (_, metric, with_ci) in columns {
+                let estimate = with_ci.and_then(|m| cells.get(&(v.clone(), sp.clone(), m)));
+                let text = if estimate.is_some() { cell_ci(estimate) } else { cell(row.and_then(metric)) };
+                let _ = write!(s, " {text} |");
             }
         }
         s.push('\n');
@@ -66,14 +74,30 @@ fn per_split_table(rows: &[MetricsRow], splits: &[String], variants: &[String], 
 
 /// The paper's Table 1 layout: one row per variant, ECE / MECE / Acc / F1 / AUROC per split (level `all`).
 pub fn table1_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String]) -> String {
-    let columns: [Column; 5] =
-        [("ECE", |r| r.ece), ("MECE", |r| r.mece), ("Acc", |r| r.accuracy), ("F1", |r| r.chain_f1), ("AUROC", |r| r.auroc)];
-    per_split_table(rows, splits, variants, &columns)
+    table1_markdown_ci(rows, splits, variants, &Default::default())
+}
+
+/// [`table1_markdown`] with the intervals of `cells` in its cells.
+pub fn table1_markdown_ci(rows: &[MetricsRow], splits: &[String], variants: &[String], cells: &crate::report::intervals::Cells) -> String {
+    use crate::report::intervals::Metric;
+    let columns: [Column; 5] = [
+        ("ECE", |r| r.ece, Some(Metric::Ece)),
+        ("MECE", |r| r.mece, Some(Metric::Mece)),
+        ("Acc", |r| r.accuracy, Some(Metric::Accuracy)),
+        ("F1", |r| r.chain_f1, None),
+        ("AUROC", |r| r.auroc, Some(Metric::Auroc)),
+    ];
+    per_split_table(rows, splits, variants, &columns, cells)
 }
 
 /// Step-level Brier score by split (level `all`): the proper counterpart of MECE.
 pub fn brier_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String]) -> String {
-    per_split_table(rows, splits, variants, &[("", |r| r.brier)])
+    brier_markdown_ci(rows, splits, variants, &Default::default())
+}
+
+/// [`brier_markdown`] with the intervals of `cells` in its cells.
+pub fn brier_markdown_ci(rows: &[MetricsRow], splits: &[String], variants: &[String], cells: &crate::report::intervals::Cells) -> String {
+    per_split_table(rows, splits, variants, &[("", |r| r.brier, Some(crate::report::intervals::Metric::Brier))], cells)
 }
 
 /// Perception vs reasoning (the paper's Figure 4): MECE and chain F1 by chain level.
@@ -104,15 +128,20 @@ pub fn ordered_splits(rows: &[MetricsRow]) -> Vec<String> {
 
 /// The sweep's ablation table: `entries` are (how to produce it, row label, its level-`all` rows relabelled
 /// to the label, or None when not run or stale); rows that exist form a Table-1 and a Brier table, the
-/// others are listed with the command that produces them.
-pub fn ablation_markdown(entries: &[(String, String, Option<Vec<MetricsRow>>)]) -> String {
+/// others are listed with the command that produces them. Cells with an estimate in `cells` (keyed by
+/// row label) show its 95 % bootstrap interval.
+pub fn ablation_markdown(entries: &[(String, String, Option<Vec<MetricsRow>>)], cells: &crate::report::intervals::Cells) -> String {
     let rows: Vec<MetricsRow> = entries.iter().filter_map(|e| e.2.clone()).flatten().collect();
     let labels: Vec<String> = entries.iter().filter(|e| e.2.is_some()).map(|e| e.1.clone()).collect();
     let splits = ordered_splits(&rows);
-    let mut s = String::from("# Ablations (Table 1's lower half)\n\nECE, MECE, accuracy, chain F1, AUROC (level `all`).\n\n");
-    s.push_str(&table1_markdown(&rows, &splits, &labels));
+    let mut s = String::from("# Ablations (Table 1's lower half)\n\nECE, MECE, accuracy, chain F1, AUROC (level `all`).");
+    if !cells.is_empty() {
+        s.push_str(" Brackets: 95 % bootstrap intervals over items.");
+    }
+    s.push_str("\n\n");
+    s.push_str(&table1_markdown_ci(&rows, &splits, &labels, cells));
     s.push_str("\n## Step-level Brier score\n\n");
-    s.push_str(&brier_markdown(&rows, &splits, &labels));
+    s.push_str(&brier_markdown_ci(&rows, &splits, &labels, cells));
     let missing: Vec<&(String, String, Option<Vec<MetricsRow>>)> = entries.iter().filter(|e| e.2.is_none()).collect();
     if !missing.is_empty() {
         s.push_str("\nNot run yet, or stale since:\n\n");
@@ -155,6 +184,137 @@ pub fn mece_anatomy_markdown(responses: &[(String, Vec<Vec<(bool, f64)>>)]) -> R
     Ok(s)
 }
 
+/// A point value with its interval, "0.123 [0.100, 0.150]" ("0.123" without interval, "–" without value).
+pub fn cell_ci(e: Option<&crate::report::intervals::Estimate>) -> String {
+    match e {
+        None => "–".into(),
+        Some(e) => match e.interval {
+            Some(i) => format!("{:.3} [{:.3}, {:.3}]", e.value, i.lo, i.hi),
+            None => format!("{:.3}", e.value),
+        },
+    }
+}
+
+/// Table 1 with 95 % intervals: one row per (split, variant), the number of items and, per metric, the
+/// value and its bootstrap interval (chain F1 without one: it needs the judge's similarities).
+pub fn table1_ci_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String], cells: &crate::report::intervals::Cells) -> String {
+    use crate::report::intervals::Metric;
+    let mut s =
+        String::from("| split | variant | items | ECE | MECE | Brier | Acc | F1 | AUROC |\n|---|---|---|---|---|---|---|---|---|\n");
+    for sp in splits {
+        for v in variants {
+            let Some(row) = rows.iter().find(|r| &r.variant == v && &r.split == sp && r.level == "all") else { continue };
+            let c = |m: Metric| cells.get(&(v.clone(), sp.clone(), m)).map(|e| cell_ci(Some(e))).unwrap_or_else(|| cell(m.of_row(row)));
+            let _ = writeln!(
+                s,
+                "| {sp} | {v} | {} | {} | {} | {} | {} | {} | {} |",
+                row.responses,
+                c(Metric::Ece),
+                c(Metric::Mece),
+                c(Metric::Brier),
+                c(Metric::Accuracy),
+                cell(row.chain_f1),
+                c(Metric::Auroc)
+            );
+        }
+    }
+    s
+}
+
+/// The paired differences `a − b` per split (columns: the metrics of `diffs`, in the order given). A cell
+/// whose interval excludes 0 says which variant it favors (lower is better for the calibration errors,
+/// higher for accuracy and AUROC); otherwise that its interval spans 0.
+pub fn differences_markdown(
+    diffs: &[crate::report::intervals::Difference],
+    a: &str,
+    b: &str,
+    metrics: &[crate::report::intervals::Metric],
+) -> String {
+    let mut s = String::from("| split | items |");
+    for m in metrics {
+        let _ = write!(s, " {} {a} − {b} |", m.name());
+    }
+    s.push_str("\n|---|---|");
+    s.push_str(&"---|".repeat(metrics.len()));
+    s.push('\n');
+    let mut splits: Vec<&str> = diffs.iter().map(|d| d.split.as_str()).collect();
+    splits.dedup();
+    for sp in splits {
+        let items = diffs.iter().find(|d| d.split == sp).map(|d| d.items).unwrap_or(0);
+        let _ = write!(s, "| {sp} | {items} |");
+        for m in metrics {
+            let d = diffs.iter().find(|d| d.split == sp && d.metric == *m);
+            let (below, above) = if m.lower_is_better() { (a, b) } else { (b, a) };
+            let verdict = match d.and_then(|d| d.estimate.interval) {
+                Some(i) if i.hi < 0.0 => format!(" ({below} better)"),
+                Some(i) if i.lo > 0.0 => format!(" ({above} better)"),
+                Some(_) => " (interval spans 0)".to_string(),
+                None => String::new(),
+            };
+            let _ = write!(s, " {}{verdict} |", cell_ci(d.map(|d| &d.estimate)));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// A Markdown pipe table (as this module writes them: one row per line, no pipes inside cells) as an
+/// HTML table; text outside tables becomes paragraphs. An interval "[lo, hi]" in a cell is set smaller.
+pub fn md_table_html(md: &str) -> String {
+    let mut s = String::new();
+    let mut in_table = false;
+    let mut header_done = false;
+    for line in md.lines() {
+        let t = line.trim();
+        if t.starts_with('|') {
+            let cells: Vec<&str> = t.trim_matches('|').split('|').map(str::trim).collect();
+            if cells.iter().all(|c| !c.is_empty() && c.chars().all(|ch| ch == '-' || ch == ':')) {
+                continue;
+            }
+            if !in_table {
+                s.push_str("<table>");
+                in_table = true;
+                header_done = false;
+            }
+            let tag = if header_done { "td" } else { "th" };
+            s.push_str("<tr>");
+            for c in cells {
+                // "value [lo, hi] rest": the interval set smaller, what follows it (a verdict) as is.
+                let body = match (c.find(" ["), c.find(']')) {
+                    (Some(k), Some(j)) if j > k => format!(
+                        "{}<span class=\"ci\">{}</span>{}",
+                        escape(&c[..k]),
+                        escape(&c[k..=j]),
+                        if j + 1 < c.len() {
+                            format!("<br><span class=\"verdict\">{}</span>", escape(c[j + 1..].trim()))
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    _ => escape(c),
+                };
+                let num = c.chars().next().is_some_and(|ch| ch.is_ascii_digit() || ch == '−' || ch == '-' || ch == '–');
+                let class = if num && tag == "td" { " class=\"num\"" } else { "" };
+                let _ = write!(s, "<{tag}{class}>{body}</{tag}>");
+            }
+            s.push_str("</tr>\n");
+            header_done = true;
+        } else {
+            if in_table {
+                s.push_str("</table>\n");
+                in_table = false;
+            }
+            if !t.is_empty() {
+                let _ = writeln!(s, "<p>{}</p>", escape(t));
+            }
+        }
+    }
+    if in_table {
+        s.push_str("</table>\n");
+    }
+    s
+}
+
 pub fn escape(t: &str) -> String {
     t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -182,7 +342,11 @@ pub fn html_page(title: &str, sections: &[(String, String)]) -> String {
     let mut s = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
-         pre{{background:#f6f6f6;padding:1em;overflow-x:auto}} .figs svg{{margin:0.5em}}\
+         pre{{background:#f6f6f6;padding:1em;overflow-x:auto}} .figs{{display:flex;flex-wrap:wrap;gap:1em}}\
+         table{{border-collapse:collapse;margin:0.5em 0 1em;font-size:0.92em}}\
+         th,td{{border:1px solid #ccc;padding:0.3em 0.6em;text-align:left;vertical-align:top}}\
+         th{{background:#f0f0f0}} td.num{{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}}\
+         tr:nth-child(even) td{{background:#fafafa}} .ci{{color:#666;font-size:0.85em}} .verdict{{font-size:0.85em}} p.note{{color:#444;max-width:60em}}\
          .ok{{background:#d9f2d9}} .bad{{background:#f8d7d7}} .ex{{border-left:3px solid #ccc;padding-left:1em;margin:1em 0}}\
          .q{{font-weight:bold}}</style></head><body><h1>{t}</h1>\n",
         t = escape(title)
@@ -240,11 +404,25 @@ mod tests {
             ("`mmb sweep --only no-r-cs`".to_string(), "w/o R_CS".to_string(), None),
             ("`mmb sweep --only no-mte`".to_string(), "w/o U_MTE".to_string(), Some(vec![row("w/o U_MTE", "test", "all", 0.5)])),
         ];
-        let t = ablation_markdown(&entries);
+        let t = ablation_markdown(&entries, &Default::default());
         assert!(t.contains("| MMBoundary | 0.250 | 0.500 | – | 0.250 | 1.000 | – | – | – | – | – |"), "{t}");
         assert!(t.contains("| w/o U_MTE | – | – | – | – | – | 0.500 |"), "{t}");
         assert!(t.contains("| val ECE |") && t.contains("| test ECE |"), "{t}");
         assert!(t.contains("- w/o R_CS: `mmb sweep --only no-r-cs`") && !t.contains("| w/o R_CS |"), "{t}");
+    }
+
+    #[test]
+    fn ablation_cells_carry_their_intervals() {
+        use crate::metrics::bootstrap::Interval;
+        use crate::report::intervals::{Cells, Estimate, Metric};
+        let entries = vec![("`mmb run`".to_string(), "MMBoundary".to_string(), Some(vec![row("MMBoundary", "val", "all", 0.25)]))];
+        let mut cells = Cells::new();
+        let ci = Interval { lo: 0.125, hi: 0.375, defined: 10, resamples: 10 };
+        cells.insert(("MMBoundary".into(), "val".into(), Metric::Ece), Estimate { value: 0.25, interval: Some(ci) });
+        cells.insert(("MMBoundary".into(), "val".into(), Metric::Brier), Estimate { value: 0.125, interval: None });
+        let t = ablation_markdown(&entries, &cells);
+        assert!(t.contains("| MMBoundary | 0.250 [0.125, 0.375] | 0.500 | – | 0.250 | 1.000 |"), "{t}");
+        assert!(t.contains("Brackets: 95 %") && t.contains("| MMBoundary | 0.125 |"), "{t}");
     }
 
     #[test]

@@ -38,20 +38,31 @@ pub fn reliability_bins(pairs: &[(f64, bool)], bins: usize) -> Vec<ReliabilityBi
 pub fn reliability_svg(title: &str, series: &[(&str, Vec<ReliabilityBin>)]) -> Result<String, String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (480, 420)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (520, 440)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(44)
+            .caption(title, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
             .build_cartesian_2d(0f64..1f64, 0f64..1f64)
             .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("stated confidence").y_desc("accuracy").draw().map_err(|e| e.to_string())?;
-        chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.4))).map_err(|e| e.to_string())?;
-        let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+        chart
+            .configure_mesh()
+            .x_desc("stated confidence (bin mean)")
+            .y_desc("share of sentences right")
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(RGBColor(238, 238, 238))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.4)))
+            .map_err(|e| e.to_string())?
+            .label("perfect calibration")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.4)));
         for (k, (name, bins)) in series.iter().enumerate() {
-            let color = colors[k % colors.len()];
+            let color = COLORS[k % COLORS.len()];
             let pts: Vec<(f64, f64)> = bins.iter().filter(|b| b.count > 0).map(|b| (b.mean_confidence, b.accuracy)).collect();
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
@@ -60,49 +71,88 @@ pub fn reliability_svg(title: &str, series: &[(&str, Vec<ReliabilityBin>)]) -> R
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| e.to_string())?;
         }
-        chart.configure_series_labels().border_style(BLACK.mix(0.3)).background_style(WHITE.mix(0.9)).draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 14))
+            .border_style(BLACK.mix(0.3))
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
 }
 
-/// Histogram of stated confidence per internal level (how often each level's sentences claim what).
-pub fn level_histogram_svg(title: &str, by_level: &[(u8, Vec<f64>)], bins: usize) -> Result<String, String> {
+/// The series colors, shared by both plots so a variant has one color on the page.
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Histogram of stated confidence per variant: the share of each variant's sentences (with a statement)
+/// in each equal-width bin, one bar per variant named in the legend (variants with different sentence
+/// counts stay comparable).
+pub fn confidence_histogram_svg(title: &str, groups: &[(&str, Vec<f64>)], bins: usize) -> Result<String, String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (480, 420)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (520, 440)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let bins = bins.max(1);
-        let counts: Vec<(u8, Vec<usize>)> = by_level
+        let shares: Vec<(&str, Vec<f64>)> = groups
             .iter()
-            .map(|(l, v)| {
-                let mut c = vec![0usize; bins];
+            .map(|(name, v)| {
+                let mut c = vec![0.0; bins];
                 for &x in v {
-                    c[((x.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1)] += 1;
+                    c[((x.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1)] += 1.0;
                 }
-                (*l, c)
+                let n = v.len().max(1) as f64;
+                (*name, c.into_iter().map(|k| k / n).collect())
             })
             .collect();
-        let ymax = counts.iter().flat_map(|(_, c)| c.iter().copied()).max().unwrap_or(1).max(1) as f64;
+        let ymax = shares.iter().flat_map(|(_, c)| c.iter().copied()).fold(0.0f64, f64::max).max(0.05);
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(44)
-            .build_cartesian_2d(0f64..1f64, 0f64..ymax * 1.1)
+            .caption(title, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..1f64, 0f64..(ymax * 1.1).min(1.0))
             .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("stated confidence").y_desc("sentences").draw().map_err(|e| e.to_string())?;
-        for (l, c) in &counts {
-            let color = Palette99::pick(*l as usize).to_rgba();
-            let w = 1.0 / bins as f64;
-            let pts: Vec<(f64, f64)> = c.iter().enumerate().map(|(i, &n)| ((i as f64 + 0.5) * w, n as f64)).collect();
+        chart
+            .configure_mesh()
+            .x_desc("stated confidence")
+            .y_desc("share of sentences")
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(RGBColor(238, 238, 238))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        // Grouped bars: within each bin, one bar per variant side by side.
+        let w = 1.0 / bins as f64;
+        let bar = w * 0.85 / shares.len().max(1) as f64;
+        for (k, (name, c)) in shares.iter().enumerate() {
+            let color = COLORS[k % COLORS.len()];
             chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .draw_series(c.iter().enumerate().map(|(i, &share)| {
+                    let x0 = i as f64 * w + w * 0.075 + k as f64 * bar;
+                    Rectangle::new([(x0, 0.0), (x0 + bar, share)], color.filled())
+                }))
                 .map_err(|e| e.to_string())?
-                .label(format!("level {l}"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         }
-        chart.configure_series_labels().border_style(BLACK.mix(0.3)).background_style(WHITE.mix(0.9)).draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperMiddle)
+            .label_font(("sans-serif", 14))
+            .border_style(BLACK.mix(0.3))
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
@@ -137,7 +187,7 @@ mod tests {
         let b = reliability_bins(&[(0.2, false), (0.8, true), (0.6, true)], 5);
         let s = reliability_svg("Reliability", &[("full", b)]).unwrap();
         assert!(s.starts_with("<svg") && s.contains("Reliability") && s.contains("full"));
-        let h = level_histogram_svg("By level", &[(1, vec![0.1, 0.2]), (5, vec![0.9])], 10).unwrap();
-        assert!(h.contains("level 5"));
+        let h = confidence_histogram_svg("Stated confidence", &[("sft", vec![0.1, 0.2]), ("full", vec![0.9])], 10).unwrap();
+        assert!(h.contains(">\nsft\n<") && h.contains(">\nfull\n<") && h.contains("share of sentences"), "{h}");
     }
 }

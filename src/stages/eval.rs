@@ -117,7 +117,7 @@ impl Stage for EvalStage {
         "eval"
     }
     fn code_version(&self) -> &str {
-        "3"
+        "4"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
@@ -173,6 +173,9 @@ pub fn sentences_schema() -> SchemaRef {
         Field::new("answer_correct", DataType::Float64, false),
         Field::new("text", DataType::Utf8, false),
         Field::new("judge", DataType::Utf8, false),
+        // The confidence the calibration metrics used (the statement's, or `missing_confidence`; null when
+        // the sentence was left out), so the report can recompute them on bootstrap resamples.
+        Field::new("metric_confidence", DataType::Float64, true),
     ]))
 }
 
@@ -192,6 +195,9 @@ pub fn metrics_schema() -> SchemaRef {
         f("accuracy"),
         f("chain_f1"),
         f("auroc"),
+        // How ECE and AUROC were computed from the sentences (the report's intervals recompute them).
+        Field::new("ece_bins", DataType::UInt64, false),
+        Field::new("answer_confidence", DataType::Utf8, false),
     ]))
 }
 
@@ -272,6 +278,7 @@ pub fn evaluate(
         StringBuilder::new(),
         StringBuilder::new(),
     );
+    let mut o_metric_conf = Float64Builder::new();
     let mut groups: BTreeMap<(String, String), Vec<Judged>> = BTreeMap::new();
     for (n, c) in chains.iter().enumerate() {
         let item = by_id.get(c.item_id.as_str()).ok_or_else(|| anyhow::anyhow!("chain {n}: item {} is not in the dataset", c.item_id))?;
@@ -303,6 +310,7 @@ pub fn evaluate(
             o_ans.append_value(ans);
             o_text.append_value(&c.text);
             o_judge.append_value(&judge_name);
+            o_metric_conf.append_option(j.expressed.or(params.missing_confidence));
         }
         let confidence = judged.iter().map(|j| j.expressed.or(params.missing_confidence)).collect();
         groups.entry((c.variant.clone(), item.split.clone())).or_default().push(Judged {
@@ -328,6 +336,7 @@ pub fn evaluate(
         Arc::new(o_ans.finish()),
         Arc::new(o_text.finish()),
         Arc::new(o_judge.finish()),
+        Arc::new(o_metric_conf.finish()),
     ];
     let rows = RecordBatch::try_new(sentences_schema(), cols)?;
 
@@ -341,6 +350,8 @@ pub fn evaluate(
         Float64Builder::new(),
         Float64Builder::new(),
     );
+    let (mut m_bins, mut m_answer_conf) = (UInt64Builder::new(), StringBuilder::new());
+    let answer_conf_name = serde_json::to_value(params.metrics.answer_confidence)?.as_str().unwrap_or_default().to_string();
     for ((variant, split), js) in &groups {
         debug_assert!(js.iter().all(|j| &j.split == split));
         // Calibration pairs: sentences with a confidence (a statement, or the missing-statement value).
@@ -386,6 +397,8 @@ pub fn evaluate(
             m_acc.append_option(a);
             m_f1.append_option(f);
             m_auroc.append_option(r);
+            m_bins.append_value(params.metrics.ece.bins as u64);
+            m_answer_conf.append_value(&answer_conf_name);
         };
         push("all", n_sent, ece_all, (mece_all, brier_all), Some(accuracy), Some(f1), auroc_all);
         let ref_levels: Vec<Vec<ChainLevel>> = js.iter().map(|j| j.ref_levels.clone()).collect();
@@ -410,6 +423,8 @@ pub fn evaluate(
         Arc::new(m_acc.finish()),
         Arc::new(m_f1.finish()),
         Arc::new(m_auroc.finish()),
+        Arc::new(m_bins.finish()),
+        Arc::new(m_answer_conf.finish()),
     ];
     let metrics = RecordBatch::try_new(metrics_schema(), cols)?;
     Ok((rows, metrics))

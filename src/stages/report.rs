@@ -2,11 +2,14 @@
 //! diagrams, stated-confidence histograms and example chains with each statement colored by whether its
 //! sentence was right; Markdown plus one self-contained HTML page, stored as a folder artifact.
 use crate::engine::{InputSpec, Stage, StageContext};
+use crate::metrics::bootstrap::BootstrapParams;
+use crate::metrics::calibration::{AnswerConfidence, EceParams};
+use crate::report::intervals::{cell_intervals, paired_differences, CellRule, ItemScores, Metric};
 use crate::report::page::{
-    brier_markdown, escape, examples_html, html_page, levels_markdown, mece_anatomy_markdown, ordered_splits, pre, table1_markdown,
-    ExampleSentence, MetricsRow,
+    brier_markdown, differences_markdown, escape, examples_html, html_page, levels_markdown, md_table_html, mece_anatomy_markdown,
+    ordered_splits, table1_ci_markdown, ExampleSentence, MetricsRow,
 };
-use crate::report::plots::{level_histogram_svg, reliability_bins, reliability_svg};
+use crate::report::plots::{confidence_histogram_svg, reliability_bins, reliability_svg};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, UInt32Type, UInt64Type};
 use arrow::record_batch::RecordBatch;
@@ -23,11 +26,18 @@ pub struct ReportParams {
     pub bins: usize,
     /// Example chains shown (from the `full` variant).
     pub examples: usize,
+    /// The 95 % intervals of Table 1 and of the full − SFT differences.
+    pub bootstrap: BootstrapParams,
 }
 
 impl Default for ReportParams {
     fn default() -> Self {
-        Self { split: "val".into(), bins: crate::metrics::calibration::EceParams::default().bins, examples: 6 }
+        Self {
+            split: "val".into(),
+            bins: crate::metrics::calibration::EceParams::default().bins,
+            examples: 6,
+            bootstrap: BootstrapParams::default(),
+        }
     }
 }
 
@@ -109,8 +119,9 @@ impl Stage for ReportStage {
         "report"
     }
     /// 4: a variant without statements is labeled as the constant it is; reliability bins as ECE.
+    /// 5: HTML tables, bootstrap intervals, full − SFT paired differences, named histogram legend.
     fn code_version(&self) -> &str {
-        "4"
+        "5"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec::new("metrics", "eval", "metrics"), InputSpec::new("sentences", "eval", "sentences")]
@@ -122,111 +133,215 @@ impl Stage for ReportStage {
         serde_json::to_value(&self.params).expect("params serialize")
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
-        let p = &self.params;
-        let mut rows = metrics_rows(&ctx.input_table("metrics")?.concat()?)?;
-        let col = |b: &RecordBatch, n: &str| b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"));
-        let mut variants: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
-        variants.sort_by_key(|v| (VARIANT_ORDER.iter().position(|o| o == v).unwrap_or(9), v.clone()));
-        variants.dedup();
-
-        // Per-sentence (stated confidence, right?) for the diagrams and examples.
-        let s = ctx.input_table("sentences")?.concat()?;
-        let (sv, ss, si) = (col(&s, "variant")?, col(&s, "split")?, col(&s, "item_id")?);
-        let (sidx, st, stmt) = (col(&s, "sentence_index")?, col(&s, "sentence")?, col(&s, "statement")?);
-        let (conf, correct) = (col(&s, "confidence")?, col(&s, "correct")?);
-        let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
-        let mut pairs: BTreeMap<String, Vec<(f64, bool)>> = BTreeMap::new();
-        let mut by_level: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        let mut responses: BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>> = BTreeMap::new();
-        let mut chains: BTreeMap<String, Vec<(u32, ExampleSentence)>> = BTreeMap::new();
-        for i in 0..s.num_rows() {
-            let v = sv.as_string::<i32>().value(i);
-            if ss.as_string::<i32>().value(i) != p.split {
-                continue;
-            }
-            let c = (!conf.is_null(i)).then(|| conf.value(i));
-            if let Some(c) = c {
-                let item = si.as_string::<i32>().value(i).to_string();
-                responses.entry(v.to_string()).or_default().entry(item).or_default().push((correct.value(i), c));
-                pairs.entry(v.to_string()).or_default().push((c, correct.value(i)));
-                by_level.entry(v.to_string()).or_default().push(c);
-            }
-            if v == "full" {
-                let e = ExampleSentence {
-                    sentence: st.as_string::<i32>().value(i).into(),
-                    statement: stmt.as_string::<i32>().is_valid(i).then(|| stmt.as_string::<i32>().value(i).to_string()),
-                    confidence: c,
-                    correct: correct.value(i),
-                };
-                chains.entry(si.as_string::<i32>().value(i).to_string()).or_default().push((sidx.as_primitive::<UInt32Type>().value(i), e));
-            }
-        }
-        // A variant whose sentences carry no statement gives every sentence the same confidence (eval's
-        // `missing_confidence`): it is a constant predictor, not a model's calibration, and says so.
-        let labels = constant_labels(&s)?;
-        // Which judge decided I(z) (and at which threshold), as eval recorded it.
-        let mut judges: Vec<String> = col(&s, "judge")?.as_string::<i32>().iter().flatten().map(String::from).collect();
-        judges.sort();
-        judges.dedup();
-        let judge_note = format!("I(z), MECE and chain F1 judged by: {}.", if judges.is_empty() { "-".into() } else { judges.join(", ") });
-        let relabel = |v: &str| labels.get(v).cloned().unwrap_or_else(|| v.to_string());
-        for r in &mut rows {
-            r.variant = relabel(&r.variant);
-        }
-        let variants: Vec<String> = variants.iter().map(|v| relabel(v)).collect();
-        let pairs: BTreeMap<String, Vec<(f64, bool)>> = pairs.into_iter().map(|(k, v)| (relabel(&k), v)).collect();
-        let by_level: BTreeMap<String, Vec<f64>> = by_level.into_iter().map(|(k, v)| (relabel(&k), v)).collect();
-        let responses: BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>> =
-            responses.into_iter().map(|(k, v)| (relabel(&k), v)).collect();
-        let splits = ordered_splits(&rows);
-        let series: Vec<(&str, _)> =
-            variants.iter().filter_map(|v| pairs.get(v).map(|ps| (v.as_str(), reliability_bins(ps, p.bins)))).collect();
-        let reliability = reliability_svg(&format!("Reliability ({})", p.split), &series).map_err(anyhow::Error::msg)?;
-        let hist_groups: Vec<(u8, Vec<f64>)> =
-            variants.iter().enumerate().filter_map(|(k, v)| by_level.get(v).map(|c| (k as u8 + 1, c.clone()))).collect();
-        let hist = level_histogram_svg(&format!("Stated confidence ({}; 1 = {})", p.split, variants.join(", 2 = ")), &hist_groups, p.bins)
-            .map_err(anyhow::Error::msg)?;
-        let examples: Vec<(String, Vec<ExampleSentence>)> = chains
-            .into_iter()
-            .take(p.examples)
-            .map(|(id, mut v)| {
-                v.sort_by_key(|x| x.0);
-                (id, v.into_iter().map(|x| x.1).collect())
-            })
-            .collect();
-
-        let table = table1_markdown(&rows, &splits, &variants);
-        let levels = levels_markdown(&rows, &p.split, &variants);
-        let brier = brier_markdown(&rows, &splits, &variants);
-        let anatomy: Vec<(String, Vec<Vec<(bool, f64)>>)> =
-            variants.iter().filter_map(|v| responses.get(v).map(|r| (v.clone(), r.values().cloned().collect()))).collect();
-        let anatomy = mece_anatomy_markdown(&anatomy)?;
-        let md = format!(
-            "# MMBoundary report\n\n## Table 1 (ECE, MECE, accuracy, chain F1, AUROC; level `all`)\n\n{judge_note}\n\n{table}\n\
-             ## Step-level Brier score\n\n{BRIER_NOTE}\n\n{brier}\n\
-             ## What MECE rewards ({split})\n\n{ANATOMY_NOTE}\n\n{anatomy}\n\
-             ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
-            split = p.split
-        );
-        let html = html_page(
-            "MMBoundary report",
-            &[
-                ("Table 1".into(), format!("<p>{}</p>{}", escape(&judge_note), pre(&table))),
-                ("Step-level Brier score".into(), format!("<p>{BRIER_NOTE}</p>{}", pre(&brier))),
-                (format!("What MECE rewards ({})", p.split), format!("<p>{ANATOMY_NOTE}</p>{}", pre(&anatomy))),
-                (format!("Perception vs reasoning ({})", p.split), pre(&levels)),
-                ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
-                ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
-            ],
-        );
+        let metrics = ctx.input_table("metrics")?.concat()?;
+        let sentences = ctx.input_table("sentences")?.concat()?;
+        let files = render(&metrics, &sentences, &self.params)?;
         let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("report.md"), md)?;
-        std::fs::write(dir.path().join("report.html"), html)?;
-        std::fs::write(dir.path().join("reliability.svg"), reliability)?;
-        std::fs::write(dir.path().join("confidence.svg"), hist)?;
+        std::fs::write(dir.path().join("report.md"), files.markdown)?;
+        std::fs::write(dir.path().join("report.html"), files.html)?;
+        std::fs::write(dir.path().join("reliability.svg"), files.reliability_svg)?;
+        std::fs::write(dir.path().join("confidence.svg"), files.confidence_svg)?;
         ctx.write_dir("report", dir.path())?;
         Ok(())
     }
+}
+
+/// The report's files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportFiles {
+    pub markdown: String,
+    pub html: String,
+    pub reliability_svg: String,
+    pub confidence_svg: String,
+}
+
+/// Why the intervals are what they are.
+const INTERVAL_NOTE: &str = "Brackets: 95 % percentile bootstrap intervals over items (each resample draws the split's \
+items with replacement and carries all of an item's sentences, since the sentences of one chain are correlated). \
+Chain F1 has no interval.";
+
+/// How eval computed ECE and AUROC from the sentences, as its metrics artifact records it (one rule for
+/// all rows).
+pub fn cell_rule(m: &RecordBatch) -> anyhow::Result<CellRule> {
+    let bins = m.column_by_name("ece_bins").and_then(|c| c.as_primitive_opt::<UInt64Type>().cloned()).ok_or_else(|| {
+        anyhow::anyhow!("eval metrics have no UInt64 column `ece_bins` (written by eval since code version 3; rerun eval)")
+    })?;
+    let mode = m
+        .column_by_name("answer_confidence")
+        .and_then(|c| c.as_string_opt::<i32>().cloned())
+        .ok_or_else(|| anyhow::anyhow!("eval metrics have no string column `answer_confidence` (rerun eval)"))?;
+    anyhow::ensure!(m.num_rows() > 0, "eval metrics are empty");
+    let (b0, m0) = (bins.value(0), mode.value(0));
+    for i in 0..m.num_rows() {
+        anyhow::ensure!(
+            bins.value(i) == b0 && mode.value(i) == m0,
+            "eval metrics row {i}: ece_bins {} / answer_confidence `{}` differ from row 0's {b0} / `{m0}`",
+            bins.value(i),
+            mode.value(i)
+        );
+    }
+    let answer_confidence: AnswerConfidence = serde_json::from_value(serde_json::Value::String(m0.to_string()))
+        .map_err(|e| anyhow::anyhow!("eval metrics column `answer_confidence`: `{m0}`: {e}"))?;
+    Ok(CellRule { ece: EceParams { bins: b0 as usize }, answer_confidence })
+}
+
+/// Each (variant, split)'s items as eval scored them, from its sentence rows (in row order), plus one
+/// item without sentences per chain eval counted (`responses` in `rows`) that has no sentence row: such a
+/// chain had no text to judge, so no answer (correctness 0) and nothing in the calibration metrics.
+pub fn report_items(s: &RecordBatch, rows: &[MetricsRow]) -> anyhow::Result<BTreeMap<(String, String), Vec<ItemScores>>> {
+    let col = |n: &str| s.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval sentences have no column `{n}`"));
+    let (v, sp, id) = (col("variant")?, col("split")?, col("item_id")?);
+    let (v, sp, id) = (v.as_string::<i32>(), sp.as_string::<i32>(), id.as_string::<i32>());
+    let (corr, ans) = (col("correct")?, col("answer_correct")?);
+    let (corr, ans) = (corr.as_boolean(), ans.as_primitive::<Float64Type>());
+    let mc = col("metric_confidence").map_err(|e| anyhow::anyhow!("{e} (written by eval since code version 3; rerun eval)"))?;
+    let mc =
+        mc.as_primitive_opt::<Float64Type>().ok_or_else(|| anyhow::anyhow!("eval sentences column `metric_confidence` is not Float64"))?;
+    let mut out: BTreeMap<(String, String), Vec<ItemScores>> = BTreeMap::new();
+    let mut pos: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for i in 0..s.num_rows() {
+        let key = (v.value(i).to_string(), sp.value(i).to_string());
+        let list = out.entry(key.clone()).or_default();
+        let k = *pos.entry((key.0, key.1, id.value(i).to_string())).or_insert_with(|| {
+            list.push(ItemScores { item_id: id.value(i).to_string(), answer_correct: ans.value(i), sentences: vec![] });
+            list.len() - 1
+        });
+        if mc.is_valid(i) {
+            list[k].sentences.push((corr.value(i), mc.value(i)));
+        }
+    }
+    for r in rows.iter().filter(|r| r.level == "all") {
+        let list = out.entry((r.variant.clone(), r.split.clone())).or_default();
+        anyhow::ensure!(
+            list.len() as u64 <= r.responses,
+            "eval sentences hold {} items of variant `{}`, split `{}`, its metrics count {} responses",
+            list.len(),
+            r.variant,
+            r.split,
+            r.responses
+        );
+        for _ in list.len() as u64..r.responses {
+            list.push(ItemScores { item_id: String::new(), answer_correct: 0.0, sentences: vec![] });
+        }
+    }
+    Ok(out)
+}
+
+/// The whole report from eval's `metrics` and `sentences` tables.
+pub fn render(metrics: &RecordBatch, s: &RecordBatch, p: &ReportParams) -> anyhow::Result<ReportFiles> {
+    let rows = metrics_rows(metrics)?;
+    let col = |b: &RecordBatch, n: &str| b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"));
+    let mut variants: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
+    variants.sort_by_key(|v| (VARIANT_ORDER.iter().position(|o| o == v).unwrap_or(9), v.clone()));
+    variants.dedup();
+    let splits = ordered_splits(&rows);
+
+    // Per-sentence (stated confidence, right?) for the diagrams and examples.
+    let (sv, ss, si) = (col(s, "variant")?, col(s, "split")?, col(s, "item_id")?);
+    let (sidx, st, stmt) = (col(s, "sentence_index")?, col(s, "sentence")?, col(s, "statement")?);
+    let (conf, correct) = (col(s, "confidence")?, col(s, "correct")?);
+    let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
+    let mut pairs: BTreeMap<String, Vec<(f64, bool)>> = BTreeMap::new();
+    let mut stated: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut responses: BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>> = BTreeMap::new();
+    let mut chains: BTreeMap<String, Vec<(u32, ExampleSentence)>> = BTreeMap::new();
+    for i in 0..s.num_rows() {
+        let v = sv.as_string::<i32>().value(i);
+        if ss.as_string::<i32>().value(i) != p.split {
+            continue;
+        }
+        let c = (!conf.is_null(i)).then(|| conf.value(i));
+        if let Some(c) = c {
+            let item = si.as_string::<i32>().value(i).to_string();
+            responses.entry(v.to_string()).or_default().entry(item).or_default().push((correct.value(i), c));
+            pairs.entry(v.to_string()).or_default().push((c, correct.value(i)));
+            stated.entry(v.to_string()).or_default().push(c);
+        }
+        if v == "full" {
+            let e = ExampleSentence {
+                sentence: st.as_string::<i32>().value(i).into(),
+                statement: stmt.as_string::<i32>().is_valid(i).then(|| stmt.as_string::<i32>().value(i).to_string()),
+                confidence: c,
+                correct: correct.value(i),
+            };
+            chains.entry(si.as_string::<i32>().value(i).to_string()).or_default().push((sidx.as_primitive::<UInt32Type>().value(i), e));
+        }
+    }
+    // Intervals (on eval's variant names): every cell, and full − sft paired per split.
+    let rule = cell_rule(metrics)?;
+    let items = report_items(s, &rows)?;
+    let cells = cell_intervals(&items, &rows, &rule, &p.bootstrap)?;
+    let calibration = [Metric::Ece, Metric::Mece, Metric::Brier];
+    let diffs = paired_differences(&items, "full", "sft", &splits, &calibration, &rule, &p.bootstrap)?;
+
+    // A variant whose sentences carry no statement gives every sentence the same confidence (eval's
+    // `missing_confidence`): it is a constant predictor, not a model's calibration, and says so.
+    let labels = constant_labels(s)?;
+    // Which judge decided I(z) (and at which threshold), as eval recorded it.
+    let mut judges: Vec<String> = col(s, "judge")?.as_string::<i32>().iter().flatten().map(String::from).collect();
+    judges.sort();
+    judges.dedup();
+    let judge_note = format!("I(z), MECE and chain F1 judged by: {}.", if judges.is_empty() { "-".into() } else { judges.join(", ") });
+    let relabel = |v: &str| labels.get(v).cloned().unwrap_or_else(|| v.to_string());
+    let mut rows = rows;
+    for r in &mut rows {
+        r.variant = relabel(&r.variant);
+    }
+    let cells: crate::report::intervals::Cells = cells.into_iter().map(|((v, sp, m), e)| ((relabel(&v), sp, m), e)).collect();
+    let variants: Vec<String> = variants.iter().map(|v| relabel(v)).collect();
+    let pairs: BTreeMap<String, Vec<(f64, bool)>> = pairs.into_iter().map(|(k, v)| (relabel(&k), v)).collect();
+    let stated: BTreeMap<String, Vec<f64>> = stated.into_iter().map(|(k, v)| (relabel(&k), v)).collect();
+    let responses: BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>> = responses.into_iter().map(|(k, v)| (relabel(&k), v)).collect();
+
+    let series: Vec<(&str, _)> =
+        variants.iter().filter_map(|v| pairs.get(v).map(|ps| (v.as_str(), reliability_bins(ps, p.bins)))).collect();
+    let reliability = reliability_svg(&format!("Reliability ({})", p.split), &series).map_err(anyhow::Error::msg)?;
+    let hist_groups: Vec<(&str, Vec<f64>)> = variants.iter().filter_map(|v| stated.get(v).map(|c| (v.as_str(), c.clone()))).collect();
+    let hist = confidence_histogram_svg(&format!("Stated confidence ({})", p.split), &hist_groups, p.bins).map_err(anyhow::Error::msg)?;
+    let examples: Vec<(String, Vec<ExampleSentence>)> = chains
+        .into_iter()
+        .take(p.examples)
+        .map(|(id, mut v)| {
+            v.sort_by_key(|x| x.0);
+            (id, v.into_iter().map(|x| x.1).collect())
+        })
+        .collect();
+
+    let table = table1_ci_markdown(&rows, &splits, &variants, &cells);
+    let diff_table = differences_markdown(&diffs, "full", "sft", &calibration);
+    let levels = levels_markdown(&rows, &p.split, &variants);
+    let brier = brier_markdown(&rows, &splits, &variants);
+    let anatomy: Vec<(String, Vec<Vec<(bool, f64)>>)> =
+        variants.iter().filter_map(|v| responses.get(v).map(|r| (v.clone(), r.values().cloned().collect()))).collect();
+    let anatomy = mece_anatomy_markdown(&anatomy)?;
+    let diff_note = format!(
+        "Paired bootstrap: each resample draws one list of items and scores both variants on it. Negative: the full \
+         method's error is lower (better). {} resamples, seed {}.",
+        p.bootstrap.resamples, p.bootstrap.seed
+    );
+    let md = format!(
+        "# MMBoundary report\n\n## Table 1 (ECE, MECE, step-level Brier, accuracy, chain F1, AUROC; level `all`)\n\n\
+         {judge_note} {INTERVAL_NOTE}\n\n{table}\n\
+         ## Does RL calibrate? Full − SFT, paired\n\n{diff_note}\n\n{diff_table}\n\
+         ## Step-level Brier score\n\n{BRIER_NOTE}\n\n{brier}\n\
+         ## What MECE rewards ({split})\n\n{ANATOMY_NOTE}\n\n{anatomy}\n\
+         ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
+        split = p.split
+    );
+    let note = |t: &str| format!("<p class=\"note\">{}</p>", escape(t));
+    let html = html_page(
+        "MMBoundary report",
+        &[
+            ("Table 1".into(), format!("{}{}{}", note(&judge_note), note(INTERVAL_NOTE), md_table_html(&table))),
+            ("Does RL calibrate? Full − SFT, paired".into(), format!("{}{}", note(&diff_note), md_table_html(&diff_table))),
+            ("Step-level Brier score".into(), format!("{}{}", note(BRIER_NOTE), md_table_html(&brier))),
+            (format!("What MECE rewards ({})", p.split), format!("{}{}", note(ANATOMY_NOTE), md_table_html(&anatomy))),
+            (format!("Perception vs reasoning ({})", p.split), md_table_html(&levels)),
+            ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
+            ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
+        ],
+    );
+    Ok(ReportFiles { markdown: md, html, reliability_svg: reliability, confidence_svg: hist })
 }
 
 #[cfg(test)]
