@@ -4,7 +4,7 @@ official formats of several model families; tests/mllm_chat.rs renders the same 
 environment (src/mllm/chat.rs) and compares the strings exactly.
 
 Run once from the repository root (output committed as tests/fixtures/mllm/chat_templates.json):
-    /work/main/.venv/bin/python scripts/make_chat_template_goldens.py
+    .venv/bin/python scripts/make_chat_template_goldens.py
 Needs transformers and tokenizers (scripts/requirements-dev.txt).
 
 The templates are written here in each family's published prompt format (Llama 2 chat, Llama 3

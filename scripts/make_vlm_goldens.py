@@ -18,7 +18,7 @@ Pinned: transformers 5.23.0, torch 2.11, Pillow 13.0.0 (recorded in the JSON; Pi
 resize pass order, which src/encoders/clip.rs follows), the PIL ("slow") image processor, eager
 attention, float32, initializer_range 0.2 so logits are far from uniform.
 
-Run once: /work/main/.venv/bin/python scripts/make_vlm_goldens.py
+Run once: .venv/bin/python scripts/make_vlm_goldens.py
 """
 import json
 import os

@@ -2,9 +2,8 @@
 //! (`multi_modal_projector.linear_1/2`) → spliced into the token embeddings at the image-token positions,
 //! in order, then the text tower. The vision tower itself is not run here: callers hand in its cached
 //! penultimate-layer patch features (CLS dropped: `vision_feature_select_strategy = "default"`), one
-//! tensor [n_patches_i, vision_hidden] per image. Images of different lengths are allowed, which is what
-//! LLaVA-NeXT's any-resolution tiling needs once its packing (tiles + `image_newline`) is added upstream of
-//! the splice; Qwen2-VL would need its own vision tower and M-RoPE (not implemented).
+//! tensor [n_patches_i, vision_hidden] per image. Images of different lengths are allowed. LLaVA-NeXT (tiles,
+//! unpadding, `image_newline`) is `llava_next.rs`; Qwen2-VL (its own vision tower, M-RoPE) is `qwen2_vl.rs`.
 //!
 //! Key layouts accepted: the llava-hf one (`language_model.model.*`, `language_model.lm_head.*`,
 //! `multi_modal_projector.*`, `vision_tower.*`) and transformers 5's in-memory one (`model.language_model.*`,
