@@ -70,7 +70,7 @@ fn lineage(stage: &str, output: &str) -> Lineage {
         stage: stage.into(),
         output: output.into(),
         code_version: "1".into(),
-        created: "2026-01-01T00:00:00Z".into(),
+        created: Some("2026-01-01T00:00:00Z".into()),
         ..Default::default()
     }
 }
