@@ -115,8 +115,10 @@ fn numeric_statements_are_found_with_any_pool() {
     }
 }
 
-const WORDS: &[&str] =
-    &["cake", "bear", "gray", "table", "candles", "thirty", "blue", "sky", "café", "日本", "naïve", "shows", "red", "dog", "3.5", "near", "two", "of"];
+const WORDS: &[&str] = &[
+    "cake", "bear", "gray", "table", "candles", "thirty", "blue", "sky", "café", "日本", "naïve", "shows", "red", "dog", "3.5", "near",
+    "two", "of",
+];
 
 fn sentence_strategy() -> impl Strategy<Value = String> {
     let openers = vec!["Cake", "Bear", "Sky", "Zürich", "Two", "Dog", "Plate", "Éclair", "The"];

@@ -71,8 +71,10 @@ fn tokensar_pairs_are_the_decoded_context_and_sentence_through_the_smollm2_token
     let firsts = batch.column_by_name("sentence_first").unwrap();
     let lasts = batch.column_by_name("sentence_last").unwrap();
     use arrow::array::AsArray;
-    let firsts: Vec<usize> = firsts.as_list::<i32>().value(0).as_primitive::<arrow::datatypes::UInt32Type>().values().iter().map(|&x| x as usize).collect();
-    let lasts: Vec<usize> = lasts.as_list::<i32>().value(0).as_primitive::<arrow::datatypes::UInt32Type>().values().iter().map(|&x| x as usize).collect();
+    let firsts: Vec<usize> =
+        firsts.as_list::<i32>().value(0).as_primitive::<arrow::datatypes::UInt32Type>().values().iter().map(|&x| x as usize).collect();
+    let lasts: Vec<usize> =
+        lasts.as_list::<i32>().value(0).as_primitive::<arrow::datatypes::UInt32Type>().values().iter().map(|&x| x as usize).collect();
     let mut from = 0;
     for (t, s) in texts[0].iter().enumerate() {
         let end = (1..=n).find(|&k| decode(&tok, &ids[..k]).get(from..).is_some_and(|d| d.contains(s.as_str()))).unwrap();
@@ -110,7 +112,8 @@ fn tokensar_pairs_are_the_decoded_context_and_sentence_through_the_smollm2_token
             }
             let others: Vec<i64> = (firsts[t]..=lasts[t]).filter(|&j| j != k).map(|j| ids[j]).collect();
             let rest = decode(&tok, &others);
-            let expected = if k == firsts[t] { format!("{context} {rest}") } else { format!("{context} {}{}", leads[t], rest.trim_start()) };
+            let expected =
+                if k == firsts[t] { format!("{context} {rest}") } else { format!("{context} {}{}", leads[t], rest.trim_start()) };
             assert_eq!(mine[k - firsts[t]].1, expected, "sentence {t}, token {k}");
             checked += 1;
         }
@@ -186,8 +189,13 @@ fn features_of(item: &str, image: &[f32]) -> arrow::record_batch::RecordBatch {
     f_emb.values().append_slice(image);
     f_emb.append(true);
     let schema = mmboundary::stages::features::features_schema();
-    let cols: Vec<arrow::array::ArrayRef> =
-        vec![Arc::new(f_id.finish()), Arc::new(f_n.finish()), Arc::new(f_dim.finish()), Arc::new(f_patch.finish()), Arc::new(f_emb.finish())];
+    let cols: Vec<arrow::array::ArrayRef> = vec![
+        Arc::new(f_id.finish()),
+        Arc::new(f_n.finish()),
+        Arc::new(f_dim.finish()),
+        Arc::new(f_patch.finish()),
+        Arc::new(f_emb.finish()),
+    ];
     arrow::record_batch::RecordBatch::try_new(schema, cols).unwrap()
 }
 
@@ -244,8 +252,7 @@ fn score_stage_signals_equal_the_python_reference_on_decoded_text() {
     let stages = score_stages(items.clone(), features, chains.clone());
     Pipeline::new(stages).unwrap().run(&store, &RunOptions::default()).unwrap();
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
-    let scored =
-        store.read_table(&ArtifactId::parse(&lock.stages["score"].outputs["scored"].id).unwrap()).unwrap().concat().unwrap();
+    let scored = store.read_table(&ArtifactId::parse(&lock.stages["score"].outputs["scored"].id).unwrap()).unwrap().concat().unwrap();
     let e = &fx["expected"];
     let sentences: Vec<&str> = scored.column_by_name("text").unwrap().as_string::<i32>().iter().flatten().collect();
     let want: Vec<&str> = e["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
@@ -312,8 +319,16 @@ fn the_judge_is_selectable_recorded_and_keyed() {
         match_threshold: 0.5,
         ..Default::default()
     };
-    let cj = ChainJudge::load_with_judge(&params.minilm, &params.pool, params.parser.clone(), params.backward.clone(), &judge, "eval", &Default::default())
-        .unwrap();
+    let cj = ChainJudge::load_with_judge(
+        &params.minilm,
+        &params.pool,
+        params.parser.clone(),
+        params.backward.clone(),
+        &judge,
+        "eval",
+        &Default::default(),
+    )
+    .unwrap();
     let mut it = Item::new("x1", "test", "val", "What shape is the red object?");
     it.chain = ReferenceChain {
         perception: vec!["There is a red circle in the image.".into()],
@@ -362,7 +377,9 @@ fn minilm_threshold_by_agreement_with_the_cross_encoder() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let data: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("tests/fixtures/data/annotated/aokvqa_val_mmb.json")).unwrap()).unwrap();
-    let strings = |v: &serde_json::Value| -> Vec<String> { v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default() };
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
     let mut pairs: Vec<(String, String)> = Vec::new();
     for item in data.as_array().unwrap() {
         let mut reference = strings(&item["keys_filtered"]["Image_level"]);
@@ -375,10 +392,13 @@ fn minilm_threshold_by_agreement_with_the_cross_encoder() {
     }
     assert!(pairs.len() >= 20, "{} pairs", pairs.len());
     let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let ce = CrossEncoder::load(&root.join("tests/fixtures/encoders/cross_encoder_tiny"), CrossEncoderParams::default(), &Default::default()).unwrap();
+    let ce =
+        CrossEncoder::load(&root.join("tests/fixtures/encoders/cross_encoder_tiny"), CrossEncoderParams::default(), &Default::default())
+            .unwrap();
     let labels: Vec<bool> = ce.predict(&borrowed).unwrap().scores.iter().map(|&s| f64::from(s) > 0.64).collect();
     let embedder = mmboundary::stages::judges::MiniLmEmbedder(
-        SentenceEncoder::load(&mmboundary::encoders::minilm::default_model_dir(), SentenceEncoderParams::default(), &Default::default()).unwrap(),
+        SentenceEncoder::load(&mmboundary::encoders::minilm::default_model_dir(), SentenceEncoderParams::default(), &Default::default())
+            .unwrap(),
     );
     let cosines: Vec<f64> = borrowed
         .iter()
@@ -389,7 +409,10 @@ fn minilm_threshold_by_agreement_with_the_cross_encoder() {
         .collect();
     let (t, agreement) = best_threshold(&cosines, &labels).unwrap();
     let majority = labels.iter().filter(|&&l| l).count().max(labels.iter().filter(|&&l| !l).count()) as f64 / labels.len() as f64;
-    eprintln!("MiniLM threshold {t:.4}: agreement {agreement:.3} with the tiny cross-encoder at 0.64 on {} pairs (majority class {majority:.3})", pairs.len());
+    eprintln!(
+        "MiniLM threshold {t:.4}: agreement {agreement:.3} with the tiny cross-encoder at 0.64 on {} pairs (majority class {majority:.3})",
+        pairs.len()
+    );
     assert!(agreement >= majority - 1e-12 && agreement <= 1.0);
 }
 

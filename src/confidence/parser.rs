@@ -344,7 +344,10 @@ fn scan_labeled(s: &str) -> Option<(f64, usize)> {
     loop {
         let skip = lower[i..].len() - lower[i..].trim_start_matches([' ', ':', '\t']).len();
         i += skip;
-        match LABEL_FILLERS.iter().find(|f| lower[i..].starts_with(*f) && !lower[i + f.len()..].chars().next().is_some_and(char::is_alphabetic)) {
+        match LABEL_FILLERS
+            .iter()
+            .find(|f| lower[i..].starts_with(*f) && !lower[i + f.len()..].chars().next().is_some_and(char::is_alphabetic))
+        {
             Some(f) => i += f.len(),
             None => break,
         }

@@ -36,9 +36,10 @@ pub fn token_range(at: Location, ends: &[usize], span: (usize, usize)) -> Result
         return Err(unlocatable("the span is empty".into()));
     }
     let first = ends.iter().position(|&e| e > a).ok_or_else(|| unlocatable(format!("no token reaches byte {a}")))?;
-    let last = ends.iter().position(|&e| e >= b).ok_or_else(|| {
-        unlocatable(format!("the tokens' decoded text ends at byte {}", ends.last().copied().unwrap_or(0)))
-    })?;
+    let last = ends
+        .iter()
+        .position(|&e| e >= b)
+        .ok_or_else(|| unlocatable(format!("the tokens' decoded text ends at byte {}", ends.last().copied().unwrap_or(0))))?;
     Ok((first, last.max(first)))
 }
 
@@ -72,7 +73,11 @@ pub fn sentence_tokens(
         });
     }
     if span.1 > text.len() || !text.is_char_boundary(span.0) || !text.is_char_boundary(span.1) {
-        return Err(ConfidenceError::Span { at, span, why: format!("outside the {}-byte text or not on character boundaries", text.len()) });
+        return Err(ConfidenceError::Span {
+            at,
+            span,
+            why: format!("outside the {}-byte text or not on character boundaries", text.len()),
+        });
     }
     let (first, last) = token_range(at, &ends, span)?;
     if floor > span.0 {
@@ -168,7 +173,11 @@ mod tests {
     use super::*;
 
     fn toks<'a>(pieces: &[&'a str]) -> Vec<GeneratedToken<'a>> {
-        pieces.iter().enumerate().map(|(i, p)| GeneratedToken { id: i as u32, piece: p, log_prob: -0.5, entropy: 1.0, is_special: false }).collect()
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| GeneratedToken { id: i as u32, piece: p, log_prob: -0.5, entropy: 1.0, is_special: false })
+            .collect()
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! normalization are [`super::clip`]'s.
 use std::path::Path;
 
-use mllm::llava_next::{patch_output_size, patch_padding, select_best_resolution};
+use anyres::{patch_output_size, patch_padding, select_best_resolution};
 use serde::Deserialize;
 
 use super::clip::{resize_bicubic_pil, ClipPreprocess};

@@ -6,13 +6,12 @@
 use crate::confidence::parser::{numeric_confidence, ParsedPair, Parser, ParserParams};
 use crate::confidence::statements::{BackwardParams, PoolIndex, StatementPool};
 use crate::confidence::uncertainty::cosine;
+use crate::confidence::PairSimilarity;
 use crate::confidence::{Location, SentenceEmbedder};
 use crate::encoders::minilm::{SentenceEncoder, SentenceEncoderParams};
 use crate::encoders::runtime::SessionOptions;
-use crate::confidence::PairSimilarity;
 use crate::stages::judges::{Judge, JudgeParams, MiniLmEmbedder};
 use std::path::Path;
-
 
 /// One judged pair: texts, byte spans in the chain, EV, and the similarity row to the reference.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,14 +120,12 @@ impl ChainJudge {
             .filter_map(|p| p.statement.as_deref())
             .filter(|s| !s.trim().is_empty() && numeric_confidence(s).is_none())
             .collect();
-        let mut ev =
-            if worded.is_empty() { Vec::new() } else { self.pool.map(&worded, &self.embedder, &self.backward)? }.into_iter();
+        let mut ev = if worded.is_empty() { Vec::new() } else { self.pool.map(&worded, &self.embedder, &self.backward)? }.into_iter();
         let mut cursor = 0usize;
         let mut out = Vec::with_capacity(parsed.pairs.len());
         for (t, (pair, row)) in parsed.pairs.into_iter().zip(sim).enumerate() {
-            let sentence_span = find_from(text, &pair.sentence, cursor).ok_or_else(|| {
-                anyhow::anyhow!("sentence {t} ({:?}) cannot be located in the chain after byte {cursor}", pair.sentence)
-            })?;
+            let sentence_span = find_from(text, &pair.sentence, cursor)
+                .ok_or_else(|| anyhow::anyhow!("sentence {t} ({:?}) cannot be located in the chain after byte {cursor}", pair.sentence))?;
             cursor = sentence_span.1;
             let (statement_end, expressed) = match pair.statement.as_deref().filter(|s| !s.trim().is_empty()) {
                 Some(s) => {

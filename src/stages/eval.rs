@@ -291,7 +291,8 @@ pub fn evaluate(
             .map(|_| ChainLevel::Perception)
             .chain(item.chain.reasoning.iter().map(|_| ChainLevel::Reasoning))
             .collect();
-        let judged = judge.judge(&c.text, &reference).map_err(|e| anyhow::anyhow!("judging chain {n} (item {}, {}): {e}", item.id, c.variant))?;
+        let judged =
+            judge.judge(&c.text, &reference).map_err(|e| anyhow::anyhow!("judging chain {n} (item {}, {}): {e}", item.id, c.variant))?;
         let similarity: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
         let correct = sentence_correctness(n, &similarity, reference.len(), params.match_threshold)?;
         let levels = assign_levels(n, &similarity, &ref_levels)?;

@@ -26,9 +26,11 @@ use crate::confidence::levels::LevelModel;
 use crate::confidence::parser::ParserParams;
 use crate::confidence::rewards::{response_reward, sentence_correctness, RewardParams, SentenceSignals};
 use crate::confidence::similarity::CosineOfEmbeddings;
-use crate::confidence::statements::BackwardParams;
 use crate::confidence::spans::{response_sentences, GeneratedToken};
-use crate::confidence::uncertainty::{clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, TokenInfo, UncertaintyParams};
+use crate::confidence::statements::BackwardParams;
+use crate::confidence::uncertainty::{
+    clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, TokenInfo, UncertaintyParams,
+};
 use crate::confidence::{level_value, ConfidenceError, Location};
 use crate::data::Item;
 use crate::encoders::clip::Clip;
@@ -412,11 +414,9 @@ impl RewardModel {
                 .iter()
                 .map(|t| GeneratedToken { id: t.id, piece: &t.text, log_prob: t.log_prob, entropy: t.entropy, is_special: t.is_special })
                 .collect();
-            let sentences =
-                response_sentences(0, &r.text, &toks, &located).map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
+            let sentences = response_sentences(0, &r.text, &toks, &located).map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
             let spans: Vec<(usize, usize)> = sentences.iter().map(|s| s.1).collect();
-            let response =
-                ResponseTokens { prompt: item.question.clone(), sentences: sentences.into_iter().map(|s| s.0).collect() };
+            let response = ResponseTokens { prompt: item.question.clone(), sentences: sentences.into_iter().map(|s| s.0).collect() };
             plans.push(Some((judged, correct, spans, response)));
         }
         // 2. The four signals of every sentence, each encoder called once for the whole batch.

@@ -6,16 +6,18 @@
 //! x for a sentence is the question plus the earlier sentences; a sentence's tokens are the generated
 //! tokens in its span (tokens outside every sentence, such as the end token, belong to none), each with
 //! its decoded piece clipped to the sentence ([`chain_responses`], [`crate::confidence::spans`]).
+use super::judges::{Judge, JudgeParams};
+use crate::confidence::rewards::sentence_correctness;
 use crate::confidence::similarity::CosineOfEmbeddings;
 use crate::confidence::spans::{floors_after_previous, locate, response_sentences, GeneratedToken};
-use crate::confidence::uncertainty::{clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, UncertaintyParams};
-use crate::confidence::rewards::sentence_correctness;
+use crate::confidence::uncertainty::{
+    clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, UncertaintyParams,
+};
 use crate::confidence::{Location, PairSimilarity};
 use crate::data::{items_from_record_batch, Item};
 use crate::encoders::clip::Clip;
 use crate::encoders::minilm::{SentenceEncoder, SentenceEncoderParams, DEFAULT_MODEL_DIR};
 use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
-use super::judges::{Judge, JudgeParams};
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, StringArray, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema, SchemaRef, UInt32Type};
@@ -117,7 +119,8 @@ pub fn chain_responses(chains: &RecordBatch, question: &HashMap<&str, &str>) -> 
         let (lp, en) = (logprobs.value(r), entropies.value(r));
         let (lp, en) = (lp.as_primitive::<Float32Type>(), en.as_primitive::<Float32Type>());
         let (s_text, s_first, s_last) = (sentences.value(r), firsts.value(r), lasts.value(r));
-        let (s_text, s_first, s_last) = (s_text.as_string::<i32>(), s_first.as_primitive::<UInt32Type>(), s_last.as_primitive::<UInt32Type>());
+        let (s_text, s_first, s_last) =
+            (s_text.as_string::<i32>(), s_first.as_primitive::<UInt32Type>(), s_last.as_primitive::<UInt32Type>());
         anyhow::ensure!(
             tt.len() == tok.len() && lp.len() == tok.len() && en.len() == tok.len(),
             "chain row {r} (item {id}): {} tokens, {} token texts, {} log-probs, {} entropies",
@@ -183,7 +186,8 @@ pub fn sentence_correct(
         }
         refs.push(reference);
     }
-    let scores = if pairs.is_empty() { Vec::new() } else { g.similarity(&pairs).map_err(|e| anyhow::anyhow!("judging scored sentences: {e}"))? };
+    let scores =
+        if pairs.is_empty() { Vec::new() } else { g.similarity(&pairs).map_err(|e| anyhow::anyhow!("judging scored sentences: {e}"))? };
     anyhow::ensure!(scores.len() == pairs.len(), "the judge returned {} scores for {} pairs", scores.len(), pairs.len());
     let mut at = 0;
     let mut out = Vec::with_capacity(ids.len());
@@ -193,7 +197,8 @@ pub fn sentence_correct(
             continue;
         }
         let n = reference.len();
-        let sim: Vec<Vec<f64>> = (0..sentences[r].len()).map(|t| scores[at + t * n..at + (t + 1) * n].iter().map(|&x| f64::from(x)).collect()).collect();
+        let sim: Vec<Vec<f64>> =
+            (0..sentences[r].len()).map(|t| scores[at + t * n..at + (t + 1) * n].iter().map(|&x| f64::from(x)).collect()).collect();
         at += sentences[r].len() * n;
         out.push(sentence_correctness(r, &sim, n, threshold)?.into_iter().map(Some).collect());
     }
@@ -264,8 +269,12 @@ impl Stage for ScoreStage {
 
         let (responses, texts) = chain_responses(&chains, &question)?;
         let ids = chains.column_by_name("item_id").expect("checked by chain_responses").as_string::<i32>();
-        let splits = chains.column_by_name("split").ok_or_else(|| anyhow::anyhow!("chains artifact has no column `split`"))?.as_string::<i32>();
-        let samples = chains.column_by_name("sample").ok_or_else(|| anyhow::anyhow!("chains artifact has no column `sample`"))?.as_primitive::<UInt32Type>();
+        let splits =
+            chains.column_by_name("split").ok_or_else(|| anyhow::anyhow!("chains artifact has no column `split`"))?.as_string::<i32>();
+        let samples = chains
+            .column_by_name("sample")
+            .ok_or_else(|| anyhow::anyhow!("chains artifact has no column `sample`"))?
+            .as_primitive::<UInt32Type>();
         let u = &self.params.uncertainty;
         let likelihood = likelihood_signals(&responses, u)?;
         let bar = ctx.progress(responses.len() as u64, "TokenSAR + CLIPScore");

@@ -14,8 +14,8 @@ mod lineage;
 mod lock;
 mod table;
 
-pub use artifact::{hash_file, write_atomic, ArtifactId, ArtifactKind, HashingWriter, Store};
 pub(crate) use artifact::sidecar_path;
+pub use artifact::{hash_file, write_atomic, ArtifactId, ArtifactKind, HashingWriter, Store};
 pub use audit::{Mismatch, VerifyReport};
 pub(crate) use error::IoContext;
 pub use error::StoreError;

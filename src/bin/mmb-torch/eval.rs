@@ -62,7 +62,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    let judge = ChainJudge::load_with_judge(&p.minilm, &p.pool, p.parser.clone(), p.backward.clone(), &p.judge, "eval", &p.session_options())?;
+    let judge =
+        ChainJudge::load_with_judge(&p.minilm, &p.pool, p.parser.clone(), p.backward.clone(), &p.judge, "eval", &p.session_options())?;
     let (rows, metrics) = evaluate(&judge, &items, &chains, &p)?;
     ctx.write_table("sentences", sentences_schema(), &[rows], None)?;
     ctx.write_table("metrics", metrics_schema(), &[metrics], None)?;
