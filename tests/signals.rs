@@ -444,6 +444,27 @@ fn devices_are_resolved_keyed_and_never_fall_back() {
         .to_string();
         assert!(e.contains("cuda") && e.contains("model.onnx"), "{e}");
     }
+    // The features stage's CLIP tower: the same promise.
+    use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders/clip_tiny");
+    let features = |execution_provider| FeaturesStage {
+        params: FeaturesParams { clip: Some(clip.clone()), execution_provider, ..Default::default() },
+        session: Default::default(),
+    };
+    assert_eq!(features(ExecutionProvider::Cpu).device(), "ort-cpu/f32");
+    // CPU is left out of the key, so artifacts made before the parameter existed stay valid.
+    assert!(features(ExecutionProvider::Cpu).params().get("execution_provider").is_none());
+    let on_cuda = features(ExecutionProvider::Cuda { device_id: 0 });
+    assert_eq!(on_cuda.device(), "ort-cuda/f32");
+    assert_eq!(on_cuda.params()["execution_provider"]["kind"], "cuda");
+    assert!(!on_cuda.session_options().allow_cpu_fallback);
+    if !mmboundary::stages::device::gpu_visible() {
+        let e = mmboundary::encoders::clip::Clip::load(&clip, &on_cuda.session_options())
+            .err()
+            .expect("no GPU: the CUDA provider cannot register")
+            .to_string();
+        assert!(e.contains("cuda") && e.contains("image.onnx"), "{e}");
+    }
     let g = |device: &str| GenerateStage { params: GenerateParams { device: device.into(), ..Default::default() } }.device();
     assert_eq!(g("cpu"), "cpu/f32");
     assert_eq!(g("cuda"), "cuda:0/f32");

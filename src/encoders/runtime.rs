@@ -38,6 +38,10 @@ pub enum ExecutionProvider {
 }
 
 impl ExecutionProvider {
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Self::Cpu)
+    }
+
     /// `cpu`, `cuda` or `tensorrt` (the `--ep` spelling).
     pub fn name(&self) -> &'static str {
         match self {

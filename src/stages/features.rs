@@ -3,7 +3,7 @@
 //! projector consumes). Runs on ONNX Runtime in the `mmb` process.
 use crate::data::items_from_record_batch;
 use crate::encoders::clip::Clip;
-use crate::encoders::runtime::SessionOptions;
+use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::array::{ArrayRef, Float32Builder, ListBuilder, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -26,11 +26,16 @@ pub struct FeaturesParams {
     /// no more tokens. 1 (the default) keeps the CLIP's patches, as a Hugging Face LLaVA expects; the demo
     /// CLIP (8-pixel patches, a 12 × 12 grid) uses 2.
     pub merge: usize,
+    /// Where the CLIP image tower runs (as `score`'s `execution_provider`: a GPU provider that cannot
+    /// register is an error, never a silent CPU run). Left out of the key when it is the CPU, so
+    /// artifacts made before this parameter existed stay valid.
+    #[serde(skip_serializing_if = "ExecutionProvider::is_cpu")]
+    pub execution_provider: ExecutionProvider,
 }
 
 impl Default for FeaturesParams {
     fn default() -> Self {
-        Self { clip: None, batch: 64, merge: 1 }
+        Self { clip: None, batch: 64, merge: 1, execution_provider: ExecutionProvider::Cpu }
     }
 }
 
@@ -63,6 +68,13 @@ pub fn merge_patches(patches: &[f32], dim: usize, k: usize) -> anyhow::Result<Ve
 pub struct FeaturesStage {
     pub params: FeaturesParams,
     pub session: SessionOptions,
+}
+
+impl FeaturesStage {
+    /// The session options with the params' execution provider (no CPU fallback).
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions { provider: self.params.execution_provider.clone(), allow_cpu_fallback: false, ..self.session.clone() }
+    }
 }
 
 /// One row per item: `patches` is `[n_patches × dim]` row-major.
@@ -99,10 +111,10 @@ impl Stage for FeaturesStage {
         super::models::model_files(&self.params.clip)
     }
     fn device(&self) -> String {
-        format!("ort-{:?}/f32", self.session.provider).to_lowercase()
+        format!("ort-{}/f32", self.params.execution_provider.name())
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
-        let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &self.session)?;
+        let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &self.session_options())?;
         let table = ctx.input_table("items")?;
         let items = items_from_record_batch(&table.concat()?)?;
         let bar = ctx.progress(items.len() as u64, "CLIP image features");
