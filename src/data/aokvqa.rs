@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{kind, load_image, read_json, DataError, ImageMode, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy, IMAGE_HASH_KEY};
+use super::{attach_image, kind, read_json, DataError, ImageMode, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy};
 
 pub const SOURCE: &str = "aokvqa";
 
@@ -105,17 +105,9 @@ pub fn load_aokvqa(json_path: &Path, coco_dir: Option<&Path>, params: &AokvqaPar
         match coco_dir {
             Some(dir) => {
                 let rel = item.meta["coco_file"].as_str().expect("set by parse_record").to_string();
-                match load_image(json_path, &ctx.record, &dir.join(&rel), rel, params.images) {
-                    Ok((img, hash)) => {
-                        item.image = Some(img);
-                        if let Some(h) = hash {
-                            item.meta.insert(IMAGE_HASH_KEY.into(), json!(h));
-                        }
-                    }
-                    Err(e) => {
-                        report.reject(params.on_bad_record, e)?;
-                        continue;
-                    }
+                if let Err(e) = attach_image(&mut item, json_path, &ctx.record, &dir.join(&rel), rel, params.images) {
+                    report.reject(params.on_bad_record, e)?;
+                    continue;
                 }
             }
             None => report.note("images_not_requested"),

@@ -167,8 +167,24 @@ pub const IMAGE_HASH_KEY: &str = "image_blake3";
 /// An image of `record` in `file`: its bytes ([`ImageMode::Embed`]) or a checked reference
 /// ([`ImageMode::Reference`]). A missing file is [`DataError::MissingImage`]; anything else that makes
 /// it unusable (a folder, unreadable, not an image) is [`DataError::Malformed`] naming the record.
-/// Returns the image and, for a reference, the file's blake3 hash.
-pub(crate) fn load_image(
+/// Sets `item.image` and, for a reference, the file's blake3 hash in `item.meta` ([`IMAGE_HASH_KEY`]).
+pub(crate) fn attach_image(
+    item: &mut Item,
+    file: &Path,
+    record: &str,
+    image_path: &Path,
+    display_path: String,
+    mode: ImageMode,
+) -> Result<()> {
+    let (image, hash) = load_image(file, record, image_path, display_path, mode)?;
+    item.image = Some(image);
+    if let Some(h) = hash {
+        item.meta.insert(IMAGE_HASH_KEY.into(), serde_json::json!(h));
+    }
+    Ok(())
+}
+
+fn load_image(
     file: &Path,
     record: &str,
     image_path: &Path,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
-    kind, load_image, read_file, read_json, DataError, ImageMode, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy, IMAGE_HASH_KEY,
+    attach_image, kind, read_file, read_json, DataError, ImageMode, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy,
 };
 
 pub const SOURCE: &str = "scienceqa";
@@ -166,17 +166,9 @@ pub fn load_scienceqa(problems_path: &Path, pid_splits_path: &Path, image_dir: &
                 }
             };
             let rel = item.meta["image_file"].as_str().expect("set by parse_problem").to_string();
-            match load_image(problems_path, &pid, &image_dir.join(&rel), rel, params.images) {
-                Ok((img, hash)) => {
-                    item.image = Some(img);
-                    if let Some(h) = hash {
-                        item.meta.insert(IMAGE_HASH_KEY.into(), json!(h));
-                    }
-                }
-                Err(e) => {
-                    report.reject(params.on_bad_record, e)?;
-                    continue;
-                }
+            if let Err(e) = attach_image(&mut item, problems_path, &pid, &image_dir.join(&rel), rel, params.images) {
+                report.reject(params.on_bad_record, e)?;
+                continue;
             }
             items.push(item);
         }

@@ -436,11 +436,7 @@ impl ClipImageEncoder {
 
     #[allow(clippy::type_complexity)]
     fn run(&self, pixels: &[f32], rows: usize, crop: usize) -> Result<(usize, usize, usize, Vec<f32>, Vec<f32>)> {
-        let input = f32_input([rows, 3, crop, crop], pixels.to_vec()).map_err(|e| EncoderError::Ort {
-            path: self.model.path().to_path_buf(),
-            during: "building inputs",
-            reason: e.to_string(),
-        })?;
+        let input = f32_input([rows, 3, crop, crop], pixels.to_vec()).map_err(self.model.ort_error("building inputs"))?;
         let mut out = self.model.run(vec![("pixel_values", input)], &["image_embeds", "penultimate_hidden_state"])?;
         let (pshape, pen) = out.pop().expect("two outputs");
         let (eshape, emb) = out.pop().expect("two outputs");
@@ -497,11 +493,7 @@ impl ClipTextEncoder {
         let rows = batching::run_in_batches(&lengths, &self.batch, |batch| {
             let padded = tokens.pad_batch(batch, self.tokenizer.pad_id());
             let shape = [padded.rows, padded.len];
-            let ort_err = |e: ort::Error| EncoderError::Ort {
-                path: self.model.path().to_path_buf(),
-                during: "building inputs",
-                reason: e.to_string(),
-            };
+            let ort_err = self.model.ort_error("building inputs");
             let mut inputs = vec![("input_ids", i64_input(shape, padded.input_ids).map_err(ort_err)?)];
             if with_mask {
                 inputs.push(("attention_mask", i64_input(shape, padded.attention_mask).map_err(ort_err)?));

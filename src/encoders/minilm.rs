@@ -117,11 +117,7 @@ impl SentenceEncoder {
         let rows = batching::run_in_batches(&lengths, &self.params.batch, |batch| {
             let padded = tokens.pad_batch(batch, self.tokenizer.pad_id());
             let shape = [padded.rows, padded.len];
-            let ort_err = |e: ort::Error| EncoderError::Ort {
-                path: self.model.path().to_path_buf(),
-                during: "building inputs",
-                reason: e.to_string(),
-            };
+            let ort_err = self.model.ort_error("building inputs");
             let mask = padded.attention_mask.clone();
             let mut inputs = vec![
                 ("input_ids", i64_input(shape, padded.input_ids).map_err(ort_err)?),

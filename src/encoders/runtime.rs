@@ -222,6 +222,11 @@ impl OnnxModel {
         &self.path
     }
 
+    /// Maps an ONNX Runtime error met `during` a step on this model to an error naming the model file.
+    pub fn ort_error(&self, during: &'static str) -> impl Fn(ort::Error) -> EncoderError + Copy + '_ {
+        move |e| EncoderError::Ort { path: self.path.clone(), during, reason: e.to_string() }
+    }
+
     /// The provider the session really runs on (CPU after an allowed fallback).
     pub fn provider(&self) -> &ExecutionProvider {
         &self.provider
