@@ -44,6 +44,11 @@ impl Default for DemoMllmParams {
     }
 }
 
+/// The demo MLLM's own prompt, SmolLM2's chat format: the model is trained on exactly this (its user turn
+/// is `generate::question_block` after the image; `mllm::demo::chat_prompt` writes the same text with
+/// the image slot expanded).
+pub const PROMPT: &str = "<|im_start|>user\n{image}\nQuestion: {question}\nOptions: {options}<|im_end|>\n<|im_start|>assistant\n";
+
 pub struct DemoMllmStage {
     pub params: DemoMllmParams,
 }
