@@ -24,6 +24,13 @@ pub use config::{load_stage_toml, StageConfigs, StageToml, SweepFile, Variant};
 use crate::engine::{Pipeline, Stage};
 use std::path::Path;
 
+/// The stages that prepare the embedded benchmark's models; a pipeline holds each only while a stage reads it.
+pub const DEMO_STAGES: [&str; 2] = [models::DEMO_CLIP.0, models::DEMO_MLLM.0];
+
+fn stages_reading(stages: &[Box<dyn Stage>], name: &str) -> bool {
+    stages.iter().any(|s| s.inputs().iter().any(|i| i.stage == name))
+}
+
 /// Every stage of the pipeline, with params from `<dir>/<stage>.toml` over the defaults in code.
 pub fn pipeline(dir: &Path) -> anyhow::Result<Pipeline> {
     pipeline_with(&StageConfigs::new(dir))
@@ -69,5 +76,9 @@ pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
     stages.extend(ppo::stages(ppo));
     stages.push(Box::new(eval::EvalStage { params: eval }));
     stages.push(Box::new(report::ReportStage { params: c.params("report")? }));
+    // The demo models are prepared only for the stages that read them: a project that names its own
+    // MLLM and CLIP (stages/project.toml) has no demo stage to run.
+    let read: Vec<&str> = DEMO_STAGES.into_iter().filter(|d| stages_reading(&stages, d)).collect();
+    stages.retain(|s| !DEMO_STAGES.contains(&s.name()) || read.contains(&s.name()));
     Ok(Pipeline::new(stages)?)
 }
