@@ -76,3 +76,22 @@ impl Stage for DemoMllmStage {
         super::worker::run_in_worker(ctx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PROMPT;
+    use crate::stages::generate::{question_block, render_prompt};
+
+    /// The pipeline's prompt for the demo model is the text the demo MLLM was trained on.
+    #[test]
+    fn the_demo_prompt_is_what_the_demo_mllm_is_trained_on() {
+        let choices = vec!["red".to_string(), "blue".to_string()];
+        let (before, after) = render_prompt(PROMPT, "Which color?", &choices);
+        let stage = format!("{before}{}{after}", mllm::demo::IMAGE_TOKEN.repeat(3));
+        assert_eq!(stage, mllm::demo::chat_prompt(&question_block("Which color?", &choices), 3));
+        assert_eq!(
+            stage,
+            "<|im_start|>user\n<image><image><image>\nQuestion: Which color?\nOptions: (A) red (B) blue<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+}
