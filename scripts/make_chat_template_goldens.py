@@ -174,30 +174,35 @@ def render(tok, conv, gen):
         return {"error": str(e)}
 
 
-cases = []
-for name, (template, bos, eos) in TEMPLATES.items():
-    tok = tokenizer(template, bos, eos)
-    convs = PARTS_CONVERSATIONS if name == "llava" else TEXT_CONVERSATIONS
-    renders = [{"messages": c, "add_generation_prompt": g, **render(tok, c, g)} for c, g in convs]
-    # The pipeline's prompt in the model's format: one user turn holding the placeholders.
-    if name == "llava":
-        parts = [{"type": "image"}, {"type": "text", "text": USER_TURN.replace("{image}\n", "", 1)}]
-        text = tok.apply_chat_template([{"role": "user", "content": parts}], tokenize=False, add_generation_prompt=True)
-        prompt = text.replace("<image>", "{image}", 1)
-    elif name == "tojson":
-        prompt = None
-    else:
-        prompt = tok.apply_chat_template([{"role": "user", "content": USER_TURN}], tokenize=False, add_generation_prompt=True)
-    cases.append({"name": name, "template": template, "bos_token": bos or "", "eos_token": eos or "",
-                  "renders": renders, "prompt_template": prompt})
+def main():
+    cases = []
+    for name, (template, bos, eos) in TEMPLATES.items():
+        tok = tokenizer(template, bos, eos)
+        convs = PARTS_CONVERSATIONS if name == "llava" else TEXT_CONVERSATIONS
+        renders = [{"messages": c, "add_generation_prompt": g, **render(tok, c, g)} for c, g in convs]
+        # The pipeline's prompt in the model's format: one user turn holding the placeholders.
+        if name == "llava":
+            parts = [{"type": "image"}, {"type": "text", "text": USER_TURN.replace("{image}\n", "", 1)}]
+            text = tok.apply_chat_template([{"role": "user", "content": parts}], tokenize=False, add_generation_prompt=True)
+            prompt = text.replace("<image>", "{image}", 1)
+        elif name == "tojson":
+            prompt = None
+        else:
+            prompt = tok.apply_chat_template([{"role": "user", "content": USER_TURN}], tokenize=False, add_generation_prompt=True)
+        cases.append({"name": name, "template": template, "bos_token": bos or "", "eos_token": eos or "",
+                      "renders": renders, "prompt_template": prompt})
 
-# strftime_now's formatting, against Python's time.strftime on fixed instants (UTC).
-instants = [0, 951782400, 1700000000, 1722000000, 4102444799]
-formats = ["%d %b %Y", "%Y-%m-%d %H:%M:%S", "%A %B %j %y %a %%"]
-strftime = [{"secs": t, "format": f, "text": time.strftime(f, time.gmtime(t))} for t in instants for f in formats]
+    # strftime_now's formatting, against Python's time.strftime on fixed instants (UTC).
+    instants = [0, 951782400, 1700000000, 1722000000, 4102444799]
+    formats = ["%d %b %Y", "%Y-%m-%d %H:%M:%S", "%A %B %j %y %a %%"]
+    strftime = [{"secs": t, "format": f, "text": time.strftime(f, time.gmtime(t))} for t in instants for f in formats]
 
-os.makedirs(os.path.dirname(OUT), exist_ok=True)
-with open(OUT, "w") as f:
-    json.dump({"user_turn": USER_TURN, "cases": cases, "strftime": strftime}, f, indent=1, ensure_ascii=False)
-    f.write("\n")
-print("wrote", os.path.normpath(OUT))
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w") as f:
+        json.dump({"user_turn": USER_TURN, "cases": cases, "strftime": strftime}, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print("wrote", os.path.normpath(OUT))
+
+
+if __name__ == "__main__":
+    main()

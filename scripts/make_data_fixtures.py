@@ -16,38 +16,14 @@ Layouts follow the official releases:
 `expected.json` holds, per fixture, the rows a loader must produce (ids, splits, answers, chains,
 sha256 of the image bytes), computed here independently of the Rust code.
 """
-import io
 import json
 import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from fixture_files import dump, jpg, png, write
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "data")
-
-
-def png(color, size=(8, 6)):
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def jpg(color, size=(8, 6)):
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def write(path, data):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(path, mode) as f:
-        f.write(data)
-
-
-def dump(obj):
-    return json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
 
 
 expected = {}

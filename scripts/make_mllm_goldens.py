@@ -151,7 +151,10 @@ def tiny_qwen2():
     return {"input_ids": ids.tolist(), "logits": [rnd(logits[0, t]) for t in range(ids.shape[1])]}
 
 
-def tiny_llava():
+def tiny_llava_model():
+    """The tiny random LLaVA (Llama text tower, vocab 100, image token 99; CLIP tower 32 px, patch 8): what
+    tests/fixtures/mllm/tiny-llava holds, and the weights of the worked example's LLaVA-1.5-style folder
+    (scripts/make_worked_example.py)."""
     torch.manual_seed(4)
     text = LlamaConfig(
         vocab_size=100,
@@ -188,6 +191,11 @@ def tiny_llava():
         for n, p in model.named_parameters():
             if p.dim() == 2 and "vision" not in n:
                 p.normal_(0, 0.15)
+    return model
+
+
+def tiny_llava():
+    model = tiny_llava_model()
     path = os.path.join(OUT, "tiny-llava")
     save_folder(model, path)
     g = torch.Generator().manual_seed(5)

@@ -173,7 +173,8 @@ fn chromium(args: &[&str]) -> std::process::Output {
 #[test]
 fn report_renders_in_chromium_with_tables_plots_and_intervals() {
     let (metrics, sentences) = batches();
-    let files = render(&metrics, &sentences, &ReportParams::default()).unwrap();
+    let files =
+        render(&metrics, &sentences, &ReportParams::default(), "Dataset: fixture. Model: none. Judge: minilm-cosine > 0.64.").unwrap();
     // Real tables, not Markdown in <pre>; intervals in Table 1; the paired full − sft table.
     assert!(!files.html.contains("<pre>") && !files.html.contains("|---|"), "report.html still holds Markdown text");
     assert!(files.html.contains("<th>ECE</th>") && files.html.contains("<span class=\"ci\"> ["), "no interval cells");
@@ -217,6 +218,6 @@ fn report_refuses_intervals_of_numbers_eval_did_not_report() {
     v[0] = v[0].map(|x| x + 0.01);
     cols[5] = Arc::new(Float64Array::from(v));
     let bad = RecordBatch::try_new(metrics.schema(), cols).unwrap();
-    let e = render(&bad, &sentences, &ReportParams::default()).unwrap_err().to_string();
+    let e = render(&bad, &sentences, &ReportParams::default(), "").unwrap_err().to_string();
     assert!(e.contains("ECE of variant `vanilla`, split `val`"), "{e}");
 }

@@ -28,17 +28,20 @@ impl StageConfigs {
         Self { dir: dir.to_path_buf(), overrides: BTreeMap::new() }
     }
 
-    /// The params of `stage`: defaults in code < `<dir>/<stage>.toml` < overrides. Unknown keys are errors
+    /// The params of `stage`: defaults in code < what `<dir>/project.toml` sets for it
+    /// ([`super::project::Project::layer`]) < `<dir>/<stage>.toml` < overrides. Unknown keys are errors
     /// that name the file, so a typo never silently keeps a default.
     pub fn params<P: DeserializeOwned + Default>(&self, stage: &str) -> anyhow::Result<P> {
         let path = self.dir.join(format!("{stage}.toml"));
-        let mut table = match std::fs::read_to_string(&path) {
+        let mut table = super::project::Project::load(&self.dir)?.layer(stage);
+        let file = match std::fs::read_to_string(&path) {
             Ok(text) => {
                 toml::from_str::<StageToml>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.params.unwrap_or_default()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
             Err(e) => anyhow::bail!("{}: {e}", path.display()),
         };
+        merge(&mut table, &file);
         if let Some(over) = self.overrides.get(stage) {
             merge(&mut table, over);
         }
@@ -46,7 +49,7 @@ impl StageConfigs {
             return Ok(P::default());
         }
         P::deserialize(toml::Value::Table(table))
-            .map_err(|e| anyhow::anyhow!("{} (with overrides for `{stage}`): params: {e}", path.display()))
+            .map_err(|e| anyhow::anyhow!("{} (with stages/project.toml and overrides for `{stage}`): params: {e}", path.display()))
     }
 }
 

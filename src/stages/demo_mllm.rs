@@ -44,6 +44,11 @@ impl Default for DemoMllmParams {
     }
 }
 
+/// The demo MLLM's own prompt, SmolLM2's chat format: the model is trained on exactly this (its user turn
+/// is `generate::question_block` after the image; `mllm::demo::chat_prompt` writes the same text with
+/// the image slot expanded).
+pub const PROMPT: &str = "<|im_start|>user\n{image}\nQuestion: {question}\nOptions: {options}<|im_end|>\n<|im_start|>assistant\n";
+
 pub struct DemoMllmStage {
     pub params: DemoMllmParams,
 }
@@ -69,5 +74,24 @@ impl Stage for DemoMllmStage {
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PROMPT;
+    use crate::stages::generate::{question_block, render_prompt};
+
+    /// The pipeline's prompt for the demo model is the text the demo MLLM was trained on.
+    #[test]
+    fn the_demo_prompt_is_what_the_demo_mllm_is_trained_on() {
+        let choices = vec!["red".to_string(), "blue".to_string()];
+        let (before, after) = render_prompt(PROMPT, "Which color?", &choices);
+        let stage = format!("{before}{}{after}", mllm::demo::IMAGE_TOKEN.repeat(3));
+        assert_eq!(stage, mllm::demo::chat_prompt(&question_block("Which color?", &choices), 3));
+        assert_eq!(
+            stage,
+            "<|im_start|>user\n<image><image><image>\nQuestion: Which color?\nOptions: (A) red (B) blue<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 }

@@ -38,7 +38,8 @@ pub const VARIANTS: [&str; 3] = ["vanilla", "sft", "full"];
 #[serde(default, deny_unknown_fields)]
 pub struct EvalParams {
     pub model: Option<PathBuf>,
-    pub prompt: String,
+    /// The prompt template (see `generate`; unset: the model's own).
+    pub prompt: Option<String>,
     pub device: String,
     pub dtype: String,
     /// Which of `vanilla`, `sft`, `full` to evaluate.
@@ -133,8 +134,10 @@ impl Stage for EvalStage {
     fn outputs(&self) -> Vec<String> {
         vec!["sentences".into(), "metrics".into()]
     }
+    /// With the prompt resolved ([`super::models::prompt`]).
     fn params(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).expect("params serialize")
+        let p = EvalParams { prompt: super::models::prompt(&self.params.model, &self.params.prompt), ..self.params.clone() };
+        serde_json::to_value(&p).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
         let mut v = vec![self.params.minilm.join("onnx/model.onnx"), self.params.minilm.join("tokenizer.json"), self.params.pool.clone()];

@@ -36,7 +36,10 @@ pub struct GenerateParams {
     /// `f32`, `bf16` or `f16`.
     pub dtype: String,
     /// The prompt; `{image}` becomes the image's patch tokens, `{question}` and `{options}` the item's.
-    pub prompt: String,
+    /// Unset: the model's own ([`super::models::prompt`]): the demo MLLM's format
+    /// ([`super::demo_mllm::PROMPT`]), or a model folder's chat template rendered by
+    /// `mllm::chat::pipeline_prompt` (the template's files are in the folder, hence in the cache key).
+    pub prompt: Option<String>,
     /// Use only the first N selected questions (None: all).
     pub limit: Option<usize>,
 }
@@ -54,17 +57,14 @@ impl Default for GenerateParams {
             batch: 8,
             device: "auto".into(),
             dtype: "f32".into(),
-            prompt: DEFAULT_PROMPT.into(),
+            prompt: None,
             limit: None,
         }
     }
 }
 
-/// The prompt of the embedded benchmark's models, in SmolLM2's chat format (the demo MLLM is trained on
-/// exactly this: its user turn is [`question_block`] after the image).
-pub const DEFAULT_PROMPT: &str = "<|im_start|>user\n{image}\nQuestion: {question}\nOptions: {options}<|im_end|>\n<|im_start|>assistant\n";
-
-/// The user turn after the image in [`DEFAULT_PROMPT`].
+/// The user turn after the image in the pipeline's prompts (`mllm::chat::USER_TURN`), as the demo MLLM
+/// is trained on it.
 pub fn question_block(question: &str, choices: &[String]) -> String {
     let (_, after) = render_prompt("{image}\nQuestion: {question}\nOptions: {options}", question, choices);
     after.trim_start_matches('\n').to_string()
@@ -215,8 +215,10 @@ impl Stage for GenerateStage {
     fn outputs(&self) -> Vec<String> {
         vec!["chains".into()]
     }
+    /// With the prompt resolved ([`super::models::prompt`]).
     fn params(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).expect("params serialize")
+        let p = GenerateParams { prompt: super::models::prompt(&self.params.model, &self.params.prompt), ..self.params.clone() };
+        serde_json::to_value(&p).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
         super::models::model_files(&self.params.model)

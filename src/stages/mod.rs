@@ -13,6 +13,7 @@ pub mod judges;
 pub mod map;
 pub mod models;
 pub mod ppo;
+pub mod project;
 pub mod report;
 pub mod score;
 pub mod sft;
@@ -23,6 +24,13 @@ pub use config::{load_stage_toml, StageConfigs, StageToml, SweepFile, Variant};
 use crate::engine::{Pipeline, Stage};
 use std::path::Path;
 
+/// The stages that prepare the embedded benchmark's models; a pipeline holds each only while a stage reads it.
+pub const DEMO_STAGES: [&str; 2] = [models::DEMO_CLIP.0, models::DEMO_MLLM.0];
+
+fn stages_reading(stages: &[Box<dyn Stage>], name: &str) -> bool {
+    stages.iter().any(|s| s.inputs().iter().any(|i| i.stage == name))
+}
+
 /// Every stage of the pipeline, with params from `<dir>/<stage>.toml` over the defaults in code.
 pub fn pipeline(dir: &Path) -> anyhow::Result<Pipeline> {
     pipeline_with(&StageConfigs::new(dir))
@@ -31,20 +39,46 @@ pub fn pipeline(dir: &Path) -> anyhow::Result<Pipeline> {
 /// The pipeline with params from `configs` (a sweep variant's overrides included).
 pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
     let session = crate::encoders::runtime::SessionOptions::default();
+    let (features, score): (features::FeaturesParams, score::ScoreParams) = (c.params("features")?, c.params("score")?);
+    let (generate, sft, ppo, eval): (generate::GenerateParams, sft::SftStageParams, ppo::PpoStageParams, eval::EvalParams) =
+        (c.params("generate")?, c.params("sft")?, c.params("ppo")?, c.params("eval")?);
+    // What the stages share must be one value (stages/project.toml sets it once; a stage file may not split it).
+    let m = |model: &Option<std::path::PathBuf>| models::describe(model);
+    project::check_agreement(
+        "model",
+        &[("generate", m(&generate.model)), ("sft", m(&sft.model)), ("ppo", m(&ppo.model)), ("eval", m(&eval.model))],
+    )?;
+    project::check_agreement("clip", &[("features", m(&features.clip)), ("score", m(&score.clip)), ("ppo", m(&ppo.clip))])?;
+    let pr = |model: &Option<std::path::PathBuf>, p: &Option<String>| {
+        models::prompt(model, p).map(|p| format!("{p:?}")).unwrap_or_else(|| "the model's chat template".into())
+    };
+    project::check_agreement(
+        "prompt",
+        &[
+            ("generate", pr(&generate.model, &generate.prompt)),
+            ("sft", pr(&sft.model, &sft.prompt)),
+            ("ppo", pr(&ppo.model, &ppo.prompt)),
+            ("eval", pr(&eval.model, &eval.prompt)),
+        ],
+    )?;
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(dataset::DatasetStage { params: c.params("dataset")? }),
         Box::new(demo_clip::DemoClipStage { params: c.params("demo_clip")? }),
-        Box::new(features::FeaturesStage { params: c.params("features")?, session: session.clone() }),
+        Box::new(features::FeaturesStage { params: features, session: session.clone() }),
         Box::new(demo_mllm::DemoMllmStage { params: c.params("demo_mllm")? }),
-        Box::new(generate::GenerateStage { params: c.params("generate")? }),
-        Box::new(score::ScoreStage { params: c.params("score")?, session: session.clone() }),
+        Box::new(generate::GenerateStage { params: generate }),
+        Box::new(score::ScoreStage { params: score, session: session.clone() }),
         Box::new(bin::BinStage { params: c.params("bin")? }),
         Box::new(map::MapStage { params: c.params("map")? }),
-        Box::new(sft::SftStage { params: c.params("sft")? }),
+        Box::new(sft::SftStage { params: sft }),
     ];
     // rollout_k and update_k for each of the K iterations, then `ppo`, which gathers them.
-    stages.extend(ppo::stages(c.params("ppo")?));
-    stages.push(Box::new(eval::EvalStage { params: c.params("eval")? }));
+    stages.extend(ppo::stages(ppo));
+    stages.push(Box::new(eval::EvalStage { params: eval }));
     stages.push(Box::new(report::ReportStage { params: c.params("report")? }));
+    // The demo models are prepared only for the stages that read them: a project that names its own
+    // MLLM and CLIP (stages/project.toml) has no demo stage to run.
+    let read: Vec<&str> = DEMO_STAGES.into_iter().filter(|d| stages_reading(&stages, d)).collect();
+    stages.retain(|s| !DEMO_STAGES.contains(&s.name()) || read.contains(&s.name()));
     Ok(Pipeline::new(stages)?)
 }

@@ -28,6 +28,18 @@ pub fn resolve(ctx: &StageContext, param: &Option<PathBuf>, input: &str) -> anyh
     }
 }
 
+/// The prompt a model stage is keyed and run with: the one set, else the model's own. For the demo MLLM
+/// that is [`super::demo_mllm::PROMPT`], the format it was trained on; for a model folder it stays unset
+/// here and the worker renders it from the folder's chat template (`mllm::chat::pipeline_prompt`), whose
+/// files are hashed into the key with the rest of the folder.
+pub fn prompt(model: &Option<PathBuf>, prompt: &Option<String>) -> Option<String> {
+    match (model, prompt) {
+        (_, Some(p)) => Some(p.clone()),
+        (None, None) => Some(super::demo_mllm::PROMPT.into()),
+        (Some(_), None) => None,
+    }
+}
+
 /// A path for messages.
 pub fn describe(param: &Option<PathBuf>) -> String {
     param.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "the demo model".into())

@@ -57,7 +57,8 @@ pub enum ReferencePolicy {
 pub struct PpoStageParams {
     /// The base model folder (the same as `generate` and `sft`).
     pub model: Option<PathBuf>,
-    pub prompt: String,
+    /// The prompt template (see `generate`; unset: the model's own).
+    pub prompt: Option<String>,
     pub device: String,
     pub dtype: String,
     /// Splits whose questions are the RL prompts.
@@ -253,7 +254,8 @@ impl Stage for IterationStage {
     }
     /// The `ppo` params without `iterations`, and k.
     fn params(&self) -> serde_json::Value {
-        let mut ppo = serde_json::to_value(&self.params).expect("params serialize");
+        let p = PpoStageParams { prompt: super::models::prompt(&self.params.model, &self.params.prompt), ..self.params.clone() };
+        let mut ppo = serde_json::to_value(&p).expect("params serialize");
         ppo.as_object_mut().expect("a struct").remove("iterations");
         serde_json::json!({ "iteration": self.iteration, "ppo": ppo })
     }

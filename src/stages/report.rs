@@ -1,6 +1,7 @@
 //! `report`: what a person reads after a run — the Table-1-style table, perception vs reasoning, reliability
 //! diagrams, stated-confidence histograms and example chains with each statement colored by whether its
 //! sentence was right; Markdown plus one self-contained HTML page, stored as a folder artifact.
+use super::judges::JudgeParams;
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::metrics::bootstrap::BootstrapParams;
 use crate::metrics::calibration::{AnswerConfidence, EceParams};
@@ -120,8 +121,9 @@ impl Stage for ReportStage {
     }
     /// 4: a variant without statements is labeled as the constant it is; reliability bins as ECE.
     /// 5: HTML tables, bootstrap intervals, full − SFT paired differences, named histogram legend.
+    /// 6: the report names the dataset, the model and the judge ([`about`]).
     fn code_version(&self) -> &str {
-        "5"
+        "6"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec::new("metrics", "eval", "metrics"), InputSpec::new("sentences", "eval", "sentences")]
@@ -134,8 +136,9 @@ impl Stage for ReportStage {
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let metrics = ctx.input_table("metrics")?.concat()?;
-        let sentences = ctx.input_table("sentences")?.concat()?;
-        let files = render(&metrics, &sentences, &self.params)?;
+        let sentences = ctx.input_table("sentences")?;
+        let about = about(ctx.store(), &sentences)?;
+        let files = render(&metrics, &sentences.concat()?, &self.params, &about)?;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("report.md"), files.markdown)?;
         std::fs::write(dir.path().join("report.html"), files.html)?;
@@ -144,6 +147,38 @@ impl Stage for ReportStage {
         ctx.write_dir("report", dir.path())?;
         Ok(())
     }
+}
+
+/// What the report is about, from the lineage of eval's sentences: the dataset (its items artifact, by
+/// source and split), the model (eval's `model`) and the judge (eval's, with its threshold). The items
+/// artifact is found by the id eval's lineage records, which is part of the sentences' bytes and so of
+/// this stage's key.
+pub fn about(store: &crate::store::Store, sentences: &crate::store::Table) -> anyhow::Result<String> {
+    let lineage = sentences.lineage.as_ref().ok_or_else(|| anyhow::anyhow!("eval sentences {}: no lineage", sentences.id))?;
+    let items_id =
+        lineage.inputs.get("items").ok_or_else(|| anyhow::anyhow!("eval sentences {}: lineage names no items input", sentences.id))?;
+    let items = store.read_table(&crate::store::ArtifactId::parse(items_id)?)?.concat()?;
+    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for it in crate::data::items_from_record_batch(&items)? {
+        *counts.entry(it.source).or_default().entry(it.split).or_default() += 1;
+    }
+    let dataset = counts
+        .iter()
+        .map(|(src, splits)| format!("{src} ({})", splits.iter().map(|(s, n)| format!("{s} {n}")).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let model = match lineage.params.get("model").and_then(|m| m.as_str()) {
+        Some(m) => m.to_string(),
+        None => "the demo MLLM (stage demo_mllm)".into(),
+    };
+    let judge = match lineage.params.get("judge") {
+        Some(j) => serde_json::from_value::<JudgeParams>(j.clone())
+            .map(|j| j.name())
+            .map_err(|e| anyhow::anyhow!("eval sentences {}: lineage judge: {e}", sentences.id))?,
+        None => "-".into(),
+    };
+    let threshold = lineage.params.get("match_threshold").map(|t| format!(" > {t}")).unwrap_or_default();
+    Ok(format!("Dataset: {dataset}. Model: {model}. Judge: {judge}{threshold}."))
 }
 
 /// The report's files.
@@ -228,7 +263,8 @@ pub fn report_items(s: &RecordBatch, rows: &[MetricsRow]) -> anyhow::Result<BTre
 }
 
 /// The whole report from eval's `metrics` and `sentences` tables.
-pub fn render(metrics: &RecordBatch, s: &RecordBatch, p: &ReportParams) -> anyhow::Result<ReportFiles> {
+/// `about`: the dataset, model and judge line ([`about`]).
+pub fn render(metrics: &RecordBatch, s: &RecordBatch, p: &ReportParams, about: &str) -> anyhow::Result<ReportFiles> {
     let rows = metrics_rows(metrics)?;
     let col = |b: &RecordBatch, n: &str| b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"));
     let mut variants: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
@@ -320,7 +356,7 @@ pub fn render(metrics: &RecordBatch, s: &RecordBatch, p: &ReportParams) -> anyho
         p.bootstrap.resamples, p.bootstrap.seed
     );
     let md = format!(
-        "# MMBoundary report\n\n## Table 1 (ECE, MECE, step-level Brier, accuracy, chain F1, AUROC; level `all`)\n\n\
+        "# MMBoundary report\n\n{about}\n\n## Table 1 (ECE, MECE, step-level Brier, accuracy, chain F1, AUROC; level `all`)\n\n\
          {judge_note} {INTERVAL_NOTE}\n\n{table}\n\
          ## Does RL calibrate? Full − SFT, paired\n\n{diff_note}\n\n{diff_table}\n\
          ## Step-level Brier score\n\n{BRIER_NOTE}\n\n{brier}\n\
@@ -332,6 +368,7 @@ pub fn render(metrics: &RecordBatch, s: &RecordBatch, p: &ReportParams) -> anyho
     let html = html_page(
         "MMBoundary report",
         &[
+            ("About".into(), note(about)),
             ("Table 1".into(), format!("{}{}{}", note(&judge_note), note(INTERVAL_NOTE), md_table_html(&table))),
             ("Does RL calibrate? Full − SFT, paired".into(), format!("{}{}", note(&diff_note), md_table_html(&diff_table))),
             ("Step-level Brier score".into(), format!("{}{}", note(BRIER_NOTE), md_table_html(&brier))),

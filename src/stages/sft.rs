@@ -13,8 +13,8 @@ use std::sync::Arc;
 pub struct SftStageParams {
     /// The base model (a LLaVA-style Hugging Face folder), the same as `generate`'s (unset: the demo MLLM).
     pub model: Option<PathBuf>,
-    /// The prompt template (see `generate`).
-    pub prompt: String,
+    /// The prompt template (see `generate`; unset: the model's own).
+    pub prompt: Option<String>,
     /// The trainer's settings, as `mllm::sft::SftParams` reads them (mode, learning_rate, epochs,
     /// batch_size, grad_accum_steps, max_grad_norm, warmup_ratio, adamw, seed, max_steps…). The paper:
     /// AdamW, lr 1e-4, 10 % warm-up, batch 16.
@@ -72,8 +72,10 @@ impl Stage for SftStage {
     fn outputs(&self) -> Vec<String> {
         vec!["checkpoint".into(), "log".into()]
     }
+    /// With the prompt resolved ([`super::models::prompt`]).
     fn params(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).expect("params serialize")
+        let p = SftStageParams { prompt: super::models::prompt(&self.params.model, &self.params.prompt), ..self.params.clone() };
+        serde_json::to_value(&p).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
         super::models::model_files(&self.params.model)

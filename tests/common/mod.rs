@@ -39,5 +39,17 @@ pub fn tiny_llava(dir: &Path) -> PathBuf {
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
     });
     std::fs::write(out.join("tokenizer.json"), serde_json::to_vec(&tok).unwrap()).unwrap();
+    // Hugging Face llava-1.5's chat template (as the chat-template goldens hold it): the stages render
+    // their prompt from it, as from any model folder.
+    let cfg = serde_json::json!({ "chat_template": llava_chat_template().0, "bos_token": "<s>", "eos_token": "</s>" });
+    std::fs::write(out.join("tokenizer_config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
     out
+}
+
+/// llava-hf's LLaVA-1.5 chat template and the pipeline prompt transformers renders from it
+/// (tests/fixtures/mllm/chat_templates.json, scripts/make_chat_template_goldens.py).
+pub fn llava_chat_template() -> (String, String) {
+    let g: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures().join("mllm/chat_templates.json")).unwrap()).unwrap();
+    let case = g["cases"].as_array().unwrap().iter().find(|c| c["name"] == "llava").expect("the llava case");
+    (case["template"].as_str().unwrap().to_string(), case["prompt_template"].as_str().unwrap().to_string())
 }

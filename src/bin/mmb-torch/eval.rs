@@ -19,7 +19,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     };
     let tok_path = model_dir.join("tokenizer.json");
     let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-    let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &p.prompt };
+    let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, cfg.image_token_index)?;
+    let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &template };
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
     let feats = Features::from_batch(&ctx.input_table("features")?.concat()?)?;
     let mut selected = Vec::new();

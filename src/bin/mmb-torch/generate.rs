@@ -21,7 +21,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
 
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
     let feats = Features::from_batch(&ctx.input_table("features")?.concat()?)?;
-    let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &p.prompt };
+    let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, cfg.image_token_index)?;
+    let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &template };
 
     let mut selected: Vec<_> = items.iter().filter(|it| p.splits.iter().any(|s| s == &it.split)).collect();
     if let Some(n) = p.limit {

@@ -36,6 +36,26 @@ impl Features {
     }
 }
 
+/// The prompt template a model stage runs with: the one its params set, else the model's own
+/// (`stages::models::prompt`: the demo MLLM's format, or the folder's chat template rendered by
+/// `mllm::chat::pipeline_prompt`, with the image slot where the model's image token goes).
+pub fn prompt_template(
+    model: &Option<std::path::PathBuf>,
+    prompt: &Option<String>,
+    model_dir: &std::path::Path,
+    image_token_index: i64,
+) -> anyhow::Result<String> {
+    match mmboundary::stages::models::prompt(model, prompt) {
+        Some(p) => Ok(p),
+        None => mllm::chat::pipeline_prompt(model_dir, image_token_index).with_context(|| {
+            format!(
+                "{}: the prompt in the model's own chat format (set `prompt` in stages/project.toml [model] to give one)",
+                model_dir.display()
+            )
+        }),
+    }
+}
+
 /// Prompt token ids with `{image}` expanded to one image token per patch.
 pub struct Prompter<'a> {
     pub tok: &'a tokenizers::Tokenizer,

@@ -94,7 +94,8 @@ impl Iteration {
         let items: Vec<Item> = picked.iter().map(|&i| selected[i].clone()).collect();
         let features = ctx.input_table("features")?.concat()?;
         let feats = Features::from_batch(&features)?;
-        let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &p.prompt };
+        let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, cfg.image_token_index)?;
+        let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &template };
         let mut prompts = Vec::with_capacity(items.len());
         for it in &items {
             let (n, feat) = feats.tensor(&it.id)?;
