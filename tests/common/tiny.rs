@@ -41,6 +41,30 @@ pub fn pipeline(model: &Path, alpha: f64) -> Pipeline {
 
 /// The pipeline with K = `iterations` PPO iterations.
 pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
+    pipeline_full(model, PpoStageParams { iterations, ..ppo_params(model, alpha) }, eval_params(model))
+}
+
+/// The default tiny pipeline with `edit` applied to its PPO and eval params (the baselines' variants).
+pub fn pipeline_with(model: &Path, edit: impl FnOnce(&mut PpoStageParams, &mut EvalParams)) -> Pipeline {
+    let (mut ppo, mut eval) = (ppo_params(model, 1.0 / 3.0), eval_params(model));
+    edit(&mut ppo, &mut eval);
+    pipeline_full(model, ppo, eval)
+}
+
+pub fn eval_params(model: &Path) -> EvalParams {
+    EvalParams {
+        model: Some(model.to_path_buf()),
+        device: "cpu".into(),
+        limit: Some(1),
+        max_new_tokens: 12,
+        batch: 4,
+        minilm: mmboundary::encoders::minilm::default_model_dir(),
+        pool: pool_path(),
+        ..Default::default()
+    }
+}
+
+fn pipeline_full(model: &Path, ppo: PpoStageParams, eval: EvalParams) -> Pipeline {
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage {
             params: DatasetParams {
@@ -82,20 +106,9 @@ pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
             },
         }),
     ];
-    stages.extend(mmboundary::stages::ppo::stages(PpoStageParams { iterations, ..ppo_params(model, alpha) }));
+    stages.extend(mmboundary::stages::ppo::stages(ppo));
     stages.extend::<Vec<Box<dyn Stage>>>(vec![
-        Box::new(EvalStage {
-            params: EvalParams {
-                model: Some(model.to_path_buf()),
-                device: "cpu".into(),
-                limit: Some(1),
-                max_new_tokens: 12,
-                batch: 4,
-                minilm: mmboundary::encoders::minilm::default_model_dir(),
-                pool: pool_path(),
-                ..Default::default()
-            },
-        }),
+        Box::new(EvalStage { params: eval }),
         Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }),
     ]);
     Pipeline::new(stages).unwrap()

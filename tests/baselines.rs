@@ -1,0 +1,194 @@
+//! The paper's baselines (`stages/baselines.toml`, `mmb compare`): each baseline's file entry builds its
+//! pipeline, its prompt's output is parsed as eval reads it, and DRL's PPO starts from (and is anchored to)
+//! the vanilla model on the tiny pipeline.
+use arrow::array::AsArray;
+use arrow::datatypes::Float64Type;
+use mmboundary::engine::RunOptions;
+use mmboundary::stages::chain_judge::ChainJudge;
+use mmboundary::stages::eval::EvalParams;
+use mmboundary::stages::ppo::{PolicyStart, PpoStageParams};
+use mmboundary::stages::{StageConfigs, SweepFile};
+use mmboundary::store::{ArtifactId, Store};
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::tiny::pool_path;
+use common::tiny_llava;
+
+fn stages_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("stages")
+}
+
+fn baselines() -> SweepFile {
+    SweepFile::load(&stages_dir().join("baselines.toml")).unwrap()
+}
+
+fn judge() -> ChainJudge {
+    ChainJudge::load(
+        &mmboundary::encoders::minilm::default_model_dir(),
+        &pool_path(),
+        Default::default(),
+        Default::default(),
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
+    let f = baselines();
+    let names: Vec<&str> = f.variant.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["dpv", "dps", "drl"]);
+    for v in &f.variant {
+        let configs = StageConfigs { dir: stages_dir(), overrides: v.params.clone() };
+        let p = mmboundary::stages::pipeline_with(&configs).unwrap_or_else(|e| panic!("{}: {e:#}", v.name));
+        let eval: EvalParams = configs.params("eval").unwrap();
+        // The policy the table reads is the one the variant's eval generates.
+        assert_eq!(eval.variants, vec![v.row().to_string()], "{}", v.name);
+        let rollout_inputs: Vec<String> = p.get("rollout_0").unwrap().inputs().iter().map(|i| i.stage.clone()).collect();
+        let ppo: PpoStageParams = configs.params("ppo").unwrap();
+        match v.name.as_str() {
+            "dpv" => {
+                assert_eq!(v.row(), "vanilla");
+                assert!(eval.prompt.contains("(Confidence: x/100)"), "{}", eval.prompt);
+            }
+            "dps" => {
+                assert_eq!(v.row(), "vanilla");
+                assert!(eval.prompt.contains("how confident you are"), "{}", eval.prompt);
+            }
+            "drl" => {
+                assert_eq!(v.row(), "full");
+                assert_eq!(ppo.start, PolicyStart::Vanilla);
+                // No warm-up: the RL stages do not read the SFT checkpoint.
+                assert!(!rollout_inputs.contains(&"sft".to_string()), "{rollout_inputs:?}");
+                assert_eq!(ppo.prompt, eval.prompt);
+            }
+            other => panic!("untested baseline {other}"),
+        }
+    }
+    // The main pipeline's RL stages still start from SFT, and its params (so its cache keys) do not
+    // mention the new `start` switch.
+    let main = mmboundary::stages::pipeline(&stages_dir()).unwrap();
+    let r0 = main.get("rollout_0").unwrap();
+    assert!(r0.inputs().iter().any(|i| i.stage == "sft"));
+    let params = r0.params().to_string();
+    assert!(!params.contains("\"start\"") && !params.contains("start_mode"), "{params}");
+}
+
+#[test]
+fn a_row_that_is_not_an_eval_policy_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.toml");
+    std::fs::write(&path, "[[variant]]\nname = \"x\"\nrow = \"greedy\"\n").unwrap();
+    let e = SweepFile::load(&path).unwrap_err().to_string();
+    assert!(e.contains("row \"greedy\"") && e.contains("b.toml"), "{e}");
+}
+
+/// DPV: the numeric confidence the prompt asks for, "(Confidence: x/100)" after each sentence, is read
+/// back by value for its sentence, as eval reads it.
+#[test]
+fn dpv_output_is_parsed_into_per_sentence_scores() {
+    let j = judge();
+    let text = "There is a red circle on the left. (Confidence: 80/100) It is larger than the square. \
+                (Confidence: 35/100) So the answer is A. (Confidence: 60/100)";
+    let pairs = j.judge(text, &["There is a red circle."]).unwrap();
+    let got: Vec<(&str, Option<f64>)> = pairs.iter().map(|p| (p.pair.sentence.as_str(), p.expressed)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("There is a red circle on the left.", Some(0.8)),
+            ("It is larger than the square.", Some(0.35)),
+            ("So the answer is A.", Some(0.6)),
+        ]
+    );
+}
+
+/// DPS: a free-form confidence sentence after each sentence is found (a paraphrase: the pool's
+/// statements are clauses, "and I am entirely sure of it.") and mapped by the backward map to its nearest
+/// pool statement's level: level 5 (1.0) and level 1 (0.0) here. (Measured, not asserted: MiniLM puts
+/// "I am very sure about this." nearest a level-3 statement, so DPS's phrasing matters.)
+#[test]
+fn dps_output_is_parsed_into_statements_and_mapped() {
+    let j = judge();
+    let text = "There is a red circle on the left. I am entirely sure of it. It is larger than the square. \
+                I have serious doubts about it. So the answer is A.";
+    let pairs = j.judge(text, &["There is a red circle."]).unwrap();
+    let sentences: Vec<&str> = pairs.iter().map(|p| p.pair.sentence.as_str()).collect();
+    assert_eq!(sentences, ["There is a red circle on the left.", "It is larger than the square.", "So the answer is A."]);
+    assert_eq!(pairs[0].pair.statement.as_deref(), Some("I am entirely sure of it."));
+    assert_eq!(pairs[1].pair.statement.as_deref(), Some("I have serious doubts about it."));
+    assert_eq!(pairs[2].pair.statement, None);
+    assert_eq!((pairs[0].expressed, pairs[1].expressed, pairs[2].expressed), (Some(1.0), Some(0.0), None));
+}
+
+/// DRL on the tiny pipeline: PPO from the vanilla model runs without the SFT stage, its reference is
+/// the model it starts from (so the first iteration's KL is 0: with the SFT model as reference it is
+/// not), and eval loads its checkpoint.
+#[test]
+fn drl_trains_from_the_vanilla_model_without_sft() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = dir.path().join("mmb-torch");
+    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
+    std::env::set_var("MMB_TORCH", &worker);
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let model = tiny_llava(dir.path());
+    let build = |start: PolicyStart| {
+        common::tiny::pipeline_with(&model, |ppo, eval| {
+            ppo.start = start;
+            eval.variants = vec!["full".into()];
+        })
+    };
+    let s = build(PolicyStart::Vanilla).run(&store, &RunOptions { target: Some("ppo".into()), ..Default::default() }).unwrap();
+    assert!(!s.ran.iter().any(|r| r == "sft" || r == "map"), "DRL ran the warm-up: {:?}", s.ran);
+    assert!(s.ran.iter().any(|r| r == "update_1"), "{:?}", s.ran);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let log = store.read_table(&ArtifactId::parse(&lock.stages["ppo"].outputs["log"].id).unwrap()).unwrap().concat().unwrap();
+    let kl: Vec<f64> = log.column_by_name("kl").unwrap().as_primitive::<Float64Type>().values().to_vec();
+    assert!(kl[0].abs() < 1e-6, "iteration 0: policy and reference are both the vanilla model, KL {}", kl[0]);
+    // eval of the DRL policy.
+    let s = build(PolicyStart::Vanilla).run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    assert!(s.ran.iter().any(|r| r == "eval"));
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let m = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["metrics"].id).unwrap()).unwrap().concat().unwrap();
+    let variants = m.column_by_name("variant").unwrap().as_string::<i32>();
+    assert!(variants.iter().flatten().all(|v| v == "full") && m.num_rows() > 0);
+    // The same pipeline from SFT is another run: its RL stages are stale, nothing of DRL's is reused.
+    let stale: Vec<String> =
+        build(PolicyStart::Sft).status(&store, &[]).unwrap().into_iter().filter(|s| !s.is_fresh()).map(|s| s.stage).collect();
+    assert!(stale.contains(&"rollout_0".to_string()) && !stale.contains(&"sft".to_string()), "{stale:?}");
+}
+
+/// `mmb compare`'s table: the baselines' heading, every row's cells by split, the number of items behind
+/// each row, and the baselines not run yet listed with the command that runs them.
+#[test]
+fn the_comparison_table_has_every_row_with_its_items_and_lists_what_is_missing() {
+    use mmboundary::report::page::{variants_markdown, MetricsRow, BASELINE_HEADING};
+    let row = |variant: &str, split: &str, responses: u64, ece: f64| MetricsRow {
+        variant: variant.into(),
+        split: split.into(),
+        level: "all".into(),
+        responses,
+        sentences: 3 * responses,
+        ece: Some(ece),
+        mece: Some(0.3),
+        brier: Some(0.2),
+        accuracy: Some(0.5),
+        chain_f1: Some(0.4),
+        auroc: Some(0.6),
+    };
+    let entries = vec![
+        (
+            "`mmb run`".to_string(),
+            "MMBoundary".to_string(),
+            Some(vec![row("MMBoundary", "val", 40, 0.25), row("MMBoundary", "ood", 20, 0.5)]),
+        ),
+        ("`mmb compare --only dpv`".to_string(), "DPV".to_string(), Some(vec![row("DPV", "val", 40, 0.125)])),
+        ("`mmb compare --only drl`".to_string(), "DRL".to_string(), None),
+    ];
+    let md = variants_markdown(BASELINE_HEADING, &entries, &Default::default());
+    assert!(md.starts_with("# Baselines (Table 1's upper half; AUROC: Table 8)"), "{md}");
+    assert!(md.contains("| MMBoundary | 40 | 20 |"), "{md}");
+    assert!(md.contains("| DPV | 40 | – |"), "{md}");
+    assert!(md.contains("0.125") && md.contains("0.250") && md.contains("0.600"), "{md}");
+    assert!(md.contains("- DRL: `mmb compare --only drl`"), "{md}");
+}
