@@ -38,7 +38,7 @@ fn judge() -> ChainJudge {
 fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
     let f = baselines();
     let names: Vec<&str> = f.variant.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["dpv", "dps", "drl"]);
+    assert_eq!(names, ["dpv", "dps", "drl", "sc"]);
     for v in &f.variant {
         let configs = StageConfigs { dir: stages_dir(), overrides: v.params.clone() };
         let p = mmboundary::stages::pipeline_with(&configs).unwrap_or_else(|e| panic!("{}: {e:#}", v.name));
@@ -63,6 +63,10 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
                 assert!(!rollout_inputs.contains(&"sft".to_string()), "{rollout_inputs:?}");
                 assert_eq!(ppo.prompt, eval.prompt);
             }
+            "sc" => {
+                assert_eq!(v.row(), "sc");
+                assert_eq!((eval.sc.samples, eval.sc.temperature), (5, 0.7));
+            }
             other => panic!("untested baseline {other}"),
         }
     }
@@ -73,6 +77,8 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
     assert!(r0.inputs().iter().any(|i| i.stage == "sft"));
     let params = r0.params().to_string();
     assert!(!params.contains("\"start\"") && !params.contains("start_mode"), "{params}");
+    let eval_params = main.get("eval").unwrap().params().to_string();
+    assert!(!eval_params.contains("\"sc\""), "{eval_params}");
 }
 
 #[test]
@@ -152,6 +158,20 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     let m = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["metrics"].id).unwrap()).unwrap().concat().unwrap();
     let variants = m.column_by_name("variant").unwrap().as_string::<i32>();
     assert!(variants.iter().flatten().all(|v| v == "full") && m.num_rows() > 0);
+    // SC on the same store: only eval reruns (the vanilla model samples; no training is read).
+    let sc = common::tiny::pipeline_with(&model, |ppo, eval| {
+        ppo.start = PolicyStart::Vanilla;
+        eval.variants = vec!["sc".into()];
+        eval.sc.samples = 2;
+    });
+    let s = sc.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    assert_eq!(s.ran, ["eval"]);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
+    let conf: Vec<Option<f64>> = rows.column_by_name("confidence").unwrap().as_primitive::<Float64Type>().iter().collect();
+    // With K = 2 every confidence is 0, 1/2 or 1, and every sentence has one (its numeric statement).
+    assert!(!conf.is_empty());
+    assert!(conf.iter().all(|c| c.is_some_and(|c| [0.0, 0.5, 1.0].contains(&c))), "{conf:?}");
     // The same pipeline from SFT is another run: its RL stages are stale, nothing of DRL's is reused.
     let stale: Vec<String> =
         build(PolicyStart::Sft).status(&store, &[]).unwrap().into_iter().filter(|s| !s.is_fresh()).map(|s| s.stage).collect();
@@ -191,4 +211,57 @@ fn the_comparison_table_has_every_row_with_its_items_and_lists_what_is_missing()
     assert!(md.contains("| DPV | 40 | – |"), "{md}");
     assert!(md.contains("0.125") && md.contains("0.250") && md.contains("0.600"), "{md}");
     assert!(md.contains("- DRL: `mmb compare --only drl`"), "{md}");
+}
+
+fn item() -> mmboundary::data::Item {
+    let mut it = mmboundary::data::Item::new("x1", "test", "val", "What shape is the red object?");
+    it.choices = vec!["circle".into(), "square".into()];
+    it.correct_choice = Some(0);
+    it.chain = mmboundary::data::ReferenceChain {
+        perception: vec!["There is a red circle in the image.".into()],
+        reasoning: vec!["So, the answer is circle.".into()],
+    };
+    it
+}
+
+/// SC's agreement rules on hand-computed values.
+#[test]
+fn sc_confidences_from_known_samples() {
+    use mmboundary::confidence::consistency::{answer_agreement, chain_confidences, render_with_confidences, sentence_agreement};
+    let s = |v: &str| Some(v.to_string());
+    // 2 of 4 samples give the greedy answer; one gives none.
+    assert_eq!(answer_agreement(Some("choice:0"), &[s("choice:0"), s("choice:1"), None, s("choice:0")]).unwrap(), 0.5);
+    assert_eq!(answer_agreement(None, &[s("choice:0")]).unwrap(), 0.0);
+    assert!(answer_agreement(Some("a"), &[]).is_err());
+    // Sentence 0 is matched in samples 0 and 2 (0.9, 0.7 > 0.64), sentence 1 only in sample 1; a score equal
+    // to the threshold is no match; sample 2 has one sentence.
+    let sims = vec![vec![vec![0.9, 0.1], vec![0.2, 0.64]], vec![vec![0.3, 0.5], vec![0.65, 0.0]], vec![vec![0.7], vec![0.1]]];
+    assert_eq!(sentence_agreement(2, &sims, 0.64).unwrap(), vec![2.0 / 3.0, 1.0 / 3.0]);
+    assert!(sentence_agreement(3, &sims, 0.64).is_err(), "a sample with the wrong number of rows is an error");
+    assert_eq!(chain_confidences(vec![2.0 / 3.0, 1.0 / 3.0], Some(1), 0.5).unwrap(), vec![2.0 / 3.0, 0.5]);
+    let text = render_with_confidences(&["There is a red circle.".into(), "So the answer is A.".into()], &[2.0 / 3.0, 0.5]).unwrap();
+    assert_eq!(text, "There is a red circle. Confidence: 0.67. So the answer is A. Confidence: 0.50.");
+    // …and eval reads the values back.
+    let pairs = judge().judge(&text, &["There is a red circle."]).unwrap();
+    assert_eq!(pairs.iter().map(|p| p.expressed).collect::<Vec<_>>(), vec![Some(0.67), Some(0.5)]);
+}
+
+/// SC end to end on one item with hand-written samples: the answer sentence takes the answer agreement
+/// (2 of 3 samples choose the circle), the other sentence the share of samples that repeat it (2 of 3).
+#[test]
+fn sc_rewrites_the_greedy_chain_with_its_agreement() {
+    use mmboundary::stages::self_consistency::{answer_key, sc_chain_text};
+    let it = item();
+    let acc = mmboundary::metrics::accuracy::AccuracyParams::default();
+    assert_eq!(answer_key(&it, &["So the answer is (A) circle."], &acc).as_deref(), Some("choice:0"));
+    assert_eq!(answer_key(&it, &["So the answer is square."], &acc).as_deref(), Some("choice:1"));
+    assert_eq!(answer_key(&it, &["I see a shape."], &acc), None);
+    let greedy = "There is a red circle in the image. So the answer is circle.";
+    let samples = vec![
+        "There is a red circle in the image. So the answer is circle.".to_string(),
+        "The weather today is rainy and cold. So the answer is square.".to_string(),
+        "There is a red circle in the image. So the answer is (A).".to_string(),
+    ];
+    let text = sc_chain_text(&judge(), &it, greedy, &samples, 0.64, &acc).unwrap();
+    assert_eq!(text, "There is a red circle in the image. Confidence: 0.67. So the answer is circle. Confidence: 0.67.");
 }

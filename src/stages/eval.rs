@@ -71,6 +71,10 @@ pub struct EvalParams {
     pub missing_confidence: Option<f64>,
     /// ECE bins, chain-F1 threshold, answer matching, answer-level confidence.
     pub metrics: MetricsParams,
+    /// The SC baseline's sampling (policy `sc`, [`super::self_consistency`]). Left out of the params (and
+    /// so of the cache key) when it is the default.
+    #[serde(skip_serializing_if = "super::self_consistency::ScParams::is_default")]
+    pub sc: super::self_consistency::ScParams,
 }
 
 impl Default for EvalParams {
@@ -97,6 +101,7 @@ impl Default for EvalParams {
             execution_provider: ExecutionProvider::Cpu,
             missing_confidence: Some(0.5),
             metrics: MetricsParams::default(),
+            sc: Default::default(),
         }
     }
 }

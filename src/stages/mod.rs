@@ -15,6 +15,7 @@ pub mod models;
 pub mod ppo;
 pub mod report;
 pub mod score;
+pub mod self_consistency;
 pub mod sft;
 pub mod worker;
 
