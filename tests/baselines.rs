@@ -38,7 +38,7 @@ fn judge() -> ChainJudge {
 fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
     let f = baselines();
     let names: Vec<&str> = f.variant.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["dpv", "dps", "drl", "sc"]);
+    assert_eq!(names, ["dpv", "dps", "drl", "sc", "multisample"]);
     for v in &f.variant {
         let configs = StageConfigs { dir: stages_dir(), overrides: v.params.clone() };
         let p = mmboundary::stages::pipeline_with(&configs).unwrap_or_else(|e| panic!("{}: {e:#}", v.name));
@@ -66,6 +66,15 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
             "sc" => {
                 assert_eq!(v.row(), "sc");
                 assert_eq!((eval.sc.samples, eval.sc.temperature), (5, 0.7));
+            }
+            "multisample" => {
+                assert_eq!(v.row(), "sft");
+                let map: mmboundary::stages::map::MapParams = configs.params("map").unwrap();
+                assert_eq!(map.levels_from, mmboundary::stages::map::LevelSource::AnswerConsistency);
+                let map_inputs: Vec<String> = p.get("map").unwrap().inputs().iter().map(|i| i.stage.clone()).collect();
+                assert_eq!(map_inputs, ["generate", "dataset"]);
+                let g: mmboundary::stages::generate::GenerateParams = configs.params("generate").unwrap();
+                assert!(g.samples > 1 && g.temperature > 0.1);
             }
             other => panic!("untested baseline {other}"),
         }
@@ -139,9 +148,9 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     let store = Store::open(dir.path().join("artifacts")).unwrap();
     let model = tiny_llava(dir.path());
     let build = |start: PolicyStart| {
-        common::tiny::pipeline_with(&model, |ppo, eval| {
-            ppo.start = start;
-            eval.variants = vec!["full".into()];
+        common::tiny::pipeline_with(&model, |p| {
+            p.ppo.start = start;
+            p.eval.variants = vec!["full".into()];
         })
     };
     let s = build(PolicyStart::Vanilla).run(&store, &RunOptions { target: Some("ppo".into()), ..Default::default() }).unwrap();
@@ -159,23 +168,37 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     let variants = m.column_by_name("variant").unwrap().as_string::<i32>();
     assert!(variants.iter().flatten().all(|v| v == "full") && m.num_rows() > 0);
     // SC on the same store: only eval reruns (the vanilla model samples; no training is read).
-    let sc = common::tiny::pipeline_with(&model, |ppo, eval| {
-        ppo.start = PolicyStart::Vanilla;
-        eval.variants = vec!["sc".into()];
-        eval.sc.samples = 2;
+    let sc = common::tiny::pipeline_with(&model, |p| {
+        p.eval.variants = vec!["sc".into()];
+        p.eval.sc.samples = 2;
     });
     let s = sc.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
-    assert_eq!(s.ran, ["eval"]);
+    assert_eq!(s.ran, ["eval"], "SC reads no checkpoint");
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
     let conf: Vec<Option<f64>> = rows.column_by_name("confidence").unwrap().as_primitive::<Float64Type>().iter().collect();
     // With K = 2 every confidence is 0, 1/2 or 1, and every sentence has one (its numeric statement).
     assert!(!conf.is_empty());
     assert!(conf.iter().all(|c| c.is_some_and(|c| [0.0, 0.5, 1.0].contains(&c))), "{conf:?}");
+    // DRL and SC never needed the warm-up.
+    assert!(!mmboundary::engine::LockFile::load(store.root()).unwrap().stages.contains_key("sft"));
+    // Multisample: m = 2 sampled chains per question, SFT data from their answer consistency (no scoring),
+    // SFT, and eval of the SFT policy.
+    let ms = common::tiny::pipeline_with(&model, |p| {
+        p.generate.samples = 2;
+        p.generate.temperature = 0.7;
+        p.map.levels_from = mmboundary::stages::map::LevelSource::AnswerConsistency;
+        p.eval.variants = vec!["sft".into()];
+    });
+    let s = ms.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    assert_eq!(s.ran, ["generate", "map", "sft", "eval"]);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let data = store.read_table(&ArtifactId::parse(&lock.stages["map"].outputs["sft_data"].id).unwrap()).unwrap().concat().unwrap();
+    assert_eq!(data.num_rows(), 8, "4 questions × 2 samples");
     // The same pipeline from SFT is another run: its RL stages are stale, nothing of DRL's is reused.
     let stale: Vec<String> =
         build(PolicyStart::Sft).status(&store, &[]).unwrap().into_iter().filter(|s| !s.is_fresh()).map(|s| s.stage).collect();
-    assert!(stale.contains(&"rollout_0".to_string()) && !stale.contains(&"sft".to_string()), "{stale:?}");
+    assert!(stale.contains(&"rollout_0".to_string()), "{stale:?}");
 }
 
 /// `mmb compare`'s table: the baselines' heading, every row's cells by split, the number of items behind
@@ -264,4 +287,59 @@ fn sc_rewrites_the_greedy_chain_with_its_agreement() {
     ];
     let text = sc_chain_text(&judge(), &it, greedy, &samples, 0.64, &acc).unwrap();
     assert_eq!(text, "There is a red circle in the image. Confidence: 0.67. So the answer is circle. Confidence: 0.67.");
+}
+
+/// Multisample's SFT data from known chains: 4 samples of one item answer circle, circle, square and
+/// nothing, so their consistencies are 2/4, 2/4, 1/4 and 0: levels 3, 3, 2 and 1 (nearest of 0, .25, …, 1),
+/// the level's statement after every sentence.
+#[test]
+fn multisample_targets_say_the_answer_consistency() {
+    use arrow::array::{ArrayRef, ListBuilder, StringArray, StringBuilder, UInt32Array};
+    use mmboundary::confidence::consistency::consistency_level;
+    use mmboundary::confidence::statements::StatementPool;
+    use mmboundary::stages::map::{consistency_sft_data, LevelSource, MapParams};
+    assert_eq!([0.0, 0.1, 0.125, 0.25, 0.5, 0.6, 0.9, 1.0].map(|c| consistency_level(c).unwrap()), [1, 1, 2, 2, 3, 3, 5, 5]);
+    assert!(consistency_level(1.5).is_err());
+    let mut it = item();
+    it.split = "train".into();
+    let chains_sents = [
+        vec!["There is a red circle.", "So the answer is circle."],
+        vec!["I see a circle.", "So the answer is (A)."],
+        vec!["There is a square.", "So the answer is square."],
+        vec!["The object is red."],
+    ];
+    let mut sb = ListBuilder::new(StringBuilder::new());
+    for c in &chains_sents {
+        for s in c {
+            sb.values().append_value(s);
+        }
+        sb.append(true);
+    }
+    let n = chains_sents.len();
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("item_id", std::sync::Arc::new(StringArray::from(vec!["x1"; n]))),
+        ("split", std::sync::Arc::new(StringArray::from(vec!["train"; n]))),
+        ("sample", std::sync::Arc::new(UInt32Array::from((0..n as u32).collect::<Vec<_>>()))),
+        ("sentences", std::sync::Arc::new(sb.finish())),
+    ];
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(cols).unwrap();
+    let pool_text = std::fs::read_to_string(pool_path()).unwrap();
+    let pool = StatementPool::from_toml(&pool_text, "statements.toml").unwrap();
+    let params = MapParams { pool: pool_path(), levels_from: LevelSource::AnswerConsistency, ..Default::default() };
+    let out = consistency_sft_data(&pool, &params, &[it], &batch).unwrap();
+    let targets: Vec<String> = out.column_by_name("target").unwrap().as_string::<i32>().iter().map(|t| t.unwrap().to_string()).collect();
+    assert_eq!(targets.len(), 4);
+    let level_of = |statement: &str| -> Vec<u8> {
+        let norm = |x: &str| x.trim().trim_end_matches('.').to_lowercase();
+        pool.iter().filter(|(_, t)| norm(t) == norm(statement)).map(|(l, _)| l).collect()
+    };
+    let parser = mmboundary::confidence::parser::Parser::new(&pool, Default::default());
+    for (target, (want, sents)) in targets.iter().zip([3u8, 3, 2, 1].iter().zip(&chains_sents)) {
+        let parsed = parser.parse(target);
+        assert_eq!(parsed.pairs.len(), sents.len(), "{target}");
+        for p in &parsed.pairs {
+            let st = p.statement.as_deref().unwrap_or_else(|| panic!("no statement in {target}"));
+            assert_eq!(level_of(st), vec![*want], "{st:?} in {target}");
+        }
+    }
 }

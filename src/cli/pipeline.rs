@@ -25,7 +25,7 @@ pub struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
-    /// Run each variant up to this stage (default: everything).
+    /// Run each variant up to this stage (default: everything for `sweep`, `eval` for `compare`).
     pub target: Option<String>,
     /// The variants (default: `<stages>/sweep.toml`).
     #[arg(long)]
@@ -178,7 +178,9 @@ fn run_variants(store: &Path, stages: &Path, a: SweepArgs, kind: VariantTable) -
     for v in sweep.variant.iter().filter(|v| a.only.is_empty() || a.only.contains(&v.name)) {
         let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
         let pipeline = crate::stages::pipeline_with(&configs)?;
-        let opts = RunOptions { target: a.target.clone(), jobs: a.jobs, lock: Some(v.name.clone()), ..Default::default() };
+        // A baseline runs up to its eval (what the table reads), not the report of its own lock.
+        let target = a.target.clone().or_else(|| matches!(kind, VariantTable::Baselines).then(|| "eval".to_string()));
+        let opts = RunOptions { target, jobs: a.jobs, lock: Some(v.name.clone()), ..Default::default() };
         let s = pipeline.run(&store, &opts)?;
         println!(
             "{:<24} ran [{}]  restored [{}]  up to date {}  ({:.1} s){}",

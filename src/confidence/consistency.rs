@@ -71,3 +71,12 @@ pub fn render_with_confidences(sentences: &[String], confidences: &[f64]) -> Res
         .collect();
     Ok(render(&pairs))
 }
+
+/// The statement level (1–5, values 0, 0.25, …, 1) nearest a consistency confidence on [0, 1] (ties
+/// upwards), so the Multisample baseline's SFT targets say it with the pool's statements.
+pub fn consistency_level(confidence: f64) -> Result<u8> {
+    if !(0.0..=1.0).contains(&confidence) {
+        return Err(ConfidenceError::OutOfRange { at: Location::Dataset, field: "consistency", value: confidence, expected: "[0, 1]" });
+    }
+    Ok(1 + (confidence * 4.0).round() as u8)
+}

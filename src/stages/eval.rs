@@ -125,15 +125,15 @@ impl Stage for EvalStage {
         "4"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![
-            InputSpec::new("items", "dataset", "items"),
-            InputSpec::new("features", "features", "features"),
-            InputSpec::new("sft_checkpoint", "sft", "checkpoint"),
-            InputSpec::new("ppo_checkpoint", "ppo", "checkpoint"),
-        ]
-        .into_iter()
-        .chain(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM))
-        .collect()
+        // A checkpoint is an input only when a policy reads it (a baseline of `mmb compare` that evaluates
+        // the vanilla model alone needs no training); the default three policies read both.
+        let wants = |v: &str| self.params.variants.iter().any(|x| x == v);
+        vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")]
+            .into_iter()
+            .chain(wants("sft").then(|| InputSpec::new("sft_checkpoint", "sft", "checkpoint")))
+            .chain(wants("full").then(|| InputSpec::new("ppo_checkpoint", "ppo", "checkpoint")))
+            .chain(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM))
+            .collect()
     }
     fn outputs(&self) -> Vec<String> {
         vec!["sentences".into(), "metrics".into()]

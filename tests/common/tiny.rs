@@ -44,11 +44,35 @@ pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
     pipeline_full(model, PpoStageParams { iterations, ..ppo_params(model, alpha) }, eval_params(model))
 }
 
-/// The default tiny pipeline with `edit` applied to its PPO and eval params (the baselines' variants).
-pub fn pipeline_with(model: &Path, edit: impl FnOnce(&mut PpoStageParams, &mut EvalParams)) -> Pipeline {
-    let (mut ppo, mut eval) = (ppo_params(model, 1.0 / 3.0), eval_params(model));
-    edit(&mut ppo, &mut eval);
-    pipeline_full(model, ppo, eval)
+/// The params of the tiny pipeline a baseline edits.
+pub struct TinyParams {
+    pub generate: GenerateParams,
+    pub map: MapParams,
+    pub ppo: PpoStageParams,
+    pub eval: EvalParams,
+}
+
+/// The default tiny pipeline with `edit` applied to its params (the baselines' variants).
+pub fn pipeline_with(model: &Path, edit: impl FnOnce(&mut TinyParams)) -> Pipeline {
+    let mut p = TinyParams {
+        generate: generate_params(model),
+        map: MapParams { pool: pool_path(), ..Default::default() },
+        ppo: ppo_params(model, 1.0 / 3.0),
+        eval: eval_params(model),
+    };
+    edit(&mut p);
+    pipeline_parts(model, p)
+}
+
+fn generate_params(model: &Path) -> GenerateParams {
+    GenerateParams {
+        model: Some(model.to_path_buf()),
+        limit: Some(4),
+        batch: 4,
+        max_new_tokens: 12,
+        device: "cpu".into(),
+        ..Default::default()
+    }
 }
 
 pub fn eval_params(model: &Path) -> EvalParams {
@@ -65,6 +89,12 @@ pub fn eval_params(model: &Path) -> EvalParams {
 }
 
 fn pipeline_full(model: &Path, ppo: PpoStageParams, eval: EvalParams) -> Pipeline {
+    let map = MapParams { pool: pool_path(), ..Default::default() };
+    pipeline_parts(model, TinyParams { generate: generate_params(model), map, ppo, eval })
+}
+
+fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {
+    let TinyParams { generate, map, ppo, eval } = p;
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage {
             params: DatasetParams {
@@ -77,16 +107,7 @@ fn pipeline_full(model: &Path, ppo: PpoStageParams, eval: EvalParams) -> Pipelin
             params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8, merge: 1 },
             session: Default::default(),
         }),
-        Box::new(GenerateStage {
-            params: GenerateParams {
-                model: Some(model.to_path_buf()),
-                limit: Some(4),
-                batch: 4,
-                max_new_tokens: 12,
-                device: "cpu".into(),
-                ..Default::default()
-            },
-        }),
+        Box::new(GenerateStage { params: generate }),
         Box::new(ScoreStage {
             params: ScoreParams {
                 minilm: mmboundary::encoders::minilm::default_model_dir(),
@@ -96,7 +117,7 @@ fn pipeline_full(model: &Path, ppo: PpoStageParams, eval: EvalParams) -> Pipelin
             session: Default::default(),
         }),
         Box::new(BinStage { params: BinParams::default() }),
-        Box::new(MapStage { params: MapParams { pool: pool_path(), ..Default::default() } }),
+        Box::new(MapStage { params: map }),
         Box::new(SftStage {
             params: SftStageParams {
                 model: Some(model.to_path_buf()),
