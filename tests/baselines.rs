@@ -1,7 +1,7 @@
 //! The paper's baselines (`stages/baselines.toml`, `mmb compare`): each baseline's file entry builds its
 //! pipeline, its prompt's output is parsed as eval reads it, and DRL's PPO starts from (and is anchored to)
 //! the vanilla model on the tiny pipeline.
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float64Type;
 use mmboundary::engine::RunOptions;
 use mmboundary::stages::chain_judge::ChainJudge;
@@ -38,7 +38,7 @@ fn judge() -> ChainJudge {
 fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
     let f = baselines();
     let names: Vec<&str> = f.variant.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["dpv", "dps", "drl", "sc", "multisample"]);
+    assert_eq!(names, ["dpv", "dps", "drl", "sc", "multisample", "sayself"]);
     for v in &f.variant {
         let configs = StageConfigs { dir: stages_dir(), overrides: v.params.clone() };
         let p = mmboundary::stages::pipeline_with(&configs).unwrap_or_else(|e| panic!("{}: {e:#}", v.name));
@@ -75,6 +75,16 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
                 assert_eq!(map_inputs, ["generate", "dataset"]);
                 let g: mmboundary::stages::generate::GenerateParams = configs.params("generate").unwrap();
                 assert!(g.samples > 1 && g.temperature > 0.1);
+            }
+            "sayself" => {
+                assert_eq!(v.row(), "full");
+                assert_eq!(ppo.reward, mmboundary::stages::ppo::RewardKind::Sayself);
+                assert!(eval.broadcast_last_statement);
+                let map: mmboundary::stages::map::MapParams = configs.params("map").unwrap();
+                assert_eq!(map.format, mmboundary::stages::map::StatementFormat::ResponseNumeric);
+                // The same sampled chains as Multisample: one generate for both.
+                let ms = f.variant.iter().find(|v| v.name == "multisample").unwrap();
+                assert_eq!(v.params["generate"], ms.params["generate"]);
             }
             other => panic!("untested baseline {other}"),
         }
@@ -195,6 +205,39 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let data = store.read_table(&ArtifactId::parse(&lock.stages["map"].outputs["sft_data"].id).unwrap()).unwrap().concat().unwrap();
     assert_eq!(data.num_rows(), 8, "4 questions × 2 samples");
+    // SaySelf: the same sampled chains (generate is cached), consistency SFT with one numeric statement,
+    // PPO with SaySelf's reward, eval broadcasting the response's confidence.
+    let ss = common::tiny::pipeline_with(&model, |p| {
+        p.generate.samples = 2;
+        p.generate.temperature = 0.7;
+        p.map.levels_from = mmboundary::stages::map::LevelSource::AnswerConsistency;
+        p.map.format = mmboundary::stages::map::StatementFormat::ResponseNumeric;
+        p.ppo.reward = mmboundary::stages::ppo::RewardKind::Sayself;
+        p.eval.variants = vec!["full".into()];
+        p.eval.broadcast_last_statement = true;
+    });
+    let s = ss.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    assert!(!s.ran.iter().any(|r| r == "generate") && s.ran.iter().any(|r| r == "update_1"), "{:?}", s.ran);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let data = store.read_table(&ArtifactId::parse(&lock.stages["map"].outputs["sft_data"].id).unwrap()).unwrap().concat().unwrap();
+    let targets = data.column_by_name("target").unwrap().as_string::<i32>();
+    assert!(targets.iter().all(|t| t.unwrap().ends_with("/10.")), "{targets:?}");
+    let ro = store.read_table(&ArtifactId::parse(&lock.stages["ppo"].outputs["rollouts"].id).unwrap()).unwrap().concat().unwrap();
+    let rewards: Vec<f64> = ro.column_by_name("reward").unwrap().as_primitive::<Float64Type>().values().to_vec();
+    assert!(rewards.iter().all(|r| *r == -1.0 || (-1.0..=1.0).contains(r)), "{rewards:?}");
+    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
+    let (ids, stated, used) = (
+        rows.column_by_name("item_id").unwrap().as_string::<i32>(),
+        rows.column_by_name("confidence").unwrap().as_primitive::<Float64Type>(),
+        rows.column_by_name("metric_confidence").unwrap().as_primitive::<Float64Type>(),
+    );
+    for r in 0..rows.num_rows() {
+        // A sentence without statement takes its chain's last stated confidence (0.5 when it has none).
+        let chain: Vec<usize> = (0..rows.num_rows()).filter(|&q| ids.value(q) == ids.value(r)).collect();
+        let last = chain.iter().rev().find(|&&q| !stated.is_null(q)).map(|&q| stated.value(q));
+        let want = if stated.is_null(r) { last.unwrap_or(0.5) } else { stated.value(r) };
+        assert_eq!(used.value(r), want, "row {r}");
+    }
     // The same pipeline from SFT is another run: its RL stages are stale, nothing of DRL's is reused.
     let stale: Vec<String> =
         build(PolicyStart::Sft).status(&store, &[]).unwrap().into_iter().filter(|s| !s.is_fresh()).map(|s| s.stage).collect();
@@ -342,4 +385,92 @@ fn multisample_targets_say_the_answer_consistency() {
             assert_eq!(level_of(st), vec![*want], "{st:?} in {target}");
         }
     }
+}
+
+/// SaySelf's reward on hand-computed values, and on a scored rollout: "So, the answer is circle." is right
+/// and says 8/10, so R = 1 − 2·(1 − 0.8)² = 0.92, all of it on the token that ends "8/10.".
+#[test]
+fn sayself_reward_on_hand_computed_values() {
+    use mmboundary::confidence::levels::{FusionParams, LevelModel};
+    use mmboundary::confidence::rewards::sayself_reward;
+    use mmboundary::stages::ppo::{RewardKind, RewardModel};
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(sayself_reward(1.0, Some(0.8)).unwrap(), 0.92));
+    assert!(close(sayself_reward(0.0, Some(0.8)).unwrap(), -0.28));
+    assert!(close(sayself_reward(0.5, Some(0.5)).unwrap(), 1.0));
+    assert_eq!(sayself_reward(1.0, None).unwrap(), -1.0);
+    assert!(sayself_reward(1.0, Some(1.2)).is_err());
+
+    let rows: Vec<[f64; 4]> =
+        (0..20).map(|i| [1.0 + i as f64 * 0.1, 0.5 + (i % 7) as f64 * 0.2, (i % 5) as f64 * 0.1, 0.2 + (i % 3) as f64 * 0.05]).collect();
+    let levels = LevelModel::fit(&rows, &FusionParams::default()).unwrap();
+    let params = PpoStageParams {
+        minilm: mmboundary::encoders::minilm::default_model_dir(),
+        clip: Some(common::fixtures().join("encoders/clip_tiny")),
+        pool: pool_path(),
+        reward: RewardKind::Sayself,
+        ..Default::default()
+    };
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels, &Default::default()).unwrap();
+    let image = rm.clip.text.encode(&["a red circle"]).unwrap().embeddings.data;
+    let mut it = item();
+    it.source = "test".into();
+    let r = common::tokens_of("There is a red circle in the image. So, the answer is circle. Confidence: 8/10.");
+    let s = rm.score(&it, &image, &r).unwrap();
+    assert_eq!(s.expressed, vec![None, Some(0.8)], "{s:?}");
+    assert!(close(s.total, 0.92) && close(s.ka, 1.0) && close(s.ec, 0.92), "{s:?}");
+    let last = r.tokens.iter().position(|t| t.text == " 8/10.").unwrap();
+    assert_eq!(s.token_rewards, vec![(last, s.total)]);
+    // The wrong answer with the same confidence: 1 − 2·0.8² = −0.28.
+    let s = rm
+        .score(&it, &image, &common::tokens_of("There is a red circle in the image. So, the answer is square. Confidence: 8/10."))
+        .unwrap();
+    assert!(close(s.total, -0.28) && close(s.ka, 0.0), "{s:?}");
+    // No confidence at all: −1.
+    let s = rm.score(&it, &image, &common::tokens_of("There is a red circle in the image. So, the answer is circle.")).unwrap();
+    assert_eq!(s.total, -1.0);
+}
+
+/// SaySelf's SFT target: the chain, then its consistency once on 0–10 ("Confidence: 5/10." for 2 of 4).
+#[test]
+fn sayself_targets_say_the_consistency_once_after_the_response() {
+    use arrow::array::{ArrayRef, ListBuilder, StringArray, StringBuilder, UInt32Array};
+    use mmboundary::confidence::statements::StatementPool;
+    use mmboundary::stages::map::{consistency_sft_data, LevelSource, MapParams, StatementFormat};
+    let mut it = item();
+    it.split = "train".into();
+    let chains =
+        [vec!["A circle.", "So the answer is circle."], vec!["So the answer is square."], vec!["So the answer is (A)."], vec!["Hmm."]];
+    let mut sb = ListBuilder::new(StringBuilder::new());
+    for c in &chains {
+        for s in c {
+            sb.values().append_value(s);
+        }
+        sb.append(true);
+    }
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("item_id", std::sync::Arc::new(StringArray::from(vec!["x1"; 4]))),
+        ("split", std::sync::Arc::new(StringArray::from(vec!["train"; 4]))),
+        ("sample", std::sync::Arc::new(UInt32Array::from(vec![0u32, 1, 2, 3]))),
+        ("sentences", std::sync::Arc::new(sb.finish())),
+    ];
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(cols).unwrap();
+    let pool = StatementPool::from_toml(&std::fs::read_to_string(pool_path()).unwrap(), "statements.toml").unwrap();
+    let params = MapParams {
+        pool: pool_path(),
+        levels_from: LevelSource::AnswerConsistency,
+        format: StatementFormat::ResponseNumeric,
+        ..Default::default()
+    };
+    let out = consistency_sft_data(&pool, &params, &[it], &batch).unwrap();
+    let targets: Vec<&str> = out.column_by_name("target").unwrap().as_string::<i32>().iter().map(|t| t.unwrap()).collect();
+    assert_eq!(
+        targets,
+        [
+            "A circle. So the answer is circle. Confidence: 5/10.",
+            "So the answer is square. Confidence: 3/10.",
+            "So the answer is (A). Confidence: 5/10.",
+            "Hmm. Confidence: 0/10."
+        ]
+    );
 }

@@ -75,6 +75,11 @@ pub struct EvalParams {
     /// so of the cache key) when it is the default.
     #[serde(skip_serializing_if = "super::self_consistency::ScParams::is_default")]
     pub sc: super::self_consistency::ScParams,
+    /// A response-level confidence (the SaySelf baseline writes one, after the answer) stands for every
+    /// sentence of its chain that has no statement of its own, instead of `missing_confidence`: the chain's
+    /// last stated confidence, broadcast. Left out of the params (and the key) when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub broadcast_last_statement: bool,
 }
 
 impl Default for EvalParams {
@@ -102,6 +107,7 @@ impl Default for EvalParams {
             missing_confidence: Some(0.5),
             metrics: MetricsParams::default(),
             sc: Default::default(),
+            broadcast_last_statement: false,
         }
     }
 }
@@ -303,6 +309,9 @@ pub fn evaluate(
         let levels = assign_levels(n, &similarity, &ref_levels)?;
         let sentences: Vec<&str> = judged.iter().map(|j| j.pair.sentence.as_str()).collect();
         let ans = answer_correct(item, &sentences, &params.metrics);
+        // The value of a sentence without statement: the chain's last statement (broadcast), or the default.
+        let broadcast = if params.broadcast_last_statement { judged.iter().rev().find_map(|j| j.expressed) } else { None };
+        let missing = broadcast.or(params.missing_confidence);
         for (t, j) in judged.iter().enumerate() {
             o_var.append_value(&c.variant);
             o_split.append_value(&item.split);
@@ -316,9 +325,9 @@ pub fn evaluate(
             o_ans.append_value(ans);
             o_text.append_value(&c.text);
             o_judge.append_value(&judge_name);
-            o_metric_conf.append_option(j.expressed.or(params.missing_confidence));
+            o_metric_conf.append_option(j.expressed.or(missing));
         }
-        let confidence = judged.iter().map(|j| j.expressed.or(params.missing_confidence)).collect();
+        let confidence = judged.iter().map(|j| j.expressed.or(missing)).collect();
         groups.entry((c.variant.clone(), item.split.clone())).or_default().push(Judged {
             split: item.split.clone(),
             sentence_correct: correct,

@@ -1,6 +1,6 @@
 //! `map`: the warm-up (SFT) data (§3.1.2): every generated sentence followed by a confidence statement
 //! drawn from the pool of its level, keyed by item and sentence so the draw is reproducible.
-use crate::confidence::parser::{interleave, render};
+use crate::confidence::parser::{interleave, render, ParsedPair};
 use crate::confidence::statements::StatementPool;
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::array::{ArrayRef, AsArray, StringBuilder, UInt32Builder};
@@ -25,6 +25,27 @@ pub struct MapParams {
     /// params (and the cache key) when it is the default.
     #[serde(skip_serializing_if = "LevelSource::is_signals")]
     pub levels_from: LevelSource,
+    /// How the confidence is written (with `levels_from = "answer_consistency"`): a pool statement after
+    /// every sentence (default), or once after the response as "Confidence: N/10." (N = the consistency on
+    /// SaySelf's 0–10 scale, rounded), SaySelf's `sft_without_reason_with_conf` target: the self-reflective
+    /// rationale SaySelf has GPT-4 write is left out (it needs an outside LLM).
+    #[serde(skip_serializing_if = "StatementFormat::is_pool")]
+    pub format: StatementFormat,
+}
+
+/// How [`consistency_sft_data`] writes a chain's confidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatementFormat {
+    #[default]
+    Pool,
+    ResponseNumeric,
+}
+
+impl StatementFormat {
+    fn is_pool(&self) -> bool {
+        *self == StatementFormat::Pool
+    }
 }
 
 /// The levels of the SFT statements.
@@ -50,7 +71,13 @@ impl LevelSource {
 
 impl Default for MapParams {
     fn default() -> Self {
-        Self { pool: PathBuf::from("stages/statements.toml"), seed: 0, splits: vec!["train".into()], levels_from: LevelSource::Signals }
+        Self {
+            pool: PathBuf::from("stages/statements.toml"),
+            seed: 0,
+            splits: vec!["train".into()],
+            levels_from: LevelSource::Signals,
+            format: StatementFormat::Pool,
+        }
     }
 }
 
@@ -176,11 +203,20 @@ pub fn consistency_sft_data(
             if sents.is_empty() {
                 continue;
             }
-            let level = consistency_level(answer_agreement(key.as_deref(), &keys)?)?;
-            let pairs = interleave(pool, params.seed, &format!("{id}#{sample}"), sents, &vec![level; sents.len()])?;
+            let consistency = answer_agreement(key.as_deref(), &keys)?;
+            let target = match params.format {
+                StatementFormat::Pool => {
+                    let level = consistency_level(consistency)?;
+                    render(&interleave(pool, params.seed, &format!("{id}#{sample}"), sents, &vec![level; sents.len()])?)
+                }
+                StatementFormat::ResponseNumeric => {
+                    let pairs: Vec<ParsedPair> = sents.iter().map(|s| ParsedPair { sentence: s.clone(), statement: None }).collect();
+                    format!("{} Confidence: {}/10.", render(&pairs), (consistency * 10.0).round() as u32)
+                }
+            };
             o_id.append_value(&id);
             o_sample.append_value(*sample);
-            o_target.append_value(render(&pairs));
+            o_target.append_value(target);
         }
     }
     let cols: Vec<ArrayRef> = vec![Arc::new(o_id.finish()), Arc::new(o_sample.finish()), Arc::new(o_target.finish())];

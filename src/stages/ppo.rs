@@ -69,6 +69,26 @@ fn default_start_mode() -> serde_json::Value {
     serde_json::json!("Full")
 }
 
+/// The reward PPO maximizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    /// MMBoundary's R = α R_KA + β R_EC + γ R_CS (eq. 10–13).
+    #[default]
+    Mmboundary,
+    /// The SaySelf baseline's R = 1 − 2·(correct − confidence)² on the final answer
+    /// ([`crate::confidence::rewards::sayself_reward`]): correctness as eval scores the answer, confidence
+    /// the statement of the last sentence that has one (−1 when none), placed on that statement's last
+    /// token. Logged as r_ka = answer correctness, r_ec = R, r_cs = 0.
+    Sayself,
+}
+
+impl RewardKind {
+    fn is_mmboundary(&self) -> bool {
+        *self == RewardKind::Mmboundary
+    }
+}
+
 /// Which frozen model the KL penalty compares the policy with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -112,6 +132,9 @@ pub struct PpoStageParams {
     /// gives DRL "the same hyperparameters" as MMBoundary, so the same fine-tuning mode as its SFT.
     #[serde(skip_serializing_if = "is_full_mode", default = "default_start_mode")]
     pub start_mode: serde_json::Value,
+    /// MMBoundary's reward (default) or SaySelf's. Left out of the params (and the cache keys) when default.
+    #[serde(skip_serializing_if = "RewardKind::is_mmboundary")]
+    pub reward: RewardKind,
     /// α, β, γ (1/3 each), the switches of the "w/o R_KA/R_EC/R_CS" ablations, the match threshold of
     /// I(z_t) and what a sentence without statement contributes.
     pub rewards: RewardParams,
@@ -153,6 +176,7 @@ impl Default for PpoStageParams {
             reference: ReferencePolicy::Sft,
             start: PolicyStart::Sft,
             start_mode: default_start_mode(),
+            reward: RewardKind::Mmboundary,
             rewards: RewardParams::default(),
             empty_response_reward: -1.0,
             backward: BackwardParams::default(),
@@ -499,7 +523,14 @@ impl RewardModel {
             }
             sentence += judged.len();
             k += 1;
-            out.push(self.finish(r, judged, correct, spans, &rows)?);
+            out.push(match self.params.reward {
+                RewardKind::Mmboundary => self.finish(r, judged, correct, spans, &rows)?,
+                RewardKind::Sayself => {
+                    let mut score = self.finish(r, judged, correct, spans, &rows)?;
+                    self.sayself(item, r, &mut score)?;
+                    score
+                }
+            });
         }
         Ok(out)
     }
@@ -569,6 +600,26 @@ impl RewardModel {
             total: rw.total,
             token_rewards,
         })
+    }
+}
+
+impl RewardModel {
+    /// Replaces MMBoundary's reward of a scored rollout by SaySelf's ([`RewardKind::Sayself`]).
+    fn sayself(&self, item: &Item, r: &RolloutTokens, score: &mut RolloutScore) -> anyhow::Result<()> {
+        let sentences: Vec<&str> = score.sentences.iter().map(String::as_str).collect();
+        let correct = super::eval::answer_correct(item, &sentences, &crate::metrics::MetricsParams::default());
+        let last = (0..score.expressed.len()).rev().find(|&t| score.expressed[t].is_some());
+        let total = crate::confidence::rewards::sayself_reward(correct, last.and_then(|t| score.expressed[t]))
+            .map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
+        // On the token that ends the answer's statement (MMBoundary's placement puts each statement's share
+        // there), else the last token.
+        let at = last.and_then(|t| score.token_rewards.get(t).map(|x| x.0)).unwrap_or(r.tokens.len().saturating_sub(1));
+        score.ka = correct;
+        score.ec = total;
+        score.cs = 0.0;
+        score.total = total;
+        score.token_rewards = vec![(at, total)];
+        Ok(())
     }
 }
 
