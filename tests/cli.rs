@@ -183,3 +183,30 @@ fn mmb_works_from_any_folder_inside_the_project_and_a_preset_run_points_at_its_o
     assert_eq!(std::fs::read_to_string(line.trim_start_matches("report: ")).unwrap(), "preset", "{line}");
     assert!(preset_report.is_file());
 }
+
+#[test]
+fn compare_runs_the_baselines_file_under_their_own_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = dir.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    std::fs::write(stages.join("dataset.toml"), "[params]\nn_items = 6\nimage_size = 32\nchunk = 3\n").unwrap();
+    std::fs::write(
+        stages.join("baselines.toml"),
+        "[[variant]]\nname = \"b1\"\ndescription = \"a baseline\"\nrow = \"vanilla\"\n[variant.params.dataset]\nseed = 1\n",
+    )
+    .unwrap();
+    let store = dir.path().join("artifacts");
+    let mmb = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(&store).arg("--stages").arg(&stages).args(args).output().unwrap()
+    };
+    let o = mmb(&["compare", "dataset"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l.starts_with("b1") && l.contains("ran [dataset]") && l.contains("a baseline")), "{out}");
+    let lock = mmboundary::engine::LockFile::load_named(&store, Some("b1")).unwrap();
+    assert!(lock.stages.contains_key("dataset"), "the baseline's own lock records its run");
+    assert!(!mmboundary::engine::LockFile::load(&store).unwrap().stages.contains_key("dataset"), "the main lock is untouched");
+    let o = mmb(&["compare", "--only", "nope", "dataset"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("baselines.toml") && err.contains("nope"), "{err}");
+}

@@ -3,16 +3,15 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, UInt32Type};
 use mmboundary::confidence::levels::{FusionParams, LevelModel};
-use mmboundary::confidence::uncertainty::TokenInfo;
 use mmboundary::data::{Item, ReferenceChain};
 use mmboundary::engine::{Pipeline, RunOptions};
 use mmboundary::stages::eval::EvalParams;
-use mmboundary::stages::ppo::{PpoStageParams, RewardModel, RolloutTokens};
+use mmboundary::stages::ppo::{PpoStageParams, RewardModel};
 use mmboundary::store::{ArtifactId, ArtifactKind, Store};
 
 mod common;
 use common::tiny::{pipeline, pipeline_k, pool_path};
-use common::{fixtures, tiny_llava};
+use common::{fixtures, tiny_llava, tokens_of};
 
 fn f64s(b: &arrow::record_batch::RecordBatch, col: &str) -> Vec<Option<f64>> {
     b.column_by_name(col).unwrap_or_else(|| panic!("no column {col}")).as_primitive::<Float64Type>().iter().collect()
@@ -170,26 +169,6 @@ fn item() -> Item {
         reasoning: vec!["So, the answer is circle.".into()],
     };
     it
-}
-
-/// Word-level tokens of `text` (each with its leading space) and their byte ends.
-fn tokens_of(text: &str) -> RolloutTokens {
-    let mut tokens = Vec::new();
-    let mut ends = Vec::new();
-    let mut at = 0;
-    for (i, w) in text.split(' ').enumerate() {
-        let piece = if i == 0 { w.to_string() } else { format!(" {w}") };
-        at += piece.len();
-        tokens.push(TokenInfo {
-            id: i as u32,
-            text: piece,
-            log_prob: -0.1 * (i % 5) as f64,
-            entropy: 0.2 * (i % 3) as f64,
-            is_special: false,
-        });
-        ends.push(at);
-    }
-    RolloutTokens { text: text.to_string(), tokens, token_ends: ends }
 }
 
 #[test]

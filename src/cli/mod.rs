@@ -29,6 +29,9 @@ pub enum Command {
     Run(pipeline::RunArgs),
     /// Run every variant of stages/sweep.toml (the paper's ablations), each sharing every stage it can.
     Sweep(pipeline::SweepArgs),
+    /// Run the paper's baselines of stages/baselines.toml (DPV, DPS, DRL, …), each sharing every stage it
+    /// can, and write Table 1's upper half with Table 8's AUROC next to MMBoundary and "w/o RL".
+    Compare(pipeline::SweepArgs),
     /// Each stage: up to date or stale, and why (with --remote: what is pushed to a remote).
     Status(remote::StatusArgs),
     /// The stage graph (text, or Graphviz with --dot).
@@ -104,6 +107,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => pipeline::run(store, stages, a),
         Command::Sweep(a) => pipeline::sweep(store, stages, a),
+        Command::Compare(a) => pipeline::compare(store, stages, a),
         Command::Status(a) => match a.remote {
             None => pipeline::status(store, stages),
             Some(name) => remote::status(store, stages, &name),

@@ -25,7 +25,7 @@ pub struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
-    /// Run each variant up to this stage (default: everything).
+    /// Run each variant up to this stage (default: everything for `sweep`, `eval` for `compare`).
     pub target: Option<String>,
     /// The variants (default: `<stages>/sweep.toml`).
     #[arg(long)]
@@ -131,7 +131,45 @@ pub fn render_dag(p: &Pipeline, dot: bool) -> String {
 /// Runs every variant of the sweep file, each under its own lock; stages a variant shares with the main
 /// pipeline or another variant come from the run-cache.
 pub fn sweep(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCode> {
-    let file = a.file.unwrap_or_else(|| stages.join("sweep.toml"));
+    run_variants(store, stages, a, VariantTable::Ablations)
+}
+
+/// `mmb compare`: the baselines of `stages/baselines.toml` as `sweep` runs its variants, then Table 1's
+/// upper half (with Table 8's AUROC) in `artifacts/compare.md`.
+pub fn compare(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCode> {
+    run_variants(store, stages, a, VariantTable::Baselines)
+}
+
+/// Which table a run of variants ends with, and where it is written.
+#[derive(Clone, Copy)]
+enum VariantTable {
+    Ablations,
+    Baselines,
+}
+
+impl VariantTable {
+    fn default_file(self) -> &'static str {
+        match self {
+            Self::Ablations => "sweep.toml",
+            Self::Baselines => "baselines.toml",
+        }
+    }
+    fn out(self) -> &'static str {
+        match self {
+            Self::Ablations => "sweep.md",
+            Self::Baselines => "compare.md",
+        }
+    }
+    fn heading(self) -> &'static str {
+        match self {
+            Self::Ablations => crate::report::page::ABLATION_HEADING,
+            Self::Baselines => crate::report::page::BASELINE_HEADING,
+        }
+    }
+}
+
+fn run_variants(store: &Path, stages: &Path, a: SweepArgs, kind: VariantTable) -> anyhow::Result<ExitCode> {
+    let file = a.file.unwrap_or_else(|| stages.join(kind.default_file()));
     let sweep = crate::stages::SweepFile::load(&file)?;
     let store = Store::open(store)?;
     for name in &a.only {
@@ -140,7 +178,9 @@ pub fn sweep(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCo
     for v in sweep.variant.iter().filter(|v| a.only.is_empty() || a.only.contains(&v.name)) {
         let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
         let pipeline = crate::stages::pipeline_with(&configs)?;
-        let opts = RunOptions { target: a.target.clone(), jobs: a.jobs, lock: Some(v.name.clone()), ..Default::default() };
+        // A baseline runs up to its eval (what the table reads), not the report of its own lock.
+        let target = a.target.clone().or_else(|| matches!(kind, VariantTable::Baselines).then(|| "eval".to_string()));
+        let opts = RunOptions { target, jobs: a.jobs, lock: Some(v.name.clone()), ..Default::default() };
         let s = pipeline.run(&store, &opts)?;
         println!(
             "{:<24} ran [{}]  restored [{}]  up to date {}  ({:.1} s){}",
@@ -154,8 +194,8 @@ pub fn sweep(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCo
     }
     // The table needs every variant's eval; a sweep to an earlier stage has none.
     if a.target.as_deref().is_none_or(|t| t == "eval" || t == "report") {
-        let table = ablation_table(&store, stages, &sweep)?;
-        let out = store.root().join("sweep.md");
+        let table = variant_table(&store, stages, &sweep, kind.heading())?;
+        let out = store.root().join(kind.out());
         crate::store::write_atomic(&out, table.as_bytes())?;
         println!("\n{table}\nwritten to {}", out.display());
     }
@@ -186,9 +226,10 @@ fn fresh_eval(store: &Store, pipeline: &Pipeline, lock: Option<&str>) -> anyhow:
     Ok(Some(FreshEval { rows, items, rule }))
 }
 
-/// The paper's ablation table (Table 1's lower half): the main run's full method and its SFT-only policy
-/// ("w/o RL"), then each variant's full method, from each lock's up-to-date eval.
-fn ablation_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile) -> anyhow::Result<String> {
+/// The paper's ablation table (Table 1's lower half) or baseline table (its upper half): the main run's
+/// full method and its SFT-only policy ("w/o RL"), then each variant's policy (`row`: `full` unless the
+/// variant says otherwise), from each lock's up-to-date eval.
+fn variant_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile, heading: &str) -> anyhow::Result<String> {
     let relabel = |rows: &[crate::report::page::MetricsRow], from: &str, to: &str| -> Vec<_> {
         rows.iter()
             .filter(|m| m.variant == from)
@@ -220,11 +261,12 @@ fn ablation_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile
         let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
         let label = v.description.clone().unwrap_or_else(|| v.name.clone());
         let e = fresh_eval(store, &crate::stages::pipeline_with(&configs)?, Some(&v.name))?;
-        let rows = e.as_ref().map(|e| relabel(&e.rows, "full", &label));
+        let rows = e.as_ref().map(|e| relabel(&e.rows, v.row(), &label));
         if let (Some(e), Some(r)) = (&e, &rows) {
-            add_cells(e, "full", &label, r)?;
+            add_cells(e, v.row(), &label, r)?;
         }
-        entries.push((format!("`mmb sweep --only {}`", v.name), label.clone(), rows));
+        let cmd = if heading == crate::report::page::BASELINE_HEADING { "compare" } else { "sweep" };
+        entries.push((format!("`mmb {cmd} --only {}`", v.name), label.clone(), rows));
     }
-    Ok(crate::report::page::ablation_markdown(&entries, &cells))
+    Ok(crate::report::page::variants_markdown(heading, &entries, &cells))
 }

@@ -21,6 +21,7 @@
 //! - rollout/ppo: [`parser::Parser::parse`] → [`statements::PoolIndex::map`] (EV) and
 //!   [`rewards::sentence_correctness`] (I) → [`rewards::response_reward`].
 //! - eval: the same parse + map, then `crate::metrics`.
+pub mod consistency;
 pub mod levels;
 pub mod parser;
 pub mod rewards;

@@ -373,6 +373,11 @@ fn scan_bare(s: &str) -> Option<(f64, usize)> {
 /// ".75", "75%", "Confidence: 8/10"); None for a statement that is not one number with its label.
 pub fn numeric_confidence(statement: &str) -> Option<f64> {
     let s = statement.trim().trim_end_matches(is_terminator).trim_end();
+    // "(Confidence: 80/100)", as the DPV baseline's prompt asks for it: the brackets are not part of it.
+    let s = match s.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
+        Some(inner) => inner.trim(),
+        None => s,
+    };
     let (v, n) = scan_labeled(s).or_else(|| scan_bare(s))?;
     (n == s.len()).then_some(v)
 }
@@ -408,7 +413,15 @@ fn numeric_spans(text: &str) -> Vec<(usize, usize)> {
             None
         };
         if let Some((_, n)) = hit {
-            out.push((i, extend_over_terminators(text, i + n)));
+            // A statement in brackets, "(Confidence: 80/100)", takes its brackets with it.
+            let open = text[..i].trim_end_matches([' ', '\t']).strip_suffix('(').map(str::len);
+            let after = &text[i + n..];
+            let close = after.trim_start_matches([' ', '\t']).starts_with(')').then(|| i + n + after.find(')').unwrap_or(0) + 1);
+            let (start, end) = match (open, close) {
+                (Some(o), Some(c)) if out.last().is_none_or(|&(_, e)| e <= o) => (o, c),
+                _ => (i, i + n),
+            };
+            out.push((start, extend_over_terminators(text, end)));
         }
     }
     out

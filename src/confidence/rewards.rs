@@ -156,3 +156,16 @@ pub fn response_reward(item: usize, sentences: &[SentenceSignals], params: &Rewa
         on(params.enable_ka) * params.alpha * ka + on(params.enable_ec) * params.beta * ec + on(params.enable_cs) * params.gamma * cs;
     Ok(ResponseReward { ka, ec, cs, total, per_sentence })
 }
+
+/// SaySelf's reward (Xu et al. 2024, `utils/utils.py::calculate_reward`): R = 1 − 2·(correctness −
+/// confidence)² on the final answer, both on [0, 1]; a response whose confidence cannot be read gets −1.
+pub fn sayself_reward(correct: f64, confidence: Option<f64>) -> Result<f64> {
+    let c = check_unit(Location::Dataset, "answer correctness", correct)?;
+    match confidence {
+        None => Ok(-1.0),
+        Some(q) => {
+            let q = check_unit(Location::Dataset, "answer confidence", q)?;
+            Ok(1.0 - 2.0 * (c - q).powi(2))
+        }
+    }
+}

@@ -131,10 +131,25 @@ pub fn ordered_splits(rows: &[MetricsRow]) -> Vec<String> {
 /// others are listed with the command that produces them. Cells with an estimate in `cells` (keyed by
 /// row label) show its 95 % bootstrap interval.
 pub fn ablation_markdown(entries: &[(String, String, Option<Vec<MetricsRow>>)], cells: &crate::report::intervals::Cells) -> String {
+    variants_markdown(ABLATION_HEADING, entries, cells)
+}
+
+/// The heading of `mmb sweep`'s table.
+pub const ABLATION_HEADING: &str = "Ablations (Table 1's lower half)";
+/// The heading of `mmb compare`'s table.
+pub const BASELINE_HEADING: &str = "Baselines (Table 1's upper half; AUROC: Table 8)";
+
+/// [`ablation_markdown`] under any heading, with the number of items behind each cell (`mmb compare`'s
+/// baselines table uses it as it is).
+pub fn variants_markdown(
+    heading: &str,
+    entries: &[(String, String, Option<Vec<MetricsRow>>)],
+    cells: &crate::report::intervals::Cells,
+) -> String {
     let rows: Vec<MetricsRow> = entries.iter().filter_map(|e| e.2.clone()).flatten().collect();
     let labels: Vec<String> = entries.iter().filter(|e| e.2.is_some()).map(|e| e.1.clone()).collect();
     let splits = ordered_splits(&rows);
-    let mut s = String::from("# Ablations (Table 1's lower half)\n\nECE, MECE, accuracy, chain F1, AUROC (level `all`).");
+    let mut s = format!("# {heading}\n\nECE, MECE, accuracy, chain F1, AUROC (level `all`).");
     if !cells.is_empty() {
         s.push_str(" Brackets: 95 % bootstrap intervals over items.");
     }
@@ -142,12 +157,31 @@ pub fn ablation_markdown(entries: &[(String, String, Option<Vec<MetricsRow>>)], 
     s.push_str(&table1_markdown_ci(&rows, &splits, &labels, cells));
     s.push_str("\n## Step-level Brier score\n\n");
     s.push_str(&brier_markdown_ci(&rows, &splits, &labels, cells));
+    s.push_str("\n## Items (responses) per cell\n\n");
+    s.push_str(&items_markdown(&rows, &splits, &labels));
     let missing: Vec<&(String, String, Option<Vec<MetricsRow>>)> = entries.iter().filter(|e| e.2.is_none()).collect();
     if !missing.is_empty() {
         s.push_str("\nNot run yet, or stale since:\n\n");
         for (how, label, _) in missing {
             let _ = writeln!(s, "- {label}: {how}");
         }
+    }
+    s
+}
+
+/// The number of responses (items) behind each variant's cells, by split (level `all`).
+pub fn items_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String]) -> String {
+    let mut s = format!("| variant | {} |\n|---|{}\n", splits.join(" | "), "---|".repeat(splits.len()));
+    for v in variants {
+        let cells: Vec<String> = splits
+            .iter()
+            .map(|sp| {
+                rows.iter()
+                    .find(|r| &r.variant == v && &r.split == sp && r.level == "all")
+                    .map_or("–".to_string(), |r| r.responses.to_string())
+            })
+            .collect();
+        let _ = writeln!(s, "| {v} | {} |", cells.join(" | "));
     }
     s
 }

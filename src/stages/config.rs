@@ -86,6 +86,17 @@ pub struct Variant {
     /// Stage → params overrides.
     #[serde(default)]
     pub params: BTreeMap<String, toml::Table>,
+    /// Which policy of the variant's `eval` is its result (`vanilla`, `sft`, `full` or `sc`; None: `full`). A
+    /// prompting baseline (`mmb compare`'s DPV, DPS) is the vanilla model under its own prompt.
+    #[serde(default)]
+    pub row: Option<String>,
+}
+
+impl Variant {
+    /// The eval policy whose rows are this variant's result.
+    pub fn row(&self) -> &str {
+        self.row.as_deref().unwrap_or("full")
+    }
 }
 
 impl SweepFile {
@@ -101,6 +112,15 @@ impl SweepFile {
                 v.name
             );
             anyhow::ensure!(seen.insert(v.name.clone()), "{}: variant {:?} appears twice", path.display(), v.name);
+            anyhow::ensure!(
+                super::eval::VARIANTS.contains(&v.row()) || v.row() == super::self_consistency::SC_POLICY,
+                "{}: variant {:?}: row {:?} is not an eval policy (expected one of {:?} or {:?})",
+                path.display(),
+                v.name,
+                v.row(),
+                super::eval::VARIANTS,
+                super::self_consistency::SC_POLICY
+            );
         }
         Ok(f)
     }

@@ -72,6 +72,15 @@ pub struct EvalParams {
     pub missing_confidence: Option<f64>,
     /// ECE bins, chain-F1 threshold, answer matching, answer-level confidence.
     pub metrics: MetricsParams,
+    /// The SC baseline's sampling (policy `sc`, [`super::self_consistency`]). Left out of the params (and
+    /// so of the cache key) when it is the default.
+    #[serde(skip_serializing_if = "super::self_consistency::ScParams::is_default")]
+    pub sc: super::self_consistency::ScParams,
+    /// A response-level confidence (the SaySelf baseline writes one, after the answer) stands for every
+    /// sentence of its chain that has no statement of its own, instead of `missing_confidence`: the chain's
+    /// last stated confidence, broadcast. Left out of the params (and the key) when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub broadcast_last_statement: bool,
 }
 
 impl Default for EvalParams {
@@ -98,6 +107,8 @@ impl Default for EvalParams {
             execution_provider: ExecutionProvider::Cpu,
             missing_confidence: Some(0.5),
             metrics: MetricsParams::default(),
+            sc: Default::default(),
+            broadcast_last_statement: false,
         }
     }
 }
@@ -121,15 +132,15 @@ impl Stage for EvalStage {
         "4"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![
-            InputSpec::new("items", "dataset", "items"),
-            InputSpec::new("features", "features", "features"),
-            InputSpec::new("sft_checkpoint", "sft", "checkpoint"),
-            InputSpec::new("ppo_checkpoint", "ppo", "checkpoint"),
-        ]
-        .into_iter()
-        .chain(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM))
-        .collect()
+        // A checkpoint is an input only when a policy reads it (a baseline of `mmb compare` that evaluates
+        // the vanilla model alone needs no training); the default three policies read both.
+        let wants = |v: &str| self.params.variants.iter().any(|x| x == v);
+        vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")]
+            .into_iter()
+            .chain(wants("sft").then(|| InputSpec::new("sft_checkpoint", "sft", "checkpoint")))
+            .chain(wants("full").then(|| InputSpec::new("ppo_checkpoint", "ppo", "checkpoint")))
+            .chain(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM))
+            .collect()
     }
     fn outputs(&self) -> Vec<String> {
         vec!["sentences".into(), "metrics".into()]
@@ -301,6 +312,9 @@ pub fn evaluate(
         let levels = assign_levels(n, &similarity, &ref_levels)?;
         let sentences: Vec<&str> = judged.iter().map(|j| j.pair.sentence.as_str()).collect();
         let ans = answer_correct(item, &sentences, &params.metrics);
+        // The value of a sentence without statement: the chain's last statement (broadcast), or the default.
+        let broadcast = if params.broadcast_last_statement { judged.iter().rev().find_map(|j| j.expressed) } else { None };
+        let missing = broadcast.or(params.missing_confidence);
         for (t, j) in judged.iter().enumerate() {
             o_var.append_value(&c.variant);
             o_split.append_value(&item.split);
@@ -314,9 +328,9 @@ pub fn evaluate(
             o_ans.append_value(ans);
             o_text.append_value(&c.text);
             o_judge.append_value(&judge_name);
-            o_metric_conf.append_option(j.expressed.or(params.missing_confidence));
+            o_metric_conf.append_option(j.expressed.or(missing));
         }
-        let confidence = judged.iter().map(|j| j.expressed.or(params.missing_confidence)).collect();
+        let confidence = judged.iter().map(|j| j.expressed.or(missing)).collect();
         groups.entry((c.variant.clone(), item.split.clone())).or_default().push(Judged {
             split: item.split.clone(),
             sentence_correct: correct,

@@ -42,11 +42,59 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The policy PPO starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyStart {
+    /// The SFT model (the paper's method: warm-up, then RL).
+    #[default]
+    Sft,
+    /// The vanilla model, no warm-up: the paper's DRL baseline (§4.4, "MMBoundary's RL applied directly").
+    /// `sft` is then not an input of the RL stages; the KL reference (`reference = "sft"`, the model PPO
+    /// starts from) is the vanilla model, a second frozen copy.
+    Vanilla,
+}
+
+impl PolicyStart {
+    fn is_sft(&self) -> bool {
+        *self == PolicyStart::Sft
+    }
+}
+
+fn is_full_mode(v: &serde_json::Value) -> bool {
+    v == &default_start_mode()
+}
+
+fn default_start_mode() -> serde_json::Value {
+    serde_json::json!("Full")
+}
+
+/// The reward PPO maximizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    /// MMBoundary's R = α R_KA + β R_EC + γ R_CS (eq. 10–13).
+    #[default]
+    Mmboundary,
+    /// The SaySelf baseline's R = 1 − 2·(correct − confidence)² on the final answer
+    /// ([`crate::confidence::rewards::sayself_reward`]): correctness as eval scores the answer, confidence
+    /// the statement of the last sentence that has one (−1 when none), placed on that statement's last
+    /// token. Logged as r_ka = answer correctness, r_ec = R, r_cs = 0.
+    Sayself,
+}
+
+impl RewardKind {
+    fn is_mmboundary(&self) -> bool {
+        *self == RewardKind::Mmboundary
+    }
+}
+
 /// Which frozen model the KL penalty compares the policy with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReferencePolicy {
-    /// The SFT model (TRL's reference: the model PPO starts from); a second frozen copy in memory.
+    /// The model PPO starts from (TRL's reference): the SFT model, or the vanilla model with
+    /// `start = "vanilla"`; a second frozen copy in memory.
     Sft,
     /// The base model: the policy with its LoRA adapters switched off (no second copy; LoRA only).
     Base,
@@ -76,6 +124,18 @@ pub struct PpoStageParams {
     /// KL 0.05, clip 0.2, value clip 0.2, vf 0.1, γ 1, λ 0.95) and the paper's N = 3 and lr 1e-5.
     pub trainer: serde_json::Value,
     pub reference: ReferencePolicy,
+    /// Where PPO starts: the SFT model (default) or the vanilla model (DRL). Left out of the params (and
+    /// so of the cache keys) when it is the default, so the main run's RL stages keep their keys.
+    #[serde(skip_serializing_if = "PolicyStart::is_sft")]
+    pub start: PolicyStart,
+    /// With `start = "vanilla"`: which weights train, as `mllm::sft::FineTuneMode` reads it (`"Full"`, the
+    /// default, as the demo model's SFT; or `{ Lora = { … } }` as `sft.trainer.mode`). Our choice: the paper
+    /// gives DRL "the same hyperparameters" as MMBoundary, so the same fine-tuning mode as its SFT.
+    #[serde(skip_serializing_if = "is_full_mode", default = "default_start_mode")]
+    pub start_mode: serde_json::Value,
+    /// MMBoundary's reward (default) or SaySelf's. Left out of the params (and the cache keys) when default.
+    #[serde(skip_serializing_if = "RewardKind::is_mmboundary")]
+    pub reward: RewardKind,
     /// α, β, γ (1/3 each), the switches of the "w/o R_KA/R_EC/R_CS" ablations, the match threshold of
     /// I(z_t) and what a sentence without statement contributes.
     pub rewards: RewardParams,
@@ -115,6 +175,9 @@ impl Default for PpoStageParams {
             prompts_per_iteration: 16,
             trainer: serde_json::json!({}),
             reference: ReferencePolicy::Sft,
+            start: PolicyStart::Sft,
+            start_mode: default_start_mode(),
+            reward: RewardKind::Mmboundary,
             rewards: RewardParams::default(),
             empty_response_reward: -1.0,
             backward: BackwardParams::default(),
@@ -228,11 +291,10 @@ impl Stage for IterationStage {
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let (p, k) = (&self.params, self.iteration);
-        let mut v = vec![
-            InputSpec::new("sft_checkpoint", "sft", "checkpoint"),
-            InputSpec::new("items", "dataset", "items"),
-            InputSpec::new("features", "features", "features"),
-        ];
+        let mut v = vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")];
+        if p.start == PolicyStart::Sft {
+            v.insert(0, InputSpec::new("sft_checkpoint", "sft", "checkpoint"));
+        }
         if k > 0 {
             v.push(InputSpec::new("previous", &format!("update_{}", k - 1), "checkpoint"));
         }
@@ -463,7 +525,14 @@ impl RewardModel {
             }
             sentence += judged.len();
             k += 1;
-            out.push(self.finish(r, judged, correct, spans, &rows)?);
+            out.push(match self.params.reward {
+                RewardKind::Mmboundary => self.finish(r, judged, correct, spans, &rows)?,
+                RewardKind::Sayself => {
+                    let mut score = self.finish(r, judged, correct, spans, &rows)?;
+                    self.sayself(item, r, &mut score)?;
+                    score
+                }
+            });
         }
         Ok(out)
     }
@@ -533,6 +602,26 @@ impl RewardModel {
             total: rw.total,
             token_rewards,
         })
+    }
+}
+
+impl RewardModel {
+    /// Replaces MMBoundary's reward of a scored rollout by SaySelf's ([`RewardKind::Sayself`]).
+    fn sayself(&self, item: &Item, r: &RolloutTokens, score: &mut RolloutScore) -> anyhow::Result<()> {
+        let sentences: Vec<&str> = score.sentences.iter().map(String::as_str).collect();
+        let correct = super::eval::answer_correct(item, &sentences, &crate::metrics::MetricsParams::default());
+        let last = (0..score.expressed.len()).rev().find(|&t| score.expressed[t].is_some());
+        let total = crate::confidence::rewards::sayself_reward(correct, last.and_then(|t| score.expressed[t]))
+            .map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
+        // On the token that ends the answer's statement (MMBoundary's placement puts each statement's share
+        // there), else the last token.
+        let at = last.and_then(|t| score.token_rewards.get(t).map(|x| x.0)).unwrap_or(r.tokens.len().saturating_sub(1));
+        score.ka = correct;
+        score.ec = total;
+        score.cs = 0.0;
+        score.total = total;
+        score.token_rewards = vec![(at, total)];
+        Ok(())
     }
 }
 

@@ -53,3 +53,24 @@ pub fn llava_chat_template() -> (String, String) {
     let case = g["cases"].as_array().unwrap().iter().find(|c| c["name"] == "llava").expect("the llava case");
     (case["template"].as_str().unwrap().to_string(), case["prompt_template"].as_str().unwrap().to_string())
 }
+
+/// Word-level tokens of `text` (each with its leading space) and their byte ends.
+#[allow(dead_code)]
+pub fn tokens_of(text: &str) -> mmboundary::stages::ppo::RolloutTokens {
+    let mut tokens = Vec::new();
+    let mut ends = Vec::new();
+    let mut at = 0;
+    for (i, w) in text.split(' ').enumerate() {
+        let piece = if i == 0 { w.to_string() } else { format!(" {w}") };
+        at += piece.len();
+        tokens.push(mmboundary::confidence::uncertainty::TokenInfo {
+            id: i as u32,
+            text: piece,
+            log_prob: -0.1 * (i % 5) as f64,
+            entropy: 0.2 * (i % 3) as f64,
+            is_special: false,
+        });
+        ends.push(at);
+    }
+    mmboundary::stages::ppo::RolloutTokens { text: text.to_string(), tokens, token_ends: ends }
+}

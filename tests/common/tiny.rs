@@ -41,6 +41,60 @@ pub fn pipeline(model: &Path, alpha: f64) -> Pipeline {
 
 /// The pipeline with K = `iterations` PPO iterations.
 pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
+    pipeline_full(model, PpoStageParams { iterations, ..ppo_params(model, alpha) }, eval_params(model))
+}
+
+/// The params of the tiny pipeline a baseline edits.
+pub struct TinyParams {
+    pub generate: GenerateParams,
+    pub map: MapParams,
+    pub ppo: PpoStageParams,
+    pub eval: EvalParams,
+}
+
+/// The default tiny pipeline with `edit` applied to its params (the baselines' variants).
+pub fn pipeline_with(model: &Path, edit: impl FnOnce(&mut TinyParams)) -> Pipeline {
+    let mut p = TinyParams {
+        generate: generate_params(model),
+        map: MapParams { pool: pool_path(), ..Default::default() },
+        ppo: ppo_params(model, 1.0 / 3.0),
+        eval: eval_params(model),
+    };
+    edit(&mut p);
+    pipeline_parts(model, p)
+}
+
+fn generate_params(model: &Path) -> GenerateParams {
+    GenerateParams {
+        model: Some(model.to_path_buf()),
+        limit: Some(4),
+        batch: 4,
+        max_new_tokens: 12,
+        device: "cpu".into(),
+        ..Default::default()
+    }
+}
+
+pub fn eval_params(model: &Path) -> EvalParams {
+    EvalParams {
+        model: Some(model.to_path_buf()),
+        device: "cpu".into(),
+        limit: Some(1),
+        max_new_tokens: 12,
+        batch: 4,
+        minilm: mmboundary::encoders::minilm::default_model_dir(),
+        pool: pool_path(),
+        ..Default::default()
+    }
+}
+
+fn pipeline_full(model: &Path, ppo: PpoStageParams, eval: EvalParams) -> Pipeline {
+    let map = MapParams { pool: pool_path(), ..Default::default() };
+    pipeline_parts(model, TinyParams { generate: generate_params(model), map, ppo, eval })
+}
+
+fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {
+    let TinyParams { generate, map, ppo, eval } = p;
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage {
             params: DatasetParams {
@@ -53,16 +107,7 @@ pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
             params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8, merge: 1, ..Default::default() },
             session: Default::default(),
         }),
-        Box::new(GenerateStage {
-            params: GenerateParams {
-                model: Some(model.to_path_buf()),
-                limit: Some(4),
-                batch: 4,
-                max_new_tokens: 12,
-                device: "cpu".into(),
-                ..Default::default()
-            },
-        }),
+        Box::new(GenerateStage { params: generate }),
         Box::new(ScoreStage {
             params: ScoreParams {
                 minilm: mmboundary::encoders::minilm::default_model_dir(),
@@ -72,7 +117,7 @@ pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
             session: Default::default(),
         }),
         Box::new(BinStage { params: BinParams::default() }),
-        Box::new(MapStage { params: MapParams { pool: pool_path(), ..Default::default() } }),
+        Box::new(MapStage { params: map }),
         Box::new(SftStage {
             params: SftStageParams {
                 model: Some(model.to_path_buf()),
@@ -82,20 +127,9 @@ pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
             },
         }),
     ];
-    stages.extend(mmboundary::stages::ppo::stages(PpoStageParams { iterations, ..ppo_params(model, alpha) }));
+    stages.extend(mmboundary::stages::ppo::stages(ppo));
     stages.extend::<Vec<Box<dyn Stage>>>(vec![
-        Box::new(EvalStage {
-            params: EvalParams {
-                model: Some(model.to_path_buf()),
-                device: "cpu".into(),
-                limit: Some(1),
-                max_new_tokens: 12,
-                batch: 4,
-                minilm: mmboundary::encoders::minilm::default_model_dir(),
-                pool: pool_path(),
-                ..Default::default()
-            },
-        }),
+        Box::new(EvalStage { params: eval }),
         Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }),
     ]);
     Pipeline::new(stages).unwrap()

@@ -2,11 +2,14 @@
 //! metrics are `mmboundary::stages::eval::evaluate`.
 use crate::inputs::{Features, Prompter};
 use crate::policy;
+use anyhow::Context;
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::StageContext;
 use mmboundary::stages::chain_judge::ChainJudge;
 use mmboundary::stages::eval::{evaluate, metrics_schema, sentences_schema, EvalChain, EvalParams};
+use mmboundary::stages::self_consistency::{sc_chain_text, SC_POLICY};
+use std::collections::HashMap;
 use std::str::FromStr;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
@@ -34,13 +37,16 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     anyhow::ensure!(!selected.is_empty(), "eval: no items in splits {:?}", p.splits);
 
     let mut chains = Vec::new();
+    let mut sc_samples: HashMap<String, Vec<String>> = HashMap::new();
     let bar = ctx.progress((selected.len() * p.variants.len()) as u64, "evaluating policies");
     for variant in &p.variants {
         let ck = match variant.as_str() {
             "vanilla" => None,
             "sft" => Some(ctx.input_path("sft_checkpoint")?),
             "full" => Some(ctx.input_path("ppo_checkpoint")?),
-            other => anyhow::bail!("eval.variants: unknown variant `{other}` (expected vanilla, sft or full)"),
+            // The SC baseline samples the vanilla model.
+            SC_POLICY => None,
+            other => anyhow::bail!("eval.variants: unknown variant `{other}` (expected vanilla, sft, full or {SC_POLICY})"),
         };
         let pol = policy::load(&model_dir, device, dtype, ck.as_deref())?;
         for (b, chunk) in selected.chunks(p.batch.max(1)).enumerate() {
@@ -56,6 +62,19 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
                 suppress_token_ids: vec![cfg.image_token_index],
                 ..GenerationParams::default()
             };
+            if variant == SC_POLICY {
+                // K sampled chains per question, each draw with its own seed.
+                for k in 0..p.sc.samples {
+                    let sp = GenerationParams {
+                        temperature: p.sc.temperature,
+                        seed: gp.seed.wrapping_add(1_000_003 * (k as u64 + 1)),
+                        ..gp.clone()
+                    };
+                    for (it, g) in chunk.iter().zip(generate_multimodal(&pol.model, &prompts, &sp, Some(&tok))?) {
+                        sc_samples.entry(it.id.clone()).or_default().push(g.text);
+                    }
+                }
+            }
             for (it, g) in chunk.iter().zip(generate_multimodal(&pol.model, &prompts, &gp, Some(&tok))?) {
                 chains.push(EvalChain { variant: variant.clone(), item_id: it.id.clone(), text: g.text });
             }
@@ -65,6 +84,13 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let judge =
         ChainJudge::load_with_judge(&p.minilm, &p.pool, p.parser.clone(), p.backward.clone(), &p.judge, "eval", &p.session_options())?;
+    // SC: the greedy chain with its agreement confidences written in (plain Rust, in the library).
+    let by_id: HashMap<&str, &mmboundary::data::Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
+    for c in chains.iter_mut().filter(|c| c.variant == SC_POLICY) {
+        let item = by_id.get(c.item_id.as_str()).with_context(|| format!("eval: item {} is not in the dataset", c.item_id))?;
+        let samples = sc_samples.get(&c.item_id).map(Vec::as_slice).unwrap_or_default();
+        c.text = sc_chain_text(&judge, item, &c.text, samples, p.match_threshold, &p.metrics.accuracy)?;
+    }
     let (rows, metrics) = evaluate(&judge, &items, &chains, &p)?;
     ctx.write_table("sentences", sentences_schema(), &[rows], None)?;
     ctx.write_table("metrics", metrics_schema(), &[metrics], None)?;

@@ -73,6 +73,21 @@ pub fn load(model_dir: &Path, device: tch::Device, dtype: mllm::DType, checkpoin
     Ok(Policy { vs, model, sft: Some(sft), sft_meta: Some(raw.clone()) })
 }
 
+/// The base model made trainable as `mode` says (a `mllm::sft::FineTuneMode` as JSON: `"Full"` or
+/// `{"Lora": {…}}`), carrying SFT params with that mode as its metadata, so that its checkpoints load
+/// as an SFT model's do: PPO from the vanilla model (the DRL baseline).
+pub fn load_trainable_base(model_dir: &Path, device: tch::Device, dtype: mllm::DType, mode: &serde_json::Value) -> anyhow::Result<Policy> {
+    let mode: FineTuneMode = serde_json::from_value(mode.clone())
+        .with_context(|| format!("ppo.start_mode: expected \"Full\" or {{ Lora = {{ … }} }}, found {mode}"))?;
+    let (vs, mut model) = Llava::load(model_dir, device, dtype)?;
+    if let FineTuneMode::Lora(lp) = &mode {
+        mllm::lora::attach(&vs, model.lm_mut(), lp)?;
+    }
+    let sft = SftParams { mode, ..SftParams::default() };
+    let meta = serde_json::to_string(&sft)?;
+    Ok(Policy { vs, model, sft: Some(sft), sft_meta: Some(meta) })
+}
+
 /// Freezes every variable (a reference model).
 pub fn freeze(p: &Policy) {
     for (_, t) in p.vs.variables() {

@@ -20,7 +20,8 @@ use mmboundary::confidence::uncertainty::TokenInfo;
 use mmboundary::data::{items_from_record_batch, Item};
 use mmboundary::engine::StageContext;
 use mmboundary::stages::ppo::{
-    judge_name, ppo_log_schema, rollouts_schema, IterationParams, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore, RolloutTokens,
+    judge_name, ppo_log_schema, rollouts_schema, IterationParams, PolicyStart, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore,
+    RolloutTokens,
 };
 use mmboundary::store::ArtifactKind;
 use rand::seq::SliceRandom;
@@ -106,8 +107,16 @@ impl Iteration {
 
     /// The policy after k updates and a trainer in the state the k-th update left (a fresh one for k = 0).
     fn policy(&self, ctx: &StageContext) -> anyhow::Result<(Policy, PpoTrainer)> {
-        let ck = if self.k == 0 { ctx.input_path("sft_checkpoint")? } else { ctx.input_path("previous")? };
-        let pol = policy::load(&self.model_dir, self.device, self.dtype, Some(&ck))?;
+        let ck = match (self.k, self.p.start) {
+            (0, PolicyStart::Sft) => Some(ctx.input_path("sft_checkpoint")?),
+            (0, PolicyStart::Vanilla) => None,
+            _ => Some(ctx.input_path("previous")?),
+        };
+        let pol = match &ck {
+            Some(ck) => policy::load(&self.model_dir, self.device, self.dtype, Some(ck))?,
+            None => policy::load_trainable_base(&self.model_dir, self.device, self.dtype, &self.p.start_mode)?,
+        };
+        let ck = ck.unwrap_or_default();
         let mut trainer = PpoTrainer::new(&pol.vs, self.cfg.text_config.hidden_size, self.tp.clone())?;
         if self.k > 0 {
             let at = ck.display().to_string();
@@ -207,7 +216,11 @@ pub fn update(ctx: &StageContext) -> anyhow::Result<()> {
     let (pol, mut trainer) = it.policy(ctx)?;
     let reference = match it.p.reference {
         ReferencePolicy::Sft => {
-            let r = policy::load(&it.model_dir, it.device, it.dtype, Some(&ctx.input_path("sft_checkpoint")?))?;
+            let start = match it.p.start {
+                PolicyStart::Sft => Some(ctx.input_path("sft_checkpoint")?),
+                PolicyStart::Vanilla => None,
+            };
+            let r = policy::load(&it.model_dir, it.device, it.dtype, start.as_deref())?;
             policy::freeze(&r);
             Some(r)
         }

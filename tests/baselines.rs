@@ -1,0 +1,476 @@
+//! The paper's baselines (`stages/baselines.toml`, `mmb compare`): each baseline's file entry builds its
+//! pipeline, its prompt's output is parsed as eval reads it, and DRL's PPO starts from (and is anchored to)
+//! the vanilla model on the tiny pipeline.
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Float64Type;
+use mmboundary::engine::RunOptions;
+use mmboundary::stages::chain_judge::ChainJudge;
+use mmboundary::stages::eval::EvalParams;
+use mmboundary::stages::ppo::{PolicyStart, PpoStageParams};
+use mmboundary::stages::{StageConfigs, SweepFile};
+use mmboundary::store::{ArtifactId, Store};
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::tiny::pool_path;
+use common::tiny_llava;
+
+fn stages_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("stages")
+}
+
+fn baselines() -> SweepFile {
+    SweepFile::load(&stages_dir().join("baselines.toml")).unwrap()
+}
+
+fn judge() -> ChainJudge {
+    ChainJudge::load(
+        &mmboundary::encoders::minilm::default_model_dir(),
+        &pool_path(),
+        Default::default(),
+        Default::default(),
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
+    let f = baselines();
+    let names: Vec<&str> = f.variant.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["dpv", "dps", "drl", "sc", "multisample", "sayself"]);
+    for v in &f.variant {
+        let configs = StageConfigs { dir: stages_dir(), overrides: v.params.clone() };
+        let p = mmboundary::stages::pipeline_with(&configs).unwrap_or_else(|e| panic!("{}: {e:#}", v.name));
+        let eval: EvalParams = configs.params("eval").unwrap();
+        // The policy the table reads is the one the variant's eval generates.
+        assert_eq!(eval.variants, vec![v.row().to_string()], "{}", v.name);
+        let rollout_inputs: Vec<String> = p.get("rollout_0").unwrap().inputs().iter().map(|i| i.stage.clone()).collect();
+        let ppo: PpoStageParams = configs.params("ppo").unwrap();
+        match v.name.as_str() {
+            "dpv" => {
+                assert_eq!(v.row(), "vanilla");
+                assert!(eval.prompt.contains("(Confidence: x/100)"), "{}", eval.prompt);
+            }
+            "dps" => {
+                assert_eq!(v.row(), "vanilla");
+                assert!(eval.prompt.contains("how confident you are"), "{}", eval.prompt);
+            }
+            "drl" => {
+                assert_eq!(v.row(), "full");
+                assert_eq!(ppo.start, PolicyStart::Vanilla);
+                // No warm-up: the RL stages do not read the SFT checkpoint.
+                assert!(!rollout_inputs.contains(&"sft".to_string()), "{rollout_inputs:?}");
+                assert_eq!(ppo.prompt, eval.prompt);
+            }
+            "sc" => {
+                assert_eq!(v.row(), "sc");
+                assert_eq!((eval.sc.samples, eval.sc.temperature), (5, 0.7));
+            }
+            "multisample" => {
+                assert_eq!(v.row(), "sft");
+                let map: mmboundary::stages::map::MapParams = configs.params("map").unwrap();
+                assert_eq!(map.levels_from, mmboundary::stages::map::LevelSource::AnswerConsistency);
+                let map_inputs: Vec<String> = p.get("map").unwrap().inputs().iter().map(|i| i.stage.clone()).collect();
+                assert_eq!(map_inputs, ["generate", "dataset"]);
+                let g: mmboundary::stages::generate::GenerateParams = configs.params("generate").unwrap();
+                assert!(g.samples > 1 && g.temperature > 0.1);
+            }
+            "sayself" => {
+                assert_eq!(v.row(), "full");
+                assert_eq!(ppo.reward, mmboundary::stages::ppo::RewardKind::Sayself);
+                assert!(eval.broadcast_last_statement);
+                let map: mmboundary::stages::map::MapParams = configs.params("map").unwrap();
+                assert_eq!(map.format, mmboundary::stages::map::StatementFormat::ResponseNumeric);
+                // The same sampled chains as Multisample: one generate for both.
+                let ms = f.variant.iter().find(|v| v.name == "multisample").unwrap();
+                assert_eq!(v.params["generate"], ms.params["generate"]);
+            }
+            other => panic!("untested baseline {other}"),
+        }
+    }
+    // The main pipeline's RL stages still start from SFT, and its params (so its cache keys) do not
+    // mention the new `start` switch.
+    let main = mmboundary::stages::pipeline(&stages_dir()).unwrap();
+    let r0 = main.get("rollout_0").unwrap();
+    assert!(r0.inputs().iter().any(|i| i.stage == "sft"));
+    let params = r0.params().to_string();
+    assert!(!params.contains("\"start\"") && !params.contains("start_mode"), "{params}");
+    let eval_params = main.get("eval").unwrap().params().to_string();
+    assert!(!eval_params.contains("\"sc\""), "{eval_params}");
+}
+
+#[test]
+fn a_row_that_is_not_an_eval_policy_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.toml");
+    std::fs::write(&path, "[[variant]]\nname = \"x\"\nrow = \"greedy\"\n").unwrap();
+    let e = SweepFile::load(&path).unwrap_err().to_string();
+    assert!(e.contains("row \"greedy\"") && e.contains("b.toml"), "{e}");
+}
+
+/// DPV: the numeric confidence the prompt asks for, "(Confidence: x/100)" after each sentence, is read
+/// back by value for its sentence, as eval reads it.
+#[test]
+fn dpv_output_is_parsed_into_per_sentence_scores() {
+    let j = judge();
+    let text = "There is a red circle on the left. (Confidence: 80/100) It is larger than the square. \
+                (Confidence: 35/100) So the answer is A. (Confidence: 60/100)";
+    let pairs = j.judge(text, &["There is a red circle."]).unwrap();
+    let got: Vec<(&str, Option<f64>)> = pairs.iter().map(|p| (p.pair.sentence.as_str(), p.expressed)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("There is a red circle on the left.", Some(0.8)),
+            ("It is larger than the square.", Some(0.35)),
+            ("So the answer is A.", Some(0.6)),
+        ]
+    );
+}
+
+/// DPS: a free-form confidence sentence after each sentence is found (a paraphrase: the pool's
+/// statements are clauses, "and I am entirely sure of it.") and mapped by the backward map to its nearest
+/// pool statement's level: level 5 (1.0) and level 1 (0.0) here. (Measured, not asserted: MiniLM puts
+/// "I am very sure about this." nearest a level-3 statement, so DPS's phrasing matters.)
+#[test]
+fn dps_output_is_parsed_into_statements_and_mapped() {
+    let j = judge();
+    let text = "There is a red circle on the left. I am entirely sure of it. It is larger than the square. \
+                I have serious doubts about it. So the answer is A.";
+    let pairs = j.judge(text, &["There is a red circle."]).unwrap();
+    let sentences: Vec<&str> = pairs.iter().map(|p| p.pair.sentence.as_str()).collect();
+    assert_eq!(sentences, ["There is a red circle on the left.", "It is larger than the square.", "So the answer is A."]);
+    assert_eq!(pairs[0].pair.statement.as_deref(), Some("I am entirely sure of it."));
+    assert_eq!(pairs[1].pair.statement.as_deref(), Some("I have serious doubts about it."));
+    assert_eq!(pairs[2].pair.statement, None);
+    assert_eq!((pairs[0].expressed, pairs[1].expressed, pairs[2].expressed), (Some(1.0), Some(0.0), None));
+}
+
+/// DRL on the tiny pipeline: PPO from the vanilla model runs without the SFT stage, its reference is
+/// the model it starts from (so the first iteration's KL is 0: with the SFT model as reference it is
+/// not), and eval loads its checkpoint.
+#[test]
+fn drl_trains_from_the_vanilla_model_without_sft() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = dir.path().join("mmb-torch");
+    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
+    std::env::set_var("MMB_TORCH", &worker);
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let model = tiny_llava(dir.path());
+    let build = |start: PolicyStart| {
+        common::tiny::pipeline_with(&model, |p| {
+            p.ppo.start = start;
+            p.eval.variants = vec!["full".into()];
+        })
+    };
+    let s = build(PolicyStart::Vanilla).run(&store, &RunOptions { target: Some("ppo".into()), ..Default::default() }).unwrap();
+    assert!(!s.ran.iter().any(|r| r == "sft" || r == "map"), "DRL ran the warm-up: {:?}", s.ran);
+    assert!(s.ran.iter().any(|r| r == "update_1"), "{:?}", s.ran);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let log = store.read_table(&ArtifactId::parse(&lock.stages["ppo"].outputs["log"].id).unwrap()).unwrap().concat().unwrap();
+    let kl: Vec<f64> = log.column_by_name("kl").unwrap().as_primitive::<Float64Type>().values().to_vec();
+    assert!(kl[0].abs() < 1e-6, "iteration 0: policy and reference are both the vanilla model, KL {}", kl[0]);
+    // eval of the DRL policy.
+    let s = build(PolicyStart::Vanilla).run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    assert!(s.ran.iter().any(|r| r == "eval"));
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let m = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["metrics"].id).unwrap()).unwrap().concat().unwrap();
+    let variants = m.column_by_name("variant").unwrap().as_string::<i32>();
+    assert!(variants.iter().flatten().all(|v| v == "full") && m.num_rows() > 0);
+    // SC on the same store: only eval reruns (the vanilla model samples; no training is read).
+    let sc = common::tiny::pipeline_with(&model, |p| {
+        p.eval.variants = vec!["sc".into()];
+        p.eval.sc.samples = 2;
+    });
+    let s = sc.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    assert_eq!(s.ran, ["eval"], "SC reads no checkpoint");
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
+    let conf: Vec<Option<f64>> = rows.column_by_name("confidence").unwrap().as_primitive::<Float64Type>().iter().collect();
+    // With K = 2 every confidence is 0, 1/2 or 1, and every sentence has one (its numeric statement).
+    assert!(!conf.is_empty());
+    assert!(conf.iter().all(|c| c.is_some_and(|c| [0.0, 0.5, 1.0].contains(&c))), "{conf:?}");
+    // DRL and SC never needed the warm-up.
+    assert!(!mmboundary::engine::LockFile::load(store.root()).unwrap().stages.contains_key("sft"));
+    // Multisample: m = 2 sampled chains per question, SFT data from their answer consistency (no scoring),
+    // SFT, and eval of the SFT policy.
+    let ms = common::tiny::pipeline_with(&model, |p| {
+        p.generate.samples = 2;
+        p.generate.temperature = 0.7;
+        p.map.levels_from = mmboundary::stages::map::LevelSource::AnswerConsistency;
+        p.eval.variants = vec!["sft".into()];
+    });
+    let s = ms.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    assert_eq!(s.ran, ["generate", "map", "sft", "eval"]);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let data = store.read_table(&ArtifactId::parse(&lock.stages["map"].outputs["sft_data"].id).unwrap()).unwrap().concat().unwrap();
+    assert_eq!(data.num_rows(), 8, "4 questions × 2 samples");
+    // SaySelf: the same sampled chains (generate is cached), consistency SFT with one numeric statement,
+    // PPO with SaySelf's reward, eval broadcasting the response's confidence.
+    let ss = common::tiny::pipeline_with(&model, |p| {
+        p.generate.samples = 2;
+        p.generate.temperature = 0.7;
+        p.map.levels_from = mmboundary::stages::map::LevelSource::AnswerConsistency;
+        p.map.format = mmboundary::stages::map::StatementFormat::ResponseNumeric;
+        p.ppo.reward = mmboundary::stages::ppo::RewardKind::Sayself;
+        p.eval.variants = vec!["full".into()];
+        p.eval.broadcast_last_statement = true;
+    });
+    let s = ss.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    assert!(!s.ran.iter().any(|r| r == "generate") && s.ran.iter().any(|r| r == "update_1"), "{:?}", s.ran);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let data = store.read_table(&ArtifactId::parse(&lock.stages["map"].outputs["sft_data"].id).unwrap()).unwrap().concat().unwrap();
+    let targets = data.column_by_name("target").unwrap().as_string::<i32>();
+    assert!(targets.iter().all(|t| t.unwrap().ends_with("/10.")), "{targets:?}");
+    let ro = store.read_table(&ArtifactId::parse(&lock.stages["ppo"].outputs["rollouts"].id).unwrap()).unwrap().concat().unwrap();
+    let rewards: Vec<f64> = ro.column_by_name("reward").unwrap().as_primitive::<Float64Type>().values().to_vec();
+    assert!(rewards.iter().all(|r| *r == -1.0 || (-1.0..=1.0).contains(r)), "{rewards:?}");
+    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
+    let (ids, stated, used) = (
+        rows.column_by_name("item_id").unwrap().as_string::<i32>(),
+        rows.column_by_name("confidence").unwrap().as_primitive::<Float64Type>(),
+        rows.column_by_name("metric_confidence").unwrap().as_primitive::<Float64Type>(),
+    );
+    for r in 0..rows.num_rows() {
+        // A sentence without statement takes its chain's last stated confidence (0.5 when it has none).
+        let chain: Vec<usize> = (0..rows.num_rows()).filter(|&q| ids.value(q) == ids.value(r)).collect();
+        let last = chain.iter().rev().find(|&&q| !stated.is_null(q)).map(|&q| stated.value(q));
+        let want = if stated.is_null(r) { last.unwrap_or(0.5) } else { stated.value(r) };
+        assert_eq!(used.value(r), want, "row {r}");
+    }
+    // The same pipeline from SFT is another run: its RL stages are stale, nothing of DRL's is reused.
+    let stale: Vec<String> =
+        build(PolicyStart::Sft).status(&store, &[]).unwrap().into_iter().filter(|s| !s.is_fresh()).map(|s| s.stage).collect();
+    assert!(stale.contains(&"rollout_0".to_string()), "{stale:?}");
+}
+
+/// `mmb compare`'s table: the baselines' heading, every row's cells by split, the number of items behind
+/// each row, and the baselines not run yet listed with the command that runs them.
+#[test]
+fn the_comparison_table_has_every_row_with_its_items_and_lists_what_is_missing() {
+    use mmboundary::report::page::{variants_markdown, MetricsRow, BASELINE_HEADING};
+    let row = |variant: &str, split: &str, responses: u64, ece: f64| MetricsRow {
+        variant: variant.into(),
+        split: split.into(),
+        level: "all".into(),
+        responses,
+        sentences: 3 * responses,
+        ece: Some(ece),
+        mece: Some(0.3),
+        brier: Some(0.2),
+        accuracy: Some(0.5),
+        chain_f1: Some(0.4),
+        auroc: Some(0.6),
+    };
+    let entries = vec![
+        (
+            "`mmb run`".to_string(),
+            "MMBoundary".to_string(),
+            Some(vec![row("MMBoundary", "val", 40, 0.25), row("MMBoundary", "ood", 20, 0.5)]),
+        ),
+        ("`mmb compare --only dpv`".to_string(), "DPV".to_string(), Some(vec![row("DPV", "val", 40, 0.125)])),
+        ("`mmb compare --only drl`".to_string(), "DRL".to_string(), None),
+    ];
+    let md = variants_markdown(BASELINE_HEADING, &entries, &Default::default());
+    assert!(md.starts_with("# Baselines (Table 1's upper half; AUROC: Table 8)"), "{md}");
+    assert!(md.contains("| MMBoundary | 40 | 20 |"), "{md}");
+    assert!(md.contains("| DPV | 40 | – |"), "{md}");
+    assert!(md.contains("0.125") && md.contains("0.250") && md.contains("0.600"), "{md}");
+    assert!(md.contains("- DRL: `mmb compare --only drl`"), "{md}");
+}
+
+fn item() -> mmboundary::data::Item {
+    let mut it = mmboundary::data::Item::new("x1", "test", "val", "What shape is the red object?");
+    it.choices = vec!["circle".into(), "square".into()];
+    it.correct_choice = Some(0);
+    it.chain = mmboundary::data::ReferenceChain {
+        perception: vec!["There is a red circle in the image.".into()],
+        reasoning: vec!["So, the answer is circle.".into()],
+    };
+    it
+}
+
+/// SC's agreement rules on hand-computed values.
+#[test]
+fn sc_confidences_from_known_samples() {
+    use mmboundary::confidence::consistency::{answer_agreement, chain_confidences, render_with_confidences, sentence_agreement};
+    let s = |v: &str| Some(v.to_string());
+    // 2 of 4 samples give the greedy answer; one gives none.
+    assert_eq!(answer_agreement(Some("choice:0"), &[s("choice:0"), s("choice:1"), None, s("choice:0")]).unwrap(), 0.5);
+    assert_eq!(answer_agreement(None, &[s("choice:0")]).unwrap(), 0.0);
+    assert!(answer_agreement(Some("a"), &[]).is_err());
+    // Sentence 0 is matched in samples 0 and 2 (0.9, 0.7 > 0.64), sentence 1 only in sample 1; a score equal
+    // to the threshold is no match; sample 2 has one sentence.
+    let sims = vec![vec![vec![0.9, 0.1], vec![0.2, 0.64]], vec![vec![0.3, 0.5], vec![0.65, 0.0]], vec![vec![0.7], vec![0.1]]];
+    assert_eq!(sentence_agreement(2, &sims, 0.64).unwrap(), vec![2.0 / 3.0, 1.0 / 3.0]);
+    assert!(sentence_agreement(3, &sims, 0.64).is_err(), "a sample with the wrong number of rows is an error");
+    assert_eq!(chain_confidences(vec![2.0 / 3.0, 1.0 / 3.0], Some(1), 0.5).unwrap(), vec![2.0 / 3.0, 0.5]);
+    let text = render_with_confidences(&["There is a red circle.".into(), "So the answer is A.".into()], &[2.0 / 3.0, 0.5]).unwrap();
+    assert_eq!(text, "There is a red circle. Confidence: 0.67. So the answer is A. Confidence: 0.50.");
+    // …and eval reads the values back.
+    let pairs = judge().judge(&text, &["There is a red circle."]).unwrap();
+    assert_eq!(pairs.iter().map(|p| p.expressed).collect::<Vec<_>>(), vec![Some(0.67), Some(0.5)]);
+}
+
+/// SC end to end on one item with hand-written samples: the answer sentence takes the answer agreement
+/// (2 of 3 samples choose the circle), the other sentence the share of samples that repeat it (2 of 3).
+#[test]
+fn sc_rewrites_the_greedy_chain_with_its_agreement() {
+    use mmboundary::stages::self_consistency::{answer_key, sc_chain_text};
+    let it = item();
+    let acc = mmboundary::metrics::accuracy::AccuracyParams::default();
+    assert_eq!(answer_key(&it, &["So the answer is (A) circle."], &acc).as_deref(), Some("choice:0"));
+    assert_eq!(answer_key(&it, &["So the answer is square."], &acc).as_deref(), Some("choice:1"));
+    assert_eq!(answer_key(&it, &["I see a shape."], &acc), None);
+    let greedy = "There is a red circle in the image. So the answer is circle.";
+    let samples = vec![
+        "There is a red circle in the image. So the answer is circle.".to_string(),
+        "The weather today is rainy and cold. So the answer is square.".to_string(),
+        "There is a red circle in the image. So the answer is (A).".to_string(),
+    ];
+    let text = sc_chain_text(&judge(), &it, greedy, &samples, 0.64, &acc).unwrap();
+    assert_eq!(text, "There is a red circle in the image. Confidence: 0.67. So the answer is circle. Confidence: 0.67.");
+}
+
+/// Multisample's SFT data from known chains: 4 samples of one item answer circle, circle, square and
+/// nothing, so their consistencies are 2/4, 2/4, 1/4 and 0: levels 3, 3, 2 and 1 (nearest of 0, .25, …, 1),
+/// the level's statement after every sentence.
+#[test]
+fn multisample_targets_say_the_answer_consistency() {
+    use arrow::array::{ArrayRef, ListBuilder, StringArray, StringBuilder, UInt32Array};
+    use mmboundary::confidence::consistency::consistency_level;
+    use mmboundary::confidence::statements::StatementPool;
+    use mmboundary::stages::map::{consistency_sft_data, LevelSource, MapParams};
+    assert_eq!([0.0, 0.1, 0.125, 0.25, 0.5, 0.6, 0.9, 1.0].map(|c| consistency_level(c).unwrap()), [1, 1, 2, 2, 3, 3, 5, 5]);
+    assert!(consistency_level(1.5).is_err());
+    let mut it = item();
+    it.split = "train".into();
+    let chains_sents = [
+        vec!["There is a red circle.", "So the answer is circle."],
+        vec!["I see a circle.", "So the answer is (A)."],
+        vec!["There is a square.", "So the answer is square."],
+        vec!["The object is red."],
+    ];
+    let mut sb = ListBuilder::new(StringBuilder::new());
+    for c in &chains_sents {
+        for s in c {
+            sb.values().append_value(s);
+        }
+        sb.append(true);
+    }
+    let n = chains_sents.len();
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("item_id", std::sync::Arc::new(StringArray::from(vec!["x1"; n]))),
+        ("split", std::sync::Arc::new(StringArray::from(vec!["train"; n]))),
+        ("sample", std::sync::Arc::new(UInt32Array::from((0..n as u32).collect::<Vec<_>>()))),
+        ("sentences", std::sync::Arc::new(sb.finish())),
+    ];
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(cols).unwrap();
+    let pool_text = std::fs::read_to_string(pool_path()).unwrap();
+    let pool = StatementPool::from_toml(&pool_text, "statements.toml").unwrap();
+    let params = MapParams { pool: pool_path(), levels_from: LevelSource::AnswerConsistency, ..Default::default() };
+    let out = consistency_sft_data(&pool, &params, &[it], &batch).unwrap();
+    let targets: Vec<String> = out.column_by_name("target").unwrap().as_string::<i32>().iter().map(|t| t.unwrap().to_string()).collect();
+    assert_eq!(targets.len(), 4);
+    let level_of = |statement: &str| -> Vec<u8> {
+        let norm = |x: &str| x.trim().trim_end_matches('.').to_lowercase();
+        pool.iter().filter(|(_, t)| norm(t) == norm(statement)).map(|(l, _)| l).collect()
+    };
+    let parser = mmboundary::confidence::parser::Parser::new(&pool, Default::default());
+    for (target, (want, sents)) in targets.iter().zip([3u8, 3, 2, 1].iter().zip(&chains_sents)) {
+        let parsed = parser.parse(target);
+        assert_eq!(parsed.pairs.len(), sents.len(), "{target}");
+        for p in &parsed.pairs {
+            let st = p.statement.as_deref().unwrap_or_else(|| panic!("no statement in {target}"));
+            assert_eq!(level_of(st), vec![*want], "{st:?} in {target}");
+        }
+    }
+}
+
+/// SaySelf's reward on hand-computed values, and on a scored rollout: "So, the answer is circle." is right
+/// and says 8/10, so R = 1 − 2·(1 − 0.8)² = 0.92, all of it on the token that ends "8/10.".
+#[test]
+fn sayself_reward_on_hand_computed_values() {
+    use mmboundary::confidence::levels::{FusionParams, LevelModel};
+    use mmboundary::confidence::rewards::sayself_reward;
+    use mmboundary::stages::ppo::{RewardKind, RewardModel};
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(sayself_reward(1.0, Some(0.8)).unwrap(), 0.92));
+    assert!(close(sayself_reward(0.0, Some(0.8)).unwrap(), -0.28));
+    assert!(close(sayself_reward(0.5, Some(0.5)).unwrap(), 1.0));
+    assert_eq!(sayself_reward(1.0, None).unwrap(), -1.0);
+    assert!(sayself_reward(1.0, Some(1.2)).is_err());
+
+    let rows: Vec<[f64; 4]> =
+        (0..20).map(|i| [1.0 + i as f64 * 0.1, 0.5 + (i % 7) as f64 * 0.2, (i % 5) as f64 * 0.1, 0.2 + (i % 3) as f64 * 0.05]).collect();
+    let levels = LevelModel::fit(&rows, &FusionParams::default()).unwrap();
+    let params = PpoStageParams {
+        minilm: mmboundary::encoders::minilm::default_model_dir(),
+        clip: Some(common::fixtures().join("encoders/clip_tiny")),
+        pool: pool_path(),
+        reward: RewardKind::Sayself,
+        ..Default::default()
+    };
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels, &Default::default()).unwrap();
+    let image = rm.clip.text.encode(&["a red circle"]).unwrap().embeddings.data;
+    let mut it = item();
+    it.source = "test".into();
+    let r = common::tokens_of("There is a red circle in the image. So, the answer is circle. Confidence: 8/10.");
+    let s = rm.score(&it, &image, &r).unwrap();
+    assert_eq!(s.expressed, vec![None, Some(0.8)], "{s:?}");
+    assert!(close(s.total, 0.92) && close(s.ka, 1.0) && close(s.ec, 0.92), "{s:?}");
+    let last = r.tokens.iter().position(|t| t.text == " 8/10.").unwrap();
+    assert_eq!(s.token_rewards, vec![(last, s.total)]);
+    // The wrong answer with the same confidence: 1 − 2·0.8² = −0.28.
+    let s = rm
+        .score(&it, &image, &common::tokens_of("There is a red circle in the image. So, the answer is square. Confidence: 8/10."))
+        .unwrap();
+    assert!(close(s.total, -0.28) && close(s.ka, 0.0), "{s:?}");
+    // No confidence at all: −1.
+    let s = rm.score(&it, &image, &common::tokens_of("There is a red circle in the image. So, the answer is circle.")).unwrap();
+    assert_eq!(s.total, -1.0);
+}
+
+/// SaySelf's SFT target: the chain, then its consistency once on 0–10 ("Confidence: 5/10." for 2 of 4).
+#[test]
+fn sayself_targets_say_the_consistency_once_after_the_response() {
+    use arrow::array::{ArrayRef, ListBuilder, StringArray, StringBuilder, UInt32Array};
+    use mmboundary::confidence::statements::StatementPool;
+    use mmboundary::stages::map::{consistency_sft_data, LevelSource, MapParams, StatementFormat};
+    let mut it = item();
+    it.split = "train".into();
+    let chains =
+        [vec!["A circle.", "So the answer is circle."], vec!["So the answer is square."], vec!["So the answer is (A)."], vec!["Hmm."]];
+    let mut sb = ListBuilder::new(StringBuilder::new());
+    for c in &chains {
+        for s in c {
+            sb.values().append_value(s);
+        }
+        sb.append(true);
+    }
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("item_id", std::sync::Arc::new(StringArray::from(vec!["x1"; 4]))),
+        ("split", std::sync::Arc::new(StringArray::from(vec!["train"; 4]))),
+        ("sample", std::sync::Arc::new(UInt32Array::from(vec![0u32, 1, 2, 3]))),
+        ("sentences", std::sync::Arc::new(sb.finish())),
+    ];
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(cols).unwrap();
+    let pool = StatementPool::from_toml(&std::fs::read_to_string(pool_path()).unwrap(), "statements.toml").unwrap();
+    let params = MapParams {
+        pool: pool_path(),
+        levels_from: LevelSource::AnswerConsistency,
+        format: StatementFormat::ResponseNumeric,
+        ..Default::default()
+    };
+    let out = consistency_sft_data(&pool, &params, &[it], &batch).unwrap();
+    let targets: Vec<&str> = out.column_by_name("target").unwrap().as_string::<i32>().iter().map(|t| t.unwrap()).collect();
+    assert_eq!(
+        targets,
+        [
+            "A circle. So the answer is circle. Confidence: 5/10.",
+            "So the answer is square. Confidence: 3/10.",
+            "So the answer is (A). Confidence: 5/10.",
+            "Hmm. Confidence: 0/10."
+        ]
+    );
+}
