@@ -36,6 +36,19 @@ pub fn shard_of(key: &str, of: usize) -> usize {
     (u64::from_le_bytes(first) % of.max(1) as u64) as usize
 }
 
+/// The sampling seed of one item's stream `stream` (a sample index, a PPO step and sample) under the
+/// stage's `seed`: it depends on the item's id alone, never on which other items share its batch or
+/// shard, so a map stage that seeds each item with it writes the same rows for the item however its
+/// items are batched or sharded. blake3 over a domain tag, the seed, the stream and the id.
+pub fn item_seed(seed: u64, item: &str, stream: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mmboundary item seed\0");
+    h.update(&seed.to_le_bytes());
+    h.update(&stream.to_le_bytes());
+    h.update(item.as_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 /// The key column of a batch as text (string ids as they are, integer ids in decimal).
 pub fn key_column(batch: &RecordBatch, key: &str, what: &str) -> anyhow::Result<Vec<String>> {
     let col = batch.column_by_name(key).ok_or_else(|| anyhow::anyhow!("{what} has no key column `{key}`"))?;

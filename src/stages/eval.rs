@@ -116,8 +116,9 @@ impl Stage for EvalStage {
     fn name(&self) -> &str {
         "eval"
     }
+    /// 5: each item's chain seeded by its id (was: by its batch).
     fn code_version(&self) -> &str {
-        "4"
+        "5"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![

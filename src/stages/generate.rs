@@ -5,6 +5,7 @@
 //! locates each sentence's tokens).
 use crate::confidence::parser::{sentence_spans, ParserParams};
 use crate::confidence::spans::{floors_after_previous, response_sentences, GeneratedToken};
+use crate::data::Item;
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::array::{ArrayRef, Float32Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -29,7 +30,8 @@ pub struct GenerateParams {
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
-    /// Questions per generation batch (left-padded).
+    /// Chains per generation batch (left-padded). Each chain samples from its own stream, seeded by its
+    /// item's id and sample index, so the batch size does not change what is sampled.
     pub batch: usize,
     /// `auto`, `cpu`, `cuda` or `cuda:N`; asking for CUDA where there is none is an error.
     pub device: String,
@@ -58,6 +60,15 @@ impl Default for GenerateParams {
             limit: None,
         }
     }
+}
+
+/// The questions `generate` answers: the items of `splits`, in the dataset's order, the first `limit`.
+pub fn select<'a>(items: &'a [Item], splits: &[String], limit: Option<usize>) -> Vec<&'a Item> {
+    let mut selected: Vec<&Item> = items.iter().filter(|it| splits.iter().any(|s| s == &it.split)).collect();
+    if let Some(n) = limit {
+        selected.truncate(n);
+    }
+    selected
 }
 
 /// The prompt of the embedded benchmark's models, in SmolLM2's chat format (the demo MLLM is trained on
@@ -204,8 +215,9 @@ impl Stage for GenerateStage {
         "generate"
     }
     /// 2: `token_text` holds decoded pieces (was: vocabulary entries), sentences from the one splitter.
+    /// 3: each chain seeded by its item's id and sample (was: by batch), rows item by item.
     fn code_version(&self) -> &str {
-        "2"
+        "3"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")];

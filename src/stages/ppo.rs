@@ -222,8 +222,9 @@ impl Stage for IterationStage {
     fn name(&self) -> &str {
         &self.name
     }
+    /// 3: each rollout seeded by its item's id, step and sample (was: by its row in the step).
     fn code_version(&self) -> &str {
-        "2"
+        "3"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let (p, k) = (&self.params, self.iteration);

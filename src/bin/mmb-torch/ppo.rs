@@ -18,7 +18,7 @@ use mllm::weights::{read_safetensors, write_safetensors};
 use mmboundary::confidence::levels::LevelModel;
 use mmboundary::confidence::uncertainty::TokenInfo;
 use mmboundary::data::{items_from_record_batch, Item};
-use mmboundary::engine::StageContext;
+use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::ppo::{
     judge_name, ppo_log_schema, rollouts_schema, IterationParams, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore, RolloutTokens,
 };
@@ -147,7 +147,11 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
         (0..f_ids.len()).map(|i| (f_ids.value(i), f_emb.value(i).as_primitive::<Float32Type>().values().to_vec())).collect();
 
     let bar = ctx.progress(2, &format!("PPO iteration {}: sampling, scoring", it.k));
-    let sampled = trainer.sample(&pol.model, &it.prompts)?;
+    // Each rollout samples from its own stream, seeded by its item's id, the step and its sample index,
+    // so an item's rollouts do not depend on which other questions share the draw.
+    let gen_seed = it.tp.generation.seed;
+    let seed_of = |i: usize, j: usize, step: usize| item_seed(gen_seed, &it.items[i].id, ((step as u64) << 32) | j as u64);
+    let sampled = trainer.sample_seeded(&pol.model, &it.prompts, Some(&seed_of))?;
     bar.inc(1);
     let eos = it.cfg.text_config.eos_token_ids();
     let mut decoded = Vec::with_capacity(sampled.len());
