@@ -220,8 +220,8 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
     // The item list's keys, in order (the merge's row order); shards that hold no item get no task.
     let order = match &spec {
         Some(spec) => {
-            let full = ctx.input_table(&spec.input)?.concat()?;
-            Some(super::shard::key_column(&full, &spec.key, &format!("stage `{name}`: input `{}`", spec.input))?)
+            let full = stage.shard_items(&ctx.input_table(&spec.input)?.concat()?)?;
+            Some(super::shard::key_column(&full, spec.input_key(), &format!("stage `{name}`: input `{}`", spec.input))?)
         }
         None => None,
     };
@@ -504,7 +504,8 @@ pub fn run_task(stage: &dyn Stage, store: &Store, task_file: &Path, index: Optio
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("stage `{}` has no input `{}` to shard", job.stage, spec.input))?;
         let full = store.read_table(&full_id)?;
-        let batch = shard_view(&full.concat()?, &spec.key, i, task.of, &format!("input `{}` ({})", spec.input, full.path.display()))?;
+        let what = format!("input `{}` ({})", spec.input, full.path.display());
+        let batch = shard_view(&stage.shard_items(&full.concat()?)?, spec.input_key(), i, task.of, &what)?;
         let vl = view_lineage(&job.lineage, spec, &full_id, i, task.of);
         let id = store.put_table(batch.schema(), &[batch.clone()], &vl, full.hf_features.as_ref())?;
         lineage.inputs.insert(spec.input.clone(), id.to_string());

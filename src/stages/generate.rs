@@ -236,6 +236,19 @@ impl Stage for GenerateStage {
     fn device(&self) -> String {
         super::device::device_key(&self.params.device, &self.params.dtype)
     }
+    /// Each chain depends on its item (and the seed) alone: `generate` may run on shards of its items.
+    fn shard(&self) -> Option<crate::engine::ShardSpec> {
+        Some(crate::engine::ShardSpec::new("items", "item_id").with_input_key("id"))
+    }
+    /// The questions [`select`] picks (the splits, the first `limit`), in the dataset's order.
+    fn shard_items(&self, items: &RecordBatch) -> anyhow::Result<RecordBatch> {
+        let all = crate::data::items_from_record_batch(items)?;
+        let keep: std::collections::HashSet<&str> =
+            select(&all, &self.params.splits, self.params.limit).into_iter().map(|it| it.id.as_str()).collect();
+        let ids = crate::engine::shard::key_column(items, "id", "generate: input `items`")?;
+        let mask = arrow::array::BooleanArray::from(ids.iter().map(|id| keep.contains(id.as_str())).collect::<Vec<_>>());
+        Ok(arrow::compute::filter_record_batch(items, &mask)?)
+    }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)
     }
