@@ -517,6 +517,27 @@ fn generate_sharded_into_4_gives_the_local_rows() {
     }
 }
 
+/// GPUs asked of a cluster without any (this one's node has no `Gres`): Slurm refuses the submission,
+/// the run fails at once naming the stage, the setting to change and Slurm's own message, and nothing
+/// is recorded; without the GPU option the same stage runs.
+fn gpus_on_a_cluster_without_gpus_are_refused_clearly() {
+    let (dir, store) = fresh_store();
+    let p = squares();
+    let mut exec = slurm_for(&["square"], 4, "squares", dir.path()).unwrap();
+    Arc::get_mut(&mut exec).unwrap().file.stage.get_mut("square").unwrap().gpus_per_task = Some(1);
+    let t0 = Instant::now();
+    let err = p.run(&store, &opts(Some("gpu"), &[], Some(exec))).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "refused at submission, not waited on");
+    for want in ["stage `square`", "Slurm refused 1 GPU(s) per task", "gpus_per_task = 0", "Invalid generic resource"] {
+        assert!(msg.contains(want), "the error should say `{want}`: {msg}");
+    }
+    let lock = LockFile::load_named(store.root(), Some("gpu")).unwrap();
+    assert!(!lock.stages.contains_key("square"), "nothing recorded for the refused stage");
+    p.run(&store, &opts(Some("gpu"), &[], slurm_for(&["square"], 4, "squares", dir.path()))).unwrap();
+    assert_eq!(read_squares(&store, &output_of(&store, Some("gpu"), "square", "out")), expected_squares());
+}
+
 /// The `mmb` binary as a user runs it: `mmb run --executor slurm` submits `mmb shard-task` jobs (here the
 /// `dataset` stage, as one job) and records the same artifact as a local run; a job whose task fails is
 /// reported, and `mmb status` shows it.
@@ -642,6 +663,7 @@ fn main() -> ExitCode {
         ("a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it", a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it),
         ("score_sharded_into_4_gives_the_local_rows", score_sharded_into_4_gives_the_local_rows),
         ("generate_sharded_into_4_gives_the_local_rows", generate_sharded_into_4_gives_the_local_rows),
+        ("gpus_on_a_cluster_without_gpus_are_refused_clearly", gpus_on_a_cluster_without_gpus_are_refused_clearly),
         ("mmb_run_executor_slurm_through_the_cli", mmb_run_executor_slurm_through_the_cli),
         ("merge_time_grows_gently_with_shards", merge_time_grows_gently_with_shards),
     ];
