@@ -214,6 +214,15 @@ fn pipeline_named(name: &str, dir: &Path) -> Pipeline {
     match name {
         "squares" => squares(),
         "scoring" => scoring(dir),
+        // One PPO iteration of 6 questions on the tiny pipeline (its model in DIR/tiny-llava).
+        "rl" => common::tiny::pipeline_with(
+            &dir.join("tiny-llava"),
+            mmboundary::stages::ppo::PpoStageParams {
+                iterations: 1,
+                prompts_per_iteration: 6,
+                ..common::tiny::ppo_params(&dir.join("tiny-llava"), 1.0)
+            },
+        ),
         "generating-b1" => generating(dir, 1),
         "generating-b4" => generating(dir, 4),
         other => panic!("no test pipeline `{other}`"),
@@ -517,6 +526,63 @@ fn generate_sharded_into_4_gives_the_local_rows() {
     }
 }
 
+/// The real `rollout_k` (per-item seeded PPO sampling, then the reward model) as 4 array tasks over
+/// iteration 0's draw of 6 questions: every rollout's tokens, text, sentences and levels are the local
+/// run's, and its rewards and signals agree to 1e-9 (a shard's questions are sampled in other batches).
+fn rollout_sharded_into_4_gives_the_local_rows() {
+    std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
+    let (dir, store) = fresh_store();
+    common::tiny_llava(dir.path());
+    let p = pipeline_named("rl", dir.path());
+    let local_opts = RunOptions { target: Some("rollout_0".into()), ..opts(None, &[], None) };
+    p.run(&store, &local_opts).unwrap();
+    let local = output_of(&store, None, "rollout_0", "rollouts");
+    let local_s = LockFile::load(store.root()).unwrap().stages["rollout_0"].seconds;
+    let t0 = Instant::now();
+    let exec = slurm_for(&["rollout_0"], 4, "rl", dir.path());
+    p.run(&store, &RunOptions { target: Some("rollout_0".into()), ..opts(None, &["rollout_0"], exec) }).unwrap();
+    let slurm_s = t0.elapsed().as_secs_f64();
+    let merged = output_of(&store, None, "rollout_0", "rollouts");
+    let (a, b) = (store.read_table(&local).unwrap().concat().unwrap(), store.read_table(&merged).unwrap().concat().unwrap());
+    assert!(a.num_rows() >= 6, "{} rollouts", a.num_rows());
+    let ids = a.column_by_name("item_id").unwrap().as_string::<i32>();
+    let distinct: std::collections::BTreeSet<&str> = (0..ids.len()).map(|i| ids.value(i)).collect();
+    assert_eq!(distinct.len(), 6, "iteration 0 draws 6 questions");
+    let key = LockFile::load(store.root()).unwrap().stages["rollout_0"].key.clone();
+    let tasks = load_submissions(&slurm_dir(store.root(), "rollout_0", &key))[0].indexes.len();
+    assert!(tasks >= 2, "the 6 questions spread over {tasks} task(s)");
+    assert_eq!(a.schema().fields(), b.schema().fields());
+    let mut exact = true;
+    for (i, f) in a.schema().fields().iter().enumerate() {
+        if a.column(i) == b.column(i) {
+            continue;
+        }
+        exact = false;
+        // Only floats may differ, and only by rounding.
+        let (x, y) = (arrow::compute::cast(a.column(i), &DataType::Utf8), arrow::compute::cast(b.column(i), &DataType::Utf8));
+        let floats = |c: &dyn Array| -> Vec<f64> {
+            match c.data_type() {
+                DataType::Float64 => c.as_primitive::<arrow::datatypes::Float64Type>().values().to_vec(),
+                DataType::List(_) => {
+                    let l = c.as_list::<i32>();
+                    l.values().as_primitive::<arrow::datatypes::Float64Type>().values().to_vec()
+                }
+                other => panic!("column {}: {other:?} values differ between the local and the merged rows ({x:?} vs {y:?})", f.name()),
+            }
+        };
+        let (x, y) = (floats(a.column(i).as_ref()), floats(b.column(i).as_ref()));
+        assert_eq!(x.len(), y.len(), "column {}", f.name());
+        let d = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0f64, f64::max);
+        assert!(d < 1e-9, "column {}: differs by {d}", f.name());
+    }
+    eprintln!(
+        "    rollout_0 ({} rollouts of 6 questions, {tasks} tasks): local {local_s:.2} s, Slurm 4 shards {slurm_s:.2} s; byte-identical: {}",
+        a.num_rows(),
+        merged == local
+    );
+    assert_eq!(exact, merged == local);
+}
+
 /// GPUs asked of a cluster without any (this one's node has no `Gres`): Slurm refuses the submission,
 /// the run fails at once naming the stage, the setting to change and Slurm's own message, and nothing
 /// is recorded; without the GPU option the same stage runs.
@@ -663,6 +729,7 @@ fn main() -> ExitCode {
         ("a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it", a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it),
         ("score_sharded_into_4_gives_the_local_rows", score_sharded_into_4_gives_the_local_rows),
         ("generate_sharded_into_4_gives_the_local_rows", generate_sharded_into_4_gives_the_local_rows),
+        ("rollout_sharded_into_4_gives_the_local_rows", rollout_sharded_into_4_gives_the_local_rows),
         ("gpus_on_a_cluster_without_gpus_are_refused_clearly", gpus_on_a_cluster_without_gpus_are_refused_clearly),
         ("mmb_run_executor_slurm_through_the_cli", mmb_run_executor_slurm_through_the_cli),
         ("merge_time_grows_gently_with_shards", merge_time_grows_gently_with_shards),

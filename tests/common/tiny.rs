@@ -41,6 +41,11 @@ pub fn pipeline(model: &Path, alpha: f64) -> Pipeline {
 
 /// The pipeline with K = `iterations` PPO iterations.
 pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
+    pipeline_with(model, PpoStageParams { iterations, ..ppo_params(model, alpha) })
+}
+
+/// The pipeline with these `ppo` params.
+pub fn pipeline_with(model: &Path, ppo: PpoStageParams) -> Pipeline {
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage {
             params: DatasetParams {
@@ -82,7 +87,7 @@ pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
             },
         }),
     ];
-    stages.extend(mmboundary::stages::ppo::stages(PpoStageParams { iterations, ..ppo_params(model, alpha) }));
+    stages.extend(mmboundary::stages::ppo::stages(ppo));
     stages.extend::<Vec<Box<dyn Stage>>>(vec![
         Box::new(EvalStage {
             params: EvalParams {

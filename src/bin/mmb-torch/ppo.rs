@@ -20,35 +20,15 @@ use mmboundary::confidence::uncertainty::TokenInfo;
 use mmboundary::data::{items_from_record_batch, Item};
 use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::ppo::{
-    judge_name, ppo_log_schema, rollouts_schema, IterationParams, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore, RolloutTokens,
+    iteration_items, judge_name, ppo_log_schema, rollouts_schema, IterationParams, PpoStageParams, ReferencePolicy, RewardModel,
+    RolloutScore, RolloutTokens,
 };
 use mmboundary::store::ArtifactKind;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use tch::Tensor;
-
-/// Which questions iteration `k` draws: without replacement, reshuffled whenever the set is used up, so
-/// iteration k's draw depends only on the seed, the set size and k (not on K).
-pub fn draw(n_questions: usize, per_iteration: usize, seed: u64, k: usize) -> Vec<usize> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut order: Vec<usize> = Vec::new();
-    let mut batch = Vec::new();
-    for _ in 0..=k {
-        batch.clear();
-        while batch.len() < per_iteration.min(n_questions) {
-            if order.is_empty() {
-                order = (0..n_questions).collect();
-                order.shuffle(&mut rng);
-            }
-            batch.push(order.pop().expect("refilled"));
-        }
-    }
-    batch
-}
 
 /// What both iteration stages set up: params, model, tokenizer, and iteration k's questions as prompts.
 struct Iteration {
@@ -85,13 +65,7 @@ impl Iteration {
         let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
 
         let all = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-        let mut selected: Vec<Item> = all.into_iter().filter(|it| p.splits.iter().any(|s| s == &it.split)).collect();
-        if let Some(n) = p.limit {
-            selected.truncate(n);
-        }
-        anyhow::ensure!(!selected.is_empty(), "ppo: no items in splits {:?}", p.splits);
-        let picked = draw(selected.len(), p.prompts_per_iteration, p.seed, k);
-        let items: Vec<Item> = picked.iter().map(|&i| selected[i].clone()).collect();
+        let items: Vec<Item> = iteration_items(&all, &p, k)?.into_iter().cloned().collect();
         let features = ctx.input_table("features")?.concat()?;
         let feats = Features::from_batch(&features)?;
         let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &p.prompt };
