@@ -4,6 +4,7 @@
 //!   tokens are equal; its log-probs and entropies agree within 1e-5, not bit for bit (a left-padded
 //!   batch reduces in another order);
 //! - PPO rollouts (`rollout_k`'s sampler) of one prompt are the same whatever prompts share its step.
+//! - `rollout_k`'s shard item list: a shard of iteration k's draw, drawn again, is itself.
 use arrow::array::AsArray;
 use arrow::datatypes::{Float32Type, Int64Type, UInt32Type};
 use mmboundary::engine::{item_seed, Pipeline, RunOptions};
@@ -155,4 +156,39 @@ fn item_seed_depends_on_seed_item_and_stream() {
     assert_ne!(s, item_seed(1, "q1", 0));
     assert_ne!(s, item_seed(0, "q2", 0));
     assert_ne!(s, item_seed(0, "q1", 1));
+}
+
+/// `rollout_k`'s shard item list: iteration k's draw (hand-checked below), and a shard task, which sees
+/// only its part of the draw, draws exactly that part again (it re-runs the same selection and draw on
+/// its view), for every k and every part.
+#[test]
+fn a_shard_of_an_iteration_draw_draws_itself() {
+    use mmboundary::data::Item;
+    use mmboundary::engine::shard::shard_of;
+    use mmboundary::stages::ppo::{draw, iteration_items, PpoStageParams};
+    // Without replacement within a pass over the set: 16 questions, 6 a time: iterations 0 and 1 take 12
+    // different ones, iteration 2 the last 4 of the first pass and 2 of a reshuffled second.
+    let passes: Vec<Vec<usize>> = (0..3).map(|k| draw(16, 6, 5, k)).collect();
+    let first_two: std::collections::BTreeSet<usize> = passes[0].iter().chain(&passes[1]).copied().collect();
+    assert_eq!(first_two.len(), 12);
+    let rest: std::collections::BTreeSet<usize> = (0..16).filter(|i| !first_two.contains(i)).collect();
+    assert_eq!(passes[2][..4].iter().copied().collect::<std::collections::BTreeSet<_>>(), rest);
+
+    let items: Vec<Item> = (0..16).map(|i| Item::new(&format!("q{i}"), "test", if i % 4 == 3 { "val" } else { "train" }, "?")).collect();
+    let p = PpoStageParams { prompts_per_iteration: 6, limit: Some(10), seed: 5, ..Default::default() };
+    for k in 0..4 {
+        let drawn = iteration_items(&items, &p, k).unwrap();
+        assert_eq!(drawn.len(), 6);
+        // The selection: train items only, the first 10 of them.
+        assert!(drawn.iter().all(|it| it.split == "train" && it.id[1..].parse::<usize>().unwrap() <= 12), "{drawn:?}");
+        for of in [2, 4] {
+            for s in 0..of {
+                let part: Vec<Item> = drawn.iter().filter(|it| shard_of(&it.id, of) == s).map(|&it| it.clone()).collect();
+                let again: std::collections::BTreeSet<&str> =
+                    iteration_items(&part, &p, k).map(|v| v.iter().map(|it| it.id.as_str()).collect()).unwrap_or_default();
+                let want: std::collections::BTreeSet<&str> = part.iter().map(|it| it.id.as_str()).collect();
+                assert_eq!(again, want, "iteration {k}, shard {s} of {of}");
+            }
+        }
+    }
 }
