@@ -62,15 +62,6 @@ impl Default for GenerateParams {
     }
 }
 
-/// The questions `generate` answers: the items of `splits`, in the dataset's order, the first `limit`.
-pub fn select<'a>(items: &'a [Item], splits: &[String], limit: Option<usize>) -> Vec<&'a Item> {
-    let mut selected: Vec<&Item> = items.iter().filter(|it| splits.iter().any(|s| s == &it.split)).collect();
-    if let Some(n) = limit {
-        selected.truncate(n);
-    }
-    selected
-}
-
 /// The prompt of the embedded benchmark's models, in SmolLM2's chat format (the demo MLLM is trained on
 /// exactly this: its user turn is [`question_block`] after the image).
 pub const DEFAULT_PROMPT: &str = "<|im_start|>user\n{image}\nQuestion: {question}\nOptions: {options}<|im_end|>\n<|im_start|>assistant\n";
@@ -204,6 +195,15 @@ pub fn chains_batch(rows: &[ChainRow]) -> anyhow::Result<RecordBatch> {
         Arc::new(c_finish.finish()),
     ];
     Ok(RecordBatch::try_new(chains_schema(), cols)?)
+}
+
+/// The questions `generate` answers: the items of `splits`, in the dataset's order, the first `limit`.
+pub fn select<'a>(items: &'a [Item], splits: &[String], limit: Option<usize>) -> Vec<&'a Item> {
+    let mut selected: Vec<&Item> = items.iter().filter(|it| splits.iter().any(|s| s == &it.split)).collect();
+    if let Some(n) = limit {
+        selected.truncate(n);
+    }
+    selected
 }
 
 pub struct GenerateStage {
