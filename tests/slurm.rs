@@ -192,7 +192,10 @@ fn generating(dir: &Path, batch: usize) -> Pipeline {
                 ..Default::default()
             },
         }),
-        Box::new(FeaturesStage { params: FeaturesParams { clip: Some(clip), batch: 4, merge: 1 }, session: Default::default() }),
+        Box::new(FeaturesStage {
+            params: FeaturesParams { clip: Some(clip), batch: 4, merge: 1, ..Default::default() },
+            session: Default::default(),
+        }),
         Box::new(GenerateStage {
             params: GenerateParams {
                 model: Some(dir.join("tiny-llava")),
