@@ -6,7 +6,7 @@
 //! This test binary has its own `main` (Cargo.toml: `harness = false`): the array tasks run this very
 //! binary as `slurm shard-task PIPELINE DIR TASK_FILE`, so the tasks run the same stage code as the test.
 use arrow::array::{Array, AsArray, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema};
 use arrow::record_batch::RecordBatch;
 use mmboundary::engine::executor::{load_submissions, run_task, slurm_dir, ExecutorFile, ExecutorKind, Executors, StageExecutor, TaskFile};
 use mmboundary::engine::shard::{merge_parts, shard_of};
@@ -176,10 +176,57 @@ fn scoring(dir: &Path) -> Pipeline {
     .unwrap()
 }
 
+/// `generate` alone (in `mmb-torch`), sampling at temperature 1, two chains per question, on a selection
+/// (every split, the first 12 of 16 questions) in batches of `batch`.
+fn generating(dir: &Path, batch: usize) -> Pipeline {
+    use mmboundary::data::penumbra::PenumbraParams;
+    use mmboundary::stages::dataset::{DatasetParams, DatasetStage};
+    use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
+    use mmboundary::stages::generate::{GenerateParams, GenerateStage};
+    let clip = common::fixtures().join("encoders/clip_tiny");
+    Pipeline::new(vec![
+        Box::new(DatasetStage {
+            params: DatasetParams {
+                penumbra: PenumbraParams { n_items: 16, image_size: 32, ..Default::default() },
+                chunk: 8,
+                ..Default::default()
+            },
+        }),
+        Box::new(FeaturesStage {
+            params: FeaturesParams { clip: Some(clip), batch: 4, merge: 1, ..Default::default() },
+            session: Default::default(),
+        }),
+        Box::new(GenerateStage {
+            params: GenerateParams {
+                model: Some(dir.join("tiny-llava")),
+                splits: vec!["train".into(), "val".into(), "test".into(), "ood".into()],
+                limit: Some(12),
+                samples: 2,
+                batch,
+                max_new_tokens: 10,
+                temperature: 1.0,
+                device: "cpu".into(),
+                ..Default::default()
+            },
+        }),
+    ])
+    .unwrap()
+}
+
 fn pipeline_named(name: &str, dir: &Path) -> Pipeline {
     match name {
         "squares" => squares(),
         "scoring" => scoring(dir),
+        // One PPO iteration of 6 questions on the tiny pipeline (its model in DIR/tiny-llava).
+        "rl" => common::tiny::pipeline_with(&dir.join("tiny-llava"), |p| {
+            p.ppo = mmboundary::stages::ppo::PpoStageParams {
+                iterations: 1,
+                prompts_per_iteration: 6,
+                ..common::tiny::ppo_params(&dir.join("tiny-llava"), 1.0)
+            }
+        }),
+        "generating-b1" => generating(dir, 1),
+        "generating-b4" => generating(dir, 4),
         other => panic!("no test pipeline `{other}`"),
     }
 }
@@ -440,6 +487,125 @@ fn score_sharded_into_4_gives_the_local_rows() {
     eprintln!("    score ({} sentences): local {local_s:.2} s, Slurm 4 shards {slurm_s:.2} s", a.num_rows());
 }
 
+/// The real `generate` (per-item seeded sampling in `mmb-torch`) as 4 array tasks. One question per
+/// batch: the merged artifact is the local one, byte for byte. Batches of 4: a shard's batches hold other
+/// questions than the local run's, and a left-padded batch rounds differently (tests/item_seeding.rs),
+/// so every chain's tokens, text and sentences are the same and its log-probs and entropies agree to 1e-5.
+fn generate_sharded_into_4_gives_the_local_rows() {
+    std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
+    let (dir, store) = fresh_store();
+    common::tiny_llava(dir.path());
+    for name in ["generating-b1", "generating-b4"] {
+        let p = pipeline_named(name, dir.path());
+        p.run(&store, &opts(Some(name), &[], None)).unwrap();
+        let local = output_of(&store, Some(name), "generate", "chains");
+        let local_s = LockFile::load_named(store.root(), Some(name)).unwrap().stages["generate"].seconds;
+        let t0 = Instant::now();
+        p.run(&store, &opts(Some(name), &["generate"], slurm_for(&["generate"], 4, name, dir.path()))).unwrap();
+        let slurm_s = t0.elapsed().as_secs_f64();
+        let merged = output_of(&store, Some(name), "generate", "chains");
+        let (a, b) = (store.read_table(&local).unwrap().concat().unwrap(), store.read_table(&merged).unwrap().concat().unwrap());
+        assert_eq!(a.num_rows(), 24, "{name}: the first 12 questions × 2 samples");
+        assert_eq!(a.schema().fields(), b.schema().fields());
+        for (i, f) in a.schema().fields().iter().enumerate() {
+            if matches!(f.name().as_str(), "logprobs" | "entropies") {
+                let (x, y) = (a.column(i).as_list::<i32>(), b.column(i).as_list::<i32>());
+                for r in 0..a.num_rows() {
+                    let (x, y) = (x.value(r), y.value(r));
+                    let (x, y) = (x.as_primitive::<Float32Type>().values(), y.as_primitive::<Float32Type>().values());
+                    assert_eq!(x.len(), y.len());
+                    let d = x.iter().zip(y.iter()).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+                    assert!(d < 1e-5, "{name}: row {r}: {} differ by {d}", f.name());
+                }
+            } else {
+                assert_eq!(a.column(i), b.column(i), "{name}: column {} of the merged rows", f.name());
+            }
+        }
+        if name == "generating-b1" {
+            assert_eq!(merged, local, "one question per batch: byte-identical artifact");
+        }
+        eprintln!("    generate ({name}, 24 chains): local {local_s:.2} s, Slurm 4 shards {slurm_s:.2} s");
+    }
+}
+
+/// The real `rollout_k` (per-item seeded PPO sampling, then the reward model) as 4 array tasks over
+/// iteration 0's draw of 6 questions: every rollout's tokens, text, sentences and levels are the local
+/// run's, and its rewards and signals agree to 1e-9 (a shard's questions are sampled in other batches).
+fn rollout_sharded_into_4_gives_the_local_rows() {
+    std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
+    let (dir, store) = fresh_store();
+    common::tiny_llava(dir.path());
+    let p = pipeline_named("rl", dir.path());
+    let local_opts = RunOptions { target: Some("rollout_0".into()), ..opts(None, &[], None) };
+    p.run(&store, &local_opts).unwrap();
+    let local = output_of(&store, None, "rollout_0", "rollouts");
+    let local_s = LockFile::load(store.root()).unwrap().stages["rollout_0"].seconds;
+    let t0 = Instant::now();
+    let exec = slurm_for(&["rollout_0"], 4, "rl", dir.path());
+    p.run(&store, &RunOptions { target: Some("rollout_0".into()), ..opts(None, &["rollout_0"], exec) }).unwrap();
+    let slurm_s = t0.elapsed().as_secs_f64();
+    let merged = output_of(&store, None, "rollout_0", "rollouts");
+    let (a, b) = (store.read_table(&local).unwrap().concat().unwrap(), store.read_table(&merged).unwrap().concat().unwrap());
+    assert!(a.num_rows() >= 6, "{} rollouts", a.num_rows());
+    let ids = a.column_by_name("item_id").unwrap().as_string::<i32>();
+    let distinct: std::collections::BTreeSet<&str> = (0..ids.len()).map(|i| ids.value(i)).collect();
+    assert_eq!(distinct.len(), 6, "iteration 0 draws 6 questions");
+    let key = LockFile::load(store.root()).unwrap().stages["rollout_0"].key.clone();
+    let tasks = load_submissions(&slurm_dir(store.root(), "rollout_0", &key))[0].indexes.len();
+    assert!(tasks >= 2, "the 6 questions spread over {tasks} task(s)");
+    assert_eq!(a.schema().fields(), b.schema().fields());
+    let mut exact = true;
+    for (i, f) in a.schema().fields().iter().enumerate() {
+        if a.column(i) == b.column(i) {
+            continue;
+        }
+        exact = false;
+        // Only floats may differ, and only by rounding.
+        let (x, y) = (arrow::compute::cast(a.column(i), &DataType::Utf8), arrow::compute::cast(b.column(i), &DataType::Utf8));
+        let floats = |c: &dyn Array| -> Vec<f64> {
+            match c.data_type() {
+                DataType::Float64 => c.as_primitive::<arrow::datatypes::Float64Type>().values().to_vec(),
+                DataType::List(_) => {
+                    let l = c.as_list::<i32>();
+                    l.values().as_primitive::<arrow::datatypes::Float64Type>().values().to_vec()
+                }
+                other => panic!("column {}: {other:?} values differ between the local and the merged rows ({x:?} vs {y:?})", f.name()),
+            }
+        };
+        let (x, y) = (floats(a.column(i).as_ref()), floats(b.column(i).as_ref()));
+        assert_eq!(x.len(), y.len(), "column {}", f.name());
+        let d = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0.0f64, f64::max);
+        assert!(d < 1e-9, "column {}: differs by {d}", f.name());
+    }
+    eprintln!(
+        "    rollout_0 ({} rollouts of 6 questions, {tasks} tasks): local {local_s:.2} s, Slurm 4 shards {slurm_s:.2} s; byte-identical: {}",
+        a.num_rows(),
+        merged == local
+    );
+    assert_eq!(exact, merged == local);
+}
+
+/// GPUs asked of a cluster without any (this one's node has no `Gres`): Slurm refuses the submission,
+/// the run fails at once naming the stage, the setting to change and Slurm's own message, and nothing
+/// is recorded; without the GPU option the same stage runs.
+fn gpus_on_a_cluster_without_gpus_are_refused_clearly() {
+    let (dir, store) = fresh_store();
+    let p = squares();
+    let mut exec = slurm_for(&["square"], 4, "squares", dir.path()).unwrap();
+    Arc::get_mut(&mut exec).unwrap().file.stage.get_mut("square").unwrap().gpus_per_task = Some(1);
+    let t0 = Instant::now();
+    let err = p.run(&store, &opts(Some("gpu"), &[], Some(exec))).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "refused at submission, not waited on");
+    for want in ["stage `square`", "Slurm refused 1 GPU(s) per task", "gpus_per_task = 0", "Invalid generic resource"] {
+        assert!(msg.contains(want), "the error should say `{want}`: {msg}");
+    }
+    let lock = LockFile::load_named(store.root(), Some("gpu")).unwrap();
+    assert!(!lock.stages.contains_key("square"), "nothing recorded for the refused stage");
+    p.run(&store, &opts(Some("gpu"), &[], slurm_for(&["square"], 4, "squares", dir.path()))).unwrap();
+    assert_eq!(read_squares(&store, &output_of(&store, Some("gpu"), "square", "out")), expected_squares());
+}
+
 /// The `mmb` binary as a user runs it: `mmb run --executor slurm` submits `mmb shard-task` jobs (here the
 /// `dataset` stage, as one job) and records the same artifact as a local run; a job whose task fails is
 /// reported, and `mmb status` shows it.
@@ -564,6 +730,9 @@ fn main() -> ExitCode {
         ("a_rerun_after_the_engine_died_waits_for_the_running_job", a_rerun_after_the_engine_died_waits_for_the_running_job),
         ("a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it", a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it),
         ("score_sharded_into_4_gives_the_local_rows", score_sharded_into_4_gives_the_local_rows),
+        ("generate_sharded_into_4_gives_the_local_rows", generate_sharded_into_4_gives_the_local_rows),
+        ("rollout_sharded_into_4_gives_the_local_rows", rollout_sharded_into_4_gives_the_local_rows),
+        ("gpus_on_a_cluster_without_gpus_are_refused_clearly", gpus_on_a_cluster_without_gpus_are_refused_clearly),
         ("mmb_run_executor_slurm_through_the_cli", mmb_run_executor_slurm_through_the_cli),
         ("merge_time_grows_gently_with_shards", merge_time_grows_gently_with_shards),
     ];

@@ -220,8 +220,8 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
     // The item list's keys, in order (the merge's row order); shards that hold no item get no task.
     let order = match &spec {
         Some(spec) => {
-            let full = ctx.input_table(&spec.input)?.concat()?;
-            Some(super::shard::key_column(&full, &spec.key, &format!("stage `{name}`: input `{}`", spec.input))?)
+            let full = stage.shard_items(&ctx.input_table(&spec.input)?.concat()?)?;
+            Some(super::shard::key_column(&full, spec.input_key(), &format!("stage `{name}`: input `{}`", spec.input))?)
         }
         None => None,
     };
@@ -307,7 +307,7 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
                 let idx: Vec<usize> = todo.iter().flatten().copied().collect();
                 let cwd = std::env::current_dir().map_err(|e| anyhow::anyhow!("the current folder: {e}"))?;
                 let args = sbatch_args(&settings, name, &key, &cwd, &logs, spec.as_ref().map(|_| idx.as_slice()));
-                let j = client.submit(&args, &script)?;
+                let j = client.submit(&args, &script).map_err(|e| submit_error(name, &settings, e))?;
                 let mut subs = load_submissions(&dir);
                 subs.push(Submission { job: j.clone(), indexes: idx, of, submitted: Lineage::now() });
                 write_atomic(&dir.join("submissions.json"), &serde_json::to_vec_pretty(&subs)?)?;
@@ -352,6 +352,21 @@ fn run_on_slurm(stage: &dyn Stage, ctx: &StageContext, exec: &Executors) -> anyh
         }
     }
     Ok(())
+}
+
+/// A refused submission, said in the executor's terms where Slurm's own words are obscure: a cluster
+/// (or partition) without GPUs answers `--gpus-per-task` with "Invalid generic resource (gres)".
+fn submit_error(stage: &str, s: &SlurmSettings, e: anyhow::Error) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    match s.gpus_per_task.filter(|&g| g > 0) {
+        Some(g) if msg.contains("generic resource") || msg.contains("gres") => anyhow::anyhow!(
+            "Slurm refused {g} GPU(s) per task: the {} has no nodes with GPUs (`Gres=gpu:…`) to give; \
+             set `gpus_per_task = 0` under [stage.{stage}] in stages/executor.toml to run it on CPUs, or name a GPU \
+             partition. Slurm said: {msg}",
+            s.partition.as_deref().map(|p| format!("partition `{p}`")).unwrap_or_else(|| "default partition".into())
+        ),
+        _ => e,
+    }
 }
 
 /// The `sbatch` options of one submission (the script comes last, from [`SlurmClient::submit`]).
@@ -504,7 +519,8 @@ pub fn run_task(stage: &dyn Stage, store: &Store, task_file: &Path, index: Optio
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("stage `{}` has no input `{}` to shard", job.stage, spec.input))?;
         let full = store.read_table(&full_id)?;
-        let batch = shard_view(&full.concat()?, &spec.key, i, task.of, &format!("input `{}` ({})", spec.input, full.path.display()))?;
+        let what = format!("input `{}` ({})", spec.input, full.path.display());
+        let batch = shard_view(&stage.shard_items(&full.concat()?)?, spec.input_key(), i, task.of, &what)?;
         let vl = view_lineage(&job.lineage, spec, &full_id, i, task.of);
         let id = store.put_table(batch.schema(), &[batch.clone()], &vl, full.hf_features.as_ref())?;
         lineage.inputs.insert(spec.input.clone(), id.to_string());

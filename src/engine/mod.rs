@@ -23,7 +23,7 @@ pub use key::cache_key;
 pub use lockfile::{LockFile, OutputRecord, RunCache, StageRecord};
 pub use pipeline::Pipeline;
 pub use runner::{RunOptions, RunSummary};
-pub use shard::ShardSpec;
+pub use shard::{item_seed, ShardSpec};
 pub use stage::{InputSpec, Stage};
 pub use state::ModelHashes;
 pub use status::{StageStatus, Staleness};

@@ -14,18 +14,33 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A map stage's declaration: its item list is the input `input`, and every row of it (and of each
-/// output table) carries the item's id in column `key`. The stage must compute each item's output
-/// rows from that item alone, so running it on any subset of the items gives those items' rows.
+/// A map stage's declaration: its item list is the input `input`, and every row of each output table
+/// carries the item's id in column `key` (and so does every row of the input, unless `input_key` names
+/// the input's id column). The stage must compute each item's output rows from that item alone, so
+/// running it on any subset of the items gives those items' rows. A stage that works on a selection of
+/// its input (some splits, the first N) says which rows with [`super::Stage::shard_items`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardSpec {
     pub input: String,
     pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_key: Option<String>,
 }
 
 impl ShardSpec {
     pub fn new(input: &str, key: &str) -> Self {
-        Self { input: input.into(), key: key.into() }
+        Self { input: input.into(), key: key.into(), input_key: None }
+    }
+
+    /// The input's id column is `input_key` (e.g. the dataset's `id` for outputs keyed by `item_id`).
+    pub fn with_input_key(mut self, input_key: &str) -> Self {
+        self.input_key = Some(input_key.into());
+        self
+    }
+
+    /// The id column of the item list.
+    pub fn input_key(&self) -> &str {
+        self.input_key.as_deref().unwrap_or(&self.key)
     }
 }
 
@@ -34,6 +49,19 @@ pub fn shard_of(key: &str, of: usize) -> usize {
     let h = blake3::hash(key.as_bytes());
     let first: [u8; 8] = h.as_bytes()[..8].try_into().expect("8 bytes");
     (u64::from_le_bytes(first) % of.max(1) as u64) as usize
+}
+
+/// The sampling seed of one item's stream `stream` (a sample index, a PPO step and sample) under the
+/// stage's `seed`: it depends on the item's id alone, never on which other items share its batch or
+/// shard, so a map stage that seeds each item with it writes the same rows for the item however its
+/// items are batched or sharded. blake3 over a domain tag, the seed, the stream and the id.
+pub fn item_seed(seed: u64, item: &str, stream: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mmboundary item seed\0");
+    h.update(&seed.to_le_bytes());
+    h.update(&stream.to_le_bytes());
+    h.update(item.as_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// The key column of a batch as text (string ids as they are, integer ids in decimal).
@@ -129,7 +157,7 @@ fn short(s: &str) -> &str {
 pub fn view_lineage(base: &Lineage, spec: &ShardSpec, full: &ArtifactId, index: usize, of: usize) -> Lineage {
     Lineage {
         stage: base.stage.clone(),
-        output: format!("{} (shard {index} of {of} by `{}`)", spec.input, spec.key),
+        output: format!("{} (shard {index} of {of} by `{}`)", spec.input, spec.input_key()),
         code_version: base.code_version.clone(),
         params: serde_json::json!({ "shard": index, "of": of, "key": spec.key }),
         inputs: BTreeMap::from([(spec.input.clone(), full.to_string())]),

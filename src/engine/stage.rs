@@ -40,5 +40,12 @@ pub trait Stage: Send + Sync {
     fn shard(&self) -> Option<ShardSpec> {
         None
     }
+    /// Of a sharded stage's item list, the rows it writes outputs for, in the order it writes them (the
+    /// merge's row order); run on the rows of one shard of these, it writes that shard's rows. Default:
+    /// every row, in order. A stage that selects (some splits, the first N) returns its selection, so
+    /// that a shard never sees an item the whole run would not have used.
+    fn shard_items(&self, items: &arrow::record_batch::RecordBatch) -> anyhow::Result<arrow::record_batch::RecordBatch> {
+        Ok(items.clone())
+    }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()>;
 }

@@ -23,6 +23,10 @@ pub struct GenerationParams {
     pub top_p: f64,
     /// Seed of the per-row samplers (row i uses seed + i), so a batch is reproducible.
     pub seed: u64,
+    /// When not empty, one seed per row (row i samples from `row_seeds[i]`, `seed` unused): a caller that
+    /// derives each row's seed from its item gets the same tokens for an item whichever batch it is in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub row_seeds: Vec<u64>,
     /// Generation of a row stops once its decoded text contains one of these (kept in the output).
     pub stop_strings: Vec<String>,
     /// End-of-sequence ids; empty = the config's `eos_token_id`.
@@ -46,6 +50,7 @@ impl Default for GenerationParams {
             eos_token_ids: vec![],
             pad_token_id: 0,
             suppress_token_ids: vec![],
+            row_seeds: vec![],
         }
     }
 }
@@ -194,7 +199,11 @@ pub fn generate_from_embeds(
             finish: FinishReason::Length,
         })
         .collect();
-    let mut rngs: Vec<ChaCha8Rng> = (0..b).map(|i| ChaCha8Rng::seed_from_u64(params.seed.wrapping_add(i as u64))).collect();
+    if !params.row_seeds.is_empty() && params.row_seeds.len() != b {
+        return Err(MllmError::Input(format!("generation: {} row seeds for {b} prompts", params.row_seeds.len())));
+    }
+    let row_seed = |i: usize| if params.row_seeds.is_empty() { params.seed.wrapping_add(i as u64) } else { params.row_seeds[i] };
+    let mut rngs: Vec<ChaCha8Rng> = (0..b).map(|i| ChaCha8Rng::seed_from_u64(row_seed(i))).collect();
     tch::no_grad(|| -> Result<()> {
         let mut cache = KvCache::new();
         let mut mask = mask.to_device(dev).to_kind(Kind::Int64);

@@ -270,6 +270,18 @@ impl PpoTrainer {
 
     /// N rollouts per prompt from the current policy, as (prompt index, generation); counts a step.
     pub fn sample<M: EmbedInputs>(&mut self, model: &M, prompts: &[PpoPrompt]) -> Result<Vec<(usize, Generated)>> {
+        self.sample_seeded(model, prompts, None)
+    }
+
+    /// [`Self::sample`] with each rollout's sampling seed given by `seed_of(prompt index, sample index, step)`
+    /// (None: the step's seed plus the rollout's row), so that a caller deriving it from the prompt's item
+    /// gets the same rollouts for an item whatever other prompts share its step.
+    pub fn sample_seeded<M: EmbedInputs>(
+        &mut self,
+        model: &M,
+        prompts: &[PpoPrompt],
+        seed_of: Option<&dyn Fn(usize, usize, usize) -> u64>,
+    ) -> Result<Vec<(usize, Generated)>> {
         let p = &self.params;
         if prompts.is_empty() {
             return Err(MllmError::Input("PPO step: no prompts".into()));
@@ -277,13 +289,18 @@ impl PpoTrainer {
         self.step += 1;
         let mut gen_inputs = Vec::new();
         let mut owners = Vec::new();
+        let mut row_seeds = Vec::new();
         for (i, pr) in prompts.iter().enumerate() {
-            for _ in 0..p.samples_per_prompt {
+            for j in 0..p.samples_per_prompt {
                 gen_inputs.push((pr.ids.clone(), pr.images.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>()));
                 owners.push(i);
+                if let Some(f) = seed_of {
+                    row_seeds.push(f(i, j, self.step));
+                }
             }
         }
-        let gparams = GenerationParams { seed: p.generation.seed.wrapping_add(self.step as u64 * 1_000_003), ..p.generation.clone() };
+        let gparams =
+            GenerationParams { seed: p.generation.seed.wrapping_add(self.step as u64 * 1_000_003), row_seeds, ..p.generation.clone() };
         let gens = generate_multimodal(model, &gen_inputs, &gparams, None)?;
         Ok(owners.into_iter().zip(gens).collect())
     }

@@ -128,8 +128,9 @@ impl Stage for EvalStage {
     fn name(&self) -> &str {
         "eval"
     }
+    /// 5: each item's chain seeded by its id (was: by its batch).
     fn code_version(&self) -> &str {
-        "4"
+        "5"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         // A checkpoint is an input only when a policy reads it (a baseline of `mmb compare` that evaluates

@@ -5,6 +5,7 @@
 //! locates each sentence's tokens).
 use crate::confidence::parser::{sentence_spans, ParserParams};
 use crate::confidence::spans::{floors_after_previous, response_sentences, GeneratedToken};
+use crate::data::Item;
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::array::{ArrayRef, Float32Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -29,7 +30,8 @@ pub struct GenerateParams {
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
-    /// Questions per generation batch (left-padded).
+    /// Chains per generation batch (left-padded). Each chain samples from its own stream, seeded by its
+    /// item's id and sample index, so the batch size does not change what is sampled.
     pub batch: usize,
     /// `auto`, `cpu`, `cuda` or `cuda:N`; asking for CUDA where there is none is an error.
     pub device: String,
@@ -195,6 +197,15 @@ pub fn chains_batch(rows: &[ChainRow]) -> anyhow::Result<RecordBatch> {
     Ok(RecordBatch::try_new(chains_schema(), cols)?)
 }
 
+/// The questions `generate` answers: the items of `splits`, in the dataset's order, the first `limit`.
+pub fn select<'a>(items: &'a [Item], splits: &[String], limit: Option<usize>) -> Vec<&'a Item> {
+    let mut selected: Vec<&Item> = items.iter().filter(|it| splits.iter().any(|s| s == &it.split)).collect();
+    if let Some(n) = limit {
+        selected.truncate(n);
+    }
+    selected
+}
+
 pub struct GenerateStage {
     pub params: GenerateParams,
 }
@@ -204,8 +215,9 @@ impl Stage for GenerateStage {
         "generate"
     }
     /// 2: `token_text` holds decoded pieces (was: vocabulary entries), sentences from the one splitter.
+    /// 3: each chain seeded by its item's id and sample (was: by batch), rows item by item.
     fn code_version(&self) -> &str {
-        "2"
+        "3"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")];
@@ -225,6 +237,19 @@ impl Stage for GenerateStage {
     }
     fn device(&self) -> String {
         super::device::device_key(&self.params.device, &self.params.dtype)
+    }
+    /// Each chain depends on its item (and the seed) alone: `generate` may run on shards of its items.
+    fn shard(&self) -> Option<crate::engine::ShardSpec> {
+        Some(crate::engine::ShardSpec::new("items", "item_id").with_input_key("id"))
+    }
+    /// The questions [`select`] picks (the splits, the first `limit`), in the dataset's order.
+    fn shard_items(&self, items: &RecordBatch) -> anyhow::Result<RecordBatch> {
+        let all = crate::data::items_from_record_batch(items)?;
+        let keep: std::collections::HashSet<&str> =
+            select(&all, &self.params.splits, self.params.limit).into_iter().map(|it| it.id.as_str()).collect();
+        let ids = crate::engine::shard::key_column(items, "id", "generate: input `items`")?;
+        let mask = arrow::array::BooleanArray::from(ids.iter().map(|id| keep.contains(id.as_str())).collect::<Vec<_>>());
+        Ok(arrow::compute::filter_record_batch(items, &mask)?)
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)

@@ -257,6 +257,35 @@ pub fn stages(params: PpoStageParams) -> Vec<Box<dyn Stage>> {
     v
 }
 
+/// Which questions iteration `k` draws: without replacement, reshuffled whenever the set is used up, so
+/// iteration k's draw depends only on the seed, the set size and k (not on K).
+pub fn draw(n_questions: usize, per_iteration: usize, seed: u64, k: usize) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<usize> = Vec::new();
+    let mut batch = Vec::new();
+    for _ in 0..=k {
+        batch.clear();
+        while batch.len() < per_iteration.min(n_questions) {
+            if order.is_empty() {
+                order = (0..n_questions).collect();
+                order.shuffle(&mut rng);
+            }
+            batch.push(order.pop().expect("refilled"));
+        }
+    }
+    batch
+}
+
+/// Iteration `k`'s questions, in draw order: the items of `p.splits`, the first `p.limit`, drawn by [`draw`].
+/// Drawn again from only the questions it returned (as a shard of `rollout_k` is), it returns them all.
+pub fn iteration_items<'a>(items: &'a [Item], p: &PpoStageParams, k: usize) -> anyhow::Result<Vec<&'a Item>> {
+    let selected = super::generate::select(items, &p.splits, p.limit);
+    anyhow::ensure!(!selected.is_empty(), "ppo: no items in splits {:?}", p.splits);
+    Ok(draw(selected.len(), p.prompts_per_iteration, p.seed, k).into_iter().map(|i| selected[i]).collect())
+}
+
 /// What `rollout_k` and `update_k` are keyed by and read: the iteration and the `ppo` params without K.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,8 +315,9 @@ impl Stage for IterationStage {
     fn name(&self) -> &str {
         &self.name
     }
+    /// 3: each rollout seeded by its item's id, step and sample (was: by its row in the step).
     fn code_version(&self) -> &str {
-        "2"
+        "3"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let (p, k) = (&self.params, self.iteration);
@@ -307,6 +337,22 @@ impl Stage for IterationStage {
             IterationPart::Update => v.push(InputSpec::new("rollouts", &format!("rollout_{k}"), "rollouts")),
         }
         v
+    }
+    /// `rollout_k`'s rollouts of a question depend on that question alone (each seeded by its id): it may
+    /// run on shards of iteration k's draw. `update_k` is one optimizer step over all of them.
+    fn shard(&self) -> Option<crate::engine::ShardSpec> {
+        match self.part {
+            IterationPart::Rollout => Some(crate::engine::ShardSpec::new("items", "item_id").with_input_key("id")),
+            IterationPart::Update => None,
+        }
+    }
+    /// Iteration k's draw ([`iteration_items`]), in draw order.
+    fn shard_items(&self, items: &arrow::record_batch::RecordBatch) -> anyhow::Result<arrow::record_batch::RecordBatch> {
+        let all = crate::data::items_from_record_batch(items)?;
+        let row: std::collections::HashMap<&str, u32> = all.iter().enumerate().map(|(i, it)| (it.id.as_str(), i as u32)).collect();
+        let drawn = iteration_items(&all, &self.params, self.iteration)?;
+        let idx = arrow::array::UInt32Array::from(drawn.iter().map(|it| row[it.id.as_str()]).collect::<Vec<_>>());
+        Ok(arrow::compute::take_record_batch(items, &idx)?)
     }
     fn outputs(&self) -> Vec<String> {
         match self.part {

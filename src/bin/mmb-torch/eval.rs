@@ -5,7 +5,7 @@ use crate::policy;
 use anyhow::Context;
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mmboundary::data::items_from_record_batch;
-use mmboundary::engine::StageContext;
+use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::chain_judge::ChainJudge;
 use mmboundary::stages::eval::{evaluate, metrics_schema, sentences_schema, EvalChain, EvalParams};
 use mmboundary::stages::self_consistency::{sc_chain_text, SC_POLICY};
@@ -49,7 +49,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             other => anyhow::bail!("eval.variants: unknown variant `{other}` (expected vanilla, sft, full or {SC_POLICY})"),
         };
         let pol = policy::load(&model_dir, device, dtype, ck.as_deref())?;
-        for (b, chunk) in selected.chunks(p.batch.max(1)).enumerate() {
+        for chunk in selected.chunks(p.batch.max(1)) {
             let mut prompts = Vec::with_capacity(chunk.len());
             for it in chunk {
                 let (n, feat) = feats.tensor(&it.id)?;
@@ -58,7 +58,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             let gp = GenerationParams {
                 max_new_tokens: p.max_new_tokens,
                 temperature: p.temperature,
-                seed: p.seed.wrapping_add(b as u64 * 7919),
+                // Each item samples from its own stream (the same under every variant), seeded by its id.
+                row_seeds: chunk.iter().map(|it| item_seed(p.seed, &it.id, 0)).collect(),
                 suppress_token_ids: vec![cfg.image_token_index],
                 ..GenerationParams::default()
             };

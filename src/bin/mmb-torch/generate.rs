@@ -3,7 +3,7 @@ use crate::inputs::{Features, Prompter};
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mllm::llava::Llava;
 use mmboundary::data::items_from_record_batch;
-use mmboundary::engine::StageContext;
+use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::generate::{chains_batch, chains_schema, ChainRow, GenerateParams};
 use std::str::FromStr;
 
@@ -24,52 +24,49 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, cfg.image_token_index)?;
     let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &template };
 
-    let mut selected: Vec<_> = items.iter().filter(|it| p.splits.iter().any(|s| s == &it.split)).collect();
-    if let Some(n) = p.limit {
-        selected.truncate(n);
-    }
+    let selected = mmboundary::stages::generate::select(&items, &p.splits, p.limit);
     anyhow::ensure!(!selected.is_empty(), "no items in splits {:?}", p.splits);
 
+    // Every (item, sample) chain, item by item; each samples from its own stream, seeded by the item's id
+    // and the sample index alone, so a chain is the same whichever batch or shard its item lands in.
+    let pairs: Vec<(&mmboundary::data::Item, usize)> = selected.iter().flat_map(|&it| (0..p.samples).map(move |s| (it, s))).collect();
     let mut rows = Vec::new();
-    let bar = ctx.progress((selected.len() * p.samples) as u64, "generating chains");
-    for sample in 0..p.samples {
-        for (b, chunk) in selected.chunks(p.batch.max(1)).enumerate() {
-            let mut prompts = Vec::with_capacity(chunk.len());
-            for it in chunk {
-                let (n, feat) = feats.tensor(&it.id)?;
-                prompts.push((prompter.prompt(&it.question, &it.choices, n)?, vec![feat]));
-            }
-            let gp = GenerationParams {
-                max_new_tokens: p.max_new_tokens,
-                temperature: p.temperature,
-                top_p: p.top_p,
-                // A different stream per sample and batch, reproducible from the seed.
-                seed: p.seed.wrapping_add((sample * 1_000_003 + b * 7919) as u64),
-                // An image token in a chain would break the splice wherever the chain is fed back.
-                suppress_token_ids: vec![cfg.image_token_index],
-                ..GenerationParams::default()
-            };
-            let out = generate_multimodal(&model, &prompts, &gp, Some(&tok))?;
-            for (it, g) in chunk.iter().zip(out) {
-                anyhow::ensure!(
-                    g.logprobs.iter().chain(&g.entropies).all(|v| v.is_finite()),
-                    "item {}: the model produced non-finite log-probs or entropies",
-                    it.id
-                );
-                rows.push(ChainRow {
-                    item_id: it.id.clone(),
-                    split: it.split.clone(),
-                    sample: sample as u32,
-                    text: g.text,
-                    tokens: g.tokens,
-                    pieces: g.pieces,
-                    logprobs: g.logprobs,
-                    entropies: g.entropies,
-                    finish: format!("{:?}", g.finish).to_lowercase(),
-                });
-            }
-            bar.inc(chunk.len() as u64);
+    let bar = ctx.progress(pairs.len() as u64, "generating chains");
+    for chunk in pairs.chunks(p.batch.max(1)) {
+        let mut prompts = Vec::with_capacity(chunk.len());
+        for (it, _) in chunk {
+            let (n, feat) = feats.tensor(&it.id)?;
+            prompts.push((prompter.prompt(&it.question, &it.choices, n)?, vec![feat]));
         }
+        let gp = GenerationParams {
+            max_new_tokens: p.max_new_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            row_seeds: chunk.iter().map(|(it, s)| item_seed(p.seed, &it.id, *s as u64)).collect(),
+            // An image token in a chain would break the splice wherever the chain is fed back.
+            suppress_token_ids: vec![cfg.image_token_index],
+            ..GenerationParams::default()
+        };
+        let out = generate_multimodal(&model, &prompts, &gp, Some(&tok))?;
+        for ((it, sample), g) in chunk.iter().zip(out) {
+            anyhow::ensure!(
+                g.logprobs.iter().chain(&g.entropies).all(|v| v.is_finite()),
+                "item {}: the model produced non-finite log-probs or entropies",
+                it.id
+            );
+            rows.push(ChainRow {
+                item_id: it.id.clone(),
+                split: it.split.clone(),
+                sample: *sample as u32,
+                text: g.text,
+                tokens: g.tokens,
+                pieces: g.pieces,
+                logprobs: g.logprobs,
+                entropies: g.entropies,
+                finish: format!("{:?}", g.finish).to_lowercase(),
+            });
+        }
+        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     let batch = chains_batch(&rows)?;

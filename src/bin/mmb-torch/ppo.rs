@@ -18,38 +18,17 @@ use mllm::weights::{read_safetensors, write_safetensors};
 use mmboundary::confidence::levels::LevelModel;
 use mmboundary::confidence::uncertainty::TokenInfo;
 use mmboundary::data::{items_from_record_batch, Item};
-use mmboundary::engine::StageContext;
+use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::ppo::{
-    judge_name, ppo_log_schema, rollouts_schema, IterationParams, PolicyStart, PpoStageParams, ReferencePolicy, RewardModel, RolloutScore,
-    RolloutTokens,
+    iteration_items, judge_name, ppo_log_schema, rollouts_schema, IterationParams, PolicyStart, PpoStageParams, ReferencePolicy,
+    RewardModel, RolloutScore, RolloutTokens,
 };
 use mmboundary::store::ArtifactKind;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use tch::Tensor;
-
-/// Which questions iteration `k` draws: without replacement, reshuffled whenever the set is used up, so
-/// iteration k's draw depends only on the seed, the set size and k (not on K).
-pub fn draw(n_questions: usize, per_iteration: usize, seed: u64, k: usize) -> Vec<usize> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut order: Vec<usize> = Vec::new();
-    let mut batch = Vec::new();
-    for _ in 0..=k {
-        batch.clear();
-        while batch.len() < per_iteration.min(n_questions) {
-            if order.is_empty() {
-                order = (0..n_questions).collect();
-                order.shuffle(&mut rng);
-            }
-            batch.push(order.pop().expect("refilled"));
-        }
-    }
-    batch
-}
 
 /// What both iteration stages set up: params, model, tokenizer, and iteration k's questions as prompts.
 struct Iteration {
@@ -86,13 +65,7 @@ impl Iteration {
         let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
 
         let all = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-        let mut selected: Vec<Item> = all.into_iter().filter(|it| p.splits.iter().any(|s| s == &it.split)).collect();
-        if let Some(n) = p.limit {
-            selected.truncate(n);
-        }
-        anyhow::ensure!(!selected.is_empty(), "ppo: no items in splits {:?}", p.splits);
-        let picked = draw(selected.len(), p.prompts_per_iteration, p.seed, k);
-        let items: Vec<Item> = picked.iter().map(|&i| selected[i].clone()).collect();
+        let items: Vec<Item> = iteration_items(&all, &p, k)?.into_iter().cloned().collect();
         let features = ctx.input_table("features")?.concat()?;
         let feats = Features::from_batch(&features)?;
         let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, cfg.image_token_index)?;
@@ -157,7 +130,11 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
         (0..f_ids.len()).map(|i| (f_ids.value(i), f_emb.value(i).as_primitive::<Float32Type>().values().to_vec())).collect();
 
     let bar = ctx.progress(2, &format!("PPO iteration {}: sampling, scoring", it.k));
-    let sampled = trainer.sample(&pol.model, &it.prompts)?;
+    // Each rollout samples from its own stream, seeded by its item's id, the step and its sample index,
+    // so an item's rollouts do not depend on which other questions share the draw.
+    let gen_seed = it.tp.generation.seed;
+    let seed_of = |i: usize, j: usize, step: usize| item_seed(gen_seed, &it.items[i].id, ((step as u64) << 32) | j as u64);
+    let sampled = trainer.sample_seeded(&pol.model, &it.prompts, Some(&seed_of))?;
     bar.inc(1);
     let eos = it.cfg.text_config.eos_token_ids();
     let mut decoded = Vec::with_capacity(sampled.len());
