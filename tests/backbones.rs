@@ -563,3 +563,65 @@ fn llava_next_without_tower_takes_precomputed_tile_features() {
     let b = tch::no_grad(|| full.forward(&ids, &Vec::from(full.image_inputs(&tiles, p.size).unwrap()), None).unwrap());
     assert_eq!(max_abs_diff(&to_vec(&a), &to_vec(&b)), 0.0);
 }
+
+/// Qwen2-VL through the shared generation loop and the trainers' forward pass, against transformers: the
+/// golden two-image prompt, left-padded in a batch beside a longer one-image prompt, decodes transformers'
+/// 32 greedy tokens (M-RoPE tables for the padded prompt, each row's own rope delta while decoding); in a
+/// right-padded SFT batch beside the same longer prompt, its next-token log-probs are the log-softmax of
+/// transformers' logits. Loaded as the stages load it (`mllm::family::Mllm`, from config.json).
+#[test]
+fn qwen2_vl_batched_generation_and_training_forward_match_transformers() {
+    use mllm::family::{Family, Mllm};
+    use mllm::llava::EmbedInputs;
+    use mmboundary::encoders::qwen2_vl_image::Qwen2VlImageProcessor;
+    let meta = json("llava_next_goldens.json");
+    let m = &meta["qwen2_vl"];
+    let g = tensors("llava_next_goldens.safetensors");
+    let dir = backbones().join("tiny-qwen2-vl");
+    assert_eq!(Family::of_dir(&dir).unwrap(), Family::Qwen2Vl);
+    let (_vs, model) = Mllm::load(&dir, Device::Cpu, DType::F32).unwrap();
+    let Mllm::Qwen2Vl(q) = &model else { panic!("not loaded as Qwen2-VL") };
+    let proc_ = Qwen2VlImageProcessor::from_dir(&backbones().join("qwen2-vl-processor")).unwrap();
+    let mut images = vec![];
+    for k in m["images"].as_array().unwrap() {
+        let file = backbones().join(format!("images/{}.png", k.as_str().unwrap()));
+        let p = proc_.preprocess(&decode_image_file(&file).unwrap(), k.as_str().unwrap()).unwrap();
+        let n = p.grid_thw.iter().product::<i64>();
+        images.extend(q.image_inputs(&Tensor::from_slice(&p.patches).view([n, -1]), p.grid_thw).unwrap());
+    }
+    let ids = ivec(&m["input_ids"]);
+    // A longer prompt with the second image only: text, vision start, its image tokens, vision end, text.
+    let n2 = images[2].size()[0] as usize;
+    let mut other: Vec<i64> = (3..40).collect();
+    other.push(150);
+    other.extend(std::iter::repeat_n(152, n2));
+    other.push(151);
+    other.extend(10..30);
+    assert!(other.len() > ids.len(), "the other prompt must be the longer one, so the golden one is padded");
+    let other_images = vec![images[2].shallow_clone(), images[3].shallow_clone()];
+    let golden_images: Vec<Tensor> = images.iter().map(|t| t.shallow_clone()).collect();
+    let params = GenerationParams { max_new_tokens: 32, eos_token_ids: vec![-1], ..Default::default() };
+    let out = generate_multimodal(&model, &[(other.clone(), other_images), (ids.clone(), golden_images)], &params, None).unwrap();
+    assert_eq!(out[1].tokens, ivec(&m["greedy"]), "Qwen2-VL greedy tokens, left-padded in a batch");
+
+    // The trainers' forward: right padding, the golden prompt split into prompt and response.
+    let k = ids.len() - 5;
+    let ex = [
+        SftExample { prompt: other.clone(), response: vec![5, 6], images: vec![images[2].shallow_clone(), images[3].shallow_clone()] },
+        SftExample { prompt: ids[..k].to_vec(), response: ids[k..].to_vec(), images: images.iter().map(|t| t.shallow_clone()).collect() },
+    ];
+    let batch = make_batch(&ex.iter().collect::<Vec<_>>(), Device::Cpu).unwrap();
+    let (lp, _) = tch::no_grad(|| mllm::sft::next_token_logprobs(&model, &batch).unwrap());
+    let want = tensor(&g["qwen2_vl.logits"]).squeeze_dim(0).log_softmax(-1, Kind::Float);
+    let n = ids.len() as i64;
+    let want_lp = want.narrow(0, 0, n - 1).gather(1, &Tensor::from_slice(&ids[1..]).view([n - 1, 1]), false).squeeze_dim(1);
+    let got = lp.get(1).narrow(0, 0, n - 1);
+    let d = max_abs_diff(&to_vec(&got), &to_vec(&want_lp));
+    assert!(d < 1e-4, "Qwen2-VL next-token log-probs in a right-padded batch: max |Δ| {d}");
+    // Without its M-RoPE tables (the text tower's 1-D positions) the same batch differs: the test can fail.
+    let e = model.embed_inputs(&batch.ids, &batch.images).unwrap();
+    let plain = tch::no_grad(|| model.text_model().forward_embeds(&e, Some(&batch.mask), None).unwrap());
+    let lp1 = model.text_model().logits(&plain.get(1).narrow(0, 0, n - 1)).log_softmax(-1, Kind::Float);
+    let lp1 = lp1.gather(1, &Tensor::from_slice(&ids[1..]).view([n - 1, 1]), false).squeeze_dim(1);
+    assert!(max_abs_diff(&to_vec(&lp1), &to_vec(&want_lp)) > 1e-2, "1-D positions should not match M-RoPE");
+}
