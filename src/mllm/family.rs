@@ -48,7 +48,7 @@ impl Family {
             Some("llava_next") => Ok(Self::LlavaNext),
             Some("qwen2_vl") => Ok(Self::Qwen2Vl),
             other => Err(MllmError::UnsupportedArchitecture {
-                found: format!("no architectures, model_type {other:?}"),
+                found: format!("no architectures, model_type {}", other.unwrap_or("missing")),
                 path: at,
                 supported: SUPPORTED,
             }),
@@ -204,6 +204,6 @@ mod tests {
         assert!(e.contains("Idefics2ForConditionalGeneration") && e.contains("config.json") && e.contains("qwen2_vl"), "{e}");
         let d = dir_with(r#"{"model_type": "blip"}"#);
         let e = Family::of_dir(d.path()).unwrap_err().to_string();
-        assert!(e.contains("\"blip\""), "{e}");
+        assert!(e.contains("model_type blip"), "{e}");
     }
 }
