@@ -625,3 +625,96 @@ fn qwen2_vl_batched_generation_and_training_forward_match_transformers() {
     let lp1 = lp1.gather(1, &Tensor::from_slice(&ids[1..]).view([n - 1, 1]), false).squeeze_dim(1);
     assert!(max_abs_diff(&to_vec(&lp1), &to_vec(&want_lp)) > 1e-2, "1-D positions should not match M-RoPE");
 }
+
+/// Qwen2-VL training as the trainers run it: one LoRA step's adapter gradients on a right-padded
+/// two-image batch are the same with gradient checkpointing (which must take the M-RoPE tables too) as
+/// without; in bf16 an SFT trainer step with checkpointing keeps the weights bf16 (its f32 masters take
+/// the update) and moves the adapters.
+#[test]
+fn qwen2_vl_lora_training_checkpointed_and_bf16() {
+    use mllm::family::Mllm;
+    use mllm::sft::{SftParams, SftTrainer};
+    use mmboundary::encoders::qwen2_vl_image::Qwen2VlImageProcessor;
+    let meta = json("llava_next_goldens.json");
+    let m = &meta["qwen2_vl"];
+    let proc_ = Qwen2VlImageProcessor::from_dir(&backbones().join("qwen2-vl-processor")).unwrap();
+    let ids = ivec(&m["input_ids"]);
+    let k = ids.len() - 6;
+    let run = |dtype: DType, with_lora: bool| {
+        let (vs, mut model) = Mllm::load(&backbones().join("tiny-qwen2-vl"), Device::Cpu, dtype).unwrap();
+        let Mllm::Qwen2Vl(q) = &model else { panic!("not Qwen2-VL") };
+        let mut images = vec![];
+        for key in m["images"].as_array().unwrap() {
+            let file = backbones().join(format!("images/{}.png", key.as_str().unwrap()));
+            let p = proc_.preprocess(&decode_image_file(&file).unwrap(), key.as_str().unwrap()).unwrap();
+            let n = p.grid_thw.iter().product::<i64>();
+            images.extend(q.image_inputs(&Tensor::from_slice(&p.patches).view([n, -1]), p.grid_thw).unwrap());
+        }
+        if !with_lora {
+            return (vs, model, vec![], images);
+        }
+        let names = attach(&vs, mllm::sft::AsMutLm::lm_mut(&mut model), &LoraParams { rank: 4, alpha: 8.0, ..Default::default() }).unwrap();
+        // B starts at zero (no gradient reaches A): give it values so every adapter matrix has a gradient.
+        tch::no_grad(|| {
+            for (n, v) in vs.variables() {
+                if n.contains("lora_B") {
+                    let _ = v.shallow_clone().copy_(&(Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.1));
+                }
+            }
+        });
+        (vs, model, names, images)
+    };
+    let examples = |images: &[Tensor]| {
+        [
+            SftExample { prompt: ids[..k].to_vec(), response: ids[k..].to_vec(), images: images.iter().map(|t| t.shallow_clone()).collect() },
+            SftExample { prompt: vec![5, 6, 7], response: vec![8, 9], images: vec![] },
+        ]
+    };
+    tch::manual_seed(0);
+    let (vs, model, names, images) = run(DType::F32, true);
+    let ex = examples(&images);
+    let batch = make_batch(&ex.iter().collect::<Vec<_>>(), Device::Cpu).unwrap();
+    let n_tok = batch.target_mask.sum(Kind::Double).double_value(&[]);
+    let vars = vs.variables();
+    let mut grads: Vec<Vec<Vec<f32>>> = vec![];
+    let mut losses = vec![];
+    for checkpointed in [false, true] {
+        for n in &names {
+            let mut gr = vars[n].grad();
+            if gr.defined() {
+                let _ = gr.zero_();
+            }
+        }
+        losses.push(loss_backward(&model, &batch, n_tok, checkpointed).unwrap());
+        grads.push(names.iter().map(|n| to_vec(&vars[n].grad())).collect());
+    }
+    assert!((losses[0] - losses[1]).abs() < 1e-6, "{losses:?}");
+    for (i, n) in names.iter().enumerate() {
+        let scale = grads[0][i].iter().fold(0f32, |a, x| a.max(x.abs()));
+        assert!(scale > 1e-7, "{n}: no gradient");
+        let d = max_abs_diff(&grads[0][i], &grads[1][i]);
+        assert!(d <= 1e-4 * scale, "{n}: checkpointed gradient differs by {d} (max |grad| {scale})");
+    }
+    // bf16: a LoRA trainer step (with checkpointing) on the same batch keeps the weights bf16, its f32
+    // masters take the update, and every adapter moves. (tests/mllm.rs checks bf16 logits against
+    // transformers and bf16 SFT against f32 on a trained task.)
+    let (vs16, mut model16, _, images16) = run(DType::Bf16, false);
+    let ex16 = examples(&images16);
+    let l16 = tch::no_grad(|| mllm::sft::evaluate_loss(&model16, &ex16, 2).unwrap());
+    let l32 = tch::no_grad(|| mllm::sft::evaluate_loss(&model, &ex, 2).unwrap());
+    eprintln!("loss bf16 {l16:.4}, f32 with random adapters {l32:.4}");
+    assert!(l16.is_finite());
+    let params = SftParams { epochs: 1, batch_size: 2, max_steps: Some(1), learning_rate: 1e-2, warmup_ratio: 0.0, gradient_checkpointing: true, ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut tr = SftTrainer::new(&vs16, &mut model16, params).unwrap();
+    let lora: Vec<(String, Vec<f32>)> =
+        vs16.variables().into_iter().filter(|(n, _)| n.contains(".lora_B.")).map(|(n, t)| (n, to_vec(&t))).collect();
+    assert!(!lora.is_empty(), "the trainer attached no adapters");
+    let rep = tr.train(&model16, &ex16, dir.path()).unwrap();
+    assert!(rep.rows.iter().all(|r| r.loss.is_finite()));
+    let v16 = vs16.variables();
+    assert!(v16.iter().filter(|(n, _)| !n.starts_with("visual.")).all(|(_, t)| t.kind() == Kind::BFloat16), "weights stay bf16");
+    // B starts at zero, so after one step it holds the (clipped, Adam-normalised) update itself.
+    let moved = lora.iter().filter(|(n, b)| to_vec(&v16[n]) != *b).count();
+    assert_eq!(moved, lora.len(), "every adapter's B moves in one step");
+}
