@@ -563,3 +563,158 @@ fn llava_next_without_tower_takes_precomputed_tile_features() {
     let b = tch::no_grad(|| full.forward(&ids, &Vec::from(full.image_inputs(&tiles, p.size).unwrap()), None).unwrap());
     assert_eq!(max_abs_diff(&to_vec(&a), &to_vec(&b)), 0.0);
 }
+
+/// Qwen2-VL through the shared generation loop and the trainers' forward pass, against transformers: the
+/// golden two-image prompt, left-padded in a batch beside a longer one-image prompt, decodes transformers'
+/// 32 greedy tokens (M-RoPE tables for the padded prompt, each row's own rope delta while decoding); in a
+/// right-padded SFT batch beside the same longer prompt, its next-token log-probs are the log-softmax of
+/// transformers' logits. Loaded as the stages load it (`mllm::family::Mllm`, from config.json).
+#[test]
+fn qwen2_vl_batched_generation_and_training_forward_match_transformers() {
+    use mllm::family::{Family, Mllm};
+    use mllm::llava::EmbedInputs;
+    use mmboundary::encoders::qwen2_vl_image::Qwen2VlImageProcessor;
+    let meta = json("llava_next_goldens.json");
+    let m = &meta["qwen2_vl"];
+    let g = tensors("llava_next_goldens.safetensors");
+    let dir = backbones().join("tiny-qwen2-vl");
+    assert_eq!(Family::of_dir(&dir).unwrap(), Family::Qwen2Vl);
+    let (_vs, model) = Mllm::load(&dir, Device::Cpu, DType::F32).unwrap();
+    let Mllm::Qwen2Vl(q) = &model else { panic!("not loaded as Qwen2-VL") };
+    let proc_ = Qwen2VlImageProcessor::from_dir(&backbones().join("qwen2-vl-processor")).unwrap();
+    let mut images = vec![];
+    for k in m["images"].as_array().unwrap() {
+        let file = backbones().join(format!("images/{}.png", k.as_str().unwrap()));
+        let p = proc_.preprocess(&decode_image_file(&file).unwrap(), k.as_str().unwrap()).unwrap();
+        let n = p.grid_thw.iter().product::<i64>();
+        images.extend(q.image_inputs(&Tensor::from_slice(&p.patches).view([n, -1]), p.grid_thw).unwrap());
+    }
+    let ids = ivec(&m["input_ids"]);
+    // A longer prompt with the second image only: text, vision start, its image tokens, vision end, text.
+    let n2 = images[2].size()[0] as usize;
+    let mut other: Vec<i64> = (3..40).collect();
+    other.push(150);
+    other.extend(std::iter::repeat_n(152, n2));
+    other.push(151);
+    other.extend(10..30);
+    assert!(other.len() > ids.len(), "the other prompt must be the longer one, so the golden one is padded");
+    let other_images = vec![images[2].shallow_clone(), images[3].shallow_clone()];
+    let golden_images: Vec<Tensor> = images.iter().map(|t| t.shallow_clone()).collect();
+    let params = GenerationParams { max_new_tokens: 32, eos_token_ids: vec![-1], ..Default::default() };
+    let out = generate_multimodal(&model, &[(other.clone(), other_images), (ids.clone(), golden_images)], &params, None).unwrap();
+    assert_eq!(out[1].tokens, ivec(&m["greedy"]), "Qwen2-VL greedy tokens, left-padded in a batch");
+
+    // The trainers' forward: right padding, the golden prompt split into prompt and response.
+    let k = ids.len() - 5;
+    let ex = [
+        SftExample { prompt: other.clone(), response: vec![5, 6], images: vec![images[2].shallow_clone(), images[3].shallow_clone()] },
+        SftExample { prompt: ids[..k].to_vec(), response: ids[k..].to_vec(), images: images.iter().map(|t| t.shallow_clone()).collect() },
+    ];
+    let batch = make_batch(&ex.iter().collect::<Vec<_>>(), Device::Cpu).unwrap();
+    let (lp, _) = tch::no_grad(|| mllm::sft::next_token_logprobs(&model, &batch).unwrap());
+    let want = tensor(&g["qwen2_vl.logits"]).squeeze_dim(0).log_softmax(-1, Kind::Float);
+    let n = ids.len() as i64;
+    let want_lp = want.narrow(0, 0, n - 1).gather(1, &Tensor::from_slice(&ids[1..]).view([n - 1, 1]), false).squeeze_dim(1);
+    let got = lp.get(1).narrow(0, 0, n - 1);
+    let d = max_abs_diff(&to_vec(&got), &to_vec(&want_lp));
+    assert!(d < 1e-4, "Qwen2-VL next-token log-probs in a right-padded batch: max |Δ| {d}");
+    // Without its M-RoPE tables (the text tower's 1-D positions) the same batch differs: the test can fail.
+    let e = model.embed_inputs(&batch.ids, &batch.images).unwrap();
+    let plain = tch::no_grad(|| model.text_model().forward_embeds(&e, Some(&batch.mask), None).unwrap());
+    let lp1 = model.text_model().logits(&plain.get(1).narrow(0, 0, n - 1)).log_softmax(-1, Kind::Float);
+    let lp1 = lp1.gather(1, &Tensor::from_slice(&ids[1..]).view([n - 1, 1]), false).squeeze_dim(1);
+    assert!(max_abs_diff(&to_vec(&lp1), &to_vec(&want_lp)) > 1e-2, "1-D positions should not match M-RoPE");
+}
+
+/// Qwen2-VL training as the trainers run it: one LoRA step's adapter gradients on a right-padded
+/// two-image batch are the same with gradient checkpointing (which must take the M-RoPE tables too) as
+/// without; in bf16 an SFT trainer step with checkpointing keeps the weights bf16 (its f32 masters take
+/// the update) and moves the adapters.
+#[test]
+fn qwen2_vl_lora_training_checkpointed_and_bf16() {
+    use mllm::family::Mllm;
+    use mllm::sft::{SftParams, SftTrainer};
+    use mmboundary::encoders::qwen2_vl_image::Qwen2VlImageProcessor;
+    let meta = json("llava_next_goldens.json");
+    let m = &meta["qwen2_vl"];
+    let proc_ = Qwen2VlImageProcessor::from_dir(&backbones().join("qwen2-vl-processor")).unwrap();
+    let ids = ivec(&m["input_ids"]);
+    let k = ids.len() - 6;
+    let run = |dtype: DType, with_lora: bool| {
+        let (vs, mut model) = Mllm::load(&backbones().join("tiny-qwen2-vl"), Device::Cpu, dtype).unwrap();
+        let Mllm::Qwen2Vl(q) = &model else { panic!("not Qwen2-VL") };
+        let mut images = vec![];
+        for key in m["images"].as_array().unwrap() {
+            let file = backbones().join(format!("images/{}.png", key.as_str().unwrap()));
+            let p = proc_.preprocess(&decode_image_file(&file).unwrap(), key.as_str().unwrap()).unwrap();
+            let n = p.grid_thw.iter().product::<i64>();
+            images.extend(q.image_inputs(&Tensor::from_slice(&p.patches).view([n, -1]), p.grid_thw).unwrap());
+        }
+        if !with_lora {
+            return (vs, model, vec![], images);
+        }
+        let names = attach(&vs, mllm::sft::AsMutLm::lm_mut(&mut model), &LoraParams { rank: 4, alpha: 8.0, ..Default::default() }).unwrap();
+        // B starts at zero (no gradient reaches A): give it values so every adapter matrix has a gradient.
+        tch::no_grad(|| {
+            for (n, v) in vs.variables() {
+                if n.contains("lora_B") {
+                    let _ = v.shallow_clone().copy_(&(Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.1));
+                }
+            }
+        });
+        (vs, model, names, images)
+    };
+    let examples = |images: &[Tensor]| {
+        [
+            SftExample { prompt: ids[..k].to_vec(), response: ids[k..].to_vec(), images: images.iter().map(|t| t.shallow_clone()).collect() },
+            SftExample { prompt: vec![5, 6, 7], response: vec![8, 9], images: vec![] },
+        ]
+    };
+    tch::manual_seed(0);
+    let (vs, model, names, images) = run(DType::F32, true);
+    let ex = examples(&images);
+    let batch = make_batch(&ex.iter().collect::<Vec<_>>(), Device::Cpu).unwrap();
+    let n_tok = batch.target_mask.sum(Kind::Double).double_value(&[]);
+    let vars = vs.variables();
+    let mut grads: Vec<Vec<Vec<f32>>> = vec![];
+    let mut losses = vec![];
+    for checkpointed in [false, true] {
+        for n in &names {
+            let mut gr = vars[n].grad();
+            if gr.defined() {
+                let _ = gr.zero_();
+            }
+        }
+        losses.push(loss_backward(&model, &batch, n_tok, checkpointed).unwrap());
+        grads.push(names.iter().map(|n| to_vec(&vars[n].grad())).collect());
+    }
+    assert!((losses[0] - losses[1]).abs() < 1e-6, "{losses:?}");
+    for (i, n) in names.iter().enumerate() {
+        let scale = grads[0][i].iter().fold(0f32, |a, x| a.max(x.abs()));
+        assert!(scale > 1e-7, "{n}: no gradient");
+        let d = max_abs_diff(&grads[0][i], &grads[1][i]);
+        assert!(d <= 1e-4 * scale, "{n}: checkpointed gradient differs by {d} (max |grad| {scale})");
+    }
+    // bf16: a LoRA trainer step (with checkpointing) on the same batch keeps the weights bf16, its f32
+    // masters take the update, and every adapter moves. (tests/mllm.rs checks bf16 logits against
+    // transformers and bf16 SFT against f32 on a trained task.)
+    let (vs16, mut model16, _, images16) = run(DType::Bf16, false);
+    let ex16 = examples(&images16);
+    let l16 = tch::no_grad(|| mllm::sft::evaluate_loss(&model16, &ex16, 2).unwrap());
+    let l32 = tch::no_grad(|| mllm::sft::evaluate_loss(&model, &ex, 2).unwrap());
+    eprintln!("loss bf16 {l16:.4}, f32 with random adapters {l32:.4}");
+    assert!(l16.is_finite());
+    let params = SftParams { epochs: 1, batch_size: 2, max_steps: Some(1), learning_rate: 1e-2, warmup_ratio: 0.0, gradient_checkpointing: true, ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut tr = SftTrainer::new(&vs16, &mut model16, params).unwrap();
+    let lora: Vec<(String, Vec<f32>)> =
+        vs16.variables().into_iter().filter(|(n, _)| n.contains(".lora_B.")).map(|(n, t)| (n, to_vec(&t))).collect();
+    assert!(!lora.is_empty(), "the trainer attached no adapters");
+    let rep = tr.train(&model16, &ex16, dir.path()).unwrap();
+    assert!(rep.rows.iter().all(|r| r.loss.is_finite()));
+    let v16 = vs16.variables();
+    assert!(v16.iter().filter(|(n, _)| !n.starts_with("visual.")).all(|(_, t)| t.kind() == Kind::BFloat16), "weights stay bf16");
+    // B starts at zero, so after one step it holds the (clipped, Adam-normalised) update itself.
+    let moved = lora.iter().filter(|(n, b)| to_vec(&v16[n]) != *b).count();
+    assert_eq!(moved, lora.len(), "every adapter's B moves in one step");
+}

@@ -6,7 +6,7 @@
 //! Sentences are not split here: the one sentence splitter is `mmboundary::confidence::parser` (which
 //! the callers apply to `Generated::text`, locating each sentence's tokens through `pieces`).
 use super::llama::{CausalLm, KvCache};
-use super::llava::{EmbedInputs, Llava};
+use super::llava::{EmbedInputs, Llava, Rotary};
 use super::{MllmError, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -133,8 +133,12 @@ pub fn generate_multimodal<M: EmbedInputs>(
         }
         Ok(())
     })?;
-    let mask = Tensor::from_slice(&mask).view([prompts.len() as i64, t]).to_device(dev);
-    generate_from_embeds(lm, &Tensor::cat(&rows, 0), &mask, params, tokenizer)
+    let b = prompts.len() as i64;
+    let mask = Tensor::from_slice(&mask).view([b, t]).to_device(dev);
+    let (padded, _, _) = left_pad(&prompts.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), params.pad_token_id);
+    let images: Vec<Tensor> = prompts.iter().flat_map(|p| p.1.iter().map(|x| x.shallow_clone())).collect();
+    let rotary = model.rotary(&Tensor::from_slice(&padded).view([b, t]), &mask, &images)?;
+    generate_from_embeds_rotary(lm, &Tensor::cat(&rows, 0), &mask, rotary.as_ref(), params, tokenizer)
 }
 
 /// Generates from LLaVA prompts (see `generate_multimodal`).
@@ -177,6 +181,20 @@ pub fn generate_from_embeds(
     params: &GenerationParams,
     tokenizer: Option<&tokenizers::Tokenizer>,
 ) -> Result<Vec<Generated>> {
+    generate_from_embeds_rotary(lm, embeds, mask, None, params, tokenizer)
+}
+
+/// [`generate_from_embeds`] with the prompt's rotary tables supplied by the model (Qwen2-VL's M-RoPE):
+/// the prompt runs with `rotary`'s tables, and each generated token of row i sits at its 1-D position
+/// plus the row's rope delta, as transformers decodes.
+pub fn generate_from_embeds_rotary(
+    lm: &CausalLm,
+    embeds: &Tensor,
+    mask: &Tensor,
+    rotary: Option<&Rotary>,
+    params: &GenerationParams,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Result<Vec<Generated>> {
     if !(params.temperature >= 0.0 && params.temperature.is_finite()) || !(params.top_p > 0.0 && params.top_p <= 1.0) {
         return Err(MllmError::Input(format!(
             "generation: expected temperature >= 0 and 0 < top_p <= 1, found temperature {} top_p {}",
@@ -207,7 +225,14 @@ pub fn generate_from_embeds(
     tch::no_grad(|| -> Result<()> {
         let mut cache = KvCache::new();
         let mut mask = mask.to_device(dev).to_kind(Kind::Int64);
-        let hidden = lm.forward_embeds(embeds, Some(&mask), Some(&mut cache))?;
+        if let Some(r) = rotary {
+            if r.deltas.len() != b {
+                return Err(MllmError::Input(format!("generation: {} rope deltas for {b} prompts", r.deltas.len())));
+            }
+        }
+        // Each active row's rope delta (None: positions are the text tower's own).
+        let mut deltas = rotary.map(|r| Tensor::from_slice(&r.deltas).to_device(dev));
+        let hidden = lm.forward_embeds_rotary(embeds, Some(&mask), Some(&mut cache), rotary.map(|r| r.tables()))?;
         let mut logits = lm.logits(&hidden.select(1, -1)).to_kind(Kind::Float);
         // `active[j]` = original row of batch row j; finished rows are dropped from the batch.
         let mut active: Vec<usize> = (0..b).collect();
@@ -264,6 +289,7 @@ pub fn generate_from_embeds(
                 cache.select_rows(&rows);
                 mask = mask.index_select(0, &rows);
                 next = next.index_select(0, &rows);
+                deltas = deltas.map(|d| d.index_select(0, &rows));
                 active = keep.iter().map(|&j| active[j as usize]).collect();
             }
             if out[active[0]].tokens.len() == params.max_new_tokens {
@@ -271,7 +297,11 @@ pub fn generate_from_embeds(
             }
             mask = Tensor::cat(&[&mask, &Tensor::ones([active.len() as i64, 1], (Kind::Int64, dev))], 1);
             let e = lm.embed(&next.unsqueeze(1))?;
-            let hidden = lm.forward_embeds(&e, Some(&mask), Some(&mut cache))?;
+            let tables = deltas.as_ref().map(|d| {
+                let pos = mask.sum_dim_intlist(1, false, Kind::Int64) - 1 + d;
+                lm.rope_tables(&pos.unsqueeze(1), e.kind())
+            });
+            let hidden = lm.forward_embeds_rotary(&e, Some(&mask), Some(&mut cache), tables.as_ref().map(|(c, s)| (c, s)))?;
             logits = lm.logits(&hidden.select(1, 0)).to_kind(Kind::Float);
         }
         Ok(())

@@ -326,6 +326,11 @@ impl CausalLm {
         Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps))
     }
 
+    /// The text tower's own rotary tables (cos, sin [b, 1, t, head_dim]) at 1-D positions [b, t].
+    pub fn rope_tables(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        self.rope.cos_sin(&positions.to_device(self.device()), kind)
+    }
+
     /// Rotary tables and the boolean attention pattern [b, 1, t, past + t] for `embeds` [b, t, h].
     fn attention_inputs(&self, embeds: &Tensor, attention_mask: Option<&Tensor>, past: i64) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t) = (embeds.size()[0], embeds.size()[1]);
@@ -375,13 +380,19 @@ impl CausalLm {
     /// states [b, t, h] to a scalar. Gradients accumulate as `loss.backward()` would leave them, into the
     /// decoder's parameters and through `embeds` into whatever produced it (embedding, projector).
     /// Returns the loss value. No dropout here, so the recomputation is exact.
+    /// `rotary`: caller-supplied rotary tables, as in [`Self::forward_embeds_rotary`] (Qwen2-VL's M-RoPE).
     pub fn backward_checkpointed(
         &self,
         embeds: &Tensor,
         attention_mask: Option<&Tensor>,
+        rotary: Option<(&Tensor, &Tensor)>,
         loss: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<f64> {
         let (cos, sin, allowed) = self.attention_inputs(embeds, attention_mask, 0)?;
+        let (cos, sin) = match rotary {
+            Some((c, s)) => (c.to_kind(embeds.kind()), s.to_kind(embeds.kind())),
+            None => (cos, sin),
+        };
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut x = embeds.detach();
         tch::no_grad(|| {

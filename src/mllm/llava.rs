@@ -160,6 +160,28 @@ pub trait EmbedInputs {
     fn text_model(&self) -> &CausalLm;
     /// Embeddings [b, t, h] for ids [b, t] and the images of the batch in image-token order.
     fn embed_inputs(&self, ids: &Tensor, images: &[Tensor]) -> Result<Tensor>;
+    /// Rotary tables for ids [b, t] whose real tokens `mask` [b, t] marks (padding on either side), when the
+    /// model positions its tokens otherwise than its text tower counts them (Qwen2-VL's M-RoPE); None (the
+    /// default): the text tower's own 1-D positions.
+    fn rotary(&self, _ids: &Tensor, _mask: &Tensor, _images: &[Tensor]) -> Result<Option<Rotary>> {
+        Ok(None)
+    }
+}
+
+/// Rotary tables a model supplies for its prompts: cos and sin [b, 1, t, head_dim], and each row's rope
+/// delta, which decoding adds to the 1-D position of every token generated after the prompt (all axes
+/// of a generated token are equal, so its table is the text tower's own at that shifted position).
+#[derive(Debug)]
+pub struct Rotary {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub deltas: Vec<i64>,
+}
+
+impl Rotary {
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
 }
 
 impl EmbedInputs for CausalLm {

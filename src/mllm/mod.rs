@@ -10,7 +10,8 @@
 //!
 //! The paper's backbones: `LlavaNextForConditionalGeneration` ([`llava_next`], with the CLIP tower in tch,
 //! [`clip_vision`]) and `Qwen2VLForConditionalGeneration` ([`qwen2_vl`]: vision transformer, M-RoPE,
-//! forward pass and greedy decoding; not yet in the batched generation loop or the trainers).
+//! in the batched generation loop and the trainers through M-RoPE rotary tables). [`family`] tells the three
+//! multimodal families apart by `config.json` and loads any of them as one type for the stages.
 //!
 //! Not yet here: Mistral's sliding
 //! window past its length (refused), rope types other than default/linear/llama3 (refused), gradient
@@ -19,6 +20,7 @@ pub mod chat;
 pub mod clip_vision;
 pub mod config;
 pub mod demo;
+pub mod family;
 pub mod generate;
 pub mod gguf;
 pub mod llama;

@@ -184,7 +184,8 @@ fn masked_mean(x: &Tensor, mask: &Tensor) -> Tensor {
 fn policy_forward<M: EmbedInputs>(model: &M, vh: &ValueHead, batch: &super::sft::Batch) -> Result<(Tensor, Tensor, Tensor)> {
     let lm = model.text_model();
     let e = model.embed_inputs(&batch.ids, &batch.images)?;
-    let hidden = lm.forward_embeds(&e, Some(&batch.mask), None)?;
+    let rot = model.rotary(&batch.ids, &batch.mask, &batch.images)?;
+    let hidden = lm.forward_embeds_rotary(&e, Some(&batch.mask), None, rot.as_ref().map(|r| r.tables()))?;
     let t = hidden.size()[1];
     let h = hidden.narrow(1, 0, t - 1);
     let logp = lm.logits(&h).to_kind(Kind::Float).log_softmax(-1, Kind::Float);

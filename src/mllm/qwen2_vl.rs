@@ -1,9 +1,9 @@
 //! Qwen2-VL (`Qwen2VLForConditionalGeneration`): its vision transformer in tch, the 3-axis M-RoPE
 //! position ids of a multimodal prompt, and the full forward pass of one prompt (image features spliced in
 //! at the image tokens, the Qwen2 decoder with M-RoPE: `mrope_section` splits the rotary frequencies
-//! between the temporal, height and width positions). Not here yet: generation (decoding positions are
-//! `cache position + rope delta` on all three axes, which the shared generation loop does not offset),
-//! batches, and the trainers.
+//! between the temporal, height and width positions). In the shared generation loop and the trainers through
+//! [`EmbedInputs`]: an image enters as two tensors (its merged vision features, [`Qwen2Vl::image_inputs`],
+//! and its grid), and [`EmbedInputs::rotary`] gives each padded row its M-RoPE tables and rope delta.
 //!
 //! Vision transformer (`Qwen2VisionTransformerPretrainedModel`): the patch rows of
 //! `encoders::qwen2_vl_image` (`C · temporal · patch · patch` values each, in merge-window order) go
@@ -314,6 +314,9 @@ pub struct Qwen2Vl {
     /// Rotary frequencies per axis (t, h, w); sums to head_dim / 2.
     pub mrope_section: Vec<i64>,
     pub image_token_id: i64,
+    /// `<|vision_start|>` and `<|vision_end|>`, which the processor's prompts put around an image's tokens.
+    pub vision_start_token_id: Option<i64>,
+    pub vision_end_token_id: Option<i64>,
 }
 
 /// The text keys of a Qwen2-VL config as a Qwen2 decoder config: `text_config` (transformers 5) or the
@@ -391,7 +394,9 @@ impl Qwen2Vl {
             (!(k.ends_with("rotary_emb.inv_freq") || (tied && k == "lm_head.weight"))).then_some(k)
         };
         super::weights::load_safetensors_dir(&vs.variables(), dir, &super::weights::KeyPolicy { rename: &rename, optional: &|_| false })?;
-        Ok((vs, Self { lm, vision, mrope_section, image_token_id }))
+        let vision_start_token_id = v.get("vision_start_token_id").and_then(|x| x.as_i64());
+        let vision_end_token_id = v.get("vision_end_token_id").and_then(|x| x.as_i64());
+        Ok((vs, Self { lm, vision, mrope_section, image_token_id, vision_start_token_id, vision_end_token_id }))
     }
 
     /// cos, sin [1, 1, t, head_dim] for 3-axis positions: half-dimension j uses the axis of the
@@ -455,6 +460,111 @@ impl Qwen2Vl {
             }
             Ok(out)
         })
+    }
+}
+
+impl Qwen2Vl {
+    /// The two input tensors of one image for [`EmbedInputs`]: its merged vision features
+    /// [t·h·w / merge², hidden] (the frozen tower, run without gradient) and its grid (t, h, w) as int64 [3].
+    pub fn image_inputs(&self, patches: &Tensor, grid: [i64; 3]) -> Result<[Tensor; 2]> {
+        let f = tch::no_grad(|| self.vision.forward(&patches.to_device(self.lm.device()), &[grid]))?;
+        Ok([f, Tensor::from_slice(&grid)])
+    }
+
+    /// The image tokens one image of grid (t, h, w) takes.
+    pub fn image_tokens(&self, grid: [i64; 3]) -> i64 {
+        let m = self.vision.cfg.spatial_merge_size;
+        grid[0] * grid[1] * grid[2] / (m * m)
+    }
+
+    /// Splits (features, grid) pairs.
+    fn split_images(images: &[Tensor]) -> Result<(Vec<&Tensor>, Vec<[i64; 3]>)> {
+        if images.len() % 2 != 0 {
+            return Err(MllmError::Input(format!(
+                "Qwen2-VL takes two tensors per image (merged features, grid t/h/w), found {} tensors",
+                images.len()
+            )));
+        }
+        let mut feats = Vec::new();
+        let mut grids = Vec::new();
+        for (i, p) in images.chunks(2).enumerate() {
+            let g = Vec::<i64>::try_from(p[1].to_device(tch::Device::Cpu).to_kind(Kind::Int64).reshape([-1]))?;
+            let [t, h, w] = g[..] else {
+                return Err(MllmError::Input(format!("image {i}: expected a grid of three integers (t, h, w), found {g:?}")));
+            };
+            feats.push(&p[0]);
+            grids.push([t, h, w]);
+        }
+        Ok((feats, grids))
+    }
+}
+
+impl super::llava::EmbedInputs for Qwen2Vl {
+    fn text_model(&self) -> &CausalLm {
+        &self.lm
+    }
+
+    fn embed_inputs(&self, ids: &Tensor, images: &[Tensor]) -> Result<Tensor> {
+        let (feats, grids) = Self::split_images(images)?;
+        for (i, (f, g)) in feats.iter().zip(&grids).enumerate() {
+            if f.size() != [self.image_tokens(*g), self.lm.cfg.hidden_size] {
+                return Err(MllmError::Input(format!(
+                    "image {i}: grid {g:?} needs merged features [{}, {}], found {:?}",
+                    self.image_tokens(*g),
+                    self.lm.cfg.hidden_size,
+                    f.size()
+                )));
+            }
+        }
+        let dev = self.lm.device();
+        let rows = (!feats.is_empty()).then(|| Tensor::cat(&feats.iter().map(|f| f.to_device(dev)).collect::<Vec<_>>(), 0));
+        super::llava_next::splice_rows(&self.lm, ids, self.image_token_id, rows.as_ref())
+    }
+
+    /// Each row's real tokens (where `mask` is 1) get [`rope_index`]'s positions with the grids of the images
+    /// whose tokens they hold (the images are the batch's, in row order); padding gets (1, 1, 1), as
+    /// transformers' `get_rope_index` fills it.
+    fn rotary(&self, ids: &Tensor, mask: &Tensor, images: &[Tensor]) -> Result<Option<super::llava::Rotary>> {
+        let (_, grids) = Self::split_images(images)?;
+        let (b, t) = (ids.size()[0], ids.size()[1]);
+        let cpu = |x: &Tensor| Vec::<i64>::try_from(x.to_device(tch::Device::Cpu).to_kind(Kind::Int64).reshape([-1]));
+        let (ids_v, mask_v) = (cpu(ids)?, cpu(mask)?);
+        if mask_v.len() != ids_v.len() {
+            return Err(MllmError::Input(format!("rotary: mask {:?} does not match ids {:?}", mask.size(), ids.size())));
+        }
+        let merge = self.vision.cfg.spatial_merge_size;
+        let (mut next, mut cos, mut sin, mut deltas) = (0usize, vec![], vec![], vec![]);
+        for r in 0..b as usize {
+            let row = r * t as usize..(r + 1) * t as usize;
+            let real: Vec<i64> = row.clone().filter(|&j| mask_v[j] != 0).map(|j| ids_v[j]).collect();
+            let wanted = real.iter().filter(|&&x| x == self.image_token_id).count() as i64;
+            let (mut have, start) = (0, next);
+            while have < wanted {
+                let g = grids.get(next).ok_or_else(|| {
+                    MllmError::Input(format!("row {r}: {wanted} image tokens but the batch's {} image(s) run out", grids.len()))
+                })?;
+                have += self.image_tokens(*g);
+                next += 1;
+            }
+            let (pos, delta) = rope_index(&real, self.image_token_id, &grids[start..next], merge)
+                .map_err(|e| MllmError::Input(format!("row {r}: {e}")))?;
+            let mut pos = pos.into_iter();
+            let full: Vec<[i64; 3]> = row.map(|j| if mask_v[j] != 0 { pos.next().unwrap_or([1; 3]) } else { [1; 3] }).collect();
+            let (c, s) = self.mrope_tables(&full);
+            cos.push(c);
+            sin.push(s);
+            deltas.push(delta);
+        }
+        if next != grids.len() {
+            return Err(MllmError::Input(format!("{} image(s) given but the prompts' image tokens take {next}", grids.len())));
+        }
+        Ok(Some(super::llava::Rotary { cos: Tensor::cat(&cos, 0), sin: Tensor::cat(&sin, 0), deltas }))
+    }
+}
+
+impl super::sft::AsMutLm for Qwen2Vl {
+    fn lm_mut(&mut self) -> &mut CausalLm {
+        &mut self.lm
     }
 }
 

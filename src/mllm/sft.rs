@@ -155,7 +155,8 @@ pub fn make_batch(examples: &[&SftExample], device: tch::Device) -> Result<Batch
 pub fn next_token_logprobs<M: EmbedInputs>(model: &M, batch: &Batch) -> Result<(Tensor, Tensor)> {
     let lm = model.text_model();
     let e = model.embed_inputs(&batch.ids, &batch.images)?;
-    let hidden = lm.forward_embeds(&e, Some(&batch.mask), None)?;
+    let rot = model.rotary(&batch.ids, &batch.mask, &batch.images)?;
+    let hidden = lm.forward_embeds_rotary(&e, Some(&batch.mask), None, rot.as_ref().map(|r| r.tables()))?;
     Ok((shifted_logprobs(lm, &hidden, &batch.ids), hidden))
 }
 
@@ -173,7 +174,8 @@ pub fn loss_backward<M: EmbedInputs>(model: &M, batch: &Batch, n_tok: f64, check
     let loss_of = |lp: Tensor| -(lp * &batch.target_mask).sum(Kind::Float) / n_tok.max(1.0);
     if checkpointed {
         let e = model.embed_inputs(&batch.ids, &batch.images)?;
-        return lm.backward_checkpointed(&e, Some(&batch.mask), |hidden| Ok(loss_of(shifted_logprobs(lm, hidden, &batch.ids))));
+        let rot = model.rotary(&batch.ids, &batch.mask, &batch.images)?;
+        return lm.backward_checkpointed(&e, Some(&batch.mask), rot.as_ref().map(|r| r.tables()), |hidden| Ok(loss_of(shifted_logprobs(lm, hidden, &batch.ids))));
     }
     let (lp, _) = next_token_logprobs(model, batch)?;
     let loss = loss_of(lp);

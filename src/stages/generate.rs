@@ -18,8 +18,9 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GenerateParams {
-    /// A Hugging Face LLaVA-style folder (`config.json`, `*.safetensors`, `tokenizer.json`); unset: the
-    /// demo MLLM the pipeline trains on the embedded benchmark.
+    /// A Hugging Face LLaVA, LLaVA-NeXT or Qwen2-VL folder (`config.json`, `*.safetensors`, `tokenizer.json`,
+    /// and `preprocessor_config.json` for the latter two; `mllm::family`); unset: the demo MLLM the pipeline
+    /// trains on the embedded benchmark.
     pub model: Option<PathBuf>,
     /// Which dataset splits to generate for.
     pub splits: Vec<String>,

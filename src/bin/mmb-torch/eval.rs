@@ -1,6 +1,6 @@
 //! The `eval` stage's model work: greedy chains from the vanilla, SFT and full policies; judging and
 //! metrics are `mmboundary::stages::eval::evaluate`.
-use crate::inputs::{Features, Prompter};
+use crate::inputs::{ImageInputs, Prompter};
 use crate::policy;
 use anyhow::Context;
 use mllm::generate::{generate_multimodal, GenerationParams};
@@ -17,15 +17,9 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
     let device = crate::policy::device("eval", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
-    let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
-        anyhow::bail!("{}: eval needs a LLaVA-style model", model_dir.display());
-    };
-    let tok_path = model_dir.join("tokenizer.json");
-    let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-    let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, cfg.image_token_index)?;
-    let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &template };
+    let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-    let feats = Features::from_batch(&ctx.input_table("features")?.concat()?)?;
+    let features = ctx.input_table("features")?.concat()?;
     let mut selected = Vec::new();
     for split in &p.splits {
         let mut s: Vec<_> = items.iter().filter(|it| &it.split == split).collect();
@@ -49,26 +43,30 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             other => anyhow::bail!("eval.variants: unknown variant `{other}` (expected vanilla, sft, full or {SC_POLICY})"),
         };
         let pol = policy::load(&model_dir, device, dtype, ck.as_deref())?;
+        let images = ImageInputs::new(&pol.model, &model_dir, &features)?;
+        let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, pol.model.image_token_id())?;
+        let prompter = Prompter::new(&tok, &pol.model, &template);
         for chunk in selected.chunks(p.batch.max(1)) {
             let mut prompts = Vec::with_capacity(chunk.len());
             for it in chunk {
-                let (n, feat) = feats.tensor(&it.id)?;
-                prompts.push((prompter.prompt(&it.question, &it.choices, n)?, vec![feat]));
+                let (n, feat) = images.get(&pol.model, it)?;
+                prompts.push((prompter.prompt(&it.question, &it.choices, n)?, feat));
             }
             let gp = GenerationParams {
                 max_new_tokens: p.max_new_tokens,
                 temperature: p.temperature,
                 // Each item samples from its own stream (the same under every variant), seeded by its id.
                 row_seeds: chunk.iter().map(|it| item_seed(p.seed, &it.id, 0)).collect(),
-                suppress_token_ids: vec![cfg.image_token_index],
+                suppress_token_ids: vec![pol.model.image_token_id()],
                 ..GenerationParams::default()
             };
             if variant == SC_POLICY {
-                // K sampled chains per question, each draw with its own seed.
+                // K sampled chains per question, draw k from the item's stream k + 1 (stream 0 is the
+                // greedy chain's), so the K draws differ and none depends on the batch.
                 for k in 0..p.sc.samples {
                     let sp = GenerationParams {
                         temperature: p.sc.temperature,
-                        seed: gp.seed.wrapping_add(1_000_003 * (k as u64 + 1)),
+                        row_seeds: chunk.iter().map(|it| item_seed(p.seed, &it.id, k as u64 + 1)).collect(),
                         ..gp.clone()
                     };
                     for (it, g) in chunk.iter().zip(generate_multimodal(&pol.model, &prompts, &sp, Some(&tok))?) {

@@ -1,7 +1,7 @@
-//! The `generate` stage's model work: LLaVA-style generation with per-token log-probs and entropies.
-use crate::inputs::{Features, Prompter};
+//! The `generate` stage's model work: generation on any `mllm::family` model with per-token log-probs and entropies.
+use crate::inputs::{ImageInputs, Prompter};
 use mllm::generate::{generate_multimodal, GenerationParams};
-use mllm::llava::Llava;
+use mllm::family::Mllm;
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::generate::{chains_batch, chains_schema, ChainRow, GenerateParams};
@@ -12,17 +12,12 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
     let device = crate::policy::device("generate", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
-    let (_vs, model) = Llava::load(&model_dir, device, dtype)?;
-    let tok_path = model_dir.join("tokenizer.json");
-    let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-    let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
-        anyhow::bail!("{}: generate needs a LLaVA-style model (LlavaForConditionalGeneration)", model_dir.display());
-    };
-
+    let (_vs, model) = Mllm::load(&model_dir, device, dtype)?;
+    let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-    let feats = Features::from_batch(&ctx.input_table("features")?.concat()?)?;
-    let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, cfg.image_token_index)?;
-    let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &template };
+    let images = ImageInputs::new(&model, &model_dir, &ctx.input_table("features")?.concat()?)?;
+    let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, model.image_token_id())?;
+    let prompter = Prompter::new(&tok, &model, &template);
 
     let selected = mmboundary::stages::generate::select(&items, &p.splits, p.limit);
     anyhow::ensure!(!selected.is_empty(), "no items in splits {:?}", p.splits);
@@ -35,8 +30,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     for chunk in pairs.chunks(p.batch.max(1)) {
         let mut prompts = Vec::with_capacity(chunk.len());
         for (it, _) in chunk {
-            let (n, feat) = feats.tensor(&it.id)?;
-            prompts.push((prompter.prompt(&it.question, &it.choices, n)?, vec![feat]));
+            let (n, feat) = images.get(&model, it)?;
+            prompts.push((prompter.prompt(&it.question, &it.choices, n)?, feat));
         }
         let gp = GenerationParams {
             max_new_tokens: p.max_new_tokens,
@@ -44,7 +39,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             top_p: p.top_p,
             row_seeds: chunk.iter().map(|(it, s)| item_seed(p.seed, &it.id, *s as u64)).collect(),
             // An image token in a chain would break the splice wherever the chain is fed back.
-            suppress_token_ids: vec![cfg.image_token_index],
+            suppress_token_ids: vec![model.image_token_id()],
             ..GenerationParams::default()
         };
         let out = generate_multimodal(&model, &prompts, &gp, Some(&tok))?;

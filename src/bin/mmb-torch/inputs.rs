@@ -1,5 +1,11 @@
-//! What the model stages share: CLIP patch features by item, and prompts with the image slot expanded.
+//! What the model stages share: each item's image inputs (CLIP patch features by item, or the family's own
+//! processor and vision tower), and prompts with the image slot expanded.
 use anyhow::Context;
+use mllm::family::Mllm;
+use mmboundary::data::Item;
+use mmboundary::encoders::llava_next_image::LlavaNextImageProcessor;
+use mmboundary::encoders::qwen2_vl_image::Qwen2VlImageProcessor;
+use std::path::Path;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float32Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
@@ -56,14 +62,75 @@ pub fn prompt_template(
     }
 }
 
-/// Prompt token ids with `{image}` expanded to one image token per patch.
+
+/// Where a model's image inputs come from. LLaVA: the `features` artifact (the CLIP tower on ONNX
+/// Runtime, computed once by the `features` stage). LLaVA-NeXT and Qwen2-VL: the item's image through the
+/// family's processor (`preprocessor_config.json` in the model folder) and the model's own frozen vision
+/// tower, here in the worker: their towers ship in the model folder as safetensors (the goldens check them
+/// in tch against transformers), and their variable-length outputs (LLaVA-NeXT: base features and the
+/// unpadded tile grid; Qwen2-VL: merged features and the grid) are cheap next to the decoder's work.
+pub enum ImageInputs {
+    Features(Features),
+    LlavaNext(LlavaNextImageProcessor),
+    Qwen2Vl(Qwen2VlImageProcessor),
+}
+
+impl ImageInputs {
+    pub fn new(model: &Mllm, model_dir: &Path, features: &RecordBatch) -> anyhow::Result<Self> {
+        Ok(match model {
+            Mllm::Llava(_) => Self::Features(Features::from_batch(features)?),
+            Mllm::LlavaNext(_) => Self::LlavaNext(LlavaNextImageProcessor::from_dir(model_dir)?),
+            Mllm::Qwen2Vl(_) => Self::Qwen2Vl(Qwen2VlImageProcessor::from_dir(model_dir)?),
+        })
+    }
+
+    /// The image tokens and the input tensors of one item's image, for `model`.
+    pub fn get(&self, model: &Mllm, it: &Item) -> anyhow::Result<(i64, Vec<Tensor>)> {
+        let image = || -> anyhow::Result<image::RgbImage> {
+            let bytes = mmboundary::data::image_bytes(it)?;
+            Ok(mmboundary::encoders::clip::decode_image_bytes(&bytes, &it.id)?)
+        };
+        let images = match (self, model) {
+            (Self::Features(f), Mllm::Llava(_)) => vec![f.tensor(&it.id)?.1],
+            (Self::LlavaNext(proc), Mllm::LlavaNext(m)) => {
+                let px = proc.preprocess(&image()?);
+                let s = m.cfg.vision_config.image_size;
+                let pv = Tensor::from_slice(&px.pixel_values).view([px.n_patches as i64, 3, s, s]);
+                tch::no_grad(|| m.image_inputs(&pv, px.size)).with_context(|| format!("item {}: LLaVA-NeXT image features", it.id))?.into()
+            }
+            (Self::Qwen2Vl(proc), Mllm::Qwen2Vl(m)) => {
+                let px = proc.preprocess(&image()?, &it.id)?;
+                let rows = px.grid_thw.iter().product::<i64>();
+                let patches = Tensor::from_slice(&px.patches).view([rows, -1]);
+                m.image_inputs(&patches, px.grid_thw).with_context(|| format!("item {}: Qwen2-VL image features", it.id))?.into()
+            }
+            _ => anyhow::bail!("image inputs made for another model family than {:?}", model.family()),
+        };
+        Ok((model.image_token_count(&images)?, images))
+    }
+}
+
+/// Prompt token ids with `{image}` expanded to one image token per patch (between the family's image
+/// delimiters, if it has any).
 pub struct Prompter<'a> {
     pub tok: &'a tokenizers::Tokenizer,
     pub image_token: i64,
     pub template: &'a str,
+    /// Ids right before and right after the image tokens (Qwen2-VL's vision start and end).
+    pub delimiters: (Option<i64>, Option<i64>),
 }
 
-impl Prompter<'_> {
+impl<'a> Prompter<'a> {
+    pub fn new(tok: &'a tokenizers::Tokenizer, model: &Mllm, template: &'a str) -> Self {
+        Self { tok, image_token: model.image_token_id(), template, delimiters: model.image_delimiters() }
+    }
+
+    /// The tokenizer of a model folder.
+    pub fn tokenizer(model_dir: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
+        let p = model_dir.join("tokenizer.json");
+        tokenizers::Tokenizer::from_file(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    }
+
     pub fn encode(&self, s: &str) -> anyhow::Result<Vec<i64>> {
         Ok(self.tok.encode(s, false).map_err(|e| anyhow::anyhow!("tokenizing {s:?}: {e}"))?.get_ids().iter().map(|&i| i as i64).collect())
     }
@@ -71,8 +138,17 @@ impl Prompter<'_> {
     pub fn prompt(&self, question: &str, choices: &[String], n_patches: i64) -> anyhow::Result<Vec<i64>> {
         let (before, after) = render_prompt(self.template, question, choices);
         let mut ids = self.encode(&before)?;
+        let after = self.encode(&after)?;
+        // A chat template that writes the delimiters itself (Qwen2-VL's renders
+        // `<|vision_start|>{image}<|vision_end|>`) already has them: never twice.
+        if ids.last().copied() != self.delimiters.0 {
+            ids.extend(self.delimiters.0);
+        }
         ids.extend(std::iter::repeat_n(self.image_token, n_patches as usize));
-        ids.extend(self.encode(&after)?);
+        if after.first().copied() != self.delimiters.1 {
+            ids.extend(self.delimiters.1);
+        }
+        ids.extend(after);
         Ok(ids)
     }
 }
@@ -106,4 +182,37 @@ pub fn overlay_params<T: serde::Serialize + serde::de::DeserializeOwned + Defaul
         (_, other) => anyhow::bail!("{what}: expected a table, found {other}"),
     }
     serde_json::from_value(v).with_context(|| what.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Prompter;
+    use std::str::FromStr;
+
+    /// Word-level ids: [UNK] 0, q 1, a 2, <vs> 3, <ve> 4 (the image token is 9).
+    fn tokenizer() -> tokenizers::Tokenizer {
+        let special = |id: u32, s: &str| {
+            serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        };
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [special(3, "<vs>"), special(4, "<ve>")],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "q": 1, "a": 2, "<vs>": 3, "<ve>": 4}, "unk_token": "[UNK]"}
+        });
+        tokenizers::Tokenizer::from_str(&json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn image_delimiters_enclose_the_image_tokens_once() {
+        let tok = tokenizer();
+        let prompter = |template| Prompter { tok: &tok, image_token: 9, template, delimiters: (Some(3), Some(4)) };
+        // A template without them (a text-only chat format): the prompter adds them.
+        assert_eq!(prompter("q {image} a").prompt("", &[], 2).unwrap(), [1, 3, 9, 9, 4, 2]);
+        // A template that writes them (Qwen2-VL's own chat template): not twice.
+        assert_eq!(prompter("q <vs>{image}<ve> a").prompt("", &[], 2).unwrap(), [1, 3, 9, 9, 4, 2]);
+        // A family without delimiters (LLaVA).
+        let plain = Prompter { tok: &tok, image_token: 9, template: "q {image} a", delimiters: (None, None) };
+        assert_eq!(plain.prompt("", &[], 3).unwrap(), [1, 9, 9, 9, 2]);
+    }
 }

@@ -1,8 +1,8 @@
-//! Loading a policy: the base LLaVA, plus (optionally) a trained checkpoint of the `sft` or `ppo` stage.
+//! Loading a policy: the base model (any family of `mllm::family`), plus (optionally) a trained checkpoint of the `sft` or `ppo` stage.
 //! Both checkpoints carry the SFT trainer's params in their metadata (`params`), so the LoRA set-up
 //! travels with the weights; `param.<name>` tensors are copied into the matching variables.
 use anyhow::Context;
-use mllm::llava::Llava;
+use mllm::family::Mllm;
 use mllm::sft::{AsMutLm, FineTuneMode, SftParams};
 use mllm::weights::read_safetensors;
 use std::path::Path;
@@ -13,7 +13,7 @@ const VALUE_HEAD: &str = "v_head.";
 
 pub struct Policy {
     pub vs: nn::VarStore,
-    pub model: Llava,
+    pub model: Mllm,
     /// The SFT params of the restored checkpoint (None: the base model).
     pub sft: Option<SftParams>,
     /// The checkpoint's `params` metadata verbatim (carried into PPO checkpoints).
@@ -27,7 +27,7 @@ impl Policy {
 }
 
 pub fn load(model_dir: &Path, device: tch::Device, dtype: mllm::DType, checkpoint: Option<&Path>) -> anyhow::Result<Policy> {
-    let (vs, mut model) = Llava::load(model_dir, device, dtype)?;
+    let (vs, mut model) = Mllm::load(model_dir, device, dtype)?;
     let Some(ck) = checkpoint else { return Ok(Policy { vs, model, sft: None, sft_meta: None }) };
     let (tensors, meta) = read_safetensors(ck)?;
     let raw = meta
@@ -79,7 +79,7 @@ pub fn load(model_dir: &Path, device: tch::Device, dtype: mllm::DType, checkpoin
 pub fn load_trainable_base(model_dir: &Path, device: tch::Device, dtype: mllm::DType, mode: &serde_json::Value) -> anyhow::Result<Policy> {
     let mode: FineTuneMode = serde_json::from_value(mode.clone())
         .with_context(|| format!("ppo.start_mode: expected \"Full\" or {{ Lora = {{ … }} }}, found {mode}"))?;
-    let (vs, mut model) = Llava::load(model_dir, device, dtype)?;
+    let (vs, mut model) = Mllm::load(model_dir, device, dtype)?;
     if let FineTuneMode::Lora(lp) = &mode {
         mllm::lora::attach(&vs, model.lm_mut(), lp)?;
     }

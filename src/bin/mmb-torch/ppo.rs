@@ -4,7 +4,7 @@
 //! - `update_k`: one PPO update on those rollouts, from the trainer state `update_{k-1}` left, so that K
 //!   iterations split over 2K processes take the same steps as one process would;
 //! - `ppo`: the last policy (trainer state dropped), every iteration's log row and rollouts.
-use crate::inputs::{Features, Prompter};
+use crate::inputs::{ImageInputs, Prompter};
 use crate::policy::{self, Policy};
 use anyhow::Context;
 use arrow::array::{
@@ -12,7 +12,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{Float32Type, Float64Type, Int64Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
-use mllm::config::LlavaConfig;
+use mllm::llava::EmbedInputs;
 use mllm::ppo::{PpoParams, PpoPrompt, PpoTrainer, Score};
 use mllm::weights::{read_safetensors, write_safetensors};
 use mmboundary::confidence::levels::LevelModel;
@@ -38,9 +38,9 @@ struct Iteration {
     model_dir: PathBuf,
     device: tch::Device,
     dtype: mllm::DType,
-    cfg: LlavaConfig,
     tok: tokenizers::Tokenizer,
-    /// Iteration k's questions, in draw order, with their prompts.
+    /// Iteration k's questions, in draw order, with their prompts (made by [`Self::policy`], which has
+    /// the model whose vision tower or features they need).
     items: Vec<Item>,
     prompts: Vec<PpoPrompt>,
     /// The `features` artifact, read once (rollout_k also needs its image embeddings).
@@ -53,33 +53,20 @@ impl Iteration {
         let (k, p) = (ip.iteration, ip.ppo);
         anyhow::ensure!(p.prompts_per_iteration > 0, "ppo: prompts_per_iteration must be ≥ 1");
         let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-        let mut tp = crate::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
+        let tp = crate::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
         let device = crate::policy::device(&format!("ppo iteration {k}"), &p.device)?;
         let dtype = mllm::DType::from_str(&p.dtype)?;
-        let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
-            anyhow::bail!("{}: ppo needs a LLaVA-style model", model_dir.display());
-        };
-        // Rollouts are fed back through the splice: they must never contain the image token.
-        tp.generation.suppress_token_ids.push(cfg.image_token_index);
-        let tok_path = model_dir.join("tokenizer.json");
-        let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+        let tok = Prompter::tokenizer(&model_dir)?;
 
         let all = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
         let items: Vec<Item> = iteration_items(&all, &p, k)?.into_iter().cloned().collect();
         let features = ctx.input_table("features")?.concat()?;
-        let feats = Features::from_batch(&features)?;
-        let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, cfg.image_token_index)?;
-        let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &template };
-        let mut prompts = Vec::with_capacity(items.len());
-        for it in &items {
-            let (n, feat) = feats.tensor(&it.id)?;
-            prompts.push(PpoPrompt { ids: prompter.prompt(&it.question, &it.choices, n)?, images: vec![feat.to_device(device)] });
-        }
-        Ok(Self { k, p, tp, model_dir, device, dtype, cfg, tok, items, prompts, features })
+        Ok(Self { k, p, tp, model_dir, device, dtype, tok, items, prompts: vec![], features })
     }
 
     /// The policy after k updates and a trainer in the state the k-th update left (a fresh one for k = 0).
-    fn policy(&self, ctx: &StageContext) -> anyhow::Result<(Policy, PpoTrainer)> {
+    /// Also makes the iteration's prompts.
+    fn policy(&mut self, ctx: &StageContext) -> anyhow::Result<(Policy, PpoTrainer)> {
         let ck = match (self.k, self.p.start) {
             (0, PolicyStart::Sft) => Some(ctx.input_path("sft_checkpoint")?),
             (0, PolicyStart::Vanilla) => None,
@@ -90,7 +77,19 @@ impl Iteration {
             None => policy::load_trainable_base(&self.model_dir, self.device, self.dtype, &self.p.start_mode)?,
         };
         let ck = ck.unwrap_or_default();
-        let mut trainer = PpoTrainer::new(&pol.vs, self.cfg.text_config.hidden_size, self.tp.clone())?;
+        // Rollouts are fed back through the splice: they must never contain the image token.
+        self.tp.generation.suppress_token_ids.push(pol.model.image_token_id());
+        let images = ImageInputs::new(&pol.model, &self.model_dir, &self.features)?;
+        let template = crate::inputs::prompt_template(&self.p.model, &self.p.prompt, &self.model_dir, pol.model.image_token_id())?;
+        let prompter = Prompter::new(&self.tok, &pol.model, &template);
+        let mut prompts = Vec::with_capacity(self.items.len());
+        for it in &self.items {
+            let (n, feat) = images.get(&pol.model, it)?;
+            let images = feat.into_iter().map(|t| t.to_device(self.device)).collect();
+            prompts.push(PpoPrompt { ids: prompter.prompt(&it.question, &it.choices, n)?, images });
+        }
+        self.prompts = prompts;
+        let mut trainer = PpoTrainer::new(&pol.vs, pol.model.text_model().cfg.hidden_size, self.tp.clone())?;
         if self.k > 0 {
             let at = ck.display().to_string();
             let (tensors, _) = read_safetensors(&ck)?;
@@ -116,7 +115,7 @@ impl Iteration {
 }
 
 pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
-    let it = Iteration::load(ctx)?;
+    let mut it = Iteration::load(ctx)?;
     let (pol, mut trainer) = it.policy(ctx)?;
     let level_path = ctx.input_path("level_model")?;
     let levels: LevelModel =
@@ -136,7 +135,7 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
     let seed_of = |i: usize, j: usize, step: usize| item_seed(gen_seed, &it.items[i].id, ((step as u64) << 32) | j as u64);
     let sampled = trainer.sample_seeded(&pol.model, &it.prompts, Some(&seed_of))?;
     bar.inc(1);
-    let eos = it.cfg.text_config.eos_token_ids();
+    let eos = pol.model.text_model().cfg.eos_token_ids();
     let mut decoded = Vec::with_capacity(sampled.len());
     for (_, g) in &sampled {
         let (text, pieces) = mllm::generate::decode_pieces(&it.tok, &g.tokens)?;
@@ -189,7 +188,7 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
 
 pub fn update(ctx: &StageContext) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let it = Iteration::load(ctx)?;
+    let mut it = Iteration::load(ctx)?;
     let (pol, mut trainer) = it.policy(ctx)?;
     let reference = match it.p.reference {
         ReferencePolicy::Sft => {

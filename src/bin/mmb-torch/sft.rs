@@ -1,9 +1,10 @@
 //! The `sft` stage's model work: build (prompt + image, interleaved target) examples and train.
-use crate::inputs::{Features, Prompter};
+use crate::inputs::{ImageInputs, Prompter};
 use anyhow::Context;
 use arrow::array::{ArrayRef, AsArray, Float64Builder, Int64Builder, UInt64Builder};
 use arrow::record_batch::RecordBatch;
-use mllm::llava::Llava;
+use mllm::family::Mllm;
+use mllm::llava::EmbedInputs;
 use mllm::sft::{SftExample, SftParams, SftTrainer};
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::StageContext;
@@ -19,29 +20,31 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
     let device = crate::policy::device("sft", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
-    let (vs, mut model) = Llava::load(&model_dir, device, dtype)?;
-    let mllm::config::ModelConfig::Llava(cfg) = mllm::config::ModelConfig::from_dir(&model_dir)? else {
-        anyhow::bail!("{}: sft needs a LLaVA-style model", model_dir.display());
-    };
-    let tok_path = model_dir.join("tokenizer.json");
-    let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-    let eos = cfg.text_config.eos_token_ids().first().copied();
-    let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, cfg.image_token_index)?;
-    let prompter = Prompter { tok: &tok, image_token: cfg.image_token_index, template: &template };
+    let (vs, mut model) = Mllm::load(&model_dir, device, dtype)?;
+    let tok = Prompter::tokenizer(&model_dir)?;
+    let eos = model.text_model().cfg.eos_token_ids().first().copied();
+    let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, model.image_token_id())?;
+    let prompter = Prompter::new(&tok, &model, &template);
 
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
     let by_id: HashMap<&str, _> = items.iter().map(|i| (i.id.as_str(), i)).collect();
-    let feats = Features::from_batch(&ctx.input_table("features")?.concat()?)?;
+    let images = ImageInputs::new(&model, &model_dir, &ctx.input_table("features")?.concat()?)?;
     let data = ctx.input_table("sft_data")?.concat()?;
     let ids = data.column_by_name("item_id").context("sft_data has no item_id")?.as_string::<i32>();
     let targets = data.column_by_name("target").context("sft_data has no target")?.as_string::<i32>();
     let mut examples = Vec::with_capacity(data.num_rows());
+    // An item's image inputs, computed once however many targets it has.
+    let mut cache: HashMap<String, (i64, Vec<tch::Tensor>)> = HashMap::new();
     for r in 0..data.num_rows() {
         let it = by_id.get(ids.value(r)).with_context(|| format!("sft_data row {r}: item {} is not in the dataset", ids.value(r)))?;
-        let (n, feat) = feats.tensor(&it.id)?;
+        if !cache.contains_key(&it.id) {
+            cache.insert(it.id.clone(), images.get(&model, it)?);
+        }
+        let (n, feat) = &cache[&it.id];
+        let (n, feat) = (*n, feat.iter().map(|t| t.shallow_clone()).collect());
         let mut response = prompter.encode(&format!(" {}", targets.value(r)))?;
         response.extend(eos);
-        examples.push(SftExample { prompt: prompter.prompt(&it.question, &it.choices, n)?, response, images: vec![feat] });
+        examples.push(SftExample { prompt: prompter.prompt(&it.question, &it.choices, n)?, response, images: feat });
     }
 
     let mut trainer = SftTrainer::new(&vs, &mut model, tp)?;
