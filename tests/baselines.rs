@@ -50,11 +50,11 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
         match v.name.as_str() {
             "dpv" => {
                 assert_eq!(v.row(), "vanilla");
-                assert!(eval.prompt.contains("(Confidence: x/100)"), "{}", eval.prompt);
+                assert!(eval.prompt.as_deref().unwrap_or_default().contains("(Confidence: x/100)"), "{:?}", eval.prompt);
             }
             "dps" => {
                 assert_eq!(v.row(), "vanilla");
-                assert!(eval.prompt.contains("how confident you are"), "{}", eval.prompt);
+                assert!(eval.prompt.as_deref().unwrap_or_default().contains("how confident you are"), "{:?}", eval.prompt);
             }
             "drl" => {
                 assert_eq!(v.row(), "full");
