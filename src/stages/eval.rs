@@ -71,6 +71,9 @@ pub struct EvalParams {
     pub missing_confidence: Option<f64>,
     /// ECE bins, chain-F1 threshold, answer matching, answer-level confidence.
     pub metrics: MetricsParams,
+    /// Also answer every question with another item's image (`stages::image_swap`; doubles the
+    /// generation): the `image_swap` table, which says whether each variant uses its image.
+    pub image_swap: bool,
 }
 
 impl Default for EvalParams {
@@ -97,6 +100,7 @@ impl Default for EvalParams {
             execution_provider: ExecutionProvider::Cpu,
             missing_confidence: Some(0.5),
             metrics: MetricsParams::default(),
+            image_swap: true,
         }
     }
 }
@@ -116,8 +120,9 @@ impl Stage for EvalStage {
     fn name(&self) -> &str {
         "eval"
     }
+    /// 5: the `image_swap` output.
     fn code_version(&self) -> &str {
-        "4"
+        "5"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
@@ -131,7 +136,7 @@ impl Stage for EvalStage {
         .collect()
     }
     fn outputs(&self) -> Vec<String> {
-        vec!["sentences".into(), "metrics".into()]
+        vec!["sentences".into(), "metrics".into(), "image_swap".into()]
     }
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).expect("params serialize")
