@@ -39,6 +39,7 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("Table 1") && html.contains("<svg"), "report.html lacks its table or figures");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("## Does the model use its image?") && md.contains("## Do the internal signals carry information?"), "{md}");
     for v in ["sft", "full"] {
         assert!(md.contains(&format!("| {v} |")) || md.contains(&format!("| {v} (no statements: constant missing_confidence) |")), "{md}");
     }
@@ -148,6 +149,33 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     }
     let acc = f64s(&m, "accuracy");
     assert!((0..m.num_rows()).all(|r| (ml.value(r) == "all") == acc[r].is_some()), "accuracy is an answer-level metric");
+    // image_swap: one row per evaluated chain; its own-image accuracy (scored apart from `evaluate`) is
+    // eval's accuracy, and every item was also answered with another item's image.
+    let sw = table("eval", "image_swap");
+    let (wv, wsp, wid, wfrom) = (
+        sw.column_by_name("variant").unwrap().as_string::<i32>(),
+        sw.column_by_name("split").unwrap().as_string::<i32>(),
+        sw.column_by_name("item_id").unwrap().as_string::<i32>(),
+        sw.column_by_name("swapped_from").unwrap().as_string::<i32>(),
+    );
+    let own = f64s(&sw, "own_correct");
+    let mut by: std::collections::BTreeMap<(String, String), (f64, usize)> = Default::default();
+    let mut per_split: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for r in 0..sw.num_rows() {
+        *per_split.entry((wv.value(r).to_string(), wsp.value(r).to_string())).or_default() += 1;
+    }
+    for r in 0..sw.num_rows() {
+        // A split of one item has nothing to swap with and keeps its image (stages::image_swap::partners).
+        let alone = per_split[&(wv.value(r).to_string(), wsp.value(r).to_string())] == 1;
+        assert_eq!(wid.value(r) == wfrom.value(r), alone, "row {r}: swapped_from {}", wfrom.value(r));
+        let e = by.entry((wv.value(r).to_string(), wsp.value(r).to_string())).or_default();
+        e.0 += own[r].unwrap();
+        e.1 += 1;
+    }
+    for r in (0..m.num_rows()).filter(|&r| ml.value(r) == "all") {
+        let (sum, n) = by[&(mv.value(r).to_string(), ms.value(r).to_string())];
+        assert!((sum / n as f64 - acc[r].unwrap()).abs() < 1e-12, "{}/{}: image_swap own accuracy vs eval", mv.value(r), ms.value(r));
+    }
 
     // Changing one reward weight reruns only the RL stages, eval and the report drawn from them.
     assert!(pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap().ran.is_empty());

@@ -81,6 +81,9 @@ pub struct EvalParams {
     /// last stated confidence, broadcast. Left out of the params (and the key) when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub broadcast_last_statement: bool,
+    /// Also answer every question with another item's image (`stages::image_swap`; doubles the
+    /// generation): the `image_swap` table, which says whether each variant uses its image.
+    pub image_swap: bool,
 }
 
 impl Default for EvalParams {
@@ -109,6 +112,7 @@ impl Default for EvalParams {
             metrics: MetricsParams::default(),
             sc: Default::default(),
             broadcast_last_statement: false,
+            image_swap: true,
         }
     }
 }
@@ -128,7 +132,7 @@ impl Stage for EvalStage {
     fn name(&self) -> &str {
         "eval"
     }
-    /// 5: each item's chain seeded by its id (was: by its batch).
+    /// 5: each item's chain seeded by its id (was: by its batch); the `image_swap` output.
     fn code_version(&self) -> &str {
         "5"
     }
@@ -144,7 +148,7 @@ impl Stage for EvalStage {
             .collect()
     }
     fn outputs(&self) -> Vec<String> {
-        vec!["sentences".into(), "metrics".into()]
+        vec!["sentences".into(), "metrics".into(), "image_swap".into()]
     }
     /// With the prompt resolved ([`super::models::prompt`]).
     fn params(&self) -> serde_json::Value {

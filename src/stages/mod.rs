@@ -9,6 +9,7 @@ pub mod device;
 pub mod eval;
 pub mod features;
 pub mod generate;
+pub mod image_swap;
 pub mod judges;
 pub mod map;
 pub mod models;

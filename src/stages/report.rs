@@ -5,6 +5,7 @@ use super::judges::JudgeParams;
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::metrics::bootstrap::BootstrapParams;
 use crate::metrics::calibration::{AnswerConfidence, EceParams};
+use crate::report::evidence;
 use crate::report::intervals::{cell_intervals, paired_differences, CellRule, ItemScores, Metric};
 use crate::report::page::{
     brier_markdown, differences_markdown, escape, examples_html, html_page, levels_markdown, md_table_html, mece_anatomy_markdown,
@@ -121,12 +122,18 @@ impl Stage for ReportStage {
     }
     /// 4: a variant without statements is labeled as the constant it is; reliability bins as ECE.
     /// 5: HTML tables, bootstrap intervals, full − SFT paired differences, named histogram legend.
-    /// 6: the report names the dataset, the model and the judge ([`about`]).
+    /// 6: the report names the dataset, the model and the judge ([`about`]); the image-swap and
+    /// signal-AUROC tables.
     fn code_version(&self) -> &str {
         "6"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![InputSpec::new("metrics", "eval", "metrics"), InputSpec::new("sentences", "eval", "sentences")]
+        vec![
+            InputSpec::new("metrics", "eval", "metrics"),
+            InputSpec::new("sentences", "eval", "sentences"),
+            InputSpec::new("image_swap", "eval", "image_swap"),
+            InputSpec::new("levels", "bin", "levels"),
+        ]
     }
     fn outputs(&self) -> Vec<String> {
         vec!["report".into()]
@@ -138,7 +145,10 @@ impl Stage for ReportStage {
         let metrics = ctx.input_table("metrics")?.concat()?;
         let sentences = ctx.input_table("sentences")?;
         let about = about(ctx.store(), &sentences)?;
-        let files = render(&metrics, &sentences.concat()?, &self.params, &about)?;
+        let sentences = sentences.concat()?;
+        let (image_swap, levels) = (ctx.input_table("image_swap")?.concat()?, ctx.input_table("levels")?.concat()?);
+        let evidence = Evidence { image_swap: &image_swap, levels: &levels };
+        let files = render_with(&metrics, &sentences, &self.params, &about, Some(evidence))?;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("report.md"), files.markdown)?;
         std::fs::write(dir.path().join("report.html"), files.html)?;
@@ -262,9 +272,27 @@ pub fn report_items(s: &RecordBatch, rows: &[MetricsRow]) -> anyhow::Result<BTre
     Ok(out)
 }
 
-/// The whole report from eval's `metrics` and `sentences` tables.
+/// What the report shows beside eval's metrics: eval's `image_swap` table and bin's `levels`.
+#[derive(Clone, Copy)]
+pub struct Evidence<'a> {
+    pub image_swap: &'a RecordBatch,
+    pub levels: &'a RecordBatch,
+}
+
+/// The whole report from eval's `metrics` and `sentences` tables (without the image-swap and signal tables).
 /// `about`: the dataset, model and judge line ([`about`]).
 pub fn render(metrics: &RecordBatch, s: &RecordBatch, p: &ReportParams, about: &str) -> anyhow::Result<ReportFiles> {
+    render_with(metrics, s, p, about, None)
+}
+
+/// The whole report; with `extra`, also whether the model uses its image and the signals' AUROCs.
+pub fn render_with(
+    metrics: &RecordBatch,
+    s: &RecordBatch,
+    p: &ReportParams,
+    about: &str,
+    extra: Option<Evidence>,
+) -> anyhow::Result<ReportFiles> {
     let rows = metrics_rows(metrics)?;
     let col = |b: &RecordBatch, n: &str| b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"));
     let mut variants: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
@@ -355,7 +383,18 @@ pub fn render(metrics: &RecordBatch, s: &RecordBatch, p: &ReportParams, about: &
          method's error is lower (better). {} resamples, seed {}.",
         p.bootstrap.resamples, p.bootstrap.seed
     );
-    let md = format!(
+    let evidence_tables = match extra {
+        Some(e) => {
+            let cells = crate::stages::image_swap::summarize(e.image_swap, &p.bootstrap)?;
+            let eval_variants: Vec<String> = VARIANT_ORDER.iter().map(|v| v.to_string()).filter(|v| cells.keys().any(|k| &k.0 == v)).collect();
+            let overview = evidence::swap_overview_markdown(&cells, &eval_variants, &splits);
+            let by_kind = evidence::swap_by_kind_markdown(&cells, "vanilla", &splits);
+            let signals = evidence::signals_markdown(&evidence::signal_aurocs(e.levels)?);
+            Some((overview, by_kind, signals))
+        }
+        None => None,
+    };
+    let mut md = format!(
         "# MMBoundary report\n\n{about}\n\n## Table 1 (ECE, MECE, step-level Brier, accuracy, chain F1, AUROC; level `all`)\n\n\
          {judge_note} {INTERVAL_NOTE}\n\n{table}\n\
          ## Does RL calibrate? Full − SFT, paired\n\n{diff_note}\n\n{diff_table}\n\
@@ -364,10 +403,16 @@ pub fn render(metrics: &RecordBatch, s: &RecordBatch, p: &ReportParams, about: &
          ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
         split = p.split
     );
+    if let Some((overview, by_kind, signals)) = &evidence_tables {
+        md.push_str(&format!(
+            "\n## Does the model use its image?\n\n{}\n\n{overview}\n### By question kind (vanilla)\n\n{by_kind}\n\
+             ## Do the internal signals carry information?\n\n{}\n\n{signals}",
+            evidence::SWAP_NOTE,
+            evidence::SIGNAL_NOTE
+        ));
+    }
     let note = |t: &str| format!("<p class=\"note\">{}</p>", escape(t));
-    let html = html_page(
-        "MMBoundary report",
-        &[
+    let mut sections: Vec<(String, String)> = vec![
             ("About".into(), note(about)),
             ("Table 1".into(), format!("{}{}{}", note(&judge_note), note(INTERVAL_NOTE), md_table_html(&table))),
             ("Does RL calibrate? Full − SFT, paired".into(), format!("{}{}", note(&diff_note), md_table_html(&diff_table))),
@@ -376,8 +421,20 @@ pub fn render(metrics: &RecordBatch, s: &RecordBatch, p: &ReportParams, about: &
             (format!("Perception vs reasoning ({})", p.split), md_table_html(&levels)),
             ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
             ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
-        ],
-    );
+    ];
+    if let Some((overview, by_kind, signals)) = &evidence_tables {
+        // After "About", Table 1 and the full − SFT differences.
+        let at = 3.min(sections.len());
+        sections.insert(
+            at,
+            (
+                "Does the model use its image?".into(),
+                format!("{}{}<h3>By question kind (vanilla)</h3>{}", note(evidence::SWAP_NOTE), md_table_html(overview), md_table_html(by_kind)),
+            ),
+        );
+        sections.insert(at + 1, ("Do the internal signals carry information?".into(), format!("{}{}", note(evidence::SIGNAL_NOTE), md_table_html(signals))));
+    }
+    let html = html_page("MMBoundary report", &sections);
     Ok(ReportFiles { markdown: md, html, reliability_svg: reliability, confidence_svg: hist })
 }
 

@@ -7,6 +7,7 @@ use mllm::generate::{generate_multimodal, GenerationParams};
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::chain_judge::ChainJudge;
+use mmboundary::stages::image_swap;
 use mmboundary::stages::eval::{evaluate, metrics_schema, sentences_schema, EvalChain, EvalParams};
 use mmboundary::stages::self_consistency::{sc_chain_text, SC_POLICY};
 use std::collections::HashMap;
@@ -30,9 +31,13 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!selected.is_empty(), "eval: no items in splits {:?}", p.splits);
 
-    let mut chains = Vec::new();
     let mut sc_samples: HashMap<String, Vec<String>> = HashMap::new();
-    let bar = ctx.progress((selected.len() * p.variants.len()) as u64, "evaluating policies");
+    // With image_swap, each item is answered a second time with the image of `partners[i]` (same split).
+    let split_names: Vec<&str> = selected.iter().map(|it| it.split.as_str()).collect();
+    let partners = image_swap::partners(&split_names);
+    let passes: &[bool] = if p.image_swap { &[false, true] } else { &[false] };
+    let (mut chains, mut swapped, mut swapped_from) = (Vec::new(), Vec::new(), Vec::new());
+    let bar = ctx.progress((selected.len() * p.variants.len() * passes.len()) as u64, "evaluating policies");
     for variant in &p.variants {
         let ck = match variant.as_str() {
             "vanilla" => None,
@@ -46,38 +51,49 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         let images = ImageInputs::new(&pol.model, &model_dir, &features)?;
         let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, pol.model.image_token_id())?;
         let prompter = Prompter::new(&tok, &pol.model, &template);
-        for chunk in selected.chunks(p.batch.max(1)) {
-            let mut prompts = Vec::with_capacity(chunk.len());
-            for it in chunk {
-                let (n, feat) = images.get(&pol.model, it)?;
-                prompts.push((prompter.prompt(&it.question, &it.choices, n)?, feat));
-            }
-            let gp = GenerationParams {
-                max_new_tokens: p.max_new_tokens,
-                temperature: p.temperature,
-                // Each item samples from its own stream (the same under every variant), seeded by its id.
-                row_seeds: chunk.iter().map(|it| item_seed(p.seed, &it.id, 0)).collect(),
-                suppress_token_ids: vec![pol.model.image_token_id()],
-                ..GenerationParams::default()
-            };
-            if variant == SC_POLICY {
-                // K sampled chains per question, draw k from the item's stream k + 1 (stream 0 is the
-                // greedy chain's), so the K draws differ and none depends on the batch.
-                for k in 0..p.sc.samples {
-                    let sp = GenerationParams {
-                        temperature: p.sc.temperature,
-                        row_seeds: chunk.iter().map(|it| item_seed(p.seed, &it.id, k as u64 + 1)).collect(),
-                        ..gp.clone()
-                    };
-                    for (it, g) in chunk.iter().zip(generate_multimodal(&pol.model, &prompts, &sp, Some(&tok))?) {
-                        sc_samples.entry(it.id.clone()).or_default().push(g.text);
+        for &swap in passes {
+            let order: Vec<usize> = (0..selected.len()).collect();
+            for chunk in order.chunks(p.batch.max(1)) {
+                let mut prompts = Vec::with_capacity(chunk.len());
+                for &i in chunk {
+                    let it = selected[i];
+                    let image_of = if swap { selected[partners[i]] } else { it };
+                    let (n, feat) = images.get(&pol.model, image_of)?;
+                    prompts.push((prompter.prompt(&it.question, &it.choices, n)?, feat));
+                }
+                let gp = GenerationParams {
+                    max_new_tokens: p.max_new_tokens,
+                    temperature: p.temperature,
+                    // Each item samples from its own stream (the same under every variant and image), seeded by its id.
+                    row_seeds: chunk.iter().map(|&i| item_seed(p.seed, &selected[i].id, 0)).collect(),
+                    suppress_token_ids: vec![pol.model.image_token_id()],
+                    ..GenerationParams::default()
+                };
+                if variant == SC_POLICY && !swap {
+                    // K sampled chains per question, draw k from the item's stream k + 1 (stream 0 is the
+                    // greedy chain's), so the K draws differ and none depends on the batch.
+                    for k in 0..p.sc.samples {
+                        let sp = GenerationParams {
+                            temperature: p.sc.temperature,
+                            row_seeds: chunk.iter().map(|&i| item_seed(p.seed, &selected[i].id, k as u64 + 1)).collect(),
+                            ..gp.clone()
+                        };
+                        for (&i, g) in chunk.iter().zip(generate_multimodal(&pol.model, &prompts, &sp, Some(&tok))?) {
+                            sc_samples.entry(selected[i].id.clone()).or_default().push(g.text);
+                        }
                     }
                 }
+                for (&i, g) in chunk.iter().zip(generate_multimodal(&pol.model, &prompts, &gp, Some(&tok))?) {
+                    let c = EvalChain { variant: variant.clone(), item_id: selected[i].id.clone(), text: g.text };
+                    if swap {
+                        swapped.push(c);
+                        swapped_from.push(selected[partners[i]].id.clone());
+                    } else {
+                        chains.push(c);
+                    }
+                }
+                bar.inc(chunk.len() as u64);
             }
-            for (it, g) in chunk.iter().zip(generate_multimodal(&pol.model, &prompts, &gp, Some(&tok))?) {
-                chains.push(EvalChain { variant: variant.clone(), item_id: it.id.clone(), text: g.text });
-            }
-            bar.inc(chunk.len() as u64);
         }
     }
     bar.finish_and_clear();
@@ -93,5 +109,8 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let (rows, metrics) = evaluate(&judge, &items, &chains, &p)?;
     ctx.write_table("sentences", sentences_schema(), &[rows], None)?;
     ctx.write_table("metrics", metrics_schema(), &[metrics], None)?;
+    let own: Vec<EvalChain> = if p.image_swap { chains } else { Vec::new() };
+    let swap_table = image_swap::table(&items, &own, &swapped, &swapped_from, &judge.parser, &p.metrics)?;
+    ctx.write_table("image_swap", image_swap::schema(), &[swap_table], None)?;
     Ok(())
 }

@@ -1,0 +1,184 @@
+//! The report's two "is there anything to calibrate?" tables: whether the model uses its image (eval's
+//! `image_swap` table, summarized by [`crate::stages::image_swap::summarize`]), and whether the internal
+//! signals tell wrong sentences from right ones (AUROC of each signal and of the fused U_Final on bin's
+//! `levels`, which carries the scored columns, the judge's `correct` and `u_final`).
+use crate::stages::image_swap::SwapCell;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Float64Type;
+use arrow::record_batch::RecordBatch;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+/// Signal names in the order of [`SignalAurocs::values`].
+pub const SIGNALS: [&str; 5] = ["LNLP", "MTE", "TokenSAR", "1 − CLIPScore", "U_Final (fused)"];
+
+/// One split's signal AUROCs: each signal's (growing with uncertainty) AUROC for telling wrong sentences
+/// from right ones; None where a class is missing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalAurocs {
+    pub split: String,
+    pub judged: usize,
+    pub right: usize,
+    pub values: [Option<f64>; 5],
+}
+
+/// Per split of bin's `levels` table (sentences the judge could not label are left out), then `all`.
+pub fn signal_aurocs(levels: &RecordBatch) -> anyhow::Result<Vec<SignalAurocs>> {
+    let col = |n: &str| levels.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("bin levels have no column `{n}`"));
+    let f = |n: &str| -> anyhow::Result<Vec<f64>> {
+        let c = col(n)?;
+        Ok(c.as_primitive_opt::<Float64Type>().ok_or_else(|| anyhow::anyhow!("bin levels column `{n}` is not Float64"))?.values().to_vec())
+    };
+    let (lnlp, mte, sar, clip, u) = (f("lnlp")?, f("mte")?, f("tokensar")?, f("clipscore")?, f("u_final")?);
+    let correct = col("correct")?;
+    let correct = correct.as_boolean_opt().ok_or_else(|| anyhow::anyhow!("bin levels column `correct` is not Boolean"))?.clone();
+    let split = col("split")?;
+    let split = split.as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("bin levels column `split` is not a string column"))?.clone();
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for i in (0..levels.num_rows()).filter(|&i| correct.is_valid(i)) {
+        groups.entry(split.value(i).to_string()).or_default().push(i);
+    }
+    let all: Vec<usize> = groups.values().flatten().copied().collect();
+    let mut out = Vec::new();
+    let mut one = |name: &str, ix: &[usize]| -> anyhow::Result<()> {
+        let rows: Vec<[f64; 4]> = ix.iter().map(|&i| [lnlp[i], mte[i], sar[i], clip[i]]).collect();
+        let labels: Vec<bool> = ix.iter().map(|&i| correct.value(i)).collect();
+        let four = crate::stages::score::signal_aurocs(&rows, &labels)?;
+        let wrong: Vec<bool> = labels.iter().map(|c| !c).collect();
+        let fused = if four[0].is_some() {
+            Some(crate::metrics::auroc(&ix.iter().map(|&i| u[i]).collect::<Vec<_>>(), &wrong)?)
+        } else {
+            None
+        };
+        out.push(SignalAurocs {
+            split: name.to_string(),
+            judged: ix.len(),
+            right: labels.iter().filter(|&&c| c).count(),
+            values: [four[0], four[1], four[2], four[3], fused],
+        });
+        Ok(())
+    };
+    for (s, ix) in &groups {
+        one(s, ix)?;
+    }
+    if groups.len() > 1 {
+        one("all", &all)?;
+    }
+    Ok(out)
+}
+
+pub const SIGNAL_NOTE: &str = "AUROC of each internal signal (oriented to grow with uncertainty) and of the fused \
+U_Final for telling the judge's wrong sentences from right ones, on the chains the `generate` stage wrote (the \
+sentences the levels and the SFT data come from). 0.5: no information.";
+
+pub fn signals_markdown(rows: &[SignalAurocs]) -> String {
+    let mut s = String::from("| split | sentences judged | right |");
+    for n in SIGNALS {
+        let _ = write!(s, " {n} |");
+    }
+    s.push_str("\n|---|---|---|");
+    s.push_str(&"---|".repeat(SIGNALS.len()));
+    s.push('\n');
+    for r in rows {
+        let _ = write!(s, "| {} | {} | {} |", r.split, r.judged, r.right);
+        for v in r.values {
+            let _ = write!(s, " {} |", v.map_or("–".to_string(), |v| format!("{v:.3}")));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+pub const SWAP_NOTE: &str = "Answer accuracy with the question's own image and with another item's image of the same \
+split (greedy both times), and own − swapped with its 95 % paired bootstrap interval over items. A model that \
+answers from the question alone loses nothing. Well-formed: share of own-image chains whose answer can be read \
+after the last answer marker.";
+
+fn swap_cell(c: &SwapCell) -> String {
+    let iv = c.interval.map_or(String::new(), |i| format!(" [{:.3}, {:.3}]", i.lo, i.hi));
+    format!("{:.3} / {:.3} / {:+.3}{iv}", c.own, c.swapped, c.difference)
+}
+
+/// Per variant and split (kind `all`): items, own / swapped / difference, well-formed share.
+pub fn swap_overview_markdown(cells: &BTreeMap<(String, String, String), SwapCell>, variants: &[String], splits: &[String]) -> String {
+    let mut s = String::from("| split | variant | items | accuracy own / swapped / own − swapped | well-formed |\n|---|---|---|---|---|\n");
+    for sp in splits {
+        for v in variants {
+            if let Some(c) = cells.get(&(v.clone(), sp.clone(), "all".into())) {
+                let _ = writeln!(s, "| {sp} | {v} | {} | {} | {:.3} |", c.items, swap_cell(c), c.well_formed);
+            }
+        }
+    }
+    s
+}
+
+/// One variant by question kind (rows) and split (columns): "own / swapped / difference [interval] (n)".
+pub fn swap_by_kind_markdown(cells: &BTreeMap<(String, String, String), SwapCell>, variant: &str, splits: &[String]) -> String {
+    let kinds: BTreeSet<&str> = cells.keys().filter(|k| k.0 == variant && k.2 != "all").map(|k| k.2.as_str()).collect();
+    let mut s = String::from("| question kind |");
+    for sp in splits {
+        let _ = write!(s, " {sp}: own / swapped / own − swapped (items) |");
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---|".repeat(splits.len()));
+    s.push('\n');
+    for k in kinds.into_iter().chain(["all"]) {
+        let _ = write!(s, "| {k} |");
+        for sp in splits {
+            match cells.get(&(variant.to_string(), sp.clone(), k.to_string())) {
+                Some(c) => {
+                    let _ = write!(s, " {} ({}) |", swap_cell(c), c.items);
+                }
+                None => s.push_str(" – |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray};
+    use std::sync::Arc;
+
+    /// Hand-counted AUROCs (wrong sentences positive, ties half): train has right {0, 1}, wrong {2, 3};
+    /// one unjudged sentence (null `correct`) is left out.
+    #[test]
+    fn signal_aurocs_are_the_hand_counted_ones() {
+        let f = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
+        let split: ArrayRef = Arc::new(StringArray::from(vec!["train", "train", "train", "train", "train", "val", "val"]));
+        let correct: ArrayRef = Arc::new(BooleanArray::from(vec![Some(true), Some(true), Some(false), Some(false), None, Some(true), Some(false)]));
+        let levels = RecordBatch::try_from_iter([
+            ("split", split),
+            // wrong above right in all 4 pairs → 1.0 (val: wrong 0.2 < right 0.9 → 0.0)
+            ("lnlp", f(vec![0.1, 0.2, 0.3, 0.4, 9.0, 0.9, 0.2])),
+            // wrong below right everywhere → 0.0 (val: 1.0)
+            ("mte", f(vec![0.4, 0.3, 0.2, 0.1, 9.0, 0.1, 0.2])),
+            // wrong {0.2, 0.4} vs right {0.1, 0.3}: 3 of 4 pairs → 0.75
+            ("tokensar", f(vec![0.1, 0.3, 0.2, 0.4, 9.0, 0.5, 0.5])),
+            // 1 − CLIPScore = 0.1, 0.2, 0.3, 0.4 → 1.0 (val: tie → 0.5)
+            ("clipscore", f(vec![0.9, 0.8, 0.7, 0.6, 9.0, 0.5, 0.5])),
+            // all tied → 0.5 (val: 1.0)
+            ("u_final", f(vec![0.5, 0.5, 0.5, 0.5, 9.0, 0.1, 0.7])),
+            ("correct", correct),
+        ])
+        .unwrap();
+        let rows = signal_aurocs(&levels).unwrap();
+        assert_eq!(rows.len(), 3);
+        let train = &rows[0];
+        assert_eq!((train.split.as_str(), train.judged, train.right), ("train", 4, 2));
+        assert_eq!(train.values, [Some(1.0), Some(0.0), Some(0.75), Some(1.0), Some(0.5)]);
+        assert_eq!(rows[1].values, [Some(0.0), Some(1.0), Some(0.5), Some(0.5), Some(1.0)]);
+        // all: 6 judged (3 right: 0.1, 0.2, 0.9; 3 wrong: 0.3, 0.4, 0.2). LNLP pairs wrong > right:
+        // 0.3 > {0.1, 0.2}, 0.4 > {0.1, 0.2}, 0.2 > 0.1 and ties 0.2 = 0.2 (half) → 5.5 / 9.
+        assert_eq!((rows[2].split.as_str(), rows[2].judged, rows[2].right), ("all", 6, 3));
+        assert!((rows[2].values[0].unwrap() - 5.5 / 9.0).abs() < 1e-12, "{:?}", rows[2].values);
+        let md = signals_markdown(&rows);
+        assert!(md.contains("| train | 4 | 2 | 1.000 | 0.000 | 0.750 | 1.000 | 0.500 |"), "{md}");
+        // A table without the judge's labels is refused, naming the column.
+        let no_correct = levels.project(&[0, 1, 2, 3, 4, 5]).unwrap();
+        assert!(signal_aurocs(&no_correct).unwrap_err().to_string().contains("`correct`"));
+    }
+}
