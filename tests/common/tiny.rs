@@ -50,7 +50,7 @@ pub fn pipeline_k(model: &Path, alpha: f64, iterations: usize) -> Pipeline {
             },
         }),
         Box::new(FeaturesStage {
-            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8, merge: 1, ..Default::default() },
+            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8, merge: Some(1), ..Default::default() },
             session: Default::default(),
         }),
         Box::new(GenerateStage {
