@@ -63,7 +63,7 @@ fn pipeline(params: DatasetParams, batch: usize) -> Pipeline {
     let stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage { params }),
         Box::new(FeaturesStage {
-            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch, merge: 1, ..Default::default() },
+            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch, merge: Some(1), ..Default::default() },
             session: Default::default(),
         }),
     ];

@@ -164,7 +164,7 @@ fn tiny_project(dir: &Path, model: &Path, clip: &Path, extra_model: &str) -> Pat
     let pool = pool.display();
     let files = [
         ("dataset", "[params]\nn_items = 16\nimage_size = 32\nchunk = 8\n".to_string()),
-        ("features", "[params]\nbatch = 8\nmerge = 1\n".into()),
+        ("features", "[params]\nbatch = 8\n".into()),
         ("generate", "[params]\nlimit = 4\nbatch = 4\nmax_new_tokens = 12\n".into()),
         ("map", format!("[params]\npool = \"{pool}\"\n")),
         ("sft", "[params]\ntrainer = { epochs = 1, batch_size = 2, max_steps = 1, learning_rate = 1e-3 }\n".into()),
@@ -286,21 +286,103 @@ fn changing_a_project_value_reruns_exactly_the_stages_that_read_it() {
     }
 
     // A GPU request on a machine without one: an error naming the stage and the device, never a CPU run.
-    // (Through the CLI, to read the worker's message too.)
+    // `mmb run` refuses it up front (a_gpu_request_is_refused_before_any_stage_runs); the worker keeps its
+    // own check for a stage started any other way (here: the engine directly).
     write_project(&stages, &copy, &clip, "device = \"cuda\"");
     assert!(!mmboundary::stages::device::gpu_visible(), "this check is for a machine without a GPU");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mmb"))
-        .arg("--store")
-        .arg(store.root())
-        .arg("--stages")
-        .arg(&stages)
-        .args(["run", "generate"])
-        .env("MMB_TORCH", &worker)
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{e}");
-    assert!(e.contains("generate: device = \"cuda\"") && e.contains("CUDA device 0 was requested"), "{e}");
+    // (The worker prints its own refusal, "CUDA device 0 was requested but libtorch sees 0", to stderr.)
+    let e = format!("{:#}", run("generate").err().expect("a CUDA run on a machine without CUDA"));
+    assert!(e.contains("the mmb-torch worker failed for stage `generate`"), "{e}");
     let lock = LockFile::load(store.root()).unwrap();
     assert_eq!(lock.stages["generate"].device, "cpu/f32", "the failed CUDA run recorded nothing");
+}
+
+fn mmb(store: &Path, stages: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mmb"))
+        .arg("--store")
+        .arg(store)
+        .arg("--stages")
+        .arg(stages)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `device = "cuda"` (and an ONNX GPU provider) on a machine without a GPU: `mmb run` refuses before
+/// the first stage, naming each stage, the setting and the file that set it; dataset and features (CPU
+/// stages before generate) did not run. A run that reaches no GPU stage still runs.
+#[test]
+fn a_gpu_request_is_refused_before_any_stage_runs() {
+    assert!(!mmboundary::stages::device::gpu_visible(), "this check is for a machine without a GPU");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("artifacts");
+    let clip = fixtures().join("encoders/clip_tiny");
+    let stages = tiny_project(dir.path(), &tiny_llava(dir.path()), &clip, "device = \"cuda\"");
+    let project = stages.join("project.toml");
+    let text = std::fs::read_to_string(&project).unwrap();
+    std::fs::write(&project, format!("{text}[onnx]\nexecution_provider = {{ kind = \"cuda\", device_id = 0 }}\n")).unwrap();
+    std::fs::write(stages.join("sft.toml"), "[params]\ndevice = \"cpu\"\n").unwrap();
+    std::fs::write(stages.join("score.toml"), "[params]\nexecution_provider = { kind = \"cpu\" }\n").unwrap();
+    let o = mmb(&store, &stages, &["run"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    let p = project.display();
+    for want in [
+        format!("stage `generate`: device = \"cuda\" (set in {p})"),
+        format!("stage `ppo`: device = \"cuda\" (set in {p})"),
+        format!("stage `eval`: device = \"cuda\" (set in {p})"),
+        format!("stage `features`: execution_provider = {{\"kind\":\"cuda\",\"device_id\":0}} (set in {p}): no NVIDIA GPU is visible"),
+        format!("stage `ppo`: execution_provider = {{\"kind\":\"cuda\",\"device_id\":0}} (set in {p})"),
+    ] {
+        assert!(e.contains(&want), "{want}\nnot in\n{e}");
+    }
+    // sft and score set the CPU in their own files.
+    assert!(!e.contains("stage `sft`") && !e.contains("stage `score`") && e.contains("nothing ran"), "{e}");
+    let lock = LockFile::load(&store).unwrap();
+    assert!(lock.stages.is_empty(), "stages ran before the refusal: {:?}", lock.stages.keys().collect::<Vec<_>>());
+    // A stage file's own setting names that file.
+    std::fs::write(stages.join("generate.toml"), "[params]\ndevice = \"cuda:1\"\nlimit = 4\n").unwrap();
+    let e = String::from_utf8_lossy(&mmb(&store, &stages, &["run"]).stderr).into_owned();
+    assert!(e.contains(&format!("stage `generate`: device = \"cuda:1\" (set in {})", stages.join("generate.toml").display())), "{e}");
+    // A run that reaches no GPU stage runs.
+    let o = mmb(&store, &stages, &["run", "dataset"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(LockFile::load(&store).unwrap().stages.keys().collect::<Vec<_>>(), ["dataset"]);
+}
+
+/// `[onnx] execution_provider` in project.toml reaches features, score, the PPO iterations and eval; a
+/// stage file overrides it; features keeps the CPU out of its key (the demo key unchanged).
+#[test]
+fn the_onnx_provider_is_set_once_and_overridable_per_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = shipped_stages(dir.path());
+    std::fs::write(stages.join("project.toml"), "[onnx]\nexecution_provider = { kind = \"cuda\", device_id = 1 }\n").unwrap();
+    let p = mmboundary::stages::pipeline(&stages).unwrap();
+    let want = serde_json::json!({"kind": "cuda", "device_id": 1});
+    for s in ["features", "score", "rollout_0", "update_0", "eval"] {
+        assert_eq!(params(&p, s)["execution_provider"], want, "{s}");
+    }
+    assert_eq!(p.get("features").unwrap().device(), "ort-cuda/f32");
+    assert!(params(&p, "generate").get("execution_provider").is_none());
+    std::fs::write(stages.join("features.toml"), "[params]\nexecution_provider = { kind = \"cpu\" }\n").unwrap();
+    let p = mmboundary::stages::pipeline(&stages).unwrap();
+    assert!(params(&p, "features").get("execution_provider").is_none(), "the CPU stays out of features' key");
+    assert_eq!(params(&p, "score")["execution_provider"], want);
+}
+
+/// `features.merge` follows the CLIP when unset: the demo CLIP's 2 (the demo run's features params as
+/// they were keyed when features.toml set `merge = 2`), 1 for a CLIP folder of project.toml; a stage
+/// file still sets it.
+#[test]
+fn features_merge_follows_the_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = shipped_stages(dir.path());
+    let demo = mmboundary::stages::pipeline(&stages).unwrap();
+    assert_eq!(demo.get("features").unwrap().params(), serde_json::json!({"clip": null, "batch": 64, "merge": 2}));
+    std::fs::write(stages.join("project.toml"), "[clip]\npath = \"models/clip\"\n").unwrap();
+    let p = mmboundary::stages::pipeline(&stages).unwrap();
+    assert_eq!(p.get("features").unwrap().params(), serde_json::json!({"clip": "models/clip", "batch": 64, "merge": 1}));
+    std::fs::write(stages.join("features.toml"), "[params]\nmerge = 2\n").unwrap();
+    let p = mmboundary::stages::pipeline(&stages).unwrap();
+    assert_eq!(params(&p, "features")["merge"], 2);
 }

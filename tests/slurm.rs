@@ -164,7 +164,7 @@ fn scoring(dir: &Path) -> Pipeline {
                 ..Default::default()
             },
         }),
-        Box::new(FeaturesStage { params: FeaturesParams { clip: Some(clip.clone()), batch: 4, merge: 1, ..Default::default() }, session: Default::default() }),
+        Box::new(FeaturesStage { params: FeaturesParams { clip: Some(clip.clone()), batch: 4, merge: Some(1), ..Default::default() }, session: Default::default() }),
         Box::new(GenerateStage {
             params: GenerateParams { model: Some(model), batch: 4, max_new_tokens: 12, device: "cpu".into(), ..Default::default() },
         }),

@@ -37,7 +37,7 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
                 },
             }),
             Box::new(FeaturesStage {
-                params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4, merge: 1, ..Default::default() },
+                params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4, merge: Some(1), ..Default::default() },
                 session: Default::default(),
             }),
             Box::new(GenerateStage {
@@ -158,7 +158,7 @@ fn generate_without_the_worker_or_model_fails_clearly() {
             },
         }),
         Box::new(FeaturesStage {
-            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4, merge: 1, ..Default::default() },
+            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4, merge: Some(1), ..Default::default() },
             session: Default::default(),
         }),
         Box::new(GenerateStage {

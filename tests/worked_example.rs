@@ -73,16 +73,17 @@ fn the_real_path_runs_from_configuration_alone_and_the_report_names_dataset_mode
             minilm.display()
         ),
     );
-    // Step 3: the features as a Hugging Face LLaVA expects them.
-    write(&stages.join("features.toml"), "[params]\nmerge = 1\nbatch = 8\n");
-    // Step 4: the data, in the official layouts.
+    // Features as a Hugging Face LLaVA expects them (the CLIP's own patches) with no setting: the merge
+    // follows the CLIP folder.
+    write(&stages.join("features.toml"), "[params]\nbatch = 8\n");
+    // Step 3: the data, in the official layouts.
     write(
         &stages.join("dataset.toml"),
         "[params]\nsource = [\"aokvqa\", \"scienceqa\"]\n\
          [params.aokvqa]\ndir = \"data/aokvqa\"\ncoco = \"data/aokvqa/coco\"\nannotated = \"data/annotated/aokvqa_mmb.json\"\n\
          [params.scienceqa]\ndir = \"data/ScienceQA\"\n",
     );
-    // Step 5: the run's size (tiny: a few minutes of CI).
+    // Step 4: the run's size (tiny: a few minutes of CI).
     write(&stages.join("generate.toml"), "[params]\nmax_new_tokens = 12\nbatch = 8\n");
     write(&stages.join("sft.toml"), "[params]\ntrainer = { epochs = 1, batch_size = 4, max_steps = 2, learning_rate = 1e-3 }\n");
     write(
@@ -105,6 +106,7 @@ fn the_real_path_runs_from_configuration_alone_and_the_report_names_dataset_mode
     // The report names the dataset (by source and split), the model and the judge.
     let store = Store::open(proj.join("artifacts")).unwrap();
     let lock = LockFile::load(store.root()).unwrap();
+    assert_eq!(lock.stages["features"].params["merge"], 1, "features.merge unset follows the CLIP folder");
     let rep = store.materialize(&ArtifactId::parse(&lock.stages["report"].outputs["report"].id).unwrap()).unwrap();
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
     let n = &expected["items"];

@@ -163,6 +163,22 @@ fn provider_dispatch(ep: &ExecutionProvider) -> Option<ort::ep::ExecutionProvide
     }
 }
 
+/// Whether this process's ONNX Runtime offers `ep` (the CPU always; CUDA/TensorRT when the loaded
+/// library was built with them). Says nothing about a GPU being there: see `stages::device`.
+pub fn provider_available(ep: &ExecutionProvider) -> Result<bool> {
+    use ort::ep::ExecutionProvider as Ep;
+    if ep.is_cpu() {
+        return Ok(true);
+    }
+    let lib = crate::runtime::onnxruntime_dylib().unwrap_or_default();
+    environment()?;
+    let available = match ep {
+        ExecutionProvider::Cuda { .. } => <ort::ep::CUDA as Ep>::is_available(),
+        _ => <ort::ep::TensorRT as Ep>::is_available(),
+    };
+    available.map_err(ort_err(&lib, "listing its execution providers"))
+}
+
 impl OnnxModel {
     /// Loads `path` with `options`. A missing file, an unregistrable provider (without fallback) or an invalid
     /// graph is an error naming the file.

@@ -34,14 +34,7 @@ impl StageConfigs {
     pub fn params<P: DeserializeOwned + Default>(&self, stage: &str) -> anyhow::Result<P> {
         let path = self.dir.join(format!("{stage}.toml"));
         let mut table = super::project::Project::load(&self.dir)?.layer(stage);
-        let file = match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                toml::from_str::<StageToml>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.params.unwrap_or_default()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
-            Err(e) => anyhow::bail!("{}: {e}", path.display()),
-        };
-        merge(&mut table, &file);
+        merge(&mut table, &self.file_params(stage)?);
         if let Some(over) = self.overrides.get(stage) {
             merge(&mut table, over);
         }
@@ -50,6 +43,36 @@ impl StageConfigs {
         }
         P::deserialize(toml::Value::Table(table))
             .map_err(|e| anyhow::anyhow!("{} (with stages/project.toml and overrides for `{stage}`): params: {e}", path.display()))
+    }
+}
+
+impl StageConfigs {
+    /// The `[params]` of `<dir>/<stage>.toml` (empty when there is no file).
+    fn file_params(&self, stage: &str) -> anyhow::Result<toml::Table> {
+        let path = self.dir.join(format!("{stage}.toml"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(toml::from_str::<StageToml>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                .params
+                .unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(toml::Table::new()),
+            Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        }
+    }
+
+    /// Where `stage`'s params key `key` was set last: the overrides (a preset or sweep variant), its stage
+    /// file, or `project.toml`; "the default" when none sets it.
+    pub fn origin(&self, stage: &str, key: &str) -> anyhow::Result<String> {
+        if self.overrides.get(stage).is_some_and(|o| o.contains_key(key)) {
+            return Ok(format!("the preset's or sweep variant's overrides of `{stage}`"));
+        }
+        if self.file_params(stage)?.contains_key(key) {
+            return Ok(self.dir.join(format!("{stage}.toml")).display().to_string());
+        }
+        if super::project::Project::load(&self.dir)?.layer(stage).contains_key(key) {
+            return Ok(self.dir.join(super::project::FILE).display().to_string());
+        }
+        Ok("the default".into())
     }
 }
 

@@ -23,9 +23,10 @@ pub struct FeaturesParams {
     pub batch: usize,
     /// Merge each `merge × merge` block of neighbouring patches into one token by concatenating their
     /// features (space-to-depth, as Qwen2-VL's merger does), so a fine-grained patch grid costs the decoder
-    /// no more tokens. 1 (the default) keeps the CLIP's patches, as a Hugging Face LLaVA expects; the demo
-    /// CLIP (8-pixel patches, a 12 × 12 grid) uses 2.
-    pub merge: usize,
+    /// no more tokens. Unset, it follows the CLIP ([`FeaturesParams::merge`]): 1 for a CLIP folder (a
+    /// Hugging Face LLaVA expects its CLIP's own patches), 2 for the demo CLIP (8-pixel patches, a 12 × 12
+    /// grid). The key always holds the value used, so leaving it unset keys as setting it.
+    pub merge: Option<usize>,
     /// Where the CLIP image tower runs (as `score`'s `execution_provider`: a GPU provider that cannot
     /// register is an error, never a silent CPU run). Left out of the key when it is the CPU, so
     /// artifacts made before this parameter existed stay valid.
@@ -33,9 +34,25 @@ pub struct FeaturesParams {
     pub execution_provider: ExecutionProvider,
 }
 
+/// The demo CLIP's merge: its 12 × 12 grid of 8-pixel patches in 2 × 2 blocks, 36 tokens per image.
+pub const DEMO_CLIP_MERGE: usize = 2;
+
+impl FeaturesParams {
+    /// The merge used: as set, or derived from the CLIP (1 for a CLIP folder, [`DEMO_CLIP_MERGE`] for
+    /// the demo CLIP).
+    pub fn merge(&self) -> usize {
+        self.merge.unwrap_or(if self.clip.is_some() { 1 } else { DEMO_CLIP_MERGE })
+    }
+
+    /// The params as keyed: `merge` resolved.
+    pub fn keyed(&self) -> serde_json::Value {
+        serde_json::to_value(Self { merge: Some(self.merge()), ..self.clone() }).expect("params serialize")
+    }
+}
+
 impl Default for FeaturesParams {
     fn default() -> Self {
-        Self { clip: None, batch: 64, merge: 1, execution_provider: ExecutionProvider::Cpu }
+        Self { clip: None, batch: 64, merge: None, execution_provider: ExecutionProvider::Cpu }
     }
 }
 
@@ -105,7 +122,7 @@ impl Stage for FeaturesStage {
         vec!["features".into()]
     }
     fn params(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).expect("params serialize")
+        self.params.keyed()
     }
     fn models(&self) -> Vec<PathBuf> {
         super::models::model_files(&self.params.clip)
@@ -132,7 +149,7 @@ impl Stage for FeaturesStage {
                 })
                 .collect::<anyhow::Result<_>>()?;
             let f = clip.image.encode_pixels(&pixels.concat(), chunk.len())?;
-            let k = self.params.merge.max(1);
+            let k = self.params.merge().max(1);
             for (i, it) in chunk.iter().enumerate() {
                 let merged = merge_patches(f.patch_features(i), f.hidden, k)
                     .map_err(|e| anyhow::anyhow!("item {}: features.merge = {k}: {e}", it.id))?;
@@ -163,7 +180,20 @@ impl Stage for FeaturesStage {
 
 #[cfg(test)]
 mod tests {
-    use super::merge_patches;
+    use super::{merge_patches, FeaturesParams};
+
+    #[test]
+    fn merge_unset_follows_the_clip_and_keys_as_the_value_used() {
+        let demo = FeaturesParams::default();
+        assert_eq!(demo.merge(), 2);
+        // The demo run's features params as keyed while stages/features.toml set `merge = 2` by hand.
+        assert_eq!(demo.keyed(), serde_json::json!({"clip": null, "batch": 64, "merge": 2}));
+        let folder = FeaturesParams { clip: Some("models/clip".into()), ..Default::default() };
+        assert_eq!(folder.merge(), 1);
+        assert_eq!(folder.keyed()["merge"], 1);
+        let set = FeaturesParams { clip: Some("models/clip".into()), merge: Some(3), ..Default::default() };
+        assert_eq!(set.merge(), 3);
+    }
 
     #[test]
     fn merges_two_by_two_blocks_in_reading_order() {

@@ -23,10 +23,16 @@
 //! threshold = 0.64
 //! [minilm]                     # score, rollout_k, eval
 //! path = ".deps/models/all-MiniLM-L6-v2"
+//! [onnx]                       # features, score, rollout_k/update_k/ppo, eval: where ONNX encoders run
+//! execution_provider = { kind = "cuda", device_id = 0 }
 //! ```
+//!
+//! A device or execution provider this machine does not have is refused before any stage runs
+//! ([`super::device::check_machine`]), naming the stage, the setting and the file that set it.
 //!
 //! Paths are relative to the project root (the folder that holds `stages/`), as in the stage files.
 use super::judges::JudgeKind;
+use crate::encoders::runtime::ExecutionProvider;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +46,8 @@ pub const MLLM_STAGES: [&str; 4] = ["generate", "sft", "ppo", "eval"];
 pub const CLIP_STAGES: [&str; 3] = ["features", "score", "ppo"];
 /// The stages whose params take the judge and the MiniLM (`judge`, `minilm`, the match threshold).
 pub const JUDGE_STAGES: [&str; 3] = ["score", "ppo", "eval"];
+/// The stages that run ONNX encoders and take `execution_provider`.
+pub const ONNX_STAGES: [&str; 4] = ["features", "score", "ppo", "eval"];
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +63,16 @@ pub struct Project {
     pub judge: JudgeSection,
     #[serde(default)]
     pub minilm: PathSection,
+    #[serde(default)]
+    pub onnx: OnnxSection,
+}
+
+/// Where the ONNX encoders run (the CLIP, the judge, the MiniLM).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxSection {
+    /// `{ kind = "cpu" }`, `{ kind = "cuda", device_id = 0 }` or `{ kind = "tensor_rt", device_id = 0, … }`.
+    pub execution_provider: Option<ExecutionProvider>,
 }
 
 /// The MLLM and how it runs.
@@ -124,6 +142,12 @@ impl Project {
                 t.insert("clip".into(), path(p));
             }
         }
+        if ONNX_STAGES.contains(&stage) {
+            if let Some(ep) = &self.onnx.execution_provider {
+                let v = toml::Value::try_from(ep).expect("an execution provider is a TOML table");
+                t.insert("execution_provider".into(), v);
+            }
+        }
         if JUDGE_STAGES.contains(&stage) {
             if let Some(p) = &self.minilm.path {
                 t.insert("minilm".into(), path(p));
@@ -184,18 +208,21 @@ mod tests {
     fn each_key_reaches_exactly_the_stages_that_read_it() {
         let p: Project = toml::from_str(
             "[model]\npath = \"m\"\ndevice = \"cpu\"\n[clip]\npath = \"c\"\n[judge]\nkind = \"cross_encoder\"\n\
-             cross_encoder = \"x\"\nthreshold = 0.5\n[minilm]\npath = \"l\"\n",
+             cross_encoder = \"x\"\nthreshold = 0.5\n[minilm]\npath = \"l\"\n\
+             [onnx]\nexecution_provider = { kind = \"cuda\", device_id = 1 }\n",
         )
         .unwrap();
         let keys = |s: &str| p.layer(s).keys().cloned().collect::<Vec<_>>().join(",");
         assert_eq!(keys("dataset"), "");
-        assert_eq!(keys("features"), "clip");
+        assert_eq!(keys("features"), "clip,execution_provider");
         assert_eq!(keys("generate"), "device,model");
         assert_eq!(keys("sft"), "device,model");
-        assert_eq!(keys("score"), "clip,judge,match_threshold,minilm");
-        assert_eq!(keys("ppo"), "clip,device,judge,minilm,model,rewards");
-        assert_eq!(keys("eval"), "device,judge,match_threshold,minilm,model");
+        assert_eq!(keys("score"), "clip,execution_provider,judge,match_threshold,minilm");
+        assert_eq!(keys("ppo"), "clip,device,execution_provider,judge,minilm,model,rewards");
+        assert_eq!(keys("eval"), "device,execution_provider,judge,match_threshold,minilm,model");
         assert_eq!(keys("report"), "");
+        let ep = toml::Table::from_iter([("kind".to_string(), "cuda".into()), ("device_id".to_string(), 1i64.into())]);
+        assert_eq!(p.layer("features")["execution_provider"], toml::Value::Table(ep));
         let ppo = p.layer("ppo");
         assert_eq!(ppo["rewards"]["match_threshold"].as_float(), Some(0.5));
         assert_eq!(ppo["judge"]["kind"].as_str(), Some("cross_encoder"));

@@ -104,7 +104,7 @@ fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {
             },
         }),
         Box::new(FeaturesStage {
-            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8, merge: 1, ..Default::default() },
+            params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 8, merge: Some(1), ..Default::default() },
             session: Default::default(),
         }),
         Box::new(GenerateStage { params: generate }),
