@@ -193,7 +193,7 @@ fn generating(dir: &Path, batch: usize) -> Pipeline {
             },
         }),
         Box::new(FeaturesStage {
-            params: FeaturesParams { clip: Some(clip), batch: 4, merge: 1, ..Default::default() },
+            params: FeaturesParams { clip: Some(clip), batch: 4, merge: Some(1), ..Default::default() },
             session: Default::default(),
         }),
         Box::new(GenerateStage {
