@@ -160,7 +160,7 @@ pub fn next_token_logprobs<M: EmbedInputs>(model: &M, batch: &Batch) -> Result<(
 }
 
 /// Log-probs [b, T-1] of `ids[:, 1:]` under the logits of `hidden[:, :-1]`.
-fn shifted_logprobs(lm: &super::llama::CausalLm, hidden: &Tensor, ids: &Tensor) -> Tensor {
+pub(crate) fn shifted_logprobs(lm: &super::llama::CausalLm, hidden: &Tensor, ids: &Tensor) -> Tensor {
     let t = hidden.size()[1];
     let logits = lm.logits(&hidden.narrow(1, 0, t - 1)).to_kind(Kind::Float);
     logits.log_softmax(-1, Kind::Float).gather(2, &ids.narrow(1, 1, t - 1).unsqueeze(-1), false).squeeze_dim(-1)
@@ -210,7 +210,7 @@ pub struct SftTrainer {
 }
 
 /// Names of `vs` variables that train: LoRA adapters (mode Lora), or all (mode Full).
-fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+pub(crate) fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -233,10 +233,7 @@ impl SftTrainer {
     }
 
     fn order(&self, epoch: usize, n: usize) -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..n).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.params.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        idx.shuffle(&mut rng);
-        idx
+        data_order(self.params.seed, epoch, n)
     }
 
     fn groups_per_epoch(&self, n: usize) -> usize {
@@ -317,23 +314,12 @@ impl SftTrainer {
 
     /// Writes `sft-step{N}-{blake3[..16]}.safetensors` atomically; returns its path and hash.
     pub fn save(&self, dir: &Path) -> Result<Checkpoint> {
-        let mut tensors: Vec<(String, Tensor)> = self.opt.params.iter().map(|(n, t)| (format!("param.{n}"), t.detach())).collect();
-        tensors.extend(self.opt.state());
         let mut meta = HashMap::new();
-        meta.insert("format".into(), "mmboundary-sft-v1".into());
-        meta.insert("step".into(), self.step.to_string());
         meta.insert("epoch".into(), self.epoch.to_string());
         meta.insert("group_in_epoch".into(), self.group_in_epoch.to_string());
-        meta.insert("adam_t".into(), self.opt.t.to_string());
         meta.insert("seed".into(), self.params.seed.to_string());
         meta.insert("params".into(), serde_json::to_string(&self.params).unwrap_or_default());
-        let tmp = dir.join(format!("sft-step{:06}.pending.safetensors", self.step));
-        write_safetensors(&tmp, &tensors, meta)?;
-        let bytes = std::fs::read(&tmp).map_err(super::io_err(&tmp))?;
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        let path = dir.join(format!("sft-step{:06}-{}.safetensors", self.step, &hash[..16]));
-        std::fs::rename(&tmp, &path).map_err(super::io_err(&path))?;
-        Ok(Checkpoint { path, blake3: hash, step: self.step })
+        write_checkpoint(&self.opt, dir, "sft", "mmboundary-sft-v1", self.step, meta)
     }
 
     /// Restores weights, optimizer state and data position from a checkpoint of the same run set-up.
@@ -380,6 +366,38 @@ impl SftTrainer {
     pub fn steps_done(&self) -> usize {
         self.step
     }
+}
+
+/// The data order of `epoch`: a permutation of `0..n`, a pure function of (seed, epoch).
+pub fn data_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    idx.shuffle(&mut rng);
+    idx
+}
+
+/// Writes the trainable weights and AdamW state of `opt` with `meta` (plus format, step, adam_t) as
+/// `{stem}-step{N}-{blake3[..16]}.safetensors`, atomically (a pending name, then a rename).
+pub(crate) fn write_checkpoint(
+    opt: &AdamW,
+    dir: &Path,
+    stem: &str,
+    format: &str,
+    step: usize,
+    mut meta: HashMap<String, String>,
+) -> Result<Checkpoint> {
+    let mut tensors: Vec<(String, Tensor)> = opt.params.iter().map(|(n, t)| (format!("param.{n}"), t.detach())).collect();
+    tensors.extend(opt.state());
+    meta.insert("format".into(), format.into());
+    meta.insert("step".into(), step.to_string());
+    meta.insert("adam_t".into(), opt.t.to_string());
+    let tmp = dir.join(format!("{stem}-step{step:06}.pending.safetensors"));
+    write_safetensors(&tmp, &tensors, meta)?;
+    let bytes = std::fs::read(&tmp).map_err(super::io_err(&tmp))?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let path = dir.join(format!("{stem}-step{step:06}-{}.safetensors", &hash[..16]));
+    std::fs::rename(&tmp, &path).map_err(super::io_err(&path))?;
+    Ok(Checkpoint { path, blake3: hash, step })
 }
 
 /// Mutable access to the text tower (for attaching LoRA adapters).
