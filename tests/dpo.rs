@@ -236,3 +236,53 @@ fn dpo_training_raises_the_margin() {
     assert_eq!(rep.checkpoints.len(), 8);
     assert!(rep.checkpoints[7].path.file_name().unwrap().to_str().unwrap().starts_with("dpo-step000016-"));
 }
+
+/// A run stopped mid-epoch (max_steps) and resumed from its checkpoint on a freshly loaded model ends
+/// with exactly the weights of an uninterrupted run; another format is refused by name.
+#[test]
+fn dpo_resume_mid_epoch_continues_exactly() {
+    let g = golden();
+    let ex = examples(&g);
+    let p = DpoParams {
+        mode: FineTuneMode::Lora(mllm::lora::LoraParams { rank: 4, alpha: 8.0, seed: 1, ..Default::default() }),
+        learning_rate: 5e-3,
+        epochs: 3,
+        batch_size: 2,
+        seed: 9,
+        ..Default::default()
+    };
+    let run = |max_steps: Option<usize>, resume: Option<&Path>, dir: &Path| {
+        let (vs, mut model) = Llava::load(&fixtures().join("mllm/tiny-llava"), Device::Cpu, DType::F32).unwrap();
+        let refs = reference_logps(&model, &ex, 3).unwrap();
+        let mut tr = DpoTrainer::new(&vs, &mut model, DpoParams { max_steps, ..p.clone() }).unwrap();
+        if let Some(c) = resume {
+            tr.resume(c).unwrap();
+        }
+        let rep = tr.train(&model, &ex, &refs, dir).unwrap();
+        let mut w: Vec<(String, Vec<f32>)> = tr
+            .opt
+            .params
+            .iter()
+            .map(|(n, t)| (n.clone(), Vec::<f32>::try_from(t.detach().flatten(0, -1)).unwrap()))
+            .collect();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        (rep, w, tr.steps_done())
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_, straight, n) = run(None, None, d1.path());
+    assert_eq!(n, 6);
+    let (half, _, k) = run(Some(3), None, d2.path());
+    assert_eq!(k, 3, "stopped at step 3, mid-epoch 2");
+    let ckpt = half.checkpoints.last().unwrap().path.clone();
+    let (rest, resumed, n2) = run(None, Some(&ckpt), d2.path());
+    assert_eq!(n2, 6);
+    assert_eq!(rest.rows.first().unwrap().step, 4);
+    assert_eq!(resumed, straight);
+    let sft_dir = tempfile::tempdir().unwrap();
+    let sft_ckpt = sft_dir.path().join("x.safetensors");
+    std::fs::copy(&ckpt, &sft_ckpt).unwrap();
+    let (vs, mut model) = Llava::load(&fixtures().join("mllm/tiny-llava"), Device::Cpu, DType::F32).unwrap();
+    let mut sft = mllm::sft::SftTrainer::new(&vs, &mut model, mllm::sft::SftParams { seed: 9, ..Default::default() }).unwrap();
+    let err = sft.resume(&sft_ckpt).unwrap_err().to_string();
+    assert!(err.contains("expected format mmboundary-sft-v1") && err.contains("mmboundary-dpo-v1"), "{err}");
+}

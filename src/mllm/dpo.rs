@@ -12,7 +12,7 @@
 use super::llava::EmbedInputs;
 use super::lora;
 use super::optim::{linear_warmup_decay, AdamW, AdamWParams};
-use super::sft::{data_order, make_batch, shifted_logprobs, trainable, write_checkpoint, AsMutLm, Batch, Checkpoint, FineTuneMode, SftExample};
+use super::sft::{data_order, make_batch, read_checkpoint, shifted_logprobs, trainable, write_checkpoint, AsMutLm, Batch, Checkpoint, FineTuneMode, SftExample};
 use super::{MllmError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -229,6 +229,8 @@ pub struct DpoTrainer {
     pub opt: AdamW,
     step: usize,
     epoch: usize,
+    /// Optimizer steps of the current epoch already done (a checkpoint at `max_steps` can fall mid-epoch).
+    group_in_epoch: usize,
 }
 
 /// What a run did: one row per optimizer step and the checkpoints written (one per epoch end, and at
@@ -248,7 +250,7 @@ impl DpoTrainer {
             lora::attach(vs, model.lm_mut(), lp)?;
         }
         let opt = AdamW::new(trainable(vs), params.adamw);
-        Ok(Self { params, opt, step: 0, epoch: 0 })
+        Ok(Self { params, opt, step: 0, epoch: 0, group_in_epoch: 0 })
     }
 
     /// Trains on `data` (reference log-probs `refs`, one per pair) for the configured epochs.
@@ -265,7 +267,9 @@ impl DpoTrainer {
         while self.epoch < self.params.epochs {
             let order = data_order(self.params.seed, self.epoch, data.len());
             let batches: Vec<&[usize]> = order.chunks(self.params.batch_size).collect();
-            for group in batches.chunks(self.params.grad_accum_steps) {
+            let groups: Vec<&[&[usize]]> = batches.chunks(self.params.grad_accum_steps).collect();
+            while self.group_in_epoch < groups.len() {
+                let group = groups[self.group_in_epoch];
                 let started = std::time::Instant::now();
                 let step = self.step + 1;
                 let lr = linear_warmup_decay(self.params.learning_rate, step, total, warmup);
@@ -292,17 +296,27 @@ impl DpoTrainer {
                 }
                 self.opt.step(lr);
                 self.step = step;
-                report.rows.push(DpoStepRow { step, epoch: self.epoch, lr, grad_norm, pairs: n_pairs, stats: acc, seconds: started.elapsed().as_secs_f64() });
-                if self.params.max_steps.is_some_and(|m| self.step >= m) {
+                let epoch = self.epoch;
+                self.group_in_epoch += 1;
+                if self.group_in_epoch == groups.len() {
+                    self.epoch += 1;
+                    self.group_in_epoch = 0;
+                }
+                report.rows.push(DpoStepRow { step, epoch, lr, grad_norm, pairs: n_pairs, stats: acc, seconds: started.elapsed().as_secs_f64() });
+                let epoch_end = self.group_in_epoch == 0;
+                let stop = self.params.max_steps.is_some_and(|m| self.step >= m);
+                if epoch_end || stop {
                     let c = self.save(ckpt_dir)?;
+                    last_good = c.path.display().to_string();
                     report.checkpoints.push(c);
+                }
+                if stop {
                     return Ok(report);
                 }
+                if epoch_end {
+                    break; // next epoch: new data order
+                }
             }
-            self.epoch += 1;
-            let c = self.save(ckpt_dir)?;
-            last_good = c.path.display().to_string();
-            report.checkpoints.push(c);
         }
         Ok(report)
     }
@@ -311,9 +325,18 @@ impl DpoTrainer {
     pub fn save(&self, dir: &Path) -> Result<Checkpoint> {
         let mut meta = HashMap::new();
         meta.insert("epoch".into(), self.epoch.to_string());
+        meta.insert("group_in_epoch".into(), self.group_in_epoch.to_string());
         meta.insert("seed".into(), self.params.seed.to_string());
         meta.insert("params".into(), serde_json::to_string(&self.params).unwrap_or_default());
         write_checkpoint(&self.opt, dir, "dpo", "mmboundary-dpo-v1", self.step, meta)
+    }
+
+    /// Restores weights, optimizer state and data position from a checkpoint of the same run set-up
+    /// (the reference log-probs are the caller's: compute them on the model before training).
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let pos = read_checkpoint(&mut self.opt, path, "mmboundary-dpo-v1", self.params.seed)?;
+        (self.step, self.epoch, self.group_in_epoch) = (pos.step, pos.epoch, pos.group_in_epoch);
+        Ok(())
     }
 
     pub fn steps_done(&self) -> usize {

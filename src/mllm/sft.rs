@@ -324,42 +324,8 @@ impl SftTrainer {
 
     /// Restores weights, optimizer state and data position from a checkpoint of the same run set-up.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let at = path.display().to_string();
-        let (tensors, meta) = read_safetensors(path)?;
-        let get = |k: &str| -> Result<usize> {
-            meta.get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("metadata field {k} missing or not a number") })
-        };
-        if meta.get("format").map(String::as_str) != Some("mmboundary-sft-v1") {
-            return Err(MllmError::Checkpoint {
-                path: at.clone(),
-                msg: format!("expected format mmboundary-sft-v1, found {:?}", meta.get("format")),
-            });
-        }
-        let seed = get("seed")? as u64;
-        if seed != self.params.seed {
-            return Err(MllmError::Checkpoint {
-                path: at.clone(),
-                msg: format!("data-order seed {seed} differs from this run's {}", self.params.seed),
-            });
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (n, p) in &self.opt.params {
-                let src = tensors
-                    .get(&format!("param.{n}"))
-                    .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("missing weight {n}") })?;
-                if src.size() != p.size() {
-                    return Err(MllmError::Shape { key: n.clone(), file: at.clone(), expected: p.size(), found: src.size() });
-                }
-                p.shallow_clone().f_copy_(&src.to_kind(p.kind()).to_device(p.device()))?;
-            }
-            Ok(())
-        })?;
-        self.opt.load_state(&tensors, get("adam_t")? as i64, &at)?;
-        self.step = get("step")?;
-        self.epoch = get("epoch")?;
-        self.group_in_epoch = get("group_in_epoch")?;
+        let pos = read_checkpoint(&mut self.opt, path, "mmboundary-sft-v1", self.params.seed)?;
+        (self.step, self.epoch, self.group_in_epoch) = (pos.step, pos.epoch, pos.group_in_epoch);
         Ok(())
     }
 
@@ -398,6 +364,46 @@ pub(crate) fn write_checkpoint(
     let path = dir.join(format!("{stem}-step{step:06}-{}.safetensors", &hash[..16]));
     std::fs::rename(&tmp, &path).map_err(super::io_err(&path))?;
     Ok(Checkpoint { path, blake3: hash, step })
+}
+
+/// Where a checkpointed run stands: optimizer steps done, epoch, and optimizer step within it.
+pub(crate) struct Position {
+    pub step: usize,
+    pub epoch: usize,
+    pub group_in_epoch: usize,
+}
+
+/// Restores the weights and AdamW state of `opt` from a checkpoint of format `format` written by
+/// [`write_checkpoint`] with metadata epoch, group_in_epoch and seed; refuses another format or seed.
+pub(crate) fn read_checkpoint(opt: &mut AdamW, path: &Path, format: &str, seed: u64) -> Result<Position> {
+    let at = path.display().to_string();
+    let (tensors, meta) = read_safetensors(path)?;
+    let get = |k: &str| -> Result<usize> {
+        meta.get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("metadata field {k} missing or not a number") })
+    };
+    if meta.get("format").map(String::as_str) != Some(format) {
+        return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("expected format {format}, found {:?}", meta.get("format")) });
+    }
+    let found = get("seed")? as u64;
+    if found != seed {
+        return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("data-order seed {found} differs from this run's {seed}") });
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (n, p) in &opt.params {
+            let src = tensors
+                .get(&format!("param.{n}"))
+                .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("missing weight {n}") })?;
+            if src.size() != p.size() {
+                return Err(MllmError::Shape { key: n.clone(), file: at.clone(), expected: p.size(), found: src.size() });
+            }
+            p.shallow_clone().f_copy_(&src.to_kind(p.kind()).to_device(p.device()))?;
+        }
+        Ok(())
+    })?;
+    opt.load_state(&tensors, get("adam_t")? as i64, &at)?;
+    Ok(Position { step: get("step")?, epoch: get("epoch")?, group_in_epoch: get("group_in_epoch")? })
 }
 
 /// Mutable access to the text tower (for attaching LoRA adapters).
