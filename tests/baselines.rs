@@ -50,18 +50,19 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
         match v.name.as_str() {
             "dpv" => {
                 assert_eq!(v.row(), "vanilla");
-                assert!(eval.prompt.as_deref().unwrap_or_default().contains("(Confidence: x/100)"), "{:?}", eval.prompt);
+                assert!(eval.instruction.as_deref().unwrap_or_default().contains("(Confidence: x/100)"), "{:?}", eval.instruction);
+                assert_eq!(eval.prompt, None, "the shared prompt, not a baseline's own");
             }
             "dps" => {
                 assert_eq!(v.row(), "vanilla");
-                assert!(eval.prompt.as_deref().unwrap_or_default().contains("how confident you are"), "{:?}", eval.prompt);
+                assert!(eval.instruction.as_deref().unwrap_or_default().contains("how confident you are"), "{:?}", eval.instruction);
             }
             "drl" => {
                 assert_eq!(v.row(), "full");
                 assert_eq!(ppo.start, PolicyStart::Vanilla);
                 // No warm-up: the RL stages do not read the SFT checkpoint.
                 assert!(!rollout_inputs.contains(&"sft".to_string()), "{rollout_inputs:?}");
-                assert_eq!(ppo.prompt, eval.prompt);
+                assert_eq!(ppo.instruction, eval.instruction);
             }
             "sc" => {
                 assert_eq!(v.row(), "sc");

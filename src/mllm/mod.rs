@@ -1,7 +1,7 @@
 //! The multimodal LLM in libtorch (tch): a Llama-family decoder (Llama, Mistral, Qwen2) built from a
 //! Hugging Face `config.json`, weights from `*.safetensors` (or a llama.cpp GGUF file) under their Hugging
 //! Face key names, a LLaVA-style wrapper that splices projected vision features in at the image token,
-//! KV-cache generation with per-token log-probs and entropy, LoRA, and SFT / PPO trainers.
+//! KV-cache generation with per-token log-probs and entropy, LoRA, and SFT / PPO / DPO trainers.
 //!
 //! Supported architectures: `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM` (text) and
 //! `LlavaForConditionalGeneration` with one of those as its text tower (multimodal). The vision tower is
@@ -20,6 +20,7 @@ pub mod chat;
 pub mod clip_vision;
 pub mod config;
 pub mod demo;
+pub mod dpo;
 pub mod family;
 pub mod generate;
 pub mod gguf;

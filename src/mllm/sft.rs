@@ -161,7 +161,7 @@ pub fn next_token_logprobs<M: EmbedInputs>(model: &M, batch: &Batch) -> Result<(
 }
 
 /// Log-probs [b, T-1] of `ids[:, 1:]` under the logits of `hidden[:, :-1]`.
-fn shifted_logprobs(lm: &super::llama::CausalLm, hidden: &Tensor, ids: &Tensor) -> Tensor {
+pub(crate) fn shifted_logprobs(lm: &super::llama::CausalLm, hidden: &Tensor, ids: &Tensor) -> Tensor {
     let t = hidden.size()[1];
     let logits = lm.logits(&hidden.narrow(1, 0, t - 1)).to_kind(Kind::Float);
     logits.log_softmax(-1, Kind::Float).gather(2, &ids.narrow(1, 1, t - 1).unsqueeze(-1), false).squeeze_dim(-1)
@@ -212,7 +212,7 @@ pub struct SftTrainer {
 }
 
 /// Names of `vs` variables that train: LoRA adapters (mode Lora), or all (mode Full).
-fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+pub(crate) fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -235,10 +235,7 @@ impl SftTrainer {
     }
 
     fn order(&self, epoch: usize, n: usize) -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..n).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.params.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        idx.shuffle(&mut rng);
-        idx
+        data_order(self.params.seed, epoch, n)
     }
 
     fn groups_per_epoch(&self, n: usize) -> usize {
@@ -319,69 +316,96 @@ impl SftTrainer {
 
     /// Writes `sft-step{N}-{blake3[..16]}.safetensors` atomically; returns its path and hash.
     pub fn save(&self, dir: &Path) -> Result<Checkpoint> {
-        let mut tensors: Vec<(String, Tensor)> = self.opt.params.iter().map(|(n, t)| (format!("param.{n}"), t.detach())).collect();
-        tensors.extend(self.opt.state());
         let mut meta = HashMap::new();
-        meta.insert("format".into(), "mmboundary-sft-v1".into());
-        meta.insert("step".into(), self.step.to_string());
         meta.insert("epoch".into(), self.epoch.to_string());
         meta.insert("group_in_epoch".into(), self.group_in_epoch.to_string());
-        meta.insert("adam_t".into(), self.opt.t.to_string());
         meta.insert("seed".into(), self.params.seed.to_string());
         meta.insert("params".into(), serde_json::to_string(&self.params).unwrap_or_default());
-        let tmp = dir.join(format!("sft-step{:06}.pending.safetensors", self.step));
-        write_safetensors(&tmp, &tensors, meta)?;
-        let bytes = std::fs::read(&tmp).map_err(super::io_err(&tmp))?;
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        let path = dir.join(format!("sft-step{:06}-{}.safetensors", self.step, &hash[..16]));
-        std::fs::rename(&tmp, &path).map_err(super::io_err(&path))?;
-        Ok(Checkpoint { path, blake3: hash, step: self.step })
+        write_checkpoint(&self.opt, dir, "sft", "mmboundary-sft-v1", self.step, meta)
     }
 
     /// Restores weights, optimizer state and data position from a checkpoint of the same run set-up.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let at = path.display().to_string();
-        let (tensors, meta) = read_safetensors(path)?;
-        let get = |k: &str| -> Result<usize> {
-            meta.get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("metadata field {k} missing or not a number") })
-        };
-        if meta.get("format").map(String::as_str) != Some("mmboundary-sft-v1") {
-            return Err(MllmError::Checkpoint {
-                path: at.clone(),
-                msg: format!("expected format mmboundary-sft-v1, found {:?}", meta.get("format")),
-            });
-        }
-        let seed = get("seed")? as u64;
-        if seed != self.params.seed {
-            return Err(MllmError::Checkpoint {
-                path: at.clone(),
-                msg: format!("data-order seed {seed} differs from this run's {}", self.params.seed),
-            });
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (n, p) in &self.opt.params {
-                let src = tensors
-                    .get(&format!("param.{n}"))
-                    .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("missing weight {n}") })?;
-                if src.size() != p.size() {
-                    return Err(MllmError::Shape { key: n.clone(), file: at.clone(), expected: p.size(), found: src.size() });
-                }
-                p.shallow_clone().f_copy_(&src.to_kind(p.kind()).to_device(p.device()))?;
-            }
-            Ok(())
-        })?;
-        self.opt.load_state(&tensors, get("adam_t")? as i64, &at)?;
-        self.step = get("step")?;
-        self.epoch = get("epoch")?;
-        self.group_in_epoch = get("group_in_epoch")?;
+        let pos = read_checkpoint(&mut self.opt, path, "mmboundary-sft-v1", self.params.seed)?;
+        (self.step, self.epoch, self.group_in_epoch) = (pos.step, pos.epoch, pos.group_in_epoch);
         Ok(())
     }
 
     pub fn steps_done(&self) -> usize {
         self.step
     }
+}
+
+/// The data order of `epoch`: a permutation of `0..n`, a pure function of (seed, epoch).
+pub fn data_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    idx.shuffle(&mut rng);
+    idx
+}
+
+/// Writes the trainable weights and AdamW state of `opt` with `meta` (plus format, step, adam_t) as
+/// `{stem}-step{N}-{blake3[..16]}.safetensors`, atomically (a pending name, then a rename).
+pub(crate) fn write_checkpoint(
+    opt: &AdamW,
+    dir: &Path,
+    stem: &str,
+    format: &str,
+    step: usize,
+    mut meta: HashMap<String, String>,
+) -> Result<Checkpoint> {
+    let mut tensors: Vec<(String, Tensor)> = opt.params.iter().map(|(n, t)| (format!("param.{n}"), t.detach())).collect();
+    tensors.extend(opt.state());
+    meta.insert("format".into(), format.into());
+    meta.insert("step".into(), step.to_string());
+    meta.insert("adam_t".into(), opt.t.to_string());
+    let tmp = dir.join(format!("{stem}-step{step:06}.pending.safetensors"));
+    write_safetensors(&tmp, &tensors, meta)?;
+    let bytes = std::fs::read(&tmp).map_err(super::io_err(&tmp))?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let path = dir.join(format!("{stem}-step{step:06}-{}.safetensors", &hash[..16]));
+    std::fs::rename(&tmp, &path).map_err(super::io_err(&path))?;
+    Ok(Checkpoint { path, blake3: hash, step })
+}
+
+/// Where a checkpointed run stands: optimizer steps done, epoch, and optimizer step within it.
+pub(crate) struct Position {
+    pub step: usize,
+    pub epoch: usize,
+    pub group_in_epoch: usize,
+}
+
+/// Restores the weights and AdamW state of `opt` from a checkpoint of format `format` written by
+/// [`write_checkpoint`] with metadata epoch, group_in_epoch and seed; refuses another format or seed.
+pub(crate) fn read_checkpoint(opt: &mut AdamW, path: &Path, format: &str, seed: u64) -> Result<Position> {
+    let at = path.display().to_string();
+    let (tensors, meta) = read_safetensors(path)?;
+    let get = |k: &str| -> Result<usize> {
+        meta.get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("metadata field {k} missing or not a number") })
+    };
+    if meta.get("format").map(String::as_str) != Some(format) {
+        return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("expected format {format}, found {:?}", meta.get("format")) });
+    }
+    let found = get("seed")? as u64;
+    if found != seed {
+        return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("data-order seed {found} differs from this run's {seed}") });
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (n, p) in &opt.params {
+            let src = tensors
+                .get(&format!("param.{n}"))
+                .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("missing weight {n}") })?;
+            if src.size() != p.size() {
+                return Err(MllmError::Shape { key: n.clone(), file: at.clone(), expected: p.size(), found: src.size() });
+            }
+            p.shallow_clone().f_copy_(&src.to_kind(p.kind()).to_device(p.device()))?;
+        }
+        Ok(())
+    })?;
+    opt.load_state(&tensors, get("adam_t")? as i64, &at)?;
+    Ok(Position { step: get("step")?, epoch: get("epoch")?, group_in_epoch: get("group_in_epoch")? })
 }
 
 /// Mutable access to the text tower (for attaching LoRA adapters).

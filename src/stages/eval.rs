@@ -40,6 +40,10 @@ pub struct EvalParams {
     pub model: Option<PathBuf>,
     /// The prompt template (see `generate`; unset: the model's own).
     pub prompt: Option<String>,
+    /// A line closing the user's turn after the options (the prompted baselines' request for confidences,
+    /// stages/baselines.toml), in the model's own chat format; left out of the key when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
     pub device: String,
     pub dtype: String,
     /// Which of `vanilla`, `sft`, `full` to evaluate.
@@ -92,6 +96,7 @@ impl Default for EvalParams {
         Self {
             model: g.model,
             prompt: g.prompt,
+            instruction: None,
             device: g.device,
             dtype: g.dtype,
             variants: VARIANTS.map(String::from).to_vec(),

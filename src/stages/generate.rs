@@ -75,8 +75,17 @@ pub fn question_block(question: &str, choices: &[String]) -> String {
 
 /// Renders the text parts of a prompt around the `{image}` slot: (before, after).
 pub fn render_prompt(template: &str, question: &str, choices: &[String]) -> (String, String) {
-    let options =
+    render_prompt_with(template, question, choices, None)
+}
+
+/// [`render_prompt`] with an `instruction` (a baseline's request for confidences, `eval.instruction`)
+/// closing the user's turn on a line of its own after the options, in whatever chat format the template is.
+pub fn render_prompt_with(template: &str, question: &str, choices: &[String], instruction: Option<&str>) -> (String, String) {
+    let mut options =
         choices.iter().enumerate().map(|(i, c)| format!("({}) {c}", (b'A' + (i as u8 % 26)) as char)).collect::<Vec<_>>().join(" ");
+    if let Some(i) = instruction {
+        options = format!("{options}\n{i}");
+    }
     let text = template.replace("{question}", question).replace("{options}", &options);
     match text.split_once("{image}") {
         Some((a, b)) => (a.to_string(), b.to_string()),

@@ -50,7 +50,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         let pol = policy::load(&model_dir, device, dtype, ck.as_deref())?;
         let images = ImageInputs::new(&pol.model, &model_dir, &features)?;
         let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, pol.model.image_token_id())?;
-        let prompter = Prompter::new(&tok, &pol.model, &template);
+        let prompter = Prompter::new(&tok, &pol.model, &template).with_instruction(p.instruction.as_deref());
         for &swap in passes {
             let order: Vec<usize> = (0..selected.len()).collect();
             for chunk in order.chunks(p.batch.max(1)) {

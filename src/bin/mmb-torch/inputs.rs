@@ -9,7 +9,7 @@ use std::path::Path;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float32Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
-use mmboundary::stages::generate::render_prompt;
+use mmboundary::stages::generate::render_prompt_with;
 use std::collections::HashMap;
 use tch::Tensor;
 
@@ -118,11 +118,17 @@ pub struct Prompter<'a> {
     pub template: &'a str,
     /// Ids right before and right after the image tokens (Qwen2-VL's vision start and end).
     pub delimiters: (Option<i64>, Option<i64>),
+    /// A line closing the user's turn (`eval.instruction`, `ppo.instruction`).
+    pub instruction: Option<&'a str>,
 }
 
 impl<'a> Prompter<'a> {
     pub fn new(tok: &'a tokenizers::Tokenizer, model: &Mllm, template: &'a str) -> Self {
-        Self { tok, image_token: model.image_token_id(), template, delimiters: model.image_delimiters() }
+        Self { tok, image_token: model.image_token_id(), template, delimiters: model.image_delimiters(), instruction: None }
+    }
+
+    pub fn with_instruction(self, instruction: Option<&'a str>) -> Self {
+        Self { instruction, ..self }
     }
 
     /// The tokenizer of a model folder.
@@ -136,7 +142,7 @@ impl<'a> Prompter<'a> {
     }
 
     pub fn prompt(&self, question: &str, choices: &[String], n_patches: i64) -> anyhow::Result<Vec<i64>> {
-        let (before, after) = render_prompt(self.template, question, choices);
+        let (before, after) = render_prompt_with(self.template, question, choices, self.instruction);
         let mut ids = self.encode(&before)?;
         let after = self.encode(&after)?;
         // A chat template that writes the delimiters itself (Qwen2-VL's renders
@@ -206,13 +212,16 @@ mod tests {
     #[test]
     fn image_delimiters_enclose_the_image_tokens_once() {
         let tok = tokenizer();
-        let prompter = |template| Prompter { tok: &tok, image_token: 9, template, delimiters: (Some(3), Some(4)) };
+        let prompter = |template| Prompter { tok: &tok, image_token: 9, template, delimiters: (Some(3), Some(4)), instruction: None };
         // A template without them (a text-only chat format): the prompter adds them.
         assert_eq!(prompter("q {image} a").prompt("", &[], 2).unwrap(), [1, 3, 9, 9, 4, 2]);
         // A template that writes them (Qwen2-VL's own chat template): not twice.
         assert_eq!(prompter("q <vs>{image}<ve> a").prompt("", &[], 2).unwrap(), [1, 3, 9, 9, 4, 2]);
         // A family without delimiters (LLaVA).
-        let plain = Prompter { tok: &tok, image_token: 9, template: "q {image} a", delimiters: (None, None) };
+        let plain = Prompter { tok: &tok, image_token: 9, template: "q {image} a", delimiters: (None, None), instruction: None };
         assert_eq!(plain.prompt("", &[], 3).unwrap(), [1, 9, 9, 9, 2]);
+        // An instruction closes the turn after the options: `{options}` then a line of its own.
+        let asked = Prompter { template: "{image} q {options}", ..plain }.with_instruction(Some("a"));
+        assert_eq!(asked.prompt("", &["q".into()], 1).unwrap(), [9, 1, 0, 0, 0, 1, 2]); // "(", "A", ")" are unknown
     }
 }

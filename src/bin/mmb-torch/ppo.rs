@@ -81,7 +81,7 @@ impl Iteration {
         self.tp.generation.suppress_token_ids.push(pol.model.image_token_id());
         let images = ImageInputs::new(&pol.model, &self.model_dir, &self.features)?;
         let template = crate::inputs::prompt_template(&self.p.model, &self.p.prompt, &self.model_dir, pol.model.image_token_id())?;
-        let prompter = Prompter::new(&self.tok, &pol.model, &template);
+        let prompter = Prompter::new(&self.tok, &pol.model, &template).with_instruction(self.p.instruction.as_deref());
         let mut prompts = Vec::with_capacity(self.items.len());
         for it in &self.items {
             let (n, feat) = images.get(&pol.model, it)?;
