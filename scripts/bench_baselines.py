@@ -11,7 +11,8 @@
 Prints one JSON object. With --rust it also runs the Rust benchmark (`cargo test --config
 profile.dev.package.mmboundary.opt-level=3 --test encoders full_benchmark -- --ignored`: the test profile's
 dependencies (opt-level 2) are reused and only this crate is rebuilt optimized; `--release` instead rebuilds
-everything) and adds the ratios Rust / baseline, so one run gives them. With --rounds R everything runs R times interleaved and each keeps its best. The benchmark photos are written to .deps/bench/images.
+everything) and adds the ratios Rust / baseline, so one run gives them. With --rounds R everything runs R times interleaved; medians and spreads are reported, with the
+load average before and after (a loaded machine measures its other processes, not the encoders). The photos are the Rust side's (see bench_images).
 """
 import argparse
 import json
@@ -33,24 +34,15 @@ CRATE_OPT_LEVEL = 3
 
 
 def bench_images():
-    """Real photos from scikit-image and scikit-learn (0.14–0.27 MP), saved as JPEG q90 and PNG."""
-    from PIL import Image
-    import skimage.data as d
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    arrays = {"chelsea": d.chelsea(), "coffee": d.coffee(), "astronaut": d.astronaut(), "rocket": d.rocket()}
-    try:
-        from sklearn.datasets import load_sample_images
-        for name, im in zip(["china", "flower"], load_sample_images().images):
-            arrays[name] = im
-    except Exception:  # scikit-learn is optional
-        pass
-    paths = []
-    for name, a in sorted(arrays.items()):
-        p = IMAGES / f"{name}.jpg"
-        if not p.exists():
-            Image.fromarray(a).save(p, quality=90)
-        paths.append(p)
-    return paths
+    """The same photos as the Rust side (`encoders::bench::default_images`): .deps/bench/images if it holds
+    any, else the committed tests/fixtures/encoders/photos; .jpg/.png, not the `.codes` fixtures, sorted."""
+    for folder in [IMAGES, ROOT / "tests" / "fixtures" / "encoders" / "photos"]:
+        if folder.is_dir():
+            files = sorted(p for p in folder.iterdir()
+                           if p.name.endswith((".jpg", ".png")) and ".codes" not in p.name)
+            if files:
+                return files
+    raise SystemExit(f"no benchmark photos in {IMAGES} or tests/fixtures/encoders/photos")
 
 
 def sorted_batches(lengths, max_tokens=2048, max_items=128):
@@ -107,7 +99,10 @@ def ort_sentences(onnx_path, lines, threads):
 
 def st_sentences(lines, threads):
     import torch
-    from sentence_transformers import SentenceTransformer
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise SystemExit("sentence-transformers is missing: .venv/bin/pip install -r scripts/requirements-bench.txt")
     torch.set_num_threads(threads)
     model = SentenceTransformer(str(MINILM), device="cpu")
     model.encode(lines[:64], batch_size=32)
@@ -204,6 +199,8 @@ def main():
     images = bench_images()
     out["image_files"] = [str(p) for p in images]
     runs = {k: [] for k in ["st", "o32", "o8", "clip", "rust"]}
+    # the machine's load around the rounds: figures taken while other processes held the cores measure them
+    out["load_average_before"] = os.getloadavg()[0]
     for _ in range(a.rounds):
         o32, o32_emb = ort_sentences(fp32, lines, a.threads)
         runs["o32"].append(o32)
@@ -218,6 +215,7 @@ def main():
         runs["st"].append(st)
         if not a.skip_clip:
             runs["clip"].append(clip_images(images, a.threads, a.image_repeat))
+    out["load_average_after"] = os.getloadavg()[0]
     st = out["sentence_transformers"] = median_run(runs["st"], "sentences_per_s")
     out["python_onnxruntime_fp32"] = median_run(runs["o32"], "sentences_per_s")
     if runs["o8"]:

@@ -117,6 +117,9 @@ pub struct BenchEntry {
     pub images_per_s: Option<f64>,
     /// (slowest, fastest) items per second over the rounds.
     pub spread_per_s: (f64, f64),
+    /// Each round's CPU seconds of this process over (wall seconds × threads): near 1 when the encoder's threads
+    /// had the cores to themselves, lower when another process took them (`None` where not measurable).
+    pub round_cpu_share: Vec<Option<f64>>,
     /// Against the first (fp32) sentence-encoder file, over the whole corpus.
     pub min_cosine_vs_reference: Option<f32>,
     pub mean_cosine_vs_reference: Option<f32>,
@@ -131,6 +134,70 @@ pub struct BenchReport {
     pub entries: Vec<BenchEntry>,
     /// Configurations not measured, with why (a missing file, …).
     pub skipped: Vec<String>,
+    /// What else the machine was doing: a throughput figure taken while other processes held the cores
+    /// measures them, not the encoders (ONNX Runtime's threads wait for each other at every operator).
+    pub machine: MachineLoad,
+    /// Why these figures should not be quoted, if they should not.
+    pub warnings: Vec<String>,
+}
+
+/// The machine's load around the timed rounds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineLoad {
+    pub cores: usize,
+    /// 1-minute load average before the first and after the last timed round (`None` off Linux).
+    pub load_before: Option<f64>,
+    pub load_after: Option<f64>,
+}
+
+/// Below this CPU share a round lost a noticeable part of its time to other processes.
+pub const CONTENDED_CPU_SHARE: f64 = 0.85;
+
+/// The 1-minute load average (Linux `/proc/loadavg`).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU seconds (user + system) this process has used so far.
+pub fn process_cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// The warnings a report carries: a machine already loaded beyond its cores when the rounds began or ended,
+/// and each configuration whose median round had less than [`CONTENDED_CPU_SHARE`] of its threads' time.
+pub fn contention_warnings(machine: &MachineLoad, entries: &[(String, Vec<Option<f64>>)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let cores = machine.cores.max(1) as f64;
+    for (when, load) in [("before", machine.load_before), ("after", machine.load_after)] {
+        if let Some(load) = load.filter(|&l| l > cores) {
+            out.push(format!(
+                "load average {load:.2} on {} cores {when} the timed rounds: other processes competed for the cores, so these figures measure the contention",
+                machine.cores
+            ));
+        }
+    }
+    for (name, shares) in entries {
+        let mut known: Vec<f64> = shares.iter().flatten().copied().collect();
+        if known.is_empty() {
+            continue;
+        }
+        let share = median(&known);
+        known.sort_by(f64::total_cmp);
+        if share < CONTENDED_CPU_SHARE {
+            out.push(format!(
+                "{name}: its threads were on a CPU for {:.0} % of the median round (lowest {:.0} %): another process held the cores",
+                share * 100.0,
+                known[0] * 100.0
+            ));
+        }
+    }
+    out
 }
 
 fn read_corpus(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
@@ -221,21 +288,32 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     // Interleaved rounds; the outputs of the last round give the agreement figures (they are the same every round).
     let mut text_times = vec![Vec::new(); text_encoders.len()];
     let mut image_times = vec![Vec::new(); image_encoders.len()];
+    let mut text_shares = vec![Vec::new(); text_encoders.len()];
+    let mut image_shares = vec![Vec::new(); image_encoders.len()];
+    let cpu_share = |cpu0: Option<f64>, wall: f64| -> Option<f64> {
+        let used = process_cpu_seconds()? - cpu0?;
+        (wall > 0.0).then(|| used / (wall * threads as f64))
+    };
+    let load_before = load_average();
     let mut text_out = Vec::new();
     let mut image_out = Vec::new();
     for _ in 0..rounds {
         text_out.clear();
         for (k, (_, enc)) in text_encoders.iter().enumerate() {
-            let t0 = Instant::now();
+            let (cpu0, t0) = (process_cpu_seconds(), Instant::now());
             let out = enc.encode(&refs)?;
-            text_times[k].push(t0.elapsed().as_secs_f64());
+            let wall = t0.elapsed().as_secs_f64();
+            text_times[k].push(wall);
+            text_shares[k].push(cpu_share(cpu0, wall));
             text_out.push(out);
         }
         image_out.clear();
         for (k, (_, enc)) in image_encoders.iter().enumerate() {
-            let t0 = Instant::now();
+            let (cpu0, t0) = (process_cpu_seconds(), Instant::now());
             let out = enc.encode_files(&images)?;
-            image_times[k].push(t0.elapsed().as_secs_f64());
+            let wall = t0.elapsed().as_secs_f64();
+            image_times[k].push(wall);
+            image_shares[k].push(cpu_share(cpu0, wall));
             image_out.push(out);
         }
     }
@@ -253,6 +331,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             items: refs.len(),
             seconds: secs,
             round_seconds,
+            round_cpu_share: text_shares[k].clone(),
             sentences_per_s: Some(refs.len() as f64 / secs),
             non_pad_tokens_per_s: Some(out.non_pad_tokens as f64 / secs),
             padding_overhead: Some(out.padded_tokens as f64 / out.non_pad_tokens.max(1) as f64),
@@ -276,6 +355,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             items: n_images,
             seconds: secs,
             round_seconds,
+            round_cpu_share: image_shares[k].clone(),
             sentences_per_s: None,
             non_pad_tokens_per_s: None,
             padding_overhead: None,
@@ -286,5 +366,16 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             truncated: 0,
         });
     }
-    Ok(BenchReport { corpus: cfg.corpus.clone(), sentences: refs.len(), images: n_images, entries, skipped })
+    let machine = MachineLoad { cores: threads_available(), load_before, load_after: load_average() };
+    let named: Vec<(String, Vec<Option<f64>>)> =
+        entries.iter().map(|e| (e.file.display().to_string(), e.round_cpu_share.clone())).collect();
+    let warnings = contention_warnings(&machine, &named);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(BenchReport { corpus: cfg.corpus.clone(), sentences: refs.len(), images: n_images, entries, skipped, machine, warnings })
+}
+
+fn threads_available() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
