@@ -12,10 +12,10 @@
 use super::llava::EmbedInputs;
 use super::lora;
 use super::optim::{linear_warmup_decay, AdamW, AdamWParams};
-use super::sft::{data_order, make_batch, read_checkpoint, shifted_logprobs, trainable, write_checkpoint, AsMutLm, Batch, Checkpoint, FineTuneMode, SftExample};
+use super::checkpoint::{read_checkpoint, write_checkpoint, Checkpoint, CheckpointKind, Position};
+use super::sft::{data_order, make_batch, shifted_logprobs, trainable, AsMutLm, Batch, FineTuneMode, SftExample};
 use super::{MllmError, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
 
@@ -231,10 +231,8 @@ fn check_params(p: &DpoParams) -> Result<()> {
 pub struct DpoTrainer {
     pub params: DpoParams,
     pub opt: AdamW,
-    step: usize,
-    epoch: usize,
-    /// Optimizer steps of the current epoch already done (a checkpoint at `max_steps` can fall mid-epoch).
-    group_in_epoch: usize,
+    /// Optimizer steps done so far, and where in the data the next one starts.
+    pos: Position,
 }
 
 /// What a run did: one row per optimizer step and the checkpoints written (one per epoch end, and at
@@ -254,7 +252,7 @@ impl DpoTrainer {
             lora::attach(vs, model.lm_mut(), lp)?;
         }
         let opt = AdamW::new(trainable(vs), params.adamw);
-        Ok(Self { params, opt, step: 0, epoch: 0, group_in_epoch: 0 })
+        Ok(Self { params, opt, pos: Position::default() })
     }
 
     /// Trains on `data` (reference log-probs `refs`, one per pair) for the configured epochs.
@@ -268,14 +266,14 @@ impl DpoTrainer {
         let warmup = (self.params.warmup_ratio * total as f64).ceil() as usize;
         let mut report = DpoReport { rows: vec![], checkpoints: vec![] };
         let mut last_good = String::from("(none yet)");
-        while self.epoch < self.params.epochs {
-            let order = data_order(self.params.seed, self.epoch, data.len());
+        while self.pos.epoch < self.params.epochs {
+            let order = data_order(self.params.seed, self.pos.epoch, data.len());
             let batches: Vec<&[usize]> = order.chunks(self.params.batch_size).collect();
             let groups: Vec<&[&[usize]]> = batches.chunks(self.params.grad_accum_steps).collect();
-            while self.group_in_epoch < groups.len() {
-                let group = groups[self.group_in_epoch];
+            while self.pos.group_in_epoch < groups.len() {
+                let group = groups[self.pos.group_in_epoch];
                 let started = std::time::Instant::now();
-                let step = self.step + 1;
+                let step = self.pos.step + 1;
                 let lr = linear_warmup_decay(self.params.learning_rate, step, total, warmup);
                 let n_pairs: usize = group.iter().map(|b| b.len()).sum();
                 self.opt.zero_grad();
@@ -299,16 +297,10 @@ impl DpoTrainer {
                     return Err(MllmError::NonFiniteLoss { step, loss: grad_norm, last_good });
                 }
                 self.opt.step(lr);
-                self.step = step;
-                let epoch = self.epoch;
-                self.group_in_epoch += 1;
-                if self.group_in_epoch == groups.len() {
-                    self.epoch += 1;
-                    self.group_in_epoch = 0;
-                }
+                let epoch = self.pos.epoch;
+                let epoch_end = self.pos.finish_step(step, groups.len());
                 report.rows.push(DpoStepRow { step, epoch, lr, grad_norm, pairs: n_pairs, stats: acc, seconds: started.elapsed().as_secs_f64() });
-                let epoch_end = self.group_in_epoch == 0;
-                let stop = self.params.max_steps.is_some_and(|m| self.step >= m);
+                let stop = self.params.max_steps.is_some_and(|m| self.pos.step >= m);
                 if epoch_end || stop {
                     let c = self.save(ckpt_dir)?;
                     last_good = c.path.display().to_string();
@@ -327,23 +319,23 @@ impl DpoTrainer {
 
     /// Writes `dpo-step{N}-{blake3[..16]}.safetensors` (SFT's layout, format `mmboundary-dpo-v1`).
     pub fn save(&self, dir: &Path) -> Result<Checkpoint> {
-        let mut meta = HashMap::new();
-        meta.insert("epoch".into(), self.epoch.to_string());
-        meta.insert("group_in_epoch".into(), self.group_in_epoch.to_string());
-        meta.insert("seed".into(), self.params.seed.to_string());
-        meta.insert("params".into(), serde_json::to_string(&self.params).unwrap_or_default());
-        write_checkpoint(&self.opt, dir, "dpo", "mmboundary-dpo-v1", self.step, meta)
+        write_checkpoint(&self.opt, dir, &self.checkpoint_kind(), self.pos)
+    }
+
+    fn checkpoint_kind(&self) -> CheckpointKind<'static> {
+        let params_json = serde_json::to_string(&self.params).unwrap_or_default();
+        CheckpointKind { stem: "dpo", format: "mmboundary-dpo-v1", seed: self.params.seed, params_json }
     }
 
     /// Restores weights, optimizer state and data position from a checkpoint of the same run set-up
     /// (the reference log-probs are the caller's: compute them on the model before training).
     pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let pos = read_checkpoint(&mut self.opt, path, "mmboundary-dpo-v1", self.params.seed)?;
-        (self.step, self.epoch, self.group_in_epoch) = (pos.step, pos.epoch, pos.group_in_epoch);
+        let kind = self.checkpoint_kind();
+        self.pos = read_checkpoint(&mut self.opt, path, &kind)?;
         Ok(())
     }
 
     pub fn steps_done(&self) -> usize {
-        self.step
+        self.pos.step
     }
 }

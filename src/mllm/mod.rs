@@ -17,6 +17,7 @@
 //! window past its length (refused), rope types other than default/linear/llama3 (refused), gradient
 //! checkpointing and bf16 autocast for GPU training (bf16 weights work on CPU and GPU), PPO checkpoints.
 pub mod chat;
+pub mod checkpoint;
 pub mod clip_vision;
 pub mod config;
 pub mod demo;

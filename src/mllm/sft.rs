@@ -8,14 +8,14 @@
 use super::llava::EmbedInputs;
 use super::lora::{self, LoraParams};
 use super::optim::{linear_warmup_decay, AdamW, AdamWParams};
-use super::weights::{read_safetensors, write_safetensors};
+pub use super::checkpoint::Checkpoint;
+use super::checkpoint::{read_checkpoint, write_checkpoint, CheckpointKind, Position};
 use super::{MllmError, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{nn, Kind, Tensor};
 
 /// One training example: prompt and response token ids (plus image features for multimodal models).
@@ -97,14 +97,6 @@ pub struct SftStepRow {
     pub grad_norm: f64,
     pub response_tokens: i64,
     pub seconds: f64,
-}
-
-/// A checkpoint written by the trainer: path and blake3 of its bytes (also in its file name).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Checkpoint {
-    pub path: PathBuf,
-    pub blake3: String,
-    pub step: usize,
 }
 
 #[derive(Debug)]
@@ -206,9 +198,7 @@ pub struct SftTrainer {
     pub params: SftParams,
     pub opt: AdamW,
     /// Optimizer steps done so far, and where in the data the next one starts.
-    step: usize,
-    epoch: usize,
-    group_in_epoch: usize,
+    pos: Position,
 }
 
 /// Names of `vs` variables that train: LoRA adapters (mode Lora), or all (mode Full).
@@ -231,7 +221,7 @@ impl SftTrainer {
             lora::attach(vs, model.lm_mut(), lp)?;
         }
         let opt = AdamW::new(trainable(vs), params.adamw);
-        Ok(Self { params, opt, step: 0, epoch: 0, group_in_epoch: 0 })
+        Ok(Self { params, opt, pos: Position::default() })
     }
 
     fn order(&self, epoch: usize, n: usize) -> Vec<usize> {
@@ -254,14 +244,14 @@ impl SftTrainer {
         let dev = model.text_model().device();
         let mut report = SftReport { rows: vec![], checkpoints: vec![], steps_run: 0 };
         let mut last_good = String::from("(none yet)");
-        while self.epoch < self.params.epochs {
-            let order = self.order(self.epoch, data.len());
+        while self.pos.epoch < self.params.epochs {
+            let order = self.order(self.pos.epoch, data.len());
             let batches: Vec<&[usize]> = order.chunks(self.params.batch_size).collect();
             let groups: Vec<&[&[usize]]> = batches.chunks(self.params.grad_accum_steps).collect();
-            while self.group_in_epoch < groups.len() {
+            while self.pos.group_in_epoch < groups.len() {
                 let started = std::time::Instant::now();
-                let group = groups[self.group_in_epoch];
-                let step = self.step + 1;
+                let group = groups[self.pos.group_in_epoch];
+                let step = self.pos.step + 1;
                 let lr = linear_warmup_decay(self.params.learning_rate, step, total, warmup);
                 let micro: Vec<Batch> =
                     group.iter().map(|idx| make_batch(&idx.iter().map(|&i| &data[i]).collect::<Vec<_>>(), dev)).collect::<Result<_>>()?;
@@ -280,24 +270,19 @@ impl SftTrainer {
                     return Err(MllmError::NonFiniteLoss { step, loss: grad_norm, last_good });
                 }
                 self.opt.step(lr);
-                self.step = step;
-                self.group_in_epoch += 1;
+                let epoch = self.pos.epoch;
+                let epoch_end = self.pos.finish_step(step, groups.len());
                 report.steps_run += 1;
                 report.rows.push(SftStepRow {
                     step,
-                    epoch: self.epoch,
+                    epoch,
                     lr,
                     loss: loss_sum,
                     grad_norm,
                     response_tokens: n_tok as i64,
                     seconds: started.elapsed().as_secs_f64(),
                 });
-                let epoch_end = self.group_in_epoch == groups.len();
-                if epoch_end {
-                    self.epoch += 1;
-                    self.group_in_epoch = 0;
-                }
-                let stop = self.params.max_steps.is_some_and(|m| self.step >= m);
+                let stop = self.params.max_steps.is_some_and(|m| self.pos.step >= m);
                 if epoch_end || stop || self.params.checkpoint_every.is_some_and(|k| k > 0 && step % k == 0) {
                     let c = self.save(ckpt_dir)?;
                     last_good = c.path.display().to_string();
@@ -316,23 +301,23 @@ impl SftTrainer {
 
     /// Writes `sft-step{N}-{blake3[..16]}.safetensors` atomically; returns its path and hash.
     pub fn save(&self, dir: &Path) -> Result<Checkpoint> {
-        let mut meta = HashMap::new();
-        meta.insert("epoch".into(), self.epoch.to_string());
-        meta.insert("group_in_epoch".into(), self.group_in_epoch.to_string());
-        meta.insert("seed".into(), self.params.seed.to_string());
-        meta.insert("params".into(), serde_json::to_string(&self.params).unwrap_or_default());
-        write_checkpoint(&self.opt, dir, "sft", "mmboundary-sft-v1", self.step, meta)
+        write_checkpoint(&self.opt, dir, &self.checkpoint_kind(), self.pos)
     }
 
     /// Restores weights, optimizer state and data position from a checkpoint of the same run set-up.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let pos = read_checkpoint(&mut self.opt, path, "mmboundary-sft-v1", self.params.seed)?;
-        (self.step, self.epoch, self.group_in_epoch) = (pos.step, pos.epoch, pos.group_in_epoch);
+        let kind = self.checkpoint_kind();
+        self.pos = read_checkpoint(&mut self.opt, path, &kind)?;
         Ok(())
     }
 
+    fn checkpoint_kind(&self) -> CheckpointKind<'static> {
+        let params_json = serde_json::to_string(&self.params).unwrap_or_default();
+        CheckpointKind { stem: "sft", format: "mmboundary-sft-v1", seed: self.params.seed, params_json }
+    }
+
     pub fn steps_done(&self) -> usize {
-        self.step
+        self.pos.step
     }
 }
 
@@ -342,70 +327,6 @@ pub fn data_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     idx.shuffle(&mut rng);
     idx
-}
-
-/// Writes the trainable weights and AdamW state of `opt` with `meta` (plus format, step, adam_t) as
-/// `{stem}-step{N}-{blake3[..16]}.safetensors`, atomically (a pending name, then a rename).
-pub(crate) fn write_checkpoint(
-    opt: &AdamW,
-    dir: &Path,
-    stem: &str,
-    format: &str,
-    step: usize,
-    mut meta: HashMap<String, String>,
-) -> Result<Checkpoint> {
-    let mut tensors: Vec<(String, Tensor)> = opt.params.iter().map(|(n, t)| (format!("param.{n}"), t.detach())).collect();
-    tensors.extend(opt.state());
-    meta.insert("format".into(), format.into());
-    meta.insert("step".into(), step.to_string());
-    meta.insert("adam_t".into(), opt.t.to_string());
-    let tmp = dir.join(format!("{stem}-step{step:06}.pending.safetensors"));
-    write_safetensors(&tmp, &tensors, meta)?;
-    let bytes = std::fs::read(&tmp).map_err(super::io_err(&tmp))?;
-    let hash = blake3::hash(&bytes).to_hex().to_string();
-    let path = dir.join(format!("{stem}-step{step:06}-{}.safetensors", &hash[..16]));
-    std::fs::rename(&tmp, &path).map_err(super::io_err(&path))?;
-    Ok(Checkpoint { path, blake3: hash, step })
-}
-
-/// Where a checkpointed run stands: optimizer steps done, epoch, and optimizer step within it.
-pub(crate) struct Position {
-    pub step: usize,
-    pub epoch: usize,
-    pub group_in_epoch: usize,
-}
-
-/// Restores the weights and AdamW state of `opt` from a checkpoint of format `format` written by
-/// [`write_checkpoint`] with metadata epoch, group_in_epoch and seed; refuses another format or seed.
-pub(crate) fn read_checkpoint(opt: &mut AdamW, path: &Path, format: &str, seed: u64) -> Result<Position> {
-    let at = path.display().to_string();
-    let (tensors, meta) = read_safetensors(path)?;
-    let get = |k: &str| -> Result<usize> {
-        meta.get(k)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("metadata field {k} missing or not a number") })
-    };
-    if meta.get("format").map(String::as_str) != Some(format) {
-        return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("expected format {format}, found {:?}", meta.get("format")) });
-    }
-    let found = get("seed")? as u64;
-    if found != seed {
-        return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("data-order seed {found} differs from this run's {seed}") });
-    }
-    tch::no_grad(|| -> Result<()> {
-        for (n, p) in &opt.params {
-            let src = tensors
-                .get(&format!("param.{n}"))
-                .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("missing weight {n}") })?;
-            if src.size() != p.size() {
-                return Err(MllmError::Shape { key: n.clone(), file: at.clone(), expected: p.size(), found: src.size() });
-            }
-            p.shallow_clone().f_copy_(&src.to_kind(p.kind()).to_device(p.device()))?;
-        }
-        Ok(())
-    })?;
-    opt.load_state(&tensors, get("adam_t")? as i64, &at)?;
-    Ok(Position { step: get("step")?, epoch: get("epoch")?, group_in_epoch: get("group_in_epoch")? })
 }
 
 /// Mutable access to the text tower (for attaching LoRA adapters).
