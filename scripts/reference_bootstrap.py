@@ -3,7 +3,8 @@
 
 Draws two variants' scored chains on the same items (answer correctness, per-sentence (right?, confidence)),
 draws explicit bootstrap resamples of the ITEMS, and writes the per-variant percentile intervals of ECE,
-MECE, the step-level Brier score, accuracy and AUROC, and the paired intervals of a - b, to
+MECE, the step-level Brier score, accuracy and AUROC, the paired intervals of a - b, and (`seeds`) the
+paired interval of the mean of a - b over two runs on the same items, to
 tests/fixtures/bootstrap/golden.json, which tests/bootstrap.rs replays with the same index lists.
 Run from the repository root:
 
@@ -112,6 +113,31 @@ def main():
             vb = metric([by_b[ids[k]] for k in ix if ids[k] in by_b], n)
             diffs.append(None if va is None or vb is None else va - vb)
         out["paired"][n] = interval(diffs, RESAMPLES)
+    # `mmb sweep --seeds`: a second run (seed 1) of both variants on the same items (its a lacks q05), drawn
+    # after everything above so the fields above keep their values; the mean over the two runs of a - b,
+    # its interval on the same index lists (the union of ids is the same 23).
+    a2, b2 = draw_variant(0.65), draw_variant(0.6)
+    a2 = [i for i in a2 if i["item_id"] != "q05"]
+    runs = [(by_a, by_b), ({i["item_id"]: i for i in a2}, {i["item_id"]: i for i in b2})]
+    out["seeds"] = {"a2": a2, "b2": b2, "paired": {}}
+    for n in names:
+        def mean_diff(ix):
+            ds = []
+            for ra, rb in runs:
+                va = metric([ra[ids[k]] for k in ix if ids[k] in ra], n)
+                vb = metric([rb[ids[k]] for k in ix if ids[k] in rb], n)
+                if va is None or vb is None:
+                    return None
+                ds.append(va - vb)
+            return float(np.mean(ds))
+        per_seed = []
+        for ra, rb in runs:
+            va, vb = metric([ra[i] for i in ids if i in ra], n), metric([rb[i] for i in ids if i in rb], n)
+            per_seed.append(None if va is None or vb is None else va - vb)
+        out["seeds"]["paired"][n] = {
+            "per_seed": per_seed,
+            "interval": interval([mean_diff(ix) for ix in indices], RESAMPLES),
+        }
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump(out, f, indent=1)

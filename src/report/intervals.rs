@@ -215,20 +215,28 @@ pub fn cell_interval(
     })
 }
 
-/// One paired difference a − b of a metric on one split.
+/// One paired difference a − b of a metric on one split: of one run, or the mean over the runs of several
+/// seeds (the same items in each run).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Difference {
     pub split: String,
     pub metric: Metric,
-    /// Items resampled (those either variant has a chain for).
+    /// Items resampled (those either variant has a chain for, in any run).
     pub items: usize,
+    /// Each run's a − b on all its items, in run order.
+    pub per_seed: Vec<f64>,
+    /// The mean of `per_seed`, with its interval.
     pub estimate: Estimate,
 }
 
-/// The ids both variants are resampled over: the sorted union of their item ids (a resample's index k
+/// The ids the variants are resampled over: the sorted union of their item ids (a resample's index k
 /// names `ids[k]`).
 pub fn paired_ids(a: &[ItemScores], b: &[ItemScores]) -> Vec<String> {
-    let mut ids: Vec<String> = a.iter().chain(b).map(|i| i.item_id.clone()).filter(|id| !id.is_empty()).collect();
+    union_ids(&[a, b])
+}
+
+fn union_ids(sets: &[&[ItemScores]]) -> Vec<String> {
+    let mut ids: Vec<String> = sets.iter().flat_map(|s| s.iter()).map(|i| i.item_id.clone()).filter(|id| !id.is_empty()).collect();
     ids.sort_unstable();
     ids.dedup();
     ids
@@ -246,25 +254,55 @@ pub fn paired_difference(
     indices: &[Vec<usize>],
     level: f64,
 ) -> anyhow::Result<Option<Estimate>> {
-    let ids = paired_ids(a, b);
-    let align = |its: &[ItemScores]| -> Vec<Option<usize>> {
-        let by_id: BTreeMap<&str, usize> = its.iter().enumerate().map(|(k, i)| (i.item_id.as_str(), k)).collect();
-        ids.iter().map(|id| by_id.get(id.as_str()).copied()).collect()
-    };
-    let (aa, ab) = (align(a), align(b));
+    Ok(seeds_paired_difference(&[(a, b)], metric, rule, indices, level)?.map(|(_, e)| e))
+}
+
+/// [`paired_difference`] over several runs (one (a, b) pair per seed, on the same items): each run's
+/// difference, and their mean with an interval over resamples of the union of the runs' item ids, the same
+/// drawn ids serving every run. None when the metric is undefined for a variant of some run.
+pub fn seeds_paired_difference(
+    runs: &[(&[ItemScores], &[ItemScores])],
+    metric: Metric,
+    rule: &CellRule,
+    indices: &[Vec<usize>],
+    level: f64,
+) -> anyhow::Result<Option<(Vec<f64>, Estimate)>> {
+    anyhow::ensure!(!runs.is_empty(), "paired bootstrap: no runs");
+    let all: Vec<&[ItemScores]> = runs.iter().flat_map(|&(a, b)| [a, b]).collect();
+    let ids = union_ids(&all);
     if let Some(bad) = indices.iter().flatten().find(|&&k| k >= ids.len()) {
         anyhow::bail!("paired bootstrap: resample index {bad} is out of range for {} items", ids.len());
     }
-    let (pa, pb) = (prepare(&a.iter().collect::<Vec<_>>(), rule)?, prepare(&b.iter().collect::<Vec<_>>(), rule)?);
-    let on = |its: &[Prepared], al: &[Option<usize>], ix: &[usize]| {
+    // Each variant of each run: its items reduced once, and where each id is among them.
+    let side = |its: &[ItemScores]| -> anyhow::Result<(Vec<Prepared>, Vec<Option<usize>>)> {
+        let by_id: BTreeMap<&str, usize> = its.iter().enumerate().map(|(k, i)| (i.item_id.as_str(), k)).collect();
+        let aligned = ids.iter().map(|id| by_id.get(id.as_str()).copied()).collect();
+        Ok((prepare(&its.iter().collect::<Vec<_>>(), rule)?, aligned))
+    };
+    let sides: Vec<((Vec<Prepared>, Vec<Option<usize>>), (Vec<Prepared>, Vec<Option<usize>>))> =
+        runs.iter().map(|&(a, b)| Ok((side(a)?, side(b)?))).collect::<anyhow::Result<_>>()?;
+    let on = |(its, al): &(Vec<Prepared>, Vec<Option<usize>>), ix: &[usize]| {
         let drawn: Vec<&Prepared> = ix.iter().filter_map(|&i| al[i].map(|k| &its[k])).collect();
         metric_prepared(&drawn, metric, rule)
     };
     let identity: Vec<usize> = (0..ids.len()).collect();
-    let (Some(va), Some(vb)) = (on(&pa, &aa, &identity)?, on(&pb, &ab, &identity)?) else { return Ok(None) };
+    let mut per_seed = Vec::with_capacity(runs.len());
+    for (sa, sb) in &sides {
+        let (Some(va), Some(vb)) = (on(sa, &identity)?, on(sb, &identity)?) else { return Ok(None) };
+        per_seed.push(va - vb);
+    }
+    // The mean over runs of a, and of b, on the same drawn ids (the mean of differences is their difference).
     // Every input value was checked by `prepare` above, so a resample cannot err.
-    let ci = paired_interval(indices, level, |ix| on(&pa, &aa, ix).ok().flatten(), |ix| on(&pb, &ab, ix).ok().flatten())?;
-    Ok(Some(Estimate { value: va - vb, interval: ci }))
+    let mean_of = |pick: fn(&(_, _)) -> &(Vec<Prepared>, Vec<Option<usize>>), ix: &[usize]| -> Option<f64> {
+        let mut sum = 0.0;
+        for s in &sides {
+            sum += on(pick(s), ix).ok().flatten()?;
+        }
+        Some(sum / sides.len() as f64)
+    };
+    let ci = paired_interval(indices, level, |ix| mean_of(|s| &s.0, ix), |ix| mean_of(|s| &s.1, ix))?;
+    let mean = per_seed.iter().sum::<f64>() / per_seed.len() as f64;
+    Ok(Some((per_seed, Estimate { value: mean, interval: ci })))
 }
 
 /// The paired bootstrap differences `a − b` (e.g. full − sft) per split present for both, for `metrics`,
@@ -278,19 +316,38 @@ pub fn paired_differences(
     rule: &CellRule,
     params: &BootstrapParams,
 ) -> anyhow::Result<Vec<Difference>> {
+    seeds_paired_differences(&[items], a, b, splits, metrics, rule, params)
+}
+
+/// [`paired_differences`] over the runs of several seeds (each run's items per (variant, split)): per split
+/// present for both variants in every run, each run's difference and their mean with its interval.
+pub fn seeds_paired_differences(
+    runs: &[&BTreeMap<(String, String), Vec<ItemScores>>],
+    a: &str,
+    b: &str,
+    splits: &[String],
+    metrics: &[Metric],
+    rule: &CellRule,
+    params: &BootstrapParams,
+) -> anyhow::Result<Vec<Difference>> {
     let mut out = Vec::new();
     for split in splits {
-        let (Some(ia), Some(ib)) = (items.get(&(a.to_string(), split.clone())), items.get(&(b.to_string(), split.clone()))) else {
+        let key = |v: &str| (v.to_string(), split.clone());
+        let Some(pairs) = runs
+            .iter()
+            .map(|items| Some((items.get(&key(a))?.as_slice(), items.get(&key(b))?.as_slice())))
+            .collect::<Option<Vec<_>>>()
+        else {
             continue;
         };
-        let n = paired_ids(ia, ib).len();
+        let n = union_ids(&pairs.iter().flat_map(|&(x, y)| [x, y]).collect::<Vec<_>>()).len();
         if n == 0 {
             continue;
         }
         let indices = resample_indices(n, params.resamples, params.seed)?;
         for &metric in metrics {
-            if let Some(estimate) = paired_difference(ia, ib, metric, rule, &indices, params.level)? {
-                out.push(Difference { split: split.clone(), metric, items: n, estimate });
+            if let Some((per_seed, estimate)) = seeds_paired_difference(&pairs, metric, rule, &indices, params.level)? {
+                out.push(Difference { split: split.clone(), metric, items: n, per_seed, estimate });
             }
         }
     }

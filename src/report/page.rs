@@ -292,6 +292,35 @@ pub fn differences_markdown(
     s
 }
 
+/// Target 4's table (`mmb sweep --seeds N`): per split and metric, each seed's `a − b` on its run, their
+/// mean with the paired bootstrap interval (items resampled, the same draw for every run), and what the
+/// interval says.
+pub fn seeds_markdown(diffs: &[crate::report::intervals::Difference], a: &str, b: &str, seeds: &[u64]) -> String {
+    let mut s = format!("| split | metric | items |");
+    for k in seeds {
+        let _ = write!(s, " seed {k} |");
+    }
+    let _ = writeln!(s, " mean {a} − {b} [95 % interval] | verdict |");
+    s.push_str("|---|---|---|");
+    s.push_str(&"---|".repeat(seeds.len() + 2));
+    s.push('\n');
+    for d in diffs {
+        let _ = write!(s, "| {} | {} | {} |", d.split, d.metric.name(), d.items);
+        for v in &d.per_seed {
+            let _ = write!(s, " {v:+.3} |");
+        }
+        let (below, above) = if d.metric.lower_is_better() { (a, b) } else { (b, a) };
+        let verdict = match d.estimate.interval {
+            Some(i) if i.hi < 0.0 => format!("{below} better"),
+            Some(i) if i.lo > 0.0 => format!("{above} better"),
+            Some(_) => "interval spans 0".to_string(),
+            None => "no interval".to_string(),
+        };
+        let _ = writeln!(s, " {} | {verdict} |", cell_ci(Some(&d.estimate)));
+    }
+    s
+}
+
 /// A Markdown pipe table (as this module writes them: one row per line, no pipes inside cells) as an
 /// HTML table; text outside tables becomes paragraphs. An interval "[lo, hi]" in a cell is set smaller.
 pub fn md_table_html(md: &str) -> String {

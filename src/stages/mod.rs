@@ -17,6 +17,7 @@ pub mod ppo;
 pub mod project;
 pub mod report;
 pub mod score;
+pub mod seeds;
 pub mod self_consistency;
 pub mod sft;
 pub mod worker;

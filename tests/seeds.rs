@@ -1,0 +1,91 @@
+//! `mmb sweep --seeds N` (issue 21, target 4): what a seed run changes, and the table it writes.
+use mmboundary::metrics::bootstrap::Interval;
+use mmboundary::report::intervals::{Difference, Estimate, Metric};
+use mmboundary::stages::seeds::{seed_overrides, seed_run_name};
+use mmboundary::stages::StageConfigs;
+use std::path::Path;
+
+fn stages_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/stages"))
+}
+
+/// Every stage's params as JSON, under `configs`.
+fn resolved(configs: &StageConfigs) -> serde_json::Value {
+    use mmboundary::stages::{eval::EvalParams, generate::GenerateParams, map::MapParams, ppo::PpoStageParams, sft::SftStageParams};
+    serde_json::json!({
+        "generate": serde_json::to_value(configs.params::<GenerateParams>("generate").unwrap()).unwrap(),
+        "map": serde_json::to_value(configs.params::<MapParams>("map").unwrap()).unwrap(),
+        "sft": serde_json::to_value(configs.params::<SftStageParams>("sft").unwrap()).unwrap(),
+        "ppo": serde_json::to_value(configs.params::<PpoStageParams>("ppo").unwrap()).unwrap(),
+        "eval": serde_json::to_value(configs.params::<EvalParams>("eval").unwrap()).unwrap(),
+    })
+}
+
+#[test]
+fn a_seed_run_changes_the_seeds_and_nothing_else() {
+    let base = StageConfigs::new(stages_dir());
+    let main = resolved(&base);
+    let run = |k| resolved(&StageConfigs { dir: stages_dir().to_path_buf(), overrides: seed_overrides(&base, k).unwrap() });
+    let seeded = run(7);
+    // exactly these values moved to 7; setting them back gives the main run's params
+    let mut back = seeded.clone();
+    for ptr in ["/generate/seed", "/map/seed", "/sft/trainer/seed", "/ppo/seed", "/ppo/trainer/seed", "/eval/seed"] {
+        assert_eq!(seeded.pointer(ptr), Some(&serde_json::json!(7)), "{ptr}");
+        *back.pointer_mut(ptr).unwrap() = main.pointer(ptr).cloned().unwrap_or(serde_json::json!(0));
+    }
+    // the trainers kept the stage files' settings (sft.toml's learning rate, epochs …), only gained a seed
+    assert_eq!(seeded.pointer("/sft/trainer/learning_rate"), Some(&serde_json::json!(1e-3)));
+    assert_eq!(seeded.pointer("/sft/trainer/epochs"), Some(&serde_json::json!(12)));
+    assert_eq!(seeded.pointer("/ppo/trainer/learning_rate"), Some(&serde_json::json!(1e-4)));
+    let strip = |mut v: serde_json::Value| {
+        // the main run's trainers have no explicit seed (their default, 0)
+        for t in ["/sft/trainer", "/ppo/trainer"] {
+            v.pointer_mut(t).unwrap().as_object_mut().unwrap().remove("seed");
+        }
+        v
+    };
+    assert_eq!(strip(back), strip(main));
+    // seed 0 is the main run's settings exactly (no overrides): its run reuses the main run's cache
+    assert!(seed_overrides(&base, 0).unwrap().is_empty());
+    assert_eq!(seed_run_name(2), "seed-2");
+}
+
+#[test]
+fn the_seeds_table_shows_each_seed_the_mean_and_what_its_interval_says() {
+    let d = |split: &str, metric, per_seed: Vec<f64>, lo, hi| {
+        let value = per_seed.iter().sum::<f64>() / per_seed.len() as f64;
+        Difference {
+            split: split.into(),
+            metric,
+            items: 200,
+            per_seed,
+            estimate: Estimate { value, interval: Some(Interval { lo, hi, defined: 1000, resamples: 1000 }) },
+        }
+    };
+    let diffs = vec![
+        d("val", Metric::Ece, vec![-0.075, -0.05, -0.1], -0.12, -0.03),
+        d("val", Metric::Mece, vec![0.032, 0.01, 0.0], 0.005, 0.03),
+        d("test", Metric::Brier, vec![0.01, -0.02, 0.0], -0.02, 0.015),
+    ];
+    let md = mmboundary::report::page::seeds_markdown(&diffs, "full", "SFT", &[0, 1, 2]);
+    let lines: Vec<&str> = md.lines().collect();
+    assert_eq!(lines[0], "| split | metric | items | seed 0 | seed 1 | seed 2 | mean full − SFT [95 % interval] | verdict |");
+    assert_eq!(lines[2], "| val | ECE | 200 | -0.075 | -0.050 | -0.100 | -0.075 [-0.120, -0.030] | full better |");
+    assert_eq!(lines[3], "| val | MECE | 200 | +0.032 | +0.010 | +0.000 | 0.014 [0.005, 0.030] | SFT better |");
+    assert_eq!(lines[4], "| test | Brier | 200 | +0.010 | -0.020 | +0.000 | -0.003 [-0.020, 0.015] | interval spans 0 |");
+}
+
+#[test]
+fn seeds_need_two_runs_and_belong_to_sweep() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmb")).args(["sweep", "--seeds", "1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--seeds"), "{}", String::from_utf8_lossy(&out.stderr));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmb"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--store", tmp.path().to_str().unwrap(), "compare", "--seeds", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--seeds belongs to `mmb sweep`"), "{}", String::from_utf8_lossy(&out.stderr));
+}
