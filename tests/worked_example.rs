@@ -131,6 +131,29 @@ fn the_real_path_runs_from_configuration_alone_and_the_report_names_dataset_mode
     // Nothing changed: nothing reruns.
     let (ok, _, err) = mmb(&["run"]);
     assert!(ok && !err.contains("started"), "{err}");
+
+    // Target 4's seeds table: seed 0 is this run (nothing reruns for it), seed 1 reruns from generate on.
+    let (ok, out, err) = mmb(&["sweep", "--seeds", "2"]);
+    assert!(ok, "mmb sweep --seeds 2 failed:\n{out}\n{err}");
+    let seed0 = out.lines().find(|l| l.starts_with("seed-0")).unwrap_or_else(|| panic!("{out}"));
+    assert!(seed0.contains("ran []"), "seed 0 is the main run's cache: {seed0}");
+    let seed1 = out.lines().find(|l| l.starts_with("seed-1")).unwrap_or_else(|| panic!("{out}"));
+    for s in ["generate", "sft", "eval"] {
+        assert!(seed1.contains(s), "seed 1 reruns {s}: {seed1}");
+    }
+    assert!(!seed1.contains("dataset") || seed1.contains("ran [generate"), "{seed1}");
+    // Seed 0's difference is this run's eval metrics: ECE full − ECE sft on val (3 decimals in the table).
+    let variant = metrics.column_by_name("variant").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap().clone();
+    let split = metrics.column_by_name("split").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap().clone();
+    let ece = metrics.column_by_name("ece").unwrap().as_any().downcast_ref::<arrow::array::Float64Array>().unwrap().clone();
+    let ece_of = |v: &str| (0..metrics.num_rows()).find(|&r| variant.value(r) == v && split.value(r) == "val" && level.value(r) == "all").map(|r| ece.value(r)).unwrap();
+    let table = std::fs::read_to_string(store.root().join("seeds.md")).unwrap();
+    let row = table.lines().find(|l| l.starts_with("| val | ECE |")).unwrap_or_else(|| panic!("{table}"));
+    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+    assert_eq!(cells[2], "6", "{row}");
+    let got: f64 = cells[3].parse().unwrap();
+    assert!((got - (ece_of("full") - ece_of("sft"))).abs() <= 5e-4 + 1e-12, "{row}: seed 0 vs eval's {} − {}", ece_of("full"), ece_of("sft"));
+    assert!(table.lines().any(|l| l.starts_with("| val | MECE |")) && table.lines().any(|l| l.starts_with("| val | Brier |")), "{table}");
 }
 
 fn mmboundary_prompt(folder: &Path) -> String {
