@@ -4,8 +4,8 @@
 //! - `update_k`: one PPO update on those rollouts, from the trainer state `update_{k-1}` left, so that K
 //!   iterations split over 2K processes take the same steps as one process would;
 //! - `ppo`: the last policy (trainer state dropped), every iteration's log row and rollouts.
-use crate::inputs::{ImageInputs, Prompter};
-use crate::policy::{self, Policy};
+use super::inputs::{ImageInputs, Prompter};
+use super::policy::{self, Policy};
 use anyhow::Context;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt8Builder,
@@ -53,8 +53,8 @@ impl Iteration {
         let (k, p) = (ip.iteration, ip.ppo);
         anyhow::ensure!(p.prompts_per_iteration > 0, "ppo: prompts_per_iteration must be ≥ 1");
         let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-        let tp = crate::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
-        let device = crate::policy::device(&format!("ppo iteration {k}"), &p.device)?;
+        let tp = super::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
+        let device = super::policy::device(&format!("ppo iteration {k}"), &p.device)?;
         let dtype = mllm::DType::from_str(&p.dtype)?;
         let tok = Prompter::tokenizer(&model_dir)?;
 
@@ -80,7 +80,7 @@ impl Iteration {
         // Rollouts are fed back through the splice: they must never contain the image token.
         self.tp.generation.suppress_token_ids.push(pol.model.image_token_id());
         let images = ImageInputs::new(&pol.model, &self.model_dir, &self.features)?;
-        let template = crate::inputs::prompt_template(&self.p.model, &self.p.prompt, &self.model_dir, pol.model.image_token_id())?;
+        let template = super::inputs::prompt_template(&self.p.model, &self.p.prompt, &self.model_dir, pol.model.image_token_id())?;
         let prompter = Prompter::new(&self.tok, &pol.model, &template).with_instruction(self.p.instruction.as_deref());
         let mut prompts = Vec::with_capacity(self.items.len());
         for it in &self.items {
