@@ -5,7 +5,13 @@ use std::path::{Path, PathBuf};
 pub mod tiny;
 
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    repo_root().join("tests/fixtures")
+}
+
+/// The repository's root, also from a workspace member's tests (src/jobs/tests/ include this module).
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.ancestors().find(|d| d.join("tests/fixtures").is_dir()).unwrap_or(manifest).to_path_buf()
 }
 
 /// The tiny random LLaVA of the mllm goldens (vocab 100, image token 99), with a word-level tokenizer

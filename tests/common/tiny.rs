@@ -16,7 +16,7 @@ use mmboundary::stages::sft::{SftStage, SftStageParams};
 use std::path::{Path, PathBuf};
 
 pub fn pool_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("stages/statements.toml")
+    super::repo_root().join("stages/statements.toml")
 }
 
 pub fn ppo_params(model: &Path, alpha: f64) -> PpoStageParams {

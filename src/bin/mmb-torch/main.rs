@@ -1,18 +1,13 @@
 //! `mmb-torch`: the worker that runs the stages needing libtorch (the MLLM), so that `mmb` itself never
 //! loads libtorch. `mmb` hands it a job file (stage, params, input ids, store) and reads back the ids of
-//! what it wrote; see `src/stages/worker.rs`.
-mod demo_mllm;
-mod eval;
-mod generate;
-mod inputs;
-mod policy;
-mod ppo;
-mod sft;
+//! what it wrote; see `src/stages/worker.rs`. The stages' work is the `jobs` library (src/jobs/), which
+//! this binary compiles as a module (that package depends on this one, so this one cannot depend on it).
+#[path = "../../jobs/lib.rs"]
+mod jobs;
 
 use indicatif::MultiProgress;
-use mmboundary::engine::StageContext;
-use mmboundary::stages::worker::{read_job, WorkerResult};
-use mmboundary::store::Store;
+use mmboundary::stages::worker::read_job;
+use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -31,21 +26,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("usage: mmb-torch job JOB.json RESULT.json (started by `mmb run`, not by hand)");
     };
     anyhow::ensure!(cmd == "job", "unknown command `{cmd}` (expected `job`)");
-    let job = read_job(std::path::Path::new(job))?;
-    let store = Store::open(&job.store)?;
-    let progress = MultiProgress::new();
-    let ctx = StageContext::from_job(&store, &job, &progress);
-    match job.stage.as_str() {
-        "generate" => generate::run(&ctx)?,
-        "sft" => sft::run(&ctx)?,
-        "demo_mllm" => demo_mllm::run(&ctx)?,
-        "ppo" => ppo::gather(&ctx)?,
-        "eval" => eval::run(&ctx)?,
-        s if s.starts_with("rollout_") => ppo::rollout(&ctx)?,
-        s if s.starts_with("update_") => ppo::update(&ctx)?,
-        other => anyhow::bail!("mmb-torch has no stage `{other}`"),
-    }
-    let out = WorkerResult { outputs: ctx.written() };
-    mmboundary::store::write_atomic(std::path::Path::new(result), &serde_json::to_vec(&out)?)?;
+    let out = jobs::run_job(&read_job(Path::new(job))?, &MultiProgress::new())?;
+    mmboundary::store::write_atomic(Path::new(result), &serde_json::to_vec(&out)?)?;
     Ok(())
 }

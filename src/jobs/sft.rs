@@ -1,5 +1,5 @@
 //! The `sft` stage's model work: build (prompt + image, interleaved target) examples and train.
-use crate::inputs::{ImageInputs, Prompter};
+use super::inputs::{ImageInputs, Prompter};
 use anyhow::Context;
 use arrow::array::{ArrayRef, AsArray, Float64Builder, Int64Builder, UInt64Builder};
 use arrow::record_batch::RecordBatch;
@@ -16,14 +16,14 @@ use std::sync::Arc;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: SftStageParams = ctx.params()?;
-    let tp = crate::inputs::overlay_params::<SftParams>(&p.trainer, "sft.trainer")?;
+    let tp = super::inputs::overlay_params::<SftParams>(&p.trainer, "sft.trainer")?;
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = crate::policy::device("sft", &p.device)?;
+    let device = super::policy::device("sft", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
     let (vs, mut model) = Mllm::load(&model_dir, device, dtype)?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let eos = model.text_model().cfg.eos_token_ids().first().copied();
-    let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, model.image_token_id())?;
+    let template = super::inputs::prompt_template(&p.model, &p.prompt, &model_dir, model.image_token_id())?;
     let prompter = Prompter::new(&tok, &model, &template);
 
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;

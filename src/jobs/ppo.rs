@@ -4,8 +4,8 @@
 //! - `update_k`: one PPO update on those rollouts, from the trainer state `update_{k-1}` left, so that K
 //!   iterations split over 2K processes take the same steps as one process would;
 //! - `ppo`: the last policy (trainer state dropped), every iteration's log row and rollouts.
-use crate::inputs::{ImageInputs, Prompter};
-use crate::policy::{self, Policy};
+use super::inputs::{ImageInputs, Prompter};
+use super::policy::{self, Policy};
 use anyhow::Context;
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt8Builder,
@@ -53,8 +53,8 @@ impl Iteration {
         let (k, p) = (ip.iteration, ip.ppo);
         anyhow::ensure!(p.prompts_per_iteration > 0, "ppo: prompts_per_iteration must be ≥ 1");
         let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-        let tp = crate::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
-        let device = crate::policy::device(&format!("ppo iteration {k}"), &p.device)?;
+        let tp = super::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
+        let device = super::policy::device(&format!("ppo iteration {k}"), &p.device)?;
         let dtype = mllm::DType::from_str(&p.dtype)?;
         let tok = Prompter::tokenizer(&model_dir)?;
 
@@ -80,7 +80,7 @@ impl Iteration {
         // Rollouts are fed back through the splice: they must never contain the image token.
         self.tp.generation.suppress_token_ids.push(pol.model.image_token_id());
         let images = ImageInputs::new(&pol.model, &self.model_dir, &self.features)?;
-        let template = crate::inputs::prompt_template(&self.p.model, &self.p.prompt, &self.model_dir, pol.model.image_token_id())?;
+        let template = super::inputs::prompt_template(&self.p.model, &self.p.prompt, &self.model_dir, pol.model.image_token_id())?;
         let prompter = Prompter::new(&self.tok, &pol.model, &template).with_instruction(self.p.instruction.as_deref());
         let mut prompts = Vec::with_capacity(self.items.len());
         for it in &self.items {
@@ -273,8 +273,22 @@ fn checkpoint_meta(pol: &Policy, tp: &PpoParams, iterations: usize) -> anyhow::R
 /// Iteration k's rollouts as update_k trains on them: (prompt index, tokens) and the placed rewards.
 fn read_rollouts(ctx: &StageContext, it: &Iteration) -> anyhow::Result<(Vec<(usize, Vec<i64>)>, Vec<Score>)> {
     let t = ctx.input_table("rollouts")?;
-    let b = t.concat()?;
-    let at = t.path.display().to_string();
+    let (sampled, scores) = rollouts_for_update(&t.concat()?, &t.path.display().to_string(), &it.items, it.k)?;
+    let expected = it.prompts.len() * it.tp.samples_per_prompt;
+    anyhow::ensure!(
+        sampled.len() == expected,
+        "{}: {} rollouts, expected {expected} ({} questions × N)",
+        t.path.display(),
+        sampled.len(),
+        it.prompts.len()
+    );
+    Ok((sampled, scores))
+}
+
+/// A rollouts table (`rollouts_batch`) read back for iteration `k`'s update, whose questions are `items`
+/// in draw order: each row's (prompt index, response tokens) and its rewards placed on tokens, with the
+/// reward's parts (`r_ka`, `r_ec`, `r_cs`, `reward`). `at` names the table in errors.
+pub fn rollouts_for_update(b: &RecordBatch, at: &str, items: &[Item], k: usize) -> anyhow::Result<(Vec<(usize, Vec<i64>)>, Vec<Score>)> {
     let col = |n: &str| b.column_by_name(n).with_context(|| format!("{at}: no column `{n}`"));
     let ids = col("item_id")?.as_string::<i32>();
     let tokens = col("tokens")?.as_list::<i32>();
@@ -283,11 +297,11 @@ fn read_rollouts(ctx: &StageContext, it: &Iteration) -> anyhow::Result<(Vec<(usi
         .iter()
         .map(|&n| Ok((n, col(n)?.as_primitive::<Float64Type>())))
         .collect::<anyhow::Result<_>>()?;
-    let position: HashMap<&str, usize> = it.items.iter().enumerate().map(|(i, x)| (x.id.as_str(), i)).collect();
+    let position: HashMap<&str, usize> = items.iter().enumerate().map(|(i, x)| (x.id.as_str(), i)).collect();
     let (mut sampled, mut scores) = (Vec::with_capacity(b.num_rows()), Vec::with_capacity(b.num_rows()));
     for r in 0..b.num_rows() {
         let o = *position.get(ids.value(r)).with_context(|| {
-            format!("{at}: row {r}: item {} is not among iteration {}'s questions (stale rollouts?)", ids.value(r), it.k)
+            format!("{at}: row {r}: item {} is not among iteration {k}'s questions (stale rollouts?)", ids.value(r))
         })?;
         sampled.push((o, tokens.value(r).as_primitive::<Int64Type>().values().to_vec()));
         let at_tok = r_tok.value(r);
@@ -302,26 +316,23 @@ fn read_rollouts(ctx: &StageContext, it: &Iteration) -> anyhow::Result<(Vec<(usi
         let components = parts.iter().map(|(n, a)| (n.to_string(), a.value(r))).collect::<BTreeMap<_, _>>();
         scores.push(Score { token_rewards, components });
     }
-    let expected = it.prompts.len() * it.tp.samples_per_prompt;
-    anyhow::ensure!(
-        sampled.len() == expected,
-        "{at}: {} rollouts, expected {expected} ({} questions × N)",
-        sampled.len(),
-        it.prompts.len()
-    );
     Ok((sampled, scores))
 }
 
-struct RolloutRow {
-    iteration: u32,
-    item: String,
-    sample: u32,
-    text: String,
-    tokens: Vec<i64>,
-    score: RolloutScore,
+/// One rollout as the `rollouts` table stores it.
+pub struct RolloutRow {
+    pub iteration: u32,
+    pub item: String,
+    /// The rollout's index among its item's rollouts in this iteration.
+    pub sample: u32,
+    pub text: String,
+    pub tokens: Vec<i64>,
+    pub score: RolloutScore,
 }
 
-fn log_batch(log: &[(u32, mllm::ppo::PpoStats, f64)]) -> anyhow::Result<RecordBatch> {
+/// The `log` table (`ppo_log_schema`): one row per (iteration, step stats, seconds); a reward part the
+/// stats lack is NaN.
+pub fn log_batch(log: &[(u32, mllm::ppo::PpoStats, f64)]) -> anyhow::Result<RecordBatch> {
     let comp = |s: &mllm::ppo::PpoStats, k: &str| s.components.get(k).copied().unwrap_or(f64::NAN);
     let mut c: Vec<Float64Builder> = (0..13).map(|_| Float64Builder::new()).collect();
     let mut it_col = UInt32Builder::new();
@@ -351,7 +362,8 @@ fn log_batch(log: &[(u32, mllm::ppo::PpoStats, f64)]) -> anyhow::Result<RecordBa
     Ok(RecordBatch::try_new(ppo_log_schema(), cols)?)
 }
 
-fn rollouts_batch(rows: &[RolloutRow], judge: &str) -> anyhow::Result<RecordBatch> {
+/// The `rollouts` table (`rollouts_schema`) of `rows`, each scored by `judge`.
+pub fn rollouts_batch(rows: &[RolloutRow], judge: &str) -> anyhow::Result<RecordBatch> {
     let (mut o_it, mut o_id, mut o_sample, mut o_text) =
         (UInt32Builder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());
     let (mut o_sent, mut o_stmt) = (ListBuilder::new(StringBuilder::new()), ListBuilder::new(StringBuilder::new()));

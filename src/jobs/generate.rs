@@ -1,5 +1,5 @@
 //! The `generate` stage's model work: generation on any `mllm::family` model with per-token log-probs and entropies.
-use crate::inputs::{ImageInputs, Prompter};
+use super::inputs::{ImageInputs, Prompter};
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mllm::family::Mllm;
 use mmboundary::data::items_from_record_batch;
@@ -10,13 +10,13 @@ use std::str::FromStr;
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: GenerateParams = ctx.params()?;
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = crate::policy::device("generate", &p.device)?;
+    let device = super::policy::device("generate", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
     let (_vs, model) = Mllm::load(&model_dir, device, dtype)?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
     let images = ImageInputs::new(&model, &model_dir, &ctx.input_table("features")?.concat()?)?;
-    let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, model.image_token_id())?;
+    let template = super::inputs::prompt_template(&p.model, &p.prompt, &model_dir, model.image_token_id())?;
     let prompter = Prompter::new(&tok, &model, &template);
 
     let selected = mmboundary::stages::generate::select(&items, &p.splits, p.limit);

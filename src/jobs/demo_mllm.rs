@@ -1,6 +1,6 @@
 //! The `demo_mllm` stage's model work: train the benchmark's small LLaVA on its plain reference chains
 //! (and, by default, a description of every training scene and short whole-scene drills).
-use crate::inputs::Features;
+use super::inputs::Features;
 use anyhow::Context;
 use arrow::array::{Array, AsArray};
 use mllm::demo::{train, DemoExample, DemoParams};
@@ -14,7 +14,7 @@ use mmboundary::store::ArtifactKind;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: DemoMllmParams = ctx.params()?;
-    let mut tp = crate::inputs::overlay_params::<DemoParams>(&p.trainer, "demo_mllm.trainer")?;
+    let mut tp = super::inputs::overlay_params::<DemoParams>(&p.trainer, "demo_mllm.trainer")?;
     let pool_text = std::fs::read_to_string(&p.pool).with_context(|| p.pool.display().to_string())?;
     let pool = mmboundary::confidence::statements::StatementPool::from_toml(&pool_text, &p.pool.display().to_string())?;
     tp.extra_vocabulary.extend(pool.level.iter().flat_map(|l| l.statements.iter().cloned()));

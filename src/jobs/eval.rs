@@ -1,7 +1,7 @@
 //! The `eval` stage's model work: greedy chains from the vanilla, SFT and full policies; judging and
 //! metrics are `mmboundary::stages::eval::evaluate`.
-use crate::inputs::{ImageInputs, Prompter};
-use crate::policy;
+use super::inputs::{ImageInputs, Prompter};
+use super::policy;
 use anyhow::Context;
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mmboundary::data::items_from_record_batch;
@@ -16,7 +16,7 @@ use std::str::FromStr;
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: EvalParams = ctx.params()?;
     let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = crate::policy::device("eval", &p.device)?;
+    let device = super::policy::device("eval", &p.device)?;
     let dtype = mllm::DType::from_str(&p.dtype)?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
@@ -49,7 +49,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         };
         let pol = policy::load(&model_dir, device, dtype, ck.as_deref())?;
         let images = ImageInputs::new(&pol.model, &model_dir, &features)?;
-        let template = crate::inputs::prompt_template(&p.model, &p.prompt, &model_dir, pol.model.image_token_id())?;
+        let template = super::inputs::prompt_template(&p.model, &p.prompt, &model_dir, pol.model.image_token_id())?;
         let prompter = Prompter::new(&tok, &pol.model, &template).with_instruction(p.instruction.as_deref());
         for &swap in passes {
             let order: Vec<usize> = (0..selected.len()).collect();
