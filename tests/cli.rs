@@ -210,3 +210,26 @@ fn compare_runs_the_baselines_file_under_their_own_locks() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("baselines.toml") && err.contains("nope"), "{err}");
 }
+
+/// `mmb shard-task` (what a Slurm array task runs on its node) holds the stage's device request against
+/// the node before running: a GPU request on a node without one fails naming the stage, the setting and
+/// the file that set it, and nothing runs (a PPO iteration's task checks `ppo`'s settings).
+#[test]
+fn shard_task_refuses_a_gpu_request_on_a_node_without_one() {
+    assert!(!mmboundary::stages::device::gpu_visible(), "this check is for a machine without a GPU");
+    let dir = tempfile::tempdir().unwrap();
+    let stages = dir.path().join("stages");
+    std::fs::create_dir_all(&stages).unwrap();
+    let project = stages.join("project.toml");
+    std::fs::write(&project, "[model]\ndevice = \"cuda\"\n").unwrap();
+    for (stage, config) in [("generate", "generate"), ("rollout_0", "ppo")] {
+        let task = dir.path().join(format!("{stage}.json"));
+        std::fs::write(&task, serde_json::json!({ "job": { "stage": stage } }).to_string()).unwrap();
+        let store = dir.path().join("artifacts");
+        let o = mmb(&store, &["--stages", stages.to_str().unwrap(), "shard-task", task.to_str().unwrap(), "--index", "0"]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{e}");
+        let want = format!("stage `{config}`: device = \"cuda\" (set in {})", project.display());
+        assert!(e.contains(&want) && e.contains("nothing ran"), "{want}\nnot in\n{e}");
+    }
+}

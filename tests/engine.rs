@@ -540,3 +540,34 @@ fn gc_waits_for_no_run_and_cleans_the_work_folders_of_finished_runs() {
     let s = Pipeline::new(vec![Box::new(trainer_again) as Box<dyn Stage>]).unwrap().run(&store, &RunOptions::default()).unwrap();
     assert!(s.ran.is_empty());
 }
+
+/// What a run would start (what `mmb run`, `sweep` and `compare` hold against this machine up front):
+/// every reached stage before the first run; none once all are up to date; a forced stage and what is
+/// after it; only what the target reaches; a changed stage and what is after it; nothing runs meanwhile.
+#[test]
+fn to_run_names_the_stages_a_run_would_start_and_no_up_to_date_one() {
+    let (_d, store) = tmp_store();
+    let (p, c) = chain(10, 2);
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let opts = |target: Option<&str>, force: &[&str]| RunOptions {
+        target: target.map(String::from),
+        force: force.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    assert_eq!(sorted(p.to_run(&store, &opts(None, &[])).unwrap()), ["scale", "side", "source", "sum"]);
+    assert_eq!(sorted(p.to_run(&store, &opts(Some("scale"), &[])).unwrap()), ["scale", "source"]);
+    p.run(&store, &RunOptions::default()).unwrap();
+    assert!(p.to_run(&store, &opts(None, &[])).unwrap().is_empty());
+    assert_eq!(p.to_run(&store, &opts(None, &["scale"])).unwrap(), ["scale", "sum"]);
+    assert!(p.to_run(&store, &opts(Some("side"), &["scale"])).unwrap().is_empty());
+    let (tripled, _) = chain(10, 3);
+    assert_eq!(tripled.to_run(&store, &opts(None, &[])).unwrap(), ["scale", "sum"]);
+    // Another variant's lock has recorded nothing yet.
+    let variant = RunOptions { lock: Some("variant".into()), ..Default::default() };
+    assert_eq!(p.to_run(&store, &variant).unwrap().len(), 4);
+    assert!(p.to_run(&store, &opts(None, &["nope"])).is_err());
+    assert_eq!(["source", "scale", "side", "sum"].map(|s| c.get(s)), [1, 1, 1, 1]);
+}

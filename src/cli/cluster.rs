@@ -50,6 +50,9 @@ pub fn shard_task(store: &Path, stages: &Path, a: ShardTaskArgs) -> anyhow::Resu
     let job: serde_json::Value = serde_json::from_slice(&std::fs::read(&a.task).map_err(|e| anyhow::anyhow!("{}: {e}", a.task.display()))?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.task.display()))?;
     let name = job["job"]["stage"].as_str().ok_or_else(|| anyhow::anyhow!("{}: no job.stage", a.task.display()))?;
+    // This node must have what the stage asks for (the submitting machine left it to this one).
+    let configs = super::pipeline::configs_for(stages, a.preset.as_deref())?;
+    crate::stages::device::check_machine(&configs, &[name], |_| false, &crate::stages::device::Machine::this())?;
     let store = Store::open(store)?;
     let manifest = run_task(pipeline.get(name)?, &store, &a.task, a.index)?;
     eprintln!("wrote {}", manifest.display());

@@ -54,9 +54,9 @@ pub struct DagArgs {
 pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
     let (pipeline, lock_name) = pipeline_for(stages, a.preset.as_deref())?;
     let executor = super::cluster::executors(store, stages, a.executor, a.preset.as_deref())?;
-    check_machine(&pipeline, &configs_for(stages, a.preset.as_deref())?, a.target.as_deref(), executor.as_deref())?;
     let store = Store::open(store)?;
     let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force, lock: lock_name.clone(), executor };
+    check_machine(&pipeline, &configs_for(stages, a.preset.as_deref())?, &store, &opts)?;
     let s = pipeline.run(&store, &opts)?;
     let restored = if s.restored.is_empty() { String::new() } else { format!("; restored from the run-cache: {}", s.restored.join(", ")) };
     if s.ran.is_empty() {
@@ -73,25 +73,19 @@ pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Refuses a run whose stages (those `target` reaches) ask for a device or ONNX execution provider this
-/// machine lacks, before any runs; a stage the executor sends to Slurm is its node's to check.
-fn check_machine(
-    p: &Pipeline,
-    configs: &crate::stages::StageConfigs,
-    target: Option<&str>,
-    exec: Option<&crate::engine::executor::Executors>,
-) -> anyhow::Result<()> {
-    let reached = match target {
-        Some(t) => p.ancestors_and_self(t)?,
-        None => p.ordered().map(|s| s.name().to_string()).collect(),
-    };
-    let names: Vec<&str> = reached.iter().map(String::as_str).collect();
+/// Refuses a run whose stages (those it will run: reached by its target and not up to date) ask for a
+/// device or ONNX execution provider this machine lacks, before any runs; a stage the executor sends to
+/// Slurm is its node's to check.
+fn check_machine(p: &Pipeline, configs: &crate::stages::StageConfigs, store: &Store, opts: &RunOptions) -> anyhow::Result<()> {
+    let will_run = p.to_run(store, opts)?;
+    let names: Vec<&str> = will_run.iter().map(String::as_str).collect();
+    let exec = opts.executor.as_deref();
     let slurm = |s: &str| exec.is_some_and(|e| e.file.kind_of(s) == crate::engine::executor::ExecutorKind::Slurm);
     crate::stages::device::check_machine(configs, &names, slurm, &crate::stages::device::Machine::this())
 }
 
 /// The stage configs of the stage files, or of a preset of `presets.toml`.
-fn configs_for(stages: &Path, preset: Option<&str>) -> anyhow::Result<crate::stages::StageConfigs> {
+pub(super) fn configs_for(stages: &Path, preset: Option<&str>) -> anyhow::Result<crate::stages::StageConfigs> {
     let Some(name) = preset else { return Ok(crate::stages::StageConfigs::new(stages)) };
     let file = stages.join("presets.toml");
     let presets = crate::stages::SweepFile::load(&file)?;
@@ -261,8 +255,8 @@ fn run_variants(store: &Path, stages: &Path, a: SweepArgs, kind: VariantTable) -
         let pipeline = crate::stages::pipeline_with(&configs)?;
         // A baseline runs up to its eval (what the table reads), not the report of its own lock.
         let target = a.target.clone().or_else(|| matches!(kind, VariantTable::Baselines).then(|| "eval".to_string()));
-        check_machine(&pipeline, &configs, target.as_deref(), None)?;
         let opts = RunOptions { target, jobs: a.jobs, lock: Some(v.name.clone()), ..Default::default() };
+        check_machine(&pipeline, &configs, &store, &opts)?;
         let s = pipeline.run(&store, &opts)?;
         println!(
             "{:<24} ran [{}]  restored [{}]  up to date {}  ({:.1} s){}",

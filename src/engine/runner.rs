@@ -65,6 +65,25 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// The stages a run with `opts` would start, in pipeline order: those its target reaches that are not
+    /// up to date in its lock (forced ones included; a stage after one that runs is not known fresh, so it
+    /// counts). Nothing runs; what the up-front checks hold against this machine.
+    pub fn to_run(&self, store: &Store, opts: &RunOptions) -> Result<Vec<String>, EngineError> {
+        for f in &opts.force {
+            self.get(f)?;
+        }
+        let selected: BTreeSet<String> = match &opts.target {
+            Some(t) => self.ancestors_and_self(t)?,
+            None => self.ordered().map(|s| s.name().to_string()).collect(),
+        };
+        Ok(self
+            .status_named(store, &opts.force, opts.lock.as_deref())?
+            .into_iter()
+            .filter(|st| selected.contains(&st.stage) && !st.is_fresh())
+            .map(|st| st.stage)
+            .collect())
+    }
+
     /// Runs what is stale, make-style, holding the store lock throughout.
     pub fn run(&self, store: &Store, opts: &RunOptions) -> Result<RunSummary, EngineError> {
         let start = Instant::now();
