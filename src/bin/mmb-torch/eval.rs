@@ -43,9 +43,10 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             "vanilla" => None,
             "sft" => Some(ctx.input_path("sft_checkpoint")?),
             "full" => Some(ctx.input_path("ppo_checkpoint")?),
+            mmboundary::stages::dpo::DPO_POLICY => Some(ctx.input_path("dpo_checkpoint")?),
             // The SC baseline samples the vanilla model.
             SC_POLICY => None,
-            other => anyhow::bail!("eval.variants: unknown variant `{other}` (expected vanilla, sft, full or {SC_POLICY})"),
+            other => anyhow::bail!("eval.variants: unknown variant `{other}` (expected vanilla, sft, full, {SC_POLICY} or dpo)"),
         };
         let pol = policy::load(&model_dir, device, dtype, ck.as_deref())?;
         let images = ImageInputs::new(&pol.model, &model_dir, &features)?;

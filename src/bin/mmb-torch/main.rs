@@ -2,6 +2,7 @@
 //! loads libtorch. `mmb` hands it a job file (stage, params, input ids, store) and reads back the ids of
 //! what it wrote; see `src/stages/worker.rs`.
 mod demo_mllm;
+mod dpo;
 mod eval;
 mod generate;
 mod inputs;
@@ -38,6 +39,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     match job.stage.as_str() {
         "generate" => generate::run(&ctx)?,
         "sft" => sft::run(&ctx)?,
+        "dpo" => dpo::run(&ctx)?,
         "demo_mllm" => demo_mllm::run(&ctx)?,
         "ppo" => ppo::gather(&ctx)?,
         "eval" => eval::run(&ctx)?,
