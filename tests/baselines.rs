@@ -648,3 +648,25 @@ fn conf_csr_trains_with_dpo_and_its_policy_is_evaluated() {
     let s = csr.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
     assert!(s.ran.is_empty(), "{:?}", s.ran);
 }
+
+/// SC's K draws of one item come from distinct seed streams: draw k is the item's stream k + 1 (stream 0
+/// is the greedy chain's), different from every other draw, from the greedy chain and from another
+/// item's draws, and the same whatever else is generated with it.
+#[test]
+fn sc_draws_of_an_item_use_distinct_seed_streams() {
+    use mmboundary::engine::item_seed;
+    use mmboundary::stages::self_consistency::draw_seed;
+    let k = mmboundary::stages::self_consistency::ScParams::default().samples;
+    assert_eq!(k, 5);
+    let x1: Vec<u64> = (0..k).map(|d| draw_seed(0, "x1", d)).collect();
+    assert_eq!(x1, (1..=k as u64).map(|s| item_seed(0, "x1", s)).collect::<Vec<_>>());
+    let mut all: Vec<u64> = x1.clone();
+    all.push(item_seed(0, "x1", 0));
+    all.extend((0..k).map(|d| draw_seed(0, "x2", d)));
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "K draws, the greedy chain and another item's draws: all distinct seeds");
+    // Another eval seed moves every stream.
+    assert!((0..k).all(|d| draw_seed(1, "x1", d) != x1[d]));
+}
