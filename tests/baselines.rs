@@ -38,7 +38,7 @@ fn judge() -> ChainJudge {
 fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
     let f = baselines();
     let names: Vec<&str> = f.variant.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["dpv", "dps", "drl", "sc", "multisample", "sayself"]);
+    assert_eq!(names, ["dpv", "dps", "drl", "sc", "multisample", "sayself", "conf_csr"]);
     for v in &f.variant {
         let configs = StageConfigs { dir: stages_dir(), overrides: v.params.clone() };
         let p = mmboundary::stages::pipeline_with(&configs).unwrap_or_else(|e| panic!("{}: {e:#}", v.name));
@@ -87,6 +87,18 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
                 let ms = f.variant.iter().find(|v| v.name == "multisample").unwrap();
                 assert_eq!(v.params["generate"], ms.params["generate"]);
             }
+            "conf_csr" => {
+                assert_eq!(v.row(), "dpo");
+                // The same sampled (and scored) chains as Multisample and SaySelf.
+                let ms = f.variant.iter().find(|v| v.name == "multisample").unwrap();
+                assert_eq!(v.params["generate"], ms.params["generate"]);
+                let inputs = |s: &str| -> Vec<String> { p.get(s).unwrap().inputs().iter().map(|i| i.name.clone()).collect() };
+                assert_eq!(inputs("csr_pairs"), ["scored"]);
+                assert_eq!(inputs("dpo"), ["pairs", "items", "features", "model"]);
+                assert!(inputs("eval").contains(&"dpo_checkpoint".to_string()), "{:?}", inputs("eval"));
+                let pairs: mmboundary::stages::csr_pairs::CsrPairsParams = configs.params("csr_pairs").unwrap();
+                assert_eq!(pairs.clip_alpha, 0.9);
+            }
             other => panic!("untested baseline {other}"),
         }
     }
@@ -99,6 +111,12 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
     assert!(!params.contains("\"start\"") && !params.contains("start_mode"), "{params}");
     let eval_params = main.get("eval").unwrap().params().to_string();
     assert!(!eval_params.contains("\"sc\""), "{eval_params}");
+    // Conf-CSR's stages are not part of the main run (nothing there reads them), and eval's inputs are the
+    // checkpoints of sft and ppo only.
+    let names: Vec<&str> = main.ordered().map(|s| s.name()).collect();
+    assert!(!names.contains(&"dpo") && !names.contains(&"csr_pairs"), "{names:?}");
+    let eval_inputs: Vec<String> = main.get("eval").unwrap().inputs().iter().map(|i| i.name.clone()).collect();
+    assert_eq!(eval_inputs, ["items", "features", "sft_checkpoint", "ppo_checkpoint", "model"]);
 }
 
 #[test]
@@ -474,4 +492,181 @@ fn sayself_targets_say_the_consistency_once_after_the_response() {
             "Hmm. Confidence: 0/10."
         ]
     );
+}
+
+/// CSR's self-reward on hand-computed values: ranks best first over n (best 1/n; ties in input order),
+/// R = 0.1·rank(U_LNLP, lower first) + 0.9·rank(CLIPScore, higher first), a path's mean R, the first
+/// lowest path chosen and the last highest rejected, and the confidences R min-max flipped.
+#[test]
+fn conf_csr_self_reward_on_hand_computed_values() {
+    use mmboundary::confidence::csr::{best_worst, confidences, path_score, rank_normalize, sentence_rewards, CLIP_ALPHA};
+    let close = |a: &[f64], b: &[f64]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+    assert!(close(&rank_normalize(&[3.0, 1.0, 2.0], false).unwrap(), &[1.0, 1.0 / 3.0, 2.0 / 3.0]));
+    // Descending, the tie (0.2, 0.2) in input order.
+    assert!(close(&rank_normalize(&[0.2, 0.5, 0.2, 0.1], true).unwrap(), &[0.5, 0.25, 0.75, 1.0]));
+    assert!(rank_normalize(&[0.1, f64::NAN], true).is_err());
+    assert_eq!(CLIP_ALPHA, 0.9);
+    // rank_T = [1, 1/3, 2/3], rank_I = [1/3, 1, 2/3]: the image decides.
+    let r = sentence_rewards(&[3.0, 1.0, 2.0], &[0.3, 0.1, 0.2], CLIP_ALPHA).unwrap();
+    assert!(close(&r, &[0.1 + 0.3, 0.1 / 3.0 + 0.9, 0.2 / 3.0 + 0.6]), "{r:?}");
+    // α = 0: the likelihood alone.
+    assert!(close(&sentence_rewards(&[3.0, 1.0, 2.0], &[0.3, 0.1, 0.2], 0.0).unwrap(), &[1.0, 1.0 / 3.0, 2.0 / 3.0]));
+    assert!(sentence_rewards(&[1.0], &[0.1, 0.2], 0.9).is_err());
+    assert!(sentence_rewards(&[1.0], &[0.1], 1.5).is_err());
+    assert!((path_score(&[0.4, 0.9]).unwrap() - 0.65).abs() < 1e-12);
+    assert!(path_score(&[]).is_err());
+    assert_eq!(best_worst(&[0.5, 0.3, 0.7, 0.3, 0.7]).unwrap(), Some((1, 4)));
+    assert_eq!(best_worst(&[0.5]).unwrap(), None);
+    assert_eq!(best_worst(&[0.2, 0.2]).unwrap(), None);
+    assert!(close(&confidences(&[0.4, 0.9, 0.65]).unwrap(), &[1.0, 0.0, 0.5]));
+    assert_eq!(confidences(&[0.3, 0.3]).unwrap(), vec![0.5, 0.5]);
+}
+
+/// Conf-CSR's pairs on known `score` rows. Item a has three chains (ranked among its five sentences):
+/// U_LNLP [1.0, 2.0 | 1.5, 3.0 | 1.2] → rank_T [.2, .8 | .6, 1 | .4]; CLIPScore [.30, .25 | .10, .05 | .20]
+/// → rank_I [.2, .4 | .8, 1 | .6]; R = [.20, .44 | .78, 1.0 | .58], paths .32, .89, .58: chain 0 chosen,
+/// chain 1 rejected. Item b has one chain (R = 1, no pair); item c is in val (left out). Confidences over
+/// the dataset (lo .2, hi 1): [1, .7 | .275, 0 | .525] and b's 0 → levels [5, 4 | 2, 1 | 3], 1.
+#[test]
+fn conf_csr_pairs_are_the_best_and_worst_chains_of_known_rows() {
+    use arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array};
+    use arrow::datatypes::{UInt32Type, UInt8Type};
+    use mmboundary::confidence::statements::StatementPool;
+    use mmboundary::stages::csr_pairs::{csr_pairs, CsrPairsParams};
+    // (item, split, sample, sentence, text, lnlp, clipscore); a's chain 0 out of order.
+    let rows = [
+        ("a", "train", 0u32, 1u32, "It is round.", 2.0, 0.25),
+        ("a", "train", 0, 0, "There is a red circle.", 1.0, 0.30),
+        ("a", "train", 1, 0, "There is a blue square.", 1.5, 0.10),
+        ("a", "train", 1, 1, "It has corners.", 3.0, 0.05),
+        ("a", "train", 2, 0, "I see a shape.", 1.2, 0.20),
+        ("b", "train", 0, 0, "A dog.", 1.0, 0.5),
+        ("c", "val", 0, 0, "A cat.", 1.0, 0.5),
+        ("c", "val", 1, 0, "A bird.", 2.0, 0.1),
+    ];
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("item_id", std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0)))),
+        ("split", std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1)))),
+        ("sample", std::sync::Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.2)))),
+        ("sentence", std::sync::Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.3)))),
+        ("text", std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.4)))),
+        ("lnlp", std::sync::Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.5)))),
+        ("clipscore", std::sync::Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.6)))),
+    ];
+    let scored = arrow::record_batch::RecordBatch::try_from_iter(cols).unwrap();
+    let pool = StatementPool::from_toml(&std::fs::read_to_string(pool_path()).unwrap(), "statements.toml").unwrap();
+    let params = CsrPairsParams { pool: pool_path(), ..Default::default() };
+    let (pairs, rewards) = csr_pairs(&pool, &params, &scored).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    // Per-sentence rewards, in (item, sample, sentence) order.
+    let r: Vec<f64> = rewards.column_by_name("reward").unwrap().as_primitive::<Float64Type>().values().to_vec();
+    let want_r = [0.2, 0.44, 0.78, 1.0, 0.58, 1.0];
+    assert!(r.len() == 6 && r.iter().zip(want_r).all(|(a, b)| close(*a, b)), "{r:?}");
+    let c: Vec<f64> = rewards.column_by_name("confidence").unwrap().as_primitive::<Float64Type>().values().to_vec();
+    assert!(c.iter().zip([1.0, 0.7, 0.275, 0.0, 0.525, 0.0]).all(|(a, b)| close(*a, b)), "{c:?}");
+    let levels: Vec<u8> = rewards.column_by_name("level").unwrap().as_primitive::<UInt8Type>().values().to_vec();
+    assert_eq!(levels, [5, 4, 2, 1, 3, 1]);
+    let texts: Vec<&str> = rewards.column_by_name("text").unwrap().as_string::<i32>().iter().map(|t| t.unwrap()).collect();
+    assert_eq!(texts[..2], ["There is a red circle.", "It is round."]);
+    // One pair: a's chain 0 over its chain 1.
+    assert_eq!(pairs.num_rows(), 1);
+    assert_eq!(pairs.column_by_name("item_id").unwrap().as_string::<i32>().value(0), "a");
+    assert_eq!(pairs.column_by_name("chosen_sample").unwrap().as_primitive::<UInt32Type>().value(0), 0);
+    assert_eq!(pairs.column_by_name("rejected_sample").unwrap().as_primitive::<UInt32Type>().value(0), 1);
+    assert!(close(pairs.column_by_name("chosen_score").unwrap().as_primitive::<Float64Type>().value(0), 0.32));
+    assert!(close(pairs.column_by_name("rejected_score").unwrap().as_primitive::<Float64Type>().value(0), 0.89));
+    // The responses carry a statement of each sentence's level, as the parser reads them back.
+    let parser = mmboundary::confidence::parser::Parser::new(&pool, Default::default());
+    let level_of = |statement: &str| -> Vec<u8> {
+        let norm = |x: &str| x.trim().trim_end_matches('.').to_lowercase();
+        pool.iter().filter(|(_, t)| norm(t) == norm(statement)).map(|(l, _)| l).collect()
+    };
+    for (col, want) in [("chosen", [("There is a red circle", 5u8), ("It is round", 4)]), ("rejected", [("There is a blue square", 2), ("It has corners", 1)])] {
+        let text = pairs.column_by_name(col).unwrap().as_string::<i32>().value(0).to_string();
+        let parsed = parser.parse(&text);
+        assert_eq!(parsed.pairs.len(), 2, "{text}");
+        for (p, (sentence, level)) in parsed.pairs.iter().zip(want) {
+            assert!(p.sentence.starts_with(sentence), "{text}");
+            let st = p.statement.as_deref().unwrap_or_else(|| panic!("no statement in {text}"));
+            assert_eq!(level_of(st), vec![level], "{st:?} in {text}");
+        }
+    }
+    // Only val rows: nothing to pair, a clear error.
+    let only_val = CsrPairsParams { splits: vec!["test".into()], ..params };
+    let e = csr_pairs(&pool, &only_val, &scored).unwrap_err().to_string();
+    assert!(e.contains("no scored sentences") && e.contains("test"), "{e}");
+}
+
+/// Conf-CSR end to end on the tiny pipeline: m = 2 sampled chains per question, scored, paired by CSR's
+/// self-reward, DPO from the vanilla model (the first step's loss is ln 2: the policy is its reference),
+/// a checkpoint whose LoRA adapters moved off their zero start, and eval of the DPO policy. Nothing of
+/// the warm-up runs.
+#[test]
+fn conf_csr_trains_with_dpo_and_its_policy_is_evaluated() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = dir.path().join("mmb-torch");
+    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
+    std::env::set_var("MMB_TORCH", &worker);
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let model = tiny_llava(dir.path());
+    let csr = common::tiny::pipeline_with(&model, |p| {
+        p.generate.samples = 2;
+        p.generate.temperature = 0.7;
+        p.eval.variants = vec!["dpo".into()];
+    });
+    let s = csr.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    for st in ["generate", "score", "csr_pairs", "dpo", "eval"] {
+        assert!(s.ran.iter().any(|r| r == st), "{st} did not run: {:?}", s.ran);
+    }
+    assert!(!s.ran.iter().any(|r| ["bin", "map", "sft"].contains(&r.as_str())), "{:?}", s.ran);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let table = |stage: &str, out: &str| {
+        store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap()
+    };
+    let pairs = table("csr_pairs", "pairs");
+    assert!(pairs.num_rows() >= 1 && pairs.num_rows() <= 4, "{}", pairs.num_rows());
+    let (cs, rs) = (
+        pairs.column_by_name("chosen_score").unwrap().as_primitive::<Float64Type>(),
+        pairs.column_by_name("rejected_score").unwrap().as_primitive::<Float64Type>(),
+    );
+    assert!((0..pairs.num_rows()).all(|r| cs.value(r) < rs.value(r)));
+    let log = table("dpo", "log");
+    assert_eq!(log.num_rows(), 1, "max_steps = 1");
+    let loss = log.column_by_name("loss").unwrap().as_primitive::<Float64Type>().value(0);
+    assert!((loss - std::f64::consts::LN_2).abs() < 1e-5, "first DPO step: policy = reference, loss ln 2, found {loss}");
+    let ck = store.path_of(&ArtifactId::parse(&lock.stages["dpo"].outputs["checkpoint"].id).unwrap(), mmboundary::store::ArtifactKind::Safetensors);
+    let (tensors, meta) = mllm::weights::read_safetensors(&ck).unwrap();
+    assert_eq!(meta["format"], "mmboundary-dpo-v1");
+    let lora_b: Vec<&String> = tensors.keys().filter(|k| k.starts_with("param.") && k.contains("lora_B")).collect();
+    assert!(!lora_b.is_empty(), "{:?}", tensors.keys().collect::<Vec<_>>());
+    let moved = lora_b.iter().filter(|k| tensors[**k].abs().max().double_value(&[]) > 0.0).count();
+    assert_eq!(moved, lora_b.len(), "every LoRA B starts at zero and must have moved after one step");
+    let m = table("eval", "metrics");
+    let variants = m.column_by_name("variant").unwrap().as_string::<i32>();
+    assert!(m.num_rows() > 0 && variants.iter().flatten().all(|v| v == "dpo"));
+    // A rerun is up to date (the dpo stage is cached like sft).
+    let s = csr.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    assert!(s.ran.is_empty(), "{:?}", s.ran);
+}
+
+/// SC's K draws of one item come from distinct seed streams: draw k is the item's stream k + 1 (stream 0
+/// is the greedy chain's), different from every other draw, from the greedy chain and from another
+/// item's draws, and the same whatever else is generated with it.
+#[test]
+fn sc_draws_of_an_item_use_distinct_seed_streams() {
+    use mmboundary::engine::item_seed;
+    use mmboundary::stages::self_consistency::draw_seed;
+    let k = mmboundary::stages::self_consistency::ScParams::default().samples;
+    assert_eq!(k, 5);
+    let x1: Vec<u64> = (0..k).map(|d| draw_seed(0, "x1", d)).collect();
+    assert_eq!(x1, (1..=k as u64).map(|s| item_seed(0, "x1", s)).collect::<Vec<_>>());
+    let mut all: Vec<u64> = x1.clone();
+    all.push(item_seed(0, "x1", 0));
+    all.extend((0..k).map(|d| draw_seed(0, "x2", d)));
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "K draws, the greedy chain and another item's draws: all distinct seeds");
+    // Another eval seed moves every stream.
+    assert!((0..k).all(|d| draw_seed(1, "x1", d) != x1[d]));
 }

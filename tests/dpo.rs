@@ -286,3 +286,21 @@ fn dpo_resume_mid_epoch_continues_exactly() {
     let err = sft.resume(&sft_ckpt).unwrap_err().to_string();
     assert!(err.contains("expected format mmboundary-sft-v1") && err.contains("mmboundary-dpo-v1"), "{err}");
 }
+
+/// The `dpo` stage resumes from the latest finished checkpoint of its work folder: step order by the
+/// zero-padded step, a `.pending.` file (an interrupted write) and other stems ignored.
+#[test]
+fn the_latest_finished_checkpoint_is_the_one_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(mllm::dpo::latest_checkpoint(dir.path(), "dpo").unwrap(), None);
+    for name in [
+        "dpo-step000002-aaaa.safetensors",
+        "dpo-step000010-bbbb.safetensors",
+        "dpo-step000011.pending.safetensors",
+        "sft-step000099-cccc.safetensors",
+        "dpo-step000012-dddd.json",
+    ] {
+        std::fs::write(dir.path().join(name), b"x").unwrap();
+    }
+    assert_eq!(mllm::dpo::latest_checkpoint(dir.path(), "dpo").unwrap(), Some(dir.path().join("dpo-step000010-bbbb.safetensors")));
+}

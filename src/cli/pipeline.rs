@@ -179,8 +179,8 @@ fn run_seeds(store: &Path, stages: &Path, a: SweepArgs, n: u64) -> anyhow::Resul
         let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: seed_overrides(&base, k)? };
         let pipeline = crate::stages::pipeline_with(&configs)?;
         let lock = seed_run_name(k);
-        check_machine(&pipeline, &configs, Some("eval"), None)?;
         let opts = RunOptions { target: Some("eval".into()), jobs: a.jobs, lock: Some(lock.clone()), ..Default::default() };
+        check_machine(&pipeline, &configs, &store, &opts)?;
         let s = pipeline.run(&store, &opts)?;
         println!("{lock:<10} ran [{}]  restored [{}]  up to date {}  ({:.1} s)", s.ran.join(", "), s.restored.join(", "), s.fresh.len(), s.seconds);
         let eval = fresh_eval(&store, &pipeline, Some(&lock))?.ok_or_else(|| anyhow::anyhow!("{lock}: its eval is not up to date after the run"))?;

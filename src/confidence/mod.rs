@@ -22,6 +22,7 @@
 //!   [`rewards::sentence_correctness`] (I) → [`rewards::response_reward`].
 //! - eval: the same parse + map, then `crate::metrics`.
 pub mod consistency;
+pub mod csr;
 pub mod levels;
 pub mod parser;
 pub mod rewards;

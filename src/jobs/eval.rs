@@ -9,7 +9,7 @@ use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::chain_judge::ChainJudge;
 use mmboundary::stages::image_swap;
 use mmboundary::stages::eval::{evaluate, metrics_schema, sentences_schema, EvalChain, EvalParams};
-use mmboundary::stages::self_consistency::{sc_chain_text, SC_POLICY};
+use mmboundary::stages::self_consistency::{draw_seed as sc_draw_seed, sc_chain_text, SC_POLICY};
 use std::collections::HashMap;
 use std::str::FromStr;
 
@@ -43,9 +43,10 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             "vanilla" => None,
             "sft" => Some(ctx.input_path("sft_checkpoint")?),
             "full" => Some(ctx.input_path("ppo_checkpoint")?),
+            mmboundary::stages::dpo::DPO_POLICY => Some(ctx.input_path("dpo_checkpoint")?),
             // The SC baseline samples the vanilla model.
             SC_POLICY => None,
-            other => anyhow::bail!("eval.variants: unknown variant `{other}` (expected vanilla, sft, full or {SC_POLICY})"),
+            other => anyhow::bail!("eval.variants: unknown variant `{other}` (expected vanilla, sft, full, {SC_POLICY} or dpo)"),
         };
         let pol = policy::load(&model_dir, device, dtype, ck.as_deref())?;
         let images = ImageInputs::new(&pol.model, &model_dir, &features)?;
@@ -75,7 +76,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
                     for k in 0..p.sc.samples {
                         let sp = GenerationParams {
                             temperature: p.sc.temperature,
-                            row_seeds: chunk.iter().map(|&i| item_seed(p.seed, &selected[i].id, k as u64 + 1)).collect(),
+                            row_seeds: chunk.iter().map(|&i| sc_draw_seed(p.seed, &selected[i].id, k)).collect(),
                             ..gp.clone()
                         };
                         for (&i, g) in chunk.iter().zip(generate_multimodal(&pol.model, &prompts, &sp, Some(&tok))?) {

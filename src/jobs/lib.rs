@@ -5,13 +5,14 @@
 //! Modules, each using only those above it in this list:
 //! - `inputs`: what the model stages share (image inputs per family, prompts, trainer params);
 //! - `policy`: loading a policy (base model plus an SFT or PPO checkpoint) and the stage's device;
-//! - `generate`, `sft`, `demo_mllm`, `ppo` (rollouts, updates, gather), `eval`: one stage each.
+//! - `generate`, `sft`, `dpo`, `demo_mllm`, `ppo` (rollouts, updates, gather), `eval`: one stage each.
 //!
 //! These files are compiled twice: as this library (package `mmboundary-jobs`, where their tests run
 //! in-process) and as the worker binary's `jobs` module (src/bin/mmb-torch/main.rs), because the binary
 //! belongs to the `mmboundary` package, which this one depends on. Paths between modules are therefore
 //! relative (`super::`), never `crate::`.
 pub mod demo_mllm;
+pub mod dpo;
 pub mod eval;
 pub mod generate;
 pub mod inputs;
@@ -29,6 +30,7 @@ pub fn run_stage(ctx: &StageContext) -> anyhow::Result<()> {
     match ctx.stage() {
         "generate" => generate::run(ctx),
         "sft" => sft::run(ctx),
+        "dpo" => dpo::run(ctx),
         "demo_mllm" => demo_mllm::run(ctx),
         "ppo" => ppo::gather(ctx),
         "eval" => eval::run(ctx),

@@ -339,3 +339,43 @@ impl DpoTrainer {
         self.pos.step
     }
 }
+
+/// The latest finished checkpoint of `stem` in `dir` (`{stem}-step{N:06}-{hash}.safetensors`; a
+/// `.pending.` file an interrupted write left behind is not one).
+pub fn latest_checkpoint(dir: &Path, stem: &str) -> Result<Option<std::path::PathBuf>> {
+    let mut done: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(super::io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with(&format!("{stem}-step")) && name.ends_with(".safetensors") && !name.contains(".pending.")
+        })
+        .collect();
+    done.sort();
+    Ok(done.pop())
+}
+
+/// A resumable DPO run in `work` (a stage's work folder, kept across a crash): the trainer on `model`
+/// (with LoRA, adapters attached), the reference log-probs of the model as loaded (before any resume:
+/// with zero adapters, the base model), the latest checkpoint in `work` restored if there is one, the
+/// remaining training, and the final checkpoint. Returns the rows of the steps run now and the final
+/// checkpoint.
+pub fn train_resumable<M: EmbedInputs + AsMutLm>(
+    vs: &nn::VarStore,
+    model: &mut M,
+    params: DpoParams,
+    data: &[DpoExample],
+    work: &Path,
+) -> Result<(DpoReport, Checkpoint)> {
+    std::fs::create_dir_all(work).map_err(super::io_err(work))?;
+    let batch = params.batch_size;
+    let mut trainer = DpoTrainer::new(vs, model, params)?;
+    let refs = reference_logps(&*model, data, batch)?;
+    if let Some(last) = latest_checkpoint(work, "dpo")? {
+        eprintln!("dpo: resuming from {}", last.display());
+        trainer.resume(&last)?;
+    }
+    let report = trainer.train(&*model, data, &refs, work)?;
+    let last = trainer.save(work)?;
+    Ok((report, last))
+}

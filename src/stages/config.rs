@@ -109,7 +109,7 @@ pub struct Variant {
     /// Stage → params overrides.
     #[serde(default)]
     pub params: BTreeMap<String, toml::Table>,
-    /// Which policy of the variant's `eval` is its result (`vanilla`, `sft`, `full` or `sc`; None: `full`). A
+    /// Which policy of the variant's `eval` is its result (`vanilla`, `sft`, `full`, `sc` or `dpo`; None: `full`). A
     /// prompting baseline (`mmb compare`'s DPV, DPS) is the vanilla model under its own prompt.
     #[serde(default)]
     pub row: Option<String>,
@@ -136,13 +136,15 @@ impl SweepFile {
             );
             anyhow::ensure!(seen.insert(v.name.clone()), "{}: variant {:?} appears twice", path.display(), v.name);
             anyhow::ensure!(
-                super::eval::VARIANTS.contains(&v.row()) || v.row() == super::self_consistency::SC_POLICY,
-                "{}: variant {:?}: row {:?} is not an eval policy (expected one of {:?} or {:?})",
+                super::eval::VARIANTS.contains(&v.row())
+                    || [super::self_consistency::SC_POLICY, super::dpo::DPO_POLICY].contains(&v.row()),
+                "{}: variant {:?}: row {:?} is not an eval policy (expected one of {:?}, {:?} or {:?})",
                 path.display(),
                 v.name,
                 v.row(),
                 super::eval::VARIANTS,
-                super::self_consistency::SC_POLICY
+                super::self_consistency::SC_POLICY,
+                super::dpo::DPO_POLICY
             );
         }
         Ok(f)

@@ -46,7 +46,7 @@ pub struct EvalParams {
     pub instruction: Option<String>,
     pub device: String,
     pub dtype: String,
-    /// Which of `vanilla`, `sft`, `full` to evaluate.
+    /// Which of `vanilla`, `sft`, `full` to evaluate (or a baseline's policy: `sc`, `dpo`).
     pub variants: Vec<String>,
     /// The paper's val/test and the out-of-domain split.
     pub splits: Vec<String>,
@@ -149,6 +149,7 @@ impl Stage for EvalStage {
             .into_iter()
             .chain(wants("sft").then(|| InputSpec::new("sft_checkpoint", "sft", "checkpoint")))
             .chain(wants("full").then(|| InputSpec::new("ppo_checkpoint", "ppo", "checkpoint")))
+            .chain(wants(super::dpo::DPO_POLICY).then(|| InputSpec::new("dpo_checkpoint", "dpo", "checkpoint")))
             .chain(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM))
             .collect()
     }

@@ -2,10 +2,12 @@
 pub mod bin;
 pub mod chain_judge;
 mod config;
+pub mod csr_pairs;
 pub mod dataset;
 pub mod demo_clip;
 pub mod demo_mllm;
 pub mod device;
+pub mod dpo;
 pub mod eval;
 pub mod features;
 pub mod generate;
@@ -45,11 +47,12 @@ pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
     let (features, score): (features::FeaturesParams, score::ScoreParams) = (c.params("features")?, c.params("score")?);
     let (generate, sft, ppo, eval): (generate::GenerateParams, sft::SftStageParams, ppo::PpoStageParams, eval::EvalParams) =
         (c.params("generate")?, c.params("sft")?, c.params("ppo")?, c.params("eval")?);
+    let dpo: dpo::DpoStageParams = c.params("dpo")?;
     // What the stages share must be one value (stages/project.toml sets it once; a stage file may not split it).
     let m = |model: &Option<std::path::PathBuf>| models::describe(model);
     project::check_agreement(
         "model",
-        &[("generate", m(&generate.model)), ("sft", m(&sft.model)), ("ppo", m(&ppo.model)), ("eval", m(&eval.model))],
+        &[("generate", m(&generate.model)), ("sft", m(&sft.model)), ("ppo", m(&ppo.model)), ("eval", m(&eval.model)), ("dpo", m(&dpo.model))],
     )?;
     project::check_agreement("clip", &[("features", m(&features.clip)), ("score", m(&score.clip)), ("ppo", m(&ppo.clip))])?;
     let pr = |model: &Option<std::path::PathBuf>, p: &Option<String>| {
@@ -62,6 +65,7 @@ pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
             ("sft", pr(&sft.model, &sft.prompt)),
             ("ppo", pr(&ppo.model, &ppo.prompt)),
             ("eval", pr(&eval.model, &eval.prompt)),
+            ("dpo", pr(&dpo.model, &dpo.prompt)),
         ],
     )?;
     let mut stages: Vec<Box<dyn Stage>> = vec![
@@ -77,8 +81,18 @@ pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
     ];
     // rollout_k and update_k for each of the K iterations, then `ppo`, which gathers them.
     stages.extend(ppo::stages(ppo));
+    // The Conf-CSR baseline's preference data and DPO (kept below only when eval evaluates its policy).
+    stages.push(Box::new(csr_pairs::CsrPairsStage { params: c.params("csr_pairs")? }));
+    stages.push(Box::new(dpo::DpoStage { params: dpo }));
     stages.push(Box::new(eval::EvalStage { params: eval }));
     stages.push(Box::new(report::ReportStage { params: c.params("report")? }));
+    // A stage only a baseline reads is part of the pipeline only when something reads it, so the main
+    // run neither runs nor lists it (dpo first: csr_pairs is read by dpo alone).
+    for only_read in ["dpo", "csr_pairs"] {
+        if !stages_reading(&stages, only_read) {
+            stages.retain(|s| s.name() != only_read);
+        }
+    }
     // The demo models are prepared only for the stages that read them: a project that names its own
     // MLLM and CLIP (stages/project.toml) has no demo stage to run.
     let read: Vec<&str> = DEMO_STAGES.into_iter().filter(|d| stages_reading(&stages, d)).collect();

@@ -41,7 +41,7 @@ pub const FILE: &str = "project.toml";
 
 /// The stages whose params take the MLLM (`model`, `device`, `dtype`, `prompt`). `ppo`'s params are also
 /// those of every `rollout_k` and `update_k`.
-pub const MLLM_STAGES: [&str; 4] = ["generate", "sft", "ppo", "eval"];
+pub const MLLM_STAGES: [&str; 5] = ["generate", "sft", "ppo", "eval", "dpo"];
 /// The stages whose params take the CLIP folder (`clip`).
 pub const CLIP_STAGES: [&str; 3] = ["features", "score", "ppo"];
 /// The stages whose params take the judge and the MiniLM (`judge`, `minilm`, the match threshold).

@@ -34,6 +34,13 @@ impl ScParams {
     }
 }
 
+/// The seed of SC's draw `k` (0-based) of one item: the item's stream k + 1 of [`crate::engine::item_seed`]
+/// (stream 0 is its greedy chain's), so the K draws of an item differ from each other and from its greedy
+/// chain, and none depends on the batch or shard the item is in.
+pub fn draw_seed(seed: u64, item: &str, k: usize) -> u64 {
+    crate::engine::item_seed(seed, item, k as u64 + 1)
+}
+
 /// The answer a chain gives, as SC compares answers: the chosen option (`choice:i`) when the item has
 /// options and the answer names one, else the normalized answer text; None without an answer.
 pub fn answer_key(item: &Item, sentences: &[&str], params: &AccuracyParams) -> Option<String> {

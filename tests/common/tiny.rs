@@ -5,7 +5,9 @@ use super::fixtures;
 use mmboundary::data::penumbra::PenumbraParams;
 use mmboundary::engine::{Pipeline, Stage};
 use mmboundary::stages::bin::{BinParams, BinStage};
+use mmboundary::stages::csr_pairs::{CsrPairsParams, CsrPairsStage};
 use mmboundary::stages::dataset::{DatasetParams, DatasetStage};
+use mmboundary::stages::dpo::{DpoStage, DpoStageParams};
 use mmboundary::stages::eval::{EvalParams, EvalStage};
 use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
 use mmboundary::stages::generate::{GenerateParams, GenerateStage};
@@ -50,6 +52,23 @@ pub struct TinyParams {
     pub map: MapParams,
     pub ppo: PpoStageParams,
     pub eval: EvalParams,
+    /// The Conf-CSR baseline's stages (in the pipeline only when eval evaluates the `dpo` policy).
+    pub csr_pairs: CsrPairsParams,
+    pub dpo: DpoStageParams,
+}
+
+fn csr_pairs_params() -> CsrPairsParams {
+    CsrPairsParams { pool: pool_path(), ..Default::default() }
+}
+
+/// One DPO step without warm-up (a warm-up's first step has learning rate 0).
+fn dpo_params(model: &Path) -> DpoStageParams {
+    DpoStageParams {
+        model: Some(model.to_path_buf()),
+        trainer: serde_json::json!({ "epochs": 1, "batch_size": 2, "max_steps": 1, "learning_rate": 1e-3, "warmup_ratio": 0.0 }),
+        device: "cpu".into(),
+        ..Default::default()
+    }
 }
 
 /// The default tiny pipeline with `edit` applied to its params (the baselines' variants).
@@ -59,6 +78,8 @@ pub fn pipeline_with(model: &Path, edit: impl FnOnce(&mut TinyParams)) -> Pipeli
         map: MapParams { pool: pool_path(), ..Default::default() },
         ppo: ppo_params(model, 1.0 / 3.0),
         eval: eval_params(model),
+        csr_pairs: csr_pairs_params(),
+        dpo: dpo_params(model),
     };
     edit(&mut p);
     pipeline_parts(model, p)
@@ -90,11 +111,12 @@ pub fn eval_params(model: &Path) -> EvalParams {
 
 fn pipeline_full(model: &Path, ppo: PpoStageParams, eval: EvalParams) -> Pipeline {
     let map = MapParams { pool: pool_path(), ..Default::default() };
-    pipeline_parts(model, TinyParams { generate: generate_params(model), map, ppo, eval })
+    pipeline_parts(model, TinyParams { generate: generate_params(model), map, ppo, eval, csr_pairs: csr_pairs_params(), dpo: dpo_params(model) })
 }
 
 fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {
-    let TinyParams { generate, map, ppo, eval } = p;
+    let TinyParams { generate, map, ppo, eval, csr_pairs, dpo } = p;
+    let with_dpo = eval.variants.iter().any(|v| v == mmboundary::stages::dpo::DPO_POLICY);
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage {
             params: DatasetParams {
@@ -128,6 +150,10 @@ fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {
         }),
     ];
     stages.extend(mmboundary::stages::ppo::stages(ppo));
+    if with_dpo {
+        stages.push(Box::new(CsrPairsStage { params: csr_pairs }));
+        stages.push(Box::new(DpoStage { params: dpo }));
+    }
     stages.extend::<Vec<Box<dyn Stage>>>(vec![
         Box::new(EvalStage { params: eval }),
         Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }),
