@@ -871,7 +871,62 @@ fn penumbra_scene_descriptions_and_drills_follow_the_graph() {
             assert_eq!(got.len(), words.len(), "no repeats: {:?}", drills[k]);
             assert_eq!(got.into_iter().collect::<std::collections::BTreeSet<_>>(), words, "{:?}", drills[k]);
         }
+        // Object drills: "Describe the <words>." names exactly one object (every word is one of its size,
+        // color, pattern or shape words, and no other object has them all), and the answer is that object's
+        // perception sentence; objects with no short unique name are left out, and no object is asked twice.
+        let object_drills = penumbra::questions::object_drills(s);
+        let mut asked = std::collections::BTreeSet::new();
+        for (prompt, answer) in &object_drills {
+            let words: Vec<&str> = prompt.strip_prefix("Describe the ").unwrap().strip_suffix('.').unwrap().split(' ').collect();
+            // "object" stands for any shape
+            let has = |o: &penumbra::Object| {
+                let own = [o.size.word(), o.color.word(), o.texture.adjective(), o.shape.word()];
+                words.iter().all(|w| *w == "object" || own.contains(w))
+            };
+            let named: Vec<&penumbra::Object> = s.objects.iter().filter(|o| has(o)).collect();
+            assert_eq!(named.len(), 1, "item {i}: {prompt:?} names {} objects", named.len());
+            let o = named[0];
+            assert!(asked.insert(o.id), "item {i}: object {} asked twice", o.id);
+            let full = [o.size.word(), o.color.word(), o.texture.adjective(), o.shape.word()].join(" ");
+            assert_eq!(answer, &format!("There is a {full} {}.", region(o, s.width, s.height)), "item {i}");
+        }
+        assert!(!object_drills.is_empty(), "item {i}: some object of every scene has a short unique name");
+        let with = penumbra::questions::scene_examples(s, Some("Describe."), true, true);
+        assert_eq!(with.len(), 1 + drills.len() + object_drills.len());
+        assert_eq!(&with[1 + drills.len()..], &object_drills[..]);
     }
+}
+
+/// The object drills of one hand-made scene, written out by hand: two red circles need their sizes, the
+/// one square its shape alone.
+#[test]
+fn object_drills_of_a_hand_made_scene() {
+    use penumbra::{Color, Object, Scene, Shape, Size, Style, Texture};
+    let obj = |id, shape, size, texture, x, y| Object { id, shape, color: Color::Red, size, texture, x, y, radius: 6.0, visible_fraction: 1.0 };
+    let scene = Scene {
+        width: 96,
+        height: 96,
+        style: Style::Plain,
+        level: 0,
+        objects: vec![
+            obj(0, Shape::Circle, Size::Small, Texture::Solid, 10.0, 10.0),
+            obj(1, Shape::Circle, Size::Large, Texture::Striped, 80.0, 50.0),
+            obj(2, Shape::Square, Size::Small, Texture::Solid, 50.0, 85.0),
+        ],
+        noise_sigma: 0.0,
+        blur_sigma: 0.0,
+        contrast: 1.0,
+        noise_seed: 0,
+    };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        penumbra::questions::object_drills(&scene),
+        vec![
+            pair("Describe the small circle.", "There is a small red solid circle at the top left."),
+            pair("Describe the large circle.", "There is a large red striped circle on the right."),
+            pair("Describe the square.", "There is a small red solid square at the bottom."),
+        ]
+    );
 }
 
 // ---------------------------------------------------------------- loader bugs of issue 16 (crafted files)

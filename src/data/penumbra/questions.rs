@@ -96,8 +96,9 @@ pub fn describe(scene: &Scene) -> Vec<String> {
 }
 
 /// The extra (prompt, target) examples the demo MLLM trains on for one training scene: its description
-/// under `describe_prompt` (when set) and, with `drills`, the [`perception_drills`].
-pub fn scene_examples(scene: &Scene, describe_prompt: Option<&str>, drills: bool) -> Vec<(String, String)> {
+/// under `describe_prompt` (when set), with `drills` the [`perception_drills`], and with `objects` the
+/// [`object_drills`].
+pub fn scene_examples(scene: &Scene, describe_prompt: Option<&str>, drills: bool, objects: bool) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Some(prompt) = describe_prompt {
         out.push((prompt.to_string(), describe(scene).join(" ")));
@@ -105,7 +106,24 @@ pub fn scene_examples(scene: &Scene, describe_prompt: Option<&str>, drills: bool
     if drills {
         out.extend(perception_drills(scene));
     }
+    if objects {
+        out.extend(object_drills(scene));
+    }
     out
+}
+
+/// Object drills: for every object the scene can name by a short unique description ("the circle", "the
+/// small square"), ("Describe the circle.", its perception sentence: full description and region). The
+/// chains' perception sentences are exactly this step, find the object a question names and read the rest
+/// of it off the image, but buried in long targets whose other tokens the question or priors predict;
+/// a short target that only the image can give makes the decoder learn to look.
+pub fn object_drills(scene: &Scene) -> Vec<(String, String)> {
+    (0..scene.objects.len())
+        .filter_map(|t| {
+            let d = unique_description(&scene.objects, t, None)?;
+            Some((format!("Describe the {}.", d.phrase()), see(scene, &scene.objects[t])))
+        })
+        .collect()
 }
 
 /// Short perception drills on the whole scene, (question, answer): how many objects, which colors, which
