@@ -76,7 +76,8 @@ pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
     ];
     // rollout_k and update_k for each of the K iterations, then `ppo`, which gathers them.
     stages.extend(ppo::stages(ppo));
-    stages.push(Box::new(eval::EvalStage { params: eval }));
+    // eval_chains (the judged chains, item by item), then eval (the metrics from their rows).
+    stages.extend(eval::stages(eval));
     stages.push(Box::new(report::ReportStage { params: c.params("report")? }));
     // The demo models are prepared only for the stages that read them: a project that names its own
     // MLLM and CLIP (stages/project.toml) has no demo stage to run.

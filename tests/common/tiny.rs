@@ -6,7 +6,7 @@ use mmboundary::data::penumbra::PenumbraParams;
 use mmboundary::engine::{Pipeline, Stage};
 use mmboundary::stages::bin::{BinParams, BinStage};
 use mmboundary::stages::dataset::{DatasetParams, DatasetStage};
-use mmboundary::stages::eval::{EvalParams, EvalStage};
+use mmboundary::stages::eval::EvalParams;
 use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
 use mmboundary::stages::generate::{GenerateParams, GenerateStage};
 use mmboundary::stages::map::{MapParams, MapStage};
@@ -128,9 +128,7 @@ fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {
         }),
     ];
     stages.extend(mmboundary::stages::ppo::stages(ppo));
-    stages.extend::<Vec<Box<dyn Stage>>>(vec![
-        Box::new(EvalStage { params: eval }),
-        Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }),
-    ]);
+    stages.extend(mmboundary::stages::eval::stages(eval));
+    stages.push(Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }));
     Pipeline::new(stages).unwrap()
 }

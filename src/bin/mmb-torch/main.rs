@@ -40,7 +40,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         "sft" => sft::run(&ctx)?,
         "demo_mllm" => demo_mllm::run(&ctx)?,
         "ppo" => ppo::gather(&ctx)?,
-        "eval" => eval::run(&ctx)?,
+        "eval_chains" => eval::run(&ctx)?,
         s if s.starts_with("rollout_") => ppo::rollout(&ctx)?,
         s if s.starts_with("update_") => ppo::update(&ctx)?,
         other => anyhow::bail!("mmb-torch has no stage `{other}`"),
