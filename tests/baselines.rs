@@ -202,9 +202,9 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
         p.eval.sc.samples = 2;
     });
     let s = sc.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
-    assert_eq!(s.ran, ["eval"], "SC reads no checkpoint");
+    assert_eq!(s.ran, ["eval_chains", "eval"], "SC reads no checkpoint");
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
-    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
+    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval_chains"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
     let conf: Vec<Option<f64>> = rows.column_by_name("confidence").unwrap().as_primitive::<Float64Type>().iter().collect();
     // With K = 2 every confidence is 0, 1/2 or 1, and every sentence has one (its numeric statement).
     assert!(!conf.is_empty());
@@ -220,7 +220,7 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
         p.eval.variants = vec!["sft".into()];
     });
     let s = ms.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
-    assert_eq!(s.ran, ["generate", "map", "sft", "eval"]);
+    assert_eq!(s.ran, ["generate", "map", "sft", "eval_chains", "eval"]);
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let data = store.read_table(&ArtifactId::parse(&lock.stages["map"].outputs["sft_data"].id).unwrap()).unwrap().concat().unwrap();
     assert_eq!(data.num_rows(), 8, "4 questions × 2 samples");
@@ -244,7 +244,7 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     let ro = store.read_table(&ArtifactId::parse(&lock.stages["ppo"].outputs["rollouts"].id).unwrap()).unwrap().concat().unwrap();
     let rewards: Vec<f64> = ro.column_by_name("reward").unwrap().as_primitive::<Float64Type>().values().to_vec();
     assert!(rewards.iter().all(|r| *r == -1.0 || (-1.0..=1.0).contains(r)), "{rewards:?}");
-    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
+    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval_chains"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
     let (ids, stated, used) = (
         rows.column_by_name("item_id").unwrap().as_string::<i32>(),
         rows.column_by_name("confidence").unwrap().as_primitive::<Float64Type>(),

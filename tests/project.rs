@@ -47,7 +47,7 @@ fn every_stage_that_reads_a_shared_value_takes_it_from_the_project_file() {
     .unwrap();
     let p = mmboundary::stages::pipeline(&stages).unwrap();
     let k = p.get("ppo").unwrap().params()["iterations"].as_u64().unwrap();
-    let mut mllm = vec!["generate".to_string(), "sft".into(), "eval".into()];
+    let mut mllm = vec!["generate".to_string(), "sft".into(), "eval_chains".into()];
     for i in 0..k {
         mllm.extend([format!("rollout_{i}"), format!("update_{i}")]);
     }
@@ -66,7 +66,7 @@ fn every_stage_that_reads_a_shared_value_takes_it_from_the_project_file() {
         assert_eq!(params(&p, s)["clip"], "models/clip", "{s}");
         assert!(p.get(s).unwrap().inputs().iter().all(|i| i.stage != "demo_clip"), "{s} still reads the demo CLIP");
     }
-    for s in ["score", "rollout_0", "eval"] {
+    for s in ["score", "rollout_0", "eval_chains"] {
         let v = params(&p, s);
         assert_eq!(v["minilm"], "models/minilm", "{s}");
         assert_eq!(v["judge"]["kind"], "cross_encoder", "{s}");
@@ -140,7 +140,7 @@ fn an_unset_project_keeps_the_demo_params() {
         assert_eq!(s.params(), after.get(s.name()).unwrap().params(), "{}", s.name());
         assert_eq!(s.device(), after.get(s.name()).unwrap().device(), "{}", s.name());
     }
-    for s in ["generate", "sft", "rollout_0", "update_0", "eval"] {
+    for s in ["generate", "sft", "rollout_0", "update_0", "eval_chains"] {
         let v = params(&after, s);
         assert_eq!(v["prompt"], demo_prompt, "{s}");
         assert!(v["model"].is_null(), "{s}");
@@ -230,7 +230,7 @@ fn changing_a_project_value_reruns_exactly_the_stages_that_read_it() {
     let s = run("report").unwrap();
     let rl = ["rollout_0", "update_0", "rollout_1", "update_1", "ppo"];
     let all: Vec<&str> =
-        ["dataset", "features", "generate", "score", "bin", "map", "sft"].into_iter().chain(rl).chain(["eval", "report"]).collect();
+        ["dataset", "features", "generate", "score", "bin", "map", "sft"].into_iter().chain(rl).chain(["eval_chains", "eval", "report"]).collect();
     assert_eq!(s.ran, all);
     // The prompt each model stage ran with is the folder's own (llava-1.5's), rendered by the worker.
     let lock = LockFile::load(store.root()).unwrap();
@@ -266,12 +266,12 @@ fn changing_a_project_value_reruns_exactly_the_stages_that_read_it() {
     assert_eq!(params(&p, "eval")["match_threshold"], 0.5);
     assert_eq!(params(&p, "score")["match_threshold"], 0.64);
     let s = run("report").unwrap();
-    assert_eq!(s.ran, ["rollout_0", "update_0", "rollout_1", "update_1", "ppo", "eval", "report"]);
+    assert_eq!(s.ran, ["rollout_0", "update_0", "rollout_1", "update_1", "ppo", "eval_chains", "eval", "report"]);
     // The template's prompt written out in the project file: every model stage takes it, generate reruns
     // (its params changed) and writes exactly the chains it wrote with the template rendered by the worker.
     write_project(&stages, &copy, &clip, &format!("prompt = {want_prompt:?}"));
     let p = mmboundary::stages::pipeline(&stages).unwrap();
-    for s in ["generate", "sft", "rollout_0", "update_1", "eval"] {
+    for s in ["generate", "sft", "rollout_0", "update_1", "eval_chains"] {
         assert_eq!(params(&p, s)["prompt"], want_prompt.as_str(), "{s}");
     }
     assert_eq!(run("generate").unwrap().ran, ["generate"]);
@@ -359,7 +359,7 @@ fn the_onnx_provider_is_set_once_and_overridable_per_stage() {
     std::fs::write(stages.join("project.toml"), "[onnx]\nexecution_provider = { kind = \"cuda\", device_id = 1 }\n").unwrap();
     let p = mmboundary::stages::pipeline(&stages).unwrap();
     let want = serde_json::json!({"kind": "cuda", "device_id": 1});
-    for s in ["features", "score", "rollout_0", "update_0", "eval"] {
+    for s in ["features", "score", "rollout_0", "update_0", "eval_chains"] {
         assert_eq!(params(&p, s)["execution_provider"], want, "{s}");
     }
     assert_eq!(p.get("features").unwrap().device(), "ort-cuda/f32");

@@ -454,7 +454,7 @@ fn team_b_pulls_scored_data_and_runs_only_what_follows() {
     assert_eq!(fresh, vec!["dataset", "features", "generate", "score"], "the pulled stages are up to date");
     let eval = RunOptions { target: Some("eval".into()), ..Default::default() };
     let sb = pipeline().run(&b.store(), &eval).unwrap();
-    assert_eq!(sb.ran, vec!["bin", "map", "sft", "rollout_0", "update_0", "ppo", "eval"]);
+    assert_eq!(sb.ran, vec!["bin", "map", "sft", "rollout_0", "update_0", "ppo", "eval_chains", "eval"]);
     assert!(sb.restored.is_empty());
 
     // Team A runs the same rest of the pipeline and gets the same results: bin and map byte for byte;
@@ -466,7 +466,7 @@ fn team_b_pulls_scored_data_and_runs_only_what_follows() {
     for stage in ["bin", "map"] {
         assert_eq!(la.stages[stage].outputs, lb.stages[stage].outputs, "stage {stage}");
     }
-    for stage in ["sft", "rollout_0", "update_0", "ppo", "eval"] {
+    for stage in ["sft", "rollout_0", "update_0", "ppo", "eval_chains", "eval"] {
         for (name, oa) in &la.stages[stage].outputs {
             let ob = &lb.stages[stage].outputs[name];
             same_content(&a.store(), &b.store(), (&oa.id, oa.kind), (&ob.id, ob.kind), &format!("{stage}.{name}"));

@@ -107,6 +107,12 @@ fn batches() -> (RecordBatch, RecordBatch) {
     }
     let n = mv.len();
     let s = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
+    // Each sentence's judge scores against the reference (eval's input; the report does not read them).
+    let mut sim = arrow::array::ListBuilder::new(arrow::array::Float64Builder::new());
+    for &c in &corr {
+        sim.values().append_value(if c { 0.9 } else { 0.1 });
+        sim.append(true);
+    }
     let sentences = RecordBatch::try_new(
         sentences_schema(),
         vec![
@@ -123,6 +129,7 @@ fn batches() -> (RecordBatch, RecordBatch) {
             s(text),
             s(judge),
             Arc::new(Float64Array::from(mc)),
+            Arc::new(sim.finish()),
         ],
     )
     .unwrap();

@@ -31,7 +31,7 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     eprintln!("first run: {:.1} s", s.seconds);
     let rl = ["rollout_0", "update_0", "rollout_1", "update_1", "ppo"];
     let expected: Vec<&str> =
-        ["dataset", "features", "generate", "score", "bin", "map", "sft"].into_iter().chain(rl).chain(["eval", "report"]).collect();
+        ["dataset", "features", "generate", "score", "bin", "map", "sft"].into_iter().chain(rl).chain(["eval_chains", "eval", "report"]).collect();
     assert_eq!(s.ran, expected);
     // The report: a folder artifact with the table, the figures and the page.
     let rep = mmboundary::engine::LockFile::load(store.root()).unwrap().stages["report"].outputs["report"].id.clone();
@@ -124,7 +124,7 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     assert!(meta0.tensors().contains_key("ppo.step") && meta0.tensors().keys().any(|n| n.starts_with("adam.m.")));
 
     // eval: per-sentence rows of the three variants; metrics in range for every variant and split.
-    let sent = table("eval", "sentences");
+    let sent = table("eval_chains", "sentences");
     let variants = sent.column_by_name("variant").unwrap().as_string::<i32>();
     assert!(variants.iter().flatten().all(|v| ["vanilla", "sft", "full"].contains(&v)));
     let m = table("eval", "metrics");
@@ -151,7 +151,7 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     assert!((0..m.num_rows()).all(|r| (ml.value(r) == "all") == acc[r].is_some()), "accuracy is an answer-level metric");
     // image_swap: one row per evaluated chain; its own-image accuracy (scored apart from `evaluate`) is
     // eval's accuracy, and every item was also answered with another item's image.
-    let sw = table("eval", "image_swap");
+    let sw = table("eval_chains", "image_swap");
     let (wv, wsp, wid, wfrom) = (
         sw.column_by_name("variant").unwrap().as_string::<i32>(),
         sw.column_by_name("split").unwrap().as_string::<i32>(),
@@ -182,10 +182,10 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     // (Checked on the status, which is what a run acts on, to keep the test short.)
     let stale =
         |p: Pipeline| -> Vec<String> { p.status(&store, &[]).unwrap().into_iter().filter(|s| !s.is_fresh()).map(|s| s.stage).collect() };
-    let tail: Vec<&str> = rl.iter().copied().chain(["eval", "report"]).collect();
+    let tail: Vec<&str> = rl.iter().copied().chain(["eval_chains", "eval", "report"]).collect();
     assert_eq!(stale(pipeline(&model, 0.5)), tail);
     // One more iteration keeps the first two: only iteration 2 and what gathers it are stale.
-    assert_eq!(stale(pipeline_k(&model, 1.0 / 3.0, 3)), vec!["rollout_2", "update_2", "ppo", "eval", "report"]);
+    assert_eq!(stale(pipeline_k(&model, 1.0 / 3.0, 3)), vec!["rollout_2", "update_2", "ppo", "eval_chains", "eval", "report"]);
 }
 
 fn item() -> Item {

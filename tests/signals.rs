@@ -306,7 +306,7 @@ fn the_judge_is_selectable_recorded_and_keyed() {
     use mmboundary::encoders::cross_encoder::{CrossEncoder, CrossEncoderParams};
     use mmboundary::engine::Stage;
     use mmboundary::stages::chain_judge::ChainJudge;
-    use mmboundary::stages::eval::{evaluate, EvalChain, EvalParams, EvalStage};
+    use mmboundary::stages::eval::{evaluate, EvalChain, EvalChainsStage, EvalParams};
     use mmboundary::stages::judges::{JudgeKind, JudgeParams};
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -354,8 +354,8 @@ fn the_judge_is_selectable_recorded_and_keyed() {
     assert!(names.iter().all(|n| *n == "cross-encoder:cross_encoder_tiny > 0.5"), "{names:?}");
 
     // The judge is in the params (the cache key) and its files among the hashed models.
-    let with = EvalStage { params: params.clone() };
-    let without = EvalStage { params: EvalParams { judge: JudgeParams::default(), ..params.clone() } };
+    let with = EvalChainsStage { params: params.clone() };
+    let without = EvalChainsStage { params: EvalParams { judge: JudgeParams::default(), ..params.clone() } };
     assert_ne!(with.params(), without.params());
     assert!(with.models().contains(&ce_dir.join("model.onnx")) && !without.models().contains(&ce_dir.join("model.onnx")));
     // A cross-encoder without its folder is an error naming the param.

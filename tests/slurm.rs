@@ -225,6 +225,16 @@ fn pipeline_named(name: &str, dir: &Path) -> Pipeline {
                 ..common::tiny::ppo_params(&dir.join("tiny-llava"), 1.0)
             }
         }),
+        // eval on the tiny pipeline: the vanilla model and SC (2 samples at 0.7 per question), the first 3
+        // questions of val, test and ood, with the image-swap pass; no checkpoint, so no training runs.
+        "evaluating" => common::tiny::pipeline_with(&dir.join("tiny-llava"), |p| {
+            p.eval = mmboundary::stages::eval::EvalParams {
+                variants: vec!["vanilla".into(), "sc".into()],
+                limit: Some(3),
+                sc: mmboundary::stages::self_consistency::ScParams { samples: 2, temperature: 0.7 },
+                ..common::tiny::eval_params(&dir.join("tiny-llava"))
+            }
+        }),
         "generating-b1" => generating(dir, 1),
         "generating-b4" => generating(dir, 4),
         other => panic!("no test pipeline `{other}`"),
@@ -585,6 +595,56 @@ fn rollout_sharded_into_4_gives_the_local_rows() {
     assert_eq!(exact, merged == local);
 }
 
+/// The real `eval_chains` (greedy and SC chains per item in `mmb-torch`, judged, and the image-swap pass)
+/// as 4 array tasks, then `eval` (the metrics) over the merged rows: every eval_chains table is the local
+/// run's, byte for byte, and so are the metrics. Items take swap partners from other shards (the partner
+/// comes from the whole selection, input `all_items`).
+fn eval_sharded_into_4_gives_the_local_rows() {
+    std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
+    let (dir, store) = fresh_store();
+    common::tiny_llava(dir.path());
+    let p = pipeline_named("evaluating", dir.path());
+    let target = |o: RunOptions| RunOptions { target: Some("eval".into()), ..o };
+    let ran = p.run(&store, &target(opts(None, &[], None))).unwrap().ran;
+    assert_eq!(ran, ["dataset", "features", "eval_chains", "eval"], "no training for vanilla and SC");
+    let outs = ["chains", "sentences", "image_swap"];
+    let local: Vec<ArtifactId> = outs.iter().map(|o| output_of(&store, None, "eval_chains", o)).collect();
+    let local_metrics = output_of(&store, None, "eval", "metrics");
+    let lock = LockFile::load(store.root()).unwrap();
+    let (local_s, local_eval_s) = (lock.stages["eval_chains"].seconds, lock.stages["eval"].seconds);
+    let t0 = Instant::now();
+    let exec = slurm_for(&["eval_chains"], 4, "evaluating", dir.path());
+    let ran = p.run(&store, &target(opts(None, &["eval_chains", "eval"], exec))).unwrap().ran;
+    let slurm_s = t0.elapsed().as_secs_f64();
+    assert_eq!(ran, ["eval_chains", "eval"]);
+    let key = LockFile::load(store.root()).unwrap().stages["eval_chains"].key.clone();
+    let tasks = load_submissions(&slurm_dir(store.root(), "eval_chains", &key))[0].indexes.len();
+    assert!(tasks >= 2, "the questions spread over {tasks} task(s)");
+    for (o, local) in outs.iter().zip(&local) {
+        let merged = output_of(&store, None, "eval_chains", o);
+        let (a, b) = (store.read_table(local).unwrap().concat().unwrap(), store.read_table(&merged).unwrap().concat().unwrap());
+        let strip = |b: &RecordBatch| RecordBatch::try_new(Arc::new(Schema::new(b.schema().fields().clone())), b.columns().to_vec()).unwrap();
+        assert_eq!(strip(&a), strip(&b), "eval_chains `{o}`: the merged rows equal the local rows");
+        assert_eq!(&merged, local, "eval_chains `{o}`: byte-identical artifact");
+    }
+    let chains = store.read_table(&local[0]).unwrap().concat().unwrap();
+    let items = store.read_table(&output_of(&store, None, "dataset", "items")).unwrap().concat().unwrap();
+    let items = mmboundary::data::items_from_record_batch(&items).unwrap();
+    let questions = mmboundary::stages::eval::select(&items, &["val".into(), "test".into(), "ood".into()], Some(3)).len();
+    assert!(questions >= 4, "{questions} questions");
+    assert_eq!(chains.num_rows(), 2 * questions, "{questions} questions × (vanilla, sc)");
+    let sw = store.read_table(&local[2]).unwrap().concat().unwrap();
+    let (ids, from) = (sw.column_by_name("item_id").unwrap().as_string::<i32>(), sw.column_by_name("swapped_from").unwrap().as_string::<i32>());
+    assert!((0..sw.num_rows()).any(|r| shard_of(ids.value(r), 4) != shard_of(from.value(r), 4)), "no swap partner from another shard");
+    assert_eq!(output_of(&store, None, "eval", "metrics"), local_metrics, "eval's metrics from the merged rows are the local ones");
+    eprintln!(
+        "    eval_chains ({} chains, {} sentences, {tasks} tasks): local {local_s:.2} s (+ eval {local_eval_s:.2} s), \
+         Slurm 4 shards + eval {slurm_s:.2} s",
+        chains.num_rows(),
+        store.read_table(&local[1]).unwrap().concat().unwrap().num_rows()
+    );
+}
+
 /// GPUs asked of a cluster without any (this one's node has no `Gres`): Slurm refuses the submission,
 /// the run fails at once naming the stage, the setting to change and Slurm's own message, and nothing
 /// is recorded; without the GPU option the same stage runs.
@@ -732,6 +792,7 @@ fn main() -> ExitCode {
         ("score_sharded_into_4_gives_the_local_rows", score_sharded_into_4_gives_the_local_rows),
         ("generate_sharded_into_4_gives_the_local_rows", generate_sharded_into_4_gives_the_local_rows),
         ("rollout_sharded_into_4_gives_the_local_rows", rollout_sharded_into_4_gives_the_local_rows),
+        ("eval_sharded_into_4_gives_the_local_rows", eval_sharded_into_4_gives_the_local_rows),
         ("gpus_on_a_cluster_without_gpus_are_refused_clearly", gpus_on_a_cluster_without_gpus_are_refused_clearly),
         ("mmb_run_executor_slurm_through_the_cli", mmb_run_executor_slurm_through_the_cli),
         ("merge_time_grows_gently_with_shards", merge_time_grows_gently_with_shards),

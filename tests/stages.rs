@@ -168,3 +168,109 @@ fn generate_without_the_worker_or_model_fails_clearly() {
     let e = Pipeline::new(stages).unwrap().run(&store, &RunOptions::default()).unwrap_err().to_string();
     assert!(e.contains("no-such-model"), "{e}");
 }
+
+/// eval's metrics from eval_chains' rows (`stages::eval::metrics_from_rows`), against values computed by
+/// hand from three chains of split `val`: A (2 sentences, both right), B (3 sentences, one without a
+/// confidence), C (no sentence at all, still a response). Reference chains: A and C [P, R], B [P, P, R].
+#[test]
+fn eval_metrics_from_rows_match_hand_computed_values() {
+    use arrow::array::{BooleanArray, Float64Array, Float64Builder, ListBuilder, RecordBatch, StringArray, UInt32Array};
+    use arrow::datatypes::Float64Type;
+    use mmboundary::data::{Item, ReferenceChain};
+    use mmboundary::metrics::MetricsParams;
+    use mmboundary::stages::eval::{chains_schema, metrics_from_rows, sentences_schema};
+    use std::sync::Arc;
+
+    let item = |id: &str, p: &[&str], r: &[&str]| {
+        let mut it = Item::new(id, "penumbra", "val", "What is shown?");
+        it.chain = ReferenceChain { perception: p.iter().map(|s| s.to_string()).collect(), reasoning: r.iter().map(|s| s.to_string()).collect() };
+        it
+    };
+    let items = vec![item("A", &["a p"], &["a r"]), item("B", &["b p1", "b p2"], &["b r"]), item("C", &["c p"], &["c r"])];
+    let chains = RecordBatch::try_new(
+        chains_schema(),
+        vec![
+            Arc::new(StringArray::from(vec!["full"; 3])),
+            Arc::new(StringArray::from(vec!["val"; 3])),
+            Arc::new(StringArray::from(vec!["A", "B", "C"])),
+            Arc::new(StringArray::from(vec!["a", "b", ""])),
+            Arc::new(Float64Array::from(vec![1.0, 0.0, 0.0])),
+            Arc::new(UInt32Array::from(vec![2, 3, 0])),
+        ],
+    )
+    .unwrap();
+    // (item, index, level, correct, metric confidence, similarity to each reference sentence)
+    type Row<'a> = (&'a str, u32, &'a str, bool, Option<f64>, Vec<f64>);
+    let rows: Vec<Row> = vec![
+        ("A", 0, "perception", true, Some(0.8), vec![0.9, 0.1]),
+        ("A", 1, "reasoning", true, Some(0.6), vec![0.2, 0.7]),
+        ("B", 0, "perception", false, Some(0.9), vec![0.5, 0.3, 0.1]),
+        ("B", 1, "reasoning", true, None, vec![0.1, 0.2, 0.95]),
+        ("B", 2, "perception", true, Some(0.3), vec![0.66, 0.1, 0.2]),
+    ];
+    let sentences = |rows: &[Row]| {
+        let n = rows.len();
+        let mut sim = ListBuilder::new(Float64Builder::new());
+        for r in rows {
+            sim.values().append_slice(&r.5);
+            sim.append(true);
+        }
+        let ans: Vec<f64> = rows.iter().map(|r| if r.0 == "A" { 1.0 } else { 0.0 }).collect();
+        RecordBatch::try_new(
+            sentences_schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["full"; n])),
+                Arc::new(StringArray::from(vec!["val"; n])),
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                Arc::new(UInt32Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(vec!["s"; n])),
+                Arc::new(StringArray::from(vec![None::<&str>; n])),
+                Arc::new(Float64Array::from(rows.iter().map(|r| r.4).collect::<Vec<_>>())),
+                Arc::new(BooleanArray::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                Arc::new(Float64Array::from(ans)),
+                Arc::new(StringArray::from(vec!["t"; n])),
+                Arc::new(StringArray::from(vec!["minilm > 0.64"; n])),
+                Arc::new(Float64Array::from(rows.iter().map(|r| r.4).collect::<Vec<_>>())),
+                Arc::new(sim.finish()),
+            ],
+        )
+        .unwrap()
+    };
+    let m = metrics_from_rows(&items, &chains, &sentences(&rows), &MetricsParams::default()).unwrap();
+    assert_eq!(m.num_rows(), 3);
+    let level: Vec<&str> = m.column_by_name("level").unwrap().as_string::<i32>().iter().flatten().collect();
+    assert_eq!(level, ["all", "perception", "reasoning"]);
+    let u = |c: &str| m.column_by_name(c).unwrap().as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec();
+    assert_eq!(u("responses"), [3, 3, 3]);
+    assert_eq!(u("sentences"), [5, 3, 2]);
+    let f = |c: &str| m.column_by_name(c).unwrap().as_primitive::<Float64Type>().iter().collect::<Vec<_>>();
+    let close = |got: Vec<Option<f64>>, want: [Option<f64>; 3], what: &str| {
+        for (g, w) in got.iter().zip(want) {
+            match (g, w) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-12, "{what}: {got:?} vs {want:?}"),
+                (None, None) => {}
+                _ => panic!("{what}: {got:?} vs {want:?}"),
+            }
+        }
+    };
+    // MECE over A (|1-.8|+|1-.6|)/2 = .3 and B (|0-.9|+|1-.3|)/2 = .8 (B's sentence 1 has no confidence,
+    // C no sentence); perception: A .2, B .8; reasoning: A .4 (B has none with a confidence).
+    close(f("mece"), [Some(0.55), Some(0.5), Some(0.4)], "mece");
+    close(f("brier"), [Some((0.1 + 0.65) / 2.0), Some((0.04 + 0.65) / 2.0), Some(0.16)], "brier");
+    // ECE (20 bins) on the final sentences' confidences: A .6 right, B .3 wrong → .5·.4 + .5·.3.
+    close(f("ece"), [Some(0.35), None, None], "ece");
+    close(f("auroc"), [Some(1.0), None, None], "auroc");
+    close(f("accuracy"), [Some(1.0 / 3.0), None, None], "accuracy");
+    // Chain F1 (s > 0.64): precise 4 of 5 predicted, covered 4 of 7 reference → 2/3; perception: 2 of
+    // 3, 2 of 4 → 4/7; reasoning: 2 of 2, 2 of 3 → 4/5.
+    close(f("chain_f1"), [Some(2.0 / 3.0), Some(4.0 / 7.0), Some(0.8)], "chain_f1");
+
+    // Rows that do not add up are refused, naming the chain.
+    let e = metrics_from_rows(&items, &chains, &sentences(&rows[..4]), &MetricsParams::default()).unwrap_err().to_string();
+    assert!(e.contains("(full, B)") && e.contains("says 3"), "{e}");
+    let mut stray = rows.clone();
+    stray.push(("D", 0, "perception", true, Some(0.5), vec![0.1]));
+    let e = metrics_from_rows(&items, &chains, &sentences(&stray), &MetricsParams::default()).unwrap_err().to_string();
+    assert!(e.contains("(full, D)") && e.contains("no row in `chains`"), "{e}");
+}

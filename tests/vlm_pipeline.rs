@@ -36,7 +36,7 @@ fn through_every_stage(make: fn(&Path) -> PathBuf, image_token: i64) -> Vec<Stri
     let s = pipeline_k(&model, 1.0 / 3.0, 1).run(&store, &RunOptions::default()).unwrap();
     eprintln!("{}: {:.1} s", model.display(), s.seconds);
     let expected =
-        ["dataset", "features", "generate", "score", "bin", "map", "sft", "rollout_0", "update_0", "ppo", "eval", "report"];
+        ["dataset", "features", "generate", "score", "bin", "map", "sft", "rollout_0", "update_0", "ppo", "eval_chains", "eval", "report"];
     assert_eq!(s.ran, expected);
     let lock = LockFile::load(store.root()).unwrap();
     let table = |stage: &str, out: &str| {

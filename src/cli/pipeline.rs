@@ -286,16 +286,19 @@ struct FreshEval {
     rule: crate::report::intervals::CellRule,
 }
 
-/// The eval of a lock, if its eval stage is up to date for `pipeline`.
+/// The eval of a lock, if its eval stages (eval_chains, eval) are up to date for `pipeline`.
 fn fresh_eval(store: &Store, pipeline: &Pipeline, lock: Option<&str>) -> anyhow::Result<Option<FreshEval>> {
-    let fresh = pipeline.status_named(store, &[], lock)?.iter().any(|s| s.stage == "eval" && s.is_fresh());
-    let record = crate::engine::LockFile::load_named(store.root(), lock)?.stages.remove("eval");
-    let Some(mut record) = record.filter(|_| fresh) else { return Ok(None) };
-    let mut read = |name: &str| -> anyhow::Result<Option<arrow::record_batch::RecordBatch>> {
-        let Some(output) = record.outputs.remove(name) else { return Ok(None) };
+    let status = pipeline.status_named(store, &[], lock)?;
+    let fresh = ["eval_chains", "eval"].iter().all(|st| status.iter().any(|s| s.stage == *st && s.is_fresh()));
+    let mut stages = crate::engine::LockFile::load_named(store.root(), lock)?.stages;
+    if !fresh {
+        return Ok(None);
+    }
+    let mut read = |stage: &str, name: &str| -> anyhow::Result<Option<arrow::record_batch::RecordBatch>> {
+        let Some(output) = stages.get_mut(stage).and_then(|r| r.outputs.remove(name)) else { return Ok(None) };
         Ok(Some(store.read_table(&crate::store::ArtifactId::parse(&output.id)?)?.concat()?))
     };
-    let (Some(metrics), Some(sentences)) = (read("metrics")?, read("sentences")?) else { return Ok(None) };
+    let (Some(metrics), Some(sentences)) = (read("eval", "metrics")?, read("eval_chains", "sentences")?) else { return Ok(None) };
     let rows = crate::stages::report::metrics_rows(&metrics)?;
     let items = crate::stages::report::report_items(&sentences, &rows)?;
     let rule = crate::stages::report::cell_rule(&metrics)?;

@@ -1,5 +1,5 @@
-//! The `eval` stage's model work: greedy chains from the vanilla, SFT and full policies; judging and
-//! metrics are `mmboundary::stages::eval::evaluate`.
+//! The `eval_chains` stage's model work: greedy chains from the vanilla, SFT and full policies; judging
+//! is `mmboundary::stages::eval::write_judged` (the metrics are the `eval` stage's).
 use super::inputs::{ImageInputs, Prompter};
 use super::policy;
 use anyhow::Context;
@@ -7,8 +7,7 @@ use mllm::generate::{generate_multimodal, GenerationParams};
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::chain_judge::ChainJudge;
-use mmboundary::stages::image_swap;
-use mmboundary::stages::eval::{evaluate, metrics_schema, sentences_schema, EvalChain, EvalParams};
+use mmboundary::stages::eval::{write_judged, EvalChain, EvalParams};
 use mmboundary::stages::self_consistency::{draw_seed as sc_draw_seed, sc_chain_text, SC_POLICY};
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -21,20 +20,14 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
     let features = ctx.input_table("features")?.concat()?;
-    let mut selected = Vec::new();
-    for split in &p.splits {
-        let mut s: Vec<_> = items.iter().filter(|it| &it.split == split).collect();
-        if let Some(n) = p.limit {
-            s.truncate(n);
-        }
-        selected.extend(s);
-    }
+    let selected = mmboundary::stages::eval::select(&items, &p.splits, p.limit);
     anyhow::ensure!(!selected.is_empty(), "eval: no items in splits {:?}", p.splits);
 
     let mut sc_samples: HashMap<String, Vec<String>> = HashMap::new();
-    // With image_swap, each item is answered a second time with the image of `partners[i]` (same split).
-    let split_names: Vec<&str> = selected.iter().map(|it| it.split.as_str()).collect();
-    let partners = image_swap::partners(&split_names);
+    // With image_swap, each item is answered a second time with the image of `partners[i]` (same split,
+    // drawn from the whole selection, so a shard's items get the images they get in a local run).
+    let all_items = if p.image_swap { items_from_record_batch(&ctx.input_table("all_items")?.concat()?)? } else { Vec::new() };
+    let partners = if p.image_swap { mmboundary::stages::eval::swap_partners(&all_items, &selected, &p)? } else { Vec::new() };
     let passes: &[bool] = if p.image_swap { &[false, true] } else { &[false] };
     let (mut chains, mut swapped, mut swapped_from) = (Vec::new(), Vec::new(), Vec::new());
     let bar = ctx.progress((selected.len() * p.variants.len() * passes.len()) as u64, "evaluating policies");
@@ -58,7 +51,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
                 let mut prompts = Vec::with_capacity(chunk.len());
                 for &i in chunk {
                     let it = selected[i];
-                    let image_of = if swap { selected[partners[i]] } else { it };
+                    let image_of = if swap { partners[i] } else { it };
                     let (n, feat) = images.get(&pol.model, image_of)?;
                     prompts.push((prompter.prompt(&it.question, &it.choices, n)?, feat));
                 }
@@ -88,7 +81,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
                     let c = EvalChain { variant: variant.clone(), item_id: selected[i].id.clone(), text: g.text };
                     if swap {
                         swapped.push(c);
-                        swapped_from.push(selected[partners[i]].id.clone());
+                        swapped_from.push(partners[i].id.clone());
                     } else {
                         chains.push(c);
                     }
@@ -107,11 +100,6 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         let samples = sc_samples.get(&c.item_id).map(Vec::as_slice).unwrap_or_default();
         c.text = sc_chain_text(&judge, item, &c.text, samples, p.match_threshold, &p.metrics.accuracy)?;
     }
-    let (rows, metrics) = evaluate(&judge, &items, &chains, &p)?;
-    ctx.write_table("sentences", sentences_schema(), &[rows], None)?;
-    ctx.write_table("metrics", metrics_schema(), &[metrics], None)?;
-    let own: Vec<EvalChain> = if p.image_swap { chains } else { Vec::new() };
-    let swap_table = image_swap::table(&items, &own, &swapped, &swapped_from, &judge.parser, &p.metrics)?;
-    ctx.write_table("image_swap", image_swap::schema(), &[swap_table], None)?;
-    Ok(())
+    let own: &[EvalChain] = if p.image_swap { &chains } else { &[] };
+    write_judged(ctx, &judge, &items, &chains, (own, &swapped, &swapped_from), &p)
 }

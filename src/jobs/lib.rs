@@ -33,7 +33,7 @@ pub fn run_stage(ctx: &StageContext) -> anyhow::Result<()> {
         "dpo" => dpo::run(ctx),
         "demo_mllm" => demo_mllm::run(ctx),
         "ppo" => ppo::gather(ctx),
-        "eval" => eval::run(ctx),
+        "eval_chains" => eval::run(ctx),
         s if s.starts_with("rollout_") => ppo::rollout(ctx),
         s if s.starts_with("update_") => ppo::update(ctx),
         other => anyhow::bail!("mmb-torch has no stage `{other}`"),

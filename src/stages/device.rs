@@ -79,11 +79,14 @@ impl Machine {
     }
 }
 
-/// The stage file that configures a pipeline stage: `rollout_k` and `update_k` take `ppo`'s params.
+/// The stage file that configures a pipeline stage: `rollout_k` and `update_k` take `ppo`'s params,
+/// `eval_chains` takes `eval`'s.
 pub fn config_stage(stage: &str) -> &str {
     let iteration = |p: &str| stage.strip_prefix(p).is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
     if iteration("rollout_") || iteration("update_") {
         "ppo"
+    } else if stage == "eval_chains" {
+        "eval"
     } else {
         stage
     }
@@ -116,7 +119,8 @@ pub fn check_machine(c: &StageConfigs, stages: &[&str], elsewhere: impl Fn(&str)
         requests.push(("ppo", "device", p.device, None));
         requests.push(("ppo", "execution_provider", String::new(), Some(p.execution_provider)));
     }
-    if here("eval") {
+    // eval's device and ONNX provider are eval_chains' (eval itself only computes the metrics).
+    if stages.iter().any(|s| *s == "eval_chains" && !elsewhere(s)) {
         let p: super::eval::EvalParams = c.params("eval")?;
         requests.push(("eval", "device", p.device, None));
         requests.push(("eval", "execution_provider", String::new(), Some(p.execution_provider)));
@@ -176,7 +180,7 @@ mod tests {
         (dir, c)
     }
 
-    const ALL: [&str; 8] = ["dataset", "features", "generate", "score", "sft", "rollout_0", "update_0", "eval"];
+    const ALL: [&str; 9] = ["dataset", "features", "generate", "score", "sft", "rollout_0", "update_0", "eval_chains", "eval"];
 
     #[test]
     fn a_gpu_request_on_a_machine_without_one_is_refused_naming_stage_setting_and_file() {
@@ -213,6 +217,10 @@ mod tests {
         assert!(check_machine(&c, &ALL, slurm, &cpu).is_ok());
         let e = check_machine(&c, &ALL, |s: &str| s != "update_0", &cpu).unwrap_err().to_string();
         assert!(e.contains("stage `ppo`") && !e.contains("`generate`") && !e.contains("`score`"), "{e}");
+        // eval's device is eval_chains': on Slurm, the metrics stage left here asks for nothing.
+        let e = check_machine(&c, &ALL, |s: &str| s != "eval_chains", &cpu).unwrap_err().to_string();
+        assert!(e.contains("stage `eval`") && !e.contains("`generate`"), "{e}");
+        assert!(check_machine(&c, &["eval"], |_| false, &cpu).is_ok());
         // A run that does not reach a stage does not check it.
         assert!(check_machine(&c, &["dataset", "features", "sft"], |_| false, &cpu).is_ok());
         // The defaults (auto, the CPU provider) always pass; a malformed device is named too.
@@ -230,6 +238,7 @@ mod tests {
         assert_eq!(config_stage("ppo"), "ppo");
         assert_eq!(config_stage("rollout_"), "rollout_");
         assert_eq!(config_stage("generate"), "generate");
+        assert_eq!(config_stage("eval_chains"), "eval");
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::metrics::by_level::{assign_levels, chain_f1_by_level, level_subset, C
 use crate::metrics::calibration::{answer_confidence, ece, mece, step_brier};
 use crate::metrics::chain::{chain_f1, ChainItem};
 use crate::metrics::MetricsParams;
-use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, UInt32Builder, UInt64Builder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -122,8 +122,20 @@ impl Default for EvalParams {
     }
 }
 
+/// `eval_chains`: the policies' chains on the selected questions, each judged sentence by sentence (and
+/// answered again with another item's image): per-item rows, so it may run on shards of its items.
+pub struct EvalChainsStage {
+    pub params: EvalParams,
+}
+
+/// `eval`: the metrics, computed from eval_chains' merged rows (cheap; runs here).
 pub struct EvalStage {
     pub params: EvalParams,
+}
+
+/// eval_chains, then eval (both configured by `stages/eval.toml`).
+pub fn stages(params: EvalParams) -> Vec<Box<dyn Stage>> {
+    vec![Box::new(EvalChainsStage { params: params.clone() }), Box::new(EvalStage { params })]
 }
 
 impl EvalParams {
@@ -133,13 +145,14 @@ impl EvalParams {
     }
 }
 
-impl Stage for EvalStage {
+impl Stage for EvalChainsStage {
     fn name(&self) -> &str {
-        "eval"
+        "eval_chains"
     }
-    /// 5: each item's chain seeded by its id (was: by its batch); the `image_swap` output.
+    /// 1: eval's per-item half (was `eval` 5: each item's chain seeded by its id; the `image_swap` output),
+    /// rows item by item, with each sentence's `similarity` and a `chains` table.
     fn code_version(&self) -> &str {
-        "5"
+        "1"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         // A checkpoint is an input only when a policy reads it (a baseline of `mmb compare` that evaluates
@@ -147,6 +160,8 @@ impl Stage for EvalStage {
         let wants = |v: &str| self.params.variants.iter().any(|x| x == v);
         vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")]
             .into_iter()
+            // The whole dataset, unsharded: the image-swap partners are drawn from the whole selection.
+            .chain(self.params.image_swap.then(|| InputSpec::new("all_items", "dataset", "items")))
             .chain(wants("sft").then(|| InputSpec::new("sft_checkpoint", "sft", "checkpoint")))
             .chain(wants("full").then(|| InputSpec::new("ppo_checkpoint", "ppo", "checkpoint")))
             .chain(wants(super::dpo::DPO_POLICY).then(|| InputSpec::new("dpo_checkpoint", "dpo", "checkpoint")))
@@ -154,7 +169,7 @@ impl Stage for EvalStage {
             .collect()
     }
     fn outputs(&self) -> Vec<String> {
-        vec!["sentences".into(), "metrics".into(), "image_swap".into()]
+        vec!["chains".into(), "sentences".into(), "image_swap".into()]
     }
     /// With the prompt resolved ([`super::models::prompt`]).
     fn params(&self) -> serde_json::Value {
@@ -170,9 +185,76 @@ impl Stage for EvalStage {
     fn device(&self) -> String {
         super::device::device_key(&self.params.device, &self.params.dtype)
     }
+    /// Each item's chains (greedy, or sampled from its own seed streams), their judging and its image-swap
+    /// chain depend on the item alone (its swap partner comes from the whole selection, `all_items`).
+    fn shard(&self) -> Option<crate::engine::ShardSpec> {
+        Some(crate::engine::ShardSpec::new("items", "item_id").with_input_key("id"))
+    }
+    /// The questions [`select`] picks, in its order (split by split).
+    fn shard_items(&self, items: &RecordBatch) -> anyhow::Result<RecordBatch> {
+        let all = crate::data::items_from_record_batch(items)?;
+        let ids = crate::engine::shard::key_column(items, "id", "eval_chains: input `items`")?;
+        let row: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        let take: Vec<u32> = select(&all, &self.params.splits, self.params.limit).iter().map(|it| row[it.id.as_str()] as u32).collect();
+        Ok(arrow::compute::take_record_batch(items, &arrow::array::UInt32Array::from(take))?)
+    }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)
     }
+}
+
+/// What eval's metrics depend on beyond eval_chains' rows (the threshold, missing-statement rule and
+/// answer scoring are already in those rows).
+#[derive(Serialize)]
+struct EvalMetricsKey<'a> {
+    metrics: &'a MetricsParams,
+}
+
+impl Stage for EvalStage {
+    fn name(&self) -> &str {
+        "eval"
+    }
+    /// 6: the metrics alone, from eval_chains' rows (5: the whole eval in the worker).
+    fn code_version(&self) -> &str {
+        "6"
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![
+            InputSpec::new("items", "dataset", "items"),
+            InputSpec::new("chains", "eval_chains", "chains"),
+            InputSpec::new("sentences", "eval_chains", "sentences"),
+        ]
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["metrics".into()]
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(EvalMetricsKey { metrics: &self.params.metrics }).expect("params serialize")
+    }
+    fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+        let items = crate::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
+        let (chains, sentences) = (ctx.input_table("chains")?.concat()?, ctx.input_table("sentences")?.concat()?);
+        let metrics = metrics_from_rows(&items, &chains, &sentences, &self.params.metrics)?;
+        ctx.write_table("metrics", metrics_schema(), &[metrics], None)?;
+        Ok(())
+    }
+}
+
+/// eval_chains' outputs from the generated chains (the worker's part ends here): judged, scored and
+/// written item by item.
+pub fn write_judged(
+    ctx: &StageContext,
+    judge: &ChainJudge,
+    items: &[Item],
+    chains: &[EvalChain],
+    swap: (&[EvalChain], &[EvalChain], &[String]),
+    params: &EvalParams,
+) -> anyhow::Result<()> {
+    let t = judge_chains(judge, items, chains, swap, params)?;
+    ctx.write_table("chains", chains_schema(), &[t.chains], None)?;
+    ctx.write_table("sentences", sentences_schema(), &[t.sentences], None)?;
+    ctx.write_table("image_swap", super::image_swap::schema(), &[t.image_swap], None)?;
+    Ok(())
 }
 
 /// One generated chain to evaluate.
@@ -201,6 +283,9 @@ pub fn sentences_schema() -> SchemaRef {
         // The confidence the calibration metrics used (the statement's, or `missing_confidence`; null when
         // the sentence was left out), so the report can recompute them on bootstrap resamples.
         Field::new("metric_confidence", DataType::Float64, true),
+        // The judge's score of the sentence against each reference sentence (perception first), from which
+        // eval computes the sentence's level and chain F1.
+        Field::new("similarity", DataType::List(Arc::new(Field::new("item", DataType::Float64, true))), false),
     ]))
 }
 
@@ -261,9 +346,11 @@ pub fn answer_correct(item: &Item, sentences: &[&str], params: &MetricsParams) -
     }
 }
 
+/// What the metrics need of one judged chain (read back from eval_chains' rows by [`metrics_from_rows`]).
 struct Judged {
     split: String,
     sentence_correct: Vec<bool>,
+    /// The confidence the metrics use (`metric_confidence`): the statement's, or the missing-statement value.
     confidence: Vec<Option<f64>>,
     levels: Vec<ChainLevel>,
     ref_levels: Vec<ChainLevel>,
@@ -278,13 +365,97 @@ fn level_name(l: ChainLevel) -> &'static str {
     }
 }
 
-/// Judges every chain and computes the metrics: (per-sentence rows, metrics rows).
-pub fn evaluate(
+fn level_of(name: &str) -> Option<ChainLevel> {
+    match name {
+        "perception" => Some(ChainLevel::Perception),
+        "reasoning" => Some(ChainLevel::Reasoning),
+        _ => None,
+    }
+}
+
+/// An item's reference sentences' levels: its perception sentences, then its reasoning ones.
+fn reference_levels(item: &Item) -> Vec<ChainLevel> {
+    item.chain
+        .perception
+        .iter()
+        .map(|_| ChainLevel::Perception)
+        .chain(item.chain.reasoning.iter().map(|_| ChainLevel::Reasoning))
+        .collect()
+}
+
+/// The questions eval answers: for each of `splits` in turn, that split's items in the dataset's order,
+/// the first `limit` of them. This order is eval_chains' row order (and a shard's, restricted to its items).
+pub fn select<'a>(items: &'a [Item], splits: &[String], limit: Option<usize>) -> Vec<&'a Item> {
+    let mut selected = Vec::new();
+    for split in splits {
+        let mut s: Vec<&Item> = items.iter().filter(|it| &it.split == split).collect();
+        if let Some(n) = limit {
+            s.truncate(n);
+        }
+        selected.extend(s);
+    }
+    selected
+}
+
+/// For each item of `selected` (all of them, or one shard's), the item whose image it gets in the
+/// image-swap pass: its partner ([`super::image_swap::partners`]) within the whole selection of `all`
+/// (the dataset), so an item gets the same image however the items are sharded.
+pub fn swap_partners<'a>(all: &'a [Item], selected: &[&Item], p: &EvalParams) -> anyhow::Result<Vec<&'a Item>> {
+    let whole = select(all, &p.splits, p.limit);
+    let splits: Vec<&str> = whole.iter().map(|it| it.split.as_str()).collect();
+    let partners = super::image_swap::partners(&splits);
+    let of: HashMap<&str, &'a Item> = whole.iter().zip(&partners).map(|(it, &k)| (it.id.as_str(), whole[k])).collect();
+    selected
+        .iter()
+        .map(|it| of.get(it.id.as_str()).copied().ok_or_else(|| anyhow::anyhow!("eval: item {} is not among the selected questions", it.id)))
+        .collect()
+}
+
+/// One row per evaluated chain (variant × item): what the metrics need beyond its sentences' rows (a
+/// chain may have no sentence at all and still counts as a response).
+pub fn chains_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("answer_correct", DataType::Float64, false),
+        Field::new("sentences", DataType::UInt32, false),
+    ]))
+}
+
+/// eval_chains' tables: `chains`, `sentences` (with each sentence's judge scores against the reference
+/// sentences, `similarity`) and `image_swap`.
+#[derive(Debug, Clone)]
+pub struct JudgedTables {
+    pub chains: RecordBatch,
+    pub sentences: RecordBatch,
+    pub image_swap: RecordBatch,
+}
+
+/// The order eval_chains writes rows in: item by item (in the order the chains first name them, i.e. the
+/// selection's), each item's variants in the order they came. The merge of shards writes the same.
+fn item_major(chains: &[EvalChain]) -> Vec<usize> {
+    let mut rank: HashMap<&str, usize> = HashMap::new();
+    for c in chains {
+        let n = rank.len();
+        rank.entry(c.item_id.as_str()).or_insert(n);
+    }
+    let mut idx: Vec<usize> = (0..chains.len()).collect();
+    idx.sort_by_key(|&i| rank[chains[i].item_id.as_str()]);
+    idx
+}
+
+/// Judges every chain sentence by sentence and scores its answer: the `chains` and `sentences` tables,
+/// item-major ([`item_major`]); and the `image_swap` table from the own-image chains `own` (empty when
+/// the pass is off) and the `swapped` ones (`swapped_from[i]`: whose image `swapped[i]` saw).
+pub fn judge_chains(
     judge: &ChainJudge,
     items: &[Item],
     chains: &[EvalChain],
+    own_and_swapped: (&[EvalChain], &[EvalChain], &[String]),
     params: &EvalParams,
-) -> anyhow::Result<(RecordBatch, RecordBatch)> {
+) -> anyhow::Result<JudgedTables> {
     let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
     let judge_name = format!("{} > {}", params.judge.name(), params.match_threshold);
     let (mut o_var, mut o_split, mut o_id, mut o_idx, mut o_sent, mut o_stmt) = (
@@ -303,19 +474,21 @@ pub fn evaluate(
         StringBuilder::new(),
         StringBuilder::new(),
     );
-    let mut o_metric_conf = Float64Builder::new();
-    let mut groups: BTreeMap<(String, String), Vec<Judged>> = BTreeMap::new();
-    for (n, c) in chains.iter().enumerate() {
+    let (mut o_metric_conf, mut o_sim) = (Float64Builder::new(), ListBuilder::new(Float64Builder::new()));
+    let (mut c_var, mut c_split, mut c_id, mut c_text, mut c_ans, mut c_n) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        Float64Builder::new(),
+        UInt32Builder::new(),
+    );
+    for n in item_major(chains) {
+        let c = &chains[n];
         let item = by_id.get(c.item_id.as_str()).ok_or_else(|| anyhow::anyhow!("chain {n}: item {} is not in the dataset", c.item_id))?;
         let reference: Vec<&str> = item.chain.sentences().collect();
         anyhow::ensure!(!reference.is_empty(), "item {}: no reference chain to judge against", item.id);
-        let ref_levels: Vec<ChainLevel> = item
-            .chain
-            .perception
-            .iter()
-            .map(|_| ChainLevel::Perception)
-            .chain(item.chain.reasoning.iter().map(|_| ChainLevel::Reasoning))
-            .collect();
+        let ref_levels = reference_levels(item);
         let judged =
             judge.judge(&c.text, &reference).map_err(|e| anyhow::anyhow!("judging chain {n} (item {}, {}): {e}", item.id, c.variant))?;
         let similarity: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
@@ -340,17 +513,15 @@ pub fn evaluate(
             o_text.append_value(&c.text);
             o_judge.append_value(&judge_name);
             o_metric_conf.append_option(j.expressed.or(missing));
+            o_sim.values().append_slice(&similarity[t]);
+            o_sim.append(true);
         }
-        let confidence = judged.iter().map(|j| j.expressed.or(missing)).collect();
-        groups.entry((c.variant.clone(), item.split.clone())).or_default().push(Judged {
-            split: item.split.clone(),
-            sentence_correct: correct,
-            confidence,
-            levels,
-            ref_levels,
-            similarity,
-            answer_correct: ans,
-        });
+        c_var.append_value(&c.variant);
+        c_split.append_value(&item.split);
+        c_id.append_value(&item.id);
+        c_text.append_value(&c.text);
+        c_ans.append_value(ans);
+        c_n.append_value(judged.len() as u32);
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(o_var.finish()),
@@ -366,9 +537,129 @@ pub fn evaluate(
         Arc::new(o_text.finish()),
         Arc::new(o_judge.finish()),
         Arc::new(o_metric_conf.finish()),
+        Arc::new(o_sim.finish()),
     ];
-    let rows = RecordBatch::try_new(sentences_schema(), cols)?;
+    let sentences = RecordBatch::try_new(sentences_schema(), cols)?;
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(c_var.finish()),
+        Arc::new(c_split.finish()),
+        Arc::new(c_id.finish()),
+        Arc::new(c_text.finish()),
+        Arc::new(c_ans.finish()),
+        Arc::new(c_n.finish()),
+    ];
+    let chains_table = RecordBatch::try_new(chains_schema(), cols)?;
+    let (own, swapped, swapped_from) = own_and_swapped;
+    anyhow::ensure!(
+        own.len() == swapped.len() && own.len() == swapped_from.len(),
+        "image swap: {} chains with own images, {} with swapped ones, {} partners",
+        own.len(),
+        swapped.len(),
+        swapped_from.len()
+    );
+    let order = item_major(own);
+    let pick = |v: &[EvalChain]| order.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
+    let from: Vec<String> = order.iter().map(|&i| swapped_from[i].clone()).collect();
+    let image_swap = super::image_swap::table(items, &pick(own), &pick(swapped), &from, &judge.parser, &params.metrics)?;
+    Ok(JudgedTables { chains: chains_table, sentences, image_swap })
+}
 
+/// Judges every chain and computes the metrics: (per-sentence rows, metrics rows) — [`judge_chains`]
+/// then [`metrics_from_rows`], what eval_chains and eval do in turn.
+pub fn evaluate(
+    judge: &ChainJudge,
+    items: &[Item],
+    chains: &[EvalChain],
+    params: &EvalParams,
+) -> anyhow::Result<(RecordBatch, RecordBatch)> {
+    let t = judge_chains(judge, items, chains, (&[], &[], &[]), params)?;
+    let metrics = metrics_from_rows(items, &t.chains, &t.sentences, &params.metrics)?;
+    Ok((t.sentences, metrics))
+}
+
+fn column<'a>(b: &'a RecordBatch, name: &str, what: &str) -> anyhow::Result<&'a ArrayRef> {
+    b.column_by_name(name).ok_or_else(|| anyhow::anyhow!("{what} has no column `{name}`"))
+}
+
+fn strings(b: &RecordBatch, name: &str, what: &str) -> anyhow::Result<Vec<String>> {
+    let c = column(b, name, what)?;
+    let c = c.as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("{what}: column `{name}` is not a string column"))?;
+    (0..c.len())
+        .map(|r| if c.is_null(r) { Err(anyhow::anyhow!("{what}: row {r}: `{name}` is null")) } else { Ok(c.value(r).to_string()) })
+        .collect()
+}
+
+fn float64s(b: &RecordBatch, name: &str, what: &str) -> anyhow::Result<Vec<Option<f64>>> {
+    let c = column(b, name, what)?;
+    let c = c.as_primitive_opt::<Float64Type>().ok_or_else(|| anyhow::anyhow!("{what}: column `{name}` is not Float64"))?;
+    Ok(c.iter().collect())
+}
+
+/// The metrics table from eval_chains' `chains` and `sentences` rows (merged from shards or not): one row
+/// per (variant, split, level) — see [`metrics_schema`]. Each chain's sentences are its rows in
+/// `sentence_index` order; the reference levels come from the item (`items`, the dataset).
+pub fn metrics_from_rows(items: &[Item], chains: &RecordBatch, sentences: &RecordBatch, metrics: &MetricsParams) -> anyhow::Result<RecordBatch> {
+    let (cw, sw) = ("eval_chains `chains`", "eval_chains `sentences`");
+    let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
+    // Each (variant, item)'s sentence rows, by sentence index.
+    let (s_var, s_id, s_level) = (strings(sentences, "variant", sw)?, strings(sentences, "item_id", sw)?, strings(sentences, "level", sw)?);
+    let s_idx = column(sentences, "sentence_index", sw)?
+        .as_primitive_opt::<UInt32Type>()
+        .ok_or_else(|| anyhow::anyhow!("{sw}: column `sentence_index` is not UInt32"))?
+        .clone();
+    let s_corr = column(sentences, "correct", sw)?.as_boolean_opt().ok_or_else(|| anyhow::anyhow!("{sw}: column `correct` is not Boolean"))?.clone();
+    let s_conf = float64s(sentences, "metric_confidence", sw)?;
+    let s_sim = column(sentences, "similarity", sw)?.as_list_opt::<i32>().ok_or_else(|| anyhow::anyhow!("{sw}: column `similarity` is not a list"))?.clone();
+    let mut rows_of: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    for r in 0..sentences.num_rows() {
+        rows_of.entry((s_var[r].as_str(), s_id[r].as_str())).or_default().push(r);
+    }
+    let (c_var, c_split, c_id) = (strings(chains, "variant", cw)?, strings(chains, "split", cw)?, strings(chains, "item_id", cw)?);
+    let c_ans = float64s(chains, "answer_correct", cw)?;
+    let c_n = column(chains, "sentences", cw)?.as_primitive_opt::<UInt32Type>().ok_or_else(|| anyhow::anyhow!("{cw}: column `sentences` is not UInt32"))?.clone();
+    let mut groups: BTreeMap<(String, String), Vec<Judged>> = BTreeMap::new();
+    for r in 0..chains.num_rows() {
+        let item = by_id.get(c_id[r].as_str()).ok_or_else(|| anyhow::anyhow!("{cw}: row {r}: item {} is not in the dataset", c_id[r]))?;
+        anyhow::ensure!(item.split == c_split[r], "{cw}: row {r}: item {} is in split `{}`, the row says `{}`", item.id, item.split, c_split[r]);
+        let mut rows = rows_of.remove(&(c_var[r].as_str(), c_id[r].as_str())).unwrap_or_default();
+        rows.sort_by_key(|&k| s_idx.value(k));
+        anyhow::ensure!(
+            rows.len() == c_n.value(r) as usize && rows.iter().enumerate().all(|(t, &k)| s_idx.value(k) as usize == t),
+            "{sw}: chain ({}, {}) has {} sentence rows with indexes {:?}; `chains` row {r} says {}",
+            c_var[r],
+            c_id[r],
+            rows.len(),
+            rows.iter().map(|&k| s_idx.value(k)).collect::<Vec<_>>(),
+            c_n.value(r)
+        );
+        let ref_levels = reference_levels(item);
+        let mut levels = Vec::with_capacity(rows.len());
+        let mut similarity = Vec::with_capacity(rows.len());
+        for &k in &rows {
+            levels.push(level_of(&s_level[k]).ok_or_else(|| anyhow::anyhow!("{sw}: row {k}: level `{}` is neither perception nor reasoning", s_level[k]))?);
+            anyhow::ensure!(!s_sim.is_null(k), "{sw}: row {k}: `similarity` is null");
+            let v = s_sim.value(k);
+            let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| anyhow::anyhow!("{sw}: row {k}: `similarity` is not a list of Float64"))?;
+            anyhow::ensure!(v.len() == ref_levels.len(), "{sw}: row {k}: {} similarities for {} reference sentences of item {}", v.len(), ref_levels.len(), item.id);
+            similarity.push(v.values().to_vec());
+        }
+        groups.entry((c_var[r].clone(), item.split.clone())).or_default().push(Judged {
+            split: item.split.clone(),
+            sentence_correct: rows.iter().map(|&k| s_corr.value(k)).collect(),
+            confidence: rows.iter().map(|&k| s_conf[k]).collect(),
+            levels,
+            ref_levels,
+            similarity,
+            answer_correct: c_ans[r].ok_or_else(|| anyhow::anyhow!("{cw}: row {r}: `answer_correct` is null"))?,
+        });
+    }
+    if let Some(((v, id), rows)) = rows_of.into_iter().next() {
+        anyhow::bail!("{sw}: {} row(s) of chain ({v}, {id}) (row {}) have no row in `chains`", rows.len(), rows[0]);
+    }
+    metrics_table(&groups, metrics)
+}
+
+fn metrics_table(groups: &BTreeMap<(String, String), Vec<Judged>>, metrics: &MetricsParams) -> anyhow::Result<RecordBatch> {
     let (mut m_var, mut m_split, mut m_level, mut m_resp, mut m_sent) =
         (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), UInt64Builder::new(), UInt64Builder::new());
     let (mut m_ece, mut m_mece, mut m_brier, mut m_acc, mut m_f1, mut m_auroc) = (
@@ -380,8 +671,8 @@ pub fn evaluate(
         Float64Builder::new(),
     );
     let (mut m_bins, mut m_answer_conf) = (UInt64Builder::new(), StringBuilder::new());
-    let answer_conf_name = serde_json::to_value(params.metrics.answer_confidence)?.as_str().unwrap_or_default().to_string();
-    for ((variant, split), js) in &groups {
+    let answer_conf_name = serde_json::to_value(metrics.answer_confidence)?.as_str().unwrap_or_default().to_string();
+    for ((variant, split), js) in groups {
         debug_assert!(js.iter().all(|j| &j.split == split));
         // Calibration pairs: sentences with a confidence (a statement, or the missing-statement value).
         let responses: Vec<Vec<(bool, f64)>> =
@@ -397,16 +688,16 @@ pub fn evaluate(
         let (mut conf, mut corr) = (Vec::new(), Vec::new());
         for &i in &kept {
             let c: Vec<f64> = responses[i].iter().map(|x| x.1).collect();
-            conf.push(answer_confidence(i, &c, params.metrics.answer_confidence)?);
+            conf.push(answer_confidence(i, &c, metrics.answer_confidence)?);
             corr.push(js[i].answer_correct);
         }
-        let ece_all = if conf.is_empty() { None } else { Some(ece(&conf, &corr, &params.metrics.ece)?) };
+        let ece_all = if conf.is_empty() { None } else { Some(ece(&conf, &corr, &metrics.ece)?) };
         let labels: Vec<bool> = corr.iter().map(|&c| c >= 0.5).collect();
         let auroc_all = if labels.iter().any(|&l| l) && labels.iter().any(|&l| !l) { Some(auroc(&conf, &labels)?) } else { None };
         let accuracy = js.iter().map(|j| j.answer_correct).sum::<f64>() / js.len() as f64;
         let chain_items: Vec<ChainItem> =
             js.iter().map(|j| ChainItem { similarity: j.similarity.clone(), n_reference: j.ref_levels.len() }).collect();
-        let f1 = chain_f1(&chain_items, &params.metrics.chain_f1)?.f1;
+        let f1 = chain_f1(&chain_items, &metrics.chain_f1)?.f1;
         let n_sent: usize = js.iter().map(|j| j.similarity.len()).sum();
         let mut push = |level: &str,
                         n_s: usize,
@@ -426,7 +717,7 @@ pub fn evaluate(
             m_acc.append_option(a);
             m_f1.append_option(f);
             m_auroc.append_option(r);
-            m_bins.append_value(params.metrics.ece.bins as u64);
+            m_bins.append_value(metrics.ece.bins as u64);
             m_answer_conf.append_value(&answer_conf_name);
         };
         push("all", n_sent, ece_all, (mece_all, brier_all), Some(accuracy), Some(f1), auroc_all);
@@ -435,7 +726,7 @@ pub fn evaluate(
             // The level's sentences once, for both MECE and Brier.
             let subset = level_subset(&kept_levels, &kept_responses, level)?;
             let (m, b) = if subset.is_empty() { (None, None) } else { (Some(mece(&subset)?), Some(step_brier(&subset)?)) };
-            let f = chain_f1_by_level(&chain_items, &ref_levels, level, &params.metrics.chain_f1)?;
+            let f = chain_f1_by_level(&chain_items, &ref_levels, level, &metrics.chain_f1)?;
             let n_l: usize = js.iter().map(|j| j.levels.iter().filter(|&&l| l == level).count()).sum();
             push(level_name(level), n_l, None, (m, b), None, (f.reference > 0).then_some(f.f1), None);
         }
@@ -455,6 +746,5 @@ pub fn evaluate(
         Arc::new(m_bins.finish()),
         Arc::new(m_answer_conf.finish()),
     ];
-    let metrics = RecordBatch::try_new(metrics_schema(), cols)?;
-    Ok((rows, metrics))
+    Ok(RecordBatch::try_new(metrics_schema(), cols)?)
 }

@@ -84,7 +84,8 @@ pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
     // The Conf-CSR baseline's preference data and DPO (kept below only when eval evaluates its policy).
     stages.push(Box::new(csr_pairs::CsrPairsStage { params: c.params("csr_pairs")? }));
     stages.push(Box::new(dpo::DpoStage { params: dpo }));
-    stages.push(Box::new(eval::EvalStage { params: eval }));
+    // eval_chains (the judged chains, item by item), then eval (the metrics from their rows).
+    stages.extend(eval::stages(eval));
     stages.push(Box::new(report::ReportStage { params: c.params("report")? }));
     // A stage only a baseline reads is part of the pipeline only when something reads it, so the main
     // run neither runs nor lists it (dpo first: csr_pairs is read by dpo alone).

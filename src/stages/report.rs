@@ -130,8 +130,8 @@ impl Stage for ReportStage {
     fn inputs(&self) -> Vec<InputSpec> {
         vec![
             InputSpec::new("metrics", "eval", "metrics"),
-            InputSpec::new("sentences", "eval", "sentences"),
-            InputSpec::new("image_swap", "eval", "image_swap"),
+            InputSpec::new("sentences", "eval_chains", "sentences"),
+            InputSpec::new("image_swap", "eval_chains", "image_swap"),
             InputSpec::new("levels", "bin", "levels"),
         ]
     }

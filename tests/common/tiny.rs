@@ -8,7 +8,7 @@ use mmboundary::stages::bin::{BinParams, BinStage};
 use mmboundary::stages::csr_pairs::{CsrPairsParams, CsrPairsStage};
 use mmboundary::stages::dataset::{DatasetParams, DatasetStage};
 use mmboundary::stages::dpo::{DpoStage, DpoStageParams};
-use mmboundary::stages::eval::{EvalParams, EvalStage};
+use mmboundary::stages::eval::EvalParams;
 use mmboundary::stages::features::{FeaturesParams, FeaturesStage};
 use mmboundary::stages::generate::{GenerateParams, GenerateStage};
 use mmboundary::stages::map::{MapParams, MapStage};
@@ -154,9 +154,7 @@ fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {
         stages.push(Box::new(CsrPairsStage { params: csr_pairs }));
         stages.push(Box::new(DpoStage { params: dpo }));
     }
-    stages.extend::<Vec<Box<dyn Stage>>>(vec![
-        Box::new(EvalStage { params: eval }),
-        Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }),
-    ]);
+    stages.extend(mmboundary::stages::eval::stages(eval));
+    stages.push(Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }));
     Pipeline::new(stages).unwrap()
 }
