@@ -49,24 +49,23 @@ impl Pipeline {
 
     /// Status against a named variant's lock.
     pub fn status_named(&self, store: &Store, force: &[String], lock: Option<&str>) -> Result<Vec<StageStatus>, EngineError> {
-        self.status_where(store, force, lock, |_| true)
+        self.status_of(store, force, lock, &|_| true)
     }
 
-    /// [`Self::status_named`] of the stages `keep` accepts (a set closed under inputs, such as a target and
-    /// its ancestors: the others are not looked at, so their inputs need not exist).
-    fn status_where(
+    /// Status of the stages `only` keeps (with all their ancestors kept, as a target's are).
+    fn status_of(
         &self,
         store: &Store,
         force: &[String],
         lock: Option<&str>,
-        keep: impl Fn(&str) -> bool,
+        only: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<StageStatus>, EngineError> {
         let lock = LockFile::load_named(store.root(), lock)?;
         let produced = produced_from_lock(&lock)?;
         let models = ModelHashes::load(store.root());
         let mut stale = BTreeSet::new();
         let mut out = Vec::new();
-        for s in self.ordered().filter(|s| keep(s.name())) {
+        for s in self.ordered().filter(|s| only(s.name())) {
             let st = evaluate(s, &lock, &produced, &|u| stale.contains(u), &models, store, force.iter().any(|f| f == s.name()))?;
             if !st.is_fresh() {
                 stale.insert(s.name().to_string());
@@ -88,8 +87,9 @@ impl Pipeline {
             Some(t) => self.ancestors_and_self(t)?,
             None => self.ordered().map(|s| s.name().to_string()).collect(),
         };
+        // Only the reached stages are evaluated (another stage's model files need not exist).
         Ok(self
-            .status_where(store, &opts.force, opts.lock.as_deref(), |s| selected.contains(s))?
+            .status_of(store, &opts.force, opts.lock.as_deref(), &|s| selected.contains(s))?
             .into_iter()
             .filter(|st| !st.is_fresh())
             .map(|st| st.stage)
