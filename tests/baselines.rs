@@ -95,7 +95,7 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
                 let inputs = |s: &str| -> Vec<String> { p.get(s).unwrap().inputs().iter().map(|i| i.name.clone()).collect() };
                 assert_eq!(inputs("csr_pairs"), ["scored"]);
                 assert_eq!(inputs("dpo"), ["pairs", "items", "features", "model"]);
-                assert!(inputs("eval").contains(&"dpo_checkpoint".to_string()), "{:?}", inputs("eval"));
+                assert!(inputs("eval_chains").contains(&"dpo_checkpoint".to_string()), "{:?}", inputs("eval_chains"));
                 let pairs: mmboundary::stages::csr_pairs::CsrPairsParams = configs.params("csr_pairs").unwrap();
                 assert_eq!(pairs.clip_alpha, 0.9);
             }
@@ -115,8 +115,8 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
     // checkpoints of sft and ppo only.
     let names: Vec<&str> = main.ordered().map(|s| s.name()).collect();
     assert!(!names.contains(&"dpo") && !names.contains(&"csr_pairs"), "{names:?}");
-    let eval_inputs: Vec<String> = main.get("eval").unwrap().inputs().iter().map(|i| i.name.clone()).collect();
-    assert_eq!(eval_inputs, ["items", "features", "sft_checkpoint", "ppo_checkpoint", "model"]);
+    let eval_inputs: Vec<String> = main.get("eval_chains").unwrap().inputs().iter().map(|i| i.name.clone()).collect();
+    assert_eq!(eval_inputs, ["items", "features", "all_items", "sft_checkpoint", "ppo_checkpoint", "model"]);
 }
 
 #[test]

@@ -177,7 +177,14 @@ fn a_shard_of_an_iteration_draw_draws_itself() {
     let rest: std::collections::BTreeSet<usize> = (0..16).filter(|i| !first_two.contains(i)).collect();
     assert_eq!(passes[2][..4].iter().copied().collect::<std::collections::BTreeSet<_>>(), rest);
 
-    let items: Vec<Item> = (0..16).map(|i| Item::new(&format!("q{i}"), "test", if i % 4 == 3 { "val" } else { "train" }, "?")).collect();
+    // Each with a reference chain: PPO draws only among items its rewards can judge.
+    let items: Vec<Item> = (0..16)
+        .map(|i| {
+            let mut it = Item::new(&format!("q{i}"), "test", if i % 4 == 3 { "val" } else { "train" }, "?");
+            it.chain.reasoning.push(format!("step {i}"));
+            it
+        })
+        .collect();
     let p = PpoStageParams { prompts_per_iteration: 6, limit: Some(10), seed: 5, ..Default::default() };
     for k in 0..4 {
         let drawn = iteration_items(&items, &p, k).unwrap();

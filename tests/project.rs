@@ -73,7 +73,7 @@ fn every_stage_that_reads_a_shared_value_takes_it_from_the_project_file() {
         assert_eq!(v["judge"]["cross_encoder"], "models/stsb", "{s}");
     }
     assert_eq!(params(&p, "score")["match_threshold"], 0.7);
-    assert_eq!(params(&p, "eval")["match_threshold"], 0.7);
+    assert_eq!(params(&p, "eval_chains")["match_threshold"], 0.7);
     assert_eq!(params(&p, "rollout_0")["rewards"]["match_threshold"], 0.7);
     // Stages that read none of it are untouched, and the demo models are needed by nothing on the way to
     // the report.
@@ -91,7 +91,7 @@ fn every_stage_that_reads_a_shared_value_takes_it_from_the_project_file() {
     std::fs::write(stages.join("eval.toml"), "[params]\ndevice = \"cuda:1\"\nlimit = 3\n[params.judge]\nkind = \"minilm_cosine\"\n")
         .unwrap();
     let p = mmboundary::stages::pipeline(&stages).unwrap();
-    let e = params(&p, "eval");
+    let e = params(&p, "eval_chains");
     assert_eq!((e["device"].as_str(), e["judge"]["kind"].as_str(), e["limit"].as_u64()), (Some("cuda:1"), Some("minilm_cosine"), Some(3)));
     assert_eq!(params(&p, "generate")["device"], "cpu");
 }
@@ -263,7 +263,7 @@ fn changing_a_project_value_reruns_exactly_the_stages_that_read_it() {
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"[judge]\nthreshold = 0.5\n"))
         .unwrap();
     let p = mmboundary::stages::pipeline(&stages).unwrap();
-    assert_eq!(params(&p, "eval")["match_threshold"], 0.5);
+    assert_eq!(params(&p, "eval_chains")["match_threshold"], 0.5);
     assert_eq!(params(&p, "score")["match_threshold"], 0.64);
     let s = run("report").unwrap();
     assert_eq!(s.ran, ["rollout_0", "update_0", "rollout_1", "update_1", "ppo", "eval_chains", "eval", "report"]);
