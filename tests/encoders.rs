@@ -353,7 +353,7 @@ fn bench_runs_and_reports_json() {
 #[test]
 fn a_contended_benchmark_says_so() {
     use bench::{contention_warnings, MachineLoad};
-    let quiet = MachineLoad { cores: 2, load_before: Some(0.4), load_after: Some(1.9) };
+    let quiet = MachineLoad { cores: 2, bench_threads: 2, load_before: Some(0.4), load_after: Some(1.9) };
     let shares = |v: &[f64]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
     // median share 0.95 (rounds 0.95, 0.97, 0.60): one bad round doesn't condemn the figure, which is a median
     let fine = vec![("model.onnx".to_string(), shares(&[0.95, 0.97, 0.60]))];
@@ -364,9 +364,18 @@ fn a_contended_benchmark_says_so() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].starts_with("model.onnx: its threads were on a CPU for 62 % of the median round (lowest 55 %)"), "{}", w[0]);
     // a machine loaded beyond its cores before or after the rounds
-    let busy = MachineLoad { cores: 2, load_before: Some(8.15), load_after: Some(2.0) };
+    let busy = MachineLoad { cores: 2, bench_threads: 2, load_before: Some(8.15), load_after: Some(2.0) };
     let w = contention_warnings(&busy, &fine);
-    assert_eq!(w, vec!["load average 8.15 on 2 cores before the timed rounds: other processes competed for the cores, so these figures measure the contention".to_string()]);
+    assert_eq!(w, vec!["load average 8.15 on 2 cores before the timed rounds, 6.15 beyond the benchmark's own 2 threads: other processes competed for the cores, so these figures measure the contention".to_string()]);
+    // The load average counts the benchmark's own threads: the last session's quiet run (CPU share 0.95-0.99)
+    // ended at 2.03 on 2 cores with 2 threads, and that is no contention.
+    let own = MachineLoad { cores: 2, bench_threads: 2, load_before: Some(0.3), load_after: Some(2.03) };
+    assert!(contention_warnings(&own, &fine).is_empty(), "{:?}", contention_warnings(&own, &fine));
+    // Half a core of other work beyond the benchmark's threads is flagged; less is not.
+    let half = MachineLoad { cores: 2, bench_threads: 1, load_before: None, load_after: Some(1.6) };
+    assert_eq!(contention_warnings(&half, &fine).len(), 1);
+    let under = MachineLoad { cores: 2, bench_threads: 1, load_before: None, load_after: Some(1.4) };
+    assert!(contention_warnings(&under, &fine).is_empty());
 }
 
 /// Set-up makes the int8 fast path by the documented recipe (scripts/export_onnx.py INT8_RECIPE), calibrated

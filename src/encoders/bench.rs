@@ -145,6 +145,9 @@ pub struct BenchReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MachineLoad {
     pub cores: usize,
+    /// The benchmark's own threads: the load average counts them too.
+    #[serde(default)]
+    pub bench_threads: usize,
     /// 1-minute load average before the first and after the last timed round (`None` off Linux).
     pub load_before: Option<f64>,
     pub load_after: Option<f64>,
@@ -152,6 +155,10 @@ pub struct MachineLoad {
 
 /// Below this CPU share a round lost a noticeable part of its time to other processes.
 pub const CONTENDED_CPU_SHARE: f64 = 0.85;
+
+/// Runnable work of other processes (load average beyond the benchmark's own threads) from which the machine
+/// counts as busy: half a core, on average over the last minute.
+pub const OTHERS_LOAD_LIMIT: f64 = 0.5;
 
 /// The 1-minute load average (Linux `/proc/loadavg`).
 pub fn load_average() -> Option<f64> {
@@ -169,16 +176,18 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some(secs(usage.ru_utime) + secs(usage.ru_stime))
 }
 
-/// The warnings a report carries: a machine already loaded beyond its cores when the rounds began or ended,
-/// and each configuration whose median round had less than [`CONTENDED_CPU_SHARE`] of its threads' time.
+/// The warnings a report carries: a machine with other work (load average beyond the benchmark's own threads,
+/// by at least [`OTHERS_LOAD_LIMIT`]) when the rounds began or ended, and each configuration whose median round had less than [`CONTENDED_CPU_SHARE`] of its threads' time.
 pub fn contention_warnings(machine: &MachineLoad, entries: &[(String, Vec<Option<f64>>)]) -> Vec<String> {
     let mut out = Vec::new();
-    let cores = machine.cores.max(1) as f64;
+    let own = machine.bench_threads as f64;
     for (when, load) in [("before", machine.load_before), ("after", machine.load_after)] {
-        if let Some(load) = load.filter(|&l| l > cores) {
+        if let Some(load) = load.filter(|&l| l - own >= OTHERS_LOAD_LIMIT) {
             out.push(format!(
-                "load average {load:.2} on {} cores {when} the timed rounds: other processes competed for the cores, so these figures measure the contention",
-                machine.cores
+                "load average {load:.2} on {} cores {when} the timed rounds, {:.2} beyond the benchmark's own {} threads: other processes competed for the cores, so these figures measure the contention",
+                machine.cores,
+                load - own,
+                machine.bench_threads
             ));
         }
     }
@@ -366,7 +375,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             truncated: 0,
         });
     }
-    let machine = MachineLoad { cores: threads_available(), load_before, load_after: load_average() };
+    let machine =
+        MachineLoad { cores: threads_available(), bench_threads: threads, load_before, load_after: load_average() };
     let named: Vec<(String, Vec<Option<f64>>)> =
         entries.iter().map(|e| (e.file.display().to_string(), e.round_cpu_share.clone())).collect();
     let warnings = contention_warnings(&machine, &named);
