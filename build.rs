@@ -11,7 +11,12 @@ use std::path::Path;
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-changed=build.rs");
+    // `rerun-if-changed` paths are relative to the package being built, and src/mllm and src/jobs use this file
+    // as `../../build.rs`: a bare "build.rs" names a file that does not exist there, which cargo takes as
+    // changed, so every cargo command rebuilt those crates and all that depends on them.
+    let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let script = manifest.ancestors().map(|d| d.join("build.rs")).find(|p| p.is_file()).expect("build.rs above the package");
+    println!("cargo:rerun-if-changed={}", script.display());
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=MMB_CUDA");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
