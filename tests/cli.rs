@@ -117,6 +117,15 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
     let pv = mmboundary::stages::pipeline_with(&c).unwrap();
     let demo = pv.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
     assert_eq!(demo["trainer"]["decoder"], "smollm2_gguf", "{demo}");
+    // What follows the base model is cut to fit 2 cores, over the stage files' values.
+    let params = |name: &str| pv.ordered().find(|s| s.name() == name).unwrap_or_else(|| panic!("{name}")).params();
+    assert_eq!(params("sft")["trainer"]["epochs"], 1);
+    assert_eq!(params("sft")["trainer"]["learning_rate"], 1e-4);
+    assert_eq!(params("sft")["trainer"]["batch_size"], 16, "sft.toml's other settings stay");
+    assert!(pv.ordered().any(|s| s.name() == "update_3") && !pv.ordered().any(|s| s.name() == "update_4"));
+    assert_eq!(params("update_0")["ppo"]["trainer"]["learning_rate"], 1e-5);
+    assert_eq!(params("eval_chains")["limit"], 25);
+    assert_eq!(params("eval_chains")["image_swap"], false);
 }
 
 /// A fake report artifact recorded under `lock` (the main lock, or a preset's), as the report stage records one.
