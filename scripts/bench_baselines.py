@@ -8,10 +8,10 @@
 
     .venv/bin/python scripts/bench_baselines.py [--threads 2] [--rust] [--limit N] [--rounds R]
 
-Prints one JSON object. With --rust it also runs the Rust benchmark (`cargo test --config
-profile.dev.package.mmboundary.opt-level=3 --test encoders full_benchmark -- --ignored`: the test profile's
-dependencies (opt-level 2) are reused and only this crate is rebuilt optimized; `--release` instead rebuilds
-everything) and adds the ratios Rust / baseline, so one run gives them. With --rounds R everything runs R times interleaved; medians and spreads are reported, with the
+Prints one JSON object. With --rust it also runs the Rust benchmark (built once with `cargo test --config
+profile.dev.package.mmboundary.opt-level=3 --test encoders --no-run`: the test profile's dependencies (opt-level
+2) are reused and only this crate is rebuilt optimized; `--release` instead rebuilds everything; each round runs
+that binary's `full_benchmark`) and adds the ratios Rust / baseline, so one run gives them. With --rounds R everything runs R times interleaved; medians and spreads are reported, with the
 load average before and after (a loaded machine measures its other processes, not the encoders). The photos are the Rust side's (see bench_images).
 """
 import argparse
@@ -138,19 +138,32 @@ def clip_images(paths, threads, repeat, batch=16):
     return {"images_per_s": len(files) / s, "images": len(files), "seconds": s, "batch": batch}
 
 
-def run_rust(threads, limit, image_repeat, release=False):
+def build_rust(release=False):
+    """Builds the Rust benchmark's test binary once and returns its path, so that the rounds run the binary and
+    no round waits on cargo. Without --release: the test profile, with this crate (not its dependencies)
+    optimized like them, so only this crate is rebuilt; the dependencies are at opt-level 2 and ONNX Runtime is
+    native either way."""
+    profile = ["--release"] if release else ["--config", f"profile.dev.package.mmboundary.opt-level={CRATE_OPT_LEVEL}"]
+    cmd = ["cargo", "test", "--locked", "-q"] + profile + ["--test", "encoders", "--no-run", "--message-format=json"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    exes = [m["executable"] for m in map(json.loads, filter(None, res.stdout.splitlines()))
+            if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "encoders"]
+    if res.returncode != 0 or len(exes) != 1:
+        print(res.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"building the Rust benchmark failed ({' '.join(cmd)}): {len(exes)} test binaries named encoders")
+    return exes[0]
+
+
+def run_rust(exe, threads, limit, image_repeat):
     env = dict(os.environ, MMB_BENCH_THREADS=str(threads), MMB_BENCH_IMAGE_REPEAT=str(image_repeat), RUST_LOG="warn")
     if limit:
         env["MMB_BENCH_LIMIT"] = str(limit)
-    # without --release: the test profile, with this crate (not its dependencies) optimized like them, so
-    # only this crate is rebuilt; the dependencies are at opt-level 2 and ONNX Runtime is native either way
-    profile = ["--release"] if release else ["--config", f"profile.dev.package.mmboundary.opt-level={CRATE_OPT_LEVEL}"]
-    cmd = ["cargo", "test", "-q"] + profile + ["--test", "encoders", "full_benchmark", "--", "--ignored", "--nocapture"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    res = subprocess.run([exe, "full_benchmark", "--exact", "--ignored", "--nocapture"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
     start = res.stdout.find("{")
     if res.returncode != 0 or start < 0:
         print(res.stdout[-3000:], res.stderr[-3000:], file=sys.stderr)
-        raise SystemExit("the Rust benchmark failed")
+        raise SystemExit(f"the Rust benchmark failed: {exe}")
     return json.JSONDecoder().raw_decode(res.stdout[start:])[0]
 
 
@@ -199,6 +212,7 @@ def main():
     images = bench_images()
     out["image_files"] = [str(p) for p in images]
     runs = {k: [] for k in ["st", "o32", "o8", "clip", "rust"]}
+    rust_exe = build_rust(a.release) if a.rust else None
     # the machine's load around the rounds: figures taken while other processes held the cores measure them
     out["load_average_before"] = os.getloadavg()[0]
     for _ in range(a.rounds):
@@ -209,7 +223,7 @@ def main():
             o8["min_cosine_vs_fp32"] = float((o8_emb * o32_emb).sum(1).min())
             runs["o8"].append(o8)
         if a.rust:
-            runs["rust"].append(run_rust(a.threads, a.limit, a.image_repeat, a.release))
+            runs["rust"].append(run_rust(rust_exe, a.threads, a.limit, a.image_repeat))
         st, st_emb = st_sentences(lines, a.threads)
         st["onnxruntime_fp32_min_cosine_vs_this"] = float((o32_emb * st_emb).sum(1).min())
         runs["st"].append(st)
