@@ -50,14 +50,9 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let mut trainer = SftTrainer::new(&vs, &mut model, tp)?;
     // Checkpoints of this very run (same cache key) survive a crash: resume from the latest one.
     let work = ctx.work_dir()?;
-    let mut done: Vec<_> = std::fs::read_dir(&work)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    done.sort();
-    if let Some(last) = done.last() {
+    if let Some(last) = mllm::checkpoint::latest_checkpoint(&work, "sft")? {
         eprintln!("sft: resuming from {}", last.display());
-        trainer.resume(last)?;
+        trainer.resume(&last)?;
     }
     let report = trainer.train(&model, &examples, &work)?;
     let last = trainer.save(&work)?;
