@@ -287,20 +287,26 @@ fn dpo_resume_mid_epoch_continues_exactly() {
     assert!(err.contains("expected format mmboundary-sft-v1") && err.contains("mmboundary-dpo-v1"), "{err}");
 }
 
-/// The `dpo` stage resumes from the latest finished checkpoint of its work folder: step order by the
-/// zero-padded step, a `.pending.` file (an interrupted write) and other stems ignored.
+/// The `dpo` and `sft` stages resume from the latest finished checkpoint of their work folder (one
+/// function, `mllm::checkpoint::latest_checkpoint`): step order by the zero-padded step, a `.pending.` file
+/// (an interrupted write) and other stems ignored. SFT used to take the last `*.safetensors` by name, so a
+/// `.pending.` file a crash left after a finished checkpoint was resumed from.
 #[test]
 fn the_latest_finished_checkpoint_is_the_one_resumed() {
+    use mllm::checkpoint::latest_checkpoint;
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(mllm::dpo::latest_checkpoint(dir.path(), "dpo").unwrap(), None);
+    assert_eq!(latest_checkpoint(dir.path(), "dpo").unwrap(), None);
+    assert_eq!(latest_checkpoint(dir.path(), "sft").unwrap(), None);
     for name in [
         "dpo-step000002-aaaa.safetensors",
         "dpo-step000010-bbbb.safetensors",
         "dpo-step000011.pending.safetensors",
         "sft-step000099-cccc.safetensors",
+        "sft-step000100.pending.safetensors",
         "dpo-step000012-dddd.json",
     ] {
         std::fs::write(dir.path().join(name), b"x").unwrap();
     }
-    assert_eq!(mllm::dpo::latest_checkpoint(dir.path(), "dpo").unwrap(), Some(dir.path().join("dpo-step000010-bbbb.safetensors")));
+    assert_eq!(latest_checkpoint(dir.path(), "dpo").unwrap(), Some(dir.path().join("dpo-step000010-bbbb.safetensors")));
+    assert_eq!(latest_checkpoint(dir.path(), "sft").unwrap(), Some(dir.path().join("sft-step000099-cccc.safetensors")));
 }

@@ -1,49 +1,38 @@
 //! The `dpo` stage's model work (the Conf-CSR baseline): (prompt + image, chosen, rejected) pairs from
 //! `csr_pairs`, trained by `mllm::dpo::train_resumable`.
-use super::inputs::{ImageInputs, Prompter};
+use super::inputs::Trainable;
 use anyhow::Context;
 use arrow::array::{ArrayRef, AsArray, Float64Array, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use mllm::dpo::{train_resumable, DpoExample, DpoParams};
-use mllm::family::Mllm;
-use mllm::llava::EmbedInputs;
-use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::StageContext;
 use mmboundary::stages::dpo::{dpo_log_schema, DpoStageParams};
 use mmboundary::store::ArtifactKind;
-use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: DpoStageParams = ctx.params()?;
     let tp = super::inputs::overlay_params::<DpoParams>(&p.trainer, "dpo.trainer")?;
-    let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = super::policy::device("dpo", &p.device)?;
-    let (vs, mut model) = Mllm::load(&model_dir, device, mllm::DType::from_str(&p.dtype)?)?;
-    let tok = Prompter::tokenizer(&model_dir)?;
-    let eos = model.text_model().cfg.eos_token_ids().first().copied();
-    let template = super::inputs::prompt_template(&p.model, &p.prompt, &model_dir, model.image_token_id())?;
-    let prompter = Prompter::new(&tok, &model, &template);
-    let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-    let by_id: HashMap<&str, _> = items.iter().map(|i| (i.id.as_str(), i)).collect();
-    let images = ImageInputs::new(&model, &model_dir, &ctx.input_table("features")?.concat()?)?;
+    let mut t = Trainable::load(ctx, "dpo", &p.model, &p.prompt, &p.device, &p.dtype)?;
     let pairs = ctx.input_table("pairs")?.concat()?;
     let col = |n: &str| pairs.column_by_name(n).with_context(|| format!("csr_pairs' pairs have no column `{n}`"));
     let (ids, chosen, rejected) = (col("item_id")?.as_string::<i32>(), col("chosen")?.as_string::<i32>(), col("rejected")?.as_string::<i32>());
-    let response = |text: &str| -> anyhow::Result<Vec<i64>> {
-        let mut r = prompter.encode(&format!(" {text}"))?;
-        r.extend(eos);
-        Ok(r)
-    };
     let mut data = Vec::with_capacity(pairs.num_rows());
-    for r in 0..pairs.num_rows() {
-        let it = by_id.get(ids.value(r)).with_context(|| format!("pairs row {r}: item {} is not in the dataset", ids.value(r)))?;
-        let (n, feat) = images.get(&model, it)?;
-        let prompt = prompter.prompt(&it.question, &it.choices, n)?;
-        data.push(DpoExample { prompt, chosen: response(chosen.value(r))?, rejected: response(rejected.value(r))?, images: feat });
+    {
+        let (prompter, by_id) = (t.prompter(), t.items_by_id());
+        let response = |text: &str| -> anyhow::Result<Vec<i64>> {
+            let mut r = prompter.encode(&format!(" {text}"))?;
+            r.extend(t.eos);
+            Ok(r)
+        };
+        for r in 0..pairs.num_rows() {
+            let it = by_id.get(ids.value(r)).with_context(|| format!("pairs row {r}: item {} is not in the dataset", ids.value(r)))?;
+            let (n, feat) = t.images.get(&t.model, it)?;
+            let prompt = prompter.prompt(&it.question, &it.choices, n)?;
+            data.push(DpoExample { prompt, chosen: response(chosen.value(r))?, rejected: response(rejected.value(r))?, images: feat });
+        }
     }
-    let (report, last) = train_resumable(&vs, &mut model, tp, &data, &ctx.work_dir()?)?;
+    let (report, last) = train_resumable(&t.vs, &mut t.model, tp, &data, &ctx.work_dir()?)?;
     // One column per field of `dpo_log_schema`, in its order.
     let rows = &report.rows;
     let u64s = |f: &dyn Fn(&mllm::dpo::DpoStepRow) -> u64| -> ArrayRef { Arc::new(UInt64Array::from_iter_values(rows.iter().map(f))) };

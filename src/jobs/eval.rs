@@ -20,8 +20,12 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
     let features = ctx.input_table("features")?.concat()?;
-    let selected = mmboundary::stages::eval::select(&items, &p.splits, p.limit);
-    anyhow::ensure!(!selected.is_empty(), "eval: no items in splits {:?}", p.splits);
+    let chosen = mmboundary::stages::eval::selection(&items, &p.splits, p.limit);
+    if let Some(note) = chosen.note() {
+        eprintln!("{note}");
+    }
+    let selected = chosen.items;
+    anyhow::ensure!(!selected.is_empty(), "eval: no items with a reference chain in splits {:?}", p.splits);
 
     let mut sc_samples: HashMap<String, Vec<String>> = HashMap::new();
     // With image_swap, each item is answered a second time with the image of `partners[i]` (same split,

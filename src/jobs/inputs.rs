@@ -110,6 +110,55 @@ impl ImageInputs {
     }
 }
 
+/// What a training stage (`sft`, `dpo`) starts from: its model loaded from the resolved folder on the
+/// stage's device (trainable, with its var store), the tokenizer, the end-of-sequence id closing each
+/// response, the prompt template, the dataset's items and where their image inputs come from.
+pub struct Trainable {
+    pub vs: tch::nn::VarStore,
+    pub model: Mllm,
+    pub tok: tokenizers::Tokenizer,
+    pub eos: Option<i64>,
+    pub template: String,
+    pub items: Vec<Item>,
+    pub images: ImageInputs,
+}
+
+impl Trainable {
+    /// Loads stage `stage`'s model (`model`, resolved from the stage's `model` input), on `device` in
+    /// `dtype`, with its prompt (`prompt`, else the model's own), items (input `items`) and image inputs
+    /// (input `features`).
+    pub fn load(
+        ctx: &mmboundary::engine::StageContext,
+        stage: &str,
+        model: &Option<std::path::PathBuf>,
+        prompt: &Option<String>,
+        device: &str,
+        dtype: &str,
+    ) -> anyhow::Result<Self> {
+        use mllm::llava::EmbedInputs;
+        let model_dir = mmboundary::stages::models::resolve(ctx, model, "model")?;
+        let device = super::policy::device(stage, device)?;
+        let dtype = <mllm::DType as std::str::FromStr>::from_str(dtype)?;
+        let (vs, m) = Mllm::load(&model_dir, device, dtype)?;
+        let tok = Prompter::tokenizer(&model_dir)?;
+        let eos = m.text_model().cfg.eos_token_ids().first().copied();
+        let template = prompt_template(model, prompt, &model_dir, m.image_token_id())?;
+        let items = mmboundary::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
+        let images = ImageInputs::new(&m, &model_dir, &ctx.input_table("features")?.concat()?)?;
+        Ok(Self { vs, model: m, tok, eos, template, items, images })
+    }
+
+    /// The prompter of this model and template.
+    pub fn prompter(&self) -> Prompter<'_> {
+        Prompter::new(&self.tok, &self.model, &self.template)
+    }
+
+    /// The items by id.
+    pub fn items_by_id(&self) -> HashMap<&str, &Item> {
+        self.items.iter().map(|i| (i.id.as_str(), i)).collect()
+    }
+}
+
 /// Prompt token ids with `{image}` expanded to one image token per patch (between the family's image
 /// delimiters, if it has any).
 pub struct Prompter<'a> {

@@ -1,65 +1,48 @@
 //! The `sft` stage's model work: build (prompt + image, interleaved target) examples and train.
-use super::inputs::{ImageInputs, Prompter};
+use super::inputs::Trainable;
 use anyhow::Context;
 use arrow::array::{ArrayRef, AsArray, Float64Builder, Int64Builder, UInt64Builder};
 use arrow::record_batch::RecordBatch;
-use mllm::family::Mllm;
-use mllm::llava::EmbedInputs;
 use mllm::sft::{SftExample, SftParams, SftTrainer};
-use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::StageContext;
 use mmboundary::stages::sft::{sft_log_schema, SftStageParams};
 use mmboundary::store::ArtifactKind;
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: SftStageParams = ctx.params()?;
     let tp = super::inputs::overlay_params::<SftParams>(&p.trainer, "sft.trainer")?;
-    let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = super::policy::device("sft", &p.device)?;
-    let dtype = mllm::DType::from_str(&p.dtype)?;
-    let (vs, mut model) = Mllm::load(&model_dir, device, dtype)?;
-    let tok = Prompter::tokenizer(&model_dir)?;
-    let eos = model.text_model().cfg.eos_token_ids().first().copied();
-    let template = super::inputs::prompt_template(&p.model, &p.prompt, &model_dir, model.image_token_id())?;
-    let prompter = Prompter::new(&tok, &model, &template);
-
-    let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-    let by_id: HashMap<&str, _> = items.iter().map(|i| (i.id.as_str(), i)).collect();
-    let images = ImageInputs::new(&model, &model_dir, &ctx.input_table("features")?.concat()?)?;
+    let mut t = Trainable::load(ctx, "sft", &p.model, &p.prompt, &p.device, &p.dtype)?;
     let data = ctx.input_table("sft_data")?.concat()?;
     let ids = data.column_by_name("item_id").context("sft_data has no item_id")?.as_string::<i32>();
     let targets = data.column_by_name("target").context("sft_data has no target")?.as_string::<i32>();
     let mut examples = Vec::with_capacity(data.num_rows());
-    // An item's image inputs, computed once however many targets it has.
-    let mut cache: HashMap<String, (i64, Vec<tch::Tensor>)> = HashMap::new();
-    for r in 0..data.num_rows() {
-        let it = by_id.get(ids.value(r)).with_context(|| format!("sft_data row {r}: item {} is not in the dataset", ids.value(r)))?;
-        if !cache.contains_key(&it.id) {
-            cache.insert(it.id.clone(), images.get(&model, it)?);
+    {
+        let (prompter, by_id) = (t.prompter(), t.items_by_id());
+        // An item's image inputs, computed once however many targets it has.
+        let mut cache: HashMap<String, (i64, Vec<tch::Tensor>)> = HashMap::new();
+        for r in 0..data.num_rows() {
+            let it = by_id.get(ids.value(r)).with_context(|| format!("sft_data row {r}: item {} is not in the dataset", ids.value(r)))?;
+            if !cache.contains_key(&it.id) {
+                cache.insert(it.id.clone(), t.images.get(&t.model, it)?);
+            }
+            let (n, feat) = &cache[&it.id];
+            let (n, feat) = (*n, feat.iter().map(|t| t.shallow_clone()).collect());
+            let mut response = prompter.encode(&format!(" {}", targets.value(r)))?;
+            response.extend(t.eos);
+            examples.push(SftExample { prompt: prompter.prompt(&it.question, &it.choices, n)?, response, images: feat });
         }
-        let (n, feat) = &cache[&it.id];
-        let (n, feat) = (*n, feat.iter().map(|t| t.shallow_clone()).collect());
-        let mut response = prompter.encode(&format!(" {}", targets.value(r)))?;
-        response.extend(eos);
-        examples.push(SftExample { prompt: prompter.prompt(&it.question, &it.choices, n)?, response, images: feat });
     }
 
-    let mut trainer = SftTrainer::new(&vs, &mut model, tp)?;
+    let mut trainer = SftTrainer::new(&t.vs, &mut t.model, tp)?;
     // Checkpoints of this very run (same cache key) survive a crash: resume from the latest one.
     let work = ctx.work_dir()?;
-    let mut done: Vec<_> = std::fs::read_dir(&work)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    done.sort();
-    if let Some(last) = done.last() {
+    if let Some(last) = mllm::checkpoint::latest_checkpoint(&work, "sft")? {
         eprintln!("sft: resuming from {}", last.display());
-        trainer.resume(last)?;
+        trainer.resume(&last)?;
     }
-    let report = trainer.train(&model, &examples, &work)?;
+    let report = trainer.train(&t.model, &examples, &work)?;
     let last = trainer.save(&work)?;
 
     let (mut step, mut epoch, mut lr, mut loss, mut gn, mut rt, mut secs) = (

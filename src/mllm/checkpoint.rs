@@ -106,6 +106,21 @@ pub fn read_checkpoint(opt: &mut AdamW, path: &Path, kind: &CheckpointKind<'_>) 
     Ok(Position { step: get("step")?, epoch: get("epoch")?, group_in_epoch: get("group_in_epoch")? })
 }
 
+/// The latest finished checkpoint of `stem` in `dir` (`{stem}-step{N:06}-{hash}.safetensors`; a
+/// `.pending.` file an interrupted write left behind is not one): where SFT and DPO resume.
+pub fn latest_checkpoint(dir: &Path, stem: &str) -> Result<Option<PathBuf>> {
+    let mut done: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(super::io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with(&format!("{stem}-step")) && name.ends_with(".safetensors") && !name.contains(".pending.")
+        })
+        .collect();
+    done.sort();
+    Ok(done.pop())
+}
+
 #[cfg(test)]
 mod tests {
     use super::Position;

@@ -12,7 +12,7 @@
 use super::llava::EmbedInputs;
 use super::lora;
 use super::optim::{linear_warmup_decay, AdamW, AdamWParams};
-use super::checkpoint::{read_checkpoint, write_checkpoint, Checkpoint, CheckpointKind, Position};
+use super::checkpoint::{latest_checkpoint, read_checkpoint, write_checkpoint, Checkpoint, CheckpointKind, Position};
 use super::sft::{data_order, make_batch, shifted_logprobs, trainable, AsMutLm, Batch, FineTuneMode, SftExample};
 use super::{MllmError, Result};
 use serde::{Deserialize, Serialize};
@@ -338,21 +338,6 @@ impl DpoTrainer {
     pub fn steps_done(&self) -> usize {
         self.pos.step
     }
-}
-
-/// The latest finished checkpoint of `stem` in `dir` (`{stem}-step{N:06}-{hash}.safetensors`; a
-/// `.pending.` file an interrupted write left behind is not one).
-pub fn latest_checkpoint(dir: &Path, stem: &str) -> Result<Option<std::path::PathBuf>> {
-    let mut done: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .map_err(super::io_err(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            name.starts_with(&format!("{stem}-step")) && name.ends_with(".safetensors") && !name.contains(".pending.")
-        })
-        .collect();
-    done.sort();
-    Ok(done.pop())
 }
 
 /// A resumable DPO run in `work` (a stage's work folder, kept across a crash): the trainer on `model`

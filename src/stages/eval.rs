@@ -151,8 +151,9 @@ impl Stage for EvalChainsStage {
     }
     /// 1: eval's per-item half (was `eval` 5: each item's chain seeded by its id; the `image_swap` output),
     /// rows item by item, with each sentence's `similarity` and a `chains` table.
+    /// 2: only items with a reference chain are evaluated ([`select`]; one without stopped the stage).
     fn code_version(&self) -> &str {
-        "1"
+        "2"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         // A checkpoint is an input only when a policy reads it (a baseline of `mmb compare` that evaluates
@@ -195,7 +196,11 @@ impl Stage for EvalChainsStage {
         let all = crate::data::items_from_record_batch(items)?;
         let ids = crate::engine::shard::key_column(items, "id", "eval_chains: input `items`")?;
         let row: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
-        let take: Vec<u32> = select(&all, &self.params.splits, self.params.limit).iter().map(|it| row[it.id.as_str()] as u32).collect();
+        let chosen = selection(&all, &self.params.splits, self.params.limit);
+        if let Some(note) = chosen.note() {
+            tracing::warn!("{note}");
+        }
+        let take: Vec<u32> = chosen.items.iter().map(|it| row[it.id.as_str()] as u32).collect();
         Ok(arrow::compute::take_record_batch(items, &arrow::array::UInt32Array::from(take))?)
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
@@ -383,18 +388,47 @@ fn reference_levels(item: &Item) -> Vec<ChainLevel> {
         .collect()
 }
 
-/// The questions eval answers: for each of `splits` in turn, that split's items in the dataset's order,
-/// the first `limit` of them. This order is eval_chains' row order (and a shard's, restricted to its items).
+/// The questions eval answers: for each of `splits` in turn, that split's items with a reference chain
+/// (every chain is judged against it) in the dataset's order, the first `limit` of them. This order is
+/// eval_chains' row order (and a shard's, restricted to its items). [`selection`] also counts the items
+/// left out.
 pub fn select<'a>(items: &'a [Item], splits: &[String], limit: Option<usize>) -> Vec<&'a Item> {
-    let mut selected = Vec::new();
+    selection(items, splits, limit).items
+}
+
+/// [`select`]'s questions, and how many items of each split it left out for want of a reference chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection<'a> {
+    pub items: Vec<&'a Item>,
+    /// (split, its items without a reference chain), for the splits that have any, in `splits` order.
+    pub unjudgeable: Vec<(String, usize)>,
+}
+
+impl Selection<'_> {
+    /// A line saying how many items were left out, by split (None when none was).
+    pub fn note(&self) -> Option<String> {
+        let total: usize = self.unjudgeable.iter().map(|(_, n)| n).sum();
+        (total > 0).then(|| {
+            let by: Vec<String> = self.unjudgeable.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+            format!("eval: {total} items without a reference chain to judge against are not evaluated ({})", by.join(", "))
+        })
+    }
+}
+
+/// [`select`], with the count of items it left out (the limit counts evaluated questions).
+pub fn selection<'a>(items: &'a [Item], splits: &[String], limit: Option<usize>) -> Selection<'a> {
+    let (mut selected, mut unjudgeable) = (Vec::new(), Vec::new());
     for split in splits {
-        let mut s: Vec<&Item> = items.iter().filter(|it| &it.split == split).collect();
+        let (mut s, left_out): (Vec<&Item>, Vec<&Item>) = items.iter().filter(|it| &it.split == split).partition(|it| !it.chain.is_empty());
+        if !left_out.is_empty() {
+            unjudgeable.push((split.clone(), left_out.len()));
+        }
         if let Some(n) = limit {
             s.truncate(n);
         }
         selected.extend(s);
     }
-    selected
+    Selection { items: selected, unjudgeable }
 }
 
 /// For each item of `selected` (all of them, or one shard's), the item whose image it gets in the
@@ -747,4 +781,45 @@ fn metrics_table(groups: &BTreeMap<(String, String), Vec<Judged>>, metrics: &Met
         Arc::new(m_answer_conf.finish()),
     ];
     Ok(RecordBatch::try_new(metrics_schema(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids<'a>(v: &[&'a Item]) -> Vec<&'a str> {
+        v.iter().map(|i| i.id.as_str()).collect()
+    }
+
+    /// eval judges every chain against its item's reference chain, so it evaluates only items that have
+    /// one (a ScienceQA val item without a solution has none and stopped eval_chains): the selection, a
+    /// shard's items and the swap partners all leave such items out, and the count left out is reported.
+    #[test]
+    fn eval_selects_only_items_with_a_reference_chain() {
+        let split = |i: usize| if i < 4 { "val" } else { "test" };
+        let mut items: Vec<Item> = (0..6).map(|i| Item::new(format!("q{i}"), "scienceqa", split(i), "?")).collect();
+        for i in [0, 2, 3, 5] {
+            items[i].chain.reasoning.push(format!("step {i}"));
+        }
+        let splits: Vec<String> = vec!["val".into(), "test".into()];
+        assert_eq!(ids(&select(&items, &splits, None)), ["q0", "q2", "q3", "q5"]);
+        // the limit counts evaluated questions
+        assert_eq!(ids(&select(&items, &splits, Some(2))), ["q0", "q2", "q5"]);
+        let s = selection(&items, &splits, None);
+        assert_eq!(s.unjudgeable, [("val".to_string(), 1), ("test".to_string(), 1)]);
+        let note = s.note().expect("items were left out");
+        assert!(note.contains("2 items") && note.contains("val: 1") && note.contains("test: 1"), "{note}");
+        assert!(selection(&items[..1], &splits, None).note().is_none());
+
+        // a shard's items are the same questions
+        let p = EvalParams { splits: splits.clone(), limit: None, ..Default::default() };
+        let stage = EvalChainsStage { params: p.clone() };
+        let batch = crate::data::items_to_record_batch(&items).unwrap();
+        let shard = crate::data::items_from_record_batch(&stage.shard_items(&batch).unwrap()).unwrap();
+        assert_eq!(shard.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["q0", "q2", "q3", "q5"]);
+        // every selected item has a swap partner, itself judgeable
+        let selected = select(&items, &splits, None);
+        let partners = swap_partners(&items, &selected, &p).unwrap();
+        assert!(partners.iter().all(|it| !it.chain.is_empty()));
+    }
 }
