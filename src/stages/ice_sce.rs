@@ -178,7 +178,9 @@ generate's sample 0. Var is over n.";
 /// Table 3 as Markdown: one line per split with the number of items; `samples` says how many
 /// self-consistency samples each item had.
 pub fn markdown(summaries: &[IceSceSummary], samples: &str) -> String {
-    let mut s = format!("Self-consistency samples per item: {samples}.\n\n| split | items | Mean | Var | Std | <0.1 |\n|---|---|---|---|---|---|\n");
+    let mut s = format!(
+        "Self-consistency samples per item: {samples}.\n\n| split | items | Mean | Var | Std | <0.1 |\n|---|---|---|---|---|---|\n"
+    );
     for r in summaries {
         s.push_str(&format!(
             "| {} | {} | {:.4} | {:.4} | {:.4} | {:.0} % |\n",
