@@ -995,3 +995,37 @@ fn table_3_on_hand_computed_values() {
     let e = ice_sce_rows(&items, &bad, &lv, &p).unwrap_err().to_string();
     assert!(e.contains("chains row 0") && e.contains("zz"), "{e}");
 }
+
+/// Table 3 through the engine on the tiny pipeline: with `report.ice_sce` set and m = 2 sampled chains per
+/// question, the report stage reads generate's chains and the items beside bin's levels, and both pages
+/// carry the table the library computes from those artifacts, with its items.
+#[test]
+fn table_3_is_in_the_report_of_a_sampled_run() {
+    use mmboundary::stages::ice_sce::{table, IceSceParams, HEADING};
+    let dir = tempfile::tempdir().unwrap();
+    let worker = dir.path().join("mmb-torch");
+    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
+    std::env::set_var("MMB_TORCH", &worker);
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let model = tiny_llava(dir.path());
+    let run = common::tiny::pipeline_with(&model, |p| {
+        p.generate.samples = 2;
+        p.generate.temperature = 0.7;
+        p.eval.variants = vec!["vanilla".into()];
+        p.report.ice_sce = Some(IceSceParams::default());
+    });
+    let s = run.run(&store, &RunOptions { target: Some("report".into()), ..Default::default() }).unwrap();
+    assert!(s.ran.iter().any(|r| r == "report") && !s.ran.iter().any(|r| r == "sft"), "{:?}", s.ran);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let read = |stage: &str, out: &str| {
+        store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap()
+    };
+    let items = mmboundary::data::items_from_record_batch(&read("dataset", "items")).unwrap();
+    let want = table(&items, &read("generate", "chains"), &read("bin", "levels"), &IceSceParams::default()).unwrap();
+    assert!(want.contains("| train | "), "{want}");
+    let rep = store.materialize(&ArtifactId::parse(&lock.stages["report"].outputs["report"].id).unwrap()).unwrap();
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(md.contains(&format!("## {HEADING}")) && md.ends_with(&want), "{md}");
+    let html = std::fs::read_to_string(rep.join("report.html")).unwrap();
+    assert!(html.contains(&format!("<h2>{HEADING}</h2>")) && html.contains("<td>train</td>"), "{html}");
+}
