@@ -38,7 +38,7 @@ fn judge() -> ChainJudge {
 fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
     let f = baselines();
     let names: Vec<&str> = f.variant.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["dpv", "dps", "drl", "sc", "multisample", "sayself", "conf_csr"]);
+    assert_eq!(names, ["dpv", "dps", "drl", "sc", "multisample", "sayself", "conf_csr", "rce"]);
     for v in &f.variant {
         let configs = StageConfigs { dir: stages_dir(), overrides: v.params.clone() };
         let p = mmboundary::stages::pipeline_with(&configs).unwrap_or_else(|e| panic!("{}: {e:#}", v.name));
@@ -81,6 +81,11 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
                 assert_eq!(v.row(), "full");
                 assert_eq!(ppo.reward, mmboundary::stages::ppo::RewardKind::Sayself);
                 assert!(eval.broadcast_last_statement);
+                // Table 3 in its report, from its sampled chains: the report reads generate's chains.
+                let report: mmboundary::stages::report::ReportParams = configs.params("report").unwrap();
+                assert_eq!(report.ice_sce, Some(Default::default()));
+                let report_inputs: Vec<String> = p.get("report").unwrap().inputs().iter().map(|i| i.stage.clone()).collect();
+                assert!(report_inputs.contains(&"generate".to_string()), "{report_inputs:?}");
                 let map: mmboundary::stages::map::MapParams = configs.params("map").unwrap();
                 assert_eq!(map.format, mmboundary::stages::map::StatementFormat::ResponseNumeric);
                 // The same sampled chains as Multisample: one generate for both.
@@ -99,6 +104,27 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
                 let pairs: mmboundary::stages::csr_pairs::CsrPairsParams = configs.params("csr_pairs").unwrap();
                 assert_eq!(pairs.clip_alpha, 0.9);
             }
+            "rce" => {
+                use mmboundary::confidence::parser::Layout;
+                assert_eq!(v.row(), "full");
+                let map: mmboundary::stages::map::MapParams = configs.params("map").unwrap();
+                assert_eq!(map.format, mmboundary::stages::map::StatementFormat::AfterResponse);
+                assert_eq!(map.levels_from, mmboundary::stages::map::LevelSource::Signals);
+                // MMBoundary's warm-up data (bin's levels), SFT, then PPO from SFT with MMBoundary's reward.
+                let map_inputs: Vec<String> = p.get("map").unwrap().inputs().iter().map(|i| i.stage.clone()).collect();
+                assert_eq!(map_inputs, ["bin"]);
+                assert!(rollout_inputs.contains(&"sft".to_string()), "{rollout_inputs:?}");
+                assert_eq!(ppo.start, PolicyStart::Sft);
+                assert_eq!(ppo.reward, mmboundary::stages::ppo::RewardKind::default());
+                // Both readers of the policy's output read the block after the response.
+                assert_eq!((ppo.parser.layout, eval.parser.layout), (Layout::AfterResponse, Layout::AfterResponse));
+                assert_eq!(eval.instruction, None, "MMBoundary's prompt: the format is learned in SFT");
+                // Only the format differs from the main run's generate, score and bin: all shared.
+                let main = mmboundary::stages::pipeline(&stages_dir()).unwrap();
+                for st in ["generate", "score", "bin"] {
+                    assert_eq!(p.get(st).unwrap().params(), main.get(st).unwrap().params(), "{st}");
+                }
+            }
             other => panic!("untested baseline {other}"),
         }
     }
@@ -111,6 +137,13 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
     assert!(!params.contains("\"start\"") && !params.contains("start_mode"), "{params}");
     let eval_params = main.get("eval").unwrap().params().to_string();
     assert!(!eval_params.contains("\"sc\""), "{eval_params}");
+    let report_params = main.get("report").unwrap().params().to_string();
+    assert!(!report_params.contains("ice_sce"), "{report_params}");
+    assert!(!main.get("report").unwrap().inputs().iter().any(|i| i.stage == "generate"));
+    // RCE's switches (map.format, the parser's layout) are left out of the main run's params.
+    assert!(main.get("map").unwrap().params().get("format").is_none());
+    assert!(main.get("rollout_0").unwrap().params()["ppo"]["parser"].get("layout").is_none());
+    assert!(main.get("eval_chains").unwrap().params()["parser"].get("layout").is_none());
     // Conf-CSR's stages are not part of the main run (nothing there reads them), and eval's inputs are the
     // checkpoints of sft and ppo only.
     let names: Vec<&str> = main.ordered().map(|s| s.name()).collect();
@@ -669,4 +702,330 @@ fn sc_draws_of_an_item_use_distinct_seed_streams() {
     assert_eq!(all.len(), n, "K draws, the greedy chain and another item's draws: all distinct seeds");
     // Another eval seed moves every stream.
     assert!((0..k).all(|d| draw_seed(1, "x1", d) != x1[d]));
+}
+
+/// A pool with one statement per level, so every draw is known by hand.
+fn one_statement_pool() -> mmboundary::confidence::statements::StatementPool {
+    let text = r#"
+[[level]]
+level = 1
+name = "uncertain"
+statements = ["but I doubt this."]
+[[level]]
+level = 2
+name = "slightly uncertain"
+statements = ["though it may be wrong."]
+[[level]]
+level = 3
+name = "moderately confident"
+statements = ["I am fairly sure of this."]
+[[level]]
+level = 4
+name = "highly confident"
+statements = ["and this seems right."]
+[[level]]
+level = 5
+name = "fully confident"
+statements = ["with no doubts at all."]
+"#;
+    mmboundary::confidence::statements::StatementPool::from_toml(text, "one_statement_pool").unwrap()
+}
+
+fn rce_parser() -> mmboundary::confidence::parser::Parser {
+    use mmboundary::confidence::parser::{Layout, Parser, ParserParams};
+    Parser::new(&one_statement_pool(), ParserParams { layout: Layout::AfterResponse, ..Default::default() })
+}
+
+/// RCE's warm-up target: the chain as written, then every sentence's statement (its level's pool
+/// statement) numbered by sentence after the whole response; the same levels written inline for
+/// MMBoundary's target.
+#[test]
+fn rce_map_writes_every_statement_after_the_chain() {
+    use mmboundary::stages::map::{signals_target, MapParams, StatementFormat};
+    let pool = one_statement_pool();
+    let sentences: Vec<String> = ["There is a red circle.", "It is big", "So the answer is A."].map(String::from).to_vec();
+    let levels = [5, 1, 3];
+    let rce = MapParams { format: StatementFormat::AfterResponse, ..Default::default() };
+    assert_eq!(
+        signals_target(&pool, &rce, "q1#0", &sentences, &levels).unwrap(),
+        "There is a red circle. It is big. So the answer is A.\nConfidence: [1] with no doubts at all. [2] but I doubt this. \
+         [3] I am fairly sure of this."
+    );
+    assert_eq!(
+        signals_target(&pool, &MapParams::default(), "q1#0", &sentences, &levels).unwrap(),
+        "There is a red circle with no doubts at all. It is big but I doubt this. So the answer is A. I am fairly sure of this."
+    );
+    // One level per sentence, or a clear error.
+    let e = signals_target(&pool, &rce, "q1#0", &sentences, &[5, 1]).unwrap_err().to_string();
+    assert!(e.contains("q1#0") && e.contains('3') && e.contains('2'), "{e}");
+}
+
+/// The RCE parser reads the block back: entry k is sentence k's statement, whatever the order; a
+/// sentence without an entry has none (the missing-confidence rule); an entry numbered beyond the chain,
+/// a second entry for the same sentence and text before the first `[k]` are dropped; the end-of-text
+/// marker closes the block.
+#[test]
+fn rce_parser_assigns_each_statement_to_its_sentence() {
+    use mmboundary::confidence::parser::{render_after_response, ParsedPair};
+    let p = rce_parser();
+    let pair = |s: &str, c: Option<&str>| ParsedPair { sentence: s.into(), statement: c.map(String::from) };
+    // Well formed: a round trip of the map's target.
+    let pairs = vec![
+        pair("There is a red circle.", Some("with no doubts at all.")),
+        pair("It is big.", Some("but I doubt this.")),
+        pair("So the answer is A.", Some("I am fairly sure of this.")),
+    ];
+    let text = render_after_response(&pairs);
+    let l = p.parse_after_response(&text);
+    assert_eq!(l.parsed.pairs, pairs);
+    assert!(l.parsed.dropped_statements.is_empty());
+    assert_eq!(l.sentence_spans, vec![(0, 22), (23, 33), (34, 53)]);
+    let at = |s: &str| text.find(s).map(|i| (i, i + s.len()));
+    assert_eq!(l.statement_spans, vec![at("with no doubts at all."), at("but I doubt this."), at("I am fairly sure of this.")]);
+    assert_eq!(p.parse(&text), l.parsed, "parse() follows the layout");
+    // Malformed: out of order, a duplicate, a number beyond the chain, text before [1], a marker after.
+    let text = "There is a red circle. It is big. So the answer is A.\nconfidence: high [2] but I doubt this. \
+                [1] with no doubts at all. [2] and this seems right. [7] I am fairly sure of this.</s> [3] x";
+    let l = p.parse_after_response(text);
+    assert_eq!(
+        l.parsed.pairs,
+        vec![
+            pair("There is a red circle.", Some("with no doubts at all.")),
+            pair("It is big.", Some("but I doubt this.")),
+            pair("So the answer is A.", None),
+        ]
+    );
+    assert_eq!(l.parsed.dropped_statements, ["high", "and this seems right.", "I am fairly sure of this."]);
+    // No block: every sentence without statement (and an inline statement is not read in this layout).
+    let l = p.parse_after_response("There is a red circle with no doubts at all. So the answer is A.");
+    assert_eq!(l.parsed.pairs, vec![pair("There is a red circle with no doubts at all.", None), pair("So the answer is A.", None)]);
+    // A label with nothing after it.
+    let l = p.parse_after_response("It is big.\nConfidence:");
+    assert_eq!((l.parsed.pairs, l.parsed.dropped_statements), (vec![pair("It is big.", None)], Vec::<String>::new()));
+}
+
+/// What eval and the PPO rollouts read of an RCE response (the chain judge with the RCE layout): each
+/// sentence's statement from the block, mapped to its level's value (exact pool statements of levels 5
+/// and 1: 1.0 and 0.0; a numeric entry by value), the statement's end where its reward goes, and a
+/// sentence without an entry with no confidence.
+#[test]
+fn rce_response_is_judged_sentence_by_sentence() {
+    use mmboundary::confidence::parser::{Layout, ParserParams};
+    let pool_text = std::fs::read_to_string(pool_path()).unwrap();
+    let pool = mmboundary::confidence::statements::StatementPool::from_toml(&pool_text, "pool").unwrap();
+    let (sure, unsure) = (&pool.statements(5).unwrap()[0], &pool.statements(1).unwrap()[0]);
+    let j = ChainJudge::load(
+        &mmboundary::encoders::minilm::default_model_dir(),
+        &pool_path(),
+        ParserParams { layout: Layout::AfterResponse, ..Default::default() },
+        Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    let text = format!(
+        "There is a red circle on the left. It is larger than the square. The square is blue. So the answer is A.\n\
+         Confidence: [1] {sure} [2] {unsure} [4] 0.75"
+    );
+    let pairs = j.judge(&text, &["There is a red circle."]).unwrap();
+    let got: Vec<(&str, Option<f64>)> = pairs.iter().map(|p| (p.pair.sentence.as_str(), p.expressed)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("There is a red circle on the left.", Some(1.0)),
+            ("It is larger than the square.", Some(0.0)),
+            ("The square is blue.", None),
+            ("So the answer is A.", Some(0.75)),
+        ]
+    );
+    let end_of = |s: &str| text.find(s).unwrap() + s.len();
+    let ends: Vec<Option<usize>> = pairs.iter().map(|p| p.statement_end).collect();
+    assert_eq!(ends, vec![Some(end_of(sure)), Some(end_of(unsure)), None, Some(text.len())]);
+    assert_eq!(pairs[3].sentence_span, (text.find("So the").unwrap(), text.find("\n").unwrap()));
+}
+
+/// RCE end to end on the tiny pipeline: MMBoundary's warm-up data written after the response, SFT, PPO
+/// (from SFT, MMBoundary's rewards) and eval of the PPO policy, both reading the RCE layout.
+#[test]
+fn rce_trains_sft_then_ppo_on_the_tiny_pipeline() {
+    use mmboundary::confidence::parser::Layout;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = dir.path().join("mmb-torch");
+    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
+    std::env::set_var("MMB_TORCH", &worker);
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let model = tiny_llava(dir.path());
+    let rce = common::tiny::pipeline_with(&model, |p| {
+        p.map.format = mmboundary::stages::map::StatementFormat::AfterResponse;
+        p.ppo.parser.layout = Layout::AfterResponse;
+        p.eval.parser.layout = Layout::AfterResponse;
+        p.eval.variants = vec!["full".into()];
+    });
+    assert_eq!(rce.get("rollout_0").unwrap().params()["ppo"]["parser"]["layout"], "after_response");
+    assert_eq!(rce.get("eval_chains").unwrap().params()["parser"]["layout"], "after_response");
+    let s = rce.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
+    for st in ["generate", "score", "bin", "map", "sft", "rollout_0", "update_1", "ppo", "eval"] {
+        assert!(s.ran.iter().any(|r| r == st), "{st} did not run: {:?}", s.ran);
+    }
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let table = |stage: &str, out: &str| {
+        store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap()
+    };
+    // Every SFT target is its chain, then one statement per scored sentence after it, read back whole.
+    let (data, levels) = (table("map", "sft_data"), table("bin", "levels"));
+    let targets = data.column_by_name("target").unwrap().as_string::<i32>();
+    let (lids, lsample) = (levels.column_by_name("item_id").unwrap().as_string::<i32>(), levels.column_by_name("sample").unwrap());
+    let lsample = lsample.as_primitive::<arrow::datatypes::UInt32Type>();
+    let (ids, samples) =
+        (data.column_by_name("item_id").unwrap().as_string::<i32>(), data.column_by_name("sample").unwrap().as_primitive::<arrow::datatypes::UInt32Type>());
+    let pool_text = std::fs::read_to_string(pool_path()).unwrap();
+    let pool = mmboundary::confidence::statements::StatementPool::from_toml(&pool_text, "pool").unwrap();
+    let parser = mmboundary::confidence::parser::Parser::new(
+        &pool,
+        mmboundary::confidence::parser::ParserParams { layout: Layout::AfterResponse, ..Default::default() },
+    );
+    assert!(data.num_rows() > 0);
+    for r in 0..data.num_rows() {
+        let t = targets.value(r);
+        assert!(t.contains("\nConfidence: [1] "), "{t:?}");
+        let n = (0..levels.num_rows()).filter(|&q| lids.value(q) == ids.value(r) && lsample.value(q) == samples.value(r)).count();
+        let parsed = parser.parse(t);
+        assert_eq!(parsed.pairs.len(), n, "{t:?}");
+        assert!(parsed.pairs.iter().all(|p| p.statement.is_some()) && parsed.dropped_statements.is_empty(), "{t:?}");
+    }
+    let m = table("eval", "metrics");
+    let variants = m.column_by_name("variant").unwrap().as_string::<i32>();
+    assert!(m.num_rows() > 0 && variants.iter().flatten().all(|v| v == "full"));
+}
+
+/// `generate`'s chains and `bin`'s levels for Table 3: (item, split, sample, sentences) and
+/// (item, sample, sentence index, level).
+fn ice_sce_batches(
+    chains: &[(&str, &str, u32, &[&str])],
+    levels: &[(&str, u32, u32, u8)],
+) -> (arrow::record_batch::RecordBatch, arrow::record_batch::RecordBatch) {
+    use arrow::array::{ArrayRef, ListBuilder, StringArray, StringBuilder, UInt32Array, UInt8Array};
+    use std::sync::Arc;
+    let mut list = ListBuilder::new(StringBuilder::new());
+    for c in chains {
+        for s in c.3 {
+            list.values().append_value(s);
+        }
+        list.append(true);
+    }
+    let c = arrow::record_batch::RecordBatch::try_from_iter([
+        ("item_id", Arc::new(StringArray::from(chains.iter().map(|c| c.0).collect::<Vec<_>>())) as ArrayRef),
+        ("split", Arc::new(StringArray::from(chains.iter().map(|c| c.1).collect::<Vec<_>>())) as ArrayRef),
+        ("sample", Arc::new(UInt32Array::from(chains.iter().map(|c| c.2).collect::<Vec<_>>())) as ArrayRef),
+        ("sentences", Arc::new(list.finish()) as ArrayRef),
+    ])
+    .unwrap();
+    let l = arrow::record_batch::RecordBatch::try_from_iter([
+        ("item_id", Arc::new(StringArray::from(levels.iter().map(|l| l.0).collect::<Vec<_>>())) as ArrayRef),
+        ("sample", Arc::new(UInt32Array::from(levels.iter().map(|l| l.1).collect::<Vec<_>>())) as ArrayRef),
+        ("sentence", Arc::new(UInt32Array::from(levels.iter().map(|l| l.2).collect::<Vec<_>>())) as ArrayRef),
+        ("level", Arc::new(UInt8Array::from(levels.iter().map(|l| l.3).collect::<Vec<_>>())) as ArrayRef),
+    ])
+    .unwrap();
+    (c, l)
+}
+
+/// Table 3 on hand-computed values. Item a (val): its response (sample 0) answers red with levels 2, 4
+/// (C_ICE = the final sentence's (4 − 1)/4 = 0.75); its samples answer red, blue, red and nothing
+/// (C_SCE = 2/4 = 0.5); gap 0.25. Item b (val): blue, level 5 (1.0), its samples blue, blue (1.0); gap 0.
+/// Item c (test): red, levels given out of order (sentence 1: level 3, so 0.5), its sample blue (0);
+/// gap 0.5. Item d has no sample and item e no scored response: neither is drawn. Val: mean 0.125,
+/// variance ((0.125)² + (0.125)²)/2 = 0.015625, std 0.125, half under 0.1; test: 0.5, 0, 0, none under 0.1.
+#[test]
+fn table_3_on_hand_computed_values() {
+    use mmboundary::stages::ice_sce::{ice_sce_rows, markdown, summarize, table, IceSceParams, IceSceSummary};
+    let item = |id: &str, split: &str| {
+        let mut it = mmboundary::data::Item::new(id, "test", split, "What color is the object?");
+        it.choices = vec!["red".into(), "blue".into()];
+        it
+    };
+    let items = vec![item("a", "val"), item("b", "val"), item("c", "test"), item("d", "test"), item("e", "val")];
+    let red: &[&str] = &["There is a circle.", "So the answer is red."];
+    let blue: &[&str] = &["So the answer is blue."];
+    let none: &[&str] = &["Hmm."];
+    let (chains, levels) = ice_sce_batches(
+        &[
+            ("a", "val", 0, red),
+            ("a", "val", 1, red),
+            ("a", "val", 2, blue),
+            ("a", "val", 3, red),
+            ("a", "val", 4, none),
+            ("b", "val", 0, blue),
+            ("b", "val", 1, blue),
+            ("b", "val", 2, blue),
+            ("c", "test", 0, red),
+            ("c", "test", 1, blue),
+            ("d", "test", 0, red),
+            ("e", "val", 0, red),
+            ("e", "val", 1, red),
+        ],
+        &[("a", 0, 0, 2), ("a", 0, 1, 4), ("a", 1, 0, 1), ("b", 0, 0, 5), ("c", 0, 1, 3), ("c", 0, 0, 1), ("d", 0, 0, 5)],
+    );
+    let p = IceSceParams::default();
+    let rows = ice_sce_rows(&items, &chains, &levels, &p).unwrap();
+    let got: Vec<(&str, &str, usize, f64, f64)> =
+        rows.iter().map(|r| (r.item_id.as_str(), r.split.as_str(), r.samples, r.c_ice, r.c_sce)).collect();
+    let mut want = vec![("c", "test", 1, 0.5, 0.0)];
+    let mut val = vec![("a", "val", 4, 0.75, 0.5), ("b", "val", 2, 1.0, 1.0)];
+    // Within a split the draw's order is the items' seeded order.
+    val.sort_by_key(|r| mmboundary::engine::item_seed(0, r.0, 0));
+    want.extend(val);
+    assert_eq!(got, want);
+    let s = summarize(&rows);
+    let line = |split: &str, items, mean, var, std, below| IceSceSummary { split: split.into(), items, mean, var, std, below_0_1: below };
+    assert_eq!(s, vec![line("test", 1, 0.5, 0.0, 0.0, 0.0), line("val", 2, 0.125, 0.015625, 0.125, 0.5)]);
+    let md = markdown(&s, "1 or 2 or 4");
+    assert!(md.contains("| val | 2 | 0.1250 | 0.0156 | 0.1250 | 50 % |") && md.contains("| test | 1 | 0.5000 | 0.0000 | 0.0000 | 0 % |"), "{md}");
+    assert!(table(&items, &chains, &levels, &p).unwrap().starts_with("Self-consistency samples per item: 1 or 2 or 4.\n"));
+    // At most `items` per split: the first in the seeded order.
+    let one = ice_sce_rows(&items, &chains, &levels, &IceSceParams { items: 1, ..p.clone() }).unwrap();
+    let first_val = ["a", "b"].into_iter().min_by_key(|id| mmboundary::engine::item_seed(0, id, 0)).unwrap();
+    let ids: Vec<&str> = one.iter().map(|r| r.item_id.as_str()).collect();
+    assert_eq!(ids, ["c", first_val]);
+    // One chain per item (generate.samples = 1): no self-consistency, a clear error.
+    let (single, lv) = ice_sce_batches(&[("a", "val", 0, red)], &[("a", 0, 0, 2)]);
+    let e = ice_sce_rows(&items, &single, &lv, &p).unwrap_err().to_string();
+    assert!(e.contains("generate.samples"), "{e}");
+    // A chain of an unknown item names its row.
+    let (bad, lv) = ice_sce_batches(&[("zz", "val", 0, red)], &[]);
+    let e = ice_sce_rows(&items, &bad, &lv, &p).unwrap_err().to_string();
+    assert!(e.contains("chains row 0") && e.contains("zz"), "{e}");
+}
+
+/// Table 3 through the engine on the tiny pipeline: with `report.ice_sce` set and m = 2 sampled chains per
+/// question, the report stage reads generate's chains and the items beside bin's levels, and both pages
+/// carry the table the library computes from those artifacts, with its items.
+#[test]
+fn table_3_is_in_the_report_of_a_sampled_run() {
+    use mmboundary::stages::ice_sce::{table, IceSceParams, HEADING};
+    let dir = tempfile::tempdir().unwrap();
+    let worker = dir.path().join("mmb-torch");
+    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
+    std::env::set_var("MMB_TORCH", &worker);
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let model = tiny_llava(dir.path());
+    let run = common::tiny::pipeline_with(&model, |p| {
+        p.generate.samples = 2;
+        p.generate.temperature = 0.7;
+        p.eval.variants = vec!["vanilla".into()];
+        p.report.ice_sce = Some(IceSceParams::default());
+    });
+    let s = run.run(&store, &RunOptions { target: Some("report".into()), ..Default::default() }).unwrap();
+    assert!(s.ran.iter().any(|r| r == "report") && !s.ran.iter().any(|r| r == "sft"), "{:?}", s.ran);
+    let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+    let read = |stage: &str, out: &str| {
+        store.read_table(&ArtifactId::parse(&lock.stages[stage].outputs[out].id).unwrap()).unwrap().concat().unwrap()
+    };
+    let items = mmboundary::data::items_from_record_batch(&read("dataset", "items")).unwrap();
+    let want = table(&items, &read("generate", "chains"), &read("bin", "levels"), &IceSceParams::default()).unwrap();
+    assert!(want.contains("| train | "), "{want}");
+    let rep = store.materialize(&ArtifactId::parse(&lock.stages["report"].outputs["report"].id).unwrap()).unwrap();
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(md.contains(&format!("## {HEADING}")) && md.ends_with(&want), "{md}");
+    let html = std::fs::read_to_string(rep.join("report.html")).unwrap();
+    assert!(html.contains(&format!("<h2>{HEADING}</h2>")) && html.contains("<td>train</td>"), "{html}");
 }

@@ -60,6 +60,29 @@ pub struct ParserParams {
     /// End-of-text and role markers that end a sentence and are never part of one (a tokenizer that
     /// does not treat them as special tokens leaves them in the decoded text).
     pub special_markers: Vec<String>,
+    /// Where the statements are: after their sentences (MMBoundary, default) or all after the response
+    /// (the RCE baseline, [`Layout::AfterResponse`]). Left out of the params (and so of every cache key)
+    /// when it is the default.
+    #[serde(skip_serializing_if = "Layout::is_inline")]
+    pub layout: Layout,
+}
+
+/// Where a response's confidence statements are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// Each statement right after its sentence, `[z_1, c_1, …, z_T, c_T]` (MMBoundary).
+    #[default]
+    Inline,
+    /// The whole chain first, then one block with every sentence's statement, numbered by sentence
+    /// ([`render_after_response`], [`Parser::parse_after_response`]): the RCE baseline's format.
+    AfterResponse,
+}
+
+impl Layout {
+    fn is_inline(&self) -> bool {
+        *self == Layout::Inline
+    }
 }
 
 fn strings(words: &[&str]) -> Vec<String> {
@@ -128,6 +151,7 @@ impl Default for ParserParams {
                 "<|vision_end|>",
                 "<image>",
             ]),
+            layout: Layout::Inline,
         }
     }
 }
@@ -525,8 +549,73 @@ impl Parser {
         }
     }
 
-    /// Parses one response.
+    /// Where this parser expects the statements.
+    pub fn layout(&self) -> Layout {
+        self.params.layout
+    }
+
+    /// Parses one response in the parser's layout ([`ParserParams::layout`]).
     pub fn parse(&self, text: &str) -> ParsedResponse {
+        match self.params.layout {
+            Layout::Inline => self.parse_inline(text),
+            Layout::AfterResponse => self.parse_after_response(text).parsed,
+        }
+    }
+
+    /// Parses a response in the RCE layout ([`Layout::AfterResponse`]): `<chain>` then the block
+    /// `Confidence: [1] <statement> [2] <statement> …` ([`render_after_response`]).
+    ///
+    /// - The block opens at the LAST "Confidence:" (ASCII case-insensitive, starting a word) of the text;
+    ///   without one, the whole text is the chain and no sentence has a statement.
+    /// - The chain is the text before the block, split by [`sentence_spans`] (no statement detection in
+    ///   it: in this layout a statement is only what the block holds).
+    /// - The block ends at the first special marker (`</s>`, …). Inside it, `[k]` (k = 1, 2, …, ASCII
+    ///   digits) opens the entry of sentence k, which runs to the next `[j]` or the block's end, trimmed.
+    /// - Missing-confidence rule: a sentence whose number has no entry (or an empty one) gets `None`, as an
+    ///   inline sentence without statement (eval: `missing_confidence`; PPO: `rewards.missing_statement`).
+    /// - An entry whose number is 0, beyond the chain's sentences, or already taken (the first one wins),
+    ///   and text between the label and the first `[k]`, go to [`ParsedResponse::dropped_statements`].
+    pub fn parse_after_response(&self, text: &str) -> LocatedResponse {
+        let start = after_response_block(text).unwrap_or(text.len());
+        let sentence_spans = sentence_spans(&text[..start], &self.params);
+        let n = sentence_spans.len();
+        let mut statement_spans: Vec<Option<(usize, usize)>> = vec![None; n];
+        let mut dropped = Vec::new();
+        if start < text.len() {
+            let body = start + AFTER_RESPONSE_LABEL.len();
+            let end = marker_free_ranges(&text[body..], &self.params.special_markers)
+                .first()
+                .map_or(body, |&(a, b)| if a == 0 { body + b } else { body });
+            let markers = entry_markers(&text[body..end]);
+            let trimmed = |a: usize, b: usize| -> Option<(usize, usize)> {
+                let piece = &text[a..b];
+                let lead = piece.len() - piece.trim_start().len();
+                let t = piece.trim();
+                (!t.is_empty()).then_some((a + lead, a + lead + t.len()))
+            };
+            let first = markers.first().map_or(end, |m| body + m.0);
+            if let Some((a, b)) = trimmed(body, first) {
+                dropped.push(text[a..b].to_string());
+            }
+            for (j, &(_, after, k)) in markers.iter().enumerate() {
+                let stop = markers.get(j + 1).map_or(end, |m| body + m.0);
+                let Some(span) = trimmed(body + after, stop) else { continue };
+                match k.checked_sub(1).and_then(|t| statement_spans.get_mut(t)) {
+                    Some(slot) if slot.is_none() => *slot = Some(span),
+                    _ => dropped.push(text[span.0..span.1].to_string()),
+                }
+            }
+        }
+        let pairs = sentence_spans
+            .iter()
+            .zip(&statement_spans)
+            .map(|(&(a, b), st)| ParsedPair { sentence: text[a..b].to_string(), statement: st.map(|(c, d)| text[c..d].to_string()) })
+            .collect();
+        LocatedResponse { parsed: ParsedResponse { pairs, dropped_statements: dropped }, sentence_spans, statement_spans }
+    }
+
+    /// Parses one response with each statement after its sentence ([`Layout::Inline`]).
+    fn parse_inline(&self, text: &str) -> ParsedResponse {
         let sentences = sentence_ranges(text, &self.params);
         let words = words_in(text, 0, text.len());
         let sentence_of: Vec<usize> =
@@ -585,6 +674,78 @@ impl Parser {
     }
 }
 
+/// The label that opens the statement block of [`Layout::AfterResponse`].
+pub const AFTER_RESPONSE_LABEL: &str = "Confidence:";
+
+/// A response of the [`Layout::AfterResponse`] read back, with where each part lies in the text.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocatedResponse {
+    pub parsed: ParsedResponse,
+    /// Byte span of each pair's sentence.
+    pub sentence_spans: Vec<(usize, usize)>,
+    /// Byte span of each pair's statement (None without one).
+    pub statement_spans: Vec<Option<(usize, usize)>>,
+}
+
+/// Byte index of the block's label: its last ASCII-case-insensitive occurrence that starts a word.
+fn after_response_block(text: &str) -> Option<usize> {
+    let lower = text.to_ascii_lowercase();
+    let label = AFTER_RESPONSE_LABEL.to_ascii_lowercase();
+    lower.match_indices(&label).map(|(i, _)| i).filter(|&i| !text[..i].chars().next_back().is_some_and(char::is_alphanumeric)).last()
+}
+
+/// The `[k]` markers of a statement block: (byte start, byte end, k), in order.
+fn entry_markers(block: &str) -> Vec<(usize, usize, usize)> {
+    let b = block.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'[' {
+            let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits > 0 && b.get(i + 1 + digits) == Some(&b']') {
+                if let Ok(k) = block[i + 1..i + 1 + digits].parse::<usize>() {
+                    out.push((i, i + digits + 2, k));
+                    i += digits + 2;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The RCE baseline's target ([`Layout::AfterResponse`]): the chain's sentences as [`render`] writes them
+/// without statements, then a new line and `Confidence: [1] <statement> [2] <statement> …`, the k-th
+/// entry holding sentence k's statement in the pool's words (each ending with a terminator). Sentences
+/// without a statement have no entry; a chain with none has no block.
+pub fn render_after_response(pairs: &[ParsedPair]) -> String {
+    let chain: Vec<ParsedPair> = pairs.iter().map(|p| ParsedPair { sentence: p.sentence.clone(), statement: None }).collect();
+    let mut out = render(&chain);
+    let entries: Vec<String> = pairs
+        .iter()
+        .enumerate()
+        .filter_map(|(k, p)| {
+            p.statement.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(|s| format!("[{}] {}", k + 1, with_stop(s)))
+        })
+        .collect();
+    if !entries.is_empty() {
+        out.push('\n');
+        out.push_str(AFTER_RESPONSE_LABEL);
+        out.push(' ');
+        out.push_str(&entries.join(" "));
+    }
+    out
+}
+
+fn with_stop(s: &str) -> String {
+    if s.ends_with(is_terminator) {
+        s.to_string()
+    } else {
+        format!("{s}.")
+    }
+}
+
 /// The warm-up target of one response (§3.1.2): each sentence followed by a statement drawn from its
 /// level's pool ([`StatementPool::sample`], keyed by `item_key` and the sentence index).
 pub fn interleave(pool: &StatementPool, seed: u64, item_key: &str, sentences: &[String], levels: &[u8]) -> Result<Vec<ParsedPair>> {
@@ -612,13 +773,6 @@ pub fn render(pairs: &[ParsedPair]) -> String {
     let mut parts = Vec::with_capacity(pairs.len());
     for p in pairs {
         let sentence = p.sentence.trim();
-        let with_stop = |s: &str| {
-            if s.ends_with(is_terminator) {
-                s.to_string()
-            } else {
-                format!("{s}.")
-            }
-        };
         match p.statement.as_deref().map(str::trim) {
             Some(c) if c.chars().next().is_some_and(char::is_lowercase) => {
                 parts.push(format!("{} {}", sentence.trim_end_matches(is_terminator), with_stop(c)))

@@ -3,7 +3,7 @@
 //! each sentence against the item's reference chain (the stage's judge: MiniLM cosine, or the paper's
 //! cross-encoder; every artifact records which). Also where each pair sits in the text, so the
 //! PPO reward can be placed on the token that ends a statement.
-use crate::confidence::parser::{numeric_confidence, ParsedPair, Parser, ParserParams};
+use crate::confidence::parser::{numeric_confidence, Layout, ParsedPair, Parser, ParserParams};
 use crate::confidence::statements::{BackwardParams, PoolIndex, StatementPool};
 use crate::confidence::uncertainty::cosine;
 use crate::confidence::PairSimilarity;
@@ -107,46 +107,72 @@ impl ChainJudge {
     /// Parses and judges one chain against its reference sentences (which must not be empty).
     pub fn judge(&self, text: &str, reference: &[&str]) -> anyhow::Result<Vec<JudgedPair>> {
         anyhow::ensure!(!reference.is_empty(), "judging a chain needs a reference chain, found none");
-        let parsed = self.parser.parse(text);
-        if parsed.pairs.is_empty() {
+        // Each pair with its sentence's span and its statement's end: located in order after each other
+        // (statements after their sentences), or as the RCE layout's parser placed them.
+        let located: Vec<(ParsedPair, (usize, usize), Option<usize>)> = match self.parser.layout() {
+            Layout::Inline => locate_inline(text, self.parser.parse(text).pairs)?,
+            Layout::AfterResponse => {
+                let l = self.parser.parse_after_response(text);
+                l.parsed
+                    .pairs
+                    .into_iter()
+                    .zip(l.sentence_spans)
+                    .zip(l.statement_spans)
+                    .map(|((p, span), st)| (p, span, st.map(|s| s.1)))
+                    .collect()
+            }
+        };
+        if located.is_empty() {
             return Ok(Vec::new());
         }
-        let sentences: Vec<&str> = parsed.pairs.iter().map(|p| p.sentence.as_str()).collect();
+        let sentences: Vec<&str> = located.iter().map(|p| p.0.sentence.as_str()).collect();
         let sim = self.similarity_matrix(&sentences, reference)?;
         // EV: a numeric statement states its value; the others go through the backward map (one call).
-        let worded: Vec<&str> = parsed
-            .pairs
+        let worded: Vec<&str> = located
             .iter()
-            .filter_map(|p| p.statement.as_deref())
+            .filter_map(|p| p.0.statement.as_deref())
             .filter(|s| !s.trim().is_empty() && numeric_confidence(s).is_none())
             .collect();
         let mut ev = if worded.is_empty() { Vec::new() } else { self.pool.map(&worded, &self.embedder, &self.backward)? }.into_iter();
-        let mut cursor = 0usize;
-        let mut out = Vec::with_capacity(parsed.pairs.len());
-        for (t, (pair, row)) in parsed.pairs.into_iter().zip(sim).enumerate() {
-            let sentence_span = find_from(text, &pair.sentence, cursor)
-                .ok_or_else(|| anyhow::anyhow!("sentence {t} ({:?}) cannot be located in the chain after byte {cursor}", pair.sentence))?;
-            cursor = sentence_span.1;
-            let (statement_end, expressed) = match pair.statement.as_deref().filter(|s| !s.trim().is_empty()) {
-                Some(s) => {
-                    let (_, end) = find_from(text, s, cursor)
-                        .ok_or_else(|| anyhow::anyhow!("the statement of sentence {t} ({s:?}) cannot be located after byte {cursor}"))?;
-                    cursor = end;
-                    let value = match numeric_confidence(s) {
-                        Some(v) => v,
-                        None => ev
-                            .next()
-                            .ok_or_else(|| anyhow::anyhow!("backward map returned fewer matches than statements"))?
-                            .expressed(&self.backward),
-                    };
-                    (Some(end), Some(value))
-                }
-                None => (None, None),
+        let mut out = Vec::with_capacity(located.len());
+        for ((pair, sentence_span, statement_end), row) in located.into_iter().zip(sim) {
+            let expressed = match pair.statement.as_deref().filter(|s| !s.trim().is_empty()) {
+                Some(s) => Some(match numeric_confidence(s) {
+                    Some(v) => v,
+                    None => ev
+                        .next()
+                        .ok_or_else(|| anyhow::anyhow!("backward map returned fewer matches than statements"))?
+                        .expressed(&self.backward),
+                }),
+                None => None,
             };
-            out.push(JudgedPair { pair, sentence_span, statement_end, expressed, similarity: row });
+            out.push(JudgedPair { pair, sentence_span, statement_end: expressed.and(statement_end), expressed, similarity: row });
         }
         Ok(out)
     }
+}
+
+/// Spans of inline pairs (each statement right after its sentence): every sentence and statement found
+/// verbatim in the text after the previous one.
+fn locate_inline(text: &str, pairs: Vec<ParsedPair>) -> anyhow::Result<Vec<(ParsedPair, (usize, usize), Option<usize>)>> {
+    let mut cursor = 0usize;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (t, pair) in pairs.into_iter().enumerate() {
+        let sentence_span = find_from(text, &pair.sentence, cursor)
+            .ok_or_else(|| anyhow::anyhow!("sentence {t} ({:?}) cannot be located in the chain after byte {cursor}", pair.sentence))?;
+        cursor = sentence_span.1;
+        let statement_end = match pair.statement.as_deref().filter(|s| !s.trim().is_empty()) {
+            Some(s) => {
+                let (_, end) = find_from(text, s, cursor)
+                    .ok_or_else(|| anyhow::anyhow!("the statement of sentence {t} ({s:?}) cannot be located after byte {cursor}"))?;
+                cursor = end;
+                Some(end)
+            }
+            None => None,
+        };
+        out.push((pair, sentence_span, statement_end));
+    }
+    Ok(out)
 }
 
 /// A borrowed embedder, so one loaded MiniLM serves both as embedder and as pair similarity.
@@ -156,6 +182,24 @@ impl SentenceEmbedder for EmbedderRef<'_> {
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, crate::confidence::EncoderError> {
         self.0.embed(texts)
     }
+}
+
+/// (sentence span, floor) of each judged pair, for clipping its tokens: the floor is the end of what
+/// precedes the sentence, the previous statement's end when that statement lies before the sentence
+/// (inline layout), else the previous sentence's end (the RCE layout, whose statements come after the
+/// whole chain); 0 for the first.
+pub fn sentence_floors(judged: &[JudgedPair]) -> Vec<((usize, usize), usize)> {
+    judged
+        .iter()
+        .enumerate()
+        .map(|(t, j)| {
+            let floor = t.checked_sub(1).map_or(0, |p| {
+                let before = &judged[p];
+                before.statement_end.filter(|&e| e <= j.sentence_span.0).unwrap_or(before.sentence_span.1)
+            });
+            (j.sentence_span, floor)
+        })
+        .collect()
 }
 
 /// Index of the first token whose decoded prefix reaches byte `b` (the last token if none does).
@@ -173,6 +217,27 @@ mod tests {
         assert_eq!(find_from("The Cat.", "the cat", 0), None);
         assert_eq!(find_from("x", "y", 0), None);
         assert_eq!(find_from("x", "", 0), None);
+    }
+
+    fn pair(sentence_span: (usize, usize), statement_end: Option<usize>) -> JudgedPair {
+        JudgedPair {
+            pair: ParsedPair { sentence: String::new(), statement: None },
+            sentence_span,
+            statement_end,
+            expressed: statement_end.map(|_| 0.5),
+            similarity: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn floors_follow_inline_statements_and_skip_statements_after_the_response() {
+        // Inline: "A. s1. B. s2." sentences [0,2) and [7,9), statements ending at 6 and 13.
+        let inline = [pair((0, 2), Some(6)), pair((7, 9), Some(13))];
+        assert_eq!(sentence_floors(&inline), vec![((0, 2), 0), ((7, 9), 6)]);
+        // After the response: "A. B. C.\nConfidence: [1] s1. [2] s2." sentences [0,2), [3,5), [6,8), the
+        // statements end at 30 and 38 (after every sentence), the third has none.
+        let after = [pair((0, 2), Some(30)), pair((3, 5), Some(38)), pair((6, 8), None)];
+        assert_eq!(sentence_floors(&after), vec![((0, 2), 0), ((3, 5), 2), ((6, 8), 5)]);
     }
 
     #[test]

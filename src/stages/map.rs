@@ -1,6 +1,6 @@
 //! `map`: the warm-up (SFT) data (§3.1.2): every generated sentence followed by a confidence statement
 //! drawn from the pool of its level, keyed by item and sentence so the draw is reproducible.
-use crate::confidence::parser::{interleave, render, ParsedPair};
+use crate::confidence::parser::{interleave, render, render_after_response, ParsedPair};
 use crate::confidence::statements::StatementPool;
 use crate::engine::{InputSpec, Stage, StageContext};
 use arrow::array::{ArrayRef, AsArray, StringBuilder, UInt32Builder};
@@ -25,10 +25,12 @@ pub struct MapParams {
     /// params (and the cache key) when it is the default.
     #[serde(skip_serializing_if = "LevelSource::is_signals")]
     pub levels_from: LevelSource,
-    /// How the confidence is written (with `levels_from = "answer_consistency"`): a pool statement after
-    /// every sentence (default), or once after the response as "Confidence: N/10." (N = the consistency on
-    /// SaySelf's 0–10 scale, rounded), SaySelf's `sft_without_reason_with_conf` target: the self-reflective
-    /// rationale SaySelf has GPT-4 write is left out (it needs an outside LLM).
+    /// How the confidence is written: a pool statement after every sentence (default); with
+    /// `levels_from = "answer_consistency"`, once after the response as "Confidence: N/10." (N = the
+    /// consistency on SaySelf's 0–10 scale, rounded), SaySelf's `sft_without_reason_with_conf` target: the
+    /// self-reflective rationale SaySelf has GPT-4 write is left out (it needs an outside LLM); or every
+    /// sentence's pool statement after the whole response, "<chain>\nConfidence: [1] <statement> [2] …"
+    /// (`after_response`, the RCE baseline; [`render_after_response`]).
     #[serde(skip_serializing_if = "StatementFormat::is_pool")]
     pub format: StatementFormat,
 }
@@ -40,6 +42,7 @@ pub enum StatementFormat {
     #[default]
     Pool,
     ResponseNumeric,
+    AfterResponse,
 }
 
 impl StatementFormat {
@@ -128,6 +131,10 @@ impl Stage for MapStage {
             ctx.write_table("sft_data", sft_schema(), &[batch], None)?;
             return Ok(());
         }
+        anyhow::ensure!(
+            self.params.format != StatementFormat::ResponseNumeric,
+            "map: format = \"response_numeric\" needs levels_from = \"answer_consistency\" (a response-level confidence)"
+        );
         let t = ctx.input_table("levels")?.concat()?;
         let col = |n: &str| t.column_by_name(n).ok_or_else(|| anyhow::anyhow!("levels artifact has no column `{n}`"));
         let (ids, splits, texts) = (col("item_id")?.as_string::<i32>(), col("split")?.as_string::<i32>(), col("text")?.as_string::<i32>());
@@ -149,21 +156,35 @@ impl Stage for MapStage {
             ));
         }
         anyhow::ensure!(!chains.is_empty(), "no scored chains in splits {:?}", self.params.splits);
-        let (mut o_id, mut o_sample, mut o_target) = (StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());
+        let mut rows = Vec::with_capacity(chains.len());
         for ((id, sample), mut sents) in chains {
             sents.sort_by_key(|s| s.0);
             let texts: Vec<String> = sents.iter().map(|s| s.1.clone()).collect();
             let levels: Vec<u8> = sents.iter().map(|s| s.2).collect();
-            let key = format!("{id}#{sample}");
-            let pairs = interleave(&pool, self.params.seed, &key, &texts, &levels)?;
+            let target = signals_target(&pool, &self.params, &format!("{id}#{sample}"), &texts, &levels)?;
+            rows.push((id, sample, target));
+        }
+        let (mut o_id, mut o_sample, mut o_target) = (StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());
+        for (id, sample, target) in rows {
             o_id.append_value(&id);
             o_sample.append_value(sample);
-            o_target.append_value(render(&pairs));
+            o_target.append_value(target);
         }
         let cols: Vec<ArrayRef> = vec![Arc::new(o_id.finish()), Arc::new(o_sample.finish()), Arc::new(o_target.finish())];
         ctx.write_table("sft_data", sft_schema(), &[RecordBatch::try_new(sft_schema(), cols)?], None)?;
         Ok(())
     }
+}
+
+/// The SFT target of one chain from its sentences' levels (`levels_from = "signals"`): each level's pool
+/// statement (drawn keyed by `key`, the chain, and the sentence index) after its sentence (`pool`) or all
+/// after the response (`after_response`, RCE).
+pub fn signals_target(pool: &StatementPool, params: &MapParams, key: &str, sentences: &[String], levels: &[u8]) -> anyhow::Result<String> {
+    let pairs = interleave(pool, params.seed, key, sentences, levels)?;
+    Ok(match params.format {
+        StatementFormat::AfterResponse => render_after_response(&pairs),
+        _ => render(&pairs),
+    })
 }
 
 /// The Multisample baseline's SFT data ([`LevelSource::AnswerConsistency`]) from `generate`'s chains:
@@ -208,6 +229,10 @@ pub fn consistency_sft_data(
                 StatementFormat::Pool => {
                     let level = consistency_level(consistency)?;
                     render(&interleave(pool, params.seed, &format!("{id}#{sample}"), sents, &vec![level; sents.len()])?)
+                }
+                StatementFormat::AfterResponse => {
+                    let level = consistency_level(consistency)?;
+                    render_after_response(&interleave(pool, params.seed, &format!("{id}#{sample}"), sents, &vec![level; sents.len()])?)
                 }
                 StatementFormat::ResponseNumeric => {
                     let pairs: Vec<ParsedPair> = sents.iter().map(|s| ParsedPair { sentence: s.clone(), statement: None }).collect();

@@ -11,6 +11,7 @@ pub mod dpo;
 pub mod eval;
 pub mod features;
 pub mod generate;
+pub mod ice_sce;
 pub mod image_swap;
 pub mod judges;
 pub mod map;

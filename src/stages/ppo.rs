@@ -20,7 +20,7 @@
 //! Their params are the `ppo` params without `iterations` (plus k), so raising K keeps every earlier key.
 //! `ppo` then gathers the K iterations: `checkpoint` (the last policy, without trainer state), `log` (one
 //! row per iteration) and `rollouts` (every scored chain).
-use super::chain_judge::{token_at_byte, ChainJudge, EmbedderRef, JudgedPair};
+use super::chain_judge::{sentence_floors, token_at_byte, ChainJudge, EmbedderRef, JudgedPair};
 use super::judges::{Judge, JudgeParams};
 use crate::confidence::levels::LevelModel;
 use crate::confidence::parser::ParserParams;
@@ -522,16 +522,8 @@ impl RewardModel {
             let correct = sentence_correctness(0, &sim, reference.len(), self.params.rewards.match_threshold)
                 .map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
             // Each sentence's tokens, pieces clipped to it; its floor is the end of the statement (or
-            // sentence) before it.
-            let mut floor = 0;
-            let located: Vec<((usize, usize), usize)> = judged
-                .iter()
-                .map(|j| {
-                    let f = floor;
-                    floor = j.statement_end.unwrap_or(j.sentence_span.1);
-                    (j.sentence_span, f)
-                })
-                .collect();
+            // sentence) before it (the sentence's when the statement comes later: RCE's layout).
+            let located = sentence_floors(&judged);
             let toks: Vec<GeneratedToken> = r
                 .tokens
                 .iter()

@@ -30,6 +30,11 @@ pub struct ReportParams {
     pub examples: usize,
     /// The 95 % intervals of Table 1 and of the full − SFT differences.
     pub bootstrap: BootstrapParams,
+    /// The paper's Table 3 (|C_ICE − C_SCE|, [`super::ice_sce`]) from `generate`'s chains and `bin`'s
+    /// levels, which needs `generate.samples` ≥ 2. Unset (default): no Table 3, and left out of the params
+    /// (and the key), so a run without it keeps its key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ice_sce: Option<super::ice_sce::IceSceParams>,
 }
 
 impl Default for ReportParams {
@@ -39,6 +44,7 @@ impl Default for ReportParams {
             bins: crate::metrics::calibration::EceParams::default().bins,
             examples: 6,
             bootstrap: BootstrapParams::default(),
+            ice_sce: None,
         }
     }
 }
@@ -128,12 +134,17 @@ impl Stage for ReportStage {
         "6"
     }
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![
+        let mut v = vec![
             InputSpec::new("metrics", "eval", "metrics"),
             InputSpec::new("sentences", "eval_chains", "sentences"),
             InputSpec::new("image_swap", "eval_chains", "image_swap"),
             InputSpec::new("levels", "bin", "levels"),
-        ]
+        ];
+        if self.params.ice_sce.is_some() {
+            v.push(InputSpec::new("chains", "generate", "chains"));
+            v.push(InputSpec::new("items", "dataset", "items"));
+        }
+        v
     }
     fn outputs(&self) -> Vec<String> {
         vec!["report".into()]
@@ -147,8 +158,15 @@ impl Stage for ReportStage {
         let about = about(ctx.store(), &sentences)?;
         let sentences = sentences.concat()?;
         let (image_swap, levels) = (ctx.input_table("image_swap")?.concat()?, ctx.input_table("levels")?.concat()?);
+        let ice_sce = match &self.params.ice_sce {
+            Some(p) => {
+                let items = crate::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
+                Some(super::ice_sce::table(&items, &ctx.input_table("chains")?.concat()?, &levels, p)?)
+            }
+            None => None,
+        };
         let evidence = Evidence { image_swap: &image_swap, levels: &levels };
-        let files = render_with(&metrics, &sentences, &self.params, &about, Some(evidence))?;
+        let files = render_all(&metrics, &sentences, &self.params, &about, Some(evidence), ice_sce.as_deref())?;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("report.md"), files.markdown)?;
         std::fs::write(dir.path().join("report.html"), files.html)?;
@@ -293,6 +311,19 @@ pub fn render_with(
     about: &str,
     extra: Option<Evidence>,
 ) -> anyhow::Result<ReportFiles> {
+    render_all(metrics, s, p, about, extra, None)
+}
+
+/// [`render_with`], plus the paper's Table 3 (`ice_sce`: [`super::ice_sce::table`]'s Markdown) as the last
+/// section of both pages when given.
+pub fn render_all(
+    metrics: &RecordBatch,
+    s: &RecordBatch,
+    p: &ReportParams,
+    about: &str,
+    extra: Option<Evidence>,
+    ice_sce: Option<&str>,
+) -> anyhow::Result<ReportFiles> {
     let rows = metrics_rows(metrics)?;
     let col = |b: &RecordBatch, n: &str| b.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval output has no column `{n}`"));
     let mut variants: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
@@ -411,6 +442,9 @@ pub fn render_with(
             evidence::SIGNAL_NOTE
         ));
     }
+    if let Some(t3) = ice_sce {
+        md.push_str(&format!("\n## {}\n\n{}\n\n{t3}", super::ice_sce::HEADING, super::ice_sce::NOTE));
+    }
     let note = |t: &str| format!("<p class=\"note\">{}</p>", escape(t));
     let mut sections: Vec<(String, String)> = vec![
             ("About".into(), note(about)),
@@ -433,6 +467,10 @@ pub fn render_with(
             ),
         );
         sections.insert(at + 1, ("Do the internal signals carry information?".into(), format!("{}{}", note(evidence::SIGNAL_NOTE), md_table_html(signals))));
+    }
+    if let Some(t3) = ice_sce {
+        let (head, table) = t3.split_once("\n\n").unwrap_or(("", t3));
+        sections.push((super::ice_sce::HEADING.into(), format!("{}{}{}", note(super::ice_sce::NOTE), note(head), md_table_html(table))));
     }
     let html = html_page("MMBoundary report", &sections);
     Ok(ReportFiles { markdown: md, html, reliability_svg: reliability, confidence_svg: hist })

@@ -55,6 +55,7 @@ pub struct TinyParams {
     /// The Conf-CSR baseline's stages (in the pipeline only when eval evaluates the `dpo` policy).
     pub csr_pairs: CsrPairsParams,
     pub dpo: DpoStageParams,
+    pub report: mmboundary::stages::report::ReportParams,
 }
 
 fn csr_pairs_params() -> CsrPairsParams {
@@ -80,6 +81,7 @@ pub fn pipeline_with(model: &Path, edit: impl FnOnce(&mut TinyParams)) -> Pipeli
         eval: eval_params(model),
         csr_pairs: csr_pairs_params(),
         dpo: dpo_params(model),
+        report: Default::default(),
     };
     edit(&mut p);
     pipeline_parts(model, p)
@@ -111,11 +113,11 @@ pub fn eval_params(model: &Path) -> EvalParams {
 
 fn pipeline_full(model: &Path, ppo: PpoStageParams, eval: EvalParams) -> Pipeline {
     let map = MapParams { pool: pool_path(), ..Default::default() };
-    pipeline_parts(model, TinyParams { generate: generate_params(model), map, ppo, eval, csr_pairs: csr_pairs_params(), dpo: dpo_params(model) })
+    pipeline_parts(model, TinyParams { generate: generate_params(model), map, ppo, eval, csr_pairs: csr_pairs_params(), dpo: dpo_params(model), report: Default::default() })
 }
 
 fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {
-    let TinyParams { generate, map, ppo, eval, csr_pairs, dpo } = p;
+    let TinyParams { generate, map, ppo, eval, csr_pairs, dpo, report } = p;
     let with_dpo = eval.variants.iter().any(|v| v == mmboundary::stages::dpo::DPO_POLICY);
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(DatasetStage {
@@ -155,6 +157,6 @@ fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {
         stages.push(Box::new(DpoStage { params: dpo }));
     }
     stages.extend(mmboundary::stages::eval::stages(eval));
-    stages.push(Box::new(mmboundary::stages::report::ReportStage { params: Default::default() }));
+    stages.push(Box::new(mmboundary::stages::report::ReportStage { params: report }));
     Pipeline::new(stages).unwrap()
 }
