@@ -287,7 +287,7 @@ def rounds(a):
         if fam not in FAMILIES:
             raise SystemExit(f"--families: unknown `{fam}` (expected {', '.join(FAMILIES)})")
         build(fam)
-    exe = build_ours(a.release)
+    exe = Path(a.exe) if a.exe else build_ours(a.release)
     cells = [(fam, dt, task) for fam in fams for dt in a.dtypes.split(",") for task in a.tasks.split(",")]
     results = {c: [] for c in cells}
     load_before = load_average()
@@ -312,7 +312,7 @@ def rounds(a):
             print(f"round {r + 1}/{a.rounds} {fam} {dt} {task}: ratio {g['ratio']:.2f} (CPU share ours "
                   f"{g['ours']['cpu_share']:.2f}, transformers {g['transformers']['cpu_share']:.2f}, load "
                   f"{load_average():.2f})", file=sys.stderr)
-    report = {"rounds": a.rounds, "threads": a.threads, "seconds": time.perf_counter() - t0,
+    report = {"rounds": a.rounds, "threads": a.threads, "ours_binary": str(exe), "seconds": time.perf_counter() - t0,
               "load_average": {"before": load_before, "after": load_average()},
               "image": str(IMAGE.relative_to(ROOT)), "crop": CROP, "new_tokens": a.new_tokens, "steps": a.steps,
               "response_len": RESPONSE_LEN, "cells": []}
@@ -360,6 +360,7 @@ def main():
     d.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="fewer for a quick check of the driver")
     d.add_argument("--steps", type=int, default=STEPS, help="LoRA steps per round (≥ 2: the first is a warm-up)")
     d.add_argument("--release", action="store_true", help="build mmb-torch with the release profile (minutes more)")
+    d.add_argument("--exe", help="an mmb-torch already built (default: build it, our crates optimized)")
     d.add_argument("--out", default=str(OUT / "report"), help="writes OUT.json and OUT.md")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(getattr(a, "threads", 2)))
