@@ -286,7 +286,8 @@ def rounds(a):
     for fam in fams:
         if fam not in FAMILIES:
             raise SystemExit(f"--families: unknown `{fam}` (expected {', '.join(FAMILIES)})")
-        build(fam)
+        if not (a.reuse_models and (model_dir(fam) / "config.json").exists()):
+            build(fam)
     exe = Path(a.exe) if a.exe else build_ours(a.release)
     cells = [(fam, dt, task) for fam in fams for dt in a.dtypes.split(",") for task in a.tasks.split(",")]
     results = {c: [] for c in cells}
@@ -295,7 +296,7 @@ def rounds(a):
     for r in range(a.rounds):
         for fam, dt, task in cells:
             ours_cmd = [str(exe), "bench-vlm", "--model", str(model_dir(fam)), "--task", task, "--dtype", dt,
-                        "--threads", str(a.threads), "--image", str(IMAGE), "--crop", ",".join(map(str, CROP)),
+                        "--threads", str(a.threads), "--image", str(IMAGE), "--crop", *map(str, CROP),
                         "--new-tokens", str(a.new_tokens), "--steps", str(a.steps), "--response-len", str(RESPONSE_LEN)]
             ref_cmd = [sys.executable, __file__, "run", "--family", fam, "--dtype", dt, "--task", task,
                        "--threads", str(a.threads), "--new-tokens", str(a.new_tokens), "--steps", str(a.steps)]
@@ -360,6 +361,7 @@ def main():
     d.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="fewer for a quick check of the driver")
     d.add_argument("--steps", type=int, default=STEPS, help="LoRA steps per round (≥ 2: the first is a warm-up)")
     d.add_argument("--release", action="store_true", help="build mmb-torch with the release profile (minutes more)")
+    d.add_argument("--reuse-models", action="store_true", help="keep model folders already written (default: rewrite)")
     d.add_argument("--exe", help="an mmb-torch already built (default: build it, our crates optimized)")
     d.add_argument("--out", default=str(OUT / "report"), help="writes OUT.json and OUT.md")
     a = ap.parse_args()
