@@ -180,6 +180,9 @@ pub fn run(cfg: &VlmBenchConfig) -> anyhow::Result<VlmBenchRound> {
             epochs: 1,
             max_steps: Some(cfg.steps),
             learning_rate: 1e-4,
+            // no warm-up: the first step updates with lr 1e-4, as transformers' side does (a warm-up would
+            // start at lr 0; the compute is the same either way)
+            warmup_ratio: 0.0,
             ..Default::default()
         };
         let mut tr = SftTrainer::new(&vs, &mut model, sp)?;
