@@ -8,10 +8,10 @@
 
     .venv/bin/python scripts/bench_baselines.py [--threads 2] [--rust] [--limit N] [--rounds R]
 
-Prints one JSON object. With --rust it also runs the Rust benchmark (built once with `cargo test --config
-profile.dev.package.mmboundary.opt-level=3 --test encoders --no-run`: the test profile's dependencies (opt-level
-2) are reused and only this crate is rebuilt optimized; `--release` instead rebuilds everything; each round runs
-that binary's `full_benchmark`) and adds the ratios Rust / baseline, so one run gives them. With --rounds R everything runs R times interleaved; medians and spreads are reported, with the
+Prints one JSON object. With --rust it also runs the Rust benchmark (built once with `cargo test --test encoders
+--no-run` and scripts/bench_common.py's profile: the test profile's dependencies (opt-level 2) are reused and only
+our crates are rebuilt optimized; `--release` instead rebuilds everything; each round runs that binary's
+`full_benchmark`) and adds the ratios Rust / baseline, so one run gives them. With --rounds R everything runs R times interleaved; medians and spreads are reported, with the
 load average before and after (a loaded machine measures its other processes, not the encoders). The photos are the Rust side's (see bench_images).
 """
 import argparse
@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import export_onnx  # noqa: E402
+from bench_common import cargo_profile_args, load_average, median_run, summarize_ratios  # noqa: E402
 
 ROOT = export_onnx.ROOT
 MINILM = ROOT / ".deps" / "models" / "all-MiniLM-L6-v2"
 IMAGES = ROOT / ".deps" / "bench" / "images"
-CRATE_OPT_LEVEL = 3
 
 
 def bench_images():
@@ -140,11 +140,9 @@ def clip_images(paths, threads, repeat, batch=16):
 
 def build_rust(release=False):
     """Builds the Rust benchmark's test binary once and returns its path, so that the rounds run the binary and
-    no round waits on cargo. Without --release: the test profile, with this crate (not its dependencies)
-    optimized like them, so only this crate is rebuilt; the dependencies are at opt-level 2 and ONNX Runtime is
-    native either way."""
-    profile = ["--release"] if release else ["--config", f"profile.dev.package.mmboundary.opt-level={CRATE_OPT_LEVEL}"]
-    cmd = ["cargo", "test", "--locked", "-q"] + profile + ["--test", "encoders", "--no-run", "--message-format=json"]
+    no round waits on cargo. Without --release: the test profile, with our crates (not their dependencies)
+    optimized like them (bench_common.cargo_profile_args)."""
+    cmd = ["cargo", "test", "--locked", "-q"] + cargo_profile_args(release) + ["--test", "encoders", "--no-run", "--message-format=json"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     exes = [m["executable"] for m in map(json.loads, filter(None, res.stdout.splitlines()))
             if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "encoders"]
@@ -165,15 +163,6 @@ def run_rust(exe, threads, limit, image_repeat):
         print(res.stdout[-3000:], res.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"the Rust benchmark failed: {exe}")
     return json.JSONDecoder().raw_decode(res.stdout[start:])[0]
-
-
-def median_run(runs, key):
-    """The round with the median rate, with the spread (slowest, fastest) of all rounds: these machines swing
-    from run to run, so a figure comes with its spread (an even count takes the upper middle)."""
-    ordered = sorted(runs, key=lambda r: r[key])
-    out = dict(ordered[len(ordered) // 2])
-    out["spread_per_s"] = [ordered[0][key], ordered[-1][key]]
-    return out
 
 
 def rust_ratios(rep, st, o32, clip):
@@ -214,7 +203,7 @@ def main():
     runs = {k: [] for k in ["st", "o32", "o8", "clip", "rust"]}
     rust_exe = build_rust(a.release) if a.rust else None
     # the machine's load around the rounds: figures taken while other processes held the cores measure them
-    out["load_average_before"] = os.getloadavg()[0]
+    out["load_average_before"] = load_average()
     for _ in range(a.rounds):
         o32, o32_emb = ort_sentences(fp32, lines, a.threads)
         runs["o32"].append(o32)
@@ -229,7 +218,7 @@ def main():
         runs["st"].append(st)
         if not a.skip_clip:
             runs["clip"].append(clip_images(images, a.threads, a.image_repeat))
-    out["load_average_after"] = os.getloadavg()[0]
+    out["load_average_after"] = load_average()
     st = out["sentence_transformers"] = median_run(runs["st"], "sentences_per_s")
     out["python_onnxruntime_fp32"] = median_run(runs["o32"], "sentences_per_s")
     if runs["o8"]:
@@ -241,9 +230,7 @@ def main():
         # Each ratio within its round (Rust and reference measured back to back), then the median over rounds.
         per_round = [rust_ratios(rep, runs["st"][k], runs["o32"][k], runs["clip"][k] if runs["clip"] else None)
                      for k, rep in enumerate(runs["rust"])]
-        out["ratios"] = {key: {"median": float(np.median([r[key] for r in per_round])),
-                               "spread": [min(r[key] for r in per_round), max(r[key] for r in per_round)]}
-                         for key in per_round[0]}
+        out["ratios"] = summarize_ratios(per_round)
         fast = [e for e in runs["rust"][-1]["entries"] if e.get("min_cosine_vs_reference") is not None]
         out["ratios"]["min_cosine_vs_fp32"] = {e["file"]: e["min_cosine_vs_reference"] for e in fast}
     print(json.dumps(out, indent=1))

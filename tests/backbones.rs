@@ -485,60 +485,6 @@ fn qwen2_vl_hub_config_layout_and_bad_configs() {
     assert!(e.contains("config.json") && e.contains("num_heads"), "{e}");
 }
 
-/// LLaVA-NeXT speed on CPU (2 threads) with the small real-architecture configuration that
-/// scripts/bench_vlm.py writes to target/bench-vlm/ (run it first; it prints transformers' figures):
-/// 32 greedy tokens from a one-image prompt (5 tiles, prefill and the tower included), and one LoRA SFT
-/// step, in f32 and bf16. Ignored: a measurement, not a check.
-#[test]
-#[ignore]
-fn perf_llava_next_generation_and_lora_step() {
-    use mllm::sft::{FineTuneMode, SftParams, SftTrainer};
-    tch::set_num_threads(2);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-vlm");
-    assert!(dir.join("config.json").exists(), "run scripts/bench_vlm.py first (it writes {})", dir.display());
-    let proc_ = LlavaNextImageProcessor::from_dir(&dir).unwrap();
-    let img = decode_image_file(&fixtures().join("encoders/photos/chelsea.png")).unwrap();
-    let img = image::imageops::crop_imm(&img, 0, 0, 448, 300).to_image();
-    for dtype in [DType::F32, DType::Bf16] {
-        let (vs, mut model) = LlavaNext::load(&dir, Device::Cpu, dtype, true).unwrap();
-        let t = std::time::Instant::now();
-        let p = proc_.preprocess(&img);
-        let tiles = tile_tensor(&p.pixel_values, p.n_patches, 224).to_kind(dtype.kind());
-        let inputs = Vec::from(tch::no_grad(|| model.image_inputs(&tiles, p.size).unwrap()));
-        let copy = |v: &Vec<Tensor>| v.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>();
-        let tower = t.elapsed().as_secs_f64();
-        let n_img = num_image_tokens(&model.layout(p.size).unwrap(), model.cfg.tokens_per_tile());
-        let ids: Vec<i64> = [1, 2, 3].into_iter().chain(std::iter::repeat_n(49151, n_img as usize)).chain([4, 5, 6, 7]).collect();
-        let params = GenerationParams { max_new_tokens: 32, eos_token_ids: vec![-1], ..Default::default() };
-        generate_multimodal(&model, &[(ids.clone(), copy(&inputs))], &GenerationParams { max_new_tokens: 2, ..params.clone() }, None)
-            .unwrap();
-        let t = std::time::Instant::now();
-        let out = generate_multimodal(&model, &[(ids.clone(), copy(&inputs))], &params, None).unwrap();
-        let dt = t.elapsed().as_secs_f64() + tower;
-        println!(
-            "ours {dtype:?}: {n_img} image tokens; generation {:.1} tokens/s (32 tokens, tower {tower:.2} s + prefill included, {dt:.2} s)",
-            out[0].tokens.len() as f64 / dt
-        );
-        let data: Vec<SftExample> = (0..3)
-            .map(|i| SftExample { prompt: ids.clone(), response: (0..32).map(|k| 10 + 97 * (i + k)).collect(), images: copy(&inputs) })
-            .collect();
-        let sp = SftParams {
-            mode: FineTuneMode::Lora(LoraParams::default()),
-            batch_size: 1,
-            grad_accum_steps: 1,
-            epochs: 1,
-            max_steps: Some(3),
-            learning_rate: 1e-4,
-            ..Default::default()
-        };
-        let mut tr = SftTrainer::new(&vs, &mut model, sp).unwrap();
-        let ck = tempfile::tempdir().unwrap();
-        let report = tr.train(&model, &data, ck.path()).unwrap();
-        let best = report.rows.iter().skip(1).map(|r| r.seconds).fold(f64::INFINITY, f64::min);
-        println!("ours {dtype:?} LoRA SFT step: {best:.2} s (best of steps 2-3)");
-    }
-}
-
 /// The cached-features path: a model loaded without its CLIP tower takes tile features computed elsewhere
 /// (here by the tower-carrying model, standing in for the ONNX features stage), arranged by `pack_tiles`,
 /// and gives the same logits; asking it for tile features names what is missing.

@@ -90,19 +90,30 @@ impl ImageInputs {
             let bytes = mmboundary::data::image_bytes(it)?;
             Ok(mmboundary::encoders::clip::decode_image_bytes(&bytes, &it.id)?)
         };
+        self.inputs(model, &it.id, image)
+    }
+
+    /// The image tokens and the input tensors of a decoded image (`id` names it in errors; `image` is only
+    /// called by the families that read pixels: the features artifact is looked up by `id`).
+    pub fn inputs(
+        &self,
+        model: &Mllm,
+        id: &str,
+        image: impl Fn() -> anyhow::Result<image::RgbImage>,
+    ) -> anyhow::Result<(i64, Vec<Tensor>)> {
         let images = match (self, model) {
-            (Self::Features(f), Mllm::Llava(_)) => vec![f.tensor(&it.id)?.1],
+            (Self::Features(f), Mllm::Llava(_)) => vec![f.tensor(id)?.1],
             (Self::LlavaNext(proc), Mllm::LlavaNext(m)) => {
                 let px = proc.preprocess(&image()?);
                 let s = m.cfg.vision_config.image_size;
                 let pv = Tensor::from_slice(&px.pixel_values).view([px.n_patches as i64, 3, s, s]);
-                tch::no_grad(|| m.image_inputs(&pv, px.size)).with_context(|| format!("item {}: LLaVA-NeXT image features", it.id))?.into()
+                tch::no_grad(|| m.image_inputs(&pv, px.size)).with_context(|| format!("item {id}: LLaVA-NeXT image features"))?.into()
             }
             (Self::Qwen2Vl(proc), Mllm::Qwen2Vl(m)) => {
-                let px = proc.preprocess(&image()?, &it.id)?;
+                let px = proc.preprocess(&image()?, id)?;
                 let rows = px.grid_thw.iter().product::<i64>();
                 let patches = Tensor::from_slice(&px.patches).view([rows, -1]);
-                m.image_inputs(&patches, px.grid_thw).with_context(|| format!("item {}: Qwen2-VL image features", it.id))?.into()
+                m.image_inputs(&patches, px.grid_thw).with_context(|| format!("item {id}: Qwen2-VL image features"))?.into()
             }
             _ => anyhow::bail!("image inputs made for another model family than {:?}", model.family()),
         };

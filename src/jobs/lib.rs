@@ -5,12 +5,14 @@
 //! Modules, each using only those above it in this list:
 //! - `inputs`: what the model stages share (image inputs per family, prompts, trainer params);
 //! - `policy`: loading a policy (base model plus an SFT or PPO checkpoint) and the stage's device;
-//! - `generate`, `sft`, `dpo`, `demo_mllm`, `ppo` (rollouts, updates, gather), `eval`: one stage each.
+//! - `generate`, `sft`, `dpo`, `demo_mllm`, `ppo` (rollouts, updates, gather), `eval`: one stage each;
+//! - `bench_vlm`: one round of the LLaVA-NeXT / Qwen2-VL speed benchmark (`mmb-torch bench-vlm`).
 //!
 //! These files are compiled twice: as this library (package `mmboundary-jobs`, where their tests run
 //! in-process) and as the worker binary's `jobs` module (src/bin/mmb-torch/main.rs), because the binary
 //! belongs to the `mmboundary` package, which this one depends on. Paths between modules are therefore
 //! relative (`super::`), never `crate::`.
+pub mod bench_vlm;
 pub mod demo_mllm;
 pub mod dpo;
 pub mod eval;
