@@ -12,6 +12,8 @@ use mmboundary::store::{ArtifactId, Store};
 use std::path::{Path, PathBuf};
 
 mod common;
+#[path = "common/worker.rs"]
+mod worker;
 use common::tiny::pool_path;
 use common::tiny_llava;
 
@@ -204,9 +206,7 @@ fn dps_output_is_parsed_into_statements_and_mapped() {
 #[test]
 fn drl_trains_from_the_vanilla_model_without_sft() {
     let dir = tempfile::tempdir().unwrap();
-    let worker = dir.path().join("mmb-torch");
-    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
-    std::env::set_var("MMB_TORCH", &worker);
+    worker::worker();
     let store = Store::open(dir.path().join("artifacts")).unwrap();
     let model = tiny_llava(dir.path());
     let build = |start: PolicyStart| {
@@ -637,9 +637,7 @@ fn conf_csr_pairs_are_the_best_and_worst_chains_of_known_rows() {
 #[test]
 fn conf_csr_trains_with_dpo_and_its_policy_is_evaluated() {
     let dir = tempfile::tempdir().unwrap();
-    let worker = dir.path().join("mmb-torch");
-    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
-    std::env::set_var("MMB_TORCH", &worker);
+    worker::worker();
     let store = Store::open(dir.path().join("artifacts")).unwrap();
     let model = tiny_llava(dir.path());
     let csr = common::tiny::pipeline_with(&model, |p| {
@@ -849,9 +847,7 @@ fn rce_response_is_judged_sentence_by_sentence() {
 fn rce_trains_sft_then_ppo_on_the_tiny_pipeline() {
     use mmboundary::confidence::parser::Layout;
     let dir = tempfile::tempdir().unwrap();
-    let worker = dir.path().join("mmb-torch");
-    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
-    std::env::set_var("MMB_TORCH", &worker);
+    worker::worker();
     let store = Store::open(dir.path().join("artifacts")).unwrap();
     let model = tiny_llava(dir.path());
     let rce = common::tiny::pipeline_with(&model, |p| {
@@ -1003,9 +999,7 @@ fn table_3_on_hand_computed_values() {
 fn table_3_is_in_the_report_of_a_sampled_run() {
     use mmboundary::stages::ice_sce::{table, IceSceParams, HEADING};
     let dir = tempfile::tempdir().unwrap();
-    let worker = dir.path().join("mmb-torch");
-    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
-    std::env::set_var("MMB_TORCH", &worker);
+    worker::worker();
     let store = Store::open(dir.path().join("artifacts")).unwrap();
     let model = tiny_llava(dir.path());
     let run = common::tiny::pipeline_with(&model, |p| {

@@ -7,24 +7,13 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use mmboundary::engine::{LockFile, RunOptions};
 use mmboundary::store::{ArtifactId, ArtifactKind, Store};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 mod common;
+#[path = "common/worker.rs"]
+mod worker;
+use worker::worker;
 use common::tiny::pipeline_k;
 use common::{tiny_llava_next, tiny_qwen2_vl};
-
-/// One private copy of the worker for the whole test binary (the target folder may be shared, and a
-/// concurrent build would replace the binary under a running test); kept until the process ends.
-fn worker() -> &'static Path {
-    static W: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let d = W.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), d.path().join("mmb-torch")).unwrap();
-        d
-    });
-    std::env::set_var("MMB_TORCH", d.path().join("mmb-torch"));
-    d.path()
-}
 
 /// Runs the pipeline on the folder `make` writes and checks what every family must give; returns the
 /// trained checkpoint's tensor names.
