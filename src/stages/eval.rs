@@ -584,13 +584,7 @@ pub fn judge_chains(
     ];
     let chains_table = RecordBatch::try_new(chains_schema(), cols)?;
     let (own, swapped, swapped_from) = own_and_swapped;
-    anyhow::ensure!(
-        own.len() == swapped.len() && own.len() == swapped_from.len(),
-        "image swap: {} chains with own images, {} with swapped ones, {} partners",
-        own.len(),
-        swapped.len(),
-        swapped_from.len()
-    );
+    super::image_swap::check_pass(own, swapped, swapped_from)?;
     let order = item_major(own);
     let pick = |v: &[EvalChain]| order.iter().map(|&i| v[i].clone()).collect::<Vec<_>>();
     let from: Vec<String> = order.iter().map(|&i| swapped_from[i].clone()).collect();

@@ -62,6 +62,18 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// The image-swap pass gave one swapped chain and one partner for every chain with its own image.
+pub fn check_pass(own: &[EvalChain], swapped: &[EvalChain], swapped_from: &[String]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        own.len() == swapped.len() && own.len() == swapped_from.len(),
+        "image swap: {} chains with own images, {} with swapped ones, {} partners",
+        own.len(),
+        swapped.len(),
+        swapped_from.len()
+    );
+    Ok(())
+}
+
 /// The `image_swap` table from the chains with own images and with swapped ones (`swapped[i]` answers
 /// the same item and variant as `own[i]`, with the image of `swapped_from[i]`).
 pub fn table(
@@ -72,13 +84,7 @@ pub fn table(
     parser: &Parser,
     metrics: &MetricsParams,
 ) -> anyhow::Result<RecordBatch> {
-    anyhow::ensure!(
-        own.len() == swapped.len() && own.len() == swapped_from.len(),
-        "image swap: {} chains with own images, {} with swapped ones, {} partners",
-        own.len(),
-        swapped.len(),
-        swapped_from.len()
-    );
+    check_pass(own, swapped, swapped_from)?;
     let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
     let (mut v, mut sp, mut id, mut kind, mut from) =
         (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
