@@ -1,6 +1,8 @@
 """What the benchmark drivers share (scripts/bench_baselines.py, scripts/bench_vlm.py): how the Rust side is
 built for a measurement, the machine's load, a process's CPU share, and medians and spreads over rounds."""
+import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # rebuilt optimized too (`--release` instead rebuilds every dependency: minutes more, the same libtorch and
 # ONNX Runtime either way).
 CRATE_OPT_LEVEL = 3
-OUR_CRATES = ("mmboundary", "mmboundary-mllm", "mmboundary-anyres")
+
+
+def workspace_crates():
+    """The workspace's own packages, from `cargo metadata` (a hand-kept list missed one and left it at opt-level 0)."""
+    out = subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1", "--locked"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return sorted(p["name"] for p in json.loads(out)["packages"])
 
 
 def cargo_profile_args(release=False):
@@ -19,7 +27,7 @@ def cargo_profile_args(release=False):
     if release:
         return ["--release"]
     out = []
-    for c in OUR_CRATES:
+    for c in workspace_crates():
         out += ["--config", f"profile.dev.package.{c}.opt-level={CRATE_OPT_LEVEL}"]
     return out
 
