@@ -47,6 +47,8 @@ fn every_baseline_builds_its_pipeline_and_names_its_eval_row() {
         let eval: EvalParams = configs.params("eval").unwrap();
         // The policy the table reads is the one the variant's eval generates.
         assert_eq!(eval.variants, vec![v.row().to_string()], "{}", v.name);
+        // The table reads no image-swap pass: it would double the baseline's evaluation.
+        assert!(!eval.image_swap, "{}: image_swap", v.name);
         let rollout_inputs: Vec<String> = p.get("rollout_0").unwrap().inputs().iter().map(|i| i.stage.clone()).collect();
         let ppo: PpoStageParams = configs.params("ppo").unwrap();
         match v.name.as_str() {
