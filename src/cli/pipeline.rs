@@ -328,6 +328,8 @@ fn variant_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile,
         Ok(())
     };
     let mut entries = Vec::new();
+    let mut costs = Vec::new();
+    let main_lock = crate::engine::LockFile::load(store.root())?;
     let main = fresh_eval(store, &crate::stages::pipeline(stages)?, None)?;
     for (from, to) in [("full", "MMBoundary"), ("sft", "w/o RL")] {
         let rows = main.as_ref().map(|e| relabel(&e.rows, from, to));
@@ -339,13 +341,27 @@ fn variant_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile,
     for v in &sweep.variant {
         let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
         let label = v.description.clone().unwrap_or_else(|| v.name.clone());
-        let e = fresh_eval(store, &crate::stages::pipeline_with(&configs)?, Some(&v.name))?;
+        let pipeline = crate::stages::pipeline_with(&configs)?;
+        let e = fresh_eval(store, &pipeline, Some(&v.name))?;
         let rows = e.as_ref().map(|e| relabel(&e.rows, v.row(), &label));
         if let (Some(e), Some(r)) = (&e, &rows) {
             add_cells(e, v.row(), &label, r)?;
+            let order: Vec<String> = pipeline.ordered().map(|st| st.name().to_string()).collect();
+            let lock = crate::engine::LockFile::load_named(store.root(), Some(&v.name))?;
+            let beyond = lock.beyond(&main_lock, &order).into_iter().map(|(st, r)| (st.to_string(), r.key.clone(), r.seconds)).collect();
+            costs.push((label.clone(), beyond));
         }
         let cmd = if heading == crate::report::page::BASELINE_HEADING { "compare" } else { "sweep" };
         entries.push((format!("`mmb {cmd} --only {}`", v.name), label.clone(), rows));
     }
-    Ok(crate::report::page::variants_markdown(heading, &entries, &cells))
+    let mut md = crate::report::page::variants_markdown(heading, &entries, &cells);
+    if !costs.is_empty() {
+        md.push_str(
+            "\n## Cost beyond `mmb run`\n\nEach variant's stages that the main run's lock does not hold, with the wall seconds recorded when \
+             they were computed (a stage restored from the run-cache keeps those of the run that computed it; on a busy machine they \
+             measure it too).\n\n",
+        );
+        md.push_str(&crate::report::page::cost_markdown(&costs));
+    }
+    Ok(md)
 }

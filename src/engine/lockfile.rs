@@ -87,6 +87,18 @@ impl LockFile {
         Ok(())
     }
 
+    /// The stages of this lock whose key `base` does not hold, in `order` (stage names; others after, by
+    /// name): what a variant computed beyond the main run, with each stage's recorded seconds (a stage
+    /// restored from the run-cache keeps the seconds of the run that computed it).
+    pub fn beyond<'a>(&'a self, base: &LockFile, order: &[String]) -> Vec<(&'a str, &'a StageRecord)> {
+        let base_keys: std::collections::BTreeSet<&str> = base.stages.values().map(|r| r.key.as_str()).collect();
+        let rank = |name: &str| order.iter().position(|o| o == name).unwrap_or(order.len());
+        let mut out: Vec<(&str, &StageRecord)> =
+            self.stages.iter().filter(|(_, r)| !base_keys.contains(r.key.as_str())).map(|(n, r)| (n.as_str(), r)).collect();
+        out.sort_by_key(|(n, _)| (rank(n), n.to_string()));
+        out
+    }
+
     /// Every artifact id the lock file references (what `gc` keeps).
     pub fn referenced(&self) -> std::collections::BTreeSet<String> {
         self.stages.values().flat_map(|r| r.outputs.values().map(|o| o.id.clone())).collect()
@@ -113,5 +125,41 @@ impl RunCache {
         let bytes = serde_json::to_vec_pretty(record).expect("record serializes");
         write_atomic(&Self::path(root, &record.key), &bytes)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &str, seconds: f64) -> StageRecord {
+        StageRecord {
+            key: key.into(),
+            code_version: "1".into(),
+            params: serde_json::Value::Null,
+            inputs: BTreeMap::new(),
+            models: BTreeMap::new(),
+            device: "cpu".into(),
+            outputs: BTreeMap::new(),
+            finished: String::new(),
+            seconds,
+        }
+    }
+
+    fn lock(stages: &[(&str, &str, f64)]) -> LockFile {
+        LockFile { version: 1, stages: stages.iter().map(|(n, k, s)| (n.to_string(), record(k, *s))).collect() }
+    }
+
+    #[test]
+    fn beyond_keeps_the_stages_whose_key_the_base_lacks_in_pipeline_order() {
+        let main = lock(&[("dataset", "k1", 1.0), ("generate", "k2", 60.0), ("eval", "k3", 9.0)]);
+        // A variant reusing dataset, with its own generate and eval; `zeta` is not in the order.
+        let variant = lock(&[("dataset", "k1", 1.0), ("eval", "k5", 4.0), ("generate", "k4", 80.0), ("zeta", "k6", 2.0)]);
+        let order: Vec<String> = ["dataset", "generate", "eval"].map(String::from).to_vec();
+        let got: Vec<(&str, &str, f64)> = variant.beyond(&main, &order).into_iter().map(|(n, r)| (n, r.key.as_str(), r.seconds)).collect();
+        assert_eq!(got, [("generate", "k4", 80.0), ("eval", "k5", 4.0), ("zeta", "k6", 2.0)]);
+        // A key the base holds under another stage name is the base's work too.
+        let renamed = lock(&[("sampled", "k2", 60.0)]);
+        assert!(renamed.beyond(&main, &order).is_empty());
     }
 }

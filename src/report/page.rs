@@ -169,6 +169,35 @@ pub fn variants_markdown(
     s
 }
 
+/// What each variant computed beyond the main run (`mmb run`'s lock): `variants` holds, per variant label,
+/// its stages beyond it as (stage, cache key, recorded seconds). A stage an earlier variant already computed
+/// (the same key: Multisample's sampled chains reused by SaySelf) is named there and not counted again, so
+/// the last row is the comparison's whole cost beyond the main run.
+pub fn cost_markdown(variants: &[(String, Vec<(String, String, f64)>)]) -> String {
+    let mut s = String::from("| variant | stages beyond `mmb run` (seconds) | seconds |\n|---|---|---|\n");
+    let mut first: std::collections::BTreeMap<&str, &str> = Default::default();
+    let mut total = 0.0;
+    for (label, stages) in variants {
+        let mut own = 0.0;
+        let mut parts = Vec::new();
+        for (stage, key, seconds) in stages {
+            match first.get(key.as_str()) {
+                Some(by) => parts.push(format!("{stage} (computed for {by})")),
+                None => {
+                    first.insert(key, label);
+                    own += seconds;
+                    parts.push(format!("{stage} {seconds:.1}"));
+                }
+            }
+        }
+        total += own;
+        let what = if parts.is_empty() { "none".to_string() } else { parts.join(", ") };
+        let _ = writeln!(s, "| {label} | {what} | {own:.1} |");
+    }
+    let _ = writeln!(s, "| all variants | | {total:.1} |");
+    s
+}
+
 /// The number of responses (items) behind each variant's cells, by split (level `all`).
 pub fn items_markdown(rows: &[MetricsRow], splits: &[String], variants: &[String]) -> String {
     let mut s = format!("| variant | {} |\n|---|{}\n", splits.join(" | "), "---|".repeat(splits.len()));
@@ -429,6 +458,24 @@ pub fn pre(md: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cost_counts_a_stage_shared_by_two_variants_once() {
+        let s = |st: &str, k: &str, sec: f64| (st.to_string(), k.to_string(), sec);
+        let md = cost_markdown(&[
+            ("DPV".into(), vec![s("eval_chains", "e1", 43.7), s("eval", "m1", 0.4)]),
+            ("Multisample".into(), vec![s("generate", "g", 600.0), s("sft", "f", 100.0)]),
+            ("SaySelf".into(), vec![s("generate", "g", 600.0), s("score", "c", 50.6)]),
+            ("nothing new".into(), vec![]),
+        ]);
+        let want = "| variant | stages beyond `mmb run` (seconds) | seconds |\n|---|---|---|\n\
+                    | DPV | eval_chains 43.7, eval 0.4 | 44.1 |\n\
+                    | Multisample | generate 600.0, sft 100.0 | 700.0 |\n\
+                    | SaySelf | generate (computed for Multisample), score 50.6 | 50.6 |\n\
+                    | nothing new | none | 0.0 |\n\
+                    | all variants | | 794.7 |\n";
+        assert_eq!(md, want);
+    }
 
     fn row(v: &str, sp: &str, lvl: &str, ece: f64) -> MetricsRow {
         MetricsRow {
