@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: DpoStageParams = ctx.params()?;
     let tp = super::inputs::overlay_params::<DpoParams>(&p.trainer, "dpo.trainer")?;
-    let mut t = Trainable::load(ctx, "dpo", &p.model, &p.prompt, &p.device, &p.dtype)?;
+    let mut t = Trainable::load(ctx, "dpo", &p.mllm())?;
     let pairs = ctx.input_table("pairs")?.concat()?;
     let col = |n: &str| pairs.column_by_name(n).with_context(|| format!("csr_pairs' pairs have no column `{n}`"));
     let (ids, chosen, rejected) = (col("item_id")?.as_string::<i32>(), col("chosen")?.as_string::<i32>(), col("rejected")?.as_string::<i32>());

@@ -10,13 +10,10 @@ use mmboundary::stages::chain_judge::ChainJudge;
 use mmboundary::stages::eval::{write_judged, EvalChain, EvalParams};
 use mmboundary::stages::self_consistency::{draw_seed as sc_draw_seed, sc_chain_text, SC_POLICY};
 use std::collections::HashMap;
-use std::str::FromStr;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: EvalParams = ctx.params()?;
-    let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = super::policy::device("eval", &p.device)?;
-    let dtype = mllm::DType::from_str(&p.dtype)?;
+    let policy::ModelRun { dir: model_dir, device, dtype } = policy::ModelRun::resolve(ctx, "eval", &p.mllm())?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
     let features = ctx.input_table("features")?.concat()?;

@@ -5,13 +5,10 @@ use mllm::family::Mllm;
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::generate::{chains_batch, chains_schema, ChainRow, GenerateParams};
-use std::str::FromStr;
 
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: GenerateParams = ctx.params()?;
-    let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = super::policy::device("generate", &p.device)?;
-    let dtype = mllm::DType::from_str(&p.dtype)?;
+    let super::policy::ModelRun { dir: model_dir, device, dtype } = super::policy::ModelRun::resolve(ctx, "generate", &p.mllm())?;
     let (_vs, model) = Mllm::load(&model_dir, device, dtype)?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;

@@ -10,6 +10,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float32Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use mmboundary::stages::generate::render_prompt_with;
+use mmboundary::stages::models::ModelSettings;
 use std::collections::HashMap;
 use tch::Tensor;
 
@@ -135,25 +136,16 @@ pub struct Trainable {
 }
 
 impl Trainable {
-    /// Loads stage `stage`'s model (`model`, resolved from the stage's `model` input), on `device` in
-    /// `dtype`, with its prompt (`prompt`, else the model's own), items (input `items`) and image inputs
-    /// (input `features`).
-    pub fn load(
-        ctx: &mmboundary::engine::StageContext,
-        stage: &str,
-        model: &Option<std::path::PathBuf>,
-        prompt: &Option<String>,
-        device: &str,
-        dtype: &str,
-    ) -> anyhow::Result<Self> {
+    /// Loads stage `stage`'s model (`settings`: its folder, device and dtype, `super::policy::ModelRun`), with
+    /// its prompt (the one set, else the model's own), items (input `items`) and image inputs (input
+    /// `features`).
+    pub fn load(ctx: &mmboundary::engine::StageContext, stage: &str, settings: &ModelSettings) -> anyhow::Result<Self> {
         use mllm::llava::EmbedInputs;
-        let model_dir = mmboundary::stages::models::resolve(ctx, model, "model")?;
-        let device = super::policy::device(stage, device)?;
-        let dtype = <mllm::DType as std::str::FromStr>::from_str(dtype)?;
+        let super::policy::ModelRun { dir: model_dir, device, dtype } = super::policy::ModelRun::resolve(ctx, stage, settings)?;
         let (vs, m) = Mllm::load(&model_dir, device, dtype)?;
         let tok = Prompter::tokenizer(&model_dir)?;
         let eos = m.text_model().cfg.eos_token_ids().first().copied();
-        let template = prompt_template(model, prompt, &model_dir, m.image_token_id())?;
+        let template = prompt_template(settings.model, settings.prompt, &model_dir, m.image_token_id())?;
         let items = mmboundary::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
         let images = ImageInputs::new(&m, &model_dir, &ctx.input_table("features")?.concat()?)?;
         Ok(Self { vs, model: m, tok, eos, template, items, images })

@@ -110,3 +110,26 @@ pub fn device(stage: &str, choice: &str) -> anyhow::Result<tch::Device> {
     eprintln!("{stage}: running on {used} (device = {choice:?})");
     Ok(d)
 }
+
+/// A model stage's MLLM as the worker runs it: its folder (`ModelSettings::folder`: the user's, or the
+/// demo MLLM's input), the device resolved and checked against the key ([`device`]), the dtype parsed.
+pub struct ModelRun {
+    pub dir: std::path::PathBuf,
+    pub device: tch::Device,
+    pub dtype: mllm::DType,
+}
+
+impl ModelRun {
+    /// Stage `stage`'s (the name its messages carry).
+    pub fn resolve(
+        ctx: &mmboundary::engine::StageContext,
+        stage: &str,
+        m: &mmboundary::stages::models::ModelSettings,
+    ) -> anyhow::Result<Self> {
+        use std::str::FromStr;
+        let dir = m.folder(ctx)?;
+        let device = device(stage, m.device)?;
+        let dtype = mllm::DType::from_str(m.dtype)?;
+        Ok(Self { dir, device, dtype })
+    }
+}

@@ -26,7 +26,6 @@ use mmboundary::stages::ppo::{
 use mmboundary::store::ArtifactKind;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -52,10 +51,9 @@ impl Iteration {
         let ip: IterationParams = ctx.params()?;
         let (k, p) = (ip.iteration, ip.ppo);
         anyhow::ensure!(p.prompts_per_iteration > 0, "ppo: prompts_per_iteration must be ≥ 1");
-        let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
         let tp = super::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
-        let device = super::policy::device(&format!("ppo iteration {k}"), &p.device)?;
-        let dtype = mllm::DType::from_str(&p.dtype)?;
+        let super::policy::ModelRun { dir: model_dir, device, dtype } =
+            super::policy::ModelRun::resolve(ctx, &format!("ppo iteration {k}"), &p.mllm())?;
         let tok = Prompter::tokenizer(&model_dir)?;
 
         let all = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let p: SftStageParams = ctx.params()?;
     let tp = super::inputs::overlay_params::<SftParams>(&p.trainer, "sft.trainer")?;
-    let mut t = Trainable::load(ctx, "sft", &p.model, &p.prompt, &p.device, &p.dtype)?;
+    let mut t = Trainable::load(ctx, "sft", &p.mllm())?;
     let data = ctx.input_table("sft_data")?.concat()?;
     let ids = data.column_by_name("item_id").context("sft_data has no item_id")?.as_string::<i32>();
     let targets = data.column_by_name("target").context("sft_data has no target")?.as_string::<i32>();
