@@ -8,14 +8,13 @@ use mmboundary::stages::chain_judge::ChainJudge;
 use mmboundary::stages::eval::EvalParams;
 use mmboundary::stages::ppo::{PolicyStart, PpoStageParams};
 use mmboundary::stages::{StageConfigs, SweepFile};
-use mmboundary::store::{ArtifactId, Store};
+use mmboundary::store::ArtifactId;
 use std::path::{Path, PathBuf};
 
 mod common;
 #[path = "common/worker.rs"]
 mod worker;
 use common::tiny::pool_path;
-use common::tiny_llava;
 
 fn stages_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("stages")
@@ -207,10 +206,8 @@ fn dps_output_is_parsed_into_statements_and_mapped() {
 /// not), and eval loads its checkpoint.
 #[test]
 fn drl_trains_from_the_vanilla_model_without_sft() {
-    let dir = tempfile::tempdir().unwrap();
     worker::worker();
-    let store = Store::open(dir.path().join("artifacts")).unwrap();
-    let model = tiny_llava(dir.path());
+    let (_dir, store, model) = common::tiny_llava_store();
     let build = |start: PolicyStart| {
         common::tiny::pipeline_with(&model, |p| {
             p.ppo.start = start;
@@ -249,8 +246,7 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     // Multisample: m = 2 sampled chains per question, SFT data from their answer consistency (no scoring),
     // SFT, and eval of the SFT policy.
     let ms = common::tiny::pipeline_with(&model, |p| {
-        p.generate.samples = 2;
-        p.generate.temperature = 0.7;
+        common::tiny::sample_twice(p);
         p.map.levels_from = mmboundary::stages::map::LevelSource::AnswerConsistency;
         p.eval.variants = vec!["sft".into()];
     });
@@ -262,8 +258,7 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     // SaySelf: the same sampled chains (generate is cached), consistency SFT with one numeric statement,
     // PPO with SaySelf's reward, eval broadcasting the response's confidence.
     let ss = common::tiny::pipeline_with(&model, |p| {
-        p.generate.samples = 2;
-        p.generate.temperature = 0.7;
+        common::tiny::sample_twice(p);
         p.map.levels_from = mmboundary::stages::map::LevelSource::AnswerConsistency;
         p.map.format = mmboundary::stages::map::StatementFormat::ResponseNumeric;
         p.ppo.reward = mmboundary::stages::ppo::RewardKind::Sayself;
@@ -638,13 +633,10 @@ fn conf_csr_pairs_are_the_best_and_worst_chains_of_known_rows() {
 /// the warm-up runs.
 #[test]
 fn conf_csr_trains_with_dpo_and_its_policy_is_evaluated() {
-    let dir = tempfile::tempdir().unwrap();
     worker::worker();
-    let store = Store::open(dir.path().join("artifacts")).unwrap();
-    let model = tiny_llava(dir.path());
+    let (_dir, store, model) = common::tiny_llava_store();
     let csr = common::tiny::pipeline_with(&model, |p| {
-        p.generate.samples = 2;
-        p.generate.temperature = 0.7;
+        common::tiny::sample_twice(p);
         p.eval.variants = vec!["dpo".into()];
     });
     let s = csr.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
@@ -848,10 +840,8 @@ fn rce_response_is_judged_sentence_by_sentence() {
 #[test]
 fn rce_trains_sft_then_ppo_on_the_tiny_pipeline() {
     use mmboundary::confidence::parser::Layout;
-    let dir = tempfile::tempdir().unwrap();
     worker::worker();
-    let store = Store::open(dir.path().join("artifacts")).unwrap();
-    let model = tiny_llava(dir.path());
+    let (_dir, store, model) = common::tiny_llava_store();
     let rce = common::tiny::pipeline_with(&model, |p| {
         p.map.format = mmboundary::stages::map::StatementFormat::AfterResponse;
         p.ppo.parser.layout = Layout::AfterResponse;
@@ -1000,13 +990,10 @@ fn table_3_on_hand_computed_values() {
 #[test]
 fn table_3_is_in_the_report_of_a_sampled_run() {
     use mmboundary::stages::ice_sce::{table, IceSceParams, HEADING};
-    let dir = tempfile::tempdir().unwrap();
     worker::worker();
-    let store = Store::open(dir.path().join("artifacts")).unwrap();
-    let model = tiny_llava(dir.path());
+    let (_dir, store, model) = common::tiny_llava_store();
     let run = common::tiny::pipeline_with(&model, |p| {
-        p.generate.samples = 2;
-        p.generate.temperature = 0.7;
+        common::tiny::sample_twice(p);
         p.eval.variants = vec!["vanilla".into()];
         p.report.ice_sce = Some(IceSceParams::default());
     });

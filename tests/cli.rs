@@ -117,6 +117,13 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
     let pv = mmboundary::stages::pipeline_with(&c).unwrap();
     let demo = pv.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
     assert_eq!(demo["trainer"]["decoder"], "smollm2_gguf", "{demo}");
+    // The report's header names the model the preset trains, the default run's its scratch decoder.
+    assert_eq!(mmboundary::stages::demo_mllm::describe(&demo).unwrap(), "the demo MLLM on SmolLM2-135M-Instruct (stage demo_mllm)");
+    let default_demo = p.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
+    assert_eq!(
+        mmboundary::stages::demo_mllm::describe(&default_demo).unwrap(),
+        "the demo MLLM with a decoder trained from scratch (stage demo_mllm)"
+    );
     // What follows the base model is cut to fit 2 cores, over the stage files' values.
     let params = |name: &str| pv.ordered().find(|s| s.name() == name).unwrap_or_else(|| panic!("{name}")).params();
     assert_eq!(params("sft")["trainer"]["epochs"], 1);

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 mod common;
+#[path = "common/worker.rs"]
+mod worker;
 
 type Chain = (Vec<i64>, Vec<f32>, Vec<f32>);
 
@@ -86,12 +88,8 @@ fn generate_output(store: &Store) -> ArtifactId {
 
 #[test]
 fn a_generated_chain_does_not_depend_on_the_batch_its_item_is_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let worker = dir.path().join("mmb-torch");
-    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
-    std::env::set_var("MMB_TORCH", &worker);
-    common::tiny_llava(dir.path());
-    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    worker::worker();
+    let (dir, store, _) = common::tiny_llava_store();
     pipeline(dir.path(), 1).run(&store, &RunOptions::default()).unwrap();
     let alone = chains(&store, &generate_output(&store));
     pipeline(dir.path(), 3).run(&store, &RunOptions::default()).unwrap();

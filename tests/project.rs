@@ -3,10 +3,11 @@
 //! engine, on the tiny models); a disagreement between stage files is an error; an unset project keeps
 //! the demo pipeline's params (and so its keys) as they were.
 use mmboundary::engine::{LockFile, Pipeline, RunOptions};
-use mmboundary::store::Store;
 use std::path::{Path, PathBuf};
 
 mod common;
+#[path = "common/worker.rs"]
+mod worker;
 use common::{fixtures, llava_chat_template, tiny_llava};
 
 fn repo() -> PathBuf {
@@ -215,12 +216,8 @@ fn copy_dir(from: &Path, to: &Path) {
 /// fails naming the stage and the device.
 #[test]
 fn changing_a_project_value_reruns_exactly_the_stages_that_read_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let worker = dir.path().join("mmb-torch");
-    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
-    std::env::set_var("MMB_TORCH", &worker);
-    let store = Store::open(dir.path().join("artifacts")).unwrap();
-    let model = tiny_llava(dir.path());
+    worker::worker();
+    let (dir, store, model) = common::tiny_llava_store();
     let clip = fixtures().join("encoders/clip_tiny");
     let stages = tiny_project(dir.path(), &model, &clip, "");
     let run = |target: &str| {

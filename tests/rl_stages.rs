@@ -7,11 +7,13 @@ use mmboundary::data::{Item, ReferenceChain};
 use mmboundary::engine::{Pipeline, RunOptions};
 use mmboundary::stages::eval::EvalParams;
 use mmboundary::stages::ppo::{PpoStageParams, RewardModel};
-use mmboundary::store::{ArtifactId, ArtifactKind, Store};
+use mmboundary::store::{ArtifactId, ArtifactKind};
 
 mod common;
+#[path = "common/worker.rs"]
+mod worker;
 use common::tiny::{pipeline, pipeline_k, pool_path};
-use common::{fixtures, tiny_llava, tokens_of};
+use common::{fixtures, tokens_of};
 
 fn f64s(b: &arrow::record_batch::RecordBatch, col: &str) -> Vec<Option<f64>> {
     b.column_by_name(col).unwrap_or_else(|| panic!("no column {col}")).as_primitive::<Float64Type>().iter().collect()
@@ -19,14 +21,10 @@ fn f64s(b: &arrow::record_batch::RecordBatch, col: &str) -> Vec<Option<f64>> {
 
 #[test]
 fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one() {
-    let dir = tempfile::tempdir().unwrap();
     // A private copy of the worker: the target folder may be shared, and a concurrent build of another
     // checkout would replace the binary under a running test.
-    let worker = dir.path().join("mmb-torch");
-    std::fs::copy(env!("CARGO_BIN_EXE_mmb-torch"), &worker).unwrap();
-    std::env::set_var("MMB_TORCH", &worker);
-    let store = Store::open(dir.path().join("artifacts")).unwrap();
-    let model = tiny_llava(dir.path());
+    worker::worker();
+    let (_dir, store, model) = common::tiny_llava_store();
     let s = pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap();
     eprintln!("first run: {:.1} s", s.seconds);
     let rl = ["rollout_0", "update_0", "rollout_1", "update_1", "ppo"];

@@ -479,8 +479,7 @@ fn a_stage_that_is_not_sharded_runs_as_one_job_and_status_sees_it() {
 
 fn score_sharded_into_4_gives_the_local_rows() {
     std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
-    let (dir, store) = fresh_store();
-    common::tiny_llava(dir.path());
+    let (dir, store, _) = common::tiny_llava_store();
     let p = scoring(dir.path());
     p.run(&store, &opts(None, &[], None)).unwrap();
     let local = output_of(&store, None, "score", "scored");
@@ -503,8 +502,7 @@ fn score_sharded_into_4_gives_the_local_rows() {
 /// so every chain's tokens, text and sentences are the same and its log-probs and entropies agree to 1e-5.
 fn generate_sharded_into_4_gives_the_local_rows() {
     std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
-    let (dir, store) = fresh_store();
-    common::tiny_llava(dir.path());
+    let (dir, store, _) = common::tiny_llava_store();
     for name in ["generating-b1", "generating-b4"] {
         let p = pipeline_named(name, dir.path());
         p.run(&store, &opts(Some(name), &[], None)).unwrap();
@@ -543,8 +541,7 @@ fn generate_sharded_into_4_gives_the_local_rows() {
 /// run's, and its rewards and signals agree to 1e-9 (a shard's questions are sampled in other batches).
 fn rollout_sharded_into_4_gives_the_local_rows() {
     std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
-    let (dir, store) = fresh_store();
-    common::tiny_llava(dir.path());
+    let (dir, store, _) = common::tiny_llava_store();
     let p = pipeline_named("rl", dir.path());
     let local_opts = RunOptions { target: Some("rollout_0".into()), ..opts(None, &[], None) };
     p.run(&store, &local_opts).unwrap();
@@ -601,8 +598,7 @@ fn rollout_sharded_into_4_gives_the_local_rows() {
 /// comes from the whole selection, input `all_items`).
 fn eval_sharded_into_4_gives_the_local_rows() {
     std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
-    let (dir, store) = fresh_store();
-    common::tiny_llava(dir.path());
+    let (dir, store, _) = common::tiny_llava_store();
     let p = pipeline_named("evaluating", dir.path());
     let target = |o: RunOptions| RunOptions { target: Some("eval".into()), ..o };
     let ran = p.run(&store, &target(opts(None, &[], None))).unwrap().ran;

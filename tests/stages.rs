@@ -15,7 +15,7 @@ use mmboundary::store::{ArtifactId, Store};
 use std::path::Path;
 
 mod common;
-use common::{fixtures, tiny_llava};
+use common::fixtures;
 
 fn lock_now(store: &Store) -> mmboundary::engine::LockFile {
     mmboundary::engine::LockFile::load(store.root()).unwrap()
@@ -24,9 +24,7 @@ fn lock_now(store: &Store) -> mmboundary::engine::LockFile {
 #[test]
 fn dataset_features_generate_run_through_the_engine_and_cache() {
     std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("artifacts")).unwrap();
-    let model = tiny_llava(dir.path());
+    let (_dir, store, model) = common::tiny_llava_store();
     let build = |max_new_tokens: usize| {
         let stages: Vec<Box<dyn Stage>> = vec![
             Box::new(DatasetStage {

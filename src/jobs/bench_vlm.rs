@@ -12,7 +12,7 @@
 //! prompt, the tokens generated, the first step's loss). Each round reports the CPU share of its timed
 //! region (process CPU seconds over wall seconds × threads) and the machine's load average.
 use super::inputs::ImageInputs;
-use anyhow::Context;
+use super::{JobError, Result};
 use mllm::family::Mllm;
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mllm::lora::LoraParams;
@@ -85,35 +85,34 @@ fn dtype_name(d: DType) -> &'static str {
 }
 
 /// Parses `f32` or `bf16`.
-pub fn parse_dtype(s: &str) -> anyhow::Result<DType> {
+pub fn parse_dtype(s: &str) -> Result<DType> {
     match s {
         "f32" => Ok(DType::F32),
         "bf16" => Ok(DType::Bf16),
-        other => anyhow::bail!("--dtype: expected f32 or bf16, found `{other}`"),
+        other => Err(JobError::param("--dtype", format!("expected f32 or bf16, found `{other}`"))),
     }
 }
 
 /// Runs one task once, as configured, and reports it.
-pub fn run(cfg: &VlmBenchConfig) -> anyhow::Result<VlmBenchRound> {
-    anyhow::ensure!(cfg.task == "generate" || cfg.task == "train", "--task: expected generate or train, found `{}`", cfg.task);
+pub fn run(cfg: &VlmBenchConfig) -> Result<VlmBenchRound> {
+    if cfg.task != "generate" && cfg.task != "train" {
+        return Err(JobError::param("--task", format!("expected generate or train, found `{}`", cfg.task)));
+    }
     tch::set_num_threads(cfg.threads as i32);
     let (vs, mut model) =
-        Mllm::load(&cfg.model_dir, Device::Cpu, cfg.dtype).with_context(|| format!("loading {}", cfg.model_dir.display()))?;
+        Mllm::load(&cfg.model_dir, Device::Cpu, cfg.dtype).map_err(JobError::step(format!("loading {}", cfg.model_dir.display())))?;
     let processor = match &model {
         Mllm::LlavaNext(_) => ImageInputs::LlavaNext(LlavaNextImageProcessor::from_dir(&cfg.model_dir)?),
         Mllm::Qwen2Vl(_) => ImageInputs::Qwen2Vl(Qwen2VlImageProcessor::from_dir(&cfg.model_dir)?),
-        Mllm::Llava(_) => anyhow::bail!("{}: the VLM benchmark is for LLaVA-NeXT and Qwen2-VL folders", cfg.model_dir.display()),
+        Mllm::Llava(_) => return Err(JobError::file(&cfg.model_dir, "the VLM benchmark is for LLaVA-NeXT and Qwen2-VL folders")),
     };
     let decoded = mmboundary::encoders::clip::decode_image_file(&cfg.image)?;
     let img = match cfg.crop {
         Some([x, y, w, h]) => {
-            anyhow::ensure!(
-                x + w <= decoded.width() && y + h <= decoded.height(),
-                "{}: crop {x},{y} {w}×{h} outside the {}×{} image",
-                cfg.image.display(),
-                decoded.width(),
-                decoded.height()
-            );
+            if x + w > decoded.width() || y + h > decoded.height() {
+                let msg = format!("crop {x},{y} {w}×{h} outside the {}×{} image", decoded.width(), decoded.height());
+                return Err(JobError::file(&cfg.image, msg));
+            }
             image::imageops::crop_imm(&decoded, x, y, w, h).to_image()
         }
         None => decoded,
@@ -186,14 +185,16 @@ pub fn run(cfg: &VlmBenchConfig) -> anyhow::Result<VlmBenchRound> {
             ..Default::default()
         };
         let mut tr = SftTrainer::new(&vs, &mut model, sp)?;
-        let ck = tempfile::tempdir()?;
+        let ck = tempfile::tempdir().map_err(JobError::io(std::env::temp_dir()))?;
         let (cpu0, t0) = (process_cpu_seconds(), Instant::now());
         let report = tr.train(&model, &data, ck.path())?;
         round.cpu_share = share(cpu0, t0.elapsed().as_secs_f64());
         round.losses = report.rows.iter().map(|r| r.loss).collect();
         round.step_seconds = report.rows.iter().map(|r| r.seconds).collect();
         round.seconds = round.step_seconds.iter().skip(1).copied().fold(f64::INFINITY, f64::min);
-        anyhow::ensure!(round.seconds.is_finite(), "--steps must be at least 2 (the first step is a warm-up)");
+        if !round.seconds.is_finite() {
+            return Err(JobError::param("--steps", "must be at least 2 (the first step is a warm-up)"));
+        }
     }
     round.load_after = load_average();
     Ok(round)

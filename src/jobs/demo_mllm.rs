@@ -1,7 +1,7 @@
 //! The `demo_mllm` stage's model work: train the benchmark's small LLaVA on its plain reference chains
 //! (and, by default, a description of every training scene and short whole-scene drills).
 use super::inputs::Features;
-use anyhow::Context;
+use super::{JobError, Result};
 use arrow::array::{Array, AsArray};
 use mllm::demo::{train, DemoExample, DemoParams};
 use mmboundary::data::items_from_record_batch;
@@ -12,17 +12,19 @@ use mmboundary::stages::demo_mllm::DemoMllmParams;
 use mmboundary::stages::generate::question_block;
 use mmboundary::store::ArtifactKind;
 
-pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
+pub fn run(ctx: &StageContext) -> Result<()> {
     let p: DemoMllmParams = ctx.params()?;
     let mut tp = super::inputs::overlay_params::<DemoParams>(&p.trainer, "demo_mllm.trainer")?;
-    let pool_text = std::fs::read_to_string(&p.pool).with_context(|| p.pool.display().to_string())?;
+    let pool_text = std::fs::read_to_string(&p.pool).map_err(JobError::io(&p.pool))?;
     let pool = mmboundary::confidence::statements::StatementPool::from_toml(&pool_text, &p.pool.display().to_string())?;
     tp.extra_vocabulary.extend(pool.level.iter().flat_map(|l| l.statements.iter().cloned()));
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
     let feats_batch = ctx.input_table("features")?.concat()?;
     let feats = Features::from_batch(&feats_batch)?;
-    let dims = feats_batch.column_by_name("dim").context("features artifact has no `dim`")?;
-    anyhow::ensure!(!dims.is_empty(), "the features artifact is empty");
+    let dims = feats_batch.column_by_name("dim").ok_or_else(|| JobError::column("features artifact", "dim"))?;
+    if dims.is_empty() {
+        return Err(JobError::stage("demo_mllm", "the features artifact is empty"));
+    }
     let vision_hidden = dims.as_primitive::<arrow::datatypes::UInt32Type>().value(0) as usize;
 
     let (mut examples, mut described) = (Vec::new(), Vec::new());
@@ -34,7 +36,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         let patches = Vec::<f32>::try_from(t.reshape([-1]))?;
         let target = it.chain.sentences().collect::<Vec<_>>().join(" ");
         if let Some(scene) = it.meta.get("scene").filter(|_| p.describe_prompt.is_some() || p.perception_drills || p.object_drills) {
-            let scene: Scene = serde_json::from_value(scene.clone()).with_context(|| format!("item {}: meta.scene", it.id))?;
+            let scene: Scene = serde_json::from_value(scene.clone()).map_err(JobError::step(format!("item {}: meta.scene", it.id)))?;
             for (prompt, target) in scene_examples(&scene, p.describe_prompt.as_deref(), p.perception_drills, p.object_drills) {
                 described.push(DemoExample { patches: patches.clone(), n_patches: n as usize, prompt, target });
             }
@@ -43,8 +45,10 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     }
     let chains = examples.len();
     examples.extend(described);
-    anyhow::ensure!(!examples.is_empty(), "no items in splits {:?} to train the demo MLLM on", p.splits);
-    let out = tempfile::tempdir()?;
+    if examples.is_empty() {
+        return Err(JobError::stage("demo_mllm", format!("no items in splits {:?} to train the demo MLLM on", p.splits)));
+    }
+    let out = tempfile::tempdir().map_err(JobError::io(std::env::temp_dir()))?;
     let dir = out.path().join("mllm");
     let bar = ctx.progress(1, "training the demo MLLM");
     let report = train(&examples, vision_hidden, &p.gguf, &dir, &tp)?;

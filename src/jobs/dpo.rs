@@ -1,7 +1,7 @@
 //! The `dpo` stage's model work (the Conf-CSR baseline): (prompt + image, chosen, rejected) pairs from
 //! `csr_pairs`, trained by `mllm::dpo::train_resumable`.
 use super::inputs::Trainable;
-use anyhow::Context;
+use super::{JobError, Result};
 use arrow::array::{ArrayRef, AsArray, Float64Array, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use mllm::dpo::{train_resumable, DpoExample, DpoParams};
@@ -10,23 +10,23 @@ use mmboundary::stages::dpo::{dpo_log_schema, DpoStageParams};
 use mmboundary::store::ArtifactKind;
 use std::sync::Arc;
 
-pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
+pub fn run(ctx: &StageContext) -> Result<()> {
     let p: DpoStageParams = ctx.params()?;
     let tp = super::inputs::overlay_params::<DpoParams>(&p.trainer, "dpo.trainer")?;
-    let mut t = Trainable::load(ctx, "dpo", &p.model, &p.prompt, &p.device, &p.dtype)?;
+    let mut t = Trainable::load(ctx, "dpo", &p.mllm())?;
     let pairs = ctx.input_table("pairs")?.concat()?;
-    let col = |n: &str| pairs.column_by_name(n).with_context(|| format!("csr_pairs' pairs have no column `{n}`"));
+    let col = |n: &str| pairs.column_by_name(n).ok_or_else(|| JobError::column("csr_pairs' pairs", n));
     let (ids, chosen, rejected) = (col("item_id")?.as_string::<i32>(), col("chosen")?.as_string::<i32>(), col("rejected")?.as_string::<i32>());
     let mut data = Vec::with_capacity(pairs.num_rows());
     {
         let (prompter, by_id) = (t.prompter(), t.items_by_id());
-        let response = |text: &str| -> anyhow::Result<Vec<i64>> {
+        let response = |text: &str| -> Result<Vec<i64>> {
             let mut r = prompter.encode(&format!(" {text}"))?;
             r.extend(t.eos);
             Ok(r)
         };
         for r in 0..pairs.num_rows() {
-            let it = by_id.get(ids.value(r)).with_context(|| format!("pairs row {r}: item {} is not in the dataset", ids.value(r)))?;
+            let it = by_id.get(ids.value(r)).ok_or_else(|| JobError::unknown_item(format!("pairs row {r}"), ids.value(r)))?;
             let (n, feat) = t.images.get(&t.model, it)?;
             let prompt = prompter.prompt(&it.question, &it.choices, n)?;
             data.push(DpoExample { prompt, chosen: response(chosen.value(r))?, rejected: response(rejected.value(r))?, images: feat });

@@ -2,7 +2,7 @@
 //! is `mmboundary::stages::eval::write_judged` (the metrics are the `eval` stage's).
 use super::inputs::{ImageInputs, Prompter};
 use super::policy;
-use anyhow::Context;
+use super::{JobError, Result};
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::{item_seed, StageContext};
@@ -10,13 +10,10 @@ use mmboundary::stages::chain_judge::ChainJudge;
 use mmboundary::stages::eval::{write_judged, EvalChain, EvalParams};
 use mmboundary::stages::self_consistency::{draw_seed as sc_draw_seed, sc_chain_text, SC_POLICY};
 use std::collections::HashMap;
-use std::str::FromStr;
 
-pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
+pub fn run(ctx: &StageContext) -> Result<()> {
     let p: EvalParams = ctx.params()?;
-    let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = super::policy::device("eval", &p.device)?;
-    let dtype = mllm::DType::from_str(&p.dtype)?;
+    let policy::ModelRun { dir: model_dir, device, dtype } = policy::ModelRun::resolve(ctx, "eval", &p.mllm())?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
     let features = ctx.input_table("features")?.concat()?;
@@ -25,7 +22,9 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         eprintln!("{note}");
     }
     let selected = chosen.items;
-    anyhow::ensure!(!selected.is_empty(), "eval: no items with a reference chain in splits {:?}", p.splits);
+    if selected.is_empty() {
+        return Err(JobError::stage("eval", format!("no items with a reference chain in splits {:?}", p.splits)));
+    }
 
     let mut sc_samples: HashMap<String, Vec<String>> = HashMap::new();
     // With image_swap, each item is answered a second time with the image of `partners[i]` (same split,
@@ -43,7 +42,12 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             mmboundary::stages::dpo::DPO_POLICY => Some(ctx.input_path("dpo_checkpoint")?),
             // The SC baseline samples the vanilla model.
             SC_POLICY => None,
-            other => anyhow::bail!("eval.variants: unknown variant `{other}` (expected vanilla, sft, full, {SC_POLICY} or dpo)"),
+            other => {
+                return Err(JobError::param(
+                    "eval.variants",
+                    format!("unknown variant `{other}` (expected vanilla, sft, full, {SC_POLICY} or dpo)"),
+                ))
+            }
         };
         let pol = policy::load(&model_dir, device, dtype, ck.as_deref())?;
         let images = ImageInputs::new(&pol.model, &model_dir, &features)?;
@@ -100,10 +104,10 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     // SC: the greedy chain with its agreement confidences written in (plain Rust, in the library).
     let by_id: HashMap<&str, &mmboundary::data::Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
     for c in chains.iter_mut().filter(|c| c.variant == SC_POLICY) {
-        let item = by_id.get(c.item_id.as_str()).with_context(|| format!("eval: item {} is not in the dataset", c.item_id))?;
+        let item = by_id.get(c.item_id.as_str()).ok_or_else(|| JobError::unknown_item("eval", &c.item_id))?;
         let samples = sc_samples.get(&c.item_id).map(Vec::as_slice).unwrap_or_default();
         c.text = sc_chain_text(&judge, item, &c.text, samples, p.match_threshold, &p.metrics.accuracy)?;
     }
     let own: &[EvalChain] = if p.image_swap { &chains } else { &[] };
-    write_judged(ctx, &judge, &items, &chains, (own, &swapped, &swapped_from), &p)
+    Ok(write_judged(ctx, &judge, &items, &chains, (own, &swapped, &swapped_from), &p)?)
 }

@@ -1,17 +1,15 @@
 //! The `generate` stage's model work: generation on any `mllm::family` model with per-token log-probs and entropies.
 use super::inputs::{ImageInputs, Prompter};
+use super::{JobError, Result};
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mllm::family::Mllm;
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::generate::{chains_batch, chains_schema, ChainRow, GenerateParams};
-use std::str::FromStr;
 
-pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
+pub fn run(ctx: &StageContext) -> Result<()> {
     let p: GenerateParams = ctx.params()?;
-    let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
-    let device = super::policy::device("generate", &p.device)?;
-    let dtype = mllm::DType::from_str(&p.dtype)?;
+    let super::policy::ModelRun { dir: model_dir, device, dtype } = super::policy::ModelRun::resolve(ctx, "generate", &p.mllm())?;
     let (_vs, model) = Mllm::load(&model_dir, device, dtype)?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
@@ -20,7 +18,9 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
     let prompter = Prompter::new(&tok, &model, &template);
 
     let selected = mmboundary::stages::generate::select(&items, &p.splits, p.limit);
-    anyhow::ensure!(!selected.is_empty(), "no items in splits {:?}", p.splits);
+    if selected.is_empty() {
+        return Err(JobError::stage("generate", format!("no items in splits {:?}", p.splits)));
+    }
 
     // Every (item, sample) chain, item by item; each samples from its own stream, seeded by the item's id
     // and the sample index alone, so a chain is the same whichever batch or shard its item lands in.
@@ -44,11 +44,9 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         };
         let out = generate_multimodal(&model, &prompts, &gp, Some(&tok))?;
         for ((it, sample), g) in chunk.iter().zip(out) {
-            anyhow::ensure!(
-                g.logprobs.iter().chain(&g.entropies).all(|v| v.is_finite()),
-                "item {}: the model produced non-finite log-probs or entropies",
-                it.id
-            );
+            if !g.logprobs.iter().chain(&g.entropies).all(|v| v.is_finite()) {
+                return Err(JobError::item(&it.id, "the model produced non-finite log-probs or entropies"));
+            }
             rows.push(ChainRow {
                 item_id: it.id.clone(),
                 split: it.split.clone(),

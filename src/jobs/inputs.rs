@@ -1,16 +1,17 @@
 //! What the model stages share: each item's image inputs (CLIP patch features by item, or the family's own
 //! processor and vision tower), and prompts with the image slot expanded.
-use anyhow::Context;
+use super::{JobError, Result};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float32Type, UInt32Type};
+use arrow::record_batch::RecordBatch;
 use mllm::family::Mllm;
 use mmboundary::data::Item;
 use mmboundary::encoders::llava_next_image::LlavaNextImageProcessor;
 use mmboundary::encoders::qwen2_vl_image::Qwen2VlImageProcessor;
-use std::path::Path;
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float32Type, UInt32Type};
-use arrow::record_batch::RecordBatch;
 use mmboundary::stages::generate::render_prompt_with;
+use mmboundary::stages::models::ModelSettings;
 use std::collections::HashMap;
+use std::path::Path;
 use tch::Tensor;
 
 /// Patch features `[n_patches, dim]` of every item of a `features` artifact.
@@ -19,8 +20,8 @@ pub struct Features {
 }
 
 impl Features {
-    pub fn from_batch(b: &RecordBatch) -> anyhow::Result<Self> {
-        let col = |n: &str| b.column_by_name(n).with_context(|| format!("features artifact has no column `{n}`"));
+    pub fn from_batch(b: &RecordBatch) -> Result<Self> {
+        let col = |n: &str| b.column_by_name(n).ok_or_else(|| JobError::column("features artifact", n));
         let ids = col("item_id")?.as_string::<i32>();
         let n_p = col("n_patches")?.as_primitive::<UInt32Type>();
         let dims = col("dim")?.as_primitive::<UInt32Type>();
@@ -36,8 +37,8 @@ impl Features {
         Ok(Self { rows })
     }
 
-    pub fn tensor(&self, item: &str) -> anyhow::Result<(i64, Tensor)> {
-        let (n, d, v) = self.rows.get(item).with_context(|| format!("item {item}: no CLIP features"))?;
+    pub fn tensor(&self, item: &str) -> Result<(i64, Tensor)> {
+        let (n, d, v) = self.rows.get(item).ok_or_else(|| JobError::item(item, "no CLIP features"))?;
         Ok((*n, Tensor::from_slice(v).view([*n, *d])))
     }
 }
@@ -50,18 +51,15 @@ pub fn prompt_template(
     prompt: &Option<String>,
     model_dir: &std::path::Path,
     image_token_index: i64,
-) -> anyhow::Result<String> {
+) -> Result<String> {
     match mmboundary::stages::models::prompt(model, prompt) {
         Some(p) => Ok(p),
-        None => mllm::chat::pipeline_prompt(model_dir, image_token_index).with_context(|| {
-            format!(
-                "{}: the prompt in the model's own chat format (set `prompt` in stages/project.toml [model] to give one)",
-                model_dir.display()
-            )
-        }),
+        None => mllm::chat::pipeline_prompt(model_dir, image_token_index).map_err(JobError::step(format!(
+            "{}: the prompt in the model's own chat format (set `prompt` in stages/project.toml [model] to give one)",
+            model_dir.display()
+        ))),
     }
 }
-
 
 /// Where a model's image inputs come from. LLaVA: the `features` artifact (the CLIP tower on ONNX
 /// Runtime, computed once by the `features` stage). LLaVA-NeXT and Qwen2-VL: the item's image through the
@@ -76,7 +74,7 @@ pub enum ImageInputs {
 }
 
 impl ImageInputs {
-    pub fn new(model: &Mllm, model_dir: &Path, features: &RecordBatch) -> anyhow::Result<Self> {
+    pub fn new(model: &Mllm, model_dir: &Path, features: &RecordBatch) -> Result<Self> {
         Ok(match model {
             Mllm::Llava(_) => Self::Features(Features::from_batch(features)?),
             Mllm::LlavaNext(_) => Self::LlavaNext(LlavaNextImageProcessor::from_dir(model_dir)?),
@@ -85,8 +83,8 @@ impl ImageInputs {
     }
 
     /// The image tokens and the input tensors of one item's image, for `model`.
-    pub fn get(&self, model: &Mllm, it: &Item) -> anyhow::Result<(i64, Vec<Tensor>)> {
-        let image = || -> anyhow::Result<image::RgbImage> {
+    pub fn get(&self, model: &Mllm, it: &Item) -> Result<(i64, Vec<Tensor>)> {
+        let image = || -> Result<image::RgbImage> {
             let bytes = mmboundary::data::image_bytes(it)?;
             Ok(mmboundary::encoders::clip::decode_image_bytes(&bytes, &it.id)?)
         };
@@ -95,27 +93,24 @@ impl ImageInputs {
 
     /// The image tokens and the input tensors of a decoded image (`id` names it in errors; `image` is only
     /// called by the families that read pixels: the features artifact is looked up by `id`).
-    pub fn inputs(
-        &self,
-        model: &Mllm,
-        id: &str,
-        image: impl Fn() -> anyhow::Result<image::RgbImage>,
-    ) -> anyhow::Result<(i64, Vec<Tensor>)> {
+    pub fn inputs(&self, model: &Mllm, id: &str, image: impl Fn() -> Result<image::RgbImage>) -> Result<(i64, Vec<Tensor>)> {
         let images = match (self, model) {
             (Self::Features(f), Mllm::Llava(_)) => vec![f.tensor(id)?.1],
             (Self::LlavaNext(proc), Mllm::LlavaNext(m)) => {
                 let px = proc.preprocess(&image()?);
                 let s = m.cfg.vision_config.image_size;
                 let pv = Tensor::from_slice(&px.pixel_values).view([px.n_patches as i64, 3, s, s]);
-                tch::no_grad(|| m.image_inputs(&pv, px.size)).with_context(|| format!("item {id}: LLaVA-NeXT image features"))?.into()
+                tch::no_grad(|| m.image_inputs(&pv, px.size))
+                    .map_err(JobError::step(format!("item {id}: LLaVA-NeXT image features")))?
+                    .into()
             }
             (Self::Qwen2Vl(proc), Mllm::Qwen2Vl(m)) => {
                 let px = proc.preprocess(&image()?, id)?;
                 let rows = px.grid_thw.iter().product::<i64>();
                 let patches = Tensor::from_slice(&px.patches).view([rows, -1]);
-                m.image_inputs(&patches, px.grid_thw).with_context(|| format!("item {id}: Qwen2-VL image features"))?.into()
+                m.image_inputs(&patches, px.grid_thw).map_err(JobError::step(format!("item {id}: Qwen2-VL image features")))?.into()
             }
-            _ => anyhow::bail!("image inputs made for another model family than {:?}", model.family()),
+            _ => return Err(JobError::item(id, format!("image inputs made for another model family than {:?}", model.family()))),
         };
         Ok((model.image_token_count(&images)?, images))
     }
@@ -135,25 +130,16 @@ pub struct Trainable {
 }
 
 impl Trainable {
-    /// Loads stage `stage`'s model (`model`, resolved from the stage's `model` input), on `device` in
-    /// `dtype`, with its prompt (`prompt`, else the model's own), items (input `items`) and image inputs
-    /// (input `features`).
-    pub fn load(
-        ctx: &mmboundary::engine::StageContext,
-        stage: &str,
-        model: &Option<std::path::PathBuf>,
-        prompt: &Option<String>,
-        device: &str,
-        dtype: &str,
-    ) -> anyhow::Result<Self> {
+    /// Loads stage `stage`'s model (`settings`: its folder, device and dtype, `super::policy::ModelRun`), with
+    /// its prompt (the one set, else the model's own), items (input `items`) and image inputs (input
+    /// `features`).
+    pub fn load(ctx: &mmboundary::engine::StageContext, stage: &str, settings: &ModelSettings) -> Result<Self> {
         use mllm::llava::EmbedInputs;
-        let model_dir = mmboundary::stages::models::resolve(ctx, model, "model")?;
-        let device = super::policy::device(stage, device)?;
-        let dtype = <mllm::DType as std::str::FromStr>::from_str(dtype)?;
+        let super::policy::ModelRun { dir: model_dir, device, dtype } = super::policy::ModelRun::resolve(ctx, stage, settings)?;
         let (vs, m) = Mllm::load(&model_dir, device, dtype)?;
         let tok = Prompter::tokenizer(&model_dir)?;
         let eos = m.text_model().cfg.eos_token_ids().first().copied();
-        let template = prompt_template(model, prompt, &model_dir, m.image_token_id())?;
+        let template = prompt_template(settings.model, settings.prompt, &model_dir, m.image_token_id())?;
         let items = mmboundary::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
         let images = ImageInputs::new(&m, &model_dir, &ctx.input_table("features")?.concat()?)?;
         Ok(Self { vs, model: m, tok, eos, template, items, images })
@@ -192,16 +178,18 @@ impl<'a> Prompter<'a> {
     }
 
     /// The tokenizer of a model folder.
-    pub fn tokenizer(model_dir: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
+    pub fn tokenizer(model_dir: &Path) -> Result<tokenizers::Tokenizer> {
         let p = model_dir.join("tokenizer.json");
-        tokenizers::Tokenizer::from_file(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        tokenizers::Tokenizer::from_file(&p).map_err(|e| JobError::file(&p, e))
     }
 
-    pub fn encode(&self, s: &str) -> anyhow::Result<Vec<i64>> {
-        Ok(self.tok.encode(s, false).map_err(|e| anyhow::anyhow!("tokenizing {s:?}: {e}"))?.get_ids().iter().map(|&i| i as i64).collect())
+    pub fn encode(&self, s: &str) -> Result<Vec<i64>> {
+        let enc =
+            self.tok.encode(s, false).map_err(|e| JobError::Step { what: format!("tokenizing {s:?}"), cause: anyhow::anyhow!("{e}") })?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
-    pub fn prompt(&self, question: &str, choices: &[String], n_patches: i64) -> anyhow::Result<Vec<i64>> {
+    pub fn prompt(&self, question: &str, choices: &[String], n_patches: i64) -> Result<Vec<i64>> {
         let (before, after) = render_prompt_with(self.template, question, choices, self.instruction);
         let mut ids = self.encode(&before)?;
         let after = self.encode(&after)?;
@@ -221,18 +209,18 @@ impl<'a> Prompter<'a> {
 
 /// A trainer's params: its defaults with the stage's JSON table laid over them, nested tables merged key
 /// by key. An unknown key is an error naming where it is (`what.key.subkey`), never silently ignored.
-pub fn overlay_params<T: serde::Serialize + serde::de::DeserializeOwned + Default>(
-    overrides: &serde_json::Value,
-    what: &str,
-) -> anyhow::Result<T> {
+pub fn overlay_params<T: serde::Serialize + serde::de::DeserializeOwned + Default>(overrides: &serde_json::Value, what: &str) -> Result<T> {
     fn merge(
         base: &mut serde_json::Map<String, serde_json::Value>,
         over: &serde_json::Map<String, serde_json::Value>,
         at: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         for (k, x) in over {
             let Some(b) = base.get_mut(k) else {
-                anyhow::bail!("{at}: unknown key `{k}` (known: {})", base.keys().cloned().collect::<Vec<_>>().join(", "));
+                return Err(JobError::param(
+                    at,
+                    format!("unknown key `{k}` (known: {})", base.keys().cloned().collect::<Vec<_>>().join(", ")),
+                ));
             };
             match (b.as_object_mut(), x.as_object()) {
                 (Some(b), Some(o)) => merge(b, o, &format!("{at}.{k}"))?,
@@ -245,9 +233,9 @@ pub fn overlay_params<T: serde::Serialize + serde::de::DeserializeOwned + Defaul
     match (v.as_object_mut(), overrides) {
         (Some(base), serde_json::Value::Object(over)) => merge(base, over, what)?,
         (_, serde_json::Value::Null) => {}
-        (_, other) => anyhow::bail!("{what}: expected a table, found {other}"),
+        (_, other) => return Err(JobError::param(what, format!("expected a table, found {other}"))),
     }
-    serde_json::from_value(v).with_context(|| what.to_string())
+    serde_json::from_value(v).map_err(|e| JobError::param(what, e.to_string()))
 }
 
 #[cfg(test)]
@@ -257,9 +245,7 @@ mod tests {
 
     /// Word-level ids: [UNK] 0, q 1, a 2, <vs> 3, <ve> 4 (the image token is 9).
     fn tokenizer() -> tokenizers::Tokenizer {
-        let special = |id: u32, s: &str| {
-            serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
-        };
+        let special = |id: u32, s: &str| serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
         let json = serde_json::json!({
             "version": "1.0", "truncation": null, "padding": null,
             "added_tokens": [special(3, "<vs>"), special(4, "<ve>")],
@@ -282,6 +268,7 @@ mod tests {
         assert_eq!(plain.prompt("", &[], 3).unwrap(), [1, 9, 9, 9, 2]);
         // An instruction closes the turn after the options: `{options}` then a line of its own.
         let asked = Prompter { template: "{image} q {options}", ..plain }.with_instruction(Some("a"));
-        assert_eq!(asked.prompt("", &["q".into()], 1).unwrap(), [9, 1, 0, 0, 0, 1, 2]); // "(", "A", ")" are unknown
+        assert_eq!(asked.prompt("", &["q".into()], 1).unwrap(), [9, 1, 0, 0, 0, 1, 2]);
+        // "(", "A", ")" are unknown
     }
 }

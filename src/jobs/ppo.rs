@@ -6,7 +6,7 @@
 //! - `ppo`: the last policy (trainer state dropped), every iteration's log row and rollouts.
 use super::inputs::{ImageInputs, Prompter};
 use super::policy::{self, Policy};
-use anyhow::Context;
+use super::{JobError, Result};
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt8Builder,
 };
@@ -26,7 +26,6 @@ use mmboundary::stages::ppo::{
 use mmboundary::store::ArtifactKind;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -48,14 +47,15 @@ struct Iteration {
 }
 
 impl Iteration {
-    fn load(ctx: &StageContext) -> anyhow::Result<Self> {
+    fn load(ctx: &StageContext) -> Result<Self> {
         let ip: IterationParams = ctx.params()?;
         let (k, p) = (ip.iteration, ip.ppo);
-        anyhow::ensure!(p.prompts_per_iteration > 0, "ppo: prompts_per_iteration must be ≥ 1");
-        let model_dir = mmboundary::stages::models::resolve(ctx, &p.model, "model")?;
+        if p.prompts_per_iteration == 0 {
+            return Err(JobError::param("ppo.prompts_per_iteration", "must be ≥ 1"));
+        }
         let tp = super::inputs::overlay_params::<PpoParams>(&p.trainer, "ppo.trainer")?;
-        let device = super::policy::device(&format!("ppo iteration {k}"), &p.device)?;
-        let dtype = mllm::DType::from_str(&p.dtype)?;
+        let super::policy::ModelRun { dir: model_dir, device, dtype } =
+            super::policy::ModelRun::resolve(ctx, &format!("ppo iteration {k}"), &p.mllm())?;
         let tok = Prompter::tokenizer(&model_dir)?;
 
         let all = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
@@ -66,7 +66,7 @@ impl Iteration {
 
     /// The policy after k updates and a trainer in the state the k-th update left (a fresh one for k = 0).
     /// Also makes the iteration's prompts.
-    fn policy(&mut self, ctx: &StageContext) -> anyhow::Result<(Policy, PpoTrainer)> {
+    fn policy(&mut self, ctx: &StageContext) -> Result<(Policy, PpoTrainer)> {
         let ck = match (self.k, self.p.start) {
             (0, PolicyStart::Sft) => Some(ctx.input_path("sft_checkpoint")?),
             (0, PolicyStart::Vanilla) => None,
@@ -94,37 +94,37 @@ impl Iteration {
             let at = ck.display().to_string();
             let (tensors, _) = read_safetensors(&ck)?;
             let vars = pol.vs.variables();
-            tch::no_grad(|| -> anyhow::Result<()> {
+            tch::no_grad(|| -> Result<()> {
                 for (name, var) in vars.iter().filter(|(n, _)| n.starts_with("v_head.")) {
-                    let src = tensors.get(&format!("param.{name}")).with_context(|| format!("{at}: no value head weight {name}"))?;
-                    anyhow::ensure!(src.size() == var.size(), "{at}: {name}: expected shape {:?}, found {:?}", var.size(), src.size());
+                    let src =
+                        tensors.get(&format!("param.{name}")).ok_or_else(|| JobError::file(&ck, format!("no value head weight {name}")))?;
+                    if src.size() != var.size() {
+                        return Err(JobError::file(&ck, format!("{name}: expected shape {:?}, found {:?}", var.size(), src.size())));
+                    }
                     var.shallow_clone().f_copy_(&src.to_kind(var.kind()).to_device(var.device()))?;
                 }
                 Ok(())
             })?;
             trainer.load_state(&tensors, &at)?;
-            anyhow::ensure!(
-                trainer.steps_done() == self.k,
-                "{at}: the trainer state is after step {}, expected {}",
-                trainer.steps_done(),
-                self.k
-            );
+            if trainer.steps_done() != self.k {
+                return Err(JobError::file(&ck, format!("the trainer state is after step {}, expected {}", trainer.steps_done(), self.k)));
+            }
         }
         Ok((pol, trainer))
     }
 }
 
-pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
+pub fn rollout(ctx: &StageContext) -> Result<()> {
     let mut it = Iteration::load(ctx)?;
     let (pol, mut trainer) = it.policy(ctx)?;
     let level_path = ctx.input_path("level_model")?;
-    let levels: LevelModel =
-        serde_json::from_slice(&std::fs::read(&level_path)?).with_context(|| format!("{}: not a level model", level_path.display()))?;
+    let levels: LevelModel = serde_json::from_slice(&std::fs::read(&level_path).map_err(JobError::io(&level_path))?)
+        .map_err(|e| JobError::file(&level_path, format!("not a level model: {e}")))?;
     let session = RewardModel::session_options(&it.p);
     let rewards = RewardModel::load(&it.p, &mmboundary::stages::models::resolve(ctx, &it.p.clip, "clip")?, levels, &session)?;
     let feats = &it.features;
-    let f_ids = feats.column_by_name("item_id").context("features artifact has no item_id")?.as_string::<i32>();
-    let f_emb = feats.column_by_name("embedding").context("features artifact has no embedding")?.as_list::<i32>();
+    let f_ids = feats.column_by_name("item_id").ok_or_else(|| JobError::column("features artifact", "item_id"))?.as_string::<i32>();
+    let f_emb = feats.column_by_name("embedding").ok_or_else(|| JobError::column("features artifact", "embedding"))?.as_list::<i32>();
     let image: HashMap<&str, Vec<f32>> =
         (0..f_ids.len()).map(|i| (f_ids.value(i), f_emb.value(i).as_primitive::<Float32Type>().values().to_vec())).collect();
 
@@ -158,10 +158,10 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
     let mut inputs = Vec::with_capacity(sampled.len());
     for ((o, _), r) in sampled.iter().zip(&decoded) {
         let item = &it.items[*o];
-        let emb = image.get(item.id.as_str()).with_context(|| format!("item {}: no CLIP image embedding", item.id))?;
+        let emb = image.get(item.id.as_str()).ok_or_else(|| JobError::item(&item.id, "no CLIP image embedding"))?;
         inputs.push((item, emb.as_slice(), r));
     }
-    let scores = rewards.score_batch(&inputs).with_context(|| format!("scoring the rollouts of PPO iteration {}", it.k))?;
+    let scores = rewards.score_batch(&inputs).map_err(JobError::step(format!("scoring the rollouts of PPO iteration {}", it.k)))?;
     bar.finish_and_clear();
 
     let mut samples: HashMap<usize, u32> = HashMap::new();
@@ -186,7 +186,7 @@ pub fn rollout(ctx: &StageContext) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn update(ctx: &StageContext) -> anyhow::Result<()> {
+pub fn update(ctx: &StageContext) -> Result<()> {
     let started = std::time::Instant::now();
     let mut it = Iteration::load(ctx)?;
     let (pol, mut trainer) = it.policy(ctx)?;
@@ -201,10 +201,12 @@ pub fn update(ctx: &StageContext) -> anyhow::Result<()> {
             Some(r)
         }
         ReferencePolicy::Base => {
-            anyhow::ensure!(
-                pol.has_lora(),
-                "ppo.reference = \"base\" needs a LoRA SFT checkpoint (the base is the policy with its adapters off)"
-            );
+            if !pol.has_lora() {
+                return Err(JobError::param(
+                    "ppo.reference",
+                    "\"base\" needs a LoRA SFT checkpoint (the base is the policy with its adapters off)",
+                ));
+            }
             None
         }
     };
@@ -216,11 +218,13 @@ pub fn update(ctx: &StageContext) -> anyhow::Result<()> {
     for (name, v) in
         [("kl", stats.kl), ("value_loss", stats.value_loss), ("policy_loss", stats.policy_loss), ("policy_entropy", stats.policy_entropy)]
     {
-        anyhow::ensure!(v.is_finite(), "ppo iteration {}: {name} is {v}", it.k);
+        if !v.is_finite() {
+            return Err(JobError::stage(format!("ppo iteration {}", it.k), format!("{name} is {v}")));
+        }
     }
 
     // The policy's trainable weights (adapters or all) and value head, and the trainer's state.
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::tempdir().map_err(JobError::io(std::env::temp_dir()))?;
     let path = dir.path().join("update.safetensors");
     let mut tensors: Vec<(String, Tensor)> = trainer.opt.params.iter().map(|(n, t)| (format!("param.{n}"), t.detach())).collect();
     tensors.extend(trainer.state());
@@ -232,16 +236,21 @@ pub fn update(ctx: &StageContext) -> anyhow::Result<()> {
 }
 
 /// The `ppo` stage: the last update's policy without its trainer state, and every iteration's log and rollouts.
-pub fn gather(ctx: &StageContext) -> anyhow::Result<()> {
-    let k: usize = ctx.params::<serde_json::Value>()?["iterations"].as_u64().context("ppo: params have no `iterations`")? as usize;
+pub fn gather(ctx: &StageContext) -> Result<()> {
+    let k = ctx.params::<serde_json::Value>()?["iterations"]
+        .as_u64()
+        .ok_or_else(|| JobError::param("ppo.iterations", "missing from the params"))?;
+    let k = k as usize;
     let mut logs = Vec::with_capacity(k);
     let mut rollouts = Vec::with_capacity(k);
     // Rebuilt on the canonical schemas (what was read carries the files' own metadata).
-    let with = |schema: arrow::datatypes::SchemaRef, t: mmboundary::store::Table| -> anyhow::Result<Vec<RecordBatch>> {
-        let at = t.path.display().to_string();
+    let with = |schema: arrow::datatypes::SchemaRef, t: mmboundary::store::Table| -> Result<Vec<RecordBatch>> {
         t.batches
             .iter()
-            .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).with_context(|| format!("{at}: unexpected schema")))
+            .map(|b| {
+                RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                    .map_err(|e| JobError::file(&t.path, format!("unexpected schema: {e}")))
+            })
             .collect()
     };
     for i in 0..k {
@@ -254,14 +263,14 @@ pub fn gather(ctx: &StageContext) -> anyhow::Result<()> {
     let (tensors, meta) = read_safetensors(&last)?;
     let mut policy: Vec<(String, Tensor)> = tensors.into_iter().filter(|(n, _)| n.starts_with("param.")).collect();
     policy.sort_by(|a, b| a.0.cmp(&b.0));
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::tempdir().map_err(JobError::io(std::env::temp_dir()))?;
     let path = dir.path().join("ppo.safetensors");
     write_safetensors(&path, &policy, meta)?;
     ctx.write_file("checkpoint", ArtifactKind::Safetensors, &path)?;
     Ok(())
 }
 
-fn checkpoint_meta(pol: &Policy, tp: &PpoParams, iterations: usize) -> anyhow::Result<HashMap<String, String>> {
+fn checkpoint_meta(pol: &Policy, tp: &PpoParams, iterations: usize) -> Result<HashMap<String, String>> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "mmboundary-ppo-v1".to_string());
     meta.insert("params".to_string(), pol.sft_meta.clone().unwrap_or_default());
@@ -271,37 +280,34 @@ fn checkpoint_meta(pol: &Policy, tp: &PpoParams, iterations: usize) -> anyhow::R
 }
 
 /// Iteration k's rollouts as update_k trains on them: (prompt index, tokens) and the placed rewards.
-fn read_rollouts(ctx: &StageContext, it: &Iteration) -> anyhow::Result<(Vec<(usize, Vec<i64>)>, Vec<Score>)> {
+fn read_rollouts(ctx: &StageContext, it: &Iteration) -> Result<(Vec<(usize, Vec<i64>)>, Vec<Score>)> {
     let t = ctx.input_table("rollouts")?;
     let (sampled, scores) = rollouts_for_update(&t.concat()?, &t.path.display().to_string(), &it.items, it.k)?;
     let expected = it.prompts.len() * it.tp.samples_per_prompt;
-    anyhow::ensure!(
-        sampled.len() == expected,
-        "{}: {} rollouts, expected {expected} ({} questions × N)",
-        t.path.display(),
-        sampled.len(),
-        it.prompts.len()
-    );
+    if sampled.len() != expected {
+        return Err(JobError::file(
+            &t.path,
+            format!("{} rollouts, expected {expected} ({} questions × N)", sampled.len(), it.prompts.len()),
+        ));
+    }
     Ok((sampled, scores))
 }
 
 /// A rollouts table (`rollouts_batch`) read back for iteration `k`'s update, whose questions are `items`
 /// in draw order: each row's (prompt index, response tokens) and its rewards placed on tokens, with the
 /// reward's parts (`r_ka`, `r_ec`, `r_cs`, `reward`). `at` names the table in errors.
-pub fn rollouts_for_update(b: &RecordBatch, at: &str, items: &[Item], k: usize) -> anyhow::Result<(Vec<(usize, Vec<i64>)>, Vec<Score>)> {
-    let col = |n: &str| b.column_by_name(n).with_context(|| format!("{at}: no column `{n}`"));
+pub fn rollouts_for_update(b: &RecordBatch, at: &str, items: &[Item], k: usize) -> Result<(Vec<(usize, Vec<i64>)>, Vec<Score>)> {
+    let col = |n: &str| b.column_by_name(n).ok_or_else(|| JobError::column(at, n));
     let ids = col("item_id")?.as_string::<i32>();
     let tokens = col("tokens")?.as_list::<i32>();
     let (r_tok, r_val) = (col("reward_tokens")?.as_list::<i32>(), col("reward_values")?.as_list::<i32>());
-    let parts: Vec<(&str, &arrow::array::Float64Array)> = ["r_ka", "r_ec", "r_cs", "reward"]
-        .iter()
-        .map(|&n| Ok((n, col(n)?.as_primitive::<Float64Type>())))
-        .collect::<anyhow::Result<_>>()?;
+    let parts: Vec<(&str, &arrow::array::Float64Array)> =
+        ["r_ka", "r_ec", "r_cs", "reward"].iter().map(|&n| Ok((n, col(n)?.as_primitive::<Float64Type>()))).collect::<Result<_>>()?;
     let position: HashMap<&str, usize> = items.iter().enumerate().map(|(i, x)| (x.id.as_str(), i)).collect();
     let (mut sampled, mut scores) = (Vec::with_capacity(b.num_rows()), Vec::with_capacity(b.num_rows()));
     for r in 0..b.num_rows() {
-        let o = *position.get(ids.value(r)).with_context(|| {
-            format!("{at}: row {r}: item {} is not among iteration {k}'s questions (stale rollouts?)", ids.value(r))
+        let o = *position.get(ids.value(r)).ok_or_else(|| {
+            JobError::file(at, format!("row {r}: item {} is not among iteration {k}'s questions (stale rollouts?)", ids.value(r)))
         })?;
         sampled.push((o, tokens.value(r).as_primitive::<Int64Type>().values().to_vec()));
         let at_tok = r_tok.value(r);
@@ -332,7 +338,7 @@ pub struct RolloutRow {
 
 /// The `log` table (`ppo_log_schema`): one row per (iteration, step stats, seconds); a reward part the
 /// stats lack is NaN.
-pub fn log_batch(log: &[(u32, mllm::ppo::PpoStats, f64)]) -> anyhow::Result<RecordBatch> {
+pub fn log_batch(log: &[(u32, mllm::ppo::PpoStats, f64)]) -> Result<RecordBatch> {
     let comp = |s: &mllm::ppo::PpoStats, k: &str| s.components.get(k).copied().unwrap_or(f64::NAN);
     let mut c: Vec<Float64Builder> = (0..13).map(|_| Float64Builder::new()).collect();
     let mut it_col = UInt32Builder::new();
@@ -363,7 +369,7 @@ pub fn log_batch(log: &[(u32, mllm::ppo::PpoStats, f64)]) -> anyhow::Result<Reco
 }
 
 /// The `rollouts` table (`rollouts_schema`) of `rows`, each scored by `judge`.
-pub fn rollouts_batch(rows: &[RolloutRow], judge: &str) -> anyhow::Result<RecordBatch> {
+pub fn rollouts_batch(rows: &[RolloutRow], judge: &str) -> Result<RecordBatch> {
     let (mut o_it, mut o_id, mut o_sample, mut o_text) =
         (UInt32Builder::new(), StringBuilder::new(), UInt32Builder::new(), StringBuilder::new());
     let (mut o_sent, mut o_stmt) = (ListBuilder::new(StringBuilder::new()), ListBuilder::new(StringBuilder::new()));

@@ -1,6 +1,6 @@
 //! The `sft` stage's model work: build (prompt + image, interleaved target) examples and train.
 use super::inputs::Trainable;
-use anyhow::Context;
+use super::{JobError, Result};
 use arrow::array::{ArrayRef, AsArray, Float64Builder, Int64Builder, UInt64Builder};
 use arrow::record_batch::RecordBatch;
 use mllm::sft::{SftExample, SftParams, SftTrainer};
@@ -10,20 +10,20 @@ use mmboundary::store::ArtifactKind;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
+pub fn run(ctx: &StageContext) -> Result<()> {
     let p: SftStageParams = ctx.params()?;
     let tp = super::inputs::overlay_params::<SftParams>(&p.trainer, "sft.trainer")?;
-    let mut t = Trainable::load(ctx, "sft", &p.model, &p.prompt, &p.device, &p.dtype)?;
+    let mut t = Trainable::load(ctx, "sft", &p.mllm())?;
     let data = ctx.input_table("sft_data")?.concat()?;
-    let ids = data.column_by_name("item_id").context("sft_data has no item_id")?.as_string::<i32>();
-    let targets = data.column_by_name("target").context("sft_data has no target")?.as_string::<i32>();
+    let ids = data.column_by_name("item_id").ok_or_else(|| JobError::column("sft_data", "item_id"))?.as_string::<i32>();
+    let targets = data.column_by_name("target").ok_or_else(|| JobError::column("sft_data", "target"))?.as_string::<i32>();
     let mut examples = Vec::with_capacity(data.num_rows());
     {
         let (prompter, by_id) = (t.prompter(), t.items_by_id());
         // An item's image inputs, computed once however many targets it has.
         let mut cache: HashMap<String, (i64, Vec<tch::Tensor>)> = HashMap::new();
         for r in 0..data.num_rows() {
-            let it = by_id.get(ids.value(r)).with_context(|| format!("sft_data row {r}: item {} is not in the dataset", ids.value(r)))?;
+            let it = by_id.get(ids.value(r)).ok_or_else(|| JobError::unknown_item(format!("sft_data row {r}"), ids.value(r)))?;
             if !cache.contains_key(&it.id) {
                 cache.insert(it.id.clone(), t.images.get(&t.model, it)?);
             }

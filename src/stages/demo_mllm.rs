@@ -55,6 +55,21 @@ impl Default for DemoMllmParams {
 /// the image slot expanded).
 pub const PROMPT: &str = "<|im_start|>user\n{image}\nQuestion: {question}\nOptions: {options}<|im_end|>\n<|im_start|>assistant\n";
 
+/// What the demo MLLM that these params (as its lineage records them) train is, for the report's header:
+/// the decoder `trainer.decoder` picks (`mllm::demo::DecoderChoice`, in its serde form: absent or
+/// `{ scratch = {…} }` is a decoder trained from scratch, `"smollm2_gguf"` is SmolLM2-135M-Instruct's
+/// weights, the `--preset smollm2-135m` path).
+pub fn describe(params: &serde_json::Value) -> anyhow::Result<String> {
+    let params: DemoMllmParams = serde_json::from_value(params.clone()).map_err(|e| anyhow::anyhow!("demo_mllm params: {e}"))?;
+    let decoder = match params.trainer.get("decoder") {
+        None => "with a decoder trained from scratch",
+        Some(serde_json::Value::Object(o)) if o.len() == 1 && o.contains_key("scratch") => "with a decoder trained from scratch",
+        Some(serde_json::Value::String(s)) if s == "smollm2_gguf" => "on SmolLM2-135M-Instruct",
+        Some(other) => anyhow::bail!("demo_mllm params: trainer.decoder is {other}; expected `smollm2_gguf` or `{{ scratch = {{…}} }}`"),
+    };
+    Ok(format!("the demo MLLM {decoder} (stage demo_mllm)"))
+}
+
 pub struct DemoMllmStage {
     pub params: DemoMllmParams,
 }

@@ -64,6 +64,13 @@ pub fn dpo_log_schema() -> SchemaRef {
     ]))
 }
 
+impl DpoStageParams {
+    /// The MLLM this stage runs (`super::models::ModelSettings`).
+    pub fn mllm(&self) -> super::models::ModelSettings<'_> {
+        super::models::ModelSettings { model: &self.model, prompt: &self.prompt, device: &self.device, dtype: &self.dtype }
+    }
+}
+
 impl Stage for DpoStage {
     fn name(&self) -> &str {
         "dpo"
@@ -77,7 +84,7 @@ impl Stage for DpoStage {
             InputSpec::new("items", "dataset", "items"),
             InputSpec::new("features", "features", "features"),
         ];
-        v.extend(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM));
+        v.extend(self.params.mllm().input());
         v
     }
     fn outputs(&self) -> Vec<String> {
@@ -85,14 +92,14 @@ impl Stage for DpoStage {
     }
     /// With the prompt resolved ([`super::models::prompt`]).
     fn params(&self) -> serde_json::Value {
-        let p = DpoStageParams { prompt: super::models::prompt(&self.params.model, &self.params.prompt), ..self.params.clone() };
+        let p = DpoStageParams { prompt: self.params.mllm().prompt(), ..self.params.clone() };
         serde_json::to_value(&p).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
-        super::models::model_files(&self.params.model)
+        self.params.mllm().files()
     }
     fn device(&self) -> String {
-        super::device::device_key(&self.params.device, &self.params.dtype)
+        self.params.mllm().device_key()
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)

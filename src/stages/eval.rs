@@ -143,6 +143,11 @@ impl EvalParams {
     pub fn session_options(&self) -> SessionOptions {
         SessionOptions { provider: self.execution_provider.clone(), allow_cpu_fallback: false, ..SessionOptions::default() }
     }
+
+    /// The MLLM this stage runs (`super::models::ModelSettings`).
+    pub fn mllm(&self) -> super::models::ModelSettings<'_> {
+        super::models::ModelSettings { model: &self.model, prompt: &self.prompt, device: &self.device, dtype: &self.dtype }
+    }
 }
 
 impl Stage for EvalChainsStage {
@@ -166,7 +171,7 @@ impl Stage for EvalChainsStage {
             .chain(wants("sft").then(|| InputSpec::new("sft_checkpoint", "sft", "checkpoint")))
             .chain(wants("full").then(|| InputSpec::new("ppo_checkpoint", "ppo", "checkpoint")))
             .chain(wants(super::dpo::DPO_POLICY).then(|| InputSpec::new("dpo_checkpoint", "dpo", "checkpoint")))
-            .chain(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM))
+            .chain(self.params.mllm().input())
             .collect()
     }
     fn outputs(&self) -> Vec<String> {
@@ -174,17 +179,17 @@ impl Stage for EvalChainsStage {
     }
     /// With the prompt resolved ([`super::models::prompt`]).
     fn params(&self) -> serde_json::Value {
-        let p = EvalParams { prompt: super::models::prompt(&self.params.model, &self.params.prompt), ..self.params.clone() };
+        let p = EvalParams { prompt: self.params.mllm().prompt(), ..self.params.clone() };
         serde_json::to_value(&p).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
         let mut v = vec![self.params.minilm.join("onnx/model.onnx"), self.params.minilm.join("tokenizer.json"), self.params.pool.clone()];
-        v.extend(super::models::model_files(&self.params.model));
+        v.extend(self.params.mllm().files());
         v.extend(self.params.judge.model_files());
         v
     }
     fn device(&self) -> String {
-        super::device::device_key(&self.params.device, &self.params.dtype)
+        self.params.mllm().device_key()
     }
     /// Each item's chains (greedy, or sampled from its own seed streams), their judging and its image-swap
     /// chain depend on the item alone (its swap partner comes from the whole selection, `all_items`).

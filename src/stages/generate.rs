@@ -220,6 +220,13 @@ pub struct GenerateStage {
     pub params: GenerateParams,
 }
 
+impl GenerateParams {
+    /// The MLLM this stage runs (`super::models::ModelSettings`).
+    pub fn mllm(&self) -> super::models::ModelSettings<'_> {
+        super::models::ModelSettings { model: &self.model, prompt: &self.prompt, device: &self.device, dtype: &self.dtype }
+    }
+}
+
 impl Stage for GenerateStage {
     fn name(&self) -> &str {
         "generate"
@@ -231,7 +238,7 @@ impl Stage for GenerateStage {
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![InputSpec::new("items", "dataset", "items"), InputSpec::new("features", "features", "features")];
-        v.extend(super::models::model_input(&self.params.model, "model", super::models::DEMO_MLLM));
+        v.extend(self.params.mllm().input());
         v
     }
     fn outputs(&self) -> Vec<String> {
@@ -239,14 +246,14 @@ impl Stage for GenerateStage {
     }
     /// With the prompt resolved ([`super::models::prompt`]).
     fn params(&self) -> serde_json::Value {
-        let p = GenerateParams { prompt: super::models::prompt(&self.params.model, &self.params.prompt), ..self.params.clone() };
+        let p = GenerateParams { prompt: self.params.mllm().prompt(), ..self.params.clone() };
         serde_json::to_value(&p).expect("params serialize")
     }
     fn models(&self) -> Vec<PathBuf> {
-        super::models::model_files(&self.params.model)
+        self.params.mllm().files()
     }
     fn device(&self) -> String {
-        super::device::device_key(&self.params.device, &self.params.dtype)
+        self.params.mllm().device_key()
     }
     /// Each chain depends on its item (and the seed) alone: `generate` may run on shards of its items.
     fn shard(&self) -> Option<crate::engine::ShardSpec> {

@@ -40,6 +40,49 @@ pub fn prompt(model: &Option<PathBuf>, prompt: &Option<String>) -> Option<String
     }
 }
 
+/// What a model stage (`generate`, `sft`, `dpo`, `ppo`'s iterations, `eval_chains`) runs its MLLM with:
+/// the model folder (None: the demo MLLM, the stage's `model` input), the prompt, the device and dtype.
+/// The `Stage` methods that follow from them (the model input, the prompt the stage is keyed with, the
+/// files hashed into the key, the device key) and the worker's folder are its methods, one implementation
+/// for every model stage; each stage's params hand it out (`mllm()`).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSettings<'a> {
+    pub model: &'a Option<PathBuf>,
+    pub prompt: &'a Option<String>,
+    pub device: &'a str,
+    pub dtype: &'a str,
+}
+
+impl ModelSettings<'_> {
+    /// The name of the input that carries the demo MLLM's folder.
+    pub const INPUT: &'static str = "model";
+
+    /// The demo MLLM's folder as an input, if the stage uses it ([`model_input`]).
+    pub fn input(&self) -> Option<InputSpec> {
+        model_input(self.model, Self::INPUT, DEMO_MLLM)
+    }
+
+    /// The prompt the stage is keyed and run with ([`prompt`]).
+    pub fn prompt(&self) -> Option<String> {
+        prompt(self.model, self.prompt)
+    }
+
+    /// The model folder's files to hash into the key ([`model_files`]).
+    pub fn files(&self) -> Vec<PathBuf> {
+        model_files(self.model)
+    }
+
+    /// The device and dtype as keyed (`super::device::device_key`).
+    pub fn device_key(&self) -> String {
+        super::device::device_key(self.device, self.dtype)
+    }
+
+    /// The model folder to load ([`resolve`]).
+    pub fn folder(&self, ctx: &StageContext) -> anyhow::Result<PathBuf> {
+        resolve(ctx, self.model, Self::INPUT)
+    }
+}
+
 /// A path for messages.
 pub fn describe(param: &Option<PathBuf>) -> String {
     param.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "the demo model".into())

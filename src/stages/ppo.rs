@@ -164,6 +164,13 @@ pub struct PpoStageParams {
     pub seed: u64,
 }
 
+impl PpoStageParams {
+    /// The MLLM this stage runs (`super::models::ModelSettings`).
+    pub fn mllm(&self) -> super::models::ModelSettings<'_> {
+        super::models::ModelSettings { model: &self.model, prompt: &self.prompt, device: &self.device, dtype: &self.dtype }
+    }
+}
+
 impl Default for PpoStageParams {
     fn default() -> Self {
         let g = super::generate::GenerateParams::default();
@@ -341,7 +348,7 @@ impl Stage for IterationStage {
         if k > 0 {
             v.push(InputSpec::new("previous", &format!("update_{}", k - 1), "checkpoint"));
         }
-        v.extend(super::models::model_input(&p.model, "model", super::models::DEMO_MLLM));
+        v.extend(p.mllm().input());
         match self.part {
             IterationPart::Rollout => {
                 v.push(InputSpec::new("level_model", "bin", "level_model"));
@@ -375,14 +382,14 @@ impl Stage for IterationStage {
     }
     /// The `ppo` params without `iterations`, and k.
     fn params(&self) -> serde_json::Value {
-        let p = PpoStageParams { prompt: super::models::prompt(&self.params.model, &self.params.prompt), ..self.params.clone() };
+        let p = PpoStageParams { prompt: self.params.mllm().prompt(), ..self.params.clone() };
         let mut ppo = serde_json::to_value(&p).expect("params serialize");
         ppo.as_object_mut().expect("a struct").remove("iterations");
         serde_json::json!({ "iteration": self.iteration, "ppo": ppo })
     }
     fn models(&self) -> Vec<PathBuf> {
         let p = &self.params;
-        let mut v = super::models::model_files(&p.model);
+        let mut v = p.mllm().files();
         if self.part == IterationPart::Rollout {
             v.extend([p.minilm.join("onnx/model.onnx"), p.minilm.join("tokenizer.json"), p.pool.clone()]);
             v.extend(p.judge.model_files());
@@ -391,7 +398,7 @@ impl Stage for IterationStage {
         v
     }
     fn device(&self) -> String {
-        super::device::device_key(&self.params.device, &self.params.dtype)
+        self.params.mllm().device_key()
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         super::worker::run_in_worker(ctx)

@@ -130,8 +130,9 @@ impl Stage for ReportStage {
     /// 5: HTML tables, bootstrap intervals, full − SFT paired differences, named histogram legend.
     /// 6: the report names the dataset, the model and the judge ([`about`]); the image-swap and
     /// signal-AUROC tables.
+    /// 7: the demo model is named by the decoder demo_mllm trained ([`super::demo_mllm::describe`]).
     fn code_version(&self) -> &str {
-        "6"
+        "7"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -197,7 +198,7 @@ pub fn about(store: &crate::store::Store, sentences: &crate::store::Table) -> an
         .join(" + ");
     let model = match lineage.params.get("model").and_then(|m| m.as_str()) {
         Some(m) => m.to_string(),
-        None => "the demo MLLM (stage demo_mllm)".into(),
+        None => demo_model(store, sentences.id.as_str(), lineage)?,
     };
     let judge = match lineage.params.get("judge") {
         Some(j) => serde_json::from_value::<JudgeParams>(j.clone())
@@ -207,6 +208,26 @@ pub fn about(store: &crate::store::Store, sentences: &crate::store::Table) -> an
     };
     let threshold = lineage.params.get("match_threshold").map(|t| format!(" > {t}")).unwrap_or_default();
     Ok(format!("Dataset: {dataset}. Model: {model}. Judge: {judge}{threshold}."))
+}
+
+/// The demo MLLM eval read (its `model` input, a folder artifact of `demo_mllm`), named by the decoder
+/// its params trained ([`super::demo_mllm::describe`]), from the folder's lineage sidecar.
+fn demo_model(store: &crate::store::Store, sentences: &str, lineage: &crate::store::Lineage) -> anyhow::Result<String> {
+    let id = lineage.inputs.get("model").ok_or_else(|| {
+        anyhow::anyhow!("eval sentences {sentences}: lineage names neither a `model` folder in its params nor a `model` input")
+    })?;
+    let id = crate::store::ArtifactId::parse(id)?;
+    let path = store.path_of(&id, crate::store::ArtifactKind::Tar);
+    let demo = store
+        .sidecar_lineage(&path)?
+        .ok_or_else(|| anyhow::anyhow!("eval sentences {sentences}: model {id}: no lineage sidecar at {}", path.display()))?;
+    anyhow::ensure!(
+        demo.stage == super::models::DEMO_MLLM.0,
+        "eval sentences {sentences}: model {id} was written by stage `{}`, expected `{}`",
+        demo.stage,
+        super::models::DEMO_MLLM.0
+    );
+    super::demo_mllm::describe(&demo.params).map_err(|e| anyhow::anyhow!("eval sentences {sentences}: model {id}: {e:#}"))
 }
 
 /// The report's files.
@@ -491,5 +512,47 @@ mod tests {
         assert_eq!(labels.len(), 2);
         assert_eq!(labels["vanilla"], "vanilla (no statements: constant missing_confidence)");
         assert!(labels.contains_key("full") && !labels.contains_key("sft"));
+    }
+
+    /// Without a model folder, the header names the decoder the demo MLLM was trained on, read from the
+    /// lineage of the model folder eval read (demo_mllm's params): SmolLM2-135M-Instruct under
+    /// `--preset smollm2-135m`, the scratch decoder otherwise.
+    #[test]
+    fn the_header_names_the_demo_mllms_decoder() {
+        use crate::stages::demo_mllm::{DemoMllmParams, DemoMllmStage};
+        use crate::store::{Lineage, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("artifacts")).unwrap();
+        let items = crate::data::items_to_record_batch(&[crate::data::Item::new("q1", "penumbra", "val", "Which color?")]).unwrap();
+        let items_id = store.put_table(items.schema(), &[items], &Lineage { stage: "dataset".into(), ..Default::default() }, None).unwrap();
+        let header = |name: &str, trainer: serde_json::Value| {
+            let demo = DemoMllmStage { params: DemoMllmParams { trainer, ..Default::default() } };
+            let folder = dir.path().join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(folder.join("config.json"), demo.params.trainer.to_string()).unwrap();
+            let lineage = Lineage { stage: "demo_mllm".into(), output: "mllm".into(), params: demo.params(), ..Default::default() };
+            let model_id = store.put_dir(&folder, Some(&lineage)).unwrap();
+            let s = RecordBatch::try_from_iter([("item_id", Arc::new(StringArray::from(vec!["q1"])) as ArrayRef)]).unwrap();
+            let lineage = Lineage {
+                stage: "eval_chains".into(),
+                output: "sentences".into(),
+                inputs: [("items".to_string(), items_id.to_string()), ("model".to_string(), model_id.to_string())].into(),
+                ..Default::default()
+            };
+            let id = store.put_table(s.schema(), &[s], &lineage, None).unwrap();
+            about(&store, &store.read_table(&id).unwrap()).unwrap()
+        };
+        assert_eq!(
+            header("smollm2", serde_json::json!({ "decoder": "smollm2_gguf", "epochs": 1 })),
+            "Dataset: penumbra (val 1). Model: the demo MLLM on SmolLM2-135M-Instruct (stage demo_mllm). Judge: -."
+        );
+        assert_eq!(
+            header("default", serde_json::json!({ "epochs": 6 })),
+            "Dataset: penumbra (val 1). Model: the demo MLLM with a decoder trained from scratch (stage demo_mllm). Judge: -."
+        );
+        assert_eq!(
+            header("scratch", serde_json::json!({ "decoder": { "scratch": { "hidden_size": 64 } } })),
+            "Dataset: penumbra (val 1). Model: the demo MLLM with a decoder trained from scratch (stage demo_mllm). Judge: -."
+        );
     }
 }

@@ -20,6 +20,15 @@ pub fn tiny_llava(dir: &Path) -> PathBuf {
     tiny_model(dir, &fixtures().join("mllm/tiny-llava"), "tiny-llava", 100, &[(99, "<image>")], &["config.json", "model.safetensors"])
 }
 
+/// The set-up of the engine tests on the tiny LLaVA: a temporary folder with a store (`artifacts/`) and
+/// [`tiny_llava`] (`tiny-llava/`) in it. The folder lives as long as the returned `TempDir`.
+pub fn tiny_llava_store() -> (tempfile::TempDir, mmboundary::store::Store, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = mmboundary::store::Store::open(dir.path().join("artifacts")).unwrap();
+    let model = tiny_llava(dir.path());
+    (dir, store, model)
+}
+
 /// A private copy of the tiny model in `src` (the listed files) under `dir/name`, with a word-level
 /// tokenizer of exactly `vocab` entries (the pipeline's words first, `special` ids as added special
 /// tokens, `w<n>` fillers), so every id the model can produce decodes.

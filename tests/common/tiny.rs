@@ -58,6 +58,13 @@ pub struct TinyParams {
     pub report: mmboundary::stages::report::ReportParams,
 }
 
+/// m = 2 sampled chains per question (temperature 0.7) from `generate`: the set-up of the baselines that
+/// read several chains of a question (Conf-CSR, Multisample, SaySelf, Table 3).
+pub fn sample_twice(p: &mut TinyParams) {
+    p.generate.samples = 2;
+    p.generate.temperature = 0.7;
+}
+
 fn csr_pairs_params() -> CsrPairsParams {
     CsrPairsParams { pool: pool_path(), ..Default::default() }
 }

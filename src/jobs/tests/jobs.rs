@@ -107,6 +107,7 @@ fn llava_image_inputs_are_the_items_clip_patch_features() {
     let cut = RecordBatch::try_from_iter([("item_id", Arc::new(StringArray::from(vec!["q1"])) as _)]).unwrap();
     let e = Features::from_batch(&cut).err().unwrap();
     assert_eq!(e.to_string(), "features artifact has no column `n_patches`");
+    assert!(matches!(&e, jobs::JobError::MissingColumn { table, column } if table == "features artifact" && column == "n_patches"), "{e:?}");
 }
 
 #[test]
@@ -125,6 +126,7 @@ fn trainer_params_overlay_the_defaults_key_by_key_and_refuse_unknown_keys() {
     assert!(e.to_string().starts_with("ppo.trainer.generation: unknown key `bogus` (known: "), "{e}");
     let e = overlay_params::<PpoParams>(&serde_json::json!(3), "ppo.trainer").unwrap_err();
     assert_eq!(e.to_string(), "ppo.trainer: expected a table, found 3");
+    assert!(matches!(&e, jobs::JobError::Param { field, .. } if field == "ppo.trainer"), "{e:?}");
 }
 
 #[test]
@@ -221,6 +223,7 @@ fn rollouts_written_by_rollout_k_are_what_update_k_trains_on() {
     // Rollouts of another draw (an item not among the iteration's questions) are refused by row.
     let e = rollouts_for_update(&b, "rollouts.parquet", &items[..1], 3).unwrap_err();
     assert_eq!(e.to_string(), "rollouts.parquet: row 0: item q2 is not among iteration 3's questions (stale rollouts?)");
+    assert!(matches!(&e, jobs::JobError::File { path, .. } if path == std::path::Path::new("rollouts.parquet")), "{e:?}");
 }
 
 #[test]
@@ -282,4 +285,5 @@ fn a_job_for_a_stage_the_worker_does_not_have_is_refused_by_name() {
     };
     let e = jobs::run_job(&job, &indicatif::MultiProgress::new()).unwrap_err();
     assert_eq!(e.to_string(), "mmb-torch has no stage `score`");
+    assert!(matches!(&e, jobs::JobError::UnknownStage(s) if s == "score"), "{e:?}");
 }
