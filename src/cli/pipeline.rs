@@ -349,7 +349,7 @@ fn variant_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile,
             let order: Vec<String> = pipeline.ordered().map(|st| st.name().to_string()).collect();
             let lock = crate::engine::LockFile::load_named(store.root(), Some(&v.name))?;
             let beyond = lock.beyond(&main_lock, &order).into_iter().map(|(st, r)| (st.to_string(), r.key.clone(), r.seconds)).collect();
-            costs.push((label.clone(), beyond));
+            costs.push((v.name.clone(), beyond));
         }
         let cmd = if heading == crate::report::page::BASELINE_HEADING { "compare" } else { "sweep" };
         entries.push((format!("`mmb {cmd} --only {}`", v.name), label.clone(), rows));

@@ -172,26 +172,45 @@ pub fn variants_markdown(
 /// What each variant computed beyond the main run (`mmb run`'s lock): `variants` holds, per variant label,
 /// its stages beyond it as (stage, cache key, recorded seconds). A stage an earlier variant already computed
 /// (the same key: Multisample's sampled chains reused by SaySelf) is named there and not counted again, so
-/// the last row is the comparison's whole cost beyond the main run.
+/// the last row is the comparison's whole cost beyond the main run. The RL stages (`rollout_k`, `update_k`,
+/// `ppo`) are one entry, "RL (k iterations)".
 pub fn cost_markdown(variants: &[(String, Vec<(String, String, f64)>)]) -> String {
     let mut s = String::from("| variant | stages beyond `mmb run` (seconds) | seconds |\n|---|---|---|\n");
     let mut first: std::collections::BTreeMap<&str, &str> = Default::default();
     let mut total = 0.0;
     for (label, stages) in variants {
-        let mut own = 0.0;
-        let mut parts = Vec::new();
+        // (entry, seconds, iterations, computed by an earlier variant)
+        let mut parts: Vec<(String, f64, usize, Option<&str>)> = Vec::new();
         for (stage, key, seconds) in stages {
-            match first.get(key.as_str()) {
-                Some(by) => parts.push(format!("{stage} (computed for {by})")),
-                None => {
-                    first.insert(key, label);
-                    own += seconds;
-                    parts.push(format!("{stage} {seconds:.1}"));
+            let rl = stage == "ppo" || stage.starts_with("rollout_") || stage.starts_with("update_");
+            let entry = if rl { "RL".to_string() } else { stage.clone() };
+            let by = first.get(key.as_str()).copied();
+            if by.is_none() {
+                first.insert(key, label);
+            }
+            let counted = if by.is_some() { 0.0 } else { *seconds };
+            let iteration = usize::from(stage.starts_with("rollout_"));
+            match parts.last_mut() {
+                Some(last) if rl && last.0 == entry && last.3 == by => {
+                    last.1 += counted;
+                    last.2 += iteration;
                 }
+                _ => parts.push((entry, counted, iteration, by)),
             }
         }
+        let own = parts.iter().fold(0.0, |acc, p| acc + p.1);
         total += own;
-        let what = if parts.is_empty() { "none".to_string() } else { parts.join(", ") };
+        let what: Vec<String> = parts
+            .iter()
+            .map(|(entry, sec, its, by)| {
+                let name = if entry == "RL" { format!("RL ({its} iterations)") } else { entry.clone() };
+                match by {
+                    Some(by) => format!("{name} (computed for {by})"),
+                    None => format!("{name} {sec:.1}"),
+                }
+            })
+            .collect();
+        let what = if what.is_empty() { "none".to_string() } else { what.join(", ") };
         let _ = writeln!(s, "| {label} | {what} | {own:.1} |");
     }
     let _ = writeln!(s, "| all variants | | {total:.1} |");
@@ -465,15 +484,24 @@ mod tests {
         let md = cost_markdown(&[
             ("DPV".into(), vec![s("eval_chains", "e1", 43.7), s("eval", "m1", 0.4)]),
             ("Multisample".into(), vec![s("generate", "g", 600.0), s("sft", "f", 100.0)]),
-            ("SaySelf".into(), vec![s("generate", "g", 600.0), s("score", "c", 50.6)]),
+            ("SaySelf".into(), vec![
+                s("generate", "g", 600.0),
+                s("score", "c", 50.6),
+                s("rollout_0", "r0", 10.0),
+                s("update_0", "u0", 2.5),
+                s("rollout_1", "r1", 11.0),
+                s("update_1", "u1", 2.5),
+                s("ppo", "p", 0.2),
+                s("eval", "m2", 1.0),
+            ]),
             ("nothing new".into(), vec![]),
         ]);
         let want = "| variant | stages beyond `mmb run` (seconds) | seconds |\n|---|---|---|\n\
                     | DPV | eval_chains 43.7, eval 0.4 | 44.1 |\n\
                     | Multisample | generate 600.0, sft 100.0 | 700.0 |\n\
-                    | SaySelf | generate (computed for Multisample), score 50.6 | 50.6 |\n\
+                    | SaySelf | generate (computed for Multisample), score 50.6, RL (2 iterations) 26.2, eval 1.0 | 77.8 |\n\
                     | nothing new | none | 0.0 |\n\
-                    | all variants | | 794.7 |\n";
+                    | all variants | | 821.9 |\n";
         assert_eq!(md, want);
     }
 
