@@ -612,7 +612,11 @@ fn qwen2_vl_lora_training_checkpointed_and_bf16() {
     };
     let examples = |images: &[Tensor]| {
         [
-            SftExample { prompt: ids[..k].to_vec(), response: ids[k..].to_vec(), images: images.iter().map(|t| t.shallow_clone()).collect() },
+            SftExample {
+                prompt: ids[..k].to_vec(),
+                response: ids[k..].to_vec(),
+                images: images.iter().map(|t| t.shallow_clone()).collect(),
+            },
             SftExample { prompt: vec![5, 6, 7], response: vec![8, 9], images: vec![] },
         ]
     };
@@ -650,7 +654,15 @@ fn qwen2_vl_lora_training_checkpointed_and_bf16() {
     let l32 = tch::no_grad(|| mllm::sft::evaluate_loss(&model, &ex, 2).unwrap());
     eprintln!("loss bf16 {l16:.4}, f32 with random adapters {l32:.4}");
     assert!(l16.is_finite());
-    let params = SftParams { epochs: 1, batch_size: 2, max_steps: Some(1), learning_rate: 1e-2, warmup_ratio: 0.0, gradient_checkpointing: true, ..Default::default() };
+    let params = SftParams {
+        epochs: 1,
+        batch_size: 2,
+        max_steps: Some(1),
+        learning_rate: 1e-2,
+        warmup_ratio: 0.0,
+        gradient_checkpointing: true,
+        ..Default::default()
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut tr = SftTrainer::new(&vs16, &mut model16, params).unwrap();
     let lora: Vec<(String, Vec<f32>)> =

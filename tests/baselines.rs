@@ -236,7 +236,8 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     let s = sc.run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
     assert_eq!(s.ran, ["eval_chains", "eval"], "SC reads no checkpoint");
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
-    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval_chains"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
+    let rows =
+        store.read_table(&ArtifactId::parse(&lock.stages["eval_chains"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
     let conf: Vec<Option<f64>> = rows.column_by_name("confidence").unwrap().as_primitive::<Float64Type>().iter().collect();
     // With K = 2 every confidence is 0, 1/2 or 1, and every sentence has one (its numeric statement).
     assert!(!conf.is_empty());
@@ -274,7 +275,8 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     let ro = store.read_table(&ArtifactId::parse(&lock.stages["ppo"].outputs["rollouts"].id).unwrap()).unwrap().concat().unwrap();
     let rewards: Vec<f64> = ro.column_by_name("reward").unwrap().as_primitive::<Float64Type>().values().to_vec();
     assert!(rewards.iter().all(|r| *r == -1.0 || (-1.0..=1.0).contains(r)), "{rewards:?}");
-    let rows = store.read_table(&ArtifactId::parse(&lock.stages["eval_chains"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
+    let rows =
+        store.read_table(&ArtifactId::parse(&lock.stages["eval_chains"].outputs["sentences"].id).unwrap()).unwrap().concat().unwrap();
     let (ids, stated, used) = (
         rows.column_by_name("item_id").unwrap().as_string::<i32>(),
         rows.column_by_name("confidence").unwrap().as_primitive::<Float64Type>(),
@@ -611,7 +613,10 @@ fn conf_csr_pairs_are_the_best_and_worst_chains_of_known_rows() {
         let norm = |x: &str| x.trim().trim_end_matches('.').to_lowercase();
         pool.iter().filter(|(_, t)| norm(t) == norm(statement)).map(|(l, _)| l).collect()
     };
-    for (col, want) in [("chosen", [("There is a red circle", 5u8), ("It is round", 4)]), ("rejected", [("There is a blue square", 2), ("It has corners", 1)])] {
+    for (col, want) in [
+        ("chosen", [("There is a red circle", 5u8), ("It is round", 4)]),
+        ("rejected", [("There is a blue square", 2), ("It has corners", 1)]),
+    ] {
         let text = pairs.column_by_name(col).unwrap().as_string::<i32>().value(0).to_string();
         let parsed = parser.parse(&text);
         assert_eq!(parsed.pairs.len(), 2, "{text}");
@@ -659,7 +664,8 @@ fn conf_csr_trains_with_dpo_and_its_policy_is_evaluated() {
     assert_eq!(log.num_rows(), 1, "max_steps = 1");
     let loss = log.column_by_name("loss").unwrap().as_primitive::<Float64Type>().value(0);
     assert!((loss - std::f64::consts::LN_2).abs() < 1e-5, "first DPO step: policy = reference, loss ln 2, found {loss}");
-    let ck = store.path_of(&ArtifactId::parse(&lock.stages["dpo"].outputs["checkpoint"].id).unwrap(), mmboundary::store::ArtifactKind::Safetensors);
+    let ck = store
+        .path_of(&ArtifactId::parse(&lock.stages["dpo"].outputs["checkpoint"].id).unwrap(), mmboundary::store::ArtifactKind::Safetensors);
     let (tensors, meta) = mllm::weights::read_safetensors(&ck).unwrap();
     assert_eq!(meta["format"], "mmboundary-dpo-v1");
     let lora_b: Vec<&String> = tensors.keys().filter(|k| k.starts_with("param.") && k.contains("lora_B")).collect();
@@ -863,8 +869,10 @@ fn rce_trains_sft_then_ppo_on_the_tiny_pipeline() {
     let targets = data.column_by_name("target").unwrap().as_string::<i32>();
     let (lids, lsample) = (levels.column_by_name("item_id").unwrap().as_string::<i32>(), levels.column_by_name("sample").unwrap());
     let lsample = lsample.as_primitive::<arrow::datatypes::UInt32Type>();
-    let (ids, samples) =
-        (data.column_by_name("item_id").unwrap().as_string::<i32>(), data.column_by_name("sample").unwrap().as_primitive::<arrow::datatypes::UInt32Type>());
+    let (ids, samples) = (
+        data.column_by_name("item_id").unwrap().as_string::<i32>(),
+        data.column_by_name("sample").unwrap().as_primitive::<arrow::datatypes::UInt32Type>(),
+    );
     let pool_text = std::fs::read_to_string(pool_path()).unwrap();
     let pool = mmboundary::confidence::statements::StatementPool::from_toml(&pool_text, "pool").unwrap();
     let parser = mmboundary::confidence::parser::Parser::new(
@@ -967,7 +975,10 @@ fn table_3_on_hand_computed_values() {
     let line = |split: &str, items, mean, var, std, below| IceSceSummary { split: split.into(), items, mean, var, std, below_0_1: below };
     assert_eq!(s, vec![line("test", 1, 0.5, 0.0, 0.0, 0.0), line("val", 2, 0.125, 0.015625, 0.125, 0.5)]);
     let md = markdown(&s, "1 or 2 or 4");
-    assert!(md.contains("| val | 2 | 0.1250 | 0.0156 | 0.1250 | 50 % |") && md.contains("| test | 1 | 0.5000 | 0.0000 | 0.0000 | 0 % |"), "{md}");
+    assert!(
+        md.contains("| val | 2 | 0.1250 | 0.0156 | 0.1250 | 50 % |") && md.contains("| test | 1 | 0.5000 | 0.0000 | 0.0000 | 0 % |"),
+        "{md}"
+    );
     assert!(table(&items, &chains, &levels, &p).unwrap().starts_with("Self-consistency samples per item: 1 or 2 or 4.\n"));
     // At most `items` per split: the first in the seeded order.
     let one = ice_sce_rows(&items, &chains, &levels, &IceSceParams { items: 1, ..p.clone() }).unwrap();

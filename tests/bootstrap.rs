@@ -3,10 +3,11 @@
 use mmboundary::metrics::bootstrap::Interval;
 use mmboundary::metrics::calibration::{AnswerConfidence, EceParams};
 use mmboundary::report::intervals::{
-    cell_interval, metric_of, paired_difference, paired_ids, seeds_paired_difference, seeds_paired_differences, CellRule, ItemScores, Metric,
+    cell_interval, metric_of, paired_difference, paired_ids, seeds_paired_difference, seeds_paired_differences, CellRule, ItemScores,
+    Metric,
 };
-use std::collections::BTreeMap;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 fn golden() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bootstrap/golden.json");

@@ -99,7 +99,9 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
     let stages = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("stages");
     let p = mmboundary::stages::pipeline(&stages).unwrap();
     let names: Vec<&str> = p.ordered().map(|s| s.name()).collect();
-    for s in ["dataset", "demo_clip", "features", "demo_mllm", "generate", "score", "bin", "map", "sft", "ppo", "eval_chains", "eval", "report"] {
+    for s in
+        ["dataset", "demo_clip", "features", "demo_mllm", "generate", "score", "bin", "map", "sft", "ppo", "eval_chains", "eval", "report"]
+    {
         assert!(names.contains(&s), "{s} missing from {names:?}");
     }
     let sweep = mmboundary::stages::SweepFile::load(&stages.join("sweep.toml")).unwrap();

@@ -902,7 +902,8 @@ fn penumbra_scene_descriptions_and_drills_follow_the_graph() {
 #[test]
 fn object_drills_of_a_hand_made_scene() {
     use penumbra::{Color, Object, Scene, Shape, Size, Style, Texture};
-    let obj = |id, shape, size, texture, x, y| Object { id, shape, color: Color::Red, size, texture, x, y, radius: 6.0, visible_fraction: 1.0 };
+    let obj =
+        |id, shape, size, texture, x, y| Object { id, shape, color: Color::Red, size, texture, x, y, radius: 6.0, visible_fraction: 1.0 };
     let scene = Scene {
         width: 96,
         height: 96,

@@ -523,7 +523,10 @@ fn demo_mllm_image_use() {
             let f = clip.image.encode_pixels(&pixels(&clip, chunk), chunk.len()).unwrap();
             hidden = f.hidden * k * k;
             for i in 0..chunk.len() {
-                out.push((mmboundary::stages::features::merge_patches(f.patch_features(i), f.hidden, k).unwrap(), (f.tokens - 1) / (k * k)));
+                out.push((
+                    mmboundary::stages::features::merge_patches(f.patch_features(i), f.hidden, k).unwrap(),
+                    (f.tokens - 1) / (k * k),
+                ));
             }
         }
         (out, hidden)
@@ -534,7 +537,12 @@ fn demo_mllm_image_use() {
     let mut ex: Vec<DemoExample> = train
         .iter()
         .zip(&tf)
-        .map(|(it, (p, np))| DemoExample { patches: p.clone(), n_patches: *np, prompt: question_block(&it.question, &it.choices), target: chain(it) })
+        .map(|(it, (p, np))| DemoExample {
+            patches: p.clone(),
+            n_patches: *np,
+            prompt: question_block(&it.question, &it.choices),
+            target: chain(it),
+        })
         .collect();
     let describe = DemoMllmParams::default().describe_prompt.filter(|_| var("DEMO_DESCRIBE").as_deref() != Some("0"));
     let mut extra = Vec::new();
@@ -571,7 +579,12 @@ fn demo_mllm_image_use() {
     let q: Vec<DemoExample> = held
         .iter()
         .zip(&hf)
-        .map(|(it, (p, np))| DemoExample { patches: p.clone(), n_patches: *np, prompt: question_block(&it.question, &it.choices), target: String::new() })
+        .map(|(it, (p, np))| DemoExample {
+            patches: p.clone(),
+            n_patches: *np,
+            prompt: question_block(&it.question, &it.choices),
+            target: String::new(),
+        })
         .collect();
     let splits: Vec<&str> = held.iter().map(|i| i.split.as_str()).collect();
     let swapped: Vec<DemoExample> =

@@ -33,8 +33,7 @@ fn t(v: &[f64]) -> Tensor {
 
 /// The fixture's pairs, each with the cached image features of tests/fixtures/mllm/tiny_goldens.json.
 fn examples(g: &Value) -> Vec<DpoExample> {
-    let mg: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("mllm/tiny_goldens.json")).unwrap()).unwrap();
+    let mg: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("mllm/tiny_goldens.json")).unwrap()).unwrap();
     let feats: Vec<Vec<f64>> = mg["tiny_llava"]["image_features"][0].as_array().unwrap().iter().map(fvec).collect();
     let (rows, cols) = (feats.len() as i64, feats[0].len() as i64);
     let flat: Vec<f32> = feats.concat().iter().map(|&x| x as f32).collect();
@@ -259,12 +258,8 @@ fn dpo_resume_mid_epoch_continues_exactly() {
             tr.resume(c).unwrap();
         }
         let rep = tr.train(&model, &ex, &refs, dir).unwrap();
-        let mut w: Vec<(String, Vec<f32>)> = tr
-            .opt
-            .params
-            .iter()
-            .map(|(n, t)| (n.clone(), Vec::<f32>::try_from(t.detach().flatten(0, -1)).unwrap()))
-            .collect();
+        let mut w: Vec<(String, Vec<f32>)> =
+            tr.opt.params.iter().map(|(n, t)| (n.clone(), Vec::<f32>::try_from(t.detach().flatten(0, -1)).unwrap())).collect();
         w.sort_by(|a, b| a.0.cmp(&b.0));
         (rep, w, tr.steps_done())
     };

@@ -226,8 +226,11 @@ fn changing_a_project_value_reruns_exactly_the_stages_that_read_it() {
     };
     let s = run("report").unwrap();
     let rl = ["rollout_0", "update_0", "rollout_1", "update_1", "ppo"];
-    let all: Vec<&str> =
-        ["dataset", "features", "generate", "score", "bin", "map", "sft"].into_iter().chain(rl).chain(["eval_chains", "eval", "report"]).collect();
+    let all: Vec<&str> = ["dataset", "features", "generate", "score", "bin", "map", "sft"]
+        .into_iter()
+        .chain(rl)
+        .chain(["eval_chains", "eval", "report"])
+        .collect();
     assert_eq!(s.ran, all);
     // The prompt each model stage ran with is the folder's own (llava-1.5's), rendered by the worker.
     let lock = LockFile::load(store.root()).unwrap();
@@ -295,14 +298,7 @@ fn changing_a_project_value_reruns_exactly_the_stages_that_read_it() {
 }
 
 fn mmb(store: &Path, stages: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_mmb"))
-        .arg("--store")
-        .arg(store)
-        .arg("--stages")
-        .arg(stages)
-        .args(args)
-        .output()
-        .unwrap()
+    std::process::Command::new(env!("CARGO_BIN_EXE_mmb")).arg("--store").arg(store).arg("--stages").arg(stages).args(args).output().unwrap()
 }
 
 /// `device = "cuda"` (and an ONNX GPU provider) on a machine without a GPU: `mmb run` refuses before

@@ -236,16 +236,19 @@ fn report_shows_table_3_when_given() {
     let (metrics, sentences) = batches();
     let t3 = "Self-consistency samples per item: 4.\n\n| split | items | Mean | Var | Std | <0.1 |\n|---|---|---|---|---|---|\n\
               | val | 2 | 0.1250 | 0.0156 | 0.1250 | 50 % |\n";
-    let files =
-        mmboundary::stages::report::render_all(&metrics, &sentences, &ReportParams::default(), "", None, Some(t3)).unwrap();
+    let files = mmboundary::stages::report::render_all(&metrics, &sentences, &ReportParams::default(), "", None, Some(t3)).unwrap();
     let heading = mmboundary::stages::ice_sce::HEADING;
     assert!(files.markdown.ends_with(&format!("## {heading}\n\n{}\n\n{t3}", mmboundary::stages::ice_sce::NOTE)), "{}", files.markdown);
     assert!(files.html.contains(&format!("<h2>{heading}</h2>")), "no Table 3 section");
     let at = files.html.find("Self-consistency samples per item: 4.").expect("the samples line in report.html");
-    assert!(files.html[at..].contains(
+    assert!(
+        files.html[at..].contains(
             "<td>val</td><td class=\"num\">2</td><td class=\"num\">0.1250</td><td class=\"num\">0.0156</td>\
              <td class=\"num\">0.1250</td><td class=\"num\">50 %</td>"
-        ), "{}", &files.html[at..]);
+        ),
+        "{}",
+        &files.html[at..]
+    );
     // Without it, neither page has the section.
     let plain = render(&metrics, &sentences, &ReportParams::default(), "").unwrap();
     assert!(!plain.markdown.contains(heading) && !plain.html.contains(heading));

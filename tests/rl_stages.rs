@@ -28,8 +28,11 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     let s = pipeline(&model, 1.0 / 3.0).run(&store, &RunOptions::default()).unwrap();
     eprintln!("first run: {:.1} s", s.seconds);
     let rl = ["rollout_0", "update_0", "rollout_1", "update_1", "ppo"];
-    let expected: Vec<&str> =
-        ["dataset", "features", "generate", "score", "bin", "map", "sft"].into_iter().chain(rl).chain(["eval_chains", "eval", "report"]).collect();
+    let expected: Vec<&str> = ["dataset", "features", "generate", "score", "bin", "map", "sft"]
+        .into_iter()
+        .chain(rl)
+        .chain(["eval_chains", "eval", "report"])
+        .collect();
     assert_eq!(s.ran, expected);
     // The report: a folder artifact with the table, the figures and the page.
     let rep = mmboundary::engine::LockFile::load(store.root()).unwrap().stages["report"].outputs["report"].id.clone();

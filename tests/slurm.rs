@@ -164,7 +164,10 @@ fn scoring(dir: &Path) -> Pipeline {
                 ..Default::default()
             },
         }),
-        Box::new(FeaturesStage { params: FeaturesParams { clip: Some(clip.clone()), batch: 4, merge: Some(1), ..Default::default() }, session: Default::default() }),
+        Box::new(FeaturesStage {
+            params: FeaturesParams { clip: Some(clip.clone()), batch: 4, merge: Some(1), ..Default::default() },
+            session: Default::default(),
+        }),
         Box::new(GenerateStage {
             params: GenerateParams { model: Some(model), batch: 4, max_new_tokens: 12, device: "cpu".into(), ..Default::default() },
         }),
@@ -619,7 +622,8 @@ fn eval_sharded_into_4_gives_the_local_rows() {
     for (o, local) in outs.iter().zip(&local) {
         let merged = output_of(&store, None, "eval_chains", o);
         let (a, b) = (store.read_table(local).unwrap().concat().unwrap(), store.read_table(&merged).unwrap().concat().unwrap());
-        let strip = |b: &RecordBatch| RecordBatch::try_new(Arc::new(Schema::new(b.schema().fields().clone())), b.columns().to_vec()).unwrap();
+        let strip =
+            |b: &RecordBatch| RecordBatch::try_new(Arc::new(Schema::new(b.schema().fields().clone())), b.columns().to_vec()).unwrap();
         assert_eq!(strip(&a), strip(&b), "eval_chains `{o}`: the merged rows equal the local rows");
         assert_eq!(&merged, local, "eval_chains `{o}`: byte-identical artifact");
     }
@@ -630,7 +634,8 @@ fn eval_sharded_into_4_gives_the_local_rows() {
     assert!(questions >= 4, "{questions} questions");
     assert_eq!(chains.num_rows(), 2 * questions, "{questions} questions × (vanilla, sc)");
     let sw = store.read_table(&local[2]).unwrap().concat().unwrap();
-    let (ids, from) = (sw.column_by_name("item_id").unwrap().as_string::<i32>(), sw.column_by_name("swapped_from").unwrap().as_string::<i32>());
+    let (ids, from) =
+        (sw.column_by_name("item_id").unwrap().as_string::<i32>(), sw.column_by_name("swapped_from").unwrap().as_string::<i32>());
     assert!((0..sw.num_rows()).any(|r| shard_of(ids.value(r), 4) != shard_of(from.value(r), 4)), "no swap partner from another shard");
     assert_eq!(output_of(&store, None, "eval", "metrics"), local_metrics, "eval's metrics from the merged rows are the local ones");
     eprintln!(

@@ -35,7 +35,12 @@ fn dataset_features_generate_run_through_the_engine_and_cache() {
                 },
             }),
             Box::new(FeaturesStage {
-                params: FeaturesParams { clip: Some(fixtures().join("encoders/clip_tiny")), batch: 4, merge: Some(1), ..Default::default() },
+                params: FeaturesParams {
+                    clip: Some(fixtures().join("encoders/clip_tiny")),
+                    batch: 4,
+                    merge: Some(1),
+                    ..Default::default()
+                },
                 session: Default::default(),
             }),
             Box::new(GenerateStage {
@@ -181,7 +186,8 @@ fn eval_metrics_from_rows_match_hand_computed_values() {
 
     let item = |id: &str, p: &[&str], r: &[&str]| {
         let mut it = Item::new(id, "penumbra", "val", "What is shown?");
-        it.chain = ReferenceChain { perception: p.iter().map(|s| s.to_string()).collect(), reasoning: r.iter().map(|s| s.to_string()).collect() };
+        it.chain =
+            ReferenceChain { perception: p.iter().map(|s| s.to_string()).collect(), reasoning: r.iter().map(|s| s.to_string()).collect() };
         it
     };
     let items = vec![item("A", &["a p"], &["a r"]), item("B", &["b p1", "b p2"], &["b r"]), item("C", &["c p"], &["c r"])];

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 mod common;
 #[path = "common/worker.rs"]
 mod worker;
-use worker::worker;
 use common::tiny::pipeline_k;
 use common::{tiny_llava_next, tiny_qwen2_vl};
+use worker::worker;
 
 /// Runs the pipeline on the folder `make` writes and checks what every family must give; returns the
 /// trained checkpoint's tensor names.

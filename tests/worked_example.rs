@@ -146,13 +146,23 @@ fn the_real_path_runs_from_configuration_alone_and_the_report_names_dataset_mode
     let variant = metrics.column_by_name("variant").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap().clone();
     let split = metrics.column_by_name("split").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap().clone();
     let ece = metrics.column_by_name("ece").unwrap().as_any().downcast_ref::<arrow::array::Float64Array>().unwrap().clone();
-    let ece_of = |v: &str| (0..metrics.num_rows()).find(|&r| variant.value(r) == v && split.value(r) == "val" && level.value(r) == "all").map(|r| ece.value(r)).unwrap();
+    let ece_of = |v: &str| {
+        (0..metrics.num_rows())
+            .find(|&r| variant.value(r) == v && split.value(r) == "val" && level.value(r) == "all")
+            .map(|r| ece.value(r))
+            .unwrap()
+    };
     let table = std::fs::read_to_string(store.root().join("seeds.md")).unwrap();
     let row = table.lines().find(|l| l.starts_with("| val | ECE |")).unwrap_or_else(|| panic!("{table}"));
     let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
     assert_eq!(cells[2], "6", "{row}");
     let got: f64 = cells[3].parse().unwrap();
-    assert!((got - (ece_of("full") - ece_of("sft"))).abs() <= 5e-4 + 1e-12, "{row}: seed 0 vs eval's {} − {}", ece_of("full"), ece_of("sft"));
+    assert!(
+        (got - (ece_of("full") - ece_of("sft"))).abs() <= 5e-4 + 1e-12,
+        "{row}: seed 0 vs eval's {} − {}",
+        ece_of("full"),
+        ece_of("sft")
+    );
     assert!(table.lines().any(|l| l.starts_with("| val | MECE |")) && table.lines().any(|l| l.starts_with("| val | Brier |")), "{table}");
 }
 

@@ -89,7 +89,8 @@ pub(super) fn configs_for(stages: &Path, preset: Option<&str>) -> anyhow::Result
     let Some(name) = preset else { return Ok(crate::stages::StageConfigs::new(stages)) };
     let file = stages.join("presets.toml");
     let presets = crate::stages::SweepFile::load(&file)?;
-    let v = presets.variant.iter().find(|v| v.name == name).ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}`", file.display()))?;
+    let v =
+        presets.variant.iter().find(|v| v.name == name).ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}`", file.display()))?;
     Ok(crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() })
 }
 
@@ -182,13 +183,23 @@ fn run_seeds(store: &Path, stages: &Path, a: SweepArgs, n: u64) -> anyhow::Resul
         let opts = RunOptions { target: Some("eval".into()), jobs: a.jobs, lock: Some(lock.clone()), ..Default::default() };
         check_machine(&pipeline, &configs, &store, &opts)?;
         let s = pipeline.run(&store, &opts)?;
-        println!("{lock:<10} ran [{}]  restored [{}]  up to date {}  ({:.1} s)", s.ran.join(", "), s.restored.join(", "), s.fresh.len(), s.seconds);
-        let eval = fresh_eval(&store, &pipeline, Some(&lock))?.ok_or_else(|| anyhow::anyhow!("{lock}: its eval is not up to date after the run"))?;
+        println!(
+            "{lock:<10} ran [{}]  restored [{}]  up to date {}  ({:.1} s)",
+            s.ran.join(", "),
+            s.restored.join(", "),
+            s.fresh.len(),
+            s.seconds
+        );
+        let eval = fresh_eval(&store, &pipeline, Some(&lock))?
+            .ok_or_else(|| anyhow::anyhow!("{lock}: its eval is not up to date after the run"))?;
         runs.push(eval);
     }
     let rule = runs[0].rule.clone();
     if let Some(k) = runs.iter().position(|r| r.rule != rule) {
-        anyhow::bail!("{}: eval's ECE bins or answer-confidence rule differ from seed 0's; the seeds' metrics can't be averaged", seed_run_name(k as u64));
+        anyhow::bail!(
+            "{}: eval's ECE bins or answer-confidence rule differ from seed 0's; the seeds' metrics can't be averaged",
+            seed_run_name(k as u64)
+        );
     }
     let splits: Vec<String> = base.params::<crate::stages::eval::EvalParams>("eval")?.splits;
     let bootstrap = base.params::<crate::stages::report::ReportParams>("report")?.bootstrap;
@@ -284,6 +295,8 @@ struct FreshEval {
     rows: Vec<crate::report::page::MetricsRow>,
     items: std::collections::BTreeMap<(String, String), Vec<crate::report::intervals::ItemScores>>,
     rule: crate::report::intervals::CellRule,
+    /// eval_chains' judged sentences (whether each policy wrote statements, and what they said).
+    sentences: arrow::record_batch::RecordBatch,
 }
 
 /// The eval of a lock, if its eval stages (eval_chains, eval) are up to date for `pipeline`.
@@ -302,7 +315,7 @@ fn fresh_eval(store: &Store, pipeline: &Pipeline, lock: Option<&str>) -> anyhow:
     let rows = crate::stages::report::metrics_rows(&metrics)?;
     let items = crate::stages::report::report_items(&sentences, &rows)?;
     let rule = crate::stages::report::cell_rule(&metrics)?;
-    Ok(Some(FreshEval { rows, items, rule }))
+    Ok(Some(FreshEval { rows, items, rule, sentences }))
 }
 
 /// The paper's ablation table (Table 1's lower half) or baseline table (its upper half): the main run's
@@ -327,6 +340,22 @@ fn variant_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile,
         cells.extend(crate::report::intervals::cell_intervals(&items, rows, &e.rule, &Default::default())?);
         Ok(())
     };
+    // Why a row looks as it does: whether its policy writes statements, and what MECE rewards on the
+    // report's split (as the main report shows for its own variants).
+    let split = crate::stages::StageConfigs::new(stages).params::<crate::stages::report::ReportParams>("report")?.split;
+    let mut statements = Vec::new();
+    let mut anatomy = Vec::new();
+    let mut explain = |e: &FreshEval, from: &str, to: &str| -> anyhow::Result<()> {
+        for ((v, sp), c) in crate::report::evidence::statement_counts(&e.sentences)? {
+            if v == from {
+                statements.push((to.to_string(), sp, c));
+            }
+        }
+        if let Some(r) = crate::stages::report::stated_responses(&e.sentences, &split)?.remove(from) {
+            anatomy.push((to.to_string(), r.into_values().collect()));
+        }
+        Ok(())
+    };
     let mut entries = Vec::new();
     let mut costs = Vec::new();
     let main_lock = crate::engine::LockFile::load(store.root())?;
@@ -335,6 +364,7 @@ fn variant_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile,
         let rows = main.as_ref().map(|e| relabel(&e.rows, from, to));
         if let (Some(e), Some(r)) = (&main, &rows) {
             add_cells(e, from, to, r)?;
+            explain(e, from, to)?;
         }
         entries.push((format!("{to} (`mmb run`)"), to.to_string(), rows));
     }
@@ -346,6 +376,7 @@ fn variant_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile,
         let rows = e.as_ref().map(|e| relabel(&e.rows, v.row(), &label));
         if let (Some(e), Some(r)) = (&e, &rows) {
             add_cells(e, v.row(), &label, r)?;
+            explain(e, v.row(), &label)?;
             let order: Vec<String> = pipeline.ordered().map(|st| st.name().to_string()).collect();
             let lock = crate::engine::LockFile::load_named(store.root(), Some(&v.name))?;
             let beyond = lock.beyond(&main_lock, &order).into_iter().map(|(st, r)| (st.to_string(), r.key.clone(), r.seconds)).collect();
@@ -355,6 +386,23 @@ fn variant_table(store: &Store, stages: &Path, sweep: &crate::stages::SweepFile,
         entries.push((format!("`mmb {cmd} --only {}`", v.name), label.clone(), rows));
     }
     let mut md = crate::report::page::variants_markdown(heading, &entries, &cells);
+    if !statements.is_empty() {
+        let splits = crate::report::page::ordered_splits(&entries.iter().filter_map(|e| e.2.clone()).flatten().collect::<Vec<_>>());
+        let labels: Vec<&String> = entries.iter().filter(|e| e.2.is_some()).map(|e| &e.1).collect();
+        let rank = |label: &String, sp: &String| (labels.iter().position(|l| *l == label), splits.iter().position(|s| s == sp));
+        statements.sort_by_key(|(label, sp, _)| rank(label, sp));
+        md.push_str(&format!(
+            "\n## Statements written\n\nPer row and split: the sentences judged, the share carrying a statement, the mean stated \
+             confidence and the share judged right. A policy that writes no statement gets eval's constant `missing_confidence` for \
+             every sentence: its MECE and AUROC (0.5) say that, not calibration.\n\n{}",
+            crate::report::evidence::statements_markdown(&statements)
+        ));
+        md.push_str(&format!(
+            "\n## What MECE rewards ({split})\n\n{}\n\n{}",
+            crate::stages::report::ANATOMY_NOTE,
+            crate::report::page::mece_anatomy_markdown(&anatomy)?
+        ));
+    }
     if !costs.is_empty() {
         md.push_str(
             "\n## Cost beyond `mmb run`\n\nEach variant's stages that the main run's lock does not hold, with the wall seconds recorded when \

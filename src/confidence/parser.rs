@@ -583,9 +583,10 @@ impl Parser {
         let mut dropped = Vec::new();
         if start < text.len() {
             let body = start + AFTER_RESPONSE_LABEL.len();
-            let end = marker_free_ranges(&text[body..], &self.params.special_markers)
-                .first()
-                .map_or(body, |&(a, b)| if a == 0 { body + b } else { body });
+            let end =
+                marker_free_ranges(&text[body..], &self.params.special_markers)
+                    .first()
+                    .map_or(body, |&(a, b)| if a == 0 { body + b } else { body });
             let markers = entry_markers(&text[body..end]);
             let trimmed = |a: usize, b: usize| -> Option<(usize, usize)> {
                 let piece = &text[a..b];

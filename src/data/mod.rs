@@ -184,13 +184,7 @@ pub(crate) fn attach_image(
     Ok(())
 }
 
-fn load_image(
-    file: &Path,
-    record: &str,
-    image_path: &Path,
-    display_path: String,
-    mode: ImageMode,
-) -> Result<(ImageData, Option<String>)> {
+fn load_image(file: &Path, record: &str, image_path: &Path, display_path: String, mode: ImageMode) -> Result<(ImageData, Option<String>)> {
     let bad = |reason: String| DataError::Malformed {
         path: file.to_path_buf(),
         record: record.to_string(),

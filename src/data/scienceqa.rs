@@ -10,9 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{
-    attach_image, kind, read_file, read_json, DataError, ImageMode, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy,
-};
+use super::{attach_image, kind, read_file, read_json, DataError, ImageMode, Item, LoadReport, Loaded, RecordCtx, Result, SkipPolicy};
 
 pub const SOURCE: &str = "scienceqa";
 

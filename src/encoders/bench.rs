@@ -375,8 +375,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             truncated: 0,
         });
     }
-    let machine =
-        MachineLoad { cores: threads_available(), bench_threads: threads, load_before, load_after: load_average() };
+    let machine = MachineLoad { cores: threads_available(), bench_threads: threads, load_before, load_after: load_average() };
     let named: Vec<(String, Vec<Option<f64>>)> =
         entries.iter().map(|e| (e.file.display().to_string(), e.round_cpu_share.clone())).collect();
     let warnings = contention_warnings(&machine, &named);

@@ -16,7 +16,8 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let mut t = Trainable::load(ctx, "dpo", &p.mllm())?;
     let pairs = ctx.input_table("pairs")?.concat()?;
     let col = |n: &str| pairs.column_by_name(n).ok_or_else(|| JobError::column("csr_pairs' pairs", n));
-    let (ids, chosen, rejected) = (col("item_id")?.as_string::<i32>(), col("chosen")?.as_string::<i32>(), col("rejected")?.as_string::<i32>());
+    let (ids, chosen, rejected) =
+        (col("item_id")?.as_string::<i32>(), col("chosen")?.as_string::<i32>(), col("rejected")?.as_string::<i32>());
     let mut data = Vec::with_capacity(pairs.num_rows());
     {
         let (prompter, by_id) = (t.prompter(), t.items_by_id());

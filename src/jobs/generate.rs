@@ -1,8 +1,8 @@
 //! The `generate` stage's model work: generation on any `mllm::family` model with per-token log-probs and entropies.
 use super::inputs::{ImageInputs, Prompter};
 use super::{JobError, Result};
-use mllm::generate::{generate_multimodal, GenerationParams};
 use mllm::family::Mllm;
+use mllm::generate::{generate_multimodal, GenerationParams};
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::{item_seed, StageContext};
 use mmboundary::stages::generate::{chains_batch, chains_schema, ChainRow, GenerateParams};

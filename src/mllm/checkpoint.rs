@@ -84,11 +84,17 @@ pub fn read_checkpoint(opt: &mut AdamW, path: &Path, kind: &CheckpointKind<'_>) 
             .ok_or_else(|| MllmError::Checkpoint { path: at.clone(), msg: format!("metadata field {k} missing or not a number") })
     };
     if meta.get("format").map(String::as_str) != Some(kind.format) {
-        return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("expected format {}, found {:?}", kind.format, meta.get("format")) });
+        return Err(MllmError::Checkpoint {
+            path: at.clone(),
+            msg: format!("expected format {}, found {:?}", kind.format, meta.get("format")),
+        });
     }
     let found = get("seed")? as u64;
     if found != kind.seed {
-        return Err(MllmError::Checkpoint { path: at.clone(), msg: format!("data-order seed {found} differs from this run's {}", kind.seed) });
+        return Err(MllmError::Checkpoint {
+            path: at.clone(),
+            msg: format!("data-order seed {found} differs from this run's {}", kind.seed),
+        });
     }
     tch::no_grad(|| -> Result<()> {
         for (n, p) in &opt.params {

@@ -9,10 +9,10 @@
 //! Batching ([`make_batch`]: prompt + response, images spliced), the optimizer (AdamW with f32 masters for
 //! half-precision weights), the schedule, the data order and the checkpoint format are SFT's
 //! ([`super::sft`]); a DPO micro-batch of n pairs is one SFT batch of 2n rows, the chosen responses first.
+use super::checkpoint::{latest_checkpoint, read_checkpoint, write_checkpoint, Checkpoint, CheckpointKind, Position};
 use super::llava::EmbedInputs;
 use super::lora;
 use super::optim::{linear_warmup_decay, AdamW, AdamWParams};
-use super::checkpoint::{latest_checkpoint, read_checkpoint, write_checkpoint, Checkpoint, CheckpointKind, Position};
 use super::sft::{data_order, make_batch, shifted_logprobs, trainable, AsMutLm, Batch, FineTuneMode, SftExample};
 use super::{MllmError, Result};
 use serde::{Deserialize, Serialize};
@@ -134,7 +134,11 @@ pub fn pair_batch(pairs: &[&DpoExample], device: tch::Device) -> Result<Batch> {
         .iter()
         .map(|p| (p, &p.chosen))
         .chain(pairs.iter().map(|p| (p, &p.rejected)))
-        .map(|(p, r)| SftExample { prompt: p.prompt.clone(), response: r.clone(), images: p.images.iter().map(|t| t.shallow_clone()).collect() })
+        .map(|(p, r)| SftExample {
+            prompt: p.prompt.clone(),
+            response: r.clone(),
+            images: p.images.iter().map(|t| t.shallow_clone()).collect(),
+        })
         .collect();
     make_batch(&rows.iter().collect::<Vec<_>>(), device)
 }
@@ -258,7 +262,11 @@ impl DpoTrainer {
     /// Trains on `data` (reference log-probs `refs`, one per pair) for the configured epochs.
     pub fn train<M: EmbedInputs>(&mut self, model: &M, data: &[DpoExample], refs: &[RefLogps], ckpt_dir: &Path) -> Result<DpoReport> {
         if data.is_empty() || data.len() != refs.len() {
-            return Err(MllmError::Input(format!("DPO: {} pairs and {} reference log-prob pairs (need ≥ 1, equal)", data.len(), refs.len())));
+            return Err(MllmError::Input(format!(
+                "DPO: {} pairs and {} reference log-prob pairs (need ≥ 1, equal)",
+                data.len(),
+                refs.len()
+            )));
         }
         std::fs::create_dir_all(ckpt_dir).map_err(super::io_err(ckpt_dir))?;
         let per_epoch = data.len().div_ceil(self.params.batch_size).div_ceil(self.params.grad_accum_steps);
@@ -299,7 +307,15 @@ impl DpoTrainer {
                 self.opt.step(lr);
                 let epoch = self.pos.epoch;
                 let epoch_end = self.pos.finish_step(step, groups.len());
-                report.rows.push(DpoStepRow { step, epoch, lr, grad_norm, pairs: n_pairs, stats: acc, seconds: started.elapsed().as_secs_f64() });
+                report.rows.push(DpoStepRow {
+                    step,
+                    epoch,
+                    lr,
+                    grad_norm,
+                    pairs: n_pairs,
+                    stats: acc,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
                 let stop = self.params.max_steps.is_some_and(|m| self.pos.step >= m);
                 if epoch_end || stop {
                     let c = self.save(ckpt_dir)?;

@@ -4,9 +4,9 @@
 //! stage), LLaVA-NeXT ([`LlavaNext`], loaded with its CLIP tower, which turns the processor's tiles into
 //! (base features, unpadded grid)) and Qwen2-VL ([`Qwen2Vl`], whose vision transformer turns the
 //! processor's patches into merged features). The vision towers are frozen: their weights never train.
+use super::llama::CausalLm;
 use super::llava::{EmbedInputs, Llava, Rotary};
 use super::llava_next::LlavaNext;
-use super::llama::CausalLm;
 use super::qwen2_vl::Qwen2Vl;
 use super::{DType, MllmError, Result};
 use std::path::Path;

@@ -5,11 +5,11 @@
 //! what an uninterrupted run would do — also at an epoch boundary (verl #5725 trained zero steps there).
 //! The only randomness is the per-epoch data order, a pure function of (seed, epoch); there is no dropout.
 //! A non-finite loss stops training, names the step, and leaves the last good checkpoint untouched.
+pub use super::checkpoint::Checkpoint;
+use super::checkpoint::{read_checkpoint, write_checkpoint, CheckpointKind, Position};
 use super::llava::EmbedInputs;
 use super::lora::{self, LoraParams};
 use super::optim::{linear_warmup_decay, AdamW, AdamWParams};
-pub use super::checkpoint::Checkpoint;
-use super::checkpoint::{read_checkpoint, write_checkpoint, CheckpointKind, Position};
 use super::{MllmError, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -167,7 +167,9 @@ pub fn loss_backward<M: EmbedInputs>(model: &M, batch: &Batch, n_tok: f64, check
     if checkpointed {
         let e = model.embed_inputs(&batch.ids, &batch.images)?;
         let rot = model.rotary(&batch.ids, &batch.mask, &batch.images)?;
-        return lm.backward_checkpointed(&e, Some(&batch.mask), rot.as_ref().map(|r| r.tables()), |hidden| Ok(loss_of(shifted_logprobs(lm, hidden, &batch.ids))));
+        return lm.backward_checkpointed(&e, Some(&batch.mask), rot.as_ref().map(|r| r.tables()), |hidden| {
+            Ok(loss_of(shifted_logprobs(lm, hidden, &batch.ids)))
+        });
     }
     let (lp, _) = next_token_logprobs(model, batch)?;
     let loss = loss_of(lp);

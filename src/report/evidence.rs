@@ -1,7 +1,8 @@
 //! The report's two "is there anything to calibrate?" tables: whether the model uses its image (eval's
 //! `image_swap` table, summarized by [`crate::stages::image_swap::summarize`]), and whether the internal
 //! signals tell wrong sentences from right ones (AUROC of each signal and of the fused U_Final on bin's
-//! `levels`, which carries the scored columns, the judge's `correct` and `u_final`).
+//! `levels`, which carries the scored columns, the judge's `correct` and `u_final`). And, for the comparison
+//! of methods, whether a policy writes statements at all (eval's `sentences`).
 use crate::stages::image_swap::SwapCell;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float64Type;
@@ -45,11 +46,8 @@ pub fn signal_aurocs(levels: &RecordBatch) -> anyhow::Result<Vec<SignalAurocs>> 
         let labels: Vec<bool> = ix.iter().map(|&i| correct.value(i)).collect();
         let four = crate::stages::score::signal_aurocs(&rows, &labels)?;
         let wrong: Vec<bool> = labels.iter().map(|c| !c).collect();
-        let fused = if four[0].is_some() {
-            Some(crate::metrics::auroc(&ix.iter().map(|&i| u[i]).collect::<Vec<_>>(), &wrong)?)
-        } else {
-            None
-        };
+        let fused =
+            if four[0].is_some() { Some(crate::metrics::auroc(&ix.iter().map(|&i| u[i]).collect::<Vec<_>>(), &wrong)?) } else { None };
         out.push(SignalAurocs {
             split: name.to_string(),
             judged: ix.len(),
@@ -137,11 +135,94 @@ pub fn swap_by_kind_markdown(cells: &BTreeMap<(String, String, String), SwapCell
     s
 }
 
+/// How many of a variant's sentences on a split carry a statement, and what they say.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StatementCount {
+    pub sentences: usize,
+    /// Sentences with a statement (a parsed confidence).
+    pub stated: usize,
+    /// Sentences the judge holds right (all of them, stated or not).
+    pub right: usize,
+    /// The sum of the stated confidences.
+    pub confidence_sum: f64,
+}
+
+/// [`StatementCount`] by (variant, split), from eval's `sentences` table.
+pub fn statement_counts(s: &RecordBatch) -> anyhow::Result<BTreeMap<(String, String), StatementCount>> {
+    let col = |n: &str| s.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval sentences have no column `{n}`"));
+    let (v, sp) = (col("variant")?, col("split")?);
+    let (v, sp) = (v.as_string::<i32>(), sp.as_string::<i32>());
+    let (conf, correct) = (col("confidence")?, col("correct")?);
+    let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
+    let mut out: BTreeMap<(String, String), StatementCount> = BTreeMap::new();
+    for i in 0..s.num_rows() {
+        let c = out.entry((v.value(i).to_string(), sp.value(i).to_string())).or_default();
+        c.sentences += 1;
+        c.right += usize::from(correct.value(i));
+        if conf.is_valid(i) {
+            c.stated += 1;
+            c.confidence_sum += conf.value(i);
+        }
+    }
+    Ok(out)
+}
+
+/// Per (label, split): the sentences, the share carrying a statement, the mean stated confidence and the
+/// share judged right. A policy that writes no statement gets eval's constant `missing_confidence` for every
+/// sentence, whatever its training: MECE 0.5 and AUROC 0.5 in the tables say that, not calibration.
+pub fn statements_markdown(rows: &[(String, String, StatementCount)]) -> String {
+    let mut s = String::from(
+        "| variant | split | sentences | with a statement | mean stated confidence | judged right |\n|---|---|---|---|---|---|\n",
+    );
+    for (label, split, c) in rows {
+        let share = |k: usize| if c.sentences == 0 { "–".to_string() } else { format!("{:.3}", k as f64 / c.sentences as f64) };
+        let mean = if c.stated == 0 { "–".to_string() } else { format!("{:.3}", c.confidence_sum / c.stated as f64) };
+        let _ = writeln!(s, "| {label} | {split} | {} | {} | {mean} | {} |", c.sentences, share(c.stated), share(c.right));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray};
     use std::sync::Arc;
+
+    /// Eval's sentences: variant `a` writes statements on 2 of its 3 val sentences (0.9 and 0.6; 2 right)
+    /// and none on test; `b` writes none.
+    fn sentences() -> RecordBatch {
+        let s = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+        RecordBatch::try_from_iter([
+            ("variant", s(vec!["a", "a", "a", "a", "b"])),
+            ("split", s(vec!["val", "val", "val", "test", "val"])),
+            ("item_id", s(vec!["q1", "q1", "q2", "q3", "q1"])),
+            ("confidence", Arc::new(Float64Array::from(vec![Some(0.9), None, Some(0.6), None, None])) as ArrayRef),
+            ("correct", Arc::new(BooleanArray::from(vec![true, false, true, true, false])) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn statement_counts_and_their_table_are_the_hand_counted_ones() {
+        let c = statement_counts(&sentences()).unwrap();
+        let key = |v: &str, sp: &str| (v.to_string(), sp.to_string());
+        assert_eq!(c[&key("a", "val")], StatementCount { sentences: 3, stated: 2, right: 2, confidence_sum: 0.9 + 0.6 });
+        assert_eq!(c[&key("a", "test")], StatementCount { sentences: 1, stated: 0, right: 1, confidence_sum: 0.0 });
+        assert_eq!(c[&key("b", "val")], StatementCount { sentences: 1, stated: 0, right: 0, confidence_sum: 0.0 });
+        let rows: Vec<(String, String, StatementCount)> = c.into_iter().map(|((v, sp), c)| (v, sp, c)).collect();
+        assert_eq!(
+            statements_markdown(&rows),
+            "| variant | split | sentences | with a statement | mean stated confidence | judged right |\n|---|---|---|---|---|---|\n\
+             | a | test | 1 | 0.000 | – | 1.000 |\n\
+             | a | val | 3 | 0.667 | 0.750 | 0.667 |\n\
+             | b | val | 1 | 0.000 | – | 0.000 |\n"
+        );
+        // The stated responses of a split, by item: only sentences with a statement.
+        let r = crate::stages::report::stated_responses(&sentences(), "val").unwrap();
+        assert_eq!(r["a"]["q1"], [(true, 0.9)]);
+        assert_eq!(r["a"]["q2"], [(true, 0.6)]);
+        assert!(!r.contains_key("b"));
+    }
 
     /// Hand-counted AUROCs (wrong sentences positive, ties half): train has right {0, 1}, wrong {2, 3};
     /// one unjudged sentence (null `correct`) is left out.
@@ -149,7 +230,8 @@ mod tests {
     fn signal_aurocs_are_the_hand_counted_ones() {
         let f = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
         let split: ArrayRef = Arc::new(StringArray::from(vec!["train", "train", "train", "train", "train", "val", "val"]));
-        let correct: ArrayRef = Arc::new(BooleanArray::from(vec![Some(true), Some(true), Some(false), Some(false), None, Some(true), Some(false)]));
+        let correct: ArrayRef =
+            Arc::new(BooleanArray::from(vec![Some(true), Some(true), Some(false), Some(false), None, Some(true), Some(false)]));
         let levels = RecordBatch::try_from_iter([
             ("split", split),
             // wrong above right in all 4 pairs → 1.0 (val: wrong 0.2 < right 0.9 → 0.0)

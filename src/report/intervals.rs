@@ -333,10 +333,8 @@ pub fn seeds_paired_differences(
     let mut out = Vec::new();
     for split in splits {
         let key = |v: &str| (v.to_string(), split.clone());
-        let Some(pairs) = runs
-            .iter()
-            .map(|items| Some((items.get(&key(a))?.as_slice(), items.get(&key(b))?.as_slice())))
-            .collect::<Option<Vec<_>>>()
+        let Some(pairs) =
+            runs.iter().map(|items| Some((items.get(&key(a))?.as_slice(), items.get(&key(b))?.as_slice()))).collect::<Option<Vec<_>>>()
         else {
             continue;
         };

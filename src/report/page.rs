@@ -484,16 +484,19 @@ mod tests {
         let md = cost_markdown(&[
             ("DPV".into(), vec![s("eval_chains", "e1", 43.7), s("eval", "m1", 0.4)]),
             ("Multisample".into(), vec![s("generate", "g", 600.0), s("sft", "f", 100.0)]),
-            ("SaySelf".into(), vec![
-                s("generate", "g", 600.0),
-                s("score", "c", 50.6),
-                s("rollout_0", "r0", 10.0),
-                s("update_0", "u0", 2.5),
-                s("rollout_1", "r1", 11.0),
-                s("update_1", "u1", 2.5),
-                s("ppo", "p", 0.2),
-                s("eval", "m2", 1.0),
-            ]),
+            (
+                "SaySelf".into(),
+                vec![
+                    s("generate", "g", 600.0),
+                    s("score", "c", 50.6),
+                    s("rollout_0", "r0", 10.0),
+                    s("update_0", "u0", 2.5),
+                    s("rollout_1", "r1", 11.0),
+                    s("update_1", "u1", 2.5),
+                    s("ppo", "p", 0.2),
+                    s("eval", "m2", 1.0),
+                ],
+            ),
             ("nothing new".into(), vec![]),
         ]);
         let want = "| variant | stages beyond `mmb run` (seconds) | seconds |\n|---|---|---|\n\

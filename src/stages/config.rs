@@ -51,10 +51,9 @@ impl StageConfigs {
     fn file_params(&self, stage: &str) -> anyhow::Result<toml::Table> {
         let path = self.dir.join(format!("{stage}.toml"));
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(toml::from_str::<StageToml>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-                .params
-                .unwrap_or_default()),
+            Ok(text) => {
+                Ok(toml::from_str::<StageToml>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.params.unwrap_or_default())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(toml::Table::new()),
             Err(e) => anyhow::bail!("{}: {e}", path.display()),
         }
@@ -136,8 +135,7 @@ impl SweepFile {
             );
             anyhow::ensure!(seen.insert(v.name.clone()), "{}: variant {:?} appears twice", path.display(), v.name);
             anyhow::ensure!(
-                super::eval::VARIANTS.contains(&v.row())
-                    || [super::self_consistency::SC_POLICY, super::dpo::DPO_POLICY].contains(&v.row()),
+                super::eval::VARIANTS.contains(&v.row()) || [super::self_consistency::SC_POLICY, super::dpo::DPO_POLICY].contains(&v.row()),
                 "{}: variant {:?}: row {:?} is not an eval policy (expected one of {:?}, {:?} or {:?})",
                 path.display(),
                 v.name,

@@ -385,12 +385,7 @@ fn level_of(name: &str) -> Option<ChainLevel> {
 
 /// An item's reference sentences' levels: its perception sentences, then its reasoning ones.
 fn reference_levels(item: &Item) -> Vec<ChainLevel> {
-    item.chain
-        .perception
-        .iter()
-        .map(|_| ChainLevel::Perception)
-        .chain(item.chain.reasoning.iter().map(|_| ChainLevel::Reasoning))
-        .collect()
+    item.chain.perception.iter().map(|_| ChainLevel::Perception).chain(item.chain.reasoning.iter().map(|_| ChainLevel::Reasoning)).collect()
 }
 
 /// The questions eval answers: for each of `splits` in turn, that split's items with a reference chain
@@ -446,7 +441,9 @@ pub fn swap_partners<'a>(all: &'a [Item], selected: &[&Item], p: &EvalParams) ->
     let of: HashMap<&str, &'a Item> = whole.iter().zip(&partners).map(|(it, &k)| (it.id.as_str(), whole[k])).collect();
     selected
         .iter()
-        .map(|it| of.get(it.id.as_str()).copied().ok_or_else(|| anyhow::anyhow!("eval: item {} is not among the selected questions", it.id)))
+        .map(|it| {
+            of.get(it.id.as_str()).copied().ok_or_else(|| anyhow::anyhow!("eval: item {} is not among the selected questions", it.id))
+        })
         .collect()
 }
 
@@ -631,7 +628,12 @@ fn float64s(b: &RecordBatch, name: &str, what: &str) -> anyhow::Result<Vec<Optio
 /// The metrics table from eval_chains' `chains` and `sentences` rows (merged from shards or not): one row
 /// per (variant, split, level) — see [`metrics_schema`]. Each chain's sentences are its rows in
 /// `sentence_index` order; the reference levels come from the item (`items`, the dataset).
-pub fn metrics_from_rows(items: &[Item], chains: &RecordBatch, sentences: &RecordBatch, metrics: &MetricsParams) -> anyhow::Result<RecordBatch> {
+pub fn metrics_from_rows(
+    items: &[Item],
+    chains: &RecordBatch,
+    sentences: &RecordBatch,
+    metrics: &MetricsParams,
+) -> anyhow::Result<RecordBatch> {
     let (cw, sw) = ("eval_chains `chains`", "eval_chains `sentences`");
     let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
     // Each (variant, item)'s sentence rows, by sentence index.
@@ -640,20 +642,33 @@ pub fn metrics_from_rows(items: &[Item], chains: &RecordBatch, sentences: &Recor
         .as_primitive_opt::<UInt32Type>()
         .ok_or_else(|| anyhow::anyhow!("{sw}: column `sentence_index` is not UInt32"))?
         .clone();
-    let s_corr = column(sentences, "correct", sw)?.as_boolean_opt().ok_or_else(|| anyhow::anyhow!("{sw}: column `correct` is not Boolean"))?.clone();
+    let s_corr =
+        column(sentences, "correct", sw)?.as_boolean_opt().ok_or_else(|| anyhow::anyhow!("{sw}: column `correct` is not Boolean"))?.clone();
     let s_conf = float64s(sentences, "metric_confidence", sw)?;
-    let s_sim = column(sentences, "similarity", sw)?.as_list_opt::<i32>().ok_or_else(|| anyhow::anyhow!("{sw}: column `similarity` is not a list"))?.clone();
+    let s_sim = column(sentences, "similarity", sw)?
+        .as_list_opt::<i32>()
+        .ok_or_else(|| anyhow::anyhow!("{sw}: column `similarity` is not a list"))?
+        .clone();
     let mut rows_of: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
     for r in 0..sentences.num_rows() {
         rows_of.entry((s_var[r].as_str(), s_id[r].as_str())).or_default().push(r);
     }
     let (c_var, c_split, c_id) = (strings(chains, "variant", cw)?, strings(chains, "split", cw)?, strings(chains, "item_id", cw)?);
     let c_ans = float64s(chains, "answer_correct", cw)?;
-    let c_n = column(chains, "sentences", cw)?.as_primitive_opt::<UInt32Type>().ok_or_else(|| anyhow::anyhow!("{cw}: column `sentences` is not UInt32"))?.clone();
+    let c_n = column(chains, "sentences", cw)?
+        .as_primitive_opt::<UInt32Type>()
+        .ok_or_else(|| anyhow::anyhow!("{cw}: column `sentences` is not UInt32"))?
+        .clone();
     let mut groups: BTreeMap<(String, String), Vec<Judged>> = BTreeMap::new();
     for r in 0..chains.num_rows() {
         let item = by_id.get(c_id[r].as_str()).ok_or_else(|| anyhow::anyhow!("{cw}: row {r}: item {} is not in the dataset", c_id[r]))?;
-        anyhow::ensure!(item.split == c_split[r], "{cw}: row {r}: item {} is in split `{}`, the row says `{}`", item.id, item.split, c_split[r]);
+        anyhow::ensure!(
+            item.split == c_split[r],
+            "{cw}: row {r}: item {} is in split `{}`, the row says `{}`",
+            item.id,
+            item.split,
+            c_split[r]
+        );
         let mut rows = rows_of.remove(&(c_var[r].as_str(), c_id[r].as_str())).unwrap_or_default();
         rows.sort_by_key(|&k| s_idx.value(k));
         anyhow::ensure!(
@@ -669,11 +684,22 @@ pub fn metrics_from_rows(items: &[Item], chains: &RecordBatch, sentences: &Recor
         let mut levels = Vec::with_capacity(rows.len());
         let mut similarity = Vec::with_capacity(rows.len());
         for &k in &rows {
-            levels.push(level_of(&s_level[k]).ok_or_else(|| anyhow::anyhow!("{sw}: row {k}: level `{}` is neither perception nor reasoning", s_level[k]))?);
+            levels.push(
+                level_of(&s_level[k])
+                    .ok_or_else(|| anyhow::anyhow!("{sw}: row {k}: level `{}` is neither perception nor reasoning", s_level[k]))?,
+            );
             anyhow::ensure!(!s_sim.is_null(k), "{sw}: row {k}: `similarity` is null");
             let v = s_sim.value(k);
-            let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| anyhow::anyhow!("{sw}: row {k}: `similarity` is not a list of Float64"))?;
-            anyhow::ensure!(v.len() == ref_levels.len(), "{sw}: row {k}: {} similarities for {} reference sentences of item {}", v.len(), ref_levels.len(), item.id);
+            let v = v
+                .as_primitive_opt::<Float64Type>()
+                .ok_or_else(|| anyhow::anyhow!("{sw}: row {k}: `similarity` is not a list of Float64"))?;
+            anyhow::ensure!(
+                v.len() == ref_levels.len(),
+                "{sw}: row {k}: {} similarities for {} reference sentences of item {}",
+                v.len(),
+                ref_levels.len(),
+                item.id
+            );
             similarity.push(v.values().to_vec());
         }
         groups.entry((c_var[r].clone(), item.split.clone())).or_default().push(Judged {

@@ -98,7 +98,9 @@ pub fn table(
             s.variant,
             s.item_id
         );
-        let item = by_id.get(o.item_id.as_str()).ok_or_else(|| anyhow::anyhow!("image swap chain {n}: item {} is not in the dataset", o.item_id))?;
+        let item = by_id
+            .get(o.item_id.as_str())
+            .ok_or_else(|| anyhow::anyhow!("image swap chain {n}: item {} is not in the dataset", o.item_id))?;
         let (a, wa) = score_chain(item, &o.text, parser, metrics);
         let (b, wb) = score_chain(item, &s.text, parser, metrics);
         v.append_value(&o.variant);
@@ -203,8 +205,8 @@ mod tests {
     /// Four items, answered right/wrong by hand; every figure below is counted from these lists.
     #[test]
     fn table_and_summary_count_right_answers_and_well_formed_chains() {
-        let items = crate::data::penumbra::generate(&crate::data::penumbra::PenumbraParams { seed: 3, n_items: 40, ..Default::default() })
-            .unwrap();
+        let items =
+            crate::data::penumbra::generate(&crate::data::penumbra::PenumbraParams { seed: 3, n_items: 40, ..Default::default() }).unwrap();
         let val: Vec<&Item> = items.iter().filter(|i| i.split == "train").take(4).collect();
         // own: right, right, wrong, not well-formed; swapped: wrong, right, wrong, wrong
         let own_r = [Some(true), Some(true), Some(false), None];

@@ -53,7 +53,13 @@ pub fn pipeline_with(c: &StageConfigs) -> anyhow::Result<Pipeline> {
     let m = |model: &Option<std::path::PathBuf>| models::describe(model);
     project::check_agreement(
         "model",
-        &[("generate", m(&generate.model)), ("sft", m(&sft.model)), ("ppo", m(&ppo.model)), ("eval", m(&eval.model)), ("dpo", m(&dpo.model))],
+        &[
+            ("generate", m(&generate.model)),
+            ("sft", m(&sft.model)),
+            ("ppo", m(&ppo.model)),
+            ("eval", m(&eval.model)),
+            ("dpo", m(&dpo.model)),
+        ],
     )?;
     project::check_agreement("clip", &[("features", m(&features.clip)), ("score", m(&score.clip)), ("ppo", m(&ppo.clip))])?;
     let pr = |model: &Option<std::path::PathBuf>, p: &Option<String>| {

@@ -708,7 +708,11 @@ mod tests {
             for k in 0..4 {
                 let drawn = iteration_items(&items, &PpoStageParams { seed, ..p.clone() }, k).unwrap();
                 assert_eq!(drawn.len(), 2);
-                assert!(drawn.iter().all(|it| !it.chain.is_empty()), "seed {seed}, iteration {k}: {:?}", drawn.iter().map(|i| &i.id).collect::<Vec<_>>());
+                assert!(
+                    drawn.iter().all(|it| !it.chain.is_empty()),
+                    "seed {seed}, iteration {k}: {:?}",
+                    drawn.iter().map(|i| &i.id).collect::<Vec<_>>()
+                );
             }
         }
         // none at all: an error naming the splits, not a rollout failing later

@@ -92,7 +92,7 @@ pub fn metrics_rows(m: &RecordBatch) -> anyhow::Result<Vec<MetricsRow>> {
 }
 
 /// How to read the MECE anatomy table.
-const ANATOMY_NOTE: &str = "Sentences with a statement, their share judged right, and the mean stated confidence; then \
+pub const ANATOMY_NOTE: &str = "Sentences with a statement, their share judged right, and the mean stated confidence; then \
 MECE and the Brier score as stated, and as they would be if every statement said \"fully confident\". Where most \
 sentences are right and the statements cannot tell right from wrong (AUROC near 0.5), MECE falls as confidence \
 rises toward 1.0 while the Brier score is lowest at the share of right sentences: a policy trained on R_EC and R_CS \
@@ -114,6 +114,27 @@ pub fn constant_labels(s: &RecordBatch) -> anyhow::Result<BTreeMap<String, Strin
         .filter(|(_, any)| !any)
         .map(|(v, _)| (v.to_string(), format!("{v} (no statements: constant missing_confidence)")))
         .collect())
+}
+
+/// Each variant's responses on `split`, as eval's `sentences` table holds them: item → the (judged right?,
+/// stated confidence) of its sentences that carry a statement (the input of "What MECE rewards").
+pub fn stated_responses(s: &RecordBatch, split: &str) -> anyhow::Result<BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>>> {
+    let col = |n: &str| s.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval sentences have no column `{n}`"));
+    let (v, sp, id) = (col("variant")?, col("split")?, col("item_id")?);
+    let (v, sp, id) = (v.as_string::<i32>(), sp.as_string::<i32>(), id.as_string::<i32>());
+    let (conf, correct) = (col("confidence")?, col("correct")?);
+    let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
+    let mut out: BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>> = BTreeMap::new();
+    for i in 0..s.num_rows() {
+        if sp.value(i) == split && conf.is_valid(i) {
+            out.entry(v.value(i).to_string())
+                .or_default()
+                .entry(id.value(i).to_string())
+                .or_default()
+                .push((correct.value(i), conf.value(i)));
+        }
+    }
+    Ok(out)
 }
 
 pub struct ReportStage {
@@ -359,7 +380,7 @@ pub fn render_all(
     let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
     let mut pairs: BTreeMap<String, Vec<(f64, bool)>> = BTreeMap::new();
     let mut stated: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut responses: BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>> = BTreeMap::new();
+    let responses = stated_responses(s, &p.split)?;
     let mut chains: BTreeMap<String, Vec<(u32, ExampleSentence)>> = BTreeMap::new();
     for i in 0..s.num_rows() {
         let v = sv.as_string::<i32>().value(i);
@@ -368,8 +389,6 @@ pub fn render_all(
         }
         let c = (!conf.is_null(i)).then(|| conf.value(i));
         if let Some(c) = c {
-            let item = si.as_string::<i32>().value(i).to_string();
-            responses.entry(v.to_string()).or_default().entry(item).or_default().push((correct.value(i), c));
             pairs.entry(v.to_string()).or_default().push((c, correct.value(i)));
             stated.entry(v.to_string()).or_default().push(c);
         }
@@ -438,7 +457,8 @@ pub fn render_all(
     let evidence_tables = match extra {
         Some(e) => {
             let cells = crate::stages::image_swap::summarize(e.image_swap, &p.bootstrap)?;
-            let eval_variants: Vec<String> = VARIANT_ORDER.iter().map(|v| v.to_string()).filter(|v| cells.keys().any(|k| &k.0 == v)).collect();
+            let eval_variants: Vec<String> =
+                VARIANT_ORDER.iter().map(|v| v.to_string()).filter(|v| cells.keys().any(|k| &k.0 == v)).collect();
             let overview = evidence::swap_overview_markdown(&cells, &eval_variants, &splits);
             let by_kind = evidence::swap_by_kind_markdown(&cells, "vanilla", &splits);
             let signals = evidence::signals_markdown(&evidence::signal_aurocs(e.levels)?);
@@ -468,14 +488,14 @@ pub fn render_all(
     }
     let note = |t: &str| format!("<p class=\"note\">{}</p>", escape(t));
     let mut sections: Vec<(String, String)> = vec![
-            ("About".into(), note(about)),
-            ("Table 1".into(), format!("{}{}{}", note(&judge_note), note(INTERVAL_NOTE), md_table_html(&table))),
-            ("Does RL calibrate? Full − SFT, paired".into(), format!("{}{}", note(&diff_note), md_table_html(&diff_table))),
-            ("Step-level Brier score".into(), format!("{}{}", note(BRIER_NOTE), md_table_html(&brier))),
-            (format!("What MECE rewards ({})", p.split), format!("{}{}", note(ANATOMY_NOTE), md_table_html(&anatomy))),
-            (format!("Perception vs reasoning ({})", p.split), md_table_html(&levels)),
-            ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
-            ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
+        ("About".into(), note(about)),
+        ("Table 1".into(), format!("{}{}{}", note(&judge_note), note(INTERVAL_NOTE), md_table_html(&table))),
+        ("Does RL calibrate? Full − SFT, paired".into(), format!("{}{}", note(&diff_note), md_table_html(&diff_table))),
+        ("Step-level Brier score".into(), format!("{}{}", note(BRIER_NOTE), md_table_html(&brier))),
+        (format!("What MECE rewards ({})", p.split), format!("{}{}", note(ANATOMY_NOTE), md_table_html(&anatomy))),
+        (format!("Perception vs reasoning ({})", p.split), md_table_html(&levels)),
+        ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
+        ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
     ];
     if let Some((overview, by_kind, signals)) = &evidence_tables {
         // After "About", Table 1 and the full − SFT differences.
@@ -484,10 +504,18 @@ pub fn render_all(
             at,
             (
                 "Does the model use its image?".into(),
-                format!("{}{}<h3>By question kind (vanilla)</h3>{}", note(evidence::SWAP_NOTE), md_table_html(overview), md_table_html(by_kind)),
+                format!(
+                    "{}{}<h3>By question kind (vanilla)</h3>{}",
+                    note(evidence::SWAP_NOTE),
+                    md_table_html(overview),
+                    md_table_html(by_kind)
+                ),
             ),
         );
-        sections.insert(at + 1, ("Do the internal signals carry information?".into(), format!("{}{}", note(evidence::SIGNAL_NOTE), md_table_html(signals))));
+        sections.insert(
+            at + 1,
+            ("Do the internal signals carry information?".into(), format!("{}{}", note(evidence::SIGNAL_NOTE), md_table_html(signals))),
+        );
     }
     if let Some(t3) = ice_sce {
         let (head, table) = t3.split_once("\n\n").unwrap_or(("", t3));

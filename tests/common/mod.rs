@@ -116,7 +116,8 @@ pub fn tiny_llava_next(dir: &Path) -> PathBuf {
 /// video 153), with the goldens' Qwen2-VL processor settings and a tokenizer.
 pub fn tiny_qwen2_vl(dir: &Path) -> PathBuf {
     let special = [(150, "<|vision_start|>"), (151, "<|vision_end|>"), (152, "<|image_pad|>"), (153, "<|video_pad|>")];
-    let out = tiny_model(dir, &fixtures().join("backbones/tiny-qwen2-vl"), "tiny-qwen2-vl", 160, &special, &["config.json", "model.safetensors"]);
+    let out =
+        tiny_model(dir, &fixtures().join("backbones/tiny-qwen2-vl"), "tiny-qwen2-vl", 160, &special, &["config.json", "model.safetensors"]);
     std::fs::copy(fixtures().join("backbones/qwen2-vl-processor/preprocessor_config.json"), out.join("preprocessor_config.json")).unwrap();
     // The goldens kept Qwen's real bos/eos ids (151643/151645), outside this 160-token vocabulary; the
     // trainers append the eos id to every target, so it must be one the model has: `</s>` (3).

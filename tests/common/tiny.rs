@@ -120,7 +120,18 @@ pub fn eval_params(model: &Path) -> EvalParams {
 
 fn pipeline_full(model: &Path, ppo: PpoStageParams, eval: EvalParams) -> Pipeline {
     let map = MapParams { pool: pool_path(), ..Default::default() };
-    pipeline_parts(model, TinyParams { generate: generate_params(model), map, ppo, eval, csr_pairs: csr_pairs_params(), dpo: dpo_params(model), report: Default::default() })
+    pipeline_parts(
+        model,
+        TinyParams {
+            generate: generate_params(model),
+            map,
+            ppo,
+            eval,
+            csr_pairs: csr_pairs_params(),
+            dpo: dpo_params(model),
+            report: Default::default(),
+        },
+    )
 }
 
 fn pipeline_parts(model: &Path, p: TinyParams) -> Pipeline {

@@ -107,7 +107,10 @@ fn llava_image_inputs_are_the_items_clip_patch_features() {
     let cut = RecordBatch::try_from_iter([("item_id", Arc::new(StringArray::from(vec!["q1"])) as _)]).unwrap();
     let e = Features::from_batch(&cut).err().unwrap();
     assert_eq!(e.to_string(), "features artifact has no column `n_patches`");
-    assert!(matches!(&e, jobs::JobError::MissingColumn { table, column } if table == "features artifact" && column == "n_patches"), "{e:?}");
+    assert!(
+        matches!(&e, jobs::JobError::MissingColumn { table, column } if table == "features artifact" && column == "n_patches"),
+        "{e:?}"
+    );
 }
 
 #[test]
