@@ -41,6 +41,11 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     assert!(html.contains("Table 1") && html.contains("<svg"), "report.html lacks its table or figures");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("## Does the model use its image?") && md.contains("## Do the internal signals carry information?"), "{md}");
+    // Penumbra scenes: the per-object probes of the features, one row per attribute.
+    assert!(md.contains("### What the image tower sees (per-object linear probes of the features)"), "{md}");
+    for a in ["colour", "shape", "texture", "size"] {
+        assert!(md.lines().any(|l| l.starts_with(&format!("| {a} | "))), "no probe row for {a}: {md}");
+    }
     for v in ["sft", "full"] {
         assert!(md.contains(&format!("| {v} |")) || md.contains(&format!("| {v} (no statements: constant missing_confidence) |")), "{md}");
     }

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod by_level;
 pub mod calibration;
 pub mod chain;
+pub mod probe;
 
 use thiserror::Error;
 

@@ -4,3 +4,4 @@ pub mod evidence;
 pub mod intervals;
 pub mod page;
 pub mod plots;
+pub mod vision;

@@ -142,6 +142,7 @@ pub struct ReportStage {
 }
 
 const VARIANT_ORDER: [&str; 3] = ["vanilla", "sft", "full"];
+const VISION_HEADING: &str = "What the image tower sees (per-object linear probes of the features)";
 
 impl Stage for ReportStage {
     fn name(&self) -> &str {
@@ -152,8 +153,9 @@ impl Stage for ReportStage {
     /// 6: the report names the dataset, the model and the judge ([`about`]); the image-swap and
     /// signal-AUROC tables.
     /// 7: the demo model is named by the decoder demo_mllm trained ([`super::demo_mllm::describe`]).
+    /// 8: what the image tower sees (per-object linear probes of the features, [`crate::report::vision`]).
     fn code_version(&self) -> &str {
-        "7"
+        "8"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -161,10 +163,11 @@ impl Stage for ReportStage {
             InputSpec::new("sentences", "eval_chains", "sentences"),
             InputSpec::new("image_swap", "eval_chains", "image_swap"),
             InputSpec::new("levels", "bin", "levels"),
+            InputSpec::new("items", "dataset", "items"),
+            InputSpec::new("features", "features", "features"),
         ];
         if self.params.ice_sce.is_some() {
             v.push(InputSpec::new("chains", "generate", "chains"));
-            v.push(InputSpec::new("items", "dataset", "items"));
         }
         v
     }
@@ -180,14 +183,17 @@ impl Stage for ReportStage {
         let about = about(ctx.store(), &sentences)?;
         let sentences = sentences.concat()?;
         let (image_swap, levels) = (ctx.input_table("image_swap")?.concat()?, ctx.input_table("levels")?.concat()?);
+        let items = crate::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
         let ice_sce = match &self.params.ice_sce {
-            Some(p) => {
-                let items = crate::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-                Some(super::ice_sce::table(&items, &ctx.input_table("chains")?.concat()?, &levels, p)?)
-            }
+            Some(p) => Some(super::ice_sce::table(&items, &ctx.input_table("chains")?.concat()?, &levels, p)?),
             None => None,
         };
-        let evidence = Evidence { image_swap: &image_swap, levels: &levels };
+        // Read only when there are scenes to probe against (a real dataset's features can be large).
+        let vision = match items.iter().any(|it| it.meta.contains_key("scene")) {
+            true => crate::report::vision::object_probes(&items, &ctx.input_table("features")?.concat()?)?,
+            false => None,
+        };
+        let evidence = Evidence { image_swap: &image_swap, levels: &levels, vision: vision.as_deref() };
         let files = render_all(&metrics, &sentences, &self.params, &about, Some(evidence), ice_sce.as_deref())?;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("report.md"), files.markdown)?;
@@ -332,11 +338,13 @@ pub fn report_items(s: &RecordBatch, rows: &[MetricsRow]) -> anyhow::Result<BTre
     Ok(out)
 }
 
-/// What the report shows beside eval's metrics: eval's `image_swap` table and bin's `levels`.
+/// What the report shows beside eval's metrics: eval's `image_swap` table, bin's `levels`, and on the
+/// embedded benchmark the per-object probes of the image features.
 #[derive(Clone, Copy)]
 pub struct Evidence<'a> {
     pub image_swap: &'a RecordBatch,
     pub levels: &'a RecordBatch,
+    pub vision: Option<&'a [crate::report::vision::AttributeProbe]>,
 }
 
 /// The whole report from eval's `metrics` and `sentences` tables (without the image-swap and signal tables).
@@ -462,7 +470,8 @@ pub fn render_all(
             let overview = evidence::swap_overview_markdown(&cells, &eval_variants, &splits);
             let by_kind = evidence::swap_by_kind_markdown(&cells, "vanilla", &splits);
             let signals = evidence::signals_markdown(&evidence::signal_aurocs(e.levels)?);
-            Some((overview, by_kind, signals))
+            let vision = e.vision.map(crate::report::vision::probes_markdown);
+            Some((overview, by_kind, signals, vision))
         }
         None => None,
     };
@@ -475,13 +484,15 @@ pub fn render_all(
          ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
         split = p.split
     );
-    if let Some((overview, by_kind, signals)) = &evidence_tables {
+    if let Some((overview, by_kind, signals, vision)) = &evidence_tables {
         md.push_str(&format!(
-            "\n## Does the model use its image?\n\n{}\n\n{overview}\n### By question kind (vanilla)\n\n{by_kind}\n\
-             ## Do the internal signals carry information?\n\n{}\n\n{signals}",
+            "\n## Does the model use its image?\n\n{}\n\n{overview}\n### By question kind (vanilla)\n\n{by_kind}\n",
             evidence::SWAP_NOTE,
-            evidence::SIGNAL_NOTE
         ));
+        if let Some(v) = vision {
+            md.push_str(&format!("### {VISION_HEADING}\n\n{}\n\n{v}\n", crate::report::vision::VISION_NOTE));
+        }
+        md.push_str(&format!("## Do the internal signals carry information?\n\n{}\n\n{signals}", evidence::SIGNAL_NOTE));
     }
     if let Some(t3) = ice_sce {
         md.push_str(&format!("\n## {}\n\n{}\n\n{t3}", super::ice_sce::HEADING, super::ice_sce::NOTE));
@@ -497,15 +508,19 @@ pub fn render_all(
         ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
         ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
     ];
-    if let Some((overview, by_kind, signals)) = &evidence_tables {
+    if let Some((overview, by_kind, signals, vision)) = &evidence_tables {
         // After "About", Table 1 and the full − SFT differences.
+        let vision = vision
+            .as_ref()
+            .map(|v| format!("<h3>{VISION_HEADING}</h3>{}{}", note(crate::report::vision::VISION_NOTE), md_table_html(v)))
+            .unwrap_or_default();
         let at = 3.min(sections.len());
         sections.insert(
             at,
             (
                 "Does the model use its image?".into(),
                 format!(
-                    "{}{}<h3>By question kind (vanilla)</h3>{}",
+                    "{}{}<h3>By question kind (vanilla)</h3>{}{vision}",
                     note(evidence::SWAP_NOTE),
                     md_table_html(overview),
                     md_table_html(by_kind)
