@@ -491,7 +491,10 @@ fn scored_sentences_are_judged_and_signals_ranked_by_auroc() {
     let b = Item::new("b", "test", "train", "q"); // no reference chain
     let sentences = vec![vec!["Red thing.".to_string(), "Blue thing.".into(), "So B.".into()], vec!["Anything.".to_string()]];
     let c = sentence_correct(&["a", "b"], &sentences, &[a, b], &FirstWord, 0.64).unwrap();
-    assert_eq!(c, vec![vec![Some(true), Some(false), Some(true)], vec![None]]);
+    // Levels: the nearest reference sentence's ("Red thing." is nearest "Red circle.", a perception one;
+    // "Blue thing." ties at 0.1 with both, and the first wins).
+    use mmboundary::metrics::by_level::ChainLevel::{Perception, Reasoning};
+    assert_eq!(c, vec![vec![Some((true, Perception)), Some((false, Perception)), Some((true, Reasoning))], vec![None]]);
     // LNLP separates perfectly (wrong = higher), MTE is reversed, TokenSAR ties, CLIPScore higher on the wrong one.
     let rows = [[1.0, 3.0, 0.5, 0.2], [2.0, 1.0, 0.5, 0.9], [1.5, 2.0, 0.5, 0.3]];
     let auc = signal_aurocs(&rows, &[true, false, true]).unwrap();

@@ -17,6 +17,16 @@ pub enum ChainLevel {
     Reasoning,
 }
 
+impl ChainLevel {
+    /// The name tables use: `perception` or `reasoning`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainLevel::Perception => "perception",
+            ChainLevel::Reasoning => "reasoning",
+        }
+    }
+}
+
 /// The level of each predicted sentence (row of `similarity`): that of its nearest reference sentence.
 pub fn assign_levels(index: usize, similarity: &[Vec<f64>], reference_levels: &[ChainLevel]) -> Result<Vec<ChainLevel>> {
     if reference_levels.is_empty() {

@@ -35,9 +35,20 @@ pub fn signal_aurocs(levels: &RecordBatch) -> anyhow::Result<Vec<SignalAurocs>> 
     let correct = correct.as_boolean_opt().ok_or_else(|| anyhow::anyhow!("bin levels column `correct` is not Boolean"))?.clone();
     let split = col("split")?;
     let split = split.as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("bin levels column `split` is not a string column"))?.clone();
+    // Each sentence's chain level, where score recorded it (`chain_level`, score code version 3).
+    let chain_level = levels.column_by_name("chain_level").map(|c| c.as_string_opt::<i32>().cloned());
+    let chain_level = match chain_level {
+        Some(Some(c)) => Some(c),
+        Some(None) => anyhow::bail!("bin levels column `chain_level` is not a string column"),
+        None => None,
+    };
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut by_level: BTreeMap<(String, &str), Vec<usize>> = BTreeMap::new();
     for i in (0..levels.num_rows()).filter(|&i| correct.is_valid(i)) {
         groups.entry(split.value(i).to_string()).or_default().push(i);
+        if let Some(c) = chain_level.as_ref().filter(|c| c.is_valid(i)) {
+            by_level.entry((split.value(i).to_string(), c.value(i))).or_default().push(i);
+        }
     }
     let all: Vec<usize> = groups.values().flatten().copied().collect();
     let mut out = Vec::new();
@@ -58,6 +69,11 @@ pub fn signal_aurocs(levels: &RecordBatch) -> anyhow::Result<Vec<SignalAurocs>> 
     };
     for (s, ix) in &groups {
         one(s, ix)?;
+        for level in ["perception", "reasoning"] {
+            if let Some(ix) = by_level.get(&(s.clone(), level)) {
+                one(&format!("{s} · {level}"), ix)?;
+            }
+        }
     }
     if groups.len() > 1 {
         one("all", &all)?;
@@ -67,7 +83,8 @@ pub fn signal_aurocs(levels: &RecordBatch) -> anyhow::Result<Vec<SignalAurocs>> 
 
 pub const SIGNAL_NOTE: &str = "AUROC of each internal signal (oriented to grow with uncertainty) and of the fused \
 U_Final for telling the judge's wrong sentences from right ones, on the chains the `generate` stage wrote (the \
-sentences the levels and the SFT data come from). 0.5: no information.";
+sentences the levels and the SFT data come from), and on each split's perception and reasoning sentences (the level \
+of the reference sentence each is nearest, as eval assigns levels). 0.5: no information.";
 
 pub fn signals_markdown(rows: &[SignalAurocs]) -> String {
     let mut s = String::from("| split | sentences judged | right |");
@@ -262,5 +279,37 @@ mod tests {
         // A table without the judge's labels is refused, naming the column.
         let no_correct = levels.project(&[0, 1, 2, 3, 4, 5]).unwrap();
         assert!(signal_aurocs(&no_correct).unwrap_err().to_string().contains("`correct`"));
+    }
+
+    #[test]
+    fn signal_aurocs_per_chain_level_are_the_hand_counted_ones() {
+        let f = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
+        let split: ArrayRef = Arc::new(StringArray::from(vec!["train", "train", "train", "train", "val", "val"]));
+        let correct: ArrayRef = Arc::new(BooleanArray::from(vec![Some(true), Some(true), Some(false), Some(false), Some(true), Some(false)]));
+        // Perception pairs right row 0 with wrong row 3, reasoning right row 1 with wrong row 2; val's wrong
+        // sentence has no level.
+        let level: ArrayRef =
+            Arc::new(StringArray::from(vec![Some("perception"), Some("reasoning"), Some("reasoning"), Some("perception"), Some("perception"), None]));
+        let levels = RecordBatch::try_from_iter([
+            ("split", split),
+            ("lnlp", f(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6])),
+            ("mte", f(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6])),
+            // TokenSAR: perception right 0.1 < wrong 0.4 → 1.0; reasoning right 0.3 > wrong 0.2 → 0.0; train 0.75
+            ("tokensar", f(vec![0.1, 0.3, 0.2, 0.4, 0.5, 0.6])),
+            ("clipscore", f(vec![0.5; 6])),
+            ("u_final", f(vec![0.5; 6])),
+            ("correct", correct),
+            ("chain_level", level),
+        ])
+        .unwrap();
+        let rows = signal_aurocs(&levels).unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.split.as_str()).collect();
+        assert_eq!(names, ["train", "train · perception", "train · reasoning", "val", "val · perception", "all"]);
+        assert_eq!(rows[0].values[2], Some(0.75));
+        assert_eq!((rows[1].judged, rows[1].right, rows[1].values[2]), (2, 1, Some(1.0)));
+        assert_eq!((rows[2].judged, rows[2].right, rows[2].values[2]), (2, 1, Some(0.0)));
+        // One class only: undefined.
+        assert_eq!((rows[4].judged, rows[4].values), (1, [None; 5]));
+        assert!(signals_markdown(&rows).contains("| train · reasoning | 2 | 1 | 1.000 | 1.000 | 0.000 | 0.500 | 0.500 |"));
     }
 }

@@ -368,12 +368,6 @@ struct Judged {
     answer_correct: f64,
 }
 
-fn level_name(l: ChainLevel) -> &'static str {
-    match l {
-        ChainLevel::Perception => "perception",
-        ChainLevel::Reasoning => "reasoning",
-    }
-}
 
 fn level_of(name: &str) -> Option<ChainLevel> {
     match name {
@@ -384,7 +378,7 @@ fn level_of(name: &str) -> Option<ChainLevel> {
 }
 
 /// An item's reference sentences' levels: its perception sentences, then its reasoning ones.
-fn reference_levels(item: &Item) -> Vec<ChainLevel> {
+pub fn reference_levels(item: &Item) -> Vec<ChainLevel> {
     item.chain.perception.iter().map(|_| ChainLevel::Perception).chain(item.chain.reasoning.iter().map(|_| ChainLevel::Reasoning)).collect()
 }
 
@@ -544,7 +538,7 @@ pub fn judge_chains(
             o_stmt.append_option(j.pair.statement.as_deref());
             o_conf.append_option(j.expressed);
             o_corr.append_value(correct[t]);
-            o_level.append_value(level_name(levels[t]));
+            o_level.append_value(levels[t].name());
             o_ans.append_value(ans);
             o_text.append_value(&c.text);
             o_judge.append_value(&judge_name);
@@ -787,7 +781,7 @@ fn metrics_table(groups: &BTreeMap<(String, String), Vec<Judged>>, metrics: &Met
             let (m, b) = if subset.is_empty() { (None, None) } else { (Some(mece(&subset)?), Some(step_brier(&subset)?)) };
             let f = chain_f1_by_level(&chain_items, &ref_levels, level, &metrics.chain_f1)?;
             let n_l: usize = js.iter().map(|j| j.levels.iter().filter(|&&l| l == level).count()).sum();
-            push(level_name(level), n_l, None, (m, b), None, (f.reference > 0).then_some(f.f1), None);
+            push(level.name(), n_l, None, (m, b), None, (f.reference > 0).then_some(f.f1), None);
         }
     }
     let cols: Vec<ArrayRef> = vec![

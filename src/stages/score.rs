@@ -19,6 +19,7 @@ use crate::encoders::clip::Clip;
 use crate::encoders::minilm::{SentenceEncoder, SentenceEncoderParams, DEFAULT_MODEL_DIR};
 use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
 use crate::engine::{InputSpec, Stage, StageContext};
+use crate::metrics::by_level::{assign_levels, ChainLevel};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, StringArray, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::record_batch::RecordBatch;
@@ -91,6 +92,9 @@ pub fn scored_schema() -> SchemaRef {
         // I(z): the judge's best score against a sentence of the item's reference chain above
         // `match_threshold` (null when the item has no reference chain).
         Field::new("correct", DataType::Boolean, true),
+        // The level of the reference sentence it is most similar to, as eval assigns levels:
+        // `perception` or `reasoning` (null with `correct`).
+        Field::new("chain_level", DataType::Utf8, true),
     ]))
 }
 
@@ -166,32 +170,33 @@ fn responses_ids(ids: &StringArray) -> Vec<&str> {
     (0..ids.len()).map(|i| ids.value(i)).collect()
 }
 
-/// I(z) of every sentence of every chain: its best similarity under `g` to a sentence of its item's
-/// reference chain above `threshold`; None for items without a reference chain. One call of `g`.
+/// I(z) of every sentence of every chain (its best similarity under `g` to a sentence of its item's
+/// reference chain above `threshold`) and the level of that nearest reference sentence; None for items
+/// without a reference chain. One call of `g`.
 pub fn sentence_correct(
     ids: &[&str],
     sentences: &[Vec<String>],
     items: &[Item],
     g: &dyn PairSimilarity,
     threshold: f64,
-) -> anyhow::Result<Vec<Vec<Option<bool>>>> {
+) -> anyhow::Result<Vec<Vec<Option<(bool, ChainLevel)>>>> {
     let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
     let mut pairs: Vec<(&str, &str)> = Vec::new();
-    let mut refs: Vec<Vec<&str>> = Vec::with_capacity(ids.len());
+    let mut refs: Vec<(Vec<&str>, Vec<ChainLevel>)> = Vec::with_capacity(ids.len());
     for (r, id) in ids.iter().enumerate() {
         let item = by_id.get(id).ok_or_else(|| anyhow::anyhow!("chain row {r}: item {id} is not in the dataset"))?;
         let reference: Vec<&str> = item.chain.sentences().collect();
         for s in &sentences[r] {
             pairs.extend(reference.iter().map(|x| (s.as_str(), *x)));
         }
-        refs.push(reference);
+        refs.push((reference, super::eval::reference_levels(item)));
     }
     let scores =
         if pairs.is_empty() { Vec::new() } else { g.similarity(&pairs).map_err(|e| anyhow::anyhow!("judging scored sentences: {e}"))? };
     anyhow::ensure!(scores.len() == pairs.len(), "the judge returned {} scores for {} pairs", scores.len(), pairs.len());
     let mut at = 0;
     let mut out = Vec::with_capacity(ids.len());
-    for (r, reference) in refs.iter().enumerate() {
+    for (r, (reference, levels)) in refs.iter().enumerate() {
         if reference.is_empty() {
             out.push(vec![None; sentences[r].len()]);
             continue;
@@ -200,7 +205,9 @@ pub fn sentence_correct(
         let sim: Vec<Vec<f64>> =
             (0..sentences[r].len()).map(|t| scores[at + t * n..at + (t + 1) * n].iter().map(|&x| f64::from(x)).collect()).collect();
         at += sentences[r].len() * n;
-        out.push(sentence_correctness(r, &sim, n, threshold)?.into_iter().map(Some).collect());
+        let correct = sentence_correctness(r, &sim, n, threshold)?;
+        let levels = assign_levels(r, &sim, levels)?;
+        out.push(correct.into_iter().zip(levels).map(Some).collect());
     }
     Ok(out)
 }
@@ -225,8 +232,9 @@ impl Stage for ScoreStage {
         "score"
     }
     /// 2: TokenSAR on decoded pieces clipped to each sentence; I(z) of each sentence (`correct`).
+    /// 3: each sentence's chain level (`chain_level`, the nearest reference sentence's).
     fn code_version(&self) -> &str {
-        "2"
+        "3"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -307,7 +315,7 @@ impl Stage for ScoreStage {
         );
         let (mut o_lnlp, mut o_mte, mut o_sar, mut o_clip) =
             (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new());
-        let mut o_corr = BooleanBuilder::new();
+        let (mut o_corr, mut o_level) = (BooleanBuilder::new(), StringBuilder::new());
         let mut clip_scores: Vec<Vec<f64>> = vec![Vec::new(); responses.len()];
         for r in 0..responses.len() {
             let id = ids.value(r);
@@ -334,7 +342,8 @@ impl Stage for ScoreStage {
                 o_clip.append_value(cs);
                 clip_scores[r].push(cs);
                 o_judge.append_value(&judge_name);
-                o_corr.append_option(correct[r][s]);
+                o_corr.append_option(correct[r][s].map(|c| c.0));
+                o_level.append_option(correct[r][s].map(|c| c.1.name()));
             }
             bar.inc(1);
         }
@@ -351,11 +360,12 @@ impl Stage for ScoreStage {
             Arc::new(o_clip.finish()),
             Arc::new(o_judge.finish()),
             Arc::new(o_corr.finish()),
+            Arc::new(o_level.finish()),
         ];
         let (mut rows, mut labels) = (Vec::new(), Vec::new());
         for r in 0..responses.len() {
             for (s, c) in correct[r].iter().enumerate() {
-                if let Some(c) = c {
+                if let Some((c, _)) = c {
                     labels.push(*c);
                     rows.push([likelihood[r][s].0, likelihood[r][s].1, tokensar[r][s], clip_scores[r][s]]);
                 }
