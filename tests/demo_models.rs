@@ -47,8 +47,8 @@ fn held_out(item: &Item) -> bool {
 }
 
 /// The pairs file `demo_clip` writes (same function), for scripts/train_clip.py.
-fn write_pairs(items: &[Item], path: &Path) {
-    let batch = mmboundary::stages::demo_clip::pairs_batch(items).unwrap();
+fn write_pairs(items: &[Item], path: &Path, patch: u32) {
+    let batch = mmboundary::stages::demo_clip::pairs_batch(items, patch).unwrap();
     let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
@@ -164,7 +164,7 @@ fn fast_clip() -> &'static Trained {
         let dir = tempfile::tempdir().unwrap();
         let items = items(FAST_ITEMS, 7);
         let pairs = dir.path().join("pairs.parquet");
-        write_pairs(&items, &pairs);
+        write_pairs(&items, &pairs, 16);
         let out = dir.path().join("clip");
         let summary = train_clip(&pairs, &out, &["--seed", "0", "--epochs", "8"]);
         eprintln!("train_clip: {summary}");
@@ -194,6 +194,47 @@ fn small_clip_prefers_true_captions_over_one_wrong_attribute() {
     let long = "a large red circle ".repeat(40);
     let ids = t.clip.text.token_ids(&[long.as_str()]).unwrap();
     assert_eq!(ids[0].len(), 77);
+}
+
+/// The shipped image tower's two options (`stages/demo_clip.toml`: a convolutional stem, the dense loss on
+/// each patch's object attributes) train and export: ONNX Runtime's retrieval accuracy equals what PyTorch
+/// measured before export, over the 12 × 12 patch tokens of the stem; and the loss refuses pairs without
+/// their `attributes` column.
+#[test]
+fn stem_clip_with_attribute_loss_exports_what_pytorch_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let items = items(300, 7);
+    let pairs = dir.path().join("pairs.parquet");
+    write_pairs(&items, &pairs, 8);
+    let out = dir.path().join("clip");
+    let args = ["--seed", "0", "--epochs", "2", "--patch-size", "8", "--stem-channels", "8", "--attribute-weight", "1"];
+    let s = train_clip(&pairs, &out, &args);
+    eprintln!("train_clip: {s}");
+    assert!(s["final_attribute_loss"].as_f64().is_some_and(f64::is_finite), "{s}");
+    let clip = Clip::load(&out, &opts()).unwrap();
+    let (acc_ort, n) = retrieval_accuracy(&clip, &items);
+    assert_eq!(n as u64, s["heldout_pairs"].as_u64().unwrap());
+    let acc_py = s["heldout_retrieval_accuracy"].as_f64().unwrap();
+    assert!((acc_ort - acc_py).abs() <= 0.01, "ORT {acc_ort} vs PyTorch {acc_py}");
+    let one: Vec<&Item> = items.iter().take(1).collect();
+    assert_eq!(clip.image.encode_pixels(&pixels(&clip, &one), 1).unwrap().tokens, 1 + 144);
+    // CLIPModel cannot hold the stem: no half-right Hugging Face folder is written.
+    assert!(!out.join("hf/model.safetensors").exists());
+
+    let batch = mmboundary::stages::demo_clip::pairs_batch(&items, 8).unwrap();
+    let without = batch.project(&[0, 1, 2, 3, 4]).unwrap();
+    let bare = dir.path().join("bare.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&bare).unwrap(), without.schema(), None).unwrap();
+    w.write(&without).unwrap();
+    w.close().unwrap();
+    let o = std::process::Command::new(python())
+        .arg(root().join("scripts/train_clip.py"))
+        .args(["--pairs".as_ref(), bare.as_os_str(), "--out".as_ref(), dir.path().join("bare").as_os_str()])
+        .args(["--epochs", "1", "--attribute-weight", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs the pairs' `attributes` column"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// The demo MLLM's mechanics in CI time: a short SFT run on the reference chains lowers the loss, the
@@ -248,11 +289,13 @@ fn demo_mllm_answers_easy_scenes_better_than_hard_ones() {
     let dir = tempfile::tempdir().unwrap();
     let all = items(n, 11);
     let pairs = dir.path().join("pairs.parquet");
-    write_pairs(&all, &pairs);
+    let stage = mmboundary::stages::demo_clip::DemoClipParams::default();
+    write_pairs(&all, &pairs, stage.patch_size);
     let clip_dir = dir.path().join("clip");
-    // DEMO_CLIP_ARGS: extra train_clip.py arguments, e.g. "--epochs 30 --lr 1e-2 --patch-size 16".
+    // As the stage trains it; DEMO_CLIP_ARGS: extra train_clip.py arguments, e.g. "--epochs 30 --lr 1e-2".
     let clip_args = std::env::var("DEMO_CLIP_ARGS").unwrap_or_default();
-    let mut args: Vec<&str> = vec!["--seed", "0", "--epochs", "8", "--patch-size", "8"];
+    let stage_args = stage.script_args();
+    let mut args: Vec<&str> = stage_args.iter().map(String::as_str).collect();
     args.extend(clip_args.split_whitespace());
     let summary = train_clip(&pairs, &clip_dir, &args);
     let clip = Clip::load(&clip_dir, &opts()).unwrap();
@@ -360,7 +403,7 @@ fn diagnose(model: &DemoModel, clip: &Clip, held: &[&Item], train: &[&Item]) {
 fn write_pairs_for_manual_runs() {
     let path = PathBuf::from(std::env::var("DEMO_PAIRS").expect("DEMO_PAIRS=output path"));
     let n: usize = std::env::var("DEMO_ITEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(FAST_ITEMS);
-    write_pairs(&items(n, 7), &path);
+    write_pairs(&items(n, 7), &path, mmboundary::stages::demo_clip::DemoClipParams::default().patch_size);
 }
 
 /// The MLLM half alone, on a CLIP folder made by hand with scripts/train_clip.py (for tuning runs):
@@ -507,9 +550,11 @@ fn demo_mllm_image_use() {
         Some(d) => PathBuf::from(d),
         None => {
             let pairs = tmp.path().join("pairs.parquet");
-            write_pairs(&all, &pairs);
+            let stage = mmboundary::stages::demo_clip::DemoClipParams::default();
+            write_pairs(&all, &pairs, stage.patch_size);
             let out = tmp.path().join("clip");
-            let s = train_clip(&pairs, &out, &["--seed", "0", "--epochs", "8", "--patch-size", "8"]);
+            let args = stage.script_args();
+            let s = train_clip(&pairs, &out, &args.iter().map(String::as_str).collect::<Vec<_>>());
             println!("CLIP: {s}");
             out
         }

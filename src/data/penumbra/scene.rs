@@ -198,6 +198,46 @@ pub struct Scene {
     pub noise_seed: u64,
 }
 
+impl Scene {
+    /// For each `patch` × `patch` block of the image (row-major, as a ViT's patch grid), the index in
+    /// `objects` of the object that shows in most of its pixels (later objects drawn on top), if it shows
+    /// in at least a quarter of them; None for background. Dense labels for training an image tower.
+    pub fn patch_owners(&self, patch: u32) -> Result<Vec<Option<usize>>, String> {
+        if patch == 0 || self.width % patch != 0 || self.height % patch != 0 {
+            return Err(format!("a {}×{} image does not split into {patch}-pixel patches", self.width, self.height));
+        }
+        let mut owner = vec![usize::MAX; (self.width * self.height) as usize];
+        for (k, o) in self.objects.iter().enumerate() {
+            let (x0, x1, y0, y1) = o.bbox(self.width, self.height);
+            for py in y0..y1 {
+                for px in x0..x1 {
+                    if o.covers(px, py) {
+                        owner[(py * self.width + px) as usize] = k;
+                    }
+                }
+            }
+        }
+        let (cols, rows) = (self.width / patch, self.height / patch);
+        let mut out = Vec::with_capacity((cols * rows) as usize);
+        for r in 0..rows {
+            for c in 0..cols {
+                let mut counts = vec![0u32; self.objects.len()];
+                for py in r * patch..(r + 1) * patch {
+                    for px in c * patch..(c + 1) * patch {
+                        if let Some(n) = counts.get_mut(owner[(py * self.width + px) as usize]) {
+                            *n += 1;
+                        }
+                    }
+                }
+                // The most pixels; the topmost (later) object on a tie (max_by_key keeps the last maximum).
+                let best = counts.iter().enumerate().max_by_key(|(_, &n)| n);
+                out.push(best.filter(|(_, &n)| 4 * n >= patch * patch).map(|(k, _)| k));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Horizontal and vertical relations, with a margin below which a relation is not asserted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -526,4 +566,44 @@ pub fn unique_description(objects: &[Object], target: usize, exclude: Option<Att
         .filter(|attrs| exclude.is_none_or(|e| !attrs.contains(&e)))
         .map(|attrs| Desc::of(o, attrs))
         .find(|d| objects.iter().filter(|x| d.matches(x)).count() == 1)
+}
+
+#[cfg(test)]
+mod patch_tests {
+    use super::*;
+
+    fn square(id: usize, x: f32, y: f32, radius: f32) -> Object {
+        let (shape, color, size, texture) = (Shape::Square, Color::Red, Size::Small, Texture::Solid);
+        Object { id, shape, color, size, texture, x, y, radius, visible_fraction: 1.0 }
+    }
+
+    #[test]
+    fn patches_are_owned_by_the_object_showing_in_most_of_their_pixels() {
+        // 8 × 8 image, 4-pixel patches (2 × 2 grid). A square of half-side 0.85 · 4 = 3.4 centred at (4, 4)
+        // covers pixel centres 1.5 … 6.5 on both axes: pixels 1–6, i.e. 3 × 3 = 9 of each patch's 16 (≥ 4).
+        let mut scene = Scene {
+            width: 8,
+            height: 8,
+            style: Style::Plain,
+            level: 0,
+            objects: vec![square(0, 4.0, 4.0, 4.0)],
+            noise_sigma: 0.0,
+            blur_sigma: 0.0,
+            contrast: 1.0,
+            noise_seed: 0,
+        };
+        assert_eq!(scene.patch_owners(4).unwrap(), vec![Some(0); 4]);
+        // A second square drawn on top in the bottom-right patch (centre (6, 6), half-side 0.85: pixels 5–6,
+        // 2 × 2 = 4 of the patch's 16, where object 0 keeps 9 − 4 = 5): object 0 keeps it.
+        scene.objects.push(square(1, 6.0, 6.0, 1.0));
+        assert_eq!(scene.patch_owners(4).unwrap(), vec![Some(0), Some(0), Some(0), Some(0)]);
+        // Half-side 0.85 · 3 = 2.55 at (6, 6): pixels 3–7 (centres 3.5 … 7.5 within 3.45 … 8.55), the whole
+        // bottom-right patch: object 1 owns it; it takes 4 pixels of each neighbour, where object 0 keeps more.
+        scene.objects[1] = square(1, 6.0, 6.0, 3.0);
+        assert_eq!(scene.patch_owners(4).unwrap(), vec![Some(0), Some(0), Some(0), Some(1)]);
+        // A lone 2 × 2 square (4 of 16 pixels) owns its patch; nothing else is drawn: background elsewhere.
+        scene.objects = vec![square(0, 2.0, 6.0, 1.2)];
+        assert_eq!(scene.patch_owners(4).unwrap(), vec![None, None, Some(0), None]);
+        assert!(scene.patch_owners(3).unwrap_err().contains("does not split into 3-pixel patches"));
+    }
 }
