@@ -285,11 +285,18 @@ mod tests {
     fn signal_aurocs_per_chain_level_are_the_hand_counted_ones() {
         let f = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
         let split: ArrayRef = Arc::new(StringArray::from(vec!["train", "train", "train", "train", "val", "val"]));
-        let correct: ArrayRef = Arc::new(BooleanArray::from(vec![Some(true), Some(true), Some(false), Some(false), Some(true), Some(false)]));
+        let correct: ArrayRef =
+            Arc::new(BooleanArray::from(vec![Some(true), Some(true), Some(false), Some(false), Some(true), Some(false)]));
         // Perception pairs right row 0 with wrong row 3, reasoning right row 1 with wrong row 2; val's wrong
         // sentence has no level.
-        let level: ArrayRef =
-            Arc::new(StringArray::from(vec![Some("perception"), Some("reasoning"), Some("reasoning"), Some("perception"), Some("perception"), None]));
+        let level: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("perception"),
+            Some("reasoning"),
+            Some("reasoning"),
+            Some("perception"),
+            Some("perception"),
+            None,
+        ]));
         let levels = RecordBatch::try_from_iter([
             ("split", split),
             ("lnlp", f(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6])),

@@ -85,7 +85,8 @@ pub fn object_probes(items: &[Item], features: &RecordBatch) -> anyhow::Result<O
             entry.1.push(o);
         }
     }
-    let (train_x, train_objects) = by_split.remove("train").ok_or_else(|| anyhow::anyhow!("no train-split objects to fit the probes on"))?;
+    let (train_x, train_objects) =
+        by_split.remove("train").ok_or_else(|| anyhow::anyhow!("no train-split objects to fit the probes on"))?;
     anyhow::ensure!(!train_x.is_empty(), "no train-split object is at least {MIN_VISIBLE} visible");
     let mut out = Vec::new();
     for attribute in ATTRIBUTES {
@@ -200,7 +201,11 @@ mod tests {
             // Off the diagonal, so that swapped coordinates read another token.
             item("v1", "val", vec![object(Color::Blue, Shape::Triangle, 24.0, 8.0, 1.0)]),
             // The hexagon is mostly hidden: left out, whatever its token says.
-            item("v2", "val", vec![object(Color::Red, Shape::Circle, 8.0, 24.0, 1.0), object(Color::Green, Shape::Hexagon, 24.0, 8.0, 0.3)]),
+            item(
+                "v2",
+                "val",
+                vec![object(Color::Red, Shape::Circle, 8.0, 24.0, 1.0), object(Color::Green, Shape::Hexagon, 24.0, 8.0, 0.3)],
+            ),
         ];
         let f = features(&[
             ("t1", vec![(2, red)]),

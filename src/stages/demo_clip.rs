@@ -2,10 +2,10 @@
 //! (with one-wrong-attribute hard negatives) by `scripts/train_clip.py` (the venv's torch), exported to ONNX
 //! by the same script as any real CLIP, and then used only through ONNX Runtime. No CLIP weights can be
 //! had on these machines; this makes CLIPScore measure real image–text agreement on the benchmark.
+use crate::data::penumbra::Scene;
 use crate::data::{items_from_record_batch, Item};
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::store::ArtifactKind;
-use crate::data::penumbra::Scene;
 use arrow::array::{ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;

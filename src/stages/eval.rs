@@ -368,7 +368,6 @@ struct Judged {
     answer_correct: f64,
 }
 
-
 fn level_of(name: &str) -> Option<ChainLevel> {
     match name {
         "perception" => Some(ChainLevel::Perception),
