@@ -21,18 +21,23 @@ pub struct Features {
 
 impl Features {
     pub fn from_batch(b: &RecordBatch) -> Result<Self> {
-        let col = |n: &str| b.column_by_name(n).ok_or_else(|| JobError::column("features artifact", n));
-        let ids = col("item_id")?.as_string::<i32>();
-        let n_p = col("n_patches")?.as_primitive::<UInt32Type>();
-        let dims = col("dim")?.as_primitive::<UInt32Type>();
-        let patches = col("patches")?.as_list::<i32>();
+        const TABLE: &str = "features artifact";
+        let col = |n: &str| b.column_by_name(n).ok_or_else(|| JobError::column(TABLE, n));
+        let wrong = |n: &str, t: &str| JobError::stage(TABLE, format!("column `{n}` is not {t}"));
+        let ids = col("item_id")?.as_string_opt::<i32>().ok_or_else(|| wrong("item_id", "a string column"))?;
+        let n_p = col("n_patches")?.as_primitive_opt::<UInt32Type>().ok_or_else(|| wrong("n_patches", "UInt32"))?;
+        let dims = col("dim")?.as_primitive_opt::<UInt32Type>().ok_or_else(|| wrong("dim", "UInt32"))?;
+        let patches = col("patches")?.as_list_opt::<i32>().ok_or_else(|| wrong("patches", "a list column"))?;
         let mut rows = HashMap::with_capacity(ids.len());
         for i in 0..ids.len() {
             let v = patches.value(i);
-            rows.insert(
-                ids.value(i).to_string(),
-                (n_p.value(i) as i64, dims.value(i) as i64, v.as_primitive::<Float32Type>().values().to_vec()),
-            );
+            let v = v.as_primitive_opt::<Float32Type>().ok_or_else(|| wrong("patches", "a list of Float32"))?.values();
+            let (n, d) = (n_p.value(i) as i64, dims.value(i) as i64);
+            // Checked here: a tensor view of the wrong size would panic in libtorch.
+            if v.len() as i64 != n * d {
+                return Err(JobError::item(ids.value(i), format!("{} feature values for {n} patches × {d}", v.len())));
+            }
+            rows.insert(ids.value(i).to_string(), (n, d, v.to_vec()));
         }
         Ok(Self { rows })
     }
@@ -240,8 +245,44 @@ pub fn overlay_params<T: serde::Serialize + serde::de::DeserializeOwned + Defaul
 
 #[cfg(test)]
 mod tests {
-    use super::Prompter;
+    use super::{Features, Prompter};
+    use arrow::array::{ArrayRef, Float32Array, ListArray, StringArray, UInt32Array};
+    use arrow::datatypes::{DataType, Field};
+    use arrow::record_batch::RecordBatch;
     use std::str::FromStr;
+    use std::sync::Arc;
+
+    /// A features table of one item `a` with 2 patches of dim 2, `dim` given as `dims`.
+    fn features(dims: ArrayRef, values: Vec<f32>) -> RecordBatch {
+        let field = Arc::new(Field::new("item", DataType::Float32, false));
+        let n = values.len() as i32;
+        let list = ListArray::new(field, arrow::buffer::OffsetBuffer::new(vec![0, n].into()), Arc::new(Float32Array::from(values)), None);
+        RecordBatch::try_from_iter([
+            ("item_id", Arc::new(StringArray::from(vec!["a"])) as ArrayRef),
+            ("n_patches", Arc::new(UInt32Array::from(vec![2])) as ArrayRef),
+            ("dim", dims),
+            ("patches", Arc::new(list) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn features_are_read_by_item_and_bad_tables_are_named() {
+        let f = Features::from_batch(&features(Arc::new(UInt32Array::from(vec![2])), vec![1., 2., 3., 4.])).unwrap();
+        let (n, t) = f.tensor("a").unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(t.size(), [2, 2]);
+        assert_eq!(Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(), [1., 2., 3., 4.]);
+        assert!(f.tensor("b").unwrap_err().to_string().contains("item b: no CLIP features"));
+        // A column of the wrong type is named, not a panic.
+        let e = Features::from_batch(&features(Arc::new(StringArray::from(vec!["2"])), vec![1., 2., 3., 4.]));
+        let e = e.err().expect("a string `dim` column is refused").to_string();
+        assert!(e.contains("features artifact: column `dim` is not UInt32"), "{e}");
+        // Values that are not n_patches × dim are refused with the item named.
+        let e = Features::from_batch(&features(Arc::new(UInt32Array::from(vec![2])), vec![1., 2., 3.]));
+        let e = e.err().expect("3 values for 2 × 2 are refused").to_string();
+        assert!(e.contains("item a: 3 feature values for 2 patches × 2"), "{e}");
+    }
 
     /// Word-level ids: [UNK] 0, q 1, a 2, <vs> 3, <ve> 4 (the image token is 9).
     fn tokenizer() -> tokenizers::Tokenizer {

@@ -60,12 +60,11 @@ pub fn object_probes(items: &[Item], features: &RecordBatch) -> anyhow::Result<O
         return Ok(None);
     }
     let col = |n: &str| features.column_by_name(n).ok_or_else(|| anyhow::anyhow!("features have no column `{n}`"));
-    let (ids, n_p, dims, patches) = (
-        col("item_id")?.as_string::<i32>(),
-        col("n_patches")?.as_primitive::<UInt32Type>(),
-        col("dim")?.as_primitive::<UInt32Type>(),
-        col("patches")?.as_list::<i32>(),
-    );
+    let wrong = |n: &str, t: &str| anyhow::anyhow!("features column `{n}` is not {t}");
+    let ids = col("item_id")?.as_string_opt::<i32>().ok_or_else(|| wrong("item_id", "a string column"))?;
+    let n_p = col("n_patches")?.as_primitive_opt::<UInt32Type>().ok_or_else(|| wrong("n_patches", "UInt32"))?;
+    let dims = col("dim")?.as_primitive_opt::<UInt32Type>().ok_or_else(|| wrong("dim", "UInt32"))?;
+    let patches = col("patches")?.as_list_opt::<i32>().ok_or_else(|| wrong("patches", "a list column"))?;
     let row_of: HashMap<&str, usize> = (0..ids.len()).map(|i| (ids.value(i), i)).collect();
     // Per split: (token, object) pairs.
     let mut by_split: BTreeMap<String, (Vec<Vec<f32>>, Vec<&Object>)> = BTreeMap::new();
@@ -75,7 +74,7 @@ pub fn object_probes(items: &[Item], features: &RecordBatch) -> anyhow::Result<O
         let side = (n as f64).sqrt().round() as usize;
         anyhow::ensure!(side * side == n, "features of item {}: {n} patch tokens are not a square grid", it.id);
         let values = patches.value(r);
-        let values = values.as_primitive::<Float32Type>().values();
+        let values = values.as_primitive_opt::<Float32Type>().ok_or_else(|| wrong("patches", "a list of Float32"))?.values();
         anyhow::ensure!(values.len() == n * d, "features of item {}: {} values for {n} × {d} patches", it.id, values.len());
         let entry = by_split.entry(it.split.clone()).or_default();
         for o in scene.objects.iter().filter(|o| o.visible_fraction >= MIN_VISIBLE) {
@@ -237,5 +236,12 @@ mod tests {
         let items = vec![item("t1", "train", vec![object(Color::Red, Shape::Circle, 8.0, 24.0, 1.0)])];
         let e = object_probes(&items, &features(&[("other", vec![])])).unwrap_err().to_string();
         assert!(e.contains("features have no row for item t1"), "{e}");
+        // A column of the wrong type is named, not a panic.
+        let f = features(&[("t1", vec![])]);
+        let dims: ArrayRef = Arc::new(StringArray::from(vec!["2"]));
+        let bad = RecordBatch::try_from_iter([("item_id", f.column(0).clone()), ("n_patches", f.column(1).clone()), ("dim", dims)])
+            .unwrap();
+        let e = object_probes(&items, &bad).unwrap_err().to_string();
+        assert!(e.contains("features column `dim` is not UInt32"), "{e}");
     }
 }
