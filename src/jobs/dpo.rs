@@ -22,7 +22,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     {
         let (prompter, by_id) = (t.prompter(), t.items_by_id());
         let response = |text: &str| -> Result<Vec<i64>> {
-            let mut r = prompter.encode(&format!(" {text}"))?;
+            let mut r = prompter.response(text)?;
             r.extend(t.eos);
             Ok(r)
         };

@@ -194,6 +194,18 @@ impl<'a> Prompter<'a> {
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
+    /// A target response's ids as they follow this prompt, the way the model's own generations begin:
+    /// right after a template that ends its turn with a newline (the demo's and Qwen2-VL's chat formats
+    /// end on "assistant\n"), after a space when it ends on a word (LLaVA-1.5's "ASSISTANT:"). A space
+    /// there would teach a first token (" There") the base model never starts with.
+    pub fn response(&self, text: &str) -> Result<Vec<i64>> {
+        let (_, after) = render_prompt_with(self.template, "", &[], self.instruction);
+        match after.ends_with(char::is_whitespace) || text.starts_with(char::is_whitespace) {
+            true => self.encode(text),
+            false => self.encode(&format!(" {text}")),
+        }
+    }
+
     pub fn prompt(&self, question: &str, choices: &[String], n_patches: i64) -> Result<Vec<i64>> {
         let (before, after) = render_prompt_with(self.template, question, choices, self.instruction);
         let mut ids = self.encode(&before)?;
@@ -311,5 +323,28 @@ mod tests {
         let asked = Prompter { template: "{image} q {options}", ..plain }.with_instruction(Some("a"));
         assert_eq!(asked.prompt("", &["q".into()], 1).unwrap(), [9, 1, 0, 0, 0, 1, 2]);
         // "(", "A", ")" are unknown
+    }
+
+    /// Word-level ids keep the space visible: a tokenizer whose pre-tokenizer splits on whitespace but
+    /// keeps it (ByteLevel-like), so " a" and "a" differ.
+    fn spaced_tokenizer() -> tokenizers::Tokenizer {
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithNext", "invert": false},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, " a": 2, "b": 3, " b": 4}, "unk_token": "[UNK]"}
+        });
+        tokenizers::Tokenizer::from_str(&json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_response_starts_as_the_models_own_generations_do() {
+        let tok = spaced_tokenizer();
+        let prompter = |template| Prompter { tok: &tok, image_token: 9, template, delimiters: (None, None), instruction: None };
+        // After a turn that ends with a newline (the demo's and Qwen2-VL's chat formats): no space.
+        assert_eq!(prompter("{image} q<|im_start|>assistant\n").response("a b").unwrap(), [1, 4]);
+        // After one that ends on a word (LLaVA-1.5's "ASSISTANT:"): a space, once.
+        assert_eq!(prompter("USER: {image} q ASSISTANT:").response("a b").unwrap(), [2, 4]);
+        assert_eq!(prompter("USER: {image} q ASSISTANT:").response(" a b").unwrap(), [2, 4]);
     }
 }

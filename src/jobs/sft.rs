@@ -29,7 +29,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
             }
             let (n, feat) = &cache[&it.id];
             let (n, feat) = (*n, feat.iter().map(|t| t.shallow_clone()).collect());
-            let mut response = prompter.encode(&format!(" {}", targets.value(r)))?;
+            let mut response = prompter.response(targets.value(r))?;
             response.extend(t.eos);
             examples.push(SftExample { prompt: prompter.prompt(&it.question, &it.choices, n)?, response, images: feat });
         }

@@ -64,8 +64,10 @@ impl Stage for SftStage {
     fn name(&self) -> &str {
         "sft"
     }
+    /// 2: a target follows the prompt as the model's own generations do (`Prompter::response`: no space
+    /// after a turn that ends with a newline).
     fn code_version(&self) -> &str {
-        "1"
+        "2"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
