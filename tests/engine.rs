@@ -571,3 +571,74 @@ fn to_run_names_the_stages_a_run_would_start_and_no_up_to_date_one() {
     assert!(p.to_run(&store, &opts(None, &["nope"])).is_err());
     assert_eq!(["source", "scale", "side", "sum"].map(|s| c.get(s)), [1, 1, 1, 1]);
 }
+
+/// A stage's input of the wrong shape (an import, a file made by hand) is an error naming the stage, the
+/// input, the file, the column and both types, before any column is read; a list whose items another
+/// Arrow writer named differently (`element`) is the same type.
+#[test]
+fn an_input_of_the_wrong_shape_is_named_not_a_panic() {
+    use arrow::array::{new_empty_array, ArrayRef};
+    use mmboundary::stages::bin::{BinParams, BinStage};
+    use mmboundary::stages::score::scored_schema;
+
+    /// `score`'s `scored` table with one column's type changed.
+    struct Scored(&'static str, DataType);
+    impl Stage for Scored {
+        fn name(&self) -> &str {
+            "score"
+        }
+        fn code_version(&self) -> &str {
+            "1"
+        }
+        fn inputs(&self) -> Vec<InputSpec> {
+            Vec::new()
+        }
+        fn outputs(&self) -> Vec<String> {
+            vec!["scored".into()]
+        }
+        fn params(&self) -> serde_json::Value {
+            serde_json::json!({ "column": self.0, "type": self.1.to_string() })
+        }
+        fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
+            let fields: Vec<Field> = scored_schema()
+                .fields()
+                .iter()
+                .map(|f| if f.name() == self.0 { Field::new(f.name(), self.1.clone(), true) } else { f.as_ref().clone() })
+                .collect();
+            let schema = Arc::new(Schema::new(fields));
+            let columns: Vec<ArrayRef> = schema.fields().iter().map(|f| new_empty_array(f.data_type())).collect();
+            ctx.write_table("scored", schema.clone(), &[RecordBatch::try_new(schema, columns)?], None)?;
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("artifacts")).unwrap();
+    let run = |scored: Scored| {
+        let stages: Vec<Box<dyn Stage>> = vec![Box::new(scored), Box::new(BinStage { params: BinParams::default() })];
+        Pipeline::new(stages).unwrap().run(&store, &RunOptions::default()).unwrap_err().to_string()
+    };
+    let e = run(Scored("lnlp", DataType::Utf8));
+    assert!(e.contains("stage `bin`, input `scored`: "), "{e}");
+    assert!(e.contains(".parquet: column `lnlp`: expected Float64, found Utf8"), "{e}");
+    let e = run(Scored("split", DataType::Int64));
+    assert!(e.contains("column `split`: expected Utf8, found Int64"), "{e}");
+    // Past the check, bin refuses an empty table: the schema was accepted.
+    let e = run(Scored("lnlp", DataType::Float64));
+    assert!(e.contains("no scored sentences"), "{e}");
+
+    // The items of a list are the same type whatever their field is named.
+    let table = |item: &str| {
+        let schema = Schema::new(vec![Field::new("x", DataType::List(Arc::new(Field::new(item, DataType::Float32, true))), false)]);
+        let path = dir.path().join(format!("{item}.parquet"));
+        let batch = RecordBatch::try_new(Arc::new(schema.clone()), vec![new_empty_array(schema.field(0).data_type())]).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        mmboundary::store::read_parquet(&path, mmboundary::store::ArtifactId::parse(&"0".repeat(64)).unwrap()).unwrap()
+    };
+    let want = Schema::new(vec![Field::new("x", DataType::List(Arc::new(Field::new("item", DataType::Float32, true))), false)]);
+    mmboundary::store::expect_schema(&table("element"), &want).unwrap();
+    let strings = Schema::new(vec![Field::new("x", DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), false)]);
+    let e = mmboundary::store::expect_schema(&table("element"), &strings).unwrap_err().to_string();
+    assert!(e.contains("column `x`: expected List(Utf8), found List(Float32, field: 'element')"), "{e}");
+}

@@ -1,5 +1,5 @@
 use crate::store::{ArtifactId, ArtifactKind, Lineage, Store, StoreError, Table};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -92,6 +92,15 @@ impl<'a> StageContext<'a> {
     pub fn input_table(&self, name: &str) -> anyhow::Result<Table> {
         let (id, _) = self.input(name)?;
         Ok(self.store.read_table(id)?)
+    }
+
+    /// Reads a Parquet input as [`Self::input_table`] and checks that it has every column of `schema`
+    /// (its producing stage's), each of its type: a table of another shape (an import, a file made by
+    /// hand) is an error naming the file, the column and the types, not a panic where the column is read.
+    pub fn input_table_as(&self, name: &str, schema: &Schema) -> anyhow::Result<Table> {
+        let table = self.input_table(name)?;
+        crate::store::expect_schema(&table, schema).map_err(|e| anyhow::anyhow!("stage `{}`, input `{name}`: {e}", self.stage))?;
+        Ok(table)
     }
 
     /// A folder input (a tar artifact, e.g. a model folder), extracted once under `artifacts/cache/`.

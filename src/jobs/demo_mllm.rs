@@ -19,7 +19,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let pool = mmboundary::confidence::statements::StatementPool::from_toml(&pool_text, &p.pool.display().to_string())?;
     tp.extra_vocabulary.extend(pool.level.iter().flat_map(|l| l.statements.iter().cloned()));
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-    let feats_batch = ctx.input_table("features")?.concat()?;
+    let feats_batch = ctx.input_table_as("features", &mmboundary::stages::features::features_schema())?.concat()?;
     let feats = Features::from_batch(&feats_batch)?;
     let dims = feats_batch.column_by_name("dim").ok_or_else(|| JobError::column("features artifact", "dim"))?;
     if dims.is_empty() {

@@ -14,7 +14,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let p: DpoStageParams = ctx.params()?;
     let tp = super::inputs::overlay_params::<DpoParams>(&p.trainer, "dpo.trainer")?;
     let mut t = Trainable::load(ctx, "dpo", &p.mllm())?;
-    let pairs = ctx.input_table("pairs")?.concat()?;
+    let pairs = ctx.input_table_as("pairs", &mmboundary::stages::csr_pairs::pairs_schema())?.concat()?;
     let col = |n: &str| pairs.column_by_name(n).ok_or_else(|| JobError::column("csr_pairs' pairs", n));
     let (ids, chosen, rejected) =
         (col("item_id")?.as_string::<i32>(), col("chosen")?.as_string::<i32>(), col("rejected")?.as_string::<i32>());

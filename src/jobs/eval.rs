@@ -16,7 +16,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let policy::ModelRun { dir: model_dir, device, dtype } = policy::ModelRun::resolve(ctx, "eval", &p.mllm())?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-    let features = ctx.input_table("features")?.concat()?;
+    let features = ctx.input_table_as("features", &mmboundary::stages::features::features_schema())?.concat()?;
     let chosen = mmboundary::stages::eval::selection(&items, &p.splits, p.limit);
     if let Some(note) = chosen.note() {
         eprintln!("{note}");

@@ -5,6 +5,7 @@ use mllm::family::Mllm;
 use mllm::generate::{generate_multimodal, GenerationParams};
 use mmboundary::data::items_from_record_batch;
 use mmboundary::engine::{item_seed, StageContext};
+use mmboundary::stages::features::features_schema;
 use mmboundary::stages::generate::{chains_batch, chains_schema, ChainRow, GenerateParams};
 
 pub fn run(ctx: &StageContext) -> Result<()> {
@@ -13,7 +14,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let (_vs, model) = Mllm::load(&model_dir, device, dtype)?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-    let images = ImageInputs::new(&model, &model_dir, &ctx.input_table("features")?.concat()?)?;
+    let images = ImageInputs::new(&model, &model_dir, &ctx.input_table_as("features", &features_schema())?.concat()?)?;
     let template = super::inputs::prompt_template(&p.model, &p.prompt, &model_dir, model.image_token_id())?;
     let prompter = Prompter::new(&tok, &model, &template);
 

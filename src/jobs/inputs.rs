@@ -8,6 +8,7 @@ use mllm::family::Mllm;
 use mmboundary::data::Item;
 use mmboundary::encoders::llava_next_image::LlavaNextImageProcessor;
 use mmboundary::encoders::qwen2_vl_image::Qwen2VlImageProcessor;
+use mmboundary::stages::features::features_schema;
 use mmboundary::stages::generate::render_prompt_with;
 use mmboundary::stages::models::ModelSettings;
 use std::collections::HashMap;
@@ -146,7 +147,7 @@ impl Trainable {
         let eos = m.text_model().cfg.eos_token_ids().first().copied();
         let template = prompt_template(settings.model, settings.prompt, &model_dir, m.image_token_id())?;
         let items = mmboundary::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-        let images = ImageInputs::new(&m, &model_dir, &ctx.input_table("features")?.concat()?)?;
+        let images = ImageInputs::new(&m, &model_dir, &ctx.input_table_as("features", &features_schema())?.concat()?)?;
         Ok(Self { vs, model: m, tok, eos, template, items, images })
     }
 

@@ -60,7 +60,7 @@ impl Iteration {
 
         let all = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
         let items: Vec<Item> = iteration_items(&all, &p, k)?.into_iter().cloned().collect();
-        let features = ctx.input_table("features")?.concat()?;
+        let features = ctx.input_table_as("features", &mmboundary::stages::features::features_schema())?.concat()?;
         Ok(Self { k, p, tp, model_dir, device, dtype, tok, items, prompts: vec![], features })
     }
 
@@ -281,7 +281,7 @@ fn checkpoint_meta(pol: &Policy, tp: &PpoParams, iterations: usize) -> Result<Ha
 
 /// Iteration k's rollouts as update_k trains on them: (prompt index, tokens) and the placed rewards.
 fn read_rollouts(ctx: &StageContext, it: &Iteration) -> Result<(Vec<(usize, Vec<i64>)>, Vec<Score>)> {
-    let t = ctx.input_table("rollouts")?;
+    let t = ctx.input_table_as("rollouts", &mmboundary::stages::ppo::rollouts_schema())?;
     let (sampled, scores) = rollouts_for_update(&t.concat()?, &t.path.display().to_string(), &it.items, it.k)?;
     let expected = it.prompts.len() * it.tp.samples_per_prompt;
     if sampled.len() != expected {

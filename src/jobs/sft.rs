@@ -14,7 +14,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let p: SftStageParams = ctx.params()?;
     let tp = super::inputs::overlay_params::<SftParams>(&p.trainer, "sft.trainer")?;
     let mut t = Trainable::load(ctx, "sft", &p.mllm())?;
-    let data = ctx.input_table("sft_data")?.concat()?;
+    let data = ctx.input_table_as("sft_data", &mmboundary::stages::map::sft_schema())?.concat()?;
     let ids = data.column_by_name("item_id").ok_or_else(|| JobError::column("sft_data", "item_id"))?.as_string::<i32>();
     let targets = data.column_by_name("target").ok_or_else(|| JobError::column("sft_data", "target"))?.as_string::<i32>();
     let mut examples = Vec::with_capacity(data.num_rows());

@@ -239,8 +239,8 @@ mod tests {
         // A column of the wrong type is named, not a panic.
         let f = features(&[("t1", vec![])]);
         let dims: ArrayRef = Arc::new(StringArray::from(vec!["2"]));
-        let bad = RecordBatch::try_from_iter([("item_id", f.column(0).clone()), ("n_patches", f.column(1).clone()), ("dim", dims)])
-            .unwrap();
+        let bad =
+            RecordBatch::try_from_iter([("item_id", f.column(0).clone()), ("n_patches", f.column(1).clone()), ("dim", dims)]).unwrap();
         let e = object_probes(&items, &bad).unwrap_err().to_string();
         assert!(e.contains("features column `dim` is not UInt32"), "{e}");
     }

@@ -5,7 +5,7 @@ use crate::confidence::levels::{FusionParams, LevelModel, SignalScores};
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::store::ArtifactKind;
 use arrow::array::{ArrayRef, AsArray, Float64Builder, UInt8Builder};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ impl Stage for BinStage {
         serde_json::to_value(&self.params).expect("params serialize")
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
-        let scored = ctx.input_table("scored")?.concat()?;
+        let scored = ctx.input_table_as("scored", &super::score::scored_schema())?.concat()?;
         let f = |n: &str| -> anyhow::Result<Vec<f64>> {
             let c = scored.column_by_name(n).ok_or_else(|| anyhow::anyhow!("scored artifact has no column `{n}`"))?;
             Ok(c.as_primitive::<Float64Type>().values().to_vec())
@@ -64,10 +64,7 @@ impl Stage for BinStage {
             lv.append_value(s.level);
         }
         // The scored columns travel along, so a levels artifact is self-contained.
-        let mut fields: Vec<Field> = scored.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new("u_final", DataType::Float64, false));
-        fields.push(Field::new("level", DataType::UInt8, false));
-        let schema = Arc::new(Schema::new(fields));
+        let schema = with_levels(&scored.schema());
         let mut cols: Vec<ArrayRef> = scored.columns().to_vec();
         cols.push(Arc::new(u.finish()));
         cols.push(Arc::new(lv.finish()));
@@ -75,4 +72,16 @@ impl Stage for BinStage {
         ctx.write_bytes("level_model", ArtifactKind::Json, &serde_json::to_vec_pretty(&model)?)?;
         Ok(())
     }
+}
+
+/// A levels table: the scored columns, then each sentence's fused uncertainty and level.
+pub fn levels_schema() -> SchemaRef {
+    with_levels(&super::score::scored_schema())
+}
+
+fn with_levels(scored: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = scored.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("u_final", DataType::Float64, false));
+    fields.push(Field::new("level", DataType::UInt8, false));
+    Arc::new(Schema::new(fields))
 }

@@ -90,7 +90,7 @@ impl Stage for CsrPairsStage {
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&self.params.pool).map_err(|e| anyhow::anyhow!("{}: {e}", self.params.pool.display()))?;
         let pool = StatementPool::from_toml(&text, &self.params.pool.display().to_string())?;
-        let (pairs, rewards) = csr_pairs(&pool, &self.params, &ctx.input_table("scored")?.concat()?)?;
+        let (pairs, rewards) = csr_pairs(&pool, &self.params, &ctx.input_table_as("scored", &super::score::scored_schema())?.concat()?)?;
         anyhow::ensure!(
             pairs.num_rows() > 0,
             "csr_pairs: no question in splits {:?} has two chains that score differently (set generate.samples ≥ 2)",

@@ -243,7 +243,8 @@ impl Stage for EvalStage {
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let items = crate::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
-        let (chains, sentences) = (ctx.input_table("chains")?.concat()?, ctx.input_table("sentences")?.concat()?);
+        let (chains, sentences) =
+            (ctx.input_table_as("chains", &chains_schema())?.concat()?, ctx.input_table_as("sentences", &sentences_schema())?.concat()?);
         let metrics = metrics_from_rows(&items, &chains, &sentences, &self.params.metrics)?;
         ctx.write_table("metrics", metrics_schema(), &[metrics], None)?;
         Ok(())

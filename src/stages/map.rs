@@ -125,7 +125,7 @@ impl Stage for MapStage {
         let text = std::fs::read_to_string(&self.params.pool).map_err(|e| anyhow::anyhow!("{}: {e}", self.params.pool.display()))?;
         let pool = StatementPool::from_toml(&text, &self.params.pool.display().to_string())?;
         if self.params.levels_from == LevelSource::AnswerConsistency {
-            let chains = ctx.input_table("chains")?.concat()?;
+            let chains = ctx.input_table_as("chains", &super::generate::chains_schema())?.concat()?;
             let items = crate::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
             let batch = consistency_sft_data(&pool, &self.params, &items, &chains)?;
             ctx.write_table("sft_data", sft_schema(), &[batch], None)?;
@@ -135,7 +135,7 @@ impl Stage for MapStage {
             self.params.format != StatementFormat::ResponseNumeric,
             "map: format = \"response_numeric\" needs levels_from = \"answer_consistency\" (a response-level confidence)"
         );
-        let t = ctx.input_table("levels")?.concat()?;
+        let t = ctx.input_table_as("levels", &super::bin::levels_schema())?.concat()?;
         let col = |n: &str| t.column_by_name(n).ok_or_else(|| anyhow::anyhow!("levels artifact has no column `{n}`"));
         let (ids, splits, texts) = (col("item_id")?.as_string::<i32>(), col("split")?.as_string::<i32>(), col("text")?.as_string::<i32>());
         let (samples, sentence, level) = (

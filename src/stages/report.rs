@@ -2,6 +2,7 @@
 //! diagrams, stated-confidence histograms and example chains with each statement colored by whether its
 //! sentence was right; Markdown plus one self-contained HTML page, stored as a folder artifact.
 use super::judges::JudgeParams;
+use crate::data::Item;
 use crate::engine::{InputSpec, Stage, StageContext};
 use crate::metrics::bootstrap::BootstrapParams;
 use crate::metrics::calibration::{AnswerConfidence, EceParams};
@@ -178,19 +179,29 @@ impl Stage for ReportStage {
         serde_json::to_value(&self.params).expect("params serialize")
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
-        let metrics = ctx.input_table("metrics")?.concat()?;
-        let sentences = ctx.input_table("sentences")?;
-        let about = about(ctx.store(), &sentences)?;
+        let metrics = ctx.input_table_as("metrics", &super::eval::metrics_schema())?.concat()?;
+        let sentences = ctx.input_table_as("sentences", &super::eval::sentences_schema())?;
+        let items_table = ctx.input_table("items")?;
+        let items = crate::data::items_from_record_batch(&items_table.concat()?)?;
+        let about = about(ctx.store(), &sentences, Some((&items_table.id, &items)))?;
         let sentences = sentences.concat()?;
-        let (image_swap, levels) = (ctx.input_table("image_swap")?.concat()?, ctx.input_table("levels")?.concat()?);
-        let items = crate::data::items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
+        let image_swap = ctx.input_table_as("image_swap", &super::image_swap::schema())?.concat()?;
+        let levels = ctx.input_table_as("levels", &super::bin::levels_schema())?.concat()?;
         let ice_sce = match &self.params.ice_sce {
-            Some(p) => Some(super::ice_sce::table(&items, &ctx.input_table("chains")?.concat()?, &levels, p)?),
+            Some(p) => Some(super::ice_sce::table(
+                &items,
+                &ctx.input_table_as("chains", &super::generate::chains_schema())?.concat()?,
+                &levels,
+                p,
+            )?),
             None => None,
         };
         // Read only when there are scenes to probe against (a real dataset's features can be large).
         let vision = match items.iter().any(|it| it.meta.contains_key("scene")) {
-            true => crate::report::vision::object_probes(&items, &ctx.input_table("features")?.concat()?)?,
+            true => crate::report::vision::object_probes(
+                &items,
+                &ctx.input_table_as("features", &super::features::features_schema())?.concat()?,
+            )?,
             false => None,
         };
         let evidence = Evidence { image_swap: &image_swap, levels: &levels, vision: vision.as_deref() };
@@ -208,15 +219,28 @@ impl Stage for ReportStage {
 /// What the report is about, from the lineage of eval's sentences: the dataset (its items artifact, by
 /// source and split), the model (eval's `model`) and the judge (eval's, with its threshold). The items
 /// artifact is found by the id eval's lineage records, which is part of the sentences' bytes and so of
-/// this stage's key.
-pub fn about(store: &crate::store::Store, sentences: &crate::store::Table) -> anyhow::Result<String> {
+/// this stage's key. `known`: items already decoded, with their artifact's id; used when it is that one
+/// (the report's own `items` input usually is), instead of decoding the artifact a second time.
+pub fn about(
+    store: &crate::store::Store,
+    sentences: &crate::store::Table,
+    known: Option<(&crate::store::ArtifactId, &[Item])>,
+) -> anyhow::Result<String> {
     let lineage = sentences.lineage.as_ref().ok_or_else(|| anyhow::anyhow!("eval sentences {}: no lineage", sentences.id))?;
     let items_id =
         lineage.inputs.get("items").ok_or_else(|| anyhow::anyhow!("eval sentences {}: lineage names no items input", sentences.id))?;
-    let items = store.read_table(&crate::store::ArtifactId::parse(items_id)?)?.concat()?;
-    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    for it in crate::data::items_from_record_batch(&items)? {
-        *counts.entry(it.source).or_default().entry(it.split).or_default() += 1;
+    let items_id = crate::store::ArtifactId::parse(items_id)?;
+    let read;
+    let items: &[Item] = match known {
+        Some((id, items)) if *id == items_id => items,
+        _ => {
+            read = crate::data::items_from_record_batch(&store.read_table(&items_id)?.concat()?)?;
+            &read
+        }
+    };
+    let mut counts: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for it in items {
+        *counts.entry(&it.source).or_default().entry(&it.split).or_default() += 1;
     }
     let dataset = counts
         .iter()
@@ -583,7 +607,15 @@ mod tests {
                 ..Default::default()
             };
             let id = store.put_table(s.schema(), &[s], &lineage, None).unwrap();
-            about(&store, &store.read_table(&id).unwrap()).unwrap()
+            let sentences = store.read_table(&id).unwrap();
+            let header = about(&store, &sentences, None).unwrap();
+            // Items already decoded are used when they are the artifact eval read, and only then.
+            let other = [Item::new("o1", "other", "test", "?"), Item::new("o2", "other", "test", "?")];
+            let known = about(&store, &sentences, Some((&items_id, &other))).unwrap();
+            assert!(known.starts_with("Dataset: other (test 2). "), "{known}");
+            let stranger = crate::store::ArtifactId::parse(&"0".repeat(64)).unwrap();
+            assert_eq!(about(&store, &sentences, Some((&stranger, &other))).unwrap(), header);
+            header
         };
         assert_eq!(
             header("smollm2", serde_json::json!({ "decoder": "smollm2_gguf", "epochs": 1 })),

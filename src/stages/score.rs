@@ -267,12 +267,12 @@ impl Stage for ScoreStage {
     }
     fn run(&self, ctx: &StageContext) -> anyhow::Result<()> {
         let session = self.session_options();
-        let chains = ctx.input_table("chains")?.concat()?;
+        let chains = ctx.input_table_as("chains", &super::generate::chains_schema())?.concat()?;
         let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
         let question: HashMap<&str, &str> = items.iter().map(|i| (i.id.as_str(), i.question.as_str())).collect();
-        let feats = ctx.input_table("features")?.concat()?;
-        let f_ids = feats.column_by_name("item_id").expect("features schema").as_string::<i32>();
-        let f_emb = feats.column_by_name("embedding").expect("features schema").as_list::<i32>();
+        let feats = ctx.input_table_as("features", &super::features::features_schema())?.concat()?;
+        let f_ids = feats.column_by_name("item_id").expect("checked by input_table_as").as_string::<i32>();
+        let f_emb = feats.column_by_name("embedding").expect("checked by input_table_as").as_list::<i32>();
         let image_row: HashMap<&str, usize> = (0..f_ids.len()).map(|i| (f_ids.value(i), i)).collect();
 
         let (responses, texts) = chain_responses(&chains, &question)?;

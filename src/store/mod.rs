@@ -21,4 +21,4 @@ pub(crate) use error::IoContext;
 pub use error::StoreError;
 pub use lineage::{Lineage, HF_KEY, LINEAGE_KEY};
 pub use lock::StoreLock;
-pub use table::{expect_columns, read_parquet, Table};
+pub use table::{expect_columns, expect_schema, read_parquet, Table};

@@ -1,7 +1,7 @@
 use super::artifact::{ArtifactId, ArtifactKind, Store};
 use super::error::{IoContext, StoreError};
 use super::lineage::{Lineage, HF_KEY, LINEAGE_KEY};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -121,11 +121,12 @@ pub fn read_parquet(path: &Path, id: ArtifactId) -> Result<Table, StoreError> {
     Ok(Table { id, path: path.to_path_buf(), schema, batches, lineage, hf_features })
 }
 
-/// Checks that a table has the columns a reader expects, with their types.
+/// Checks that a table has the columns a reader expects, with their types (nested field names and
+/// nullability aside: another Arrow writer names a list's items `element` where we write `item`).
 pub fn expect_columns(table: &Table, expected: &[(&str, DataType)]) -> Result<(), StoreError> {
     for (name, ty) in expected {
         match table.schema.field_with_name(name) {
-            Ok(f) if f.data_type() == ty => {}
+            Ok(f) if f.data_type().equals_datatype(ty) => {}
             Ok(f) => {
                 return Err(StoreError::Schema {
                     path: table.path.clone(),
@@ -145,4 +146,11 @@ pub fn expect_columns(table: &Table, expected: &[(&str, DataType)]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Checks that a table has every column of `schema` (the one its producing stage writes), each of its
+/// type, as [`expect_columns`]; other columns may follow.
+pub fn expect_schema(table: &Table, schema: &Schema) -> Result<(), StoreError> {
+    let expected: Vec<(&str, DataType)> = schema.fields().iter().map(|f| (f.name().as_str(), f.data_type().clone())).collect();
+    expect_columns(table, &expected)
 }
