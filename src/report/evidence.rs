@@ -199,6 +199,57 @@ pub fn statements_markdown(rows: &[(String, String, StatementCount)]) -> String 
     s
 }
 
+/// A policy's stated confidence read as a signal, on one split: the sentences that carry a statement, how
+/// many the judge holds right, and the AUROC of the stated confidence for telling right sentences from wrong
+/// ones (None with one class).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementAuroc {
+    pub stated: usize,
+    pub right: usize,
+    pub auroc: Option<f64>,
+}
+
+/// [`StatementAuroc`] by (variant, split) from eval's `sentences` table, for the variants that state any.
+pub fn statement_aurocs(s: &RecordBatch) -> anyhow::Result<BTreeMap<(String, String), StatementAuroc>> {
+    let col = |n: &str| s.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval sentences have no column `{n}`"));
+    let (v, sp) = (col("variant")?, col("split")?);
+    let (v, sp) = (v.as_string::<i32>(), sp.as_string::<i32>());
+    let (conf, correct) = (col("confidence")?, col("correct")?);
+    let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
+    let mut by: BTreeMap<(String, String), (Vec<f64>, Vec<bool>)> = BTreeMap::new();
+    for i in (0..s.num_rows()).filter(|&i| conf.is_valid(i)) {
+        let e = by.entry((v.value(i).to_string(), sp.value(i).to_string())).or_default();
+        e.0.push(conf.value(i));
+        e.1.push(correct.value(i));
+    }
+    by.into_iter()
+        .map(|(k, (c, r))| {
+            let right = r.iter().filter(|&&x| x).count();
+            let auroc = if right == 0 || right == r.len() { None } else { Some(crate::metrics::auroc::auroc(&c, &r)?) };
+            Ok((k, StatementAuroc { stated: c.len(), right, auroc }))
+        })
+        .collect()
+}
+
+pub const STATEMENT_NOTE: &str = "AUROC of each policy's stated confidence for telling the judge's right sentences from \
+wrong ones, over eval's sentences that carry a statement: the statements read as a signal, to set beside the internal \
+signals' AUROCs. Unlike Table 1's answer-level AUROC, a chain cut off before its answer does not count against its \
+last statement. 0.5: no information.";
+
+/// One row per split and variant (in the orders given) that has statements.
+pub fn statement_aurocs_markdown(cells: &BTreeMap<(String, String), StatementAuroc>, variants: &[String], splits: &[String]) -> String {
+    let mut s = String::from("| split | variant | sentences with a statement | judged right | statement AUROC |\n|---|---|---|---|---|\n");
+    for split in splits {
+        for v in variants {
+            if let Some(c) = cells.get(&(v.clone(), split.clone())) {
+                let auroc = c.auroc.map_or("–".to_string(), |a| format!("{a:.3}"));
+                let _ = writeln!(s, "| {split} | {v} | {} | {:.3} | {auroc} |", c.stated, c.right as f64 / c.stated as f64);
+            }
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +290,35 @@ mod tests {
         assert_eq!(r["a"]["q1"], [(true, 0.9)]);
         assert_eq!(r["a"]["q2"], [(true, 0.6)]);
         assert!(!r.contains_key("b"));
+    }
+
+    /// Stated confidences 0.9 (right), 0.6 (right), 0.6 (wrong), 0.3 (wrong) and one unstated wrong
+    /// sentence: right above wrong in 3 of 4 pairs, the tie half → 3.5 / 4. One class → no AUROC.
+    #[test]
+    fn statement_aurocs_are_the_hand_counted_ones() {
+        let s = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+        let batch = RecordBatch::try_from_iter([
+            ("variant", s(vec!["sft", "sft", "sft", "sft", "sft", "sft", "vanilla"])),
+            ("split", s(vec!["val", "val", "val", "val", "val", "test", "val"])),
+            (
+                "confidence",
+                Arc::new(Float64Array::from(vec![Some(0.9), Some(0.6), Some(0.6), Some(0.3), None, Some(0.8), None])) as ArrayRef,
+            ),
+            ("correct", Arc::new(BooleanArray::from(vec![true, true, false, false, false, true, true])) as ArrayRef),
+        ])
+        .unwrap();
+        let a = statement_aurocs(&batch).unwrap();
+        let key = |v: &str, sp: &str| (v.to_string(), sp.to_string());
+        assert_eq!(a[&key("sft", "val")], StatementAuroc { stated: 4, right: 2, auroc: Some(0.875) });
+        assert_eq!(a[&key("sft", "test")], StatementAuroc { stated: 1, right: 1, auroc: None });
+        assert!(!a.contains_key(&key("vanilla", "val")), "a variant without statements has no row");
+        let names = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            statement_aurocs_markdown(&a, &names(&["vanilla", "sft"]), &names(&["val", "test"])),
+            "| split | variant | sentences with a statement | judged right | statement AUROC |\n|---|---|---|---|---|\n\
+             | val | sft | 4 | 0.500 | 0.875 |\n\
+             | test | sft | 1 | 1.000 | – |\n"
+        );
     }
 
     /// Hand-counted AUROCs (wrong sentences positive, ties half): train has right {0, 1}, wrong {2, 3};

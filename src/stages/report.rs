@@ -143,6 +143,7 @@ pub struct ReportStage {
 }
 
 const VARIANT_ORDER: [&str; 3] = ["vanilla", "sft", "full"];
+const STATEMENTS_HEADING: &str = "Do the statements tell right from wrong?";
 const VISION_HEADING: &str = "What the image tower sees (per-object linear probes of the features)";
 
 impl Stage for ReportStage {
@@ -155,8 +156,9 @@ impl Stage for ReportStage {
     /// signal-AUROC tables.
     /// 7: the demo model is named by the decoder demo_mllm trained ([`super::demo_mllm::describe`]).
     /// 8: what the image tower sees (per-object linear probes of the features, [`crate::report::vision`]).
+    /// 9: the statements' sentence-level AUROC per split and variant ([`evidence::statement_aurocs`]).
     fn code_version(&self) -> &str {
-        "8"
+        "9"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -481,6 +483,7 @@ pub fn render_all(
     let anatomy: Vec<(String, Vec<Vec<(bool, f64)>>)> =
         variants.iter().filter_map(|v| responses.get(v).map(|r| (v.clone(), r.values().cloned().collect()))).collect();
     let anatomy = mece_anatomy_markdown(&anatomy)?;
+    let statement_aurocs = evidence::statement_aurocs_markdown(&evidence::statement_aurocs(s)?, &variants, &splits);
     let diff_note = format!(
         "Paired bootstrap: each resample draws one list of items and scores both variants on it. Negative: the full \
          method's error is lower (better). {} resamples, seed {}.",
@@ -505,8 +508,10 @@ pub fn render_all(
          ## Does RL calibrate? Full − SFT, paired\n\n{diff_note}\n\n{diff_table}\n\
          ## Step-level Brier score\n\n{BRIER_NOTE}\n\n{brier}\n\
          ## What MECE rewards ({split})\n\n{ANATOMY_NOTE}\n\n{anatomy}\n\
+         ## {STATEMENTS_HEADING}\n\n{statement_note}\n\n{statement_aurocs}\n\
          ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
-        split = p.split
+        split = p.split,
+        statement_note = evidence::STATEMENT_NOTE,
     );
     if let Some((overview, by_kind, signals, vision)) = &evidence_tables {
         md.push_str(&format!(
@@ -528,6 +533,7 @@ pub fn render_all(
         ("Does RL calibrate? Full − SFT, paired".into(), format!("{}{}", note(&diff_note), md_table_html(&diff_table))),
         ("Step-level Brier score".into(), format!("{}{}", note(BRIER_NOTE), md_table_html(&brier))),
         (format!("What MECE rewards ({})", p.split), format!("{}{}", note(ANATOMY_NOTE), md_table_html(&anatomy))),
+        (STATEMENTS_HEADING.into(), format!("{}{}", note(evidence::STATEMENT_NOTE), md_table_html(&statement_aurocs))),
         (format!("Perception vs reasoning ({})", p.split), md_table_html(&levels)),
         ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
         ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
