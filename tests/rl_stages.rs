@@ -240,13 +240,27 @@ fn rewards_land_on_statement_ends_and_sum_to_r() {
 
     // The "w/o R_EC" ablation drops its term and nothing else.
     params.rewards.enable_ec = false;
-    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels, &Default::default()).unwrap();
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels.clone(), &Default::default()).unwrap();
     let s2 = rm.score(&item(), &image, &r).unwrap();
     assert!((s2.total - (s.ka + s.cs) / 3.0).abs() < 1e-12);
     assert!((s2.token_rewards.iter().map(|x| x.1).sum::<f64>() - s2.total).abs() < 1e-12);
     // A rollout with no sentence gets the empty-response reward on its last token.
     let e = rm.score(&item(), &image, &tokens_of("")).unwrap();
     assert_eq!(e.total, -1.0);
+    // With `unanswered_response_reward`, a rollout whose answer cannot be read gets it, whole, on its last
+    // token (its parts stay as computed); an answered rollout keeps R.
+    let unanswered = tokens_of("There is a red circle in the image and I am completely certain of this.");
+    let plain = rm.score(&item(), &image, &unanswered).unwrap();
+    assert!(plain.total > 0.0, "without the option the unanswered chain scores R: {plain:?}");
+    params.unanswered_response_reward = Some(-0.5);
+    let rm_u = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels.clone(), &Default::default()).unwrap();
+    let u = rm_u.score(&item(), &image, &unanswered).unwrap();
+    assert_eq!(u.total, -0.5);
+    assert_eq!(u.token_rewards, vec![(unanswered.tokens.len() - 1, -0.5)]);
+    assert_eq!((u.ka, u.cs), (plain.ka, plain.cs));
+    let answered = rm_u.score(&item(), &image, &r).unwrap();
+    assert!((answered.total - s2.total).abs() < 1e-12);
+    params.unanswered_response_reward = None;
 
     // Scoring rollouts together (one encoder call for all) gives what scoring each alone gives.
     let r2 = tokens_of("So, the answer is circle. I am far from sure of this. There is a red circle.");

@@ -146,6 +146,13 @@ pub struct PpoStageParams {
     /// Reward of a rollout with no parseable sentence (R's minimum with α = β = γ = 1/3 is −2/3; we chose
     /// −1 so that saying nothing is worse than any chain).
     pub empty_response_reward: f64,
+    /// Reward of a rollout whose answer cannot be read (nothing after its last answer marker), in place
+    /// of R; unset: R, as the paper has it. Our addition: R_KA averages over sentences, and the first
+    /// sentences (perception) are right more often than the answer, so a chain that stops before it can
+    /// score higher than one that answers (on the demo benchmark it did, on every seed). Left out of the
+    /// params (and the cache keys) when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unanswered_response_reward: Option<f64>,
     pub backward: BackwardParams,
     pub parser: ParserParams,
     /// The signals of IV, as in `score`.
@@ -192,6 +199,7 @@ impl Default for PpoStageParams {
             reward: RewardKind::Mmboundary,
             rewards: RewardParams::default(),
             empty_response_reward: -1.0,
+            unanswered_response_reward: None,
             backward: BackwardParams::default(),
             parser: ParserParams::default(),
             uncertainty: s.uncertainty,
@@ -583,14 +591,16 @@ impl RewardModel {
             }
             sentence += judged.len();
             k += 1;
-            out.push(match self.params.reward {
-                RewardKind::Mmboundary => self.finish(r, judged, correct, spans, &rows)?,
-                RewardKind::Sayself => {
-                    let mut score = self.finish(r, judged, correct, spans, &rows)?;
-                    self.sayself(item, r, &mut score)?;
-                    score
-                }
-            });
+            let mut score = self.finish(r, judged, correct, spans, &rows)?;
+            if self.params.reward == RewardKind::Sayself {
+                self.sayself(item, r, &mut score)?;
+            }
+            if let Some(u) = self.params.unanswered_response_reward.filter(|_| !answered(&score.sentences)) {
+                // The whole reward on the last token; the parts stay in the log as computed.
+                score.total = u;
+                score.token_rewards = vec![(r.tokens.len() - 1, u)];
+            }
+            out.push(score);
         }
         Ok(out)
     }
@@ -661,6 +671,13 @@ impl RewardModel {
             token_rewards,
         })
     }
+}
+
+/// Whether an answer can be read from a rollout's sentences (statements stripped), as eval reads it
+/// ([`super::image_swap::score_chain`]'s well-formed).
+fn answered(sentences: &[String]) -> bool {
+    let stripped = sentences.iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ");
+    crate::metrics::accuracy::extract_final_answer(&stripped, &crate::metrics::MetricsParams::default().accuracy).is_some()
 }
 
 impl RewardModel {
