@@ -4,7 +4,7 @@
 //! `levels`, which carries the scored columns, the judge's `correct` and `u_final`). And, for the comparison
 //! of methods, whether a policy writes statements at all (eval's `sentences`).
 use crate::stages::image_swap::SwapCell;
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, AsArray, BooleanArray, Float64Array, StringArray};
 use arrow::datatypes::Float64Type;
 use arrow::record_batch::RecordBatch;
 use std::collections::{BTreeMap, BTreeSet};
@@ -164,21 +164,60 @@ pub struct StatementCount {
     pub confidence_sum: f64,
 }
 
+/// Eval's `sentences` table as the report reads it: one type check of the columns, then rows.
+pub struct EvalSentences<'a> {
+    variant: &'a StringArray,
+    split: &'a StringArray,
+    item_id: &'a StringArray,
+    confidence: &'a Float64Array,
+    correct: &'a BooleanArray,
+}
+
+/// One sentence of eval's `sentences`: its confidence is None when it carries no statement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalSentence<'a> {
+    pub variant: &'a str,
+    pub split: &'a str,
+    pub item_id: &'a str,
+    pub confidence: Option<f64>,
+    pub correct: bool,
+}
+
+impl<'a> EvalSentences<'a> {
+    pub fn new(s: &'a RecordBatch) -> anyhow::Result<Self> {
+        let col = |n: &str| s.column_by_name(n).ok_or_else(|| anyhow::anyhow!("eval sentences have no column `{n}`"));
+        let wrong = |n: &str, t: &str| anyhow::anyhow!("eval sentences: column `{n}` is not {t}");
+        let text = |n: &str| col(n)?.as_string_opt::<i32>().ok_or_else(|| wrong(n, "a string column"));
+        Ok(EvalSentences {
+            variant: text("variant")?,
+            split: text("split")?,
+            item_id: text("item_id")?,
+            confidence: col("confidence")?.as_primitive_opt::<Float64Type>().ok_or_else(|| wrong("confidence", "a float64 column"))?,
+            correct: col("correct")?.as_boolean_opt().ok_or_else(|| wrong("correct", "a boolean column"))?,
+        })
+    }
+
+    pub fn rows(&self) -> impl Iterator<Item = EvalSentence<'a>> + '_ {
+        (0..self.variant.len()).map(move |i| EvalSentence {
+            variant: self.variant.value(i),
+            split: self.split.value(i),
+            item_id: self.item_id.value(i),
+            confidence: self.confidence.is_valid(i).then(|| self.confidence.value(i)),
+            correct: self.correct.value(i),
+        })
+    }
+}
+
 /// [`StatementCount`] by (variant, split), from eval's `sentences` table.
 pub fn statement_counts(s: &RecordBatch) -> anyhow::Result<BTreeMap<(String, String), StatementCount>> {
-    let col = |n: &str| s.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval sentences have no column `{n}`"));
-    let (v, sp) = (col("variant")?, col("split")?);
-    let (v, sp) = (v.as_string::<i32>(), sp.as_string::<i32>());
-    let (conf, correct) = (col("confidence")?, col("correct")?);
-    let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
     let mut out: BTreeMap<(String, String), StatementCount> = BTreeMap::new();
-    for i in 0..s.num_rows() {
-        let c = out.entry((v.value(i).to_string(), sp.value(i).to_string())).or_default();
+    for r in EvalSentences::new(s)?.rows() {
+        let c = out.entry((r.variant.to_string(), r.split.to_string())).or_default();
         c.sentences += 1;
-        c.right += usize::from(correct.value(i));
-        if conf.is_valid(i) {
+        c.right += usize::from(r.correct);
+        if let Some(conf) = r.confidence {
             c.stated += 1;
-            c.confidence_sum += conf.value(i);
+            c.confidence_sum += conf;
         }
     }
     Ok(out)
@@ -211,16 +250,13 @@ pub struct StatementAuroc {
 
 /// [`StatementAuroc`] by (variant, split) from eval's `sentences` table, for the variants that state any.
 pub fn statement_aurocs(s: &RecordBatch) -> anyhow::Result<BTreeMap<(String, String), StatementAuroc>> {
-    let col = |n: &str| s.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval sentences have no column `{n}`"));
-    let (v, sp) = (col("variant")?, col("split")?);
-    let (v, sp) = (v.as_string::<i32>(), sp.as_string::<i32>());
-    let (conf, correct) = (col("confidence")?, col("correct")?);
-    let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
     let mut by: BTreeMap<(String, String), (Vec<f64>, Vec<bool>)> = BTreeMap::new();
-    for i in (0..s.num_rows()).filter(|&i| conf.is_valid(i)) {
-        let e = by.entry((v.value(i).to_string(), sp.value(i).to_string())).or_default();
-        e.0.push(conf.value(i));
-        e.1.push(correct.value(i));
+    for r in EvalSentences::new(s)?.rows() {
+        if let Some(conf) = r.confidence {
+            let e = by.entry((r.variant.to_string(), r.split.to_string())).or_default();
+            e.0.push(conf);
+            e.1.push(r.correct);
+        }
     }
     by.into_iter()
         .map(|(k, (c, r))| {
@@ -292,6 +328,20 @@ mod tests {
         assert!(!r.contains_key("b"));
     }
 
+    /// A table of another shape is named, column and type, not a panic.
+    #[test]
+    fn eval_sentences_of_the_wrong_shape_are_named() {
+        let good = sentences();
+        let mut cols: Vec<(&str, ArrayRef)> =
+            good.schema_ref().fields().iter().map(|f| f.name().as_str()).zip(good.columns().iter().cloned()).collect();
+        cols[3].1 = Arc::new(StringArray::from(vec!["0.9", "", "0.6", "", ""]));
+        let batch = RecordBatch::try_from_iter(cols).unwrap();
+        let err = statement_aurocs(&batch).unwrap_err().to_string();
+        assert_eq!(err, "eval sentences: column `confidence` is not a float64 column");
+        let without_ids = sentences().project(&[0, 1, 3, 4]).unwrap();
+        assert_eq!(statement_counts(&without_ids).unwrap_err().to_string(), "eval sentences have no column `item_id`");
+    }
+
     /// Stated confidences 0.9 (right), 0.6 (right), 0.6 (wrong), 0.3 (wrong) and one unstated wrong
     /// sentence: right above wrong in 3 of 4 pairs, the tie half → 3.5 / 4. One class → no AUROC.
     #[test]
@@ -300,6 +350,7 @@ mod tests {
         let batch = RecordBatch::try_from_iter([
             ("variant", s(vec!["sft", "sft", "sft", "sft", "sft", "sft", "vanilla"])),
             ("split", s(vec!["val", "val", "val", "val", "val", "test", "val"])),
+            ("item_id", s(vec!["q1", "q1", "q2", "q2", "q3", "q4", "q1"])),
             (
                 "confidence",
                 Arc::new(Float64Array::from(vec![Some(0.9), Some(0.6), Some(0.6), Some(0.3), None, Some(0.8), None])) as ArrayRef,

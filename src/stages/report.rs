@@ -120,19 +120,10 @@ pub fn constant_labels(s: &RecordBatch) -> anyhow::Result<BTreeMap<String, Strin
 /// Each variant's responses on `split`, as eval's `sentences` table holds them: item → the (judged right?,
 /// stated confidence) of its sentences that carry a statement (the input of "What MECE rewards").
 pub fn stated_responses(s: &RecordBatch, split: &str) -> anyhow::Result<BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>>> {
-    let col = |n: &str| s.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("eval sentences have no column `{n}`"));
-    let (v, sp, id) = (col("variant")?, col("split")?, col("item_id")?);
-    let (v, sp, id) = (v.as_string::<i32>(), sp.as_string::<i32>(), id.as_string::<i32>());
-    let (conf, correct) = (col("confidence")?, col("correct")?);
-    let (conf, correct) = (conf.as_primitive::<Float64Type>(), correct.as_boolean());
     let mut out: BTreeMap<String, BTreeMap<String, Vec<(bool, f64)>>> = BTreeMap::new();
-    for i in 0..s.num_rows() {
-        if sp.value(i) == split && conf.is_valid(i) {
-            out.entry(v.value(i).to_string())
-                .or_default()
-                .entry(id.value(i).to_string())
-                .or_default()
-                .push((correct.value(i), conf.value(i)));
+    for r in crate::report::evidence::EvalSentences::new(s)?.rows().filter(|r| r.split == split) {
+        if let Some(conf) = r.confidence {
+            out.entry(r.variant.to_string()).or_default().entry(r.item_id.to_string()).or_default().push((r.correct, conf));
         }
     }
     Ok(out)
