@@ -14,7 +14,7 @@ use mmboundary::confidence::uncertainty::{
 };
 use mmboundary::confidence::{ConfidenceError, EncoderError, Location, PairSimilarity, SentenceEmbedder};
 use mmboundary::metrics::accuracy::{
-    aokvqa_direct, choice_from_answer, cultural_match, extract_final_answer, AccuracyParams, AnswerNormalization,
+    aokvqa_direct, choice_from_answer, cultural_match, extract_final_answer, well_formed, AccuracyParams, AnswerNormalization,
 };
 use mmboundary::metrics::{
     auroc, chain_f1, chain_f1_by_level, ece, ece_unbinned, mece, mece_by_level, step_brier, ChainF1, ChainF1Params, ChainItem, ChainLevel,
@@ -335,6 +335,12 @@ fn accuracy_choice_cultural_and_answer_extraction() {
     assert_eq!(extract_final_answer("no marker here", &p), None);
     assert_eq!(extract_final_answer("So, the answer is dr. pepper. I am sure.", &p).as_deref(), Some("dr. pepper"));
     assert_eq!(extract_final_answer("The answer is B!", &p).as_deref(), Some("B"));
+    // Well-formed: an answer can be read from the sentences, joined (eval's share, PPO's unanswered rule).
+    assert!(well_formed(&["There is a red circle.", "So, the answer is 3."], &p));
+    assert!(!well_formed(&["There is a red circle.", "So, the answer is"], &p), "a marker with nothing after it");
+    assert!(!well_formed(&["There is a red circle."], &p), "no marker");
+    assert!(!well_formed::<&str>(&[], &p));
+    assert!(well_formed(&["So, the answer is", "3."], &p), "the answer in the sentence after its marker");
 }
 
 // ------------------------------------------------------------------------------------------- parser

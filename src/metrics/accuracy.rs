@@ -190,6 +190,13 @@ pub fn extract_final_answer(response: &str, params: &AccuracyParams) -> Option<S
     (!answer.is_empty()).then(|| answer.to_string())
 }
 
+/// Whether a chain is well-formed: an answer can be read from its sentences (statements stripped), joined.
+/// Eval reports the share per split; PPO's `unanswered_response_reward` replaces R where it is false.
+pub fn well_formed<S: AsRef<str>>(sentences: &[S], params: &AccuracyParams) -> bool {
+    let joined = sentences.iter().map(|s| s.as_ref().trim()).collect::<Vec<_>>().join(" ");
+    extract_final_answer(&joined, params).is_some()
+}
+
 /// Mean of per-item accuracies (0 items is None).
 pub fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)

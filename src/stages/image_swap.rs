@@ -7,7 +7,7 @@
 use super::eval::{answer_correct, EvalChain};
 use crate::confidence::parser::Parser;
 use crate::data::Item;
-use crate::metrics::accuracy::extract_final_answer;
+use crate::metrics::accuracy::well_formed;
 use crate::metrics::bootstrap::{paired_interval, resample_indices, BootstrapParams, Interval};
 use crate::metrics::MetricsParams;
 use arrow::array::{ArrayRef, AsArray, BooleanBuilder, Float64Builder, StringBuilder};
@@ -43,8 +43,7 @@ pub fn question_kind(item: &Item) -> String {
 pub fn score_chain(item: &Item, text: &str, parser: &Parser, metrics: &MetricsParams) -> (f64, bool) {
     let parsed = parser.parse(text);
     let sentences: Vec<&str> = parsed.pairs.iter().map(|p| p.sentence.as_str()).collect();
-    let stripped = sentences.iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ");
-    (answer_correct(item, &sentences, metrics), extract_final_answer(&stripped, &metrics.accuracy).is_some())
+    (answer_correct(item, &sentences, metrics), well_formed(&sentences, &metrics.accuracy))
 }
 
 pub fn schema() -> SchemaRef {

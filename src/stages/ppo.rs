@@ -595,7 +595,11 @@ impl RewardModel {
             if self.params.reward == RewardKind::Sayself {
                 self.sayself(item, r, &mut score)?;
             }
-            if let Some(u) = self.params.unanswered_response_reward.filter(|_| !answered(&score.sentences)) {
+            if let Some(u) = self
+                .params
+                .unanswered_response_reward
+                .filter(|_| !crate::metrics::accuracy::well_formed(&score.sentences, &crate::metrics::MetricsParams::default().accuracy))
+            {
                 // The whole reward on the last token; the parts stay in the log as computed.
                 score.total = u;
                 score.token_rewards = vec![(r.tokens.len() - 1, u)];
@@ -671,13 +675,6 @@ impl RewardModel {
             token_rewards,
         })
     }
-}
-
-/// Whether an answer can be read from a rollout's sentences (statements stripped), as eval reads it
-/// ([`super::image_swap::score_chain`]'s well-formed).
-fn answered(sentences: &[String]) -> bool {
-    let stripped = sentences.iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ");
-    crate::metrics::accuracy::extract_final_answer(&stripped, &crate::metrics::MetricsParams::default().accuracy).is_some()
 }
 
 impl RewardModel {
