@@ -79,6 +79,43 @@ fn sweep_runs_each_variant_under_its_own_lock_and_shares_the_rest() {
     let o = mmb(&["run", "--preset", "nope"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("presets.toml") && err.contains("seed2"), "{err}");
+    // `--set` is the preset's params from the command line: the same key, so the same artifact from the
+    // run-cache, under a lock named after the settings; the default lock untouched.
+    let o = mmb(&["run", "--set", "dataset.seed=2", "dataset"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("dataset.seed=2 (lock set-") && err.contains("restored from the run-cache: dataset"),
+        "{err}"
+    );
+    let lock_of = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(store.join("locks").join(format!("{name}.json"))).unwrap()).unwrap()
+    };
+    let set_lock = std::fs::read_dir(store.join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("set-"))
+        .unwrap()
+        .trim_end_matches(".json")
+        .to_string();
+    assert_eq!(lock_of(&set_lock)["stages"]["dataset"]["outputs"], lock_of("preset-seed2")["stages"]["dataset"]["outputs"]);
+    let o = mmb(&["run", "dataset"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("up to date"), "the default lock is untouched");
+    let o = mmb(&["run", "--preset", "seed2", "--set", "dataset.seed=3", "dataset"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("ran dataset") && err.contains("(lock preset-seed2-set-"),
+        "the setting over the preset: {err}"
+    );
+    for (bad, says) in [
+        ("datset.seed=1", vec!["no stage file", "datset.toml", "dataset"]),
+        ("dataset.seeed=1", vec!["dataset.toml", "seeed"]),
+        ("dataset.seed=[1", vec!["--set dataset.seed=[1", "not a TOML value"]),
+        ("dataset.seed", vec!["expected STAGE.KEY=VALUE"]),
+    ] {
+        let o = mmb(&["run", "--set", bad, "dataset"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && says.iter().all(|s| err.contains(s)), "--set {bad}: {err}");
+    }
     // A typo in a variant is an error that names the file.
     std::fs::write(stages.join("sweep.toml"), "[[variant]]\nname = \"bad\"\n[variant.params.dataset]\nseeed = 1\n").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_mmb"))

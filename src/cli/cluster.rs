@@ -17,10 +17,19 @@ pub struct ShardTaskArgs {
     /// The preset the submitting run used.
     #[arg(long)]
     pub preset: Option<String>,
+    /// The `--set`s the submitting run used.
+    #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub set: Vec<crate::stages::settings::Setting>,
 }
 
 /// `<stages>/executor.toml` with `--executor` over its default; None when everything runs here.
-pub fn executors(store: &Path, stages: &Path, kind: Option<ExecutorKind>, preset: Option<&str>) -> anyhow::Result<Option<Arc<Executors>>> {
+pub fn executors(
+    store: &Path,
+    stages: &Path,
+    kind: Option<ExecutorKind>,
+    preset: Option<&str>,
+    set: &[crate::stages::settings::Setting],
+) -> anyhow::Result<Option<Arc<Executors>>> {
     let mut file = ExecutorFile::load(stages)?;
     if let Some(k) = kind {
         file.executor = k;
@@ -42,16 +51,19 @@ pub fn executors(store: &Path, stages: &Path, kind: Option<ExecutorKind>, preset
     if let Some(p) = preset {
         task_command.extend(["--preset".into(), p.into()]);
     }
+    for s in set {
+        task_command.extend(["--set".into(), s.to_string()]);
+    }
     Ok(Some(Arc::new(Executors { file, task_command })))
 }
 
 pub fn shard_task(store: &Path, stages: &Path, a: ShardTaskArgs) -> anyhow::Result<ExitCode> {
-    let (pipeline, _) = super::pipeline::pipeline_for(stages, a.preset.as_deref())?;
+    let (configs, _) = super::pipeline::configs_for(stages, a.preset.as_deref(), &a.set)?;
+    let pipeline = crate::stages::pipeline_with(&configs)?;
     let job: serde_json::Value = serde_json::from_slice(&std::fs::read(&a.task).map_err(|e| anyhow::anyhow!("{}: {e}", a.task.display()))?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.task.display()))?;
     let name = job["job"]["stage"].as_str().ok_or_else(|| anyhow::anyhow!("{}: no job.stage", a.task.display()))?;
     // This node must have what the stage asks for (the submitting machine left it to this one).
-    let configs = super::pipeline::configs_for(stages, a.preset.as_deref())?;
     crate::stages::device::check_machine(&configs, &[name], |_| false, &crate::stages::device::Machine::this())?;
     let store = Store::open(store)?;
     let manifest = run_task(pipeline.get(name)?, &store, &a.task, a.index)?;

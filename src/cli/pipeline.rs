@@ -17,6 +17,12 @@ pub struct RunArgs {
     /// demo MLLM on SmolLM2-135M-Instruct's weights), under its own lock so the default run stays as it is.
     #[arg(long)]
     pub preset: Option<String>,
+    /// Set a stage param for this run, over the stage files and the preset: `STAGE.KEY=VALUE` with a TOML
+    /// value (`dataset.seed=20261130`, `ppo.trainer.learning_rate=1e-5`, `eval.splits=["val"]`; a bare word
+    /// is a string). Repeatable. The run records under its own lock (`set-<hash>`), so the default run's
+    /// lock stays as it is.
+    #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub set: Vec<crate::stages::settings::Setting>,
     /// Where stages run: `local`, or `slurm` (array jobs for map stages, single jobs for the rest), over
     /// `executor` of `<stages>/executor.toml`.
     #[arg(long)]
@@ -42,6 +48,11 @@ pub struct SweepArgs {
     /// bootstrap 95 % interval, in `artifacts/seeds.md`.
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     pub seeds: Option<u64>,
+    /// With `--seeds`: stage params under every seed, as `mmb run --set` (e.g. `dataset.seed=20261130`, a
+    /// benchmark nobody tuned on); the seeds record under `set-<hash>-seed-k` and the table goes to
+    /// `seeds-set-<hash>.md`.
+    #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub set: Vec<crate::stages::settings::Setting>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,11 +63,15 @@ pub struct DagArgs {
 }
 
 pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let (pipeline, lock_name) = pipeline_for(stages, a.preset.as_deref())?;
-    let executor = super::cluster::executors(store, stages, a.executor, a.preset.as_deref())?;
+    let (configs, lock_name) = configs_for(stages, a.preset.as_deref(), &a.set)?;
+    let pipeline = crate::stages::pipeline_with(&configs)?;
+    if let Some(lock) = lock_name.as_deref().filter(|_| !a.set.is_empty()) {
+        eprintln!("settings over the stage files: {} (lock {lock})", settings_line(&a.set));
+    }
+    let executor = super::cluster::executors(store, stages, a.executor, a.preset.as_deref(), &a.set)?;
     let store = Store::open(store)?;
     let opts = RunOptions { target: a.target, jobs: a.jobs, force: a.force, lock: lock_name.clone(), executor };
-    check_machine(&pipeline, &configs_for(stages, a.preset.as_deref())?, &store, &opts)?;
+    check_machine(&pipeline, &configs, &store, &opts)?;
     let s = pipeline.run(&store, &opts)?;
     let restored = if s.restored.is_empty() { String::new() } else { format!("; restored from the run-cache: {}", s.restored.join(", ")) };
     if s.ran.is_empty() {
@@ -84,33 +99,39 @@ fn check_machine(p: &Pipeline, configs: &crate::stages::StageConfigs, store: &St
     crate::stages::device::check_machine(configs, &names, slurm, &crate::stages::device::Machine::this())
 }
 
-/// The stage configs of the stage files, or of a preset of `presets.toml`.
-pub(super) fn configs_for(stages: &Path, preset: Option<&str>) -> anyhow::Result<crate::stages::StageConfigs> {
-    let Some(name) = preset else { return Ok(crate::stages::StageConfigs::new(stages)) };
-    let file = stages.join("presets.toml");
-    let presets = crate::stages::SweepFile::load(&file)?;
-    let v =
-        presets.variant.iter().find(|v| v.name == name).ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}`", file.display()))?;
-    Ok(crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() })
+/// The stage configs of the stage files, under a preset of `presets.toml` and `--set`s (in that order), with
+/// the lock such a run records in (None: the default run's).
+pub(super) fn configs_for(
+    stages: &Path,
+    preset: Option<&str>,
+    set: &[crate::stages::settings::Setting],
+) -> anyhow::Result<(crate::stages::StageConfigs, Option<String>)> {
+    use crate::stages::settings;
+    let mut overrides = std::collections::BTreeMap::new();
+    let mut lock = None;
+    if let Some(name) = preset {
+        let file = stages.join("presets.toml");
+        let presets = crate::stages::SweepFile::load(&file)?;
+        let known: Vec<&str> = presets.variant.iter().map(|v| v.name.as_str()).collect();
+        let v = presets
+            .variant
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}` (known: {})", file.display(), known.join(", ")))?;
+        overrides = v.params.clone();
+        lock = Some(format!("preset-{name}"));
+    }
+    if let Some(suffix) = settings::lock_suffix(set)? {
+        settings::check_stages(set, stages)?;
+        overrides = settings::layered(overrides, &settings::overrides(set));
+        lock = Some(lock.map_or(suffix.clone(), |l| format!("{l}-{suffix}")));
+    }
+    Ok((crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides }, lock))
 }
 
-/// The pipeline of the stage files, or of a preset of `presets.toml` (with the lock it records in).
-pub(super) fn pipeline_for(stages: &Path, preset: Option<&str>) -> anyhow::Result<(Pipeline, Option<String>)> {
-    Ok(match preset {
-        None => (crate::stages::pipeline(stages)?, None),
-        Some(name) => {
-            let file = stages.join("presets.toml");
-            let presets = crate::stages::SweepFile::load(&file)?;
-            let known: Vec<&str> = presets.variant.iter().map(|v| v.name.as_str()).collect();
-            let v = presets
-                .variant
-                .iter()
-                .find(|v| &v.name == name)
-                .ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}` (known: {})", file.display(), known.join(", ")))?;
-            let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: v.params.clone() };
-            (crate::stages::pipeline_with(&configs)?, Some(format!("preset-{name}")))
-        }
-    })
+/// The settings as given, for the log: `dataset.seed=20261130, eval.device="cuda"`.
+fn settings_line(set: &[crate::stages::settings::Setting]) -> String {
+    set.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 pub fn status(store: &Path, stages: &Path) -> anyhow::Result<ExitCode> {
@@ -161,7 +182,10 @@ pub fn render_dag(p: &Pipeline, dot: bool) -> String {
 pub fn sweep(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCode> {
     match a.seeds {
         Some(n) => run_seeds(store, stages, a, n),
-        None => run_variants(store, stages, a, VariantTable::Ablations),
+        None => {
+            anyhow::ensure!(a.set.is_empty(), "--set goes with `mmb run` or `mmb sweep --seeds`; a variant sets its params in its file");
+            run_variants(store, stages, a, VariantTable::Ablations)
+        }
     }
 }
 
@@ -173,13 +197,17 @@ fn run_seeds(store: &Path, stages: &Path, a: SweepArgs, n: u64) -> anyhow::Resul
         a.file.is_none() && a.only.is_empty() && a.target.is_none(),
         "--seeds runs the main pipeline to its eval under each seed: it takes no variants file, --only or target"
     );
-    let base = crate::stages::StageConfigs::new(stages);
+    let (base, prefix) = configs_for(stages, None, &a.set)?;
+    if let Some(p) = &prefix {
+        eprintln!("settings over the stage files: {} (locks {p}-seed-k)", settings_line(&a.set));
+    }
     let store = Store::open(store)?;
     let mut runs = Vec::new();
     for k in 0..n {
-        let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides: seed_overrides(&base, k)? };
+        let overrides = crate::stages::settings::layered(base.overrides.clone(), &seed_overrides(&base, k)?);
+        let configs = crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides };
         let pipeline = crate::stages::pipeline_with(&configs)?;
-        let lock = seed_run_name(k);
+        let lock = prefix.as_ref().map_or_else(|| seed_run_name(k), |p| format!("{p}-{}", seed_run_name(k)));
         let opts = RunOptions { target: Some("eval".into()), jobs: a.jobs, lock: Some(lock.clone()), ..Default::default() };
         check_machine(&pipeline, &configs, &store, &opts)?;
         let s = pipeline.run(&store, &opts)?;
@@ -213,7 +241,7 @@ fn run_seeds(store: &Path, stages: &Path, a: SweepArgs, n: u64) -> anyhow::Resul
         bootstrap.resamples,
         crate::report::page::seeds_markdown(&diffs, "full", "SFT", &seeds)
     );
-    let out = store.root().join("seeds.md");
+    let out = store.root().join(prefix.map_or_else(|| "seeds.md".to_string(), |p| format!("seeds-{p}.md")));
     crate::store::write_atomic(&out, table.as_bytes())?;
     println!("\n{table}\nwritten to {}", out.display());
     Ok(ExitCode::SUCCESS)
@@ -223,6 +251,7 @@ fn run_seeds(store: &Path, stages: &Path, a: SweepArgs, n: u64) -> anyhow::Resul
 /// upper half (with Table 8's AUROC) in `artifacts/compare.md`.
 pub fn compare(store: &Path, stages: &Path, a: SweepArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.seeds.is_none(), "--seeds belongs to `mmb sweep` (the main pipeline under several seeds), not `mmb compare`");
+    anyhow::ensure!(a.set.is_empty(), "--set goes with `mmb run` or `mmb sweep --seeds`; a baseline sets its params in its file");
     run_variants(store, stages, a, VariantTable::Baselines)
 }
 

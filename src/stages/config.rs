@@ -75,7 +75,7 @@ impl StageConfigs {
     }
 }
 
-fn merge(base: &mut toml::Table, over: &toml::Table) {
+pub(super) fn merge(base: &mut toml::Table, over: &toml::Table) {
     for (k, v) in over {
         match (base.get_mut(k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),

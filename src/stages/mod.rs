@@ -22,6 +22,7 @@ pub mod report;
 pub mod score;
 pub mod seeds;
 pub mod self_consistency;
+pub mod settings;
 pub mod sft;
 pub mod worker;
 
