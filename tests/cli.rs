@@ -100,6 +100,10 @@ fn sweep_runs_each_variant_under_its_own_lock_and_shares_the_rest() {
     assert_eq!(lock_of(&set_lock)["stages"]["dataset"]["outputs"], lock_of("preset-seed2")["stages"]["dataset"]["outputs"]);
     let o = mmb(&["run", "dataset"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("up to date"), "the default lock is untouched");
+    let status = |args: &[&str]| String::from_utf8_lossy(&mmb(&[&["status"], args].concat()).stdout).into_owned();
+    assert!(status(&["--set", "dataset.seed=2"]).lines().any(|l| l.starts_with("dataset") && l.contains("up to date")), "its own lock");
+    let stale = status(&["--set", "dataset.seed=4"]);
+    assert!(stale.lines().any(|l| l.starts_with("dataset") && l.contains("stale")), "{stale}");
     let o = mmb(&["run", "--preset", "seed2", "--set", "dataset.seed=3", "dataset"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -109,7 +109,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sweep(a) => pipeline::sweep(store, stages, a),
         Command::Compare(a) => pipeline::compare(store, stages, a),
         Command::Status(a) => match a.remote {
-            None => pipeline::status(store, stages),
+            None => pipeline::status(store, stages, a.preset.as_deref(), &a.set),
             Some(name) => remote::status(store, stages, &name),
         },
         Command::Dag(a) => pipeline::dag(stages, a),

@@ -134,10 +134,11 @@ fn settings_line(set: &[crate::stages::settings::Setting]) -> String {
     set.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
 }
 
-pub fn status(store: &Path, stages: &Path) -> anyhow::Result<ExitCode> {
-    let pipeline = crate::stages::pipeline(stages)?;
+pub fn status(store: &Path, stages: &Path, preset: Option<&str>, set: &[crate::stages::settings::Setting]) -> anyhow::Result<ExitCode> {
+    let (configs, lock) = configs_for(stages, preset, set)?;
+    let pipeline = crate::stages::pipeline_with(&configs)?;
     let store = Store::open(store)?;
-    for st in pipeline.status(&store, &[])? {
+    for st in pipeline.status_named(&store, &[], lock.as_deref())? {
         if st.is_fresh() {
             println!("{:<10} up to date", st.stage);
         } else {

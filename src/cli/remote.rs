@@ -51,6 +51,12 @@ pub struct StatusArgs {
     /// Compare the lock file with a remote (the default one, or NAME): what is pushed, what is missing where.
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "NAME")]
     pub remote: Option<String>,
+    /// The state of a `mmb run --preset NAME` (its params, its lock).
+    #[arg(long, conflicts_with = "remote")]
+    pub preset: Option<String>,
+    /// The state of a `mmb run --set …` with these settings (its params, its lock).
+    #[arg(long = "set", value_name = "STAGE.KEY=VALUE", conflicts_with = "remote")]
+    pub set: Vec<crate::stages::settings::Setting>,
 }
 
 pub fn remote_cmd(stages: &Path, a: RemoteArgs) -> anyhow::Result<ExitCode> {
