@@ -58,7 +58,7 @@ pub fn executors(
 }
 
 pub fn shard_task(store: &Path, stages: &Path, a: ShardTaskArgs) -> anyhow::Result<ExitCode> {
-    let (configs, _) = super::pipeline::configs_for(stages, a.preset.as_deref(), &a.set)?;
+    let (configs, _) = crate::stages::settings::run_configs(stages, a.preset.as_deref(), &a.set)?;
     let pipeline = crate::stages::pipeline_with(&configs)?;
     let job: serde_json::Value = serde_json::from_slice(&std::fs::read(&a.task).map_err(|e| anyhow::anyhow!("{}: {e}", a.task.display()))?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.task.display()))?;

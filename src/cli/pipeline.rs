@@ -63,7 +63,7 @@ pub struct DagArgs {
 }
 
 pub fn run(store: &Path, stages: &Path, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let (configs, lock_name) = configs_for(stages, a.preset.as_deref(), &a.set)?;
+    let (configs, lock_name) = crate::stages::settings::run_configs(stages, a.preset.as_deref(), &a.set)?;
     let pipeline = crate::stages::pipeline_with(&configs)?;
     if let Some(lock) = lock_name.as_deref().filter(|_| !a.set.is_empty()) {
         eprintln!("settings over the stage files: {} (lock {lock})", settings_line(&a.set));
@@ -99,43 +99,13 @@ fn check_machine(p: &Pipeline, configs: &crate::stages::StageConfigs, store: &St
     crate::stages::device::check_machine(configs, &names, slurm, &crate::stages::device::Machine::this())
 }
 
-/// The stage configs of the stage files, under a preset of `presets.toml` and `--set`s (in that order), with
-/// the lock such a run records in (None: the default run's).
-pub(super) fn configs_for(
-    stages: &Path,
-    preset: Option<&str>,
-    set: &[crate::stages::settings::Setting],
-) -> anyhow::Result<(crate::stages::StageConfigs, Option<String>)> {
-    use crate::stages::settings;
-    let mut overrides = std::collections::BTreeMap::new();
-    let mut lock = None;
-    if let Some(name) = preset {
-        let file = stages.join("presets.toml");
-        let presets = crate::stages::SweepFile::load(&file)?;
-        let known: Vec<&str> = presets.variant.iter().map(|v| v.name.as_str()).collect();
-        let v = presets
-            .variant
-            .iter()
-            .find(|v| v.name == name)
-            .ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}` (known: {})", file.display(), known.join(", ")))?;
-        overrides = v.params.clone();
-        lock = Some(format!("preset-{name}"));
-    }
-    if let Some(suffix) = settings::lock_suffix(set)? {
-        settings::check_stages(set, stages)?;
-        overrides = settings::layered(overrides, &settings::overrides(set));
-        lock = Some(lock.map_or(suffix.clone(), |l| format!("{l}-{suffix}")));
-    }
-    Ok((crate::stages::StageConfigs { dir: stages.to_path_buf(), overrides }, lock))
-}
-
 /// The settings as given, for the log: `dataset.seed=20261130, eval.device="cuda"`.
 fn settings_line(set: &[crate::stages::settings::Setting]) -> String {
     set.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 pub fn status(store: &Path, stages: &Path, preset: Option<&str>, set: &[crate::stages::settings::Setting]) -> anyhow::Result<ExitCode> {
-    let (configs, lock) = configs_for(stages, preset, set)?;
+    let (configs, lock) = crate::stages::settings::run_configs(stages, preset, set)?;
     let pipeline = crate::stages::pipeline_with(&configs)?;
     let store = Store::open(store)?;
     for st in pipeline.status_named(&store, &[], lock.as_deref())? {
@@ -198,7 +168,7 @@ fn run_seeds(store: &Path, stages: &Path, a: SweepArgs, n: u64) -> anyhow::Resul
         a.file.is_none() && a.only.is_empty() && a.target.is_none(),
         "--seeds runs the main pipeline to its eval under each seed: it takes no variants file, --only or target"
     );
-    let (base, prefix) = configs_for(stages, None, &a.set)?;
+    let (base, prefix) = crate::stages::settings::run_configs(stages, None, &a.set)?;
     if let Some(p) = &prefix {
         eprintln!("settings over the stage files: {} (locks {p}-seed-k)", settings_line(&a.set));
     }

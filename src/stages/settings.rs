@@ -107,6 +107,32 @@ pub fn check_stages(settings: &[Setting], dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The stage configs of one run: the stage files in `stages`, under the preset `preset` of `presets.toml`
+/// and then `set` (in that order), with the lock the run records in (`preset-NAME`, `set-…`,
+/// `preset-NAME-set-…`; None: the default run's).
+pub fn run_configs(stages: &Path, preset: Option<&str>, set: &[Setting]) -> anyhow::Result<(super::StageConfigs, Option<String>)> {
+    let mut overrides = BTreeMap::new();
+    let mut lock = None;
+    if let Some(name) = preset {
+        let file = stages.join("presets.toml");
+        let presets = super::SweepFile::load(&file)?;
+        let known: Vec<&str> = presets.variant.iter().map(|v| v.name.as_str()).collect();
+        let v = presets
+            .variant
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| anyhow::anyhow!("{}: no preset named `{name}` (known: {})", file.display(), known.join(", ")))?;
+        overrides = v.params.clone();
+        lock = Some(format!("preset-{name}"));
+    }
+    if let Some(suffix) = lock_suffix(set)? {
+        check_stages(set, stages)?;
+        overrides = layered(overrides, &self::overrides(set));
+        lock = Some(lock.map_or(suffix.clone(), |l| format!("{l}-{suffix}")));
+    }
+    Ok((super::StageConfigs { dir: stages.to_path_buf(), overrides }, lock))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +194,32 @@ mod tests {
         let preset = overrides(&[set("ppo.trainer.learning_rate=1e-4"), set("ppo.trainer.ppo_epochs=2")]);
         let l = layered(preset, &overrides(&[set("ppo.trainer.learning_rate=1e-5")]));
         assert_eq!(toml::to_string(&l["ppo"]).unwrap(), "[trainer]\nlearning_rate = 0.00001\nppo_epochs = 2\n");
+    }
+
+    #[test]
+    fn a_run_lays_settings_over_its_preset_and_names_its_lock_after_both() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dataset.toml"), "[params]\nseed = 0\n").unwrap();
+        std::fs::write(dir.path().join("presets.toml"), "[[variant]]\nname = \"small\"\n[variant.params.dataset]\nseed = 5\nitems = 10\n")
+            .unwrap();
+        let (c, lock) = run_configs(dir.path(), None, &[]).unwrap();
+        assert!(c.overrides.is_empty() && lock.is_none(), "the default run: no overrides, the default lock");
+        let (c, lock) = run_configs(dir.path(), Some("small"), &[]).unwrap();
+        assert_eq!(toml::to_string(&c.overrides["dataset"]).unwrap(), "items = 10\nseed = 5\n");
+        assert_eq!(lock.as_deref(), Some("preset-small"));
+        let s = [set("dataset.seed=7")];
+        let suffix = lock_suffix(&s).unwrap().unwrap();
+        let (c, lock) = run_configs(dir.path(), Some("small"), &s).unwrap();
+        assert_eq!(
+            toml::to_string(&c.overrides["dataset"]).unwrap(),
+            "items = 10\nseed = 7\n",
+            "the setting wins, the preset's other key stays"
+        );
+        assert_eq!(lock, Some(format!("preset-small-{suffix}")));
+        assert_eq!(run_configs(dir.path(), None, &s).unwrap().1, Some(suffix));
+        let err = run_configs(dir.path(), Some("big"), &[]).unwrap_err().to_string();
+        assert_eq!(err, format!("{}: no preset named `big` (known: small)", dir.path().join("presets.toml").display()));
+        let err = run_configs(dir.path(), None, &[set("datset.seed=1")]).unwrap_err().to_string();
+        assert!(err.starts_with("--set datset.seed: no stage file"), "{err}");
     }
 }
