@@ -37,6 +37,8 @@ use crate::encoders::clip::Clip;
 use crate::encoders::minilm::DEFAULT_MODEL_DIR;
 use crate::encoders::runtime::{ExecutionProvider, SessionOptions};
 use crate::engine::{InputSpec, Stage, StageContext};
+use crate::metrics::accuracy::well_formed;
+use crate::metrics::MetricsParams;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -481,6 +483,8 @@ pub struct RewardModel {
     pub clip: Clip,
     pub levels: LevelModel,
     pub params: PpoStageParams,
+    /// How answers are read and judged (eval's rules: the unanswered rule and SaySelf's reward use them).
+    pub metrics: MetricsParams,
 }
 
 impl RewardModel {
@@ -501,7 +505,7 @@ impl RewardModel {
             session,
         )?;
         let clip = Clip::load(clip_dir, session)?;
-        Ok(Self { judge, clip, levels, params: params.clone() })
+        Ok(Self { judge, clip, levels, params: params.clone(), metrics: MetricsParams::default() })
     }
 
     /// Scores one rollout of `item` (`image` is the item's CLIP image embedding).
@@ -595,11 +599,7 @@ impl RewardModel {
             if self.params.reward == RewardKind::Sayself {
                 self.sayself(item, r, &mut score)?;
             }
-            if let Some(u) = self
-                .params
-                .unanswered_response_reward
-                .filter(|_| !crate::metrics::accuracy::well_formed(&score.sentences, &crate::metrics::MetricsParams::default().accuracy))
-            {
+            if let Some(u) = self.params.unanswered_response_reward.filter(|_| !well_formed(&score.sentences, &self.metrics.accuracy)) {
                 // The whole reward on the last token; the parts stay in the log as computed.
                 score.total = u;
                 score.token_rewards = vec![(r.tokens.len() - 1, u)];
@@ -681,7 +681,7 @@ impl RewardModel {
     /// Replaces MMBoundary's reward of a scored rollout by SaySelf's ([`RewardKind::Sayself`]).
     fn sayself(&self, item: &Item, r: &RolloutTokens, score: &mut RolloutScore) -> anyhow::Result<()> {
         let sentences: Vec<&str> = score.sentences.iter().map(String::as_str).collect();
-        let correct = super::eval::answer_correct(item, &sentences, &crate::metrics::MetricsParams::default());
+        let correct = super::eval::answer_correct(item, &sentences, &self.metrics);
         let last = (0..score.expressed.len()).rev().find(|&t| score.expressed[t].is_some());
         let total = crate::confidence::rewards::sayself_reward(correct, last.and_then(|t| score.expressed[t]))
             .map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
