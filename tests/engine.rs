@@ -227,6 +227,41 @@ fn independent_stages_run_in_parallel_with_jobs() {
     assert_eq!(s.ran.len(), 2);
 }
 
+#[test]
+fn stages_side_by_side_share_the_threads_and_one_alone_takes_them_all() {
+    let cores = mmboundary::runtime::stage_threads();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let pipeline = || {
+        let mk = |name: &str| {
+            let seen = seen.clone();
+            let body = move |ctx: &StageContext| -> anyhow::Result<()> {
+                seen.lock().unwrap().push((ctx.stage().to_string(), ctx.threads(), mmboundary::runtime::stage_threads()));
+                ctx.write_bytes("out", ArtifactKind::Json, ctx.stage().as_bytes())?;
+                Ok(())
+            };
+            Box::new(TestStage {
+                name: name.into(),
+                inputs: vec![],
+                params: serde_json::json!({}),
+                runs: Arc::default(),
+                body: Box::new(body),
+            }) as Box<dyn Stage>
+        };
+        Pipeline::new(vec![mk("a"), mk("b")]).unwrap()
+    };
+    let (_d, store) = tmp_store();
+    pipeline().run(&store, &RunOptions { jobs: 2, ..Default::default() }).unwrap();
+    let share = (cores / 2).max(1);
+    let mut got = std::mem::take(&mut *seen.lock().unwrap());
+    got.sort();
+    assert_eq!(got, [("a".to_string(), Some(share), share), ("b".to_string(), Some(share), share)]);
+    let (_d, store) = tmp_store();
+    pipeline().run(&store, &RunOptions::default()).unwrap();
+    let mut got = std::mem::take(&mut *seen.lock().unwrap());
+    got.sort();
+    assert_eq!(got, [("a".to_string(), None, cores), ("b".to_string(), None, cores)]);
+}
+
 /// Held while a test spawns a process and while a test relies on a lock being released when it drops: between
 /// fork and exec a child holds copies of every descriptor of this process (flock locks included), so a sibling
 /// test's spawn could keep a just-dropped lock alive for a moment.

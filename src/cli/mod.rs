@@ -71,7 +71,7 @@ pub fn main() -> ExitCode {
         // Colour codes only for a person at a terminal, not in `mmb run 2> run.log`.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match dispatch(cli) {
+    match crate::runtime::init_threads().and_then(|_| dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", crate::runtime::error_chain(e.as_ref()));

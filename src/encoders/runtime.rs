@@ -83,7 +83,7 @@ pub enum GraphOptimization {
 pub struct SessionOptions {
     /// Graph optimization level (default: all).
     pub optimization: GraphOptimization,
-    /// Intra-op threads; `None` = the number of cores this process may use.
+    /// Intra-op threads; `None` = the stage's share (`$MMB_THREADS`, else the cores this process may use).
     pub intra_threads: Option<usize>,
     pub provider: ExecutionProvider,
     /// When the chosen GPU provider cannot register, run on the CPU instead of failing. Off by default:
@@ -99,7 +99,7 @@ impl Default for SessionOptions {
 
 impl SessionOptions {
     pub fn threads(&self) -> usize {
-        self.intra_threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1)
+        self.intra_threads.unwrap_or_else(crate::runtime::stage_threads).max(1)
     }
 }
 

@@ -121,6 +121,8 @@ impl Pipeline {
         let mut running: BTreeSet<String> = BTreeSet::new();
         let mut failure: Option<EngineError> = None;
         let jobs = opts.jobs.max(1);
+        // Stages side by side share the threads; one at a time, a stage takes them all.
+        let threads = (jobs > 1).then(|| crate::runtime::thread_share(crate::runtime::stage_threads(), jobs));
 
         std::thread::scope(|scope| -> Result<(), EngineError> {
             let (tx, rx) = mpsc::channel::<(String, Result<(StageRecord, Produced), EngineError>)>();
@@ -165,7 +167,11 @@ impl Pipeline {
                         announce(
                             &progress,
                             start,
-                            &format!("{name}: started ({})", st.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")),
+                            &format!(
+                                "{name}: started ({}){}",
+                                st.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "),
+                                threads.map(|n| format!(" on {n} threads of {}", crate::runtime::stage_threads())).unwrap_or_default()
+                            ),
                         );
                         running.insert(name.clone());
                         rerun.insert(name.clone());
@@ -175,10 +181,11 @@ impl Pipeline {
                         scope.spawn(move || {
                             // A panic (an `expect`, an Arrow cast on a bad artifact) must fail the run, not leave
                             // the loop below waiting for a report that never comes.
-                            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_one(s, st, store, progress, exec)))
-                                .unwrap_or_else(|payload| {
-                                    Err(EngineError::StagePanicked { stage: name.clone(), msg: panic_message(&*payload) })
-                                });
+                            let res =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_one(s, st, store, progress, exec, threads)))
+                                    .unwrap_or_else(|payload| {
+                                        Err(EngineError::StagePanicked { stage: name.clone(), msg: panic_message(&*payload) })
+                                    });
                             let _ = tx.send((name, res));
                         });
                         launched = true;
@@ -259,6 +266,7 @@ fn run_one(
     store: &Store,
     progress: &MultiProgress,
     exec: Option<&super::executor::Executors>,
+    threads: Option<usize>,
 ) -> Result<(StageRecord, Produced), EngineError> {
     let started = Instant::now();
     let name = stage.name().to_string();
@@ -275,8 +283,11 @@ fn run_one(
         created: None,
         rows: None,
     };
-    let ctx = StageContext::new(store, &name, st.params.clone(), st.inputs.clone(), stage.outputs(), lineage, progress);
-    super::executor::execute(stage, &ctx, exec).map_err(|source| EngineError::StageFailed { stage: name.clone(), source })?;
+    let ctx =
+        StageContext::new(store, &name, st.params.clone(), st.inputs.clone(), stage.outputs(), lineage, progress).with_threads(threads);
+    // An in-process stage's encoders take the share on this thread; a worker gets it as `$MMB_THREADS`.
+    crate::runtime::with_share(threads, || super::executor::execute(stage, &ctx, exec))
+        .map_err(|source| EngineError::StageFailed { stage: name.clone(), source })?;
     let written = ctx.into_written();
     let declared = stage.outputs();
     for d in &declared {

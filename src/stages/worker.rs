@@ -7,7 +7,7 @@ use crate::engine::{StageContext, WorkerJob};
 use crate::store::{ArtifactId, ArtifactKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// What the worker reports back.
@@ -45,11 +45,7 @@ pub fn run_in_worker(ctx: &StageContext) -> anyhow::Result<()> {
     let job_path = dir.path().join("job.json");
     let result_path = dir.path().join("result.json");
     std::fs::write(&job_path, serde_json::to_vec(&ctx.to_job())?)?;
-    let status = Command::new(&bin)
-        .arg("job")
-        .arg(&job_path)
-        .arg(&result_path)
-        .stdin(Stdio::null())
+    let status = worker_command(&bin, &job_path, &result_path, ctx.threads())
         .status()
         .map_err(|e| anyhow::anyhow!("could not start {}: {e}", bin.display()))?;
     if !status.success() {
@@ -63,7 +59,35 @@ pub fn run_in_worker(ctx: &StageContext) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The worker's command line; with a share of the threads (stages side by side), `$MMB_THREADS` caps its
+/// pools, so that two workers do not each take every core.
+fn worker_command(bin: &Path, job: &Path, result: &Path, threads: Option<usize>) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("job").arg(job).arg(result).stdin(Stdio::null());
+    if let Some(n) = threads {
+        cmd.env(crate::runtime::THREADS_ENV, n.to_string());
+    }
+    cmd
+}
+
 /// Reads a job file (worker side).
 pub fn read_job(path: &std::path::Path) -> anyhow::Result<WorkerJob> {
     serde_json::from_slice(&std::fs::read(path)?).map_err(|e| anyhow::anyhow!("{}: not a worker job: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn a_worker_beside_others_gets_its_share_of_the_threads() {
+        let envs = |threads| {
+            let cmd = worker_command(Path::new("mmb-torch"), Path::new("job.json"), Path::new("result.json"), threads);
+            assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["job", "job.json", "result.json"]);
+            cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(OsStr::to_owned))).collect::<Vec<_>>()
+        };
+        assert_eq!(envs(Some(3)), [("MMB_THREADS".into(), Some("3".into()))]);
+        assert!(envs(None).is_empty(), "alone, the worker keeps its runtimes' defaults");
+    }
 }

@@ -29,7 +29,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("usage: mmb-torch job JOB.json RESULT.json (started by `mmb run`, not by hand), or mmb-torch bench-vlm --help");
     };
     anyhow::ensure!(cmd == "job", "unknown command `{cmd}` (expected `job`)");
-    let out = jobs::run_job(&read_job(Path::new(job))?, &MultiProgress::new())?;
+    let job = read_job(Path::new(job))?;
+    if let Some(n) = mmboundary::runtime::init_threads()? {
+        // Beside other stages (`mmb run -j N`): libtorch's and rayon's pools take the share, not every core.
+        tch::set_num_threads(n as i32);
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+        eprintln!("{}: on {n} threads ({}={n})", job.stage, mmboundary::runtime::THREADS_ENV);
+    }
+    let out = jobs::run_job(&job, &MultiProgress::new())?;
     mmboundary::store::write_atomic(Path::new(result), &serde_json::to_vec(&out)?)?;
     Ok(())
 }
