@@ -707,3 +707,36 @@ fn llava_refuses_vision_feature_settings_it_does_not_compute() {
         assert!(e.contains(says) && e.contains("config.json"), "{e}");
     }
 }
+
+/// The same weights and metadata give the same file, byte for byte, however the metadata map iterates: a
+/// checkpoint's artifact id is the blake3 of its bytes, so two runs that train the same weights must agree on it.
+/// (safetensors writes its metadata in hash order; session 13 found two SFT runs with equal weights under two ids.)
+#[test]
+fn safetensors_files_are_the_same_bytes_for_the_same_weights_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = vec![
+        ("b.weight".to_string(), Tensor::from_slice(&[1.0f32, -2.5, 3.25]).view([3, 1])),
+        ("a.bias".to_string(), Tensor::from_slice(&[7i64, 8])),
+    ];
+    let meta = || (0..12).map(|i| (format!("key{i}"), format!("value {i}"))).collect::<std::collections::HashMap<_, _>>();
+    let write = |name: &str| {
+        let path = dir.path().join(name);
+        mllm::weights::write_safetensors(&path, &tensors, meta()).unwrap();
+        std::fs::read(&path).unwrap()
+    };
+    let first = write("first.safetensors");
+    for k in 0..8 {
+        assert!(write(&format!("again{k}.safetensors")) == first, "write {k} gave other bytes than the first");
+    }
+    // Still a safetensors file with everything in it.
+    let (back, m) = mllm::weights::read_safetensors(&dir.path().join("first.safetensors")).unwrap();
+    assert_eq!(m, meta());
+    assert_eq!(to_vec(&back["b.weight"]), [1.0, -2.5, 3.25]);
+    assert_eq!(back["b.weight"].size(), [3, 1]);
+    assert_eq!(Vec::<i64>::try_from(&back["a.bias"]).unwrap(), [7, 8]);
+    // The header's metadata is in key order.
+    let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+    let at = |k: &str| header.find(&format!("\"{k}\"")).unwrap();
+    assert!(at("key0") < at("key1") && at("key1") < at("key10") && at("key10") < at("key2"), "{header}");
+}

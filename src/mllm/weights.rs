@@ -4,6 +4,7 @@
 use super::{MllmError, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
@@ -150,9 +151,40 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Ha
         .collect::<std::result::Result<_, safetensors::SafeTensorError>>()
         .map_err(|e| MllmError::Checkpoint { path: path.display().to_string(), msg: e.to_string() })?;
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .map_err(|e| MllmError::Checkpoint { path: tmp.display().to_string(), msg: e.to_string() })?;
+    let err = |msg: String| MllmError::Checkpoint { path: tmp.display().to_string(), msg };
+    let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| err(e.to_string()))?;
+    sort_header(&mut bytes).map_err(err)?;
+    let mut f = std::fs::File::create(&tmp).map_err(super::io_err(&tmp))?;
+    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(super::io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(super::io_err(path))?;
+    Ok(())
+}
+
+/// Rewrites a serialized file's JSON header with every object's keys in order. safetensors writes its
+/// metadata map in hash order, so the same weights would give other bytes, and another artifact id, on
+/// every run. The header keeps its length (same keys, same values, compact JSON), so the offsets hold.
+fn sort_header(bytes: &mut [u8]) -> std::result::Result<(), String> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(sorted).collect()),
+            v => v,
+        }
+    }
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).ok_or("no header length")?;
+    let header = bytes.get_mut(8..8 + n).ok_or("header past the end")?;
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
+    let json = serde_json::to_vec(&sorted(value)).map_err(|e| format!("header: {e}"))?;
+    if json.len() > n {
+        return Err(format!("sorted header is {} bytes, more than the {n} written", json.len()));
+    }
+    // safetensors pads the header with spaces to its length.
+    header[..json.len()].copy_from_slice(&json);
+    header[json.len()..].fill(b' ');
     Ok(())
 }
 
