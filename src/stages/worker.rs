@@ -78,7 +78,7 @@ pub fn read_job(path: &std::path::Path) -> anyhow::Result<WorkerJob> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::OsStr;
+    use std::ffi::{OsStr, OsString};
 
     #[test]
     fn a_worker_beside_others_gets_its_share_of_the_threads() {
@@ -87,7 +87,7 @@ mod tests {
             assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["job", "job.json", "result.json"]);
             cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(OsStr::to_owned))).collect::<Vec<_>>()
         };
-        assert_eq!(envs(Some(3)), [("MMB_THREADS".into(), Some("3".into()))]);
+        assert_eq!(envs(Some(3)), [(OsString::from("MMB_THREADS"), Some(OsString::from("3")))]);
         assert!(envs(None).is_empty(), "alone, the worker keeps its runtimes' defaults");
     }
 }
