@@ -192,12 +192,7 @@ impl Stage for DemoClipStage {
         w.close()?;
         let out = work.path().join("clip");
         let bar = ctx.progress(1, "training the demo CLIP");
-        let mut cmd = Command::new(&p.python);
-        if let Some(n) = crate::runtime::thread_cap() {
-            // Beside other stages (`mmb run -j N`) or under `$MMB_THREADS`: torch's pool takes the cap.
-            cmd.env("OMP_NUM_THREADS", n.to_string());
-        }
-        let o = cmd
+        let o = Command::new(&p.python)
             .arg(&p.script)
             .arg("--pairs")
             .arg(&pairs)
