@@ -68,9 +68,8 @@ pub fn stage_threads() -> usize {
     thread_cap().unwrap_or_else(cores)
 }
 
-/// The cap on this thread's stage, if any (its share, else `$MMB_THREADS`): what a child process that
-/// reads neither (Python's torch, through `OMP_NUM_THREADS`) is given.
-pub fn thread_cap() -> Option<usize> {
+/// The cap on this thread's stage, if any: its share, else `$MMB_THREADS`.
+fn thread_cap() -> Option<usize> {
     SHARE.get().or_else(|| STAGE_THREADS.get().copied().flatten())
 }
 
