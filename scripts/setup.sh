@@ -98,4 +98,8 @@ else
   touch "$clip_dir/.done"
 fi
 
+# --- 6. every platform's crates, not only this one's: `cargo metadata --locked --offline` (tests/manifest.rs)
+# resolves the whole lock file, and a registry filled by a build holds only what this platform compiles.
+cargo fetch --locked --manifest-path "$ROOT/Cargo.toml" || die "cargo fetch --locked failed (see above)"
+
 say "done: plain cargo commands now find libtorch and ONNX Runtime"
