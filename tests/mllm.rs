@@ -717,6 +717,8 @@ fn safetensors_files_are_the_same_bytes_for_the_same_weights_and_metadata() {
     let tensors = vec![
         ("b.weight".to_string(), Tensor::from_slice(&[1.0f32, -2.5, 3.25]).view([3, 1])),
         ("a.bias".to_string(), Tensor::from_slice(&[7i64, 8])),
+        // A transposed view: written as its contiguous copy.
+        ("c.t".to_string(), Tensor::from_slice(&[1.0f32, 2., 3., 4., 5., 6.]).view([2, 3]).tr()),
     ];
     let meta = || (0..12).map(|i| (format!("key{i}"), format!("value {i}"))).collect::<std::collections::HashMap<_, _>>();
     let write = |name: &str| {
@@ -734,6 +736,8 @@ fn safetensors_files_are_the_same_bytes_for_the_same_weights_and_metadata() {
     assert_eq!(to_vec(&back["b.weight"]), [1.0, -2.5, 3.25]);
     assert_eq!(back["b.weight"].size(), [3, 1]);
     assert_eq!(Vec::<i64>::try_from(&back["a.bias"]).unwrap(), [7, 8]);
+    assert_eq!(to_vec(&back["c.t"]), [1.0, 4., 2., 5., 3., 6.]);
+    assert_eq!(back["c.t"].size(), [3, 2]);
     // The header's metadata is in key order.
     let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
     let header = std::str::from_utf8(&first[8..8 + n]).unwrap();

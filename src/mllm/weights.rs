@@ -4,7 +4,7 @@
 use super::{MllmError, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
@@ -120,10 +120,9 @@ pub fn load_safetensors_dir(vars: &HashMap<String, Tensor>, dir: &Path, policy: 
     Ok(LoadReport { loaded: seen.len(), files: files.len(), optional_absent })
 }
 
-/// Tensor → raw little-endian bytes for safetensors writing (f32, bf16, f16, i64 and f64 supported).
-pub fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
-    let t = t.to_device(tch::Device::Cpu).contiguous();
-    let dtype = match t.kind() {
+/// The safetensors dtype of a tensor kind (f32, bf16, f16, f64, i64 and i32 supported).
+fn dtype_of(kind: Kind) -> Result<Dtype> {
+    Ok(match kind {
         Kind::Float => Dtype::F32,
         Kind::BFloat16 => Dtype::BF16,
         Kind::Half => Dtype::F16,
@@ -131,36 +130,65 @@ pub fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
         Kind::Int64 => Dtype::I64,
         Kind::Int => Dtype::I32,
         k => return Err(MllmError::Input(format!("cannot serialize tensor kind {k:?}"))),
-    };
-    let numel = t.numel();
-    let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-    t.f_copy_data_u8(&mut bytes, numel)?;
-    Ok((dtype, t.size().iter().map(|&d| d as usize).collect(), bytes))
+    })
 }
 
-/// Writes named tensors (plus string metadata) to one safetensors file, atomically (temp file + rename).
-pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
-    let mut owned = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let (dtype, shape, bytes) = tensor_bytes(t)?;
-        owned.push((name.clone(), dtype, shape, bytes));
+/// One tensor as safetensors writes it: contiguous on the CPU, its bytes copied out only when the writer
+/// reaches it, so a checkpoint costs one tensor's bytes beside the model, not a second copy of it.
+struct HostTensor {
+    tensor: Tensor,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+impl HostTensor {
+    fn new(t: &Tensor) -> Result<Self> {
+        let dtype = dtype_of(t.kind())?;
+        let tensor = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+        let shape = tensor.size().iter().map(|&d| d as usize).collect();
+        Ok(Self { tensor, dtype, shape })
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
-        .iter()
-        .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
-        .collect::<std::result::Result<_, safetensors::SafeTensorError>>()
-        .map_err(|e| MllmError::Checkpoint { path: path.display().to_string(), msg: e.to_string() })?;
+}
+
+impl safetensors::View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let numel = self.tensor.numel();
+        let mut bytes = vec![0u8; self.data_len()];
+        // A contiguous CPU tensor of a kind `dtype_of` accepted: the copy has nothing left that can fail.
+        self.tensor.copy_data_u8(&mut bytes, numel);
+        bytes.into()
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
+    }
+}
+
+/// Writes named tensors (plus string metadata) to one safetensors file, streamed tensor by tensor, with its
+/// header's keys in order and fsynced before an atomic rename (temp file + rename).
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    let host = tensors.iter().map(|(n, t)| Ok((n.clone(), HostTensor::new(t)?))).collect::<Result<Vec<_>>>()?;
     let tmp = path.with_extension("safetensors.tmp");
     let err = |msg: String| MllmError::Checkpoint { path: tmp.display().to_string(), msg };
-    let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| err(e.to_string()))?;
-    sort_header(&mut bytes).map_err(err)?;
-    let mut f = std::fs::File::create(&tmp).map_err(super::io_err(&tmp))?;
-    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(super::io_err(&tmp))?;
+    safetensors::serialize_to_file(host.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &tmp).map_err(|e| err(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&tmp).map_err(super::io_err(&tmp))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(super::io_err(&tmp))?;
+    let mut head = len.to_vec();
+    head.resize(8 + u64::from_le_bytes(len) as usize, 0);
+    f.read_exact(&mut head[8..]).map_err(super::io_err(&tmp))?;
+    sort_header(&mut head).map_err(err)?;
+    f.seek(std::io::SeekFrom::Start(0)).and_then(|_| f.write_all(&head)).and_then(|_| f.sync_all()).map_err(super::io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(super::io_err(path))?;
     Ok(())
 }
 
-/// Rewrites a serialized file's JSON header with every object's keys in order. safetensors writes its
+/// Rewrites a serialized file's JSON header (its first 8 + n bytes) with every object's keys in order. safetensors writes its
 /// metadata map in hash order, so the same weights would give other bytes, and another artifact id, on
 /// every run. The header keeps its length (same keys, same values, compact JSON), so the offsets hold.
 fn sort_header(bytes: &mut [u8]) -> std::result::Result<(), String> {
