@@ -194,6 +194,7 @@ fn record_report(store: &mmboundary::store::Store, lock: Option<&str>, marker: &
             inputs: Default::default(),
             models: Default::default(),
             device: "cpu".into(),
+            threads: None,
             outputs: [("report".to_string(), output)].into(),
             finished: String::new(),
             seconds: 0.0,

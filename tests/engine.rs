@@ -235,7 +235,7 @@ fn stages_side_by_side_share_the_threads_and_one_alone_takes_them_all() {
         let mk = |name: &str| {
             let seen = seen.clone();
             let body = move |ctx: &StageContext| -> anyhow::Result<()> {
-                seen.lock().unwrap().push((ctx.stage().to_string(), ctx.threads(), mmboundary::runtime::stage_threads()));
+                seen.lock().unwrap().push((ctx.stage().to_string(), mmboundary::runtime::stage_threads()));
                 ctx.write_bytes("out", ArtifactKind::Json, ctx.stage().as_bytes())?;
                 Ok(())
             };
@@ -249,17 +249,18 @@ fn stages_side_by_side_share_the_threads_and_one_alone_takes_them_all() {
         };
         Pipeline::new(vec![mk("a"), mk("b")]).unwrap()
     };
-    let (_d, store) = tmp_store();
-    pipeline().run(&store, &RunOptions { jobs: 2, ..Default::default() }).unwrap();
+    // What each stage saw, and the cap its lock record says it ran under.
+    let run = |jobs: usize| {
+        let (_d, store) = tmp_store();
+        pipeline().run(&store, &RunOptions { jobs, ..Default::default() }).unwrap();
+        let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
+        let mut got = std::mem::take(&mut *seen.lock().unwrap());
+        got.sort();
+        (got, lock.stages.values().map(|r| r.threads).collect::<Vec<_>>())
+    };
     let share = (cores / 2).max(1);
-    let mut got = std::mem::take(&mut *seen.lock().unwrap());
-    got.sort();
-    assert_eq!(got, [("a".to_string(), Some(share), share), ("b".to_string(), Some(share), share)]);
-    let (_d, store) = tmp_store();
-    pipeline().run(&store, &RunOptions::default()).unwrap();
-    let mut got = std::mem::take(&mut *seen.lock().unwrap());
-    got.sort();
-    assert_eq!(got, [("a".to_string(), None, cores), ("b".to_string(), None, cores)]);
+    assert_eq!(run(2), (vec![("a".to_string(), share), ("b".to_string(), share)], vec![Some(share); 2]));
+    assert_eq!(run(1), (vec![("a".to_string(), cores), ("b".to_string(), cores)], vec![None; 2]));
 }
 
 /// Held while a test spawns a process and while a test relies on a lock being released when it drops: between

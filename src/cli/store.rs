@@ -38,7 +38,15 @@ pub fn show(store: &Path, _stages: &Path, a: ShowArgs) -> anyhow::Result<ExitCod
     let store = Store::open(store)?;
     let lock = LockFile::load(store.root())?;
     if let Some(rec) = lock.stages.get(&a.what) {
-        println!("stage {}  (key {}, {:.2} s, finished {})", a.what, &rec.key[..12], rec.seconds, rec.finished);
+        let threads = rec.threads.map(|n| format!(" on {n} threads")).unwrap_or_default();
+        println!(
+            "stage {}  (key {}, {:.2} s, device {}{threads}, finished {})",
+            a.what,
+            &rec.key[..12],
+            rec.seconds,
+            rec.device,
+            rec.finished
+        );
         println!("params: {}", serde_json::to_string_pretty(&rec.params)?);
         for (name, o) in &rec.outputs {
             println!("\n== output {name}");

@@ -33,8 +33,6 @@ pub struct StageContext<'a> {
     lineage: Lineage,
     written: Mutex<BTreeMap<String, (ArtifactId, ArtifactKind)>>,
     progress: &'a MultiProgress,
-    /// The threads this stage may use when others run beside it (`mmb run -j N`); None: every core.
-    threads: Option<usize>,
 }
 
 impl<'a> StageContext<'a> {
@@ -47,32 +45,11 @@ impl<'a> StageContext<'a> {
         lineage: Lineage,
         progress: &'a MultiProgress,
     ) -> Self {
-        Self {
-            store,
-            stage: stage.into(),
-            params,
-            inputs,
-            declared,
-            lineage,
-            written: Mutex::new(BTreeMap::new()),
-            progress,
-            threads: None,
-        }
+        Self { store, stage: stage.into(), params, inputs, declared, lineage, written: Mutex::new(BTreeMap::new()), progress }
     }
 
     pub fn stage(&self) -> &str {
         &self.stage
-    }
-
-    /// This stage's share of the threads, when it runs beside others.
-    pub(crate) fn with_threads(mut self, threads: Option<usize>) -> Self {
-        self.threads = threads;
-        self
-    }
-
-    /// The threads this stage may use when others run beside it (a worker gets them as `$MMB_THREADS`).
-    pub fn threads(&self) -> Option<usize> {
-        self.threads
     }
 
     pub fn store(&self) -> &Store {

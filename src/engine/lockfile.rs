@@ -14,6 +14,10 @@ pub struct StageRecord {
     #[serde(default)]
     pub models: BTreeMap<String, String>,
     pub device: String,
+    /// The thread cap the stage ran under (its `-j N` share or `$MMB_THREADS`); absent: none, every runtime
+    /// on its own default. Not part of the key, yet a trained stage's floats can depend on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
     pub outputs: BTreeMap<String, OutputRecord>,
     pub finished: String,
     pub seconds: f64,
@@ -140,6 +144,7 @@ mod tests {
             inputs: BTreeMap::new(),
             models: BTreeMap::new(),
             device: "cpu".into(),
+            threads: None,
             outputs: BTreeMap::new(),
             finished: String::new(),
             seconds,

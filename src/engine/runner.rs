@@ -283,11 +283,10 @@ fn run_one(
         created: None,
         rows: None,
     };
-    let ctx =
-        StageContext::new(store, &name, st.params.clone(), st.inputs.clone(), stage.outputs(), lineage, progress).with_threads(threads);
+    let ctx = StageContext::new(store, &name, st.params.clone(), st.inputs.clone(), stage.outputs(), lineage, progress);
     // An in-process stage's encoders take the share on this thread; a worker gets it as `$MMB_THREADS`.
-    crate::runtime::with_share(threads, || super::executor::execute(stage, &ctx, exec))
-        .map_err(|source| EngineError::StageFailed { stage: name.clone(), source })?;
+    let (done, cap) = crate::runtime::with_share(threads, || (super::executor::execute(stage, &ctx, exec), crate::runtime::thread_cap()));
+    done.map_err(|source| EngineError::StageFailed { stage: name.clone(), source })?;
     let written = ctx.into_written();
     let declared = stage.outputs();
     for d in &declared {
@@ -309,6 +308,7 @@ fn run_one(
         inputs: st.inputs.iter().map(|(k, (id, _))| (k.clone(), id.to_string())).collect(),
         models: st.models,
         device: stage.device(),
+        threads: cap,
         outputs,
         finished: Lineage::now(),
         seconds: started.elapsed().as_secs_f64(),

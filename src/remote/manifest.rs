@@ -137,6 +137,7 @@ mod tests {
             inputs: inputs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
             models: Default::default(),
             device: "cpu".into(),
+            threads: None,
             outputs: outputs
                 .iter()
                 .map(|(a, b)| (a.to_string(), OutputRecord { id: b.to_string(), kind: ArtifactKind::Parquet, bytes: 1 }))

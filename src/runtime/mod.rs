@@ -68,8 +68,9 @@ pub fn stage_threads() -> usize {
     thread_cap().unwrap_or_else(cores)
 }
 
-/// The cap on this thread's stage, if any: its share, else `$MMB_THREADS`.
-fn thread_cap() -> Option<usize> {
+/// The cap on this thread's stage, if any: its share, else `$MMB_THREADS`. None: every runtime keeps its
+/// own default, all cores.
+pub fn thread_cap() -> Option<usize> {
     SHARE.get().or_else(|| STAGE_THREADS.get().copied().flatten())
 }
 

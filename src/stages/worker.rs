@@ -38,14 +38,15 @@ pub fn worker_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Runs the context's stage in the worker and adopts its outputs.
+/// Runs the context's stage in the worker and adopts its outputs. The worker gets this thread's cap (its
+/// share under `-j N`, see `runtime::with_share`) as `$MMB_THREADS`.
 pub fn run_in_worker(ctx: &StageContext) -> anyhow::Result<()> {
     let bin = worker_binary()?;
     let dir = tempfile::tempdir()?;
     let job_path = dir.path().join("job.json");
     let result_path = dir.path().join("result.json");
     std::fs::write(&job_path, serde_json::to_vec(&ctx.to_job())?)?;
-    let status = worker_command(&bin, &job_path, &result_path, ctx.threads())
+    let status = worker_command(&bin, &job_path, &result_path, crate::runtime::thread_cap())
         .status()
         .map_err(|e| anyhow::anyhow!("could not start {}: {e}", bin.display()))?;
     if !status.success() {
