@@ -501,3 +501,52 @@ fn scored_sentences_are_judged_and_signals_ranked_by_auroc() {
     assert_eq!(auc, [Some(1.0), Some(0.0), Some(0.5), Some(0.0)]);
     assert_eq!(signal_aurocs(&rows, &[true, true, true]).unwrap(), [None; 4]);
 }
+
+/// The embedded benchmark's reference chains are templated, one wording per fact, so a sentence that swaps
+/// one word of a reference sentence states another fact. The shipped judge (the same for `score`, `ppo` and
+/// `eval`) must call it wrong: MiniLM's cosine puts "a large red … hexagon" at 0.87 of "a large teal …
+/// hexagon", "So, the answer is no." at 0.93 of "… yes." and "2 squares" at 0.97 of "3 squares", all over
+/// the paper's 0.64, so every AUROC and reward was computed against labels that were mostly noise.
+#[test]
+fn the_shipped_judge_calls_a_sentence_with_one_wrong_fact_wrong() {
+    use arrow::array::AsArray;
+    use mmboundary::data::{Item, ReferenceChain};
+    use mmboundary::stages::chain_judge::ChainJudge;
+    use mmboundary::stages::eval::{evaluate, EvalChain, EvalParams};
+    use mmboundary::stages::ppo::PpoStageParams;
+    use mmboundary::stages::score::ScoreParams;
+    use mmboundary::stages::StageConfigs;
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let configs = StageConfigs::new(&root.join("stages"));
+    let eval: EvalParams = configs.params("eval").unwrap();
+    let score: ScoreParams = configs.params("score").unwrap();
+    let ppo: PpoStageParams = configs.params("ppo").unwrap();
+    assert_eq!((&score.judge, score.match_threshold), (&eval.judge, eval.match_threshold), "score and eval judge alike");
+    assert_eq!((&ppo.judge, ppo.rewards.match_threshold), (&eval.judge, eval.match_threshold), "ppo and eval judge alike");
+
+    let cj = ChainJudge::load_with_judge(
+        &root.join(&eval.minilm),
+        &root.join(&eval.pool),
+        eval.parser.clone(),
+        eval.backward.clone(),
+        &eval.judge,
+        "eval",
+        &Default::default(),
+    )
+    .unwrap();
+    let mut it = Item::new("p1", "penumbra", "val", "Are there more squares than circles?");
+    it.chain = ReferenceChain {
+        perception: vec!["There is a large teal solid hexagon at the top left.".into()],
+        reasoning: vec!["There are 3 squares. 3 is more than 2.".into(), "So, the answer is yes.".into()],
+    };
+    let text = "There is a large red solid hexagon at the top left. There is a large teal solid hexagon at the top left. \
+                There are 2 squares. 2 is more than 3. So, the answer is no. So, the ANSWER is  yes";
+    let chains = vec![EvalChain { variant: "sft".into(), item_id: "p1".into(), text: text.into() }];
+    let (rows, _) = evaluate(&cj, &[it], &chains, &eval).unwrap();
+    let got: Vec<&str> = rows.column_by_name("sentence").unwrap().as_string::<i32>().iter().flatten().collect();
+    assert_eq!(got.len(), 5, "{got:?}");
+    let correct: Vec<bool> = rows.column_by_name("correct").unwrap().as_boolean().iter().flatten().collect();
+    // Case, spacing and the final full stop do not make another fact.
+    assert_eq!(correct, [false, true, false, false, true], "{got:?}");
+}

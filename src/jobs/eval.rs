@@ -13,6 +13,8 @@ use std::collections::HashMap;
 
 pub fn run(ctx: &StageContext) -> Result<()> {
     let p: EvalParams = ctx.params()?;
+    // Before any generation: a threshold the judge cannot use.
+    p.judge.check_threshold("eval", "match_threshold", p.match_threshold)?;
     let policy::ModelRun { dir: model_dir, device, dtype } = policy::ModelRun::resolve(ctx, "eval", &p.mllm())?;
     let tok = Prompter::tokenizer(&model_dir)?;
     let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;

@@ -4,6 +4,7 @@
 //! cross-encoder; every artifact records which). Also where each pair sits in the text, so the
 //! PPO reward can be placed on the token that ends a statement.
 use crate::confidence::parser::{numeric_confidence, Layout, ParsedPair, Parser, ParserParams};
+use crate::confidence::similarity::exact_or_half;
 use crate::confidence::statements::{BackwardParams, PoolIndex, StatementPool};
 use crate::confidence::uncertainty::cosine;
 use crate::confidence::PairSimilarity;
@@ -88,6 +89,11 @@ impl ChainJudge {
     pub fn similarity_matrix(&self, sentences: &[&str], reference: &[&str]) -> anyhow::Result<Vec<Vec<f64>>> {
         match &self.matcher {
             Judge::MinilmCosine => cosine_matrix(&self.embed(sentences)?, &self.embed(reference)?),
+            Judge::ExactMatch => Ok(cosine_matrix(&self.embed(sentences)?, &self.embed(reference)?)?
+                .into_iter()
+                .zip(sentences)
+                .map(|(row, s)| row.into_iter().zip(reference).map(|(c, r)| exact_or_half(s, r, c)).collect())
+                .collect()),
             Judge::CrossEncoder(ce) => {
                 let pairs: Vec<(&str, &str)> = sentences.iter().flat_map(|&s| reference.iter().map(move |&r| (s, r))).collect();
                 let scores = ce.similarity(&pairs).map_err(|e| anyhow::anyhow!("cross-encoder: {e}"))?;

@@ -39,6 +39,12 @@ pub enum JudgeKind {
     /// A cross-encoder folder (`model.onnx`, `tokenizer.json`; `scripts/export_onnx.py cross-encoder`
     /// exports one), the paper's cross-encoder/stsb-roberta-large with threshold 0.64.
     CrossEncoder,
+    /// Right only when the sentence is a reference sentence word for word (case, spacing and the final
+    /// full stop aside): 1 for it, else half of MiniLM's cosine (`confidence::similarity::ExactMatch`), so
+    /// the nearest reference sentence still gives a sentence its level. For templated reference chains,
+    /// the embedded benchmark's, where "a large red hexagon" has MiniLM cosine 0.87 with "a large teal
+    /// hexagon". TokenSAR's g is then MiniLM's cosine (equality cannot weigh one token's relevance).
+    ExactMatch,
 }
 
 /// The judge of a stage (its name, threshold and folder go into the stage's params, hence its cache
@@ -56,6 +62,7 @@ pub struct JudgeParams {
 /// text once: TokenSAR's pairs share their first text, and the judged sentences their references.
 pub enum Judge {
     MinilmCosine,
+    ExactMatch,
     CrossEncoder(CrossEncoderSimilarity),
 }
 
@@ -64,6 +71,7 @@ impl JudgeParams {
     pub fn name(&self) -> String {
         match self.kind {
             JudgeKind::MinilmCosine => "minilm-cosine".into(),
+            JudgeKind::ExactMatch => "exact-match".into(),
             JudgeKind::CrossEncoder => format!(
                 "cross-encoder:{}",
                 self.cross_encoder.as_deref().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
@@ -79,10 +87,23 @@ impl JudgeParams {
         }
     }
 
+    /// A match threshold this judge can use (`key` names it in the error): the exact-match judge scores a
+    /// reference sentence 1 and any other sentence at most 0.5, so its threshold must be in [0.5, 1).
+    pub fn check_threshold(&self, stage: &str, key: &str, threshold: f64) -> anyhow::Result<()> {
+        if self.kind == JudgeKind::ExactMatch && !(0.5..1.0).contains(&threshold) {
+            anyhow::bail!(
+                "{stage}.{key} = {threshold}: the exact_match judge scores a reference sentence 1 and any other \
+                 sentence at most 0.5, so its threshold must be at least 0.5 and below 1"
+            );
+        }
+        Ok(())
+    }
+
     /// Loads the judge; a cross-encoder without its folder is an error naming the param.
     pub fn load(&self, stage: &str, session: &SessionOptions) -> anyhow::Result<Judge> {
         match (&self.kind, &self.cross_encoder) {
             (JudgeKind::MinilmCosine, _) => Ok(Judge::MinilmCosine),
+            (JudgeKind::ExactMatch, _) => Ok(Judge::ExactMatch),
             (JudgeKind::CrossEncoder, Some(d)) => {
                 let ce = CrossEncoder::load(d, CrossEncoderParams::default(), session)
                     .map_err(|e| anyhow::anyhow!("{stage}.judge.cross_encoder = {}: {e}", d.display()))?;

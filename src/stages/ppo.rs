@@ -495,6 +495,7 @@ impl RewardModel {
 
     /// `clip_dir`: the CLIP folder (`params.clip`, or the demo CLIP the stage resolved).
     pub fn load(params: &PpoStageParams, clip_dir: &std::path::Path, levels: LevelModel, session: &SessionOptions) -> anyhow::Result<Self> {
+        params.judge.check_threshold("ppo", "rewards.match_threshold", params.rewards.match_threshold)?;
         let judge = ChainJudge::load_with_judge(
             &params.minilm,
             &params.pool,
@@ -564,7 +565,7 @@ impl RewardModel {
             let likelihood = likelihood_signals(&responses, u).map_err(at)?;
             let cosine = CosineOfEmbeddings(EmbedderRef(&self.judge.embedder));
             let sim_model: &dyn crate::confidence::PairSimilarity = match &self.judge.matcher {
-                Judge::MinilmCosine => &cosine,
+                Judge::MinilmCosine | Judge::ExactMatch => &cosine,
                 Judge::CrossEncoder(ce) => ce,
             };
             let sar = token_sar_batched(&responses, sim_model, &u.token_sar).map_err(at)?;

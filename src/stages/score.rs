@@ -8,7 +8,7 @@
 //! its decoded piece clipped to the sentence ([`chain_responses`], [`crate::confidence::spans`]).
 use super::judges::{Judge, JudgeParams};
 use crate::confidence::rewards::sentence_correctness;
-use crate::confidence::similarity::CosineOfEmbeddings;
+use crate::confidence::similarity::{CosineOfEmbeddings, ExactMatch};
 use crate::confidence::spans::{floors_after_previous, locate, response_sentences, GeneratedToken};
 use crate::confidence::uncertainty::{
     clip_score_from_embeddings, likelihood_signals, token_sar_batched, ResponseTokens, UncertaintyParams,
@@ -286,22 +286,26 @@ impl Stage for ScoreStage {
         let u = &self.params.uncertainty;
         let likelihood = likelihood_signals(&responses, u)?;
         let bar = ctx.progress(responses.len() as u64, "TokenSAR + CLIPScore");
+        self.params.judge.check_threshold("score", "match_threshold", self.params.match_threshold)?;
         let judge = self.params.judge.load("score", &session)?;
         let minilm = match judge {
-            Judge::MinilmCosine => Some(CosineOfEmbeddings(super::judges::MiniLmEmbedder(SentenceEncoder::load(
+            Judge::MinilmCosine | Judge::ExactMatch => Some(CosineOfEmbeddings(super::judges::MiniLmEmbedder(SentenceEncoder::load(
                 &self.params.minilm,
                 SentenceEncoderParams::default(),
                 &session,
             )?))),
             Judge::CrossEncoder(_) => None,
         };
+        // TokenSAR's g: the cross-encoder, else MiniLM's cosine; I(z): the judge itself.
         let g: &dyn PairSimilarity = match (&judge, &minilm) {
             (Judge::CrossEncoder(ce), _) => ce,
-            (Judge::MinilmCosine, Some(m)) => m,
-            (Judge::MinilmCosine, None) => unreachable!("MiniLM loaded for the MiniLM judge"),
+            (_, Some(m)) => m,
+            (_, None) => unreachable!("MiniLM loaded for the MiniLM and exact-match judges"),
         };
+        let exact = ExactMatch(g);
+        let matcher: &dyn PairSimilarity = if matches!(judge, Judge::ExactMatch) { &exact } else { g };
         let tokensar = token_sar_batched(&responses, g, &u.token_sar)?;
-        let correct = sentence_correct(&responses_ids(ids), &texts, &items, g, self.params.match_threshold)?;
+        let correct = sentence_correct(&responses_ids(ids), &texts, &items, matcher, self.params.match_threshold)?;
         let judge_name = format!("{} > {}", self.params.judge.name(), self.params.match_threshold);
         let clip = Clip::load(&super::models::resolve(ctx, &self.params.clip, "clip")?, &session)?;
 
