@@ -115,3 +115,29 @@ impl JudgeParams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exact_match_judge_refuses_a_threshold_outside_half_to_one() {
+        let exact = JudgeParams { kind: JudgeKind::ExactMatch, cross_encoder: None };
+        for ok in [0.5, 0.64, 0.99] {
+            exact.check_threshold("eval", "match_threshold", ok).unwrap();
+        }
+        for bad in [0.3, 1.0, f64::NAN] {
+            let e = exact.check_threshold("ppo", "rewards.match_threshold", bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "ppo.rewards.match_threshold = {bad}: the exact_match judge scores a reference sentence 1 and any \
+                     other sentence at most 0.5, so its threshold must be at least 0.5 and below 1"
+                )
+            );
+        }
+        // Other judges keep any threshold.
+        JudgeParams::default().check_threshold("eval", "match_threshold", 0.3).unwrap();
+        assert_eq!(exact.name(), "exact-match");
+    }
+}
