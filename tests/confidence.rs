@@ -488,9 +488,9 @@ proptest! {
     fn levels_are_monotone_in_u_final(
         u in prop::collection::vec(0.0f64..1.0, 3..50),
         probes in prop::collection::vec(-0.5f64..1.5, 2..40),
-        uniform in any::<bool>(),
+        intervals in prop::sample::select(vec![Intervals::Uniform, Intervals::MuSigma, Intervals::Quantile]),
     ) {
-        let params = FusionParams { intervals: if uniform { Intervals::Uniform } else { Intervals::MuSigma }, ..Default::default() };
+        let params = FusionParams { intervals, ..Default::default() };
         let cuts = match LevelCuts::fit(&u, &params) {
             Ok(c) => c,
             Err(ConfidenceError::ZeroSpread { .. }) => return Ok(()),
@@ -616,6 +616,22 @@ fn level_cut_points_go_to_the_less_confident_side() {
     close(cuts.std, 0.1, "σ");
     let got: Vec<u8> = [0.39, 0.41, 0.61, 0.71, 0.81].iter().map(|&u| cuts.level(u)).collect();
     assert_eq!(got, vec![5, 4, 3, 2, 1]);
+}
+
+/// Equal-count intervals, by hand: sorted U_Final [0, 0.1, 0.3, 0.6, 1] (n = 5), the q-quantile at position
+/// 4q between order statistics: 0.2 → 0.8 → 0.08, 0.4 → 1.6 → 0.22, 0.6 → 2.4 → 0.42, 0.8 → 3.2 → 0.68
+/// (numpy.quantile agrees). Each fitted sentence then lands in its own level.
+#[test]
+fn quantile_intervals_put_a_fifth_of_the_sentences_in_each_level() {
+    let params = FusionParams { intervals: Intervals::Quantile, ..Default::default() };
+    let u = [0.6, 0.0, 1.0, 0.3, 0.1];
+    let cuts = LevelCuts::fit(&u, &params).unwrap();
+    for (got, want) in cuts.cuts.iter().zip([0.08, 0.22, 0.42, 0.68]) {
+        close(*got, want, "quantile cut");
+    }
+    let got: Vec<u8> = u.iter().map(|&x| cuts.level(x)).collect();
+    assert_eq!(got, vec![2, 5, 1, 3, 4]);
+    assert!(matches!(LevelCuts::fit(&[0.3, 0.3], &params), Err(ConfidenceError::ZeroSpread { .. })));
 }
 
 /// `context_words`: each pair's left side is the last n words of x (prompt + earlier sentences) + y; a window

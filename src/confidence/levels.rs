@@ -68,6 +68,10 @@ pub enum Intervals {
     MuSigma,
     /// Table 7's UIC ablation: [0, 0.2, 0.4, 0.6, 0.8, 1] ↦ levels 5..1.
     Uniform,
+    /// Equal-count levels: cuts at the 20/40/60/80 % quantiles of the fitted U_Final (linear
+    /// interpolation, numpy's default), so each level holds a fifth of the fitted sentences. Not the
+    /// paper's: μ/σ puts about two thirds of the sentences in level 4, and R_CS then rewards one statement.
+    Quantile,
 }
 
 /// How CLIPScore (which grows with certainty) enters a sum of uncertainties.
@@ -252,6 +256,14 @@ impl LevelCuts {
                 [mean - std, mean + std, mean + 2.0 * std, mean + 3.0 * std]
             }
             Intervals::Uniform => [0.2, 0.4, 0.6, 0.8],
+            Intervals::Quantile => {
+                if std <= 0.0 {
+                    return Err(ConfidenceError::ZeroSpread { n, value: mean });
+                }
+                let mut sorted = u_final.to_vec();
+                sorted.sort_by(f64::total_cmp);
+                [0.2, 0.4, 0.6, 0.8].map(|q| quantile(&sorted, q))
+            }
         };
         Ok(LevelCuts { cuts, mean, std })
     }
@@ -260,6 +272,15 @@ impl LevelCuts {
     pub fn level(&self, u: f64) -> u8 {
         5 - self.cuts.iter().filter(|&&c| u >= c).count() as u8
     }
+}
+
+/// The q-quantile of sorted, non-empty `x` by linear interpolation between order statistics (numpy's
+/// default): position (n − 1)·q.
+fn quantile(x: &[f64], q: f64) -> f64 {
+    let h = (x.len() - 1) as f64 * q;
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(x.len() - 1);
+    x[lo] + (h - lo as f64) * (x[hi] - x[lo])
 }
 
 /// Everything fitted on one dataset that turns raw signals into levels on any dataset.
