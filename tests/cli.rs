@@ -160,6 +160,16 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
     let pv = mmboundary::stages::pipeline_with(&c).unwrap();
     let demo = pv.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
     assert_eq!(demo["trainer"]["decoder"], "smollm2_gguf", "{demo}");
+    // Equal-count levels: bin's intervals and PPO's rollout temperature, over the files' μ/σ.
+    let eq = presets.variant.iter().find(|v| v.name == "equal-count-levels").expect("the equal-count preset");
+    let pe =
+        mmboundary::stages::pipeline_with(&mmboundary::stages::StageConfigs { dir: stages.clone(), overrides: eq.params.clone() }).unwrap();
+    let param = |p: &mmboundary::engine::Pipeline, stage: &str| p.ordered().find(|s| s.name() == stage).unwrap().params();
+    assert_eq!(param(&p, "bin")["fusion"]["intervals"], "mu_sigma");
+    assert_eq!(param(&pe, "bin")["fusion"]["intervals"], "quantile");
+    // The files leave the rollout temperature to the trainer's default (1).
+    assert!(param(&p, "rollout_0")["ppo"]["trainer"]["generation"]["temperature"].is_null());
+    assert_eq!(param(&pe, "rollout_0")["ppo"]["trainer"]["generation"]["temperature"], 0.7);
     // The report's header names the model the preset trains, the default run's its scratch decoder.
     assert_eq!(mmboundary::stages::demo_mllm::describe(&demo).unwrap(), "the demo MLLM on SmolLM2-135M-Instruct (stage demo_mllm)");
     let default_demo = p.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
