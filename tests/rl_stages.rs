@@ -2,11 +2,12 @@
 //! bin → map → sft → ppo → eval; and the reward model of `ppo` on a hand-made chain.
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, UInt32Type};
-use mmboundary::confidence::levels::{FusionParams, LevelModel};
+use mmboundary::confidence::level_value;
+use mmboundary::confidence::levels::{FusionParams, Intervals, LevelModel};
 use mmboundary::data::{Item, ReferenceChain};
 use mmboundary::engine::{Pipeline, RunOptions};
 use mmboundary::stages::eval::EvalParams;
-use mmboundary::stages::ppo::{PpoStageParams, RewardModel};
+use mmboundary::stages::ppo::{InternalLevels, PpoStageParams, RewardModel};
 use mmboundary::store::{ArtifactId, ArtifactKind};
 
 mod common;
@@ -274,6 +275,51 @@ fn rewards_land_on_statement_ends_and_sum_to_r() {
         assert!((a.total - b.total).abs() < 1e-9, "{} vs {}", a.total, b.total);
         assert_eq!(a.token_rewards.len(), b.token_rewards.len());
     }
+}
+
+/// `internal_levels = "rollouts"`: the levels are refitted on the batch's own sentences. With quintile cuts, ten
+/// sentences of distinct signals land two in each level (the cuts sit between the 2nd and 3rd, 4th and 5th, …
+/// smallest U_Final), and IV is each level's value; the warm-up model's cuts, fitted on other rows, do not.
+#[test]
+fn rollout_levels_are_refitted_on_the_iteration_when_asked() {
+    let warm_up: Vec<[f64; 4]> = (0..20).map(|i| [3.0 + i as f64 * 0.1, 2.0 + (i % 7) as f64 * 0.2, 0.5, 0.9]).collect();
+    let quintiles = FusionParams { intervals: Intervals::Quantile, ..Default::default() };
+    let levels = LevelModel::fit(&warm_up, &quintiles).unwrap();
+    let mut params = PpoStageParams {
+        minilm: mmboundary::encoders::minilm::default_model_dir(),
+        clip: Some(fixtures().join("encoders/clip_tiny")),
+        pool: pool_path(),
+        ..Default::default()
+    };
+    let texts = [
+        "There is a red circle in the image. I am far from sure of this. So, the answer is circle.",
+        "There is a small blue square at the top left of it. So, the answer is square and I am certain.",
+        "A red circle. The answer is circle.",
+        "There are two objects in the image and both are round. So, the answer is circle, I think.",
+        "The circle is red and large and sits at the bottom right. So, the answer is circle.",
+    ];
+    let rollouts: Vec<_> = texts.iter().map(|t| tokens_of(t)).collect();
+    let it = item();
+    let counts = |rm: &RewardModel| {
+        let image = rm.clip.text.encode(&["a red circle"]).unwrap().embeddings.data;
+        let batch: Vec<_> = rollouts.iter().map(|r| (&it, image.as_slice(), r)).collect();
+        let mut counts = [0usize; 5];
+        for s in rm.score_batch(&batch).unwrap() {
+            for (&l, &iv) in s.levels.iter().zip(&s.internal) {
+                counts[l as usize - 1] += 1;
+                assert_eq!(iv, level_value(l));
+            }
+        }
+        counts
+    };
+    params.internal_levels = InternalLevels::Rollouts;
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels.clone(), &Default::default()).unwrap();
+    assert_eq!(counts(&rm), [2; 5]);
+    params.internal_levels = InternalLevels::WarmUp;
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels, &Default::default()).unwrap();
+    let warm = counts(&rm);
+    assert_eq!(warm.iter().sum::<usize>(), 10);
+    assert_ne!(warm, [2; 5]);
 }
 
 #[test]

@@ -91,6 +91,25 @@ impl RewardKind {
     }
 }
 
+/// What the reward model's internal levels (IV, R_CS's target) are cut by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InternalLevels {
+    /// `bin`'s level model, fitted on the warm-up chains (§3.1.1 read literally).
+    #[default]
+    WarmUp,
+    /// Normalizer and cuts refitted (with `bin`'s fusion params) on each iteration's rollout sentences. Our
+    /// addition: the warm-up chains are sampled at temperature 0.1 and the rollouts at 1, whose tokens'
+    /// log-probs and entropies sit far higher, so the warm-up cuts put most rollout sentences in level 1.
+    Rollouts,
+}
+
+impl InternalLevels {
+    fn is_warm_up(&self) -> bool {
+        *self == InternalLevels::WarmUp
+    }
+}
+
 /// Which frozen model the KL penalty compares the policy with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,6 +161,10 @@ pub struct PpoStageParams {
     /// MMBoundary's reward (default) or SaySelf's. Left out of the params (and the cache keys) when default.
     #[serde(skip_serializing_if = "RewardKind::is_mmboundary")]
     pub reward: RewardKind,
+    /// The cuts of IV: the warm-up level model (default) or one refitted on each iteration's rollouts.
+    /// Left out of the params (and the cache keys) when default.
+    #[serde(skip_serializing_if = "InternalLevels::is_warm_up")]
+    pub internal_levels: InternalLevels,
     /// α, β, γ (1/3 each), the switches of the "w/o R_KA/R_EC/R_CS" ablations, the match threshold of
     /// I(z_t) and what a sentence without statement contributes.
     pub rewards: RewardParams,
@@ -199,6 +222,7 @@ impl Default for PpoStageParams {
             start: PolicyStart::Sft,
             start_mode: default_start_mode(),
             reward: RewardKind::Mmboundary,
+            internal_levels: InternalLevels::WarmUp,
             rewards: RewardParams::default(),
             empty_response_reward: -1.0,
             unanswered_response_reward: None,
@@ -577,26 +601,46 @@ impl RewardModel {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             (likelihood, sar, Some(self.clip.text.encode(&refs)?))
         };
-        // 3. Per rollout: levels, rewards and where they land.
-        let mut out = Vec::with_capacity(batch.len());
+        // 3. Per rollout: the four raw signals of each sentence.
+        let mut rows: Vec<Vec<[f64; 4]>> = Vec::with_capacity(batch.len());
         let (mut k, mut sentence) = (0, 0);
-        for (&(item, image, r), plan) in batch.iter().zip(plans) {
-            let Some((judged, correct, spans, _)) = plan else {
-                out.push(self.empty_score(r));
+        for (&(item, image, _), plan) in batch.iter().zip(&plans) {
+            let Some((judged, ..)) = plan else {
+                rows.push(Vec::new());
                 continue;
             };
             let te = te.as_ref().expect("encoded when any rollout has sentences");
             let d = te.embeddings.dim;
-            let mut rows = Vec::with_capacity(judged.len());
+            let mut own = Vec::with_capacity(judged.len());
             for t in 0..judged.len() {
                 let e = &te.embeddings.data[(sentence + t) * d..(sentence + t + 1) * d];
                 let cs =
                     clip_score_from_embeddings(Location::sentence(0, t), image, e).map_err(|e| anyhow::anyhow!("item {}: {e}", item.id))?;
-                rows.push([likelihood[k][t].0, likelihood[k][t].1, sar[k][t], cs]);
+                own.push([likelihood[k][t].0, likelihood[k][t].1, sar[k][t], cs]);
             }
             sentence += judged.len();
             k += 1;
-            let mut score = self.finish(r, judged, correct, spans, &rows)?;
+            rows.push(own);
+        }
+        let refitted = match self.params.internal_levels {
+            InternalLevels::WarmUp => None,
+            InternalLevels::Rollouts if responses.is_empty() => None,
+            InternalLevels::Rollouts => {
+                let all: Vec<[f64; 4]> = rows.iter().flatten().copied().collect();
+                Some(LevelModel::fit(&all, &self.levels.params).map_err(|e| {
+                    anyhow::anyhow!("internal_levels = \"rollouts\": fitting the levels on the {} sentences of {owners:?}: {e}", all.len())
+                })?)
+            }
+        };
+        let levels = refitted.as_ref().unwrap_or(&self.levels);
+        // 4. Per rollout: levels, rewards and where they land.
+        let mut out = Vec::with_capacity(batch.len());
+        for ((&(item, _, r), plan), rows) in batch.iter().zip(plans).zip(&rows) {
+            let Some((judged, correct, spans, _)) = plan else {
+                out.push(self.empty_score(r));
+                continue;
+            };
+            let mut score = self.finish(r, judged, correct, spans, rows, levels)?;
             if self.params.reward == RewardKind::Sayself {
                 self.sayself(item, r, &mut score)?;
             }
@@ -636,8 +680,9 @@ impl RewardModel {
         correct: Vec<bool>,
         spans: Vec<(usize, usize)>,
         rows: &[[f64; 4]],
+        level_model: &LevelModel,
     ) -> anyhow::Result<RolloutScore> {
-        let levels: Vec<u8> = self.levels.apply(rows)?.iter().map(|s| s.level).collect();
+        let levels: Vec<u8> = level_model.apply(rows)?.iter().map(|s| s.level).collect();
         let internal: Vec<f64> = levels.iter().map(|&l| level_value(l)).collect();
         let signals: Vec<SentenceSignals> = (0..judged.len())
             .map(|t| SentenceSignals { correct: correct[t], expressed: judged[t].expressed, internal: internal[t] })
