@@ -262,7 +262,8 @@ impl LevelCuts {
                 }
                 let mut sorted = u_final.to_vec();
                 sorted.sort_by(f64::total_cmp);
-                [0.2, 0.4, 0.6, 0.8].map(|q| quantile(&sorted, q))
+                // numpy's default quantile, the one the bootstrap's percentiles use
+                [0.2, 0.4, 0.6, 0.8].map(|q| crate::metrics::bootstrap::percentile(&sorted, q))
             }
         };
         Ok(LevelCuts { cuts, mean, std })
@@ -272,15 +273,6 @@ impl LevelCuts {
     pub fn level(&self, u: f64) -> u8 {
         5 - self.cuts.iter().filter(|&&c| u >= c).count() as u8
     }
-}
-
-/// The q-quantile of sorted, non-empty `x` by linear interpolation between order statistics (numpy's
-/// default): position (n − 1)·q.
-fn quantile(x: &[f64], q: f64) -> f64 {
-    let h = (x.len() - 1) as f64 * q;
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(x.len() - 1);
-    x[lo] + (h - lo as f64) * (x[hi] - x[lo])
 }
 
 /// Everything fitted on one dataset that turns raw signals into levels on any dataset.
