@@ -550,3 +550,96 @@ fn the_shipped_judge_calls_a_sentence_with_one_wrong_fact_wrong() {
     // Case, spacing and the final full stop do not make another fact.
     assert_eq!(correct, [false, true, false, false, true], "{got:?}");
 }
+
+/// Eval and PPO judge all their chains in one encoder call (`ChainJudge::judge_all`); each chain must get
+/// what judging it alone gives, under every judge, and a chain that cannot be judged must not take the
+/// others down.
+#[test]
+fn judging_chains_together_gives_each_what_judging_it_alone_gives() {
+    use mmboundary::stages::chain_judge::ChainJudge;
+    use mmboundary::stages::judges::{JudgeKind, JudgeParams};
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let reference_a =
+        ["There is a large teal solid hexagon at the top left.", "There are 3 squares. 3 is more than 2.", "So, the answer is yes."];
+    let reference_b = ["There is a small red striped circle at the bottom right.", "So, the answer is circle."];
+    // Shared sentences and statements across chains (what the batch deduplicates), a numeric statement,
+    // a chain without a sentence and one without a reference.
+    let a = "There is a large teal solid hexagon at the top left and I am completely certain of this. \
+             There are 2 squares. 2 is more than 3. I am far from sure of this. So, the answer is yes.";
+    let b =
+        "There is a small red striped circle at the bottom right. Confidence: 0.8. So, the answer is circle. I am far from sure of this.";
+    let c = "There are 2 squares. 2 is more than 3. So, the answer is no and I am completely certain of this.";
+    let chains: Vec<(&str, &[&str])> = vec![(a, &reference_a), (b, &reference_b), ("", &reference_b), (c, &reference_a), (a, &[])];
+    for kind in [JudgeKind::ExactMatch, JudgeKind::MinilmCosine, JudgeKind::CrossEncoder] {
+        let judge = JudgeParams {
+            kind,
+            cross_encoder: (kind == JudgeKind::CrossEncoder).then(|| root.join("tests/fixtures/encoders/cross_encoder_tiny")),
+        };
+        let cj = ChainJudge::load_with_judge(
+            &mmboundary::encoders::minilm::default_model_dir(),
+            &root.join("stages/statements.toml"),
+            Default::default(),
+            Default::default(),
+            &judge,
+            "eval",
+            &Default::default(),
+        )
+        .unwrap();
+        let together = cj.judge_all(&chains).unwrap();
+        assert_eq!(together.len(), chains.len());
+        for (n, (&(text, reference), got)) in chains.iter().zip(&together).enumerate() {
+            let alone = cj.judge(text, reference);
+            match (got, alone) {
+                (Ok(got), Ok(alone)) => {
+                    assert_eq!(got.len(), alone.len(), "{kind:?}, chain {n}");
+                    for (g, w) in got.iter().zip(&alone) {
+                        assert_eq!(
+                            (&g.pair, g.sentence_span, g.statement_end, g.expressed),
+                            (&w.pair, w.sentence_span, w.statement_end, w.expressed)
+                        );
+                        assert_eq!(g.similarity.len(), reference.len());
+                        for (x, y) in g.similarity.iter().zip(&w.similarity) {
+                            assert!((x - y).abs() < 1e-5, "{kind:?}, chain {n}: {x} vs {y}");
+                        }
+                    }
+                }
+                (Err(g), Err(w)) => assert_eq!(g.to_string(), w.to_string()),
+                (g, w) => panic!("{kind:?}, chain {n}: together {:?}, alone {:?}", g.as_ref().map(Vec::len), w.map(|v| v.len())),
+            }
+        }
+        // Values by hand: the sentences found, the statements' values, the exact judge's 1 for a reference
+        // sentence word for word and at most 0.5 for anything else.
+        let got_a = together[0].as_ref().unwrap();
+        let sentences: Vec<&str> = got_a.iter().map(|j| j.pair.sentence.as_str()).collect();
+        assert_eq!(
+            sentences,
+            ["There is a large teal solid hexagon at the top left", "There are 2 squares. 2 is more than 3.", "So, the answer is yes."]
+        );
+        let expressed: Vec<Option<f64>> = got_a.iter().map(|j| j.expressed).collect();
+        assert_eq!(expressed, [Some(1.0), Some(0.0), None]);
+        assert_eq!(together[1].as_ref().unwrap().iter().map(|j| j.expressed).collect::<Vec<_>>(), [Some(0.8), Some(0.0)]);
+        assert!(together[2].as_ref().unwrap().is_empty());
+        assert!(together[4].as_ref().unwrap_err().to_string().contains("needs a reference chain"));
+        if kind == JudgeKind::MinilmCosine {
+            // Each text embedded on its own, outside the batch.
+            let one = |t: &str| cj.embed(&[t]).unwrap().remove(0);
+            for (n, &(text, reference)) in chains.iter().enumerate().take(4) {
+                for j in together[n].as_ref().unwrap() {
+                    for (r, &got) in reference.iter().zip(&j.similarity) {
+                        let (x, y) = (one(&j.pair.sentence), one(r));
+                        let dot: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+                        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+                        let want = f64::from(dot / (norm(&x) * norm(&y)));
+                        assert!((got - want).abs() < 1e-5, "chain {n} ({text:?}): {:?} vs {r:?}: {got} vs {want}", j.pair.sentence);
+                    }
+                }
+            }
+        }
+        if kind == JudgeKind::ExactMatch {
+            assert_eq!(got_a[0].similarity[0], 1.0);
+            assert_eq!(got_a[2].similarity[2], 1.0);
+            assert!(got_a[1].similarity.iter().all(|&s| s <= 0.5), "{:?}", got_a[1].similarity);
+        }
+    }
+}

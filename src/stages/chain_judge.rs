@@ -12,6 +12,7 @@ use crate::confidence::{Location, SentenceEmbedder};
 use crate::encoders::minilm::{SentenceEncoder, SentenceEncoderParams};
 use crate::encoders::runtime::SessionOptions;
 use crate::stages::judges::{Judge, JudgeParams, MiniLmEmbedder};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// One judged pair: texts, byte spans in the chain, EV, and the similarity row to the reference.
@@ -87,20 +88,11 @@ impl ChainJudge {
 
     /// Similarity of every generated sentence (rows) to every reference sentence (columns).
     pub fn similarity_matrix(&self, sentences: &[&str], reference: &[&str]) -> anyhow::Result<Vec<Vec<f64>>> {
-        match &self.matcher {
-            Judge::MinilmCosine => cosine_matrix(&self.embed(sentences)?, &self.embed(reference)?),
-            Judge::ExactMatch => Ok(cosine_matrix(&self.embed(sentences)?, &self.embed(reference)?)?
-                .into_iter()
-                .zip(sentences)
-                .map(|(row, s)| row.into_iter().zip(reference).map(|(c, r)| exact_or_half(s, r, c)).collect())
-                .collect()),
-            Judge::CrossEncoder(ce) => {
-                let pairs: Vec<(&str, &str)> = sentences.iter().flat_map(|&s| reference.iter().map(move |&r| (s, r))).collect();
-                let scores = ce.similarity(&pairs).map_err(|e| anyhow::anyhow!("cross-encoder: {e}"))?;
-                anyhow::ensure!(scores.len() == pairs.len(), "cross-encoder returned {} scores for {} pairs", scores.len(), pairs.len());
-                Ok(scores.chunks(reference.len().max(1)).map(|row| row.iter().map(|&x| f64::from(x)).collect()).collect())
-            }
-        }
+        let mut texts = Texts::default();
+        self.request_similarity(&mut texts, sentences, reference);
+        let known = texts.embed(self)?;
+        let scores = self.cross_encoder_scores(&[(sentences, reference)])?;
+        self.similarity_from(&known, sentences, reference, scores.first().map(Vec::as_slice))
     }
 
     pub fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -112,10 +104,56 @@ impl ChainJudge {
 
     /// Parses and judges one chain against its reference sentences (which must not be empty).
     pub fn judge(&self, text: &str, reference: &[&str]) -> anyhow::Result<Vec<JudgedPair>> {
+        self.judge_all(&[(text, reference)])?.pop().expect("one result per chain")
+    }
+
+    /// Parses and judges many chains, each against its own reference sentences, with one encoder call for
+    /// all their distinct texts (sentences, references, worded statements) and one cross-encoder call for
+    /// all their pairs: judged chain by chain, ONNX Runtime's per-call cost outweighs the encoding (eval
+    /// judges thousands of chains of a dozen short sentences). The outer error is the encoders'; each chain
+    /// has its own result, an error where it cannot be parsed or has no reference.
+    pub fn judge_all(&self, chains: &[(&str, &[&str])]) -> anyhow::Result<Vec<anyhow::Result<Vec<JudgedPair>>>> {
+        let located: Vec<anyhow::Result<Vec<Located>>> = chains.iter().map(|&(text, reference)| self.locate(text, reference)).collect();
+        // What the encoders must see: every chain's sentences against its reference, its worded statements.
+        let mut texts = Texts::default();
+        let mut pairs: Vec<(Vec<&str>, &[&str])> = Vec::new();
+        for (l, &(_, reference)) in located.iter().zip(chains) {
+            let Ok(l) = l else { continue };
+            if l.is_empty() {
+                continue;
+            }
+            let sentences: Vec<&str> = l.iter().map(|p| p.0.sentence.as_str()).collect();
+            self.request_similarity(&mut texts, &sentences, reference);
+            for s in worded(l) {
+                texts.add(s);
+            }
+            pairs.push((sentences, reference));
+        }
+        let known = texts.embed(self)?;
+        let pair_refs: Vec<(&[&str], &[&str])> = pairs.iter().map(|(s, r)| (s.as_slice(), *r)).collect();
+        let mut scores = self.cross_encoder_scores(&pair_refs)?.into_iter();
+        let mut out = Vec::with_capacity(chains.len());
+        for (l, &(_, reference)) in located.into_iter().zip(chains) {
+            let l = match l {
+                Ok(l) if !l.is_empty() => l,
+                other => {
+                    out.push(other.map(|_| Vec::new()));
+                    continue;
+                }
+            };
+            let sentences: Vec<&str> = l.iter().map(|p| p.0.sentence.as_str()).collect();
+            let ce = scores.next();
+            out.push(self.similarity_from(&known, &sentences, reference, ce.as_deref()).and_then(|sim| self.finish(l, sim, &known)));
+        }
+        Ok(out)
+    }
+
+    /// The chain's (pair, sentence span, statement end) in order; empty when it has no sentence.
+    fn locate(&self, text: &str, reference: &[&str]) -> anyhow::Result<Vec<Located>> {
         anyhow::ensure!(!reference.is_empty(), "judging a chain needs a reference chain, found none");
         // Each pair with its sentence's span and its statement's end: located in order after each other
         // (statements after their sentences), or as the RCE layout's parser placed them.
-        let located: Vec<(ParsedPair, (usize, usize), Option<usize>)> = match self.parser.layout() {
+        Ok(match self.parser.layout() {
             Layout::Inline => locate_inline(text, self.parser.parse(text).pairs)?,
             Layout::AfterResponse => {
                 let l = self.parser.parse_after_response(text);
@@ -127,34 +165,127 @@ impl ChainJudge {
                     .map(|((p, span), st)| (p, span, st.map(|s| s.1)))
                     .collect()
             }
-        };
-        if located.is_empty() {
-            return Ok(Vec::new());
+        })
+    }
+
+    /// Adds what the MiniLM-based matchers embed to compare `sentences` with `reference`.
+    fn request_similarity<'t>(&self, texts: &mut Texts<'t>, sentences: &[&'t str], reference: &[&'t str]) {
+        if matches!(self.matcher, Judge::MinilmCosine | Judge::ExactMatch) {
+            for &t in sentences.iter().chain(reference) {
+                texts.add(t);
+            }
         }
-        let sentences: Vec<&str> = located.iter().map(|p| p.0.sentence.as_str()).collect();
-        let sim = self.similarity_matrix(&sentences, reference)?;
-        // EV: a numeric statement states its value; the others go through the backward map (one call).
-        let worded: Vec<&str> = located
+    }
+
+    /// The cross-encoder's score rows for every (sentences, reference) group in one call; empty for the
+    /// other matchers.
+    fn cross_encoder_scores(&self, groups: &[(&[&str], &[&str])]) -> anyhow::Result<Vec<Vec<f64>>> {
+        let Judge::CrossEncoder(ce) = &self.matcher else { return Ok(Vec::new()) };
+        let pairs: Vec<(&str, &str)> = groups
             .iter()
-            .filter_map(|p| p.0.statement.as_deref())
-            .filter(|s| !s.trim().is_empty() && numeric_confidence(s).is_none())
+            .flat_map(|&(sentences, reference)| sentences.iter().flat_map(move |&s| reference.iter().map(move |&r| (s, r))))
             .collect();
-        let mut ev = if worded.is_empty() { Vec::new() } else { self.pool.map(&worded, &self.embedder, &self.backward)? }.into_iter();
+        if pairs.is_empty() {
+            return Ok(groups.iter().map(|_| Vec::new()).collect());
+        }
+        let scores = ce.similarity(&pairs).map_err(|e| anyhow::anyhow!("cross-encoder: {e}"))?;
+        anyhow::ensure!(scores.len() == pairs.len(), "cross-encoder returned {} scores for {} pairs", scores.len(), pairs.len());
+        let mut rest = scores.as_slice();
+        Ok(groups
+            .iter()
+            .map(|&(sentences, reference)| {
+                let (mine, tail) = rest.split_at(sentences.len() * reference.len());
+                rest = tail;
+                mine.iter().map(|&x| f64::from(x)).collect()
+            })
+            .collect())
+    }
+
+    /// The similarity rows of `sentences` against `reference`, from embedded texts or the cross-encoder's
+    /// scores for this group.
+    fn similarity_from(
+        &self,
+        known: &Embedded,
+        sentences: &[&str],
+        reference: &[&str],
+        ce: Option<&[f64]>,
+    ) -> anyhow::Result<Vec<Vec<f64>>> {
+        match &self.matcher {
+            Judge::MinilmCosine => cosine_matrix(&known.all(sentences), &known.all(reference)),
+            Judge::ExactMatch => Ok(cosine_matrix(&known.all(sentences), &known.all(reference))?
+                .into_iter()
+                .zip(sentences)
+                .map(|(row, s)| row.into_iter().zip(reference).map(|(c, r)| exact_or_half(s, r, c)).collect())
+                .collect()),
+            Judge::CrossEncoder(_) => {
+                let scores = ce.ok_or_else(|| anyhow::anyhow!("cross-encoder: no scores for this chain"))?;
+                Ok(scores.chunks(reference.len().max(1)).map(<[f64]>::to_vec).collect())
+            }
+        }
+    }
+
+    /// Each located pair with its similarity row and its EV: a numeric statement states its value, the
+    /// others go through the backward map.
+    fn finish(&self, located: Vec<Located>, sim: Vec<Vec<f64>>, known: &Embedded) -> anyhow::Result<Vec<JudgedPair>> {
         let mut out = Vec::with_capacity(located.len());
-        for ((pair, sentence_span, statement_end), row) in located.into_iter().zip(sim) {
+        for (t, ((pair, sentence_span, statement_end), row)) in located.into_iter().zip(sim).enumerate() {
             let expressed = match pair.statement.as_deref().filter(|s| !s.trim().is_empty()) {
                 Some(s) => Some(match numeric_confidence(s) {
                     Some(v) => v,
-                    None => ev
-                        .next()
-                        .ok_or_else(|| anyhow::anyhow!("backward map returned fewer matches than statements"))?
-                        .expressed(&self.backward),
+                    None => self.pool.map_embedding(t, s, known.get(s), &self.backward)?.expressed(&self.backward),
                 }),
                 None => None,
             };
             out.push(JudgedPair { pair, sentence_span, statement_end: expressed.and(statement_end), expressed, similarity: row });
         }
         Ok(out)
+    }
+}
+
+/// A located pair: the pair, its sentence's byte span, its statement's end.
+type Located = (ParsedPair, (usize, usize), Option<usize>);
+
+/// The statements of `located` that go through the backward map (worded, not numeric).
+fn worded(located: &[Located]) -> impl Iterator<Item = &str> {
+    located.iter().filter_map(|p| p.0.statement.as_deref()).filter(|s| !s.trim().is_empty() && numeric_confidence(s).is_none())
+}
+
+/// Distinct texts to embed, in first-seen order.
+#[derive(Default)]
+struct Texts<'t> {
+    index: HashMap<&'t str, usize>,
+    list: Vec<&'t str>,
+}
+
+impl<'t> Texts<'t> {
+    fn add(&mut self, t: &'t str) {
+        if !self.index.contains_key(t) {
+            self.index.insert(t, self.list.len());
+            self.list.push(t);
+        }
+    }
+
+    /// All of them in one encoder call.
+    fn embed(self, judge: &ChainJudge) -> anyhow::Result<Embedded> {
+        let vectors = judge.embed(&self.list)?;
+        anyhow::ensure!(vectors.len() == self.list.len(), "MiniLM returned {} vectors for {} texts", vectors.len(), self.list.len());
+        Ok(Embedded { index: self.index.into_iter().map(|(t, i)| (t.to_string(), i)).collect(), vectors })
+    }
+}
+
+/// Embeddings of distinct texts, looked up by text.
+struct Embedded {
+    index: HashMap<String, usize>,
+    vectors: Vec<Vec<f32>>,
+}
+
+impl Embedded {
+    fn get(&self, t: &str) -> &[f32] {
+        &self.vectors[self.index[t]]
+    }
+
+    fn all(&self, ts: &[&str]) -> Vec<Vec<f32>> {
+        ts.iter().map(|t| self.get(t).to_vec()).collect()
     }
 }
 

@@ -56,6 +56,7 @@ pub struct EvalParams {
     /// Paper: unstated for evaluation. We chose greedy (0), so the three policies are compared on their
     /// modes and a rerun is exact.
     pub temperature: f64,
+    /// Chains per generation batch (left-padded, each row masked: the batch sets the speed, not the chains).
     pub batch: usize,
     pub seed: u64,
     pub minilm: PathBuf,
@@ -513,14 +514,22 @@ pub fn judge_chains(
         Float64Builder::new(),
         UInt32Builder::new(),
     );
-    for n in item_major(chains) {
+    let order = item_major(chains);
+    let mut references = Vec::with_capacity(order.len());
+    for &n in &order {
         let c = &chains[n];
         let item = by_id.get(c.item_id.as_str()).ok_or_else(|| anyhow::anyhow!("chain {n}: item {} is not in the dataset", c.item_id))?;
         let reference: Vec<&str> = item.chain.sentences().collect();
         anyhow::ensure!(!reference.is_empty(), "item {}: no reference chain to judge against", item.id);
+        references.push((*item, reference));
+    }
+    // Every chain judged in one encoder call (per chain, ONNX Runtime's call overhead dominated eval).
+    let inputs: Vec<(&str, &[&str])> = order.iter().zip(&references).map(|(&n, (_, r))| (chains[n].text.as_str(), r.as_slice())).collect();
+    let all_judged = judge.judge_all(&inputs).map_err(|e| anyhow::anyhow!("judging the {} chains: {e}", inputs.len()))?;
+    for ((&n, (item, reference)), judged) in order.iter().zip(&references).zip(all_judged) {
+        let c = &chains[n];
         let ref_levels = reference_levels(item);
-        let judged =
-            judge.judge(&c.text, &reference).map_err(|e| anyhow::anyhow!("judging chain {n} (item {}, {}): {e}", item.id, c.variant))?;
+        let judged = judged.map_err(|e| anyhow::anyhow!("judging chain {n} (item {}, {}): {e}", item.id, c.variant))?;
         let similarity: Vec<Vec<f64>> = judged.iter().map(|j| j.similarity.clone()).collect();
         let correct = sentence_correctness(n, &similarity, reference.len(), params.match_threshold)?;
         let levels = assign_levels(n, &similarity, &ref_levels)?;

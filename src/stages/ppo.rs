@@ -543,7 +543,17 @@ impl RewardModel {
     pub fn score_batch(&self, batch: &[(&Item, &[f32], &RolloutTokens)]) -> anyhow::Result<Vec<RolloutScore>> {
         // 1. Per rollout: judge the sentences, locate their tokens.
         let mut plans = Vec::with_capacity(batch.len());
-        for &(item, _, r) in batch {
+        let references: Vec<Vec<&str>> = batch.iter().map(|(item, ..)| item.chain.sentences().collect()).collect();
+        // Every rollout with tokens judged in one encoder call.
+        let to_judge: Vec<(&str, &[&str])> = batch
+            .iter()
+            .zip(&references)
+            .filter(|((.., r), _)| !r.tokens.is_empty())
+            .map(|((.., r), refs)| (r.text.as_str(), refs.as_slice()))
+            .collect();
+        let mut judged_all =
+            self.judge.judge_all(&to_judge).map_err(|e| anyhow::anyhow!("judging {} rollouts: {e}", to_judge.len()))?.into_iter();
+        for (&(item, _, r), reference) in batch.iter().zip(&references) {
             anyhow::ensure!(
                 r.tokens.len() == r.token_ends.len(),
                 "item {}: {} tokens but {} token ends",
@@ -551,11 +561,13 @@ impl RewardModel {
                 r.tokens.len(),
                 r.token_ends.len()
             );
-            let reference: Vec<&str> = item.chain.sentences().collect();
             let judged = if r.tokens.is_empty() {
                 Vec::new()
             } else {
-                self.judge.judge(&r.text, &reference).map_err(|e| anyhow::anyhow!("judging a rollout of item {}: {e}", item.id))?
+                judged_all
+                    .next()
+                    .expect("one judgement per rollout with tokens")
+                    .map_err(|e| anyhow::anyhow!("judging a rollout of item {}: {e}", item.id))?
             };
             if judged.is_empty() {
                 plans.push(None);
