@@ -170,6 +170,13 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
     // The files leave the rollout temperature to the trainer's default (1).
     assert!(param(&p, "rollout_0")["ppo"]["trainer"]["generation"]["temperature"].is_null());
     assert_eq!(param(&pe, "rollout_0")["ppo"]["trainer"]["generation"]["temperature"], 0.7);
+    let vr = presets.variant.iter().find(|v| v.name == "value-rewards").expect("the value-rewards preset");
+    let pvr =
+        mmboundary::stages::pipeline_with(&mmboundary::stages::StageConfigs { dir: stages.clone(), overrides: vr.params.clone() }).unwrap();
+    assert_eq!(param(&pvr, "bin")["fusion"]["intervals"], "quantile");
+    assert_eq!(param(&p, "rollout_0")["ppo"]["rewards"]["missing_statement"], "penalize");
+    assert_eq!(param(&pvr, "rollout_0")["ppo"]["rewards"]["missing_statement"], "skip");
+    assert_eq!(param(&pvr, "update_0")["ppo"]["rewards"]["missing_statement"], "skip", "the update's reward params too");
     // The report's header names the model the preset trains, the default run's its scratch decoder.
     assert_eq!(mmboundary::stages::demo_mllm::describe(&demo).unwrap(), "the demo MLLM on SmolLM2-135M-Instruct (stage demo_mllm)");
     let default_demo = p.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
