@@ -160,23 +160,26 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
     let pv = mmboundary::stages::pipeline_with(&c).unwrap();
     let demo = pv.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
     assert_eq!(demo["trainer"]["decoder"], "smollm2_gguf", "{demo}");
-    // Equal-count levels: bin's intervals and PPO's rollout temperature, over the files' μ/σ.
-    let eq = presets.variant.iter().find(|v| v.name == "equal-count-levels").expect("the equal-count preset");
-    let pe =
-        mmboundary::stages::pipeline_with(&mmboundary::stages::StageConfigs { dir: stages.clone(), overrides: eq.params.clone() }).unwrap();
+    // The stage files cut the levels at quintiles and leave a missing statement out of R_EC and R_CS (the
+    // rollouts score with it, the updates key on it); `paper-design` restores the paper's μ/σ and -1.
     let param = |p: &mmboundary::engine::Pipeline, stage: &str| p.ordered().find(|s| s.name() == stage).unwrap().params();
-    assert_eq!(param(&p, "bin")["fusion"]["intervals"], "mu_sigma");
-    assert_eq!(param(&pe, "bin")["fusion"]["intervals"], "quantile");
-    // The files leave the rollout temperature to the trainer's default (1).
+    let preset = |name: &str| {
+        let v = presets.variant.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("the {name} preset"));
+        mmboundary::stages::pipeline_with(&mmboundary::stages::StageConfigs { dir: stages.clone(), overrides: v.params.clone() }).unwrap()
+    };
+    assert_eq!(param(&p, "bin")["fusion"]["intervals"], "quantile");
+    assert_eq!(param(&p, "rollout_0")["ppo"]["rewards"]["missing_statement"], "skip");
+    assert_eq!(param(&p, "update_0")["ppo"]["rewards"]["missing_statement"], "skip", "the update's reward params too");
+    let paper = preset("paper-design");
+    assert_eq!(param(&paper, "bin")["fusion"]["intervals"], "mu_sigma");
+    assert_eq!(param(&paper, "rollout_0")["ppo"]["rewards"]["missing_statement"], "penalize");
+    assert_eq!(param(&paper, "update_15")["ppo"]["rewards"]["missing_statement"], "penalize");
+    // Session 15's experiment: quintiles, rollouts at 0.7 (the files leave the trainer's default, 1), and -1.
+    let eq = preset("equal-count-levels");
+    assert_eq!(param(&eq, "bin")["fusion"]["intervals"], "quantile");
     assert!(param(&p, "rollout_0")["ppo"]["trainer"]["generation"]["temperature"].is_null());
-    assert_eq!(param(&pe, "rollout_0")["ppo"]["trainer"]["generation"]["temperature"], 0.7);
-    let vr = presets.variant.iter().find(|v| v.name == "value-rewards").expect("the value-rewards preset");
-    let pvr =
-        mmboundary::stages::pipeline_with(&mmboundary::stages::StageConfigs { dir: stages.clone(), overrides: vr.params.clone() }).unwrap();
-    assert_eq!(param(&pvr, "bin")["fusion"]["intervals"], "quantile");
-    assert_eq!(param(&p, "rollout_0")["ppo"]["rewards"]["missing_statement"], "penalize");
-    assert_eq!(param(&pvr, "rollout_0")["ppo"]["rewards"]["missing_statement"], "skip");
-    assert_eq!(param(&pvr, "update_0")["ppo"]["rewards"]["missing_statement"], "skip", "the update's reward params too");
+    assert_eq!(param(&eq, "rollout_0")["ppo"]["trainer"]["generation"]["temperature"], 0.7);
+    assert_eq!(param(&eq, "rollout_0")["ppo"]["rewards"]["missing_statement"], "penalize");
     // The report's header names the model the preset trains, the default run's its scratch decoder.
     assert_eq!(mmboundary::stages::demo_mllm::describe(&demo).unwrap(), "the demo MLLM on SmolLM2-135M-Instruct (stage demo_mllm)");
     let default_demo = p.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
