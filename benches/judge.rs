@@ -58,16 +58,7 @@ fn bench(c: &mut Criterion) {
     let minilm = mmboundary::encoders::minilm::default_model_dir();
     assert!(minilm.join("onnx/model.onnx").is_file(), "{} missing: run scripts/setup.sh", minilm.display());
     let judge = JudgeParams { kind: JudgeKind::ExactMatch, cross_encoder: None };
-    let cj = ChainJudge::load_with_judge(
-        &minilm,
-        &root.join("stages/statements.toml"),
-        Default::default(),
-        Default::default(),
-        &judge,
-        "bench",
-        &Default::default(),
-    )
-    .expect("the judge loads");
+    let cj = ChainJudge::load_judging(&minilm, &root.join("stages/statements.toml"), &judge, "bench").expect("the judge loads");
     // A PPO iteration's rollouts (16 prompts × 3) and a slice of eval (3 variants × 64 items).
     for n in [48, 192] {
         let data = chains(n);

@@ -275,6 +275,13 @@ fn rewards_land_on_statement_ends_and_sum_to_r() {
         assert!((a.total - b.total).abs() < 1e-9, "{} vs {}", a.total, b.total);
         assert_eq!(a.token_rewards.len(), b.token_rewards.len());
     }
+    // A rollout whose token ends do not match its tokens fails the batch, naming its item.
+    let mut broken = tokens_of("There is a red circle.");
+    broken.token_ends.pop();
+    let mut other = item();
+    other.id = "broken-item".into();
+    let err = rm.score_batch(&[(&it, &image, &r), (&other, &image, &broken)]).unwrap_err().to_string();
+    assert!(err.contains("broken-item") && err.contains("token ends"), "{err}");
 }
 
 /// `internal_levels = "rollouts"`: the levels are refitted on the batch's own sentences. With quintile cuts, ten

@@ -576,14 +576,11 @@ fn judging_chains_together_gives_each_what_judging_it_alone_gives() {
             kind,
             cross_encoder: (kind == JudgeKind::CrossEncoder).then(|| root.join("tests/fixtures/encoders/cross_encoder_tiny")),
         };
-        let cj = ChainJudge::load_with_judge(
+        let cj = ChainJudge::load_judging(
             &mmboundary::encoders::minilm::default_model_dir(),
             &root.join("stages/statements.toml"),
-            Default::default(),
-            Default::default(),
             &judge,
             "eval",
-            &Default::default(),
         )
         .unwrap();
         let together = cj.judge_all(&chains).unwrap();

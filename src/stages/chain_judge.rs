@@ -86,6 +86,11 @@ impl ChainJudge {
         Ok(Self { embedder, matcher, parser: Parser::new(&pool, parser), pool: index, backward })
     }
 
+    /// With the matcher `judge` selects, the default parser and backward map, on the CPU.
+    pub fn load_judging(minilm: &Path, pool_path: &Path, judge: &JudgeParams, stage: &str) -> anyhow::Result<Self> {
+        Self::load_with_judge(minilm, pool_path, Default::default(), Default::default(), judge, stage, &Default::default())
+    }
+
     /// Similarity of every generated sentence (rows) to every reference sentence (columns).
     pub fn similarity_matrix(&self, sentences: &[&str], reference: &[&str]) -> anyhow::Result<Vec<Vec<f64>>> {
         let mut texts = Texts::default();

@@ -541,8 +541,17 @@ impl RewardModel {
     /// Scores rollouts together: TokenSAR's deletions and CLIPScore's sentences of every rollout go to
     /// the encoders in one call each, which is where the reward model spends its time.
     pub fn score_batch(&self, batch: &[(&Item, &[f32], &RolloutTokens)]) -> anyhow::Result<Vec<RolloutScore>> {
-        // 1. Per rollout: judge the sentences, locate their tokens.
+        // 1. Per rollout: judge the sentences, locate their tokens (a malformed rollout fails before any encoding).
         let mut plans = Vec::with_capacity(batch.len());
+        for &(item, _, r) in batch {
+            anyhow::ensure!(
+                r.tokens.len() == r.token_ends.len(),
+                "item {}: {} tokens but {} token ends",
+                item.id,
+                r.tokens.len(),
+                r.token_ends.len()
+            );
+        }
         let references: Vec<Vec<&str>> = batch.iter().map(|(item, ..)| item.chain.sentences().collect()).collect();
         // Every rollout with tokens judged in one encoder call.
         let to_judge: Vec<(&str, &[&str])> = batch
@@ -554,13 +563,6 @@ impl RewardModel {
         let mut judged_all =
             self.judge.judge_all(&to_judge).map_err(|e| anyhow::anyhow!("judging {} rollouts: {e}", to_judge.len()))?.into_iter();
         for (&(item, _, r), reference) in batch.iter().zip(&references) {
-            anyhow::ensure!(
-                r.tokens.len() == r.token_ends.len(),
-                "item {}: {} tokens but {} token ends",
-                item.id,
-                r.tokens.len(),
-                r.token_ends.len()
-            );
             let judged = if r.tokens.is_empty() {
                 Vec::new()
             } else {

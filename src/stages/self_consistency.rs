@@ -63,17 +63,22 @@ pub fn sc_chain_text(
     accuracy: &AccuracyParams,
 ) -> anyhow::Result<String> {
     let reference: Vec<&str> = item.chain.sentences().collect();
-    let sentences_of =
-        |text: &str| -> anyhow::Result<Vec<String>> { Ok(judge.judge(text, &reference)?.into_iter().map(|j| j.pair.sentence).collect()) };
-    let own = sentences_of(greedy)?;
+    // The greedy chain and every sample parsed and judged in one encoder call.
+    let chains: Vec<(&str, &[&str])> =
+        std::iter::once(greedy).chain(samples.iter().map(String::as_str)).map(|t| (t, reference.as_slice())).collect();
+    let mut sentences = judge
+        .judge_all(&chains)?
+        .into_iter()
+        .map(|judged| -> anyhow::Result<Vec<String>> { Ok(judged?.into_iter().map(|j| j.pair.sentence).collect()) });
+    let own = sentences.next().expect("the greedy chain's judgement")?;
     if own.is_empty() {
         return Ok(greedy.to_string());
     }
     let own_refs: Vec<&str> = own.iter().map(String::as_str).collect();
     let mut sims = Vec::with_capacity(samples.len());
     let mut keys = Vec::with_capacity(samples.len());
-    for s in samples {
-        let ss = sentences_of(s)?;
+    for ss in sentences {
+        let ss = ss?;
         let refs: Vec<&str> = ss.iter().map(String::as_str).collect();
         sims.push(if refs.is_empty() { vec![Vec::new(); own.len()] } else { judge.similarity_matrix(&own_refs, &refs)? });
         keys.push(answer_key(item, &refs, accuracy));
