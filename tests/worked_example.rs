@@ -116,6 +116,10 @@ fn the_real_path_runs_from_configuration_alone_and_the_report_names_dataset_mode
         n["aokvqa"]["train"], n["aokvqa"]["val"], n["scienceqa"]["train"], n["scienceqa"]["val"]
     );
     assert!(md.contains(&about), "{about}\nnot in\n{md}");
+    // No stage file of the project changes bin's intervals or PPO's rewards: the library's defaults, the paper's.
+    let design = "Design: levels at U_Final's μ/σ intervals (the paper's); a sentence without a statement scores −1 in R_EC \
+                  and R_CS (the paper's).";
+    assert!(md.contains(&format!("{about} {design}")), "{design}\nnot in\n{md}");
     let html = std::fs::read_to_string(rep.join("report.html")).unwrap();
     assert!(html.contains("Model: models/llava-1.5-tiny"), "report.html lacks the model");
     assert!(md.contains("judged by: cross-encoder:stsb > 0.64."), "{md}");

@@ -148,8 +148,9 @@ impl Stage for ReportStage {
     /// 7: the demo model is named by the decoder demo_mllm trained ([`super::demo_mllm::describe`]).
     /// 8: what the image tower sees (per-object linear probes of the features, [`crate::report::vision`]).
     /// 9: the statements' sentence-level AUROC per split and variant ([`evidence::statement_aurocs`]).
+    /// 10: the header says where the run's design leaves the paper's ([`design`]).
     fn code_version(&self) -> &str {
-        "9"
+        "10"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -177,9 +178,11 @@ impl Stage for ReportStage {
         let items_table = ctx.input_table("items")?;
         let items = crate::data::items_from_record_batch(&items_table.concat()?)?;
         let about = about(ctx.store(), &sentences, Some((&items_table.id, &items)))?;
-        let sentences = sentences.concat()?;
         let image_swap = ctx.input_table_as("image_swap", &super::image_swap::schema())?.concat()?;
-        let levels = ctx.input_table_as("levels", &super::bin::levels_schema())?.concat()?;
+        let levels = ctx.input_table_as("levels", &super::bin::levels_schema())?;
+        let about = format!("{about} {}", design(ctx.store(), &sentences, &levels)?);
+        let levels = levels.concat()?;
+        let sentences = sentences.concat()?;
         let ice_sce = match &self.params.ice_sce {
             Some(p) => Some(super::ice_sce::table(
                 &items,
@@ -252,6 +255,46 @@ pub fn about(
     };
     let threshold = lineage.params.get("match_threshold").map(|t| format!(" > {t}")).unwrap_or_default();
     Ok(format!("Dataset: {dataset}. Model: {model}. Judge: {judge}{threshold}."))
+}
+
+/// The two choices where the stage files leave the paper (README, "Rewarding what a statement says"), as the
+/// artifacts record them: bin's level intervals (the `levels` table's lineage) and what R_EC and R_CS do with a
+/// sentence without a statement (the params of the last update behind the PPO checkpoint eval read; left out
+/// when eval read none).
+pub fn design(store: &crate::store::Store, sentences: &crate::store::Table, levels: &crate::store::Table) -> anyhow::Result<String> {
+    let param = |l: Option<&crate::store::Lineage>, what: &str, path: &[&str]| -> anyhow::Result<String> {
+        let l = l.ok_or_else(|| anyhow::anyhow!("{what}: no lineage"))?;
+        path.iter()
+            .try_fold(&l.params, |v, k| v.get(*k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("{what}: lineage params have no {}", path.join(".")))
+    };
+    let intervals = param(levels.lineage.as_ref(), &format!("bin levels {}", levels.id), &["fusion", "intervals"])?;
+    let mut out = match intervals.as_str() {
+        "mu_sigma" => "Design: levels at U_Final's μ/σ intervals (the paper's)".to_string(),
+        "quantile" => "Design: levels at U_Final's quintiles (the paper: μ/σ intervals)".to_string(),
+        other => format!("Design: levels at {other} intervals (the paper: μ/σ)"),
+    };
+    let lineage = sentences.lineage.as_ref().ok_or_else(|| anyhow::anyhow!("eval sentences {}: no lineage", sentences.id))?;
+    if let Some(ppo) = lineage.inputs.get("ppo_checkpoint") {
+        let sidecar = |id: &str, what: &str| -> anyhow::Result<crate::store::Lineage> {
+            let id = crate::store::ArtifactId::parse(id)?;
+            let path = store.path_of(&id, crate::store::ArtifactKind::Safetensors);
+            store.sidecar_lineage(&path)?.ok_or_else(|| anyhow::anyhow!("{what} {id}: no lineage sidecar at {}", path.display()))
+        };
+        let ppo_lineage = sidecar(ppo, "eval's PPO checkpoint")?;
+        let last = ppo_lineage.inputs.get("last").ok_or_else(|| anyhow::anyhow!("PPO checkpoint {ppo}: lineage names no `last` update"))?;
+        let update = sidecar(last, "the last PPO update's checkpoint")?;
+        let missing = param(Some(&update), &format!("PPO update checkpoint {last}"), &["ppo", "rewards", "missing_statement"])?;
+        out.push_str(match missing.as_str() {
+            "skip" => "; R_EC and R_CS leave out a sentence without a statement (the paper: −1)",
+            "penalize" => "; a sentence without a statement scores −1 in R_EC and R_CS (the paper's)",
+            _ => "; a sentence without a statement is an error in R_EC and R_CS",
+        });
+    }
+    out.push('.');
+    Ok(out)
 }
 
 /// The demo MLLM eval read (its `model` input, a folder artifact of `demo_mllm`), named by the decoder
@@ -576,6 +619,57 @@ mod tests {
         assert_eq!(labels.len(), 2);
         assert_eq!(labels["vanilla"], "vanilla (no statements: constant missing_confidence)");
         assert!(labels.contains_key("full") && !labels.contains_key("sft"));
+    }
+
+    /// The header's design sentence, from bin's levels lineage and the last PPO update behind eval's checkpoint.
+    #[test]
+    fn the_header_says_where_the_design_leaves_the_papers() {
+        use crate::store::{ArtifactKind, Lineage, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("artifacts")).unwrap();
+        let t = || RecordBatch::try_from_iter([("item_id", Arc::new(StringArray::from(vec!["q1"])) as ArrayRef)]).unwrap();
+        let table = |stage: &str, params: serde_json::Value, inputs: Vec<(&str, String)>| {
+            let lineage = Lineage {
+                stage: stage.into(),
+                params,
+                inputs: inputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                ..Default::default()
+            };
+            store.read_table(&store.put_table(t().schema(), &[t()], &lineage, None).unwrap()).unwrap()
+        };
+        // eval's PPO checkpoint → its `last` input, the last update's checkpoint, whose params hold the rewards.
+        let ppo_run = |missing: &str, bytes: &[u8]| {
+            let params = serde_json::json!({ "ppo": { "rewards": { "missing_statement": missing } } });
+            let update = Lineage { stage: "update_15".into(), params, ..Default::default() };
+            let update = store.put_bytes(ArtifactKind::Safetensors, bytes, Some(&update)).unwrap();
+            let ppo = Lineage { stage: "ppo".into(), inputs: [("last".to_string(), update.to_string())].into(), ..Default::default() };
+            store.put_bytes(ArtifactKind::Safetensors, &[bytes, b"ppo"].concat(), Some(&ppo)).unwrap().to_string()
+        };
+        let levels = |intervals: &str| table("bin", serde_json::json!({ "fusion": { "intervals": intervals } }), vec![]);
+        let header = |intervals: &str, ppo: Option<String>| {
+            let sentences = table("eval_chains", serde_json::json!({}), ppo.into_iter().map(|id| ("ppo_checkpoint", id)).collect());
+            design(&store, &sentences, &levels(intervals))
+        };
+        assert_eq!(
+            header("quantile", Some(ppo_run("skip", b"a"))).unwrap(),
+            "Design: levels at U_Final's quintiles (the paper: μ/σ intervals); R_EC and R_CS leave out a sentence without a \
+             statement (the paper: −1)."
+        );
+        assert_eq!(
+            header("mu_sigma", Some(ppo_run("penalize", b"b"))).unwrap(),
+            "Design: levels at U_Final's μ/σ intervals (the paper's); a sentence without a statement scores −1 in R_EC and R_CS \
+             (the paper's)."
+        );
+        // A run that evaluated no PPO policy says nothing of its rewards.
+        assert_eq!(header("uniform", None).unwrap(), "Design: levels at uniform intervals (the paper: μ/σ).");
+        // What the lineage lacks is an error naming the artifact.
+        let bare = table("bin", serde_json::json!({}), vec![]);
+        let sentences = table("eval_chains", serde_json::json!({}), vec![]);
+        let err = design(&store, &sentences, &bare).unwrap_err().to_string();
+        assert!(err.contains(&bare.id.to_string()) && err.contains("fusion.intervals"), "{err}");
+        let orphan = table("eval_chains", serde_json::json!({}), vec![("ppo_checkpoint", "0".repeat(64))]);
+        let err = design(&store, &orphan, &levels("quantile")).unwrap_err().to_string();
+        assert!(err.contains("eval's PPO checkpoint") && err.contains("no lineage sidecar"), "{err}");
     }
 
     /// Without a model folder, the header names the decoder the demo MLLM was trained on, read from the
