@@ -278,11 +278,7 @@ pub fn design(store: &crate::store::Store, sentences: &crate::store::Table, leve
     };
     let lineage = sentences.lineage.as_ref().ok_or_else(|| anyhow::anyhow!("eval sentences {}: no lineage", sentences.id))?;
     if let Some(ppo) = lineage.inputs.get("ppo_checkpoint") {
-        let sidecar = |id: &str, what: &str| -> anyhow::Result<crate::store::Lineage> {
-            let id = crate::store::ArtifactId::parse(id)?;
-            let path = store.path_of(&id, crate::store::ArtifactKind::Safetensors);
-            store.sidecar_lineage(&path)?.ok_or_else(|| anyhow::anyhow!("{what} {id}: no lineage sidecar at {}", path.display()))
-        };
+        let sidecar = |id: &str, what: &str| sidecar_of(store, id, crate::store::ArtifactKind::Safetensors, what);
         let ppo_lineage = sidecar(ppo, "eval's PPO checkpoint")?;
         let last = ppo_lineage.inputs.get("last").ok_or_else(|| anyhow::anyhow!("PPO checkpoint {ppo}: lineage names no `last` update"))?;
         let update = sidecar(last, "the last PPO update's checkpoint")?;
@@ -297,17 +293,25 @@ pub fn design(store: &crate::store::Store, sentences: &crate::store::Table, leve
     Ok(out)
 }
 
+/// The lineage sidecar of the folder artifact `id` (of `kind`); the error names it as `what`.
+fn sidecar_of(
+    store: &crate::store::Store,
+    id: &str,
+    kind: crate::store::ArtifactKind,
+    what: &str,
+) -> anyhow::Result<crate::store::Lineage> {
+    let id = crate::store::ArtifactId::parse(id)?;
+    let path = store.path_of(&id, kind);
+    store.sidecar_lineage(&path)?.ok_or_else(|| anyhow::anyhow!("{what} {id}: no lineage sidecar at {}", path.display()))
+}
+
 /// The demo MLLM eval read (its `model` input, a folder artifact of `demo_mllm`), named by the decoder
 /// its params trained ([`super::demo_mllm::describe`]), from the folder's lineage sidecar.
 fn demo_model(store: &crate::store::Store, sentences: &str, lineage: &crate::store::Lineage) -> anyhow::Result<String> {
     let id = lineage.inputs.get("model").ok_or_else(|| {
         anyhow::anyhow!("eval sentences {sentences}: lineage names neither a `model` folder in its params nor a `model` input")
     })?;
-    let id = crate::store::ArtifactId::parse(id)?;
-    let path = store.path_of(&id, crate::store::ArtifactKind::Tar);
-    let demo = store
-        .sidecar_lineage(&path)?
-        .ok_or_else(|| anyhow::anyhow!("eval sentences {sentences}: model {id}: no lineage sidecar at {}", path.display()))?;
+    let demo = sidecar_of(store, id, crate::store::ArtifactKind::Tar, &format!("eval sentences {sentences}: model"))?;
     anyhow::ensure!(
         demo.stage == super::models::DEMO_MLLM.0,
         "eval sentences {sentences}: model {id} was written by stage `{}`, expected `{}`",
