@@ -207,7 +207,20 @@ fn stem_clip_with_attribute_loss_exports_what_pytorch_trained() {
     let pairs = dir.path().join("pairs.parquet");
     write_pairs(&items, &pairs, 8);
     let out = dir.path().join("clip");
-    let args = ["--seed", "0", "--epochs", "2", "--patch-size", "8", "--stem-channels", "8", "--attribute-weight", "1"];
+    let args = [
+        "--seed",
+        "0",
+        "--epochs",
+        "2",
+        "--patch-size",
+        "8",
+        "--stem-channels",
+        "8",
+        "--attribute-weight",
+        "1",
+        "--background-jitter",
+        "0.5",
+    ];
     let s = train_clip(&pairs, &out, &args);
     eprintln!("train_clip: {s}");
     assert!(s["final_attribute_loss"].as_f64().is_some_and(f64::is_finite), "{s}");
@@ -235,6 +248,46 @@ fn stem_clip_with_attribute_loss_exports_what_pytorch_trained() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("needs the pairs' `attributes` column"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `recolour_backgrounds` (train_clip.py's `--background-jitter`), by hand-computed values on a 24 × 24 image
+/// of the benchmark's plain background with a full-contrast red square and a washed-out square whose largest
+/// channel gap to the background is 0.30, the middle of the ramp (0.15, 0.45): every pixel whose 3 × 3
+/// neighbourhood is background takes the new colour, the red square's inside keeps its colour, the washed-out
+/// square's inside moves half way; with share 0 nothing changes.
+#[test]
+fn background_recolouring_moves_the_background_and_keeps_full_contrast_objects() {
+    let code = r#"
+import sys, json, numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import train_clip as tc
+bg = np.array([235, 232, 225], np.float32) / 255
+raw = np.tile(bg[:, None, None], (1, 24, 24))
+raw[:, 2:10, 2:10] = np.array([1.0, 0.0, 0.0], np.float32)[:, None, None]
+raw[:, 14:22, 14:22] = (bg - np.array([0.0, 0.30, 0.0], np.float32))[:, None, None]
+x = torch.from_numpy(((raw.transpose(1, 2, 0) - tc.CLIP_MEAN) / tc.CLIP_STD).transpose(2, 0, 1)[None].astype(np.float32))
+def back(z):
+    return (z[0].numpy().transpose(1, 2, 0) * tc.CLIP_STD + tc.CLIP_MEAN).transpose(2, 0, 1)
+same = back(tc.recolour_backgrounds(x, 0.0, np.random.default_rng(1)))
+out = back(tc.recolour_backgrounds(x, 1.0, np.random.default_rng(1)))
+print(json.dumps({"unchanged": float(np.abs(same - raw).max()), "corner": out[:, 0, 0].tolist(),
+    "far": out[:, 12, 0].tolist(), "red": out[:, 5, 5].tolist(), "faint": out[:, 18, 18].tolist(),
+    "faint_before": raw[:, 18, 18].tolist(), "bg": bg.tolist()}))
+"#;
+    let o = std::process::Command::new(python()).args(["-c", code]).arg(root().join("scripts")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rgb = |k: &str| -> Vec<f64> { v[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    let close = |a: &[f64], b: &[f64], what: &str| {
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4), "{what}: {a:?} vs {b:?}");
+    };
+    assert!(v["unchanged"].as_f64().unwrap() < 1e-5, "share 0 changed the image: {v}");
+    let (new, bg) = (rgb("corner"), rgb("bg"));
+    close(&rgb("far"), &new, "two background pixels");
+    assert!(new.iter().zip(&bg).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) > 0.05, "background kept its colour: {v}");
+    close(&rgb("red"), &[1.0, 0.0, 0.0], "the full-contrast square");
+    let half: Vec<f64> = rgb("faint_before").iter().zip(new.iter().zip(&bg)).map(|(x, (n, b))| x + 0.5 * (n - b)).collect();
+    close(&rgb("faint"), &half, "the washed-out square (gap 0.30: half the shift)");
 }
 
 /// The demo MLLM's mechanics in CI time: a short SFT run on the reference chains lowers the loss, the

@@ -36,6 +36,9 @@ pub struct DemoClipParams {
     /// gets); 0: CLIP's loss alone. The scene graphs are the benchmark's region labels, as detection labels
     /// are for region-aware CLIPs.
     pub attribute_weight: f64,
+    /// Share of the training images whose background is recoloured at random at each step (the script's
+    /// `recolour_backgrounds`), so that the tokens describe objects on any background; 0: none.
+    pub background_jitter: f64,
     /// BPE vocabulary trained on the captions (CLIP's own cannot be downloaded here).
     pub vocab_size: u32,
     pub threads: u32,
@@ -62,6 +65,7 @@ impl DemoClipParams {
             ("--threads", p.threads.to_string()),
             ("--stem-channels", p.stem_channels.to_string()),
             ("--attribute-weight", p.attribute_weight.to_string()),
+            ("--background-jitter", p.background_jitter.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_string(), v])
@@ -83,6 +87,7 @@ impl Default for DemoClipParams {
             projection_dim: 64,
             stem_channels: 16,
             attribute_weight: 4.0,
+            background_jitter: 0.0,
             vocab_size: 800,
             threads: 2,
             python: PathBuf::from(".venv/bin/python"),
