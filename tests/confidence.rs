@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use mmboundary::confidence::levels::{FusionParams, Intervals, LevelCuts, LevelModel, MinMaxNormalizer, SignalScores};
 use mmboundary::confidence::parser::{render, split_sentences, ParsedPair, Parser, ParserParams};
-use mmboundary::confidence::rewards::{response_reward, sentence_correctness, RewardParams, SentenceSignals};
+use mmboundary::confidence::rewards::{level_accuracy, response_reward, sentence_correctness, RewardParams, SentenceSignals};
 use mmboundary::confidence::statements::{BackwardParams, ExpressedValue, PoolIndex, StatementPool};
 use mmboundary::confidence::uncertainty::{
     clip_score_from_embeddings, likelihood_signals, token_sar_batched, token_sar_loop, RelevanceScope, ResponseTokens, SentenceTokens,
@@ -739,4 +739,22 @@ fn numeric_pool_of_the_no_mapping_ablation_round_trips() {
         let x: f64 = s.trim_start_matches("Confidence: ").trim_end_matches('.').parse().unwrap();
         assert_eq!(x, mmboundary::confidence::level_value(level), "{s}");
     }
+}
+
+/// `level_accuracy` by hand: two responses, levels 1 1 2 | 5 5 5 with right F T F | T T F. Level 1: (1 + 1) /
+/// (2 + 2) = 0.5; level 2: (0 + 1) / (1 + 2) = 1/3; levels 3 and 4 have no sentence: 1/2; level 5: (2 + 1) /
+/// (3 + 2) = 0.6. A level outside 1..=5 and a length mismatch name the response and sentence.
+#[test]
+fn level_accuracy_is_each_levels_smoothed_share_of_right_sentences() {
+    let levels: [&[u8]; 2] = [&[1, 1, 2], &[5, 5, 5]];
+    let right: [&[bool]; 2] = [&[false, true, false], &[true, true, false]];
+    let v = level_accuracy(levels.iter().copied().zip(right.iter().copied())).unwrap();
+    let want = [0.5, 1.0 / 3.0, 0.5, 0.5, 0.6];
+    for (l, (a, b)) in v.iter().zip(want).enumerate() {
+        assert!((a - b).abs() < 1e-12, "level {}: {a} against {b}", l + 1);
+    }
+    let err = level_accuracy([(&[1u8, 6][..], &[true, false][..])]).unwrap_err().to_string();
+    assert!(err.contains("sentence 1") && err.contains("internal level") && err.contains('6'), "{err}");
+    let err = level_accuracy([(&[1u8][..], &[true, false][..])]).unwrap_err().to_string();
+    assert!(err.contains("levels of response 0") && err.contains("expected 2, found 1"), "{err}");
 }

@@ -7,7 +7,7 @@ use mmboundary::confidence::levels::{FusionParams, Intervals, LevelModel};
 use mmboundary::data::{Item, ReferenceChain};
 use mmboundary::engine::{Pipeline, RunOptions};
 use mmboundary::stages::eval::EvalParams;
-use mmboundary::stages::ppo::{InternalLevels, PpoStageParams, RewardModel};
+use mmboundary::stages::ppo::{InternalLevels, InternalValue, PpoStageParams, RewardModel};
 use mmboundary::store::{ArtifactId, ArtifactKind};
 
 mod common;
@@ -327,6 +327,64 @@ fn rollout_levels_are_refitted_on_the_iteration_when_asked() {
     let warm = counts(&rm);
     assert_eq!(warm.iter().sum::<usize>(), 10);
     assert_ne!(warm, [2; 5]);
+}
+
+/// `internal_value = "level_accuracy"`: IV of a sentence is the smoothed share of right sentences at its level
+/// over the whole batch, (right + 1) / (n + 2), counted here from the scores' own levels and I(z); and R_CS is
+/// the mean of 1 − 2 (IV − EV)² over the sentences with a statement, on those IVs.
+#[test]
+fn level_accuracy_sets_each_sentences_internal_value_from_the_batch() {
+    let warm_up: Vec<[f64; 4]> = (0..20).map(|i| [3.0 + i as f64 * 0.1, 2.0 + (i % 7) as f64 * 0.2, 0.5, 0.9]).collect();
+    let quintiles = FusionParams { intervals: Intervals::Quantile, ..Default::default() };
+    let levels = LevelModel::fit(&warm_up, &quintiles).unwrap();
+    let mut params = PpoStageParams {
+        minilm: mmboundary::encoders::minilm::default_model_dir(),
+        clip: Some(fixtures().join("encoders/clip_tiny")),
+        pool: pool_path(),
+        internal_levels: InternalLevels::Rollouts,
+        internal_value: InternalValue::LevelAccuracy,
+        ..Default::default()
+    };
+    params.rewards.missing_statement = mmboundary::confidence::rewards::MissingStatement::Skip;
+    let texts = [
+        "There is a red circle in the image. I am far from sure of this. So, the answer is circle.",
+        "There is a small blue square at the top left of it. So, the answer is square and I am certain.",
+        "A red circle. I am quite sure. The answer is circle.",
+        "There are two objects in the image and both are round. So, the answer is circle, I think.",
+        "The circle is red and large and sits at the bottom right. So, the answer is circle.",
+    ];
+    let rollouts: Vec<_> = texts.iter().map(|t| tokens_of(t)).collect();
+    let it = item();
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels, &Default::default()).unwrap();
+    let image = rm.clip.text.encode(&["a red circle"]).unwrap().embeddings.data;
+    let batch: Vec<_> = rollouts.iter().map(|r| (&it, image.as_slice(), r)).collect();
+    let scores = rm.score_batch(&batch).unwrap();
+    let (mut right, mut n) = ([0.0; 5], [0.0; 5]);
+    for s in &scores {
+        for (&l, &c) in s.levels.iter().zip(&s.correct) {
+            n[l as usize - 1] += 1.0;
+            right[l as usize - 1] += if c { 1.0 } else { 0.0 };
+        }
+    }
+    assert_eq!(n, [2.0; 5], "quintiles of ten sentences");
+    assert!(right.iter().sum::<f64>() > 0.0 && right.iter().sum::<f64>() < 10.0, "the batch needs right and wrong sentences: {right:?}");
+    let mut with_statement = 0;
+    for s in &scores {
+        let mut cs = Vec::new();
+        for (t, &l) in s.levels.iter().enumerate() {
+            let iv = (right[l as usize - 1] + 1.0) / (n[l as usize - 1] + 2.0);
+            assert!((s.internal[t] - iv).abs() < 1e-12, "IV {} against {iv} at level {l}", s.internal[t]);
+            if let Some(ev) = s.expressed[t] {
+                cs.push(1.0 - 2.0 * (s.internal[t] - ev).powi(2));
+            }
+        }
+        with_statement += cs.len();
+        if !cs.is_empty() {
+            let want = cs.iter().sum::<f64>() / cs.len() as f64;
+            assert!((s.cs - want).abs() < 1e-12, "R_CS {} against {want}", s.cs);
+        }
+    }
+    assert!(with_statement >= 2, "the texts carry statements: {with_statement}");
 }
 
 #[test]

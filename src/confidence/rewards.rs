@@ -157,6 +157,35 @@ pub fn response_reward(item: usize, sentences: &[SentenceSignals], params: &Rewa
     Ok(ResponseReward { ka, ec, cs, total, per_sentence })
 }
 
+/// The share of right sentences at each internal level, add-one smoothed: (right + 1) / (n + 2), so a level
+/// with few sentences stays near 1/2 and one with none is 1/2. `sentences` gives each response's levels
+/// (1..=5) and I(z_t), in the same order. Histogram binning (Zadrozny & Elkan 2001) of the levels.
+pub fn level_accuracy<'a>(sentences: impl IntoIterator<Item = (&'a [u8], &'a [bool])>) -> Result<[f64; 5]> {
+    let (mut right, mut n) = ([0usize; 5], [0usize; 5]);
+    for (item, (levels, correct)) in sentences.into_iter().enumerate() {
+        if levels.len() != correct.len() {
+            return Err(ConfidenceError::Shape {
+                what: format!("levels of response {item}"),
+                expected: correct.len(),
+                found: levels.len(),
+            });
+        }
+        for (t, (&l, &c)) in levels.iter().zip(correct).enumerate() {
+            if !(1..=5).contains(&l) {
+                return Err(ConfidenceError::OutOfRange {
+                    at: Location::sentence(item, t),
+                    field: "internal level",
+                    value: f64::from(l),
+                    expected: "1..=5",
+                });
+            }
+            n[usize::from(l) - 1] += 1;
+            right[usize::from(l) - 1] += usize::from(c);
+        }
+    }
+    Ok(std::array::from_fn(|l| (right[l] as f64 + 1.0) / (n[l] as f64 + 2.0)))
+}
+
 /// SaySelf's reward (Xu et al. 2024, `utils/utils.py::calculate_reward`): R = 1 − 2·(correctness −
 /// confidence)² on the final answer, both on [0, 1]; a response whose confidence cannot be read gets −1.
 pub fn sayself_reward(correct: f64, confidence: Option<f64>) -> Result<f64> {

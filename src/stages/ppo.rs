@@ -110,6 +110,26 @@ impl InternalLevels {
     }
 }
 
+/// What IV, R_CS's target, is for a sentence at internal level l.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InternalValue {
+    /// (l − 1) / 4, §3.1.1's level value.
+    #[default]
+    LevelValue,
+    /// The share of right sentences at level l among the iteration's rollout sentences
+    /// ([`crate::confidence::rewards::level_accuracy`]). Our addition: with quintile levels the level values
+    /// average 0.5 whatever the accuracy, so R_CS pulls statements away from what R_EC rewards; a level's
+    /// accuracy keeps its ranking and puts both targets on the scale of being right.
+    LevelAccuracy,
+}
+
+impl InternalValue {
+    fn is_level_value(&self) -> bool {
+        *self == InternalValue::LevelValue
+    }
+}
+
 /// Which frozen model the KL penalty compares the policy with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,6 +185,10 @@ pub struct PpoStageParams {
     /// Left out of the params (and the cache keys) when default.
     #[serde(skip_serializing_if = "InternalLevels::is_warm_up")]
     pub internal_levels: InternalLevels,
+    /// IV of a level: its value (default) or its accuracy on the iteration's rollouts. Left out of the
+    /// params (and the cache keys) when default.
+    #[serde(skip_serializing_if = "InternalValue::is_level_value")]
+    pub internal_value: InternalValue,
     /// α, β, γ (1/3 each), the switches of the "w/o R_KA/R_EC/R_CS" ablations, the match threshold of
     /// I(z_t) and what a sentence without statement contributes.
     pub rewards: RewardParams,
@@ -223,6 +247,7 @@ impl Default for PpoStageParams {
             start_mode: default_start_mode(),
             reward: RewardKind::Mmboundary,
             internal_levels: InternalLevels::WarmUp,
+            internal_value: InternalValue::LevelValue,
             rewards: RewardParams::default(),
             empty_response_reward: -1.0,
             unanswered_response_reward: None,
@@ -646,15 +671,27 @@ impl RewardModel {
                 })?)
             }
         };
-        let levels = refitted.as_ref().unwrap_or(&self.levels);
-        // 4. Per rollout: levels, rewards and where they land.
+        let level_model = refitted.as_ref().unwrap_or(&self.levels);
+        // 4. Every sentence's level, and IV of each level.
+        let mut levels: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
+        for (plan, rows) in plans.iter().zip(&rows) {
+            levels.push(if plan.is_some() { level_model.apply(rows)?.iter().map(|s| s.level).collect() } else { Vec::new() });
+        }
+        let values: [f64; 5] = match self.params.internal_value {
+            InternalValue::LevelValue => std::array::from_fn(|l| level_value(l as u8 + 1)),
+            InternalValue::LevelAccuracy => crate::confidence::rewards::level_accuracy(
+                plans.iter().zip(&levels).filter_map(|(p, l)| p.as_ref().map(|p| (l.as_slice(), p.1.as_slice()))),
+            )
+            .map_err(at)?,
+        };
+        // 5. Per rollout: rewards and where they land.
         let mut out = Vec::with_capacity(batch.len());
-        for ((&(item, _, r), plan), rows) in batch.iter().zip(plans).zip(&rows) {
+        for ((&(item, _, r), plan), levels) in batch.iter().zip(plans).zip(levels) {
             let Some((judged, correct, spans, _)) = plan else {
                 out.push(self.empty_score(r));
                 continue;
             };
-            let mut score = self.finish(r, judged, correct, spans, rows, levels)?;
+            let mut score = self.finish(r, judged, correct, spans, levels, &values)?;
             if self.params.reward == RewardKind::Sayself {
                 self.sayself(item, r, &mut score)?;
             }
@@ -693,11 +730,10 @@ impl RewardModel {
         judged: Vec<JudgedPair>,
         correct: Vec<bool>,
         spans: Vec<(usize, usize)>,
-        rows: &[[f64; 4]],
-        level_model: &LevelModel,
+        levels: Vec<u8>,
+        values: &[f64; 5],
     ) -> anyhow::Result<RolloutScore> {
-        let levels: Vec<u8> = level_model.apply(rows)?.iter().map(|s| s.level).collect();
-        let internal: Vec<f64> = levels.iter().map(|&l| level_value(l)).collect();
+        let internal: Vec<f64> = levels.iter().map(|&l| values[usize::from(l.clamp(1, 5)) - 1]).collect();
         let signals: Vec<SentenceSignals> = (0..judged.len())
             .map(|t| SentenceSignals { correct: correct[t], expressed: judged[t].expressed, internal: internal[t] })
             .collect();

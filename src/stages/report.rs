@@ -149,8 +149,9 @@ impl Stage for ReportStage {
     /// 8: what the image tower sees (per-object linear probes of the features, [`crate::report::vision`]).
     /// 9: the statements' sentence-level AUROC per split and variant ([`evidence::statement_aurocs`]).
     /// 10: the header says where the run's design leaves the paper's ([`design`]).
+    /// 11: … and R_CS's IV when it is not the level's value.
     fn code_version(&self) -> &str {
-        "10"
+        "11"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -288,6 +289,15 @@ pub fn design(store: &crate::store::Store, sentences: &crate::store::Table, leve
             "penalize" => "; a sentence without a statement scores −1 in R_EC and R_CS (the paper's)",
             _ => "; a sentence without a statement is an error in R_EC and R_CS",
         });
+        // Left out of the params when default (the level's value); any other is ours.
+        let value = update.params.get("ppo").and_then(|p| p.get("internal_value")).and_then(|v| v.as_str());
+        match value {
+            None | Some("level_value") => {}
+            Some("level_accuracy") => {
+                out.push_str("; R_CS's IV is its level's accuracy on the iteration's rollouts (the paper: the level's value)")
+            }
+            Some(other) => anyhow::bail!("PPO update checkpoint {last}: unknown ppo.internal_value {other:?}"),
+        }
     }
     out.push('.');
     Ok(out)
@@ -642,13 +652,14 @@ mod tests {
             store.read_table(&store.put_table(t().schema(), &[t()], &lineage, None).unwrap()).unwrap()
         };
         // eval's PPO checkpoint → its `last` input, the last update's checkpoint, whose params hold the rewards.
-        let ppo_run = |missing: &str, bytes: &[u8]| {
-            let params = serde_json::json!({ "ppo": { "rewards": { "missing_statement": missing } } });
+        let ppo_run_with = |ppo: serde_json::Value, bytes: &[u8]| {
+            let params = serde_json::json!({ "ppo": ppo });
             let update = Lineage { stage: "update_15".into(), params, ..Default::default() };
             let update = store.put_bytes(ArtifactKind::Safetensors, bytes, Some(&update)).unwrap();
             let ppo = Lineage { stage: "ppo".into(), inputs: [("last".to_string(), update.to_string())].into(), ..Default::default() };
             store.put_bytes(ArtifactKind::Safetensors, &[bytes, b"ppo"].concat(), Some(&ppo)).unwrap().to_string()
         };
+        let ppo_run = |missing: &str, bytes: &[u8]| ppo_run_with(serde_json::json!({ "rewards": { "missing_statement": missing } }), bytes);
         let levels = |intervals: &str| table("bin", serde_json::json!({ "fusion": { "intervals": intervals } }), vec![]);
         let header = |intervals: &str, ppo: Option<String>| {
             let sentences = table("eval_chains", serde_json::json!({}), ppo.into_iter().map(|id| ("ppo_checkpoint", id)).collect());
@@ -664,6 +675,15 @@ mod tests {
             "Design: levels at U_Final's μ/σ intervals (the paper's); a sentence without a statement scores −1 in R_EC and R_CS \
              (the paper's)."
         );
+        let accuracy = serde_json::json!({ "rewards": { "missing_statement": "skip" }, "internal_value": "level_accuracy" });
+        assert_eq!(
+            header("quantile", Some(ppo_run_with(accuracy, b"c"))).unwrap(),
+            "Design: levels at U_Final's quintiles (the paper: μ/σ intervals); R_EC and R_CS leave out a sentence without a \
+             statement (the paper: −1); R_CS's IV is its level's accuracy on the iteration's rollouts (the paper: the level's value)."
+        );
+        let unknown = serde_json::json!({ "rewards": { "missing_statement": "skip" }, "internal_value": "oracle" });
+        let err = header("quantile", Some(ppo_run_with(unknown, b"d"))).unwrap_err().to_string();
+        assert!(err.contains("internal_value") && err.contains("oracle"), "{err}");
         // A run that evaluated no PPO policy says nothing of its rewards.
         assert_eq!(header("uniform", None).unwrap(), "Design: levels at uniform intervals (the paper: μ/σ).");
         // What the lineage lacks is an error naming the artifact.
