@@ -170,16 +170,21 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
     assert_eq!(param(&p, "bin")["fusion"]["intervals"], "quantile");
     assert_eq!(param(&p, "rollout_0")["ppo"]["rewards"]["missing_statement"], "skip");
     assert_eq!(param(&p, "update_0")["ppo"]["rewards"]["missing_statement"], "skip", "the update's reward params too");
+    assert_eq!(param(&p, "rollout_0")["ppo"]["internal_value"], "level_accuracy");
+    assert_eq!(param(&p, "update_15")["ppo"]["internal_value"], "level_accuracy");
     let paper = preset("paper-design");
     assert_eq!(param(&paper, "bin")["fusion"]["intervals"], "mu_sigma");
     assert_eq!(param(&paper, "rollout_0")["ppo"]["rewards"]["missing_statement"], "penalize");
     assert_eq!(param(&paper, "update_15")["ppo"]["rewards"]["missing_statement"], "penalize");
+    // The level's value is the default of the params, so it is left out of them (and of the keys).
+    assert!(param(&paper, "rollout_0")["ppo"]["internal_value"].is_null(), "paper-design's IV is the level's value");
     // Session 15's experiment: quintiles, rollouts at 0.7 (the files leave the trainer's default, 1), and -1.
     let eq = preset("equal-count-levels");
     assert_eq!(param(&eq, "bin")["fusion"]["intervals"], "quantile");
     assert!(param(&p, "rollout_0")["ppo"]["trainer"]["generation"]["temperature"].is_null());
     assert_eq!(param(&eq, "rollout_0")["ppo"]["trainer"]["generation"]["temperature"], 0.7);
     assert_eq!(param(&eq, "rollout_0")["ppo"]["rewards"]["missing_statement"], "penalize");
+    assert!(param(&eq, "rollout_0")["ppo"]["internal_value"].is_null());
     // The report's header names the model the preset trains, the default run's its scratch decoder.
     assert_eq!(mmboundary::stages::demo_mllm::describe(&demo).unwrap(), "the demo MLLM on SmolLM2-135M-Instruct (stage demo_mllm)");
     let default_demo = p.ordered().find(|s| s.name() == "demo_mllm").unwrap().params();
