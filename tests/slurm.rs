@@ -502,7 +502,8 @@ fn score_sharded_into_4_gives_the_local_rows() {
 /// The real `generate` (per-item seeded sampling in `mmb-torch`) as 4 array tasks. One question per
 /// batch: the merged artifact is the local one, byte for byte. Batches of 4: a shard's batches hold other
 /// questions than the local run's, and a left-padded batch rounds differently (tests/item_seeding.rs),
-/// so every chain's tokens, text and sentences are the same and its log-probs and entropies agree to 1e-5.
+/// so every chain's tokens, text and sentences are the same and its log-probs and entropies agree to 1e-3 (1e-5
+/// on an AMD EPYC without AVX-512; 1.5e-4 on an Intel Xeon with it, whose GEMM kernels block by batch shape).
 fn generate_sharded_into_4_gives_the_local_rows() {
     std::env::set_var("MMB_TORCH", env!("CARGO_BIN_EXE_mmb-torch"));
     let (dir, store, _) = common::tiny_llava_store();
@@ -526,7 +527,7 @@ fn generate_sharded_into_4_gives_the_local_rows() {
                     let (x, y) = (x.as_primitive::<Float32Type>().values(), y.as_primitive::<Float32Type>().values());
                     assert_eq!(x.len(), y.len());
                     let d = x.iter().zip(y.iter()).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
-                    assert!(d < 1e-5, "{name}: row {r}: {} differ by {d}", f.name());
+                    assert!(d < 1e-3, "{name}: row {r}: {} differ by {d}", f.name());
                 }
             } else {
                 assert_eq!(a.column(i), b.column(i), "{name}: column {} of the merged rows", f.name());
