@@ -284,20 +284,25 @@ fn rewards_land_on_statement_ends_and_sum_to_r() {
     assert!(err.contains("broken-item") && err.contains("token ends"), "{err}");
 }
 
-/// `internal_levels = "rollouts"`: the levels are refitted on the batch's own sentences. With quintile cuts, ten
-/// sentences of distinct signals land two in each level (the cuts sit between the 2nd and 3rd, 4th and 5th, …
-/// smallest U_Final), and IV is each level's value; the warm-up model's cuts, fitted on other rows, do not.
-#[test]
-fn rollout_levels_are_refitted_on_the_iteration_when_asked() {
+/// A quintile level model fitted on 20 made-up warm-up rows, and the reward model's params on the tiny encoders.
+fn quintile_reward_setup() -> (LevelModel, PpoStageParams) {
     let warm_up: Vec<[f64; 4]> = (0..20).map(|i| [3.0 + i as f64 * 0.1, 2.0 + (i % 7) as f64 * 0.2, 0.5, 0.9]).collect();
     let quintiles = FusionParams { intervals: Intervals::Quantile, ..Default::default() };
-    let levels = LevelModel::fit(&warm_up, &quintiles).unwrap();
-    let mut params = PpoStageParams {
+    let params = PpoStageParams {
         minilm: mmboundary::encoders::minilm::default_model_dir(),
         clip: Some(fixtures().join("encoders/clip_tiny")),
         pool: pool_path(),
         ..Default::default()
     };
+    (LevelModel::fit(&warm_up, &quintiles).unwrap(), params)
+}
+
+/// `internal_levels = "rollouts"`: the levels are refitted on the batch's own sentences. With quintile cuts, ten
+/// sentences of distinct signals land two in each level (the cuts sit between the 2nd and 3rd, 4th and 5th, …
+/// smallest U_Final), and IV is each level's value; the warm-up model's cuts, fitted on other rows, do not.
+#[test]
+fn rollout_levels_are_refitted_on_the_iteration_when_asked() {
+    let (levels, mut params) = quintile_reward_setup();
     let texts = [
         "There is a red circle in the image. I am far from sure of this. So, the answer is circle.",
         "There is a small blue square at the top left of it. So, the answer is square and I am certain.",
@@ -334,17 +339,9 @@ fn rollout_levels_are_refitted_on_the_iteration_when_asked() {
 /// the mean of 1 − 2 (IV − EV)² over the sentences with a statement, on those IVs.
 #[test]
 fn level_accuracy_sets_each_sentences_internal_value_from_the_batch() {
-    let warm_up: Vec<[f64; 4]> = (0..20).map(|i| [3.0 + i as f64 * 0.1, 2.0 + (i % 7) as f64 * 0.2, 0.5, 0.9]).collect();
-    let quintiles = FusionParams { intervals: Intervals::Quantile, ..Default::default() };
-    let levels = LevelModel::fit(&warm_up, &quintiles).unwrap();
-    let mut params = PpoStageParams {
-        minilm: mmboundary::encoders::minilm::default_model_dir(),
-        clip: Some(fixtures().join("encoders/clip_tiny")),
-        pool: pool_path(),
-        internal_levels: InternalLevels::Rollouts,
-        internal_value: InternalValue::LevelAccuracy,
-        ..Default::default()
-    };
+    let (levels, mut params) = quintile_reward_setup();
+    params.internal_levels = InternalLevels::Rollouts;
+    params.internal_value = InternalValue::LevelAccuracy;
     params.rewards.missing_statement = mmboundary::confidence::rewards::MissingStatement::Skip;
     let texts = [
         "There is a red circle in the image. I am far from sure of this. So, the answer is circle.",
