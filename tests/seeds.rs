@@ -89,3 +89,44 @@ fn seeds_need_two_runs_and_belong_to_sweep() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--seeds belongs to `mmb sweep`"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The per-seed table: Table 1's accuracy (level `all` only) and the statement AUROC of each policy under
+/// each seed, the mean when every seed has one, and no row for a measure no seed has.
+#[test]
+fn the_seeds_table_gives_each_policys_accuracy_and_statement_auroc_per_seed() {
+    use mmboundary::report::evidence::StatementAuroc;
+    use mmboundary::report::page::{seeds_policies_markdown, MetricsRow, SeedPolicies};
+    let row = |variant: &str, level: &str, accuracy: f64| MetricsRow {
+        variant: variant.into(),
+        split: "val".into(),
+        level: level.into(),
+        responses: 10,
+        sentences: 30,
+        ece: None,
+        mece: None,
+        brier: None,
+        accuracy: Some(accuracy),
+        chain_f1: None,
+        auroc: None,
+    };
+    let stmt = |pairs: &[(&str, Option<f64>)]| {
+        pairs.iter().map(|(v, a)| ((v.to_string(), "val".to_string()), StatementAuroc { stated: 20, right: 8, auroc: *a })).collect()
+    };
+    let seed0 = SeedPolicies::new(
+        &[row("vanilla", "all", 0.4), row("sft", "all", 0.5), row("sft", "perception", 0.9), row("full", "all", 0.6)],
+        &stmt(&[("sft", Some(0.7)), ("full", Some(0.8))]),
+    );
+    // seed 1's full policy judged every stated sentence right: no AUROC
+    let seed1 = SeedPolicies::new(
+        &[row("vanilla", "all", 0.5), row("sft", "all", 0.45), row("full", "all", 0.55)],
+        &stmt(&[("sft", Some(0.6)), ("full", None)]),
+    );
+    let md = seeds_policies_markdown(&[seed0, seed1], &["vanilla", "sft", "full"], &["val".into(), "test".into()], &[0, 1]);
+    let want = "| split | policy | measure | seed 0 | seed 1 | mean |\n|---|---|---|---|---|---|\n\
+                | val | vanilla | accuracy | 0.400 | 0.500 | 0.450 |\n\
+                | val | sft | accuracy | 0.500 | 0.450 | 0.475 |\n\
+                | val | sft | statement AUROC | 0.700 | 0.600 | 0.650 |\n\
+                | val | full | accuracy | 0.600 | 0.550 | 0.575 |\n\
+                | val | full | statement AUROC | 0.800 | – | – |\n";
+    assert_eq!(md, want);
+}

@@ -212,6 +212,18 @@ fn run_seeds(store: &Path, stages: &Path, a: SweepArgs, n: u64) -> anyhow::Resul
         bootstrap.resamples,
         crate::report::page::seeds_markdown(&diffs, "full", "SFT", &seeds)
     );
+    let per_seed = runs
+        .iter()
+        .map(|r| Ok(crate::report::page::SeedPolicies::new(&r.rows, &crate::report::evidence::statement_aurocs(&r.sentences)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let variants = base.params::<crate::stages::eval::EvalParams>("eval")?.variants;
+    let variants: Vec<&str> = variants.iter().map(String::as_str).collect();
+    let table = format!(
+        "{table}\n## Each policy under each seed\n\nAnswer accuracy (Table 1's) and statement AUROC (the report's \"{}\"; none for a \
+         policy that writes no statements) per seed.\n\n{}",
+        crate::stages::report::STATEMENTS_HEADING,
+        crate::report::page::seeds_policies_markdown(&per_seed, &variants, &splits, &seeds)
+    );
     let out = store.root().join(prefix.map_or_else(|| "seeds.md".to_string(), |p| format!("seeds-{p}.md")));
     crate::store::write_atomic(&out, table.as_bytes())?;
     println!("\n{table}\nwritten to {}", out.display());

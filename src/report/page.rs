@@ -369,6 +369,61 @@ pub fn seeds_markdown(diffs: &[crate::report::intervals::Difference], a: &str, b
     s
 }
 
+/// One seed run's answer accuracy (Table 1's, level `all`) and statement AUROC, by (variant, split).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeedPolicies {
+    pub accuracy: std::collections::BTreeMap<(String, String), f64>,
+    pub statement_auroc: std::collections::BTreeMap<(String, String), f64>,
+}
+
+impl SeedPolicies {
+    pub fn new(
+        rows: &[MetricsRow],
+        statements: &std::collections::BTreeMap<(String, String), crate::report::evidence::StatementAuroc>,
+    ) -> Self {
+        let accuracy = rows
+            .iter()
+            .filter(|r| r.level == "all")
+            .filter_map(|r| r.accuracy.map(|a| ((r.variant.clone(), r.split.clone()), a)))
+            .collect();
+        let statement_auroc = statements.iter().filter_map(|(k, c)| c.auroc.map(|a| (k.clone(), a))).collect();
+        Self { accuracy, statement_auroc }
+    }
+}
+
+/// Beside the differences: each policy's answer accuracy and statement AUROC under every seed, and their
+/// mean (over the seeds when every seed has one, else "–"). A row per split, policy (in `variants`' order)
+/// and measure that some seed has.
+pub fn seeds_policies_markdown(per_seed: &[SeedPolicies], variants: &[&str], splits: &[String], seeds: &[u64]) -> String {
+    let mut s = String::from("| split | policy | measure |");
+    for k in seeds {
+        let _ = write!(s, " seed {k} |");
+    }
+    s.push_str(" mean |\n|---|---|---|");
+    s.push_str(&"---|".repeat(seeds.len() + 1));
+    s.push('\n');
+    type Pick = fn(&SeedPolicies) -> &std::collections::BTreeMap<(String, String), f64>;
+    let measures: [(&str, Pick); 2] = [("accuracy", |p| &p.accuracy), ("statement AUROC", |p| &p.statement_auroc)];
+    for split in splits {
+        for v in variants {
+            for (name, pick) in measures {
+                let key = (v.to_string(), split.clone());
+                let values: Vec<Option<f64>> = per_seed.iter().map(|p| pick(p).get(&key).copied()).collect();
+                if values.iter().all(Option::is_none) {
+                    continue;
+                }
+                let _ = write!(s, "| {split} | {v} | {name} |");
+                for x in &values {
+                    let _ = write!(s, " {} |", cell(*x));
+                }
+                let mean = values.iter().copied().sum::<Option<f64>>().map(|t| t / values.len() as f64);
+                let _ = writeln!(s, " {} |", cell(mean));
+            }
+        }
+    }
+    s
+}
+
 /// A Markdown pipe table (as this module writes them: one row per line, no pipes inside cells) as an
 /// HTML table; text outside tables becomes paragraphs. An interval "[lo, hi]" in a cell is set smaller.
 pub fn md_table_html(md: &str) -> String {

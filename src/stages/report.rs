@@ -134,7 +134,7 @@ pub struct ReportStage {
 }
 
 const VARIANT_ORDER: [&str; 3] = ["vanilla", "sft", "full"];
-const STATEMENTS_HEADING: &str = "Do the statements tell right from wrong?";
+pub const STATEMENTS_HEADING: &str = "Do the statements tell right from wrong?";
 const VISION_HEADING: &str = "What the image tower sees (per-object linear probes of the features)";
 
 impl Stage for ReportStage {
