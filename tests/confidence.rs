@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use mmboundary::confidence::levels::{FusionParams, Intervals, LevelCuts, LevelModel, MinMaxNormalizer, SignalScores};
 use mmboundary::confidence::parser::{render, split_sentences, ParsedPair, Parser, ParserParams};
-use mmboundary::confidence::rewards::{level_accuracy, response_reward, sentence_correctness, RewardParams, SentenceSignals};
+use mmboundary::confidence::rewards::{
+    level_accuracy, monotone_level_accuracy, response_reward, sentence_correctness, RewardParams, SentenceSignals,
+};
 use mmboundary::confidence::statements::{BackwardParams, ExpressedValue, PoolIndex, StatementPool};
 use mmboundary::confidence::uncertainty::{
     clip_score_from_embeddings, likelihood_signals, token_sar_batched, token_sar_loop, RelevanceScope, ResponseTokens, SentenceTokens,
@@ -757,4 +759,35 @@ fn level_accuracy_is_each_levels_smoothed_share_of_right_sentences() {
     assert!(err.contains("sentence 1") && err.contains("internal level") && err.contains('6'), "{err}");
     let err = level_accuracy([(&[1u8][..], &[true, false][..])]).unwrap_err().to_string();
     assert!(err.contains("levels of response 0") && err.contains("expected 2, found 1"), "{err}");
+}
+
+/// `monotone_level_accuracy` by hand (pool-adjacent-violators, weights n + 2):
+/// - the test above: level 1's 0.5 (weight 4) above level 2's 1/3 (weight 3) pool to (2 + 1) / 7 = 3/7;
+///   0.5, 0.5, 0.6 follow in order → [3/7, 3/7, 0.5, 0.5, 0.6];
+/// - a pool that grows backwards: levels 1 | 2 2 | 3 3 3 3 with right T | T F | F F F F: 2/3 (w 3), 2/4
+///   (w 4), 1/6 (w 6) → 2/3 and 1/2 pool to 4/7 (w 7), then 1/6 joins: (4 + 1) / 13 = 5/13; levels 4, 5
+///   (none) stay 1/2;
+/// - ties stay apart: levels 2 2 | 3 3 | 4 with right T T | F F | T: 0.5, 3/4 (w 4), 1/4 (w 4), 2/3 (w 3),
+///   0.5 (w 2) → 3/4 and 1/4 pool to 0.5, equal to level 1's (not pooled, same value); 2/3 and 0.5 pool
+///   to (2 + 1) / 5 = 0.6.
+/// Errors are level_accuracy's.
+#[test]
+fn monotone_level_accuracy_pools_levels_out_of_order() {
+    let close = |v: [f64; 5], want: [f64; 5]| {
+        for (l, (a, b)) in v.iter().zip(want).enumerate() {
+            assert!((a - b).abs() < 1e-12, "level {}: {a} against {b} ({v:?})", l + 1);
+        }
+    };
+    let levels: [&[u8]; 2] = [&[1, 1, 2], &[5, 5, 5]];
+    let right: [&[bool]; 2] = [&[false, true, false], &[true, true, false]];
+    close(monotone_level_accuracy(levels.iter().copied().zip(right.iter().copied())).unwrap(), [3.0 / 7.0, 3.0 / 7.0, 0.5, 0.5, 0.6]);
+    let levels: [&[u8]; 3] = [&[1], &[2, 2], &[3, 3, 3, 3]];
+    let right: [&[bool]; 3] = [&[true], &[true, false], &[false; 4]];
+    let p = 5.0 / 13.0;
+    close(monotone_level_accuracy(levels.iter().copied().zip(right.iter().copied())).unwrap(), [p, p, p, 0.5, 0.5]);
+    let levels: [&[u8]; 2] = [&[2, 2, 3], &[3, 4]];
+    let right: [&[bool]; 2] = [&[true, true, false], &[false, true]];
+    close(monotone_level_accuracy(levels.iter().copied().zip(right.iter().copied())).unwrap(), [0.5, 0.5, 0.5, 0.6, 0.6]);
+    let err = monotone_level_accuracy([(&[0u8][..], &[true][..])]).unwrap_err().to_string();
+    assert!(err.contains("internal level") && err.contains("1..=5"), "{err}");
 }

@@ -336,7 +336,8 @@ fn rollout_levels_are_refitted_on_the_iteration_when_asked() {
 
 /// `internal_value = "level_accuracy"`: IV of a sentence is the smoothed share of right sentences at its level
 /// over the whole batch, (right + 1) / (n + 2), counted here from the scores' own levels and I(z); and R_CS is
-/// the mean of 1 − 2 (IV − EV)² over the sentences with a statement, on those IVs.
+/// the mean of 1 − 2 (IV − EV)² over the sentences with a statement, on those IVs. With
+/// `monotone_level_accuracy`, the levels stay and each IV is those shares pooled in order.
 #[test]
 fn level_accuracy_sets_each_sentences_internal_value_from_the_batch() {
     let (levels, mut params) = quintile_reward_setup();
@@ -352,7 +353,7 @@ fn level_accuracy_sets_each_sentences_internal_value_from_the_batch() {
     ];
     let rollouts: Vec<_> = texts.iter().map(|t| tokens_of(t)).collect();
     let it = item();
-    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels, &Default::default()).unwrap();
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels.clone(), &Default::default()).unwrap();
     let image = rm.clip.text.encode(&["a red circle"]).unwrap().embeddings.data;
     let batch: Vec<_> = rollouts.iter().map(|r| (&it, image.as_slice(), r)).collect();
     let scores = rm.score_batch(&batch).unwrap();
@@ -382,6 +383,23 @@ fn level_accuracy_sets_each_sentences_internal_value_from_the_batch() {
         }
     }
     assert!(with_statement >= 2, "the texts carry statements: {with_statement}");
+    // `monotone_level_accuracy` on the same batch: the same levels, each IV the pooled share of these counts.
+    params.internal_value = InternalValue::MonotoneLevelAccuracy;
+    let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels, &Default::default()).unwrap();
+    let monotone = rm.score_batch(&batch).unwrap();
+    let want = mmboundary::confidence::rewards::monotone_level_accuracy(scores.iter().map(|s| (s.levels.as_slice(), s.correct.as_slice())))
+        .unwrap();
+    for (s, m) in scores.iter().zip(&monotone) {
+        assert_eq!(s.levels, m.levels);
+        for (&l, &iv) in m.levels.iter().zip(&m.internal) {
+            assert!((iv - want[l as usize - 1]).abs() < 1e-12, "IV {iv} against {} at level {l}", want[l as usize - 1]);
+        }
+    }
+    // This batch has a level out of order (level 2's share above level 3's), so pooling shows.
+    let shares =
+        mmboundary::confidence::rewards::level_accuracy(scores.iter().map(|s| (s.levels.as_slice(), s.correct.as_slice()))).unwrap();
+    assert_ne!(want, shares);
+    assert!(want.windows(2).all(|w| w[0] <= w[1]), "{want:?}");
 }
 
 #[test]

@@ -161,6 +161,32 @@ pub fn response_reward(item: usize, sentences: &[SentenceSignals], params: &Rewa
 /// with few sentences stays near 1/2 and one with none is 1/2. `sentences` gives each response's levels
 /// (1..=5) and I(z_t), in the same order. Histogram binning (Zadrozny & Elkan 2001) of the levels.
 pub fn level_accuracy<'a>(sentences: impl IntoIterator<Item = (&'a [u8], &'a [bool])>) -> Result<[f64; 5]> {
+    Ok(smoothed_level_accuracy(sentences)?.map(|(a, _)| a))
+}
+
+/// [`level_accuracy`] made non-decreasing in the level by weighted pool-adjacent-violators (isotonic
+/// regression, weights n + 2): a level then never asks for a lower confidence than the level below it, so
+/// R_CS keeps the internal signals' ranking even when a sparse level's share comes out of order.
+pub fn monotone_level_accuracy<'a>(sentences: impl IntoIterator<Item = (&'a [u8], &'a [bool])>) -> Result<[f64; 5]> {
+    // Blocks of pooled levels: (weighted sum, weight, levels pooled).
+    let mut blocks: Vec<(f64, f64, usize)> = Vec::with_capacity(5);
+    for (a, w) in smoothed_level_accuracy(sentences)? {
+        blocks.push((a * w, w, 1));
+        while let [.., (s0, w0, _), (s1, w1, _)] = blocks[..] {
+            if s0 / w0 <= s1 / w1 {
+                break;
+            }
+            let (s, w, k) = blocks.pop().unwrap();
+            let last = blocks.last_mut().unwrap();
+            *last = (last.0 + s, last.1 + w, last.2 + k);
+        }
+    }
+    let values: Vec<f64> = blocks.iter().flat_map(|&(s, w, k)| std::iter::repeat_n(s / w, k)).collect();
+    Ok(std::array::from_fn(|l| values[l]))
+}
+
+/// Per level, (right + 1) / (n + 2) and its weight n + 2.
+fn smoothed_level_accuracy<'a>(sentences: impl IntoIterator<Item = (&'a [u8], &'a [bool])>) -> Result<[(f64, f64); 5]> {
     let (mut right, mut n) = ([0usize; 5], [0usize; 5]);
     for (item, (levels, correct)) in sentences.into_iter().enumerate() {
         if levels.len() != correct.len() {
@@ -183,7 +209,7 @@ pub fn level_accuracy<'a>(sentences: impl IntoIterator<Item = (&'a [u8], &'a [bo
             right[usize::from(l) - 1] += usize::from(c);
         }
     }
-    Ok(std::array::from_fn(|l| (right[l] as f64 + 1.0) / (n[l] as f64 + 2.0)))
+    Ok(std::array::from_fn(|l| ((right[l] as f64 + 1.0) / (n[l] as f64 + 2.0), n[l] as f64 + 2.0)))
 }
 
 /// SaySelf's reward (Xu et al. 2024, `utils/utils.py::calculate_reward`): R = 1 − 2·(correctness −

@@ -122,6 +122,10 @@ pub enum InternalValue {
     /// average 0.5 whatever the accuracy, so R_CS pulls statements away from what R_EC rewards; a level's
     /// accuracy keeps its ranking and puts both targets on the scale of being right.
     LevelAccuracy,
+    /// The level accuracy made non-decreasing in the level
+    /// ([`crate::confidence::rewards::monotone_level_accuracy`]): a sparse level whose share comes out
+    /// above the next level's is pooled with it, so R_CS never orders two levels against the signals.
+    MonotoneLevelAccuracy,
 }
 
 impl InternalValue {
@@ -680,6 +684,10 @@ impl RewardModel {
         let values: [f64; 5] = match self.params.internal_value {
             InternalValue::LevelValue => std::array::from_fn(|l| level_value(l as u8 + 1)),
             InternalValue::LevelAccuracy => crate::confidence::rewards::level_accuracy(
+                plans.iter().zip(&levels).filter_map(|(p, l)| p.as_ref().map(|p| (l.as_slice(), p.1.as_slice()))),
+            )
+            .map_err(at)?,
+            InternalValue::MonotoneLevelAccuracy => crate::confidence::rewards::monotone_level_accuracy(
                 plans.iter().zip(&levels).filter_map(|(p, l)| p.as_ref().map(|p| (l.as_slice(), p.1.as_slice()))),
             )
             .map_err(at)?,

@@ -150,8 +150,9 @@ impl Stage for ReportStage {
     /// 9: the statements' sentence-level AUROC per split and variant ([`evidence::statement_aurocs`]).
     /// 10: the header says where the run's design leaves the paper's ([`design`]).
     /// 11: … and R_CS's IV when it is not the level's value.
+    /// 12: … and R_CS's levels when they are refitted on the rollouts.
     fn code_version(&self) -> &str {
-        "11"
+        "12"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -258,10 +259,10 @@ pub fn about(
     Ok(format!("Dataset: {dataset}. Model: {model}. Judge: {judge}{threshold}."))
 }
 
-/// The two choices where the stage files leave the paper (README, "Rewarding what a statement says"), as the
-/// artifacts record them: bin's level intervals (the `levels` table's lineage) and what R_EC and R_CS do with a
-/// sentence without a statement (the params of the last update behind the PPO checkpoint eval read; left out
-/// when eval read none).
+/// Where the run's design leaves the paper (README, "Rewarding what a statement says"), as the artifacts
+/// record it: bin's level intervals (the `levels` table's lineage), and from the params of the last update
+/// behind the PPO checkpoint eval read (left out when eval read none) what R_EC and R_CS do with a sentence
+/// without a statement, R_CS's IV and its levels when they are not the paper's.
 pub fn design(store: &crate::store::Store, sentences: &crate::store::Table, levels: &crate::store::Table) -> anyhow::Result<String> {
     let param = |l: Option<&crate::store::Lineage>, what: &str, path: &[&str]| -> anyhow::Result<String> {
         let l = l.ok_or_else(|| anyhow::anyhow!("{what}: no lineage"))?;
@@ -296,7 +297,16 @@ pub fn design(store: &crate::store::Store, sentences: &crate::store::Table, leve
             Some("level_accuracy") => {
                 out.push_str("; R_CS's IV is its level's accuracy on the iteration's rollouts (the paper: the level's value)")
             }
+            Some("monotone_level_accuracy") => out.push_str(
+                "; R_CS's IV is its level's accuracy on the iteration's rollouts, made non-decreasing in the level (the paper: the level's value)",
+            ),
             Some(other) => anyhow::bail!("PPO update checkpoint {last}: unknown ppo.internal_value {other:?}"),
+        }
+        // Left out when default (the warm-up's level model).
+        match update.params.get("ppo").and_then(|p| p.get("internal_levels")).and_then(|v| v.as_str()) {
+            None | Some("warm_up") => {}
+            Some("rollouts") => out.push_str("; R_CS's levels are refitted on each iteration's rollouts (the paper: the warm-up's)"),
+            Some(other) => anyhow::bail!("PPO update checkpoint {last}: unknown ppo.internal_levels {other:?}"),
         }
     }
     out.push('.');
@@ -681,6 +691,19 @@ mod tests {
             "Design: levels at U_Final's quintiles (the paper: μ/σ intervals); R_EC and R_CS leave out a sentence without a \
              statement (the paper: −1); R_CS's IV is its level's accuracy on the iteration's rollouts (the paper: the level's value)."
         );
+        let monotone = serde_json::json!({ "rewards": { "missing_statement": "skip" }, "internal_value": "monotone_level_accuracy" });
+        assert!(header("quantile", Some(ppo_run_with(monotone, b"e"))).unwrap().ends_with(
+            "; R_CS's IV is its level's accuracy on the iteration's rollouts, made non-decreasing in the level (the paper: the level's value)."
+        ));
+        let refitted = serde_json::json!({ "rewards": { "missing_statement": "skip" }, "internal_levels": "rollouts" });
+        assert_eq!(
+            header("quantile", Some(ppo_run_with(refitted, b"f"))).unwrap(),
+            "Design: levels at U_Final's quintiles (the paper: μ/σ intervals); R_EC and R_CS leave out a sentence without a \
+             statement (the paper: −1); R_CS's levels are refitted on each iteration's rollouts (the paper: the warm-up's)."
+        );
+        let unknown = serde_json::json!({ "rewards": { "missing_statement": "skip" }, "internal_levels": "oracle" });
+        let err = header("quantile", Some(ppo_run_with(unknown, b"g"))).unwrap_err().to_string();
+        assert!(err.contains("internal_levels") && err.contains("oracle"), "{err}");
         let unknown = serde_json::json!({ "rewards": { "missing_statement": "skip" }, "internal_value": "oracle" });
         let err = header("quantile", Some(ppo_run_with(unknown, b"d"))).unwrap_err().to_string();
         assert!(err.contains("internal_value") && err.contains("oracle"), "{err}");
