@@ -170,8 +170,8 @@ fn the_shipped_stage_files_and_every_sweep_variant_parse_into_a_valid_pipeline()
     assert_eq!(param(&p, "bin")["fusion"]["intervals"], "quantile");
     assert_eq!(param(&p, "rollout_0")["ppo"]["rewards"]["missing_statement"], "skip");
     assert_eq!(param(&p, "update_0")["ppo"]["rewards"]["missing_statement"], "skip", "the update's reward params too");
-    assert_eq!(param(&p, "rollout_0")["ppo"]["internal_value"], "level_accuracy");
-    assert_eq!(param(&p, "update_15")["ppo"]["internal_value"], "level_accuracy");
+    assert_eq!(param(&p, "rollout_0")["ppo"]["internal_value"], "monotone_level_accuracy");
+    assert_eq!(param(&p, "update_15")["ppo"]["internal_value"], "monotone_level_accuracy");
     let paper = preset("paper-design");
     assert_eq!(param(&paper, "bin")["fusion"]["intervals"], "mu_sigma");
     assert_eq!(param(&paper, "rollout_0")["ppo"]["rewards"]["missing_statement"], "penalize");
