@@ -681,16 +681,12 @@ impl RewardModel {
         for (plan, rows) in plans.iter().zip(&rows) {
             levels.push(if plan.is_some() { level_model.apply(rows)?.iter().map(|s| s.level).collect() } else { Vec::new() });
         }
+        // Each judged rollout's levels and I(z), for the IVs read off the batch.
+        let judged = || plans.iter().zip(&levels).filter_map(|(p, l)| p.as_ref().map(|p| (l.as_slice(), p.1.as_slice())));
         let values: [f64; 5] = match self.params.internal_value {
             InternalValue::LevelValue => std::array::from_fn(|l| level_value(l as u8 + 1)),
-            InternalValue::LevelAccuracy => crate::confidence::rewards::level_accuracy(
-                plans.iter().zip(&levels).filter_map(|(p, l)| p.as_ref().map(|p| (l.as_slice(), p.1.as_slice()))),
-            )
-            .map_err(at)?,
-            InternalValue::MonotoneLevelAccuracy => crate::confidence::rewards::monotone_level_accuracy(
-                plans.iter().zip(&levels).filter_map(|(p, l)| p.as_ref().map(|p| (l.as_slice(), p.1.as_slice()))),
-            )
-            .map_err(at)?,
+            InternalValue::LevelAccuracy => crate::confidence::rewards::level_accuracy(judged()).map_err(at)?,
+            InternalValue::MonotoneLevelAccuracy => crate::confidence::rewards::monotone_level_accuracy(judged()).map_err(at)?,
         };
         // 5. Per rollout: rewards and where they land.
         let mut out = Vec::with_capacity(batch.len());
