@@ -302,7 +302,6 @@ fn dpo_resume_mid_epoch_continues_exactly() {
 /// `.pending.` file a crash left after a finished checkpoint was resumed from.
 #[test]
 fn the_latest_finished_checkpoint_is_the_one_resumed() {
-    let _serial = serial();
     use mllm::checkpoint::latest_checkpoint;
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(latest_checkpoint(dir.path(), "dpo").unwrap(), None);

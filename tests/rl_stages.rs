@@ -387,8 +387,8 @@ fn level_accuracy_sets_each_sentences_internal_value_from_the_batch() {
     params.internal_value = InternalValue::MonotoneLevelAccuracy;
     let rm = RewardModel::load(&params, params.clip.as_deref().unwrap(), levels, &Default::default()).unwrap();
     let monotone = rm.score_batch(&batch).unwrap();
-    let want = mmboundary::confidence::rewards::monotone_level_accuracy(scores.iter().map(|s| (s.levels.as_slice(), s.correct.as_slice())))
-        .unwrap();
+    let judged = || scores.iter().map(|s| (s.levels.as_slice(), s.correct.as_slice()));
+    let want = mmboundary::confidence::rewards::monotone_level_accuracy(judged()).unwrap();
     for (s, m) in scores.iter().zip(&monotone) {
         assert_eq!(s.levels, m.levels);
         for (&l, &iv) in m.levels.iter().zip(&m.internal) {
@@ -396,8 +396,7 @@ fn level_accuracy_sets_each_sentences_internal_value_from_the_batch() {
         }
     }
     // This batch has a level out of order (level 2's share above level 3's), so pooling shows.
-    let shares =
-        mmboundary::confidence::rewards::level_accuracy(scores.iter().map(|s| (s.levels.as_slice(), s.correct.as_slice()))).unwrap();
+    let shares = mmboundary::confidence::rewards::level_accuracy(judged()).unwrap();
     assert_ne!(want, shares);
     assert!(want.windows(2).all(|w| w[0] <= w[1]), "{want:?}");
 }

@@ -290,9 +290,9 @@ pub fn design(store: &crate::store::Store, sentences: &crate::store::Table, leve
             "penalize" => "; a sentence without a statement scores −1 in R_EC and R_CS (the paper's)",
             _ => "; a sentence without a statement is an error in R_EC and R_CS",
         });
+        let ppo_param = |key: &str| update.params.get("ppo").and_then(|p| p.get(key)).and_then(|v| v.as_str());
         // Left out of the params when default (the level's value); any other is ours.
-        let value = update.params.get("ppo").and_then(|p| p.get("internal_value")).and_then(|v| v.as_str());
-        match value {
+        match ppo_param("internal_value") {
             None | Some("level_value") => {}
             Some("level_accuracy") => {
                 out.push_str("; R_CS's IV is its level's accuracy on the iteration's rollouts (the paper: the level's value)")
@@ -303,7 +303,7 @@ pub fn design(store: &crate::store::Store, sentences: &crate::store::Table, leve
             Some(other) => anyhow::bail!("PPO update checkpoint {last}: unknown ppo.internal_value {other:?}"),
         }
         // Left out when default (the warm-up's level model).
-        match update.params.get("ppo").and_then(|p| p.get("internal_levels")).and_then(|v| v.as_str()) {
+        match ppo_param("internal_levels") {
             None | Some("warm_up") => {}
             Some("rollouts") => out.push_str("; R_CS's levels are refitted on each iteration's rollouts (the paper: the warm-up's)"),
             Some(other) => anyhow::bail!("PPO update checkpoint {last}: unknown ppo.internal_levels {other:?}"),
