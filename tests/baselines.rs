@@ -220,7 +220,10 @@ fn drl_trains_from_the_vanilla_model_without_sft() {
     let lock = mmboundary::engine::LockFile::load(store.root()).unwrap();
     let log = store.read_table(&ArtifactId::parse(&lock.stages["ppo"].outputs["log"].id).unwrap()).unwrap().concat().unwrap();
     let kl: Vec<f64> = log.column_by_name("kl").unwrap().as_primitive::<Float64Type>().values().to_vec();
-    assert!(kl[0].abs() < 1e-6, "iteration 0: policy and reference are both the vanilla model, KL {}", kl[0]);
+    // Not exactly 0: the policy's log-probs come from the rollout batches and the reference's from other
+    // batches, and on an Intel Xeon with AVX-512 the rounding differs by ~1e-4 (a fresh-clone run gave
+    // 9.6e-5); a wrong reference (the SFT model) is far off.
+    assert!(kl[0].abs() < 1e-3, "iteration 0: policy and reference are both the vanilla model, KL {}", kl[0]);
     // eval of the DRL policy.
     let s = build(PolicyStart::Vanilla).run(&store, &RunOptions { target: Some("eval".into()), ..Default::default() }).unwrap();
     assert!(s.ran.iter().any(|r| r == "eval"));
