@@ -42,6 +42,13 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     assert!(html.contains("Table 1") && html.contains("<svg"), "report.html lacks its table or figures");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("## Does the model use its image?") && md.contains("## Do the internal signals carry information?"), "{md}");
+    // The statements and signals by sentence role, read with eval's answer markers.
+    assert!(md.contains("### By sentence role") && md.contains("| statement AUROC | AUROC, same-role pairs |"), "{md}");
+    assert!(
+        md.lines().any(|l| l.starts_with("| val | vanilla | ")
+            && l.split('|').nth(3).is_some_and(|r| ["perception", "reasoning", "answer"].contains(&r.trim()))),
+        "{md}"
+    );
     // Penumbra scenes: the per-object probes of the features, one row per attribute.
     assert!(md.contains("### What the image tower sees (per-object linear probes of the features)"), "{md}");
     for a in ["colour", "shape", "texture", "size"] {

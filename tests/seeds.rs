@@ -96,6 +96,7 @@ fn seeds_need_two_runs_and_belong_to_sweep() {
 fn the_seeds_table_gives_each_policys_accuracy_and_statement_auroc_per_seed() {
     use mmboundary::report::evidence::StatementAuroc;
     use mmboundary::report::page::{seeds_policies_markdown, MetricsRow, SeedPolicies};
+    use mmboundary::report::roles::{Role, RoleCell, RoleCells};
     let row = |variant: &str, level: &str, accuracy: f64| MetricsRow {
         variant: variant.into(),
         split: "val".into(),
@@ -112,21 +113,35 @@ fn the_seeds_table_gives_each_policys_accuracy_and_statement_auroc_per_seed() {
     let stmt = |pairs: &[(&str, Option<f64>)]| {
         pairs.iter().map(|(v, a)| ((v.to_string(), "val".to_string()), StatementAuroc { stated: 20, right: 8, auroc: *a })).collect()
     };
+    // Same-role pairs: seed 0's SFT policy has perception AUROC 0.4 over 6 pairs and answer AUROC 0.6 over 2
+    // → (2.4 + 1.2) / 8 = 0.45; seed 1's has only answer pairs (0.5); a full policy without pairs has none.
+    let role = |v: &str, r: Role, auroc: Option<f64>, pairs: usize| {
+        ((v.to_string(), "val".to_string(), r), RoleCell { sentences: 9, right: 3, stated: 9, confidence_sum: 4.5, auroc, pairs })
+    };
+    let roles0: RoleCells =
+        [role("sft", Role::Perception, Some(0.4), 6), role("sft", Role::Answer, Some(0.6), 2), role("full", Role::Answer, Some(0.7), 4)]
+            .into_iter()
+            .collect();
+    let roles1: RoleCells = [role("sft", Role::Answer, Some(0.5), 3), role("full", Role::Answer, None, 0)].into_iter().collect();
     let seed0 = SeedPolicies::new(
         &[row("vanilla", "all", 0.4), row("sft", "all", 0.5), row("sft", "perception", 0.9), row("full", "all", 0.6)],
         &stmt(&[("sft", Some(0.7)), ("full", Some(0.8))]),
+        &roles0,
     );
     // seed 1's full policy judged every stated sentence right: no AUROC
     let seed1 = SeedPolicies::new(
         &[row("vanilla", "all", 0.5), row("sft", "all", 0.45), row("full", "all", 0.55)],
         &stmt(&[("sft", Some(0.6)), ("full", None)]),
+        &roles1,
     );
     let md = seeds_policies_markdown(&[seed0, seed1], &["vanilla", "sft", "full"], &["val".into(), "test".into()], &[0, 1]);
     let want = "| split | policy | measure | seed 0 | seed 1 | mean |\n|---|---|---|---|---|---|\n\
                 | val | vanilla | accuracy | 0.400 | 0.500 | 0.450 |\n\
                 | val | sft | accuracy | 0.500 | 0.450 | 0.475 |\n\
                 | val | sft | statement AUROC | 0.700 | 0.600 | 0.650 |\n\
+                | val | sft | statement AUROC, same-role pairs | 0.450 | 0.500 | 0.475 |\n\
                 | val | full | accuracy | 0.600 | 0.550 | 0.575 |\n\
-                | val | full | statement AUROC | 0.800 | – | – |\n";
+                | val | full | statement AUROC | 0.800 | – | – |\n\
+                | val | full | statement AUROC, same-role pairs | 0.700 | – | – |\n";
     assert_eq!(md, want);
 }

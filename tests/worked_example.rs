@@ -168,6 +168,20 @@ fn the_real_path_runs_from_configuration_alone_and_the_report_names_dataset_mode
         ece_of("sft")
     );
     assert!(table.lines().any(|l| l.starts_with("| val | MECE |")) && table.lines().any(|l| l.starts_with("| val | Brier |")), "{table}");
+    // What training costs in accuracy: seed 0's SFT − untuned is eval's, on the same items.
+    let acc = metrics.column_by_name("accuracy").unwrap().as_any().downcast_ref::<arrow::array::Float64Array>().unwrap().clone();
+    let acc_of = |v: &str| {
+        (0..metrics.num_rows())
+            .find(|&r| variant.value(r) == v && split.value(r) == "val" && level.value(r) == "all")
+            .map(|r| acc.value(r))
+            .unwrap()
+    };
+    let sft_part = table.split("### SFT − untuned").nth(1).unwrap_or_else(|| panic!("{table}"));
+    let row = sft_part.lines().find(|l| l.starts_with("| val | Acc |")).unwrap_or_else(|| panic!("{table}"));
+    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+    let got: f64 = cells[3].parse().unwrap();
+    assert!((got - (acc_of("sft") - acc_of("vanilla"))).abs() <= 5e-4 + 1e-12, "{row}: seed 0 vs eval's accuracies");
+    assert!(table.contains("### Full method − SFT\n\n| split | metric | items | seed 0 | seed 1 | mean full − SFT"), "{table}");
 }
 
 fn mmboundary_prompt(folder: &Path) -> String {

@@ -214,15 +214,27 @@ fn run_seeds(store: &Path, stages: &Path, a: SweepArgs, n: u64) -> anyhow::Resul
     );
     let per_seed = runs
         .iter()
-        .map(|r| Ok(crate::report::page::SeedPolicies::new(&r.rows, &crate::report::evidence::statement_aurocs(&r.sentences)?)))
+        .map(|r| {
+            let roles = crate::report::roles::eval_role_cells(&r.sentences, &r.answers)?;
+            Ok(crate::report::page::SeedPolicies::new(&r.rows, &crate::report::evidence::statement_aurocs(&r.sentences)?, &roles))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let variants = base.params::<crate::stages::eval::EvalParams>("eval")?.variants;
     let variants: Vec<&str> = variants.iter().map(String::as_str).collect();
     let table = format!(
         "{table}\n## Each policy under each seed\n\nAnswer accuracy (Table 1's) and statement AUROC (the report's \"{}\"; none for a \
-         policy that writes no statements) per seed.\n\n{}",
+         policy that writes no statements) per seed, and the statement AUROC over pairs of a right and a wrong sentence of the same \
+         role (perception, reasoning, the answer: the report's \"By sentence role\").\n\n{}",
         crate::stages::report::STATEMENTS_HEADING,
         crate::report::page::seeds_policies_markdown(&per_seed, &variants, &splits, &seeds)
+    );
+    // What training costs in answer accuracy: each policy against the one it starts from, paired as above.
+    let accuracy = |a: &str, b: &str| seeds_paired_differences(&items, a, b, &splits, &[Metric::Accuracy], &rule, &bootstrap);
+    let table = format!(
+        "{table}\n## Answer accuracy against the policy each starts from\n\nPositive = the later policy answers more questions \
+         right. The untuned model is the same under every seed.\n\n### SFT − untuned\n\n{}\n### Full method − SFT\n\n{}",
+        crate::report::page::seeds_markdown(&accuracy("sft", "vanilla")?, "SFT", "untuned", &seeds),
+        crate::report::page::seeds_markdown(&accuracy("full", "sft")?, "full", "SFT", &seeds),
     );
     let out = store.root().join(prefix.map_or_else(|| "seeds.md".to_string(), |p| format!("seeds-{p}.md")));
     crate::store::write_atomic(&out, table.as_bytes())?;
@@ -309,6 +321,8 @@ struct FreshEval {
     rule: crate::report::intervals::CellRule,
     /// eval_chains' judged sentences (whether each policy wrote statements, and what they said).
     sentences: arrow::record_batch::RecordBatch,
+    /// How eval read the answers (which sentence of a chain is its answer).
+    answers: crate::metrics::accuracy::AccuracyParams,
 }
 
 /// The eval of a lock, if its eval stages (eval_chains, eval) are up to date for `pipeline`.
@@ -319,15 +333,17 @@ fn fresh_eval(store: &Store, pipeline: &Pipeline, lock: Option<&str>) -> anyhow:
     if !fresh {
         return Ok(None);
     }
-    let mut read = |stage: &str, name: &str| -> anyhow::Result<Option<arrow::record_batch::RecordBatch>> {
+    let mut read = |stage: &str, name: &str| -> anyhow::Result<Option<crate::store::Table>> {
         let Some(output) = stages.get_mut(stage).and_then(|r| r.outputs.remove(name)) else { return Ok(None) };
-        Ok(Some(store.read_table(&crate::store::ArtifactId::parse(&output.id)?)?.concat()?))
+        Ok(Some(store.read_table(&crate::store::ArtifactId::parse(&output.id)?)?))
     };
     let (Some(metrics), Some(sentences)) = (read("eval", "metrics")?, read("eval_chains", "sentences")?) else { return Ok(None) };
+    let answers = crate::stages::report::answer_reading(&sentences)?;
+    let (metrics, sentences) = (metrics.concat()?, sentences.concat()?);
     let rows = crate::stages::report::metrics_rows(&metrics)?;
     let items = crate::stages::report::report_items(&sentences, &rows)?;
     let rule = crate::stages::report::cell_rule(&metrics)?;
-    Ok(Some(FreshEval { rows, items, rule, sentences }))
+    Ok(Some(FreshEval { rows, items, rule, sentences, answers }))
 }
 
 /// The paper's ablation table (Table 1's lower half) or baseline table (its upper half): the main run's

@@ -3,9 +3,10 @@
 //! signals tell wrong sentences from right ones (AUROC of each signal and of the fused U_Final on bin's
 //! `levels`, which carries the scored columns, the judge's `correct` and `u_final`). And, for the comparison
 //! of methods, whether a policy writes statements at all (eval's `sentences`).
+use crate::metrics::accuracy::AccuracyParams;
 use crate::stages::image_swap::SwapCell;
 use arrow::array::{Array, AsArray, BooleanArray, Float64Array, StringArray};
-use arrow::datatypes::Float64Type;
+use arrow::datatypes::{Float64Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -23,31 +24,57 @@ pub struct SignalAurocs {
     pub values: [Option<f64>; 5],
 }
 
-/// Per split of bin's `levels` table (sentences the judge could not label are left out), then `all`.
-pub fn signal_aurocs(levels: &RecordBatch) -> anyhow::Result<Vec<SignalAurocs>> {
+/// Per split of bin's `levels` table (sentences the judge could not label are left out), then `all`. Each split
+/// is followed by its sentences of each role: with `accuracy` (eval's answer reading), perception, reasoning and
+/// the answer sentence of each chain ([`crate::report::roles::roles`]); without it, the two chain levels.
+pub fn signal_aurocs(levels: &RecordBatch, accuracy: Option<&AccuracyParams>) -> anyhow::Result<Vec<SignalAurocs>> {
     let col = |n: &str| levels.column_by_name(n).cloned().ok_or_else(|| anyhow::anyhow!("bin levels have no column `{n}`"));
     let f = |n: &str| -> anyhow::Result<Vec<f64>> {
         let c = col(n)?;
         Ok(c.as_primitive_opt::<Float64Type>().ok_or_else(|| anyhow::anyhow!("bin levels column `{n}` is not Float64"))?.values().to_vec())
     };
+    let text = |n: &str| -> anyhow::Result<StringArray> {
+        Ok(col(n)?.as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("bin levels column `{n}` is not a string column"))?.clone())
+    };
     let (lnlp, mte, sar, clip, u) = (f("lnlp")?, f("mte")?, f("tokensar")?, f("clipscore")?, f("u_final")?);
     let correct = col("correct")?;
     let correct = correct.as_boolean_opt().ok_or_else(|| anyhow::anyhow!("bin levels column `correct` is not Boolean"))?.clone();
-    let split = col("split")?;
-    let split = split.as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("bin levels column `split` is not a string column"))?.clone();
+    let split = text("split")?;
     // Each sentence's chain level, where score recorded it (`chain_level`, score code version 3).
-    let chain_level = levels.column_by_name("chain_level").map(|c| c.as_string_opt::<i32>().cloned());
-    let chain_level = match chain_level {
-        Some(Some(c)) => Some(c),
-        Some(None) => anyhow::bail!("bin levels column `chain_level` is not a string column"),
+    let chain_level = match levels.column_by_name("chain_level") {
+        Some(_) => Some(text("chain_level")?),
         None => None,
     };
+    let n = levels.num_rows();
+    let level_of = |i: usize| chain_level.as_ref().filter(|c| c.is_valid(i)).map(|c| c.value(i));
+    let roles: Vec<Option<&str>> = match accuracy {
+        Some(acc) => {
+            let (item, body) = (text("item_id")?, text("text")?);
+            let u32s = |n: &str| -> anyhow::Result<Vec<u32>> {
+                Ok(col(n)?
+                    .as_primitive_opt::<UInt32Type>()
+                    .ok_or_else(|| anyhow::anyhow!("bin levels column `{n}` is not UInt32"))?
+                    .values()
+                    .to_vec())
+            };
+            let (sample, sentence) = (u32s("sample")?, u32s("sentence")?);
+            let chain: Vec<(&str, u32)> = (0..n).map(|i| (item.value(i), sample[i])).collect();
+            let texts: Vec<&str> = (0..n).map(|i| body.value(i)).collect();
+            let lv: Vec<Option<&str>> = (0..n).map(level_of).collect();
+            crate::report::roles::roles(&chain, &sentence, &texts, &lv, acc)
+                .map_err(|e| anyhow::anyhow!("bin levels: {e}"))?
+                .into_iter()
+                .map(|r| r.map(crate::report::roles::Role::name))
+                .collect()
+        }
+        None => (0..n).map(level_of).collect(),
+    };
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    let mut by_level: BTreeMap<(String, &str), Vec<usize>> = BTreeMap::new();
-    for i in (0..levels.num_rows()).filter(|&i| correct.is_valid(i)) {
+    let mut by_role: BTreeMap<(String, &str), Vec<usize>> = BTreeMap::new();
+    for i in (0..n).filter(|&i| correct.is_valid(i)) {
         groups.entry(split.value(i).to_string()).or_default().push(i);
-        if let Some(c) = chain_level.as_ref().filter(|c| c.is_valid(i)) {
-            by_level.entry((split.value(i).to_string(), c.value(i))).or_default().push(i);
+        if let Some(r) = roles[i] {
+            by_role.entry((split.value(i).to_string(), r)).or_default().push(i);
         }
     }
     let all: Vec<usize> = groups.values().flatten().copied().collect();
@@ -69,9 +96,9 @@ pub fn signal_aurocs(levels: &RecordBatch) -> anyhow::Result<Vec<SignalAurocs>> 
     };
     for (s, ix) in &groups {
         one(s, ix)?;
-        for level in ["perception", "reasoning"] {
-            if let Some(ix) = by_level.get(&(s.clone(), level)) {
-                one(&format!("{s} · {level}"), ix)?;
+        for role in ["perception", "reasoning", "answer"] {
+            if let Some(ix) = by_role.get(&(s.clone(), role)) {
+                one(&format!("{s} · {role}"), ix)?;
             }
         }
     }
@@ -83,8 +110,10 @@ pub fn signal_aurocs(levels: &RecordBatch) -> anyhow::Result<Vec<SignalAurocs>> 
 
 pub const SIGNAL_NOTE: &str = "AUROC of each internal signal (oriented to grow with uncertainty) and of the fused \
 U_Final for telling the judge's wrong sentences from right ones, on the chains the `generate` stage wrote (the \
-sentences the levels and the SFT data come from), and on each split's perception and reasoning sentences (the level \
-of the reference sentence each is nearest, as eval assigns levels). 0.5: no information.";
+sentences the levels and the SFT data come from), and on each split's sentences of each role: the answer sentence of \
+each chain (the last one an answer can be read from), and the others by the level of the reference sentence each is \
+nearest, as eval assigns levels. The roles differ in how often they are right, so a signal that only tells the roles \
+apart scores well on a whole split without knowing anything about a sentence. 0.5: no information.";
 
 pub fn signals_markdown(rows: &[SignalAurocs]) -> String {
     let mut s = String::from("| split | sentences judged | right |");
@@ -272,14 +301,26 @@ wrong ones, over eval's sentences that carry a statement: the statements read as
 signals' AUROCs. Unlike Table 1's answer-level AUROC, a chain cut off before its answer does not count against its \
 last statement. 0.5: no information.";
 
-/// One row per split and variant (in the orders given) that has statements.
-pub fn statement_aurocs_markdown(cells: &BTreeMap<(String, String), StatementAuroc>, variants: &[String], splits: &[String]) -> String {
-    let mut s = String::from("| split | variant | sentences with a statement | judged right | statement AUROC |\n|---|---|---|---|---|\n");
+/// One row per split and variant (in the orders given) that has statements; with `roles`, also the AUROC over
+/// pairs of the same role ([`crate::report::roles::same_role_auroc`]).
+pub fn statement_aurocs_markdown(
+    cells: &BTreeMap<(String, String), StatementAuroc>,
+    roles: Option<&crate::report::roles::RoleCells>,
+    variants: &[String],
+    splits: &[String],
+) -> String {
+    let mut s = String::from("| split | variant | sentences with a statement | judged right | statement AUROC |");
+    s.push_str(if roles.is_some() { " AUROC, same-role pairs |\n|---|---|---|---|---|---|\n" } else { "\n|---|---|---|---|---|\n" });
     for split in splits {
         for v in variants {
             if let Some(c) = cells.get(&(v.clone(), split.clone())) {
                 let auroc = c.auroc.map_or("–".to_string(), |a| format!("{a:.3}"));
-                let _ = writeln!(s, "| {split} | {v} | {} | {:.3} | {auroc} |", c.stated, c.right as f64 / c.stated as f64);
+                let _ = write!(s, "| {split} | {v} | {} | {:.3} | {auroc} |", c.stated, c.right as f64 / c.stated as f64);
+                if let Some(r) = roles {
+                    let same = crate::report::roles::same_role_auroc(r, v, split).map_or("–".to_string(), |a| format!("{a:.3}"));
+                    let _ = write!(s, " {same} |");
+                }
+                s.push('\n');
             }
         }
     }
@@ -365,7 +406,7 @@ mod tests {
         assert!(!a.contains_key(&key("vanilla", "val")), "a variant without statements has no row");
         let names = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            statement_aurocs_markdown(&a, &names(&["vanilla", "sft"]), &names(&["val", "test"])),
+            statement_aurocs_markdown(&a, None, &names(&["vanilla", "sft"]), &names(&["val", "test"])),
             "| split | variant | sentences with a statement | judged right | statement AUROC |\n|---|---|---|---|---|\n\
              | val | sft | 4 | 0.500 | 0.875 |\n\
              | test | sft | 1 | 1.000 | – |\n"
@@ -395,7 +436,7 @@ mod tests {
             ("correct", correct),
         ])
         .unwrap();
-        let rows = signal_aurocs(&levels).unwrap();
+        let rows = signal_aurocs(&levels, None).unwrap();
         assert_eq!(rows.len(), 3);
         let train = &rows[0];
         assert_eq!((train.split.as_str(), train.judged, train.right), ("train", 4, 2));
@@ -409,7 +450,59 @@ mod tests {
         assert!(md.contains("| train | 4 | 2 | 1.000 | 0.000 | 0.750 | 1.000 | 0.500 |"), "{md}");
         // A table without the judge's labels is refused, naming the column.
         let no_correct = levels.project(&[0, 1, 2, 3, 4, 5]).unwrap();
-        assert!(signal_aurocs(&no_correct).unwrap_err().to_string().contains("`correct`"));
+        assert!(signal_aurocs(&no_correct, None).unwrap_err().to_string().contains("`correct`"));
+    }
+
+    /// With eval's answer reading, each chain's answer sentence is its own role and leaves the reasoning rows.
+    #[test]
+    fn signal_aurocs_per_role_are_the_hand_counted_ones() {
+        use arrow::array::UInt32Array;
+        let f = |v: Vec<f64>| -> ArrayRef { Arc::new(Float64Array::from(v)) };
+        let s = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+        let u = |v: Vec<u32>| -> ArrayRef { Arc::new(UInt32Array::from(v)) };
+        // Chains (q1, 0), (q1, 1) and (q2, 0): two perception sentences (right 0.5, wrong 0.1), two answers
+        // (wrong 0.9, right 0.2) and two other reasoning sentences (right 0.3, wrong 0.25).
+        let lnlp = f(vec![0.5, 0.9, 0.1, 0.2, 0.3, 0.25]);
+        let levels = RecordBatch::try_from_iter([
+            ("item_id", s(vec!["q1", "q1", "q1", "q1", "q2", "q2"])),
+            ("split", s(vec!["train"; 6])),
+            ("sample", u(vec![0, 0, 1, 1, 0, 0])),
+            ("sentence", u(vec![0, 1, 0, 1, 0, 1])),
+            (
+                "text",
+                s(vec![
+                    "There is a red circle.",
+                    "So, the answer is 2.",
+                    "There is a blue square.",
+                    "So, the answer is 3.",
+                    "Counting gives 2.",
+                    "2 is more than 1.",
+                ]),
+            ),
+            ("lnlp", lnlp.clone()),
+            ("mte", lnlp.clone()),
+            ("tokensar", lnlp.clone()),
+            ("clipscore", f(vec![0.5; 6])),
+            ("u_final", lnlp),
+            ("correct", Arc::new(BooleanArray::from(vec![true, false, false, true, true, false])) as ArrayRef),
+            ("chain_level", s(vec!["perception", "reasoning", "perception", "reasoning", "reasoning", "reasoning"])),
+        ])
+        .unwrap();
+        let acc = crate::metrics::accuracy::AccuracyParams::default();
+        let rows = signal_aurocs(&levels, Some(&acc)).unwrap();
+        let got: Vec<(&str, usize, usize, Option<f64>)> = rows.iter().map(|r| (r.split.as_str(), r.judged, r.right, r.values[0])).collect();
+        // perception: wrong 0.1 below right 0.5 → 0; reasoning: wrong 0.25 below right 0.3 → 0; answer: wrong
+        // 0.9 above right 0.2 → 1. The whole split: wrong {0.9, 0.1, 0.25} vs right {0.5, 0.2, 0.3} → 4 of 9.
+        assert_eq!(
+            got[1..],
+            [("train · perception", 2, 1, Some(0.0)), ("train · reasoning", 2, 1, Some(0.0)), ("train · answer", 2, 1, Some(1.0))]
+        );
+        assert_eq!((got[0].0, got[0].1), ("train", 6));
+        assert!((got[0].3.unwrap() - 4.0 / 9.0).abs() < 1e-12, "{got:?}");
+        // Without the answer reading the answers stay reasoning: wrong {0.9, 0.25} vs right {0.2, 0.3} → 3 of 4.
+        let rows = signal_aurocs(&levels, None).unwrap();
+        assert_eq!((rows[2].split.as_str(), rows[2].judged, rows[2].values[0]), ("train · reasoning", 4, Some(0.75)));
+        assert_eq!(rows.len(), 3);
     }
 
     #[test]
@@ -440,7 +533,7 @@ mod tests {
             ("chain_level", level),
         ])
         .unwrap();
-        let rows = signal_aurocs(&levels).unwrap();
+        let rows = signal_aurocs(&levels, None).unwrap();
         let names: Vec<&str> = rows.iter().map(|r| r.split.as_str()).collect();
         assert_eq!(names, ["train", "train · perception", "train · reasoning", "val", "val · perception", "all"]);
         assert_eq!(rows[0].values[2], Some(0.75));

@@ -4,4 +4,5 @@ pub mod evidence;
 pub mod intervals;
 pub mod page;
 pub mod plots;
+pub mod roles;
 pub mod vision;

@@ -369,17 +369,20 @@ pub fn seeds_markdown(diffs: &[crate::report::intervals::Difference], a: &str, b
     s
 }
 
-/// One seed run's answer accuracy (Table 1's, level `all`) and statement AUROC, by (variant, split).
+/// One seed run's answer accuracy (Table 1's, level `all`), statement AUROC and statement AUROC over same-role
+/// pairs ([`crate::report::roles::same_role_auroc`]), by (variant, split).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SeedPolicies {
     pub accuracy: std::collections::BTreeMap<(String, String), f64>,
     pub statement_auroc: std::collections::BTreeMap<(String, String), f64>,
+    pub same_role_auroc: std::collections::BTreeMap<(String, String), f64>,
 }
 
 impl SeedPolicies {
     pub fn new(
         rows: &[MetricsRow],
         statements: &std::collections::BTreeMap<(String, String), crate::report::evidence::StatementAuroc>,
+        roles: &crate::report::roles::RoleCells,
     ) -> Self {
         let accuracy = rows
             .iter()
@@ -387,11 +390,16 @@ impl SeedPolicies {
             .filter_map(|r| r.accuracy.map(|a| ((r.variant.clone(), r.split.clone()), a)))
             .collect();
         let statement_auroc = statements.iter().filter_map(|(k, c)| c.auroc.map(|a| (k.clone(), a))).collect();
-        Self { accuracy, statement_auroc }
+        let same_role_auroc = roles
+            .keys()
+            .map(|(v, sp, _)| (v.clone(), sp.clone()))
+            .filter_map(|k| crate::report::roles::same_role_auroc(roles, &k.0, &k.1).map(|a| (k, a)))
+            .collect();
+        Self { accuracy, statement_auroc, same_role_auroc }
     }
 }
 
-/// Beside the differences: each policy's answer accuracy and statement AUROC under every seed, and their
+/// Beside the differences: each policy's answer accuracy and statement AUROCs under every seed, and their
 /// mean (over the seeds when every seed has one, else "–"). A row per split, policy (in `variants`' order)
 /// and measure that some seed has.
 pub fn seeds_policies_markdown(per_seed: &[SeedPolicies], variants: &[&str], splits: &[String], seeds: &[u64]) -> String {
@@ -403,7 +411,11 @@ pub fn seeds_policies_markdown(per_seed: &[SeedPolicies], variants: &[&str], spl
     s.push_str(&"---|".repeat(seeds.len() + 1));
     s.push('\n');
     type Pick = fn(&SeedPolicies) -> &std::collections::BTreeMap<(String, String), f64>;
-    let measures: [(&str, Pick); 2] = [("accuracy", |p| &p.accuracy), ("statement AUROC", |p| &p.statement_auroc)];
+    let measures: [(&str, Pick); 3] = [
+        ("accuracy", |p| &p.accuracy),
+        ("statement AUROC", |p| &p.statement_auroc),
+        ("statement AUROC, same-role pairs", |p| &p.same_role_auroc),
+    ];
     for split in splits {
         for v in variants {
             for (name, pick) in measures {

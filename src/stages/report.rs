@@ -135,6 +135,7 @@ pub struct ReportStage {
 
 const VARIANT_ORDER: [&str; 3] = ["vanilla", "sft", "full"];
 pub const STATEMENTS_HEADING: &str = "Do the statements tell right from wrong?";
+const ROLES_HEADING: &str = "By sentence role";
 const VISION_HEADING: &str = "What the image tower sees (per-object linear probes of the features)";
 
 impl Stage for ReportStage {
@@ -151,8 +152,10 @@ impl Stage for ReportStage {
     /// 10: the header says where the run's design leaves the paper's ([`design`]).
     /// 11: … and R_CS's IV when it is not the level's value.
     /// 12: … and R_CS's levels when they are refitted on the rollouts.
+    /// 13: sentences by role (perception, reasoning, the answer): the statements' and the signals' AUROCs
+    /// within each role, and the statement AUROC over same-role pairs ([`crate::report::roles`]).
     fn code_version(&self) -> &str {
-        "12"
+        "13"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -183,6 +186,7 @@ impl Stage for ReportStage {
         let image_swap = ctx.input_table_as("image_swap", &super::image_swap::schema())?.concat()?;
         let levels = ctx.input_table_as("levels", &super::bin::levels_schema())?;
         let about = format!("{about} {}", design(ctx.store(), &sentences, &levels)?);
+        let answers = answer_reading(&sentences)?;
         let levels = levels.concat()?;
         let sentences = sentences.concat()?;
         let ice_sce = match &self.params.ice_sce {
@@ -202,7 +206,7 @@ impl Stage for ReportStage {
             )?,
             false => None,
         };
-        let evidence = Evidence { image_swap: &image_swap, levels: &levels, vision: vision.as_deref() };
+        let evidence = Evidence { image_swap: &image_swap, levels: &levels, vision: vision.as_deref(), answers: &answers };
         let files = render_all(&metrics, &sentences, &self.params, &about, Some(evidence), ice_sce.as_deref())?;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("report.md"), files.markdown)?;
@@ -212,6 +216,18 @@ impl Stage for ReportStage {
         ctx.write_dir("report", dir.path())?;
         Ok(())
     }
+}
+
+/// How eval read the answers of the chains behind its `sentences` (its params' `metrics.accuracy`, as its
+/// lineage records them): the report finds each chain's answer sentence the same way.
+pub fn answer_reading(sentences: &crate::store::Table) -> anyhow::Result<crate::metrics::accuracy::AccuracyParams> {
+    let lineage = sentences.lineage.as_ref().ok_or_else(|| anyhow::anyhow!("eval sentences {}: no lineage", sentences.id))?;
+    let accuracy = lineage
+        .params
+        .get("metrics")
+        .and_then(|m| m.get("accuracy"))
+        .ok_or_else(|| anyhow::anyhow!("eval sentences {}: lineage params have no metrics.accuracy", sentences.id))?;
+    serde_json::from_value(accuracy.clone()).map_err(|e| anyhow::anyhow!("eval sentences {}: lineage metrics.accuracy: {e}", sentences.id))
 }
 
 /// What the report is about, from the lineage of eval's sentences: the dataset (its items artifact, by
@@ -429,6 +445,8 @@ pub struct Evidence<'a> {
     pub image_swap: &'a RecordBatch,
     pub levels: &'a RecordBatch,
     pub vision: Option<&'a [crate::report::vision::AttributeProbe]>,
+    /// How eval read the answers ([`answer_reading`]): which sentence of a chain is its answer.
+    pub answers: &'a crate::metrics::accuracy::AccuracyParams,
 }
 
 /// The whole report from eval's `metrics` and `sentences` tables (without the image-swap and signal tables).
@@ -541,7 +559,13 @@ pub fn render_all(
     let anatomy: Vec<(String, Vec<Vec<(bool, f64)>>)> =
         variants.iter().filter_map(|v| responses.get(v).map(|r| (v.clone(), r.values().cloned().collect()))).collect();
     let anatomy = mece_anatomy_markdown(&anatomy)?;
-    let statement_aurocs = evidence::statement_aurocs_markdown(&evidence::statement_aurocs(s)?, &variants, &splits);
+    // With eval's answer reading, the statements by sentence role as well.
+    let role_cells = extra.map(|e| crate::report::roles::eval_role_cells(s, e.answers)).transpose()?;
+    let statement_aurocs = evidence::statement_aurocs_markdown(&evidence::statement_aurocs(s)?, role_cells.as_ref(), &variants, &splits);
+    let roles_table = role_cells.as_ref().map(|c| {
+        let raw: Vec<String> = VARIANT_ORDER.iter().map(|v| v.to_string()).filter(|v| c.keys().any(|k| &k.0 == v)).collect();
+        crate::report::roles::roles_markdown(c, &raw, &splits)
+    });
     let diff_note = format!(
         "Paired bootstrap: each resample draws one list of items and scores both variants on it. Negative: the full \
          method's error is lower (better). {} resamples, seed {}.",
@@ -554,7 +578,7 @@ pub fn render_all(
                 VARIANT_ORDER.iter().map(|v| v.to_string()).filter(|v| cells.keys().any(|k| &k.0 == v)).collect();
             let overview = evidence::swap_overview_markdown(&cells, &eval_variants, &splits);
             let by_kind = evidence::swap_by_kind_markdown(&cells, "vanilla", &splits);
-            let signals = evidence::signals_markdown(&evidence::signal_aurocs(e.levels)?);
+            let signals = evidence::signals_markdown(&evidence::signal_aurocs(e.levels, Some(e.answers))?);
             let vision = e.vision.map(crate::report::vision::probes_markdown);
             Some((overview, by_kind, signals, vision))
         }
@@ -566,10 +590,12 @@ pub fn render_all(
          ## Does RL calibrate? Full − SFT, paired\n\n{diff_note}\n\n{diff_table}\n\
          ## Step-level Brier score\n\n{BRIER_NOTE}\n\n{brier}\n\
          ## What MECE rewards ({split})\n\n{ANATOMY_NOTE}\n\n{anatomy}\n\
-         ## {STATEMENTS_HEADING}\n\n{statement_note}\n\n{statement_aurocs}\n\
+         ## {STATEMENTS_HEADING}\n\n{statement_note}\n\n{statement_aurocs}\n{roles}\
          ## Perception vs reasoning ({split})\n\n{levels}\n## Figures\n\n![reliability](reliability.svg)\n![confidence](confidence.svg)\n",
         split = p.split,
         statement_note = evidence::STATEMENT_NOTE,
+        roles =
+            roles_table.as_ref().map_or(String::new(), |t| format!("### {ROLES_HEADING}\n\n{}\n\n{t}\n", crate::report::roles::ROLES_NOTE)),
     );
     if let Some((overview, by_kind, signals, vision)) = &evidence_tables {
         md.push_str(&format!(
@@ -591,7 +617,19 @@ pub fn render_all(
         ("Does RL calibrate? Full − SFT, paired".into(), format!("{}{}", note(&diff_note), md_table_html(&diff_table))),
         ("Step-level Brier score".into(), format!("{}{}", note(BRIER_NOTE), md_table_html(&brier))),
         (format!("What MECE rewards ({})", p.split), format!("{}{}", note(ANATOMY_NOTE), md_table_html(&anatomy))),
-        (STATEMENTS_HEADING.into(), format!("{}{}", note(evidence::STATEMENT_NOTE), md_table_html(&statement_aurocs))),
+        (
+            STATEMENTS_HEADING.into(),
+            format!(
+                "{}{}{}",
+                note(evidence::STATEMENT_NOTE),
+                md_table_html(&statement_aurocs),
+                roles_table.as_ref().map_or(String::new(), |t| format!(
+                    "<h3>{ROLES_HEADING}</h3>{}{}",
+                    note(crate::report::roles::ROLES_NOTE),
+                    md_table_html(t)
+                ))
+            ),
+        ),
         (format!("Perception vs reasoning ({})", p.split), md_table_html(&levels)),
         ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
         ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
