@@ -51,6 +51,9 @@ fn sft_ppo_eval_run_through_the_engine_and_rl_iterations_are_cached_one_by_one()
     );
     // Penumbra scenes: the per-object probes of the features, one row per attribute.
     assert!(md.contains("### What the image tower sees (per-object linear probes of the features)"), "{md}");
+    // … and whether the chains' perception sentences name what the scene holds, per policy.
+    assert!(md.contains("### What the chains say they see (perception sentences against the scene)"), "{md}");
+    assert!(md.contains("| split | variant | perception sentences | colour: own / other image |"), "{md}");
     for a in ["colour", "shape", "texture", "size"] {
         assert!(md.lines().any(|l| l.starts_with(&format!("| {a} | "))), "no probe row for {a}: {md}");
     }

@@ -128,16 +128,17 @@ pub fn probes_markdown(probes: &[AttributeProbe]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use arrow::array::{ArrayRef, Float32Builder, ListBuilder, StringArray, UInt32Array};
     use std::sync::Arc;
 
-    fn object(color: Color, shape: Shape, x: f32, y: f32, visible_fraction: f32) -> Object {
+    pub(crate) fn object(color: Color, shape: Shape, x: f32, y: f32, visible_fraction: f32) -> Object {
         Object { id: 0, shape, color, size: Size::Small, texture: Texture::Solid, x, y, radius: 4.0, visible_fraction }
     }
 
-    fn item(id: &str, split: &str, objects: Vec<Object>) -> Item {
+    /// An item of `split` whose meta holds a 32 × 32 scene of `objects`.
+    pub(crate) fn item(id: &str, split: &str, objects: Vec<Object>) -> Item {
         let scene = Scene {
             width: 32,
             height: 32,

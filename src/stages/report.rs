@@ -136,6 +136,7 @@ pub struct ReportStage {
 const VARIANT_ORDER: [&str; 3] = ["vanilla", "sft", "full"];
 pub const STATEMENTS_HEADING: &str = "Do the statements tell right from wrong?";
 const ROLES_HEADING: &str = "By sentence role";
+const GROUNDING_HEADING: &str = "What the chains say they see (perception sentences against the scene)";
 const VISION_HEADING: &str = "What the image tower sees (per-object linear probes of the features)";
 
 impl Stage for ReportStage {
@@ -154,8 +155,9 @@ impl Stage for ReportStage {
     /// 12: … and R_CS's levels when they are refitted on the rollouts.
     /// 13: sentences by role (perception, reasoning, the answer): the statements' and the signals' AUROCs
     /// within each role, and the statement AUROC over same-role pairs ([`crate::report::roles`]).
+    /// 14: whether the perception sentences name what the image holds ([`crate::report::grounding`]).
     fn code_version(&self) -> &str {
-        "13"
+        "14"
     }
     fn inputs(&self) -> Vec<InputSpec> {
         let mut v = vec![
@@ -206,7 +208,14 @@ impl Stage for ReportStage {
             )?,
             false => None,
         };
-        let evidence = Evidence { image_swap: &image_swap, levels: &levels, vision: vision.as_deref(), answers: &answers };
+        let grounding = crate::report::grounding::chain_grounding(&items, &sentences)?;
+        let evidence = Evidence {
+            image_swap: &image_swap,
+            levels: &levels,
+            vision: vision.as_deref(),
+            answers: &answers,
+            grounding: grounding.as_ref(),
+        };
         let files = render_all(&metrics, &sentences, &self.params, &about, Some(evidence), ice_sce.as_deref())?;
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("report.md"), files.markdown)?;
@@ -447,6 +456,8 @@ pub struct Evidence<'a> {
     pub vision: Option<&'a [crate::report::vision::AttributeProbe]>,
     /// How eval read the answers ([`answer_reading`]): which sentence of a chain is its answer.
     pub answers: &'a crate::metrics::accuracy::AccuracyParams,
+    /// On the embedded benchmark, whether each policy's perception sentences name what the image holds.
+    pub grounding: Option<&'a BTreeMap<(String, String), crate::report::grounding::Grounding>>,
 }
 
 /// The whole report from eval's `metrics` and `sentences` tables (without the image-swap and signal tables).
@@ -580,7 +591,8 @@ pub fn render_all(
             let by_kind = evidence::swap_by_kind_markdown(&cells, "vanilla", &splits);
             let signals = evidence::signals_markdown(&evidence::signal_aurocs(e.levels, Some(e.answers))?);
             let vision = e.vision.map(crate::report::vision::probes_markdown);
-            Some((overview, by_kind, signals, vision))
+            let grounding = e.grounding.map(|g| crate::report::grounding::grounding_markdown(g, &eval_variants, &splits));
+            Some((overview, by_kind, signals, vision, grounding))
         }
         None => None,
     };
@@ -597,11 +609,14 @@ pub fn render_all(
         roles =
             roles_table.as_ref().map_or(String::new(), |t| format!("### {ROLES_HEADING}\n\n{}\n\n{t}\n", crate::report::roles::ROLES_NOTE)),
     );
-    if let Some((overview, by_kind, signals, vision)) = &evidence_tables {
+    if let Some((overview, by_kind, signals, vision, grounding)) = &evidence_tables {
         md.push_str(&format!(
             "\n## Does the model use its image?\n\n{}\n\n{overview}\n### By question kind (vanilla)\n\n{by_kind}\n",
             evidence::SWAP_NOTE,
         ));
+        if let Some(g) = grounding {
+            md.push_str(&format!("### {GROUNDING_HEADING}\n\n{}\n\n{g}\n", crate::report::grounding::GROUNDING_NOTE));
+        }
         if let Some(v) = vision {
             md.push_str(&format!("### {VISION_HEADING}\n\n{}\n\n{v}\n", crate::report::vision::VISION_NOTE));
         }
@@ -634,8 +649,12 @@ pub fn render_all(
         ("Calibration".into(), format!("<div class=\"figs\">{reliability}{hist}</div>")),
         ("Example chains (full method; green: the sentence was right)".into(), examples_html(&examples)),
     ];
-    if let Some((overview, by_kind, signals, vision)) = &evidence_tables {
+    if let Some((overview, by_kind, signals, vision, grounding)) = &evidence_tables {
         // After "About", Table 1 and the full − SFT differences.
+        let grounding = grounding
+            .as_ref()
+            .map(|g| format!("<h3>{GROUNDING_HEADING}</h3>{}{}", note(crate::report::grounding::GROUNDING_NOTE), md_table_html(g)))
+            .unwrap_or_default();
         let vision = vision
             .as_ref()
             .map(|v| format!("<h3>{VISION_HEADING}</h3>{}{}", note(crate::report::vision::VISION_NOTE), md_table_html(v)))
@@ -646,7 +665,7 @@ pub fn render_all(
             (
                 "Does the model use its image?".into(),
                 format!(
-                    "{}{}<h3>By question kind (vanilla)</h3>{}{vision}",
+                    "{}{}<h3>By question kind (vanilla)</h3>{}{grounding}{vision}",
                     note(evidence::SWAP_NOTE),
                     md_table_html(overview),
                     md_table_html(by_kind)
