@@ -702,6 +702,28 @@ mod tests {
         assert!(labels.contains_key("full") && !labels.contains_key("sft"));
     }
 
+    /// The report reads the answers as eval did, from the sentences' lineage; a lineage without them is named.
+    #[test]
+    fn the_answer_reading_comes_from_evals_lineage() {
+        use crate::store::{Lineage, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("artifacts")).unwrap();
+        let t = || RecordBatch::try_from_iter([("item_id", Arc::new(StringArray::from(vec!["q1"])) as ArrayRef)]).unwrap();
+        let table = |params: serde_json::Value| {
+            let lineage = Lineage { stage: "eval_chains".into(), params, ..Default::default() };
+            store.read_table(&store.put_table(t().schema(), &[t()], &lineage, None).unwrap()).unwrap()
+        };
+        let mut acc = crate::metrics::accuracy::AccuracyParams::default();
+        acc.answer_markers = vec!["final:".into()];
+        let with = table(serde_json::json!({ "metrics": { "accuracy": serde_json::to_value(&acc).unwrap() } }));
+        assert_eq!(answer_reading(&with).unwrap(), acc);
+        let without = table(serde_json::json!({ "metrics": {} }));
+        assert_eq!(
+            answer_reading(&without).unwrap_err().to_string(),
+            format!("eval sentences {}: lineage params have no metrics.accuracy", without.id)
+        );
+    }
+
     /// The header's design sentence, from bin's levels lineage and the last PPO update behind eval's checkpoint.
     #[test]
     fn the_header_says_where_the_design_leaves_the_papers() {
