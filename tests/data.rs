@@ -315,6 +315,31 @@ fn penumbra_answers_and_chains_agree_with_the_scene_graph() {
     assert_eq!(kinds.len(), QuestionKind::ALL.len(), "every question kind occurs in 400 items");
 }
 
+/// The demo MLLM's extra questions: answered right by the scene graph, closed by the paper's sentence, the same on
+/// every call, and drawn apart from the item's own question.
+#[test]
+fn penumbra_extra_questions_agree_with_the_scene_graph_and_are_their_own_draws() {
+    let p = params(60, 5);
+    let margin = p.relation_margin * p.image_size as f32;
+    let (mut same_as_own, mut total) = (0, 0);
+    for i in 0..p.n_items {
+        let g = penumbra::generate_one(&p, i).unwrap();
+        let extra = penumbra::extra_questions(&p, i, &g.scene, 3);
+        assert_eq!(extra.len(), 3);
+        assert_eq!(extra, penumbra::extra_questions(&p, i, &g.scene, 3), "item {i}: the same draw every time");
+        assert_eq!(penumbra::extra_questions(&p, i, &g.scene, 1)[..], extra[..1], "item {i}: k only says how many");
+        for q in &extra {
+            assert_eq!(oracle_answer(&g.scene, &q.text, margin), q.answer, "item {i}: {}", q.text);
+            assert_eq!(q.reasoning.last().unwrap(), &format!("So, the answer is {}.", q.answer));
+            assert_eq!(q.choices[q.correct_choice], q.answer);
+            same_as_own += usize::from(q.text == g.question.text);
+            total += 1;
+        }
+    }
+    // Seven kinds over many objects: a draw of its own repeats the item's question rarely.
+    assert!(same_as_own * 5 < total, "{same_as_own} of {total} extra questions repeat the item's own");
+}
+
 // ---------------------------------------------------------------- Penumbra: pixels vs scene graph
 
 fn topmost_at(scene: &Scene, px: u32, py: u32) -> Option<&Object> {

@@ -6,7 +6,7 @@ use arrow::array::{Array, AsArray};
 use mllm::demo::{train, DemoExample, DemoParams};
 use mmboundary::data::items_from_record_batch;
 use mmboundary::data::penumbra::questions::scene_examples;
-use mmboundary::data::penumbra::Scene;
+use mmboundary::data::penumbra::{extra_questions, PenumbraParams, Scene};
 use mmboundary::engine::StageContext;
 use mmboundary::stages::demo_mllm::DemoMllmParams;
 use mmboundary::stages::generate::question_block;
@@ -18,7 +18,22 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let pool_text = std::fs::read_to_string(&p.pool).map_err(JobError::io(&p.pool))?;
     let pool = mmboundary::confidence::statements::StatementPool::from_toml(&pool_text, &p.pool.display().to_string())?;
     tp.extra_vocabulary.extend(pool.level.iter().flat_map(|l| l.statements.iter().cloned()));
-    let items = items_from_record_batch(&ctx.input_table("items")?.concat()?)?;
+    let items_table = ctx.input_table("items")?;
+    let items = items_from_record_batch(&items_table.concat()?)?;
+    // Extra questions are drawn as the benchmark drew its own: its generator's params, as the items' lineage records them.
+    let generator: Option<PenumbraParams> = match p.extra_questions {
+        0 => None,
+        _ => {
+            let lineage = items_table
+                .lineage
+                .as_ref()
+                .ok_or_else(|| JobError::stage("demo_mllm", format!("items {}: no lineage", items_table.id)))?;
+            Some(
+                serde_json::from_value(lineage.params.clone())
+                    .map_err(JobError::step(format!("items {}: the generator's params", items_table.id)))?,
+            )
+        }
+    };
     let feats_batch = ctx.input_table_as("features", &mmboundary::stages::features::features_schema())?.concat()?;
     let feats = Features::from_batch(&feats_batch)?;
     let dims = feats_batch.column_by_name("dim").ok_or_else(|| JobError::column("features artifact", "dim"))?;
@@ -35,11 +50,24 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         let (n, t) = feats.tensor(&it.id)?;
         let patches = Vec::<f32>::try_from(t.reshape([-1]))?;
         let target = it.chain.sentences().collect::<Vec<_>>().join(" ");
-        if let Some(scene) = it.meta.get("scene").filter(|_| p.describe_prompt.is_some() || p.perception_drills || p.object_drills) {
+        let wanted = p.describe_prompt.is_some() || p.perception_drills || p.object_drills || generator.is_some();
+        if let Some(scene) = it.meta.get("scene").filter(|_| wanted) {
             let scene: Scene = serde_json::from_value(scene.clone()).map_err(JobError::step(format!("item {}: meta.scene", it.id)))?;
             for (prompt, target) in scene_examples(&scene, p.describe_prompt.as_deref(), p.perception_drills, p.object_drills) {
                 described.push(DemoExample { patches: patches.clone(), n_patches: n as usize, prompt, target });
             }
+            if let Some(g) = &generator {
+                let index = it.meta.get("generator").and_then(|m| m.get("index")).and_then(|i| i.as_u64()).ok_or_else(|| {
+                    JobError::stage("demo_mllm", format!("item {}: meta.generator.index is missing (extra_questions needs it)", it.id))
+                })?;
+                for q in extra_questions(g, index as usize, &scene, p.extra_questions) {
+                    let target = q.perception.iter().chain(&q.reasoning).cloned().collect::<Vec<_>>().join(" ");
+                    let prompt = question_block(&q.text, &q.choices);
+                    described.push(DemoExample { patches: patches.clone(), n_patches: n as usize, prompt, target });
+                }
+            }
+        } else if generator.is_some() {
+            return Err(JobError::stage("demo_mllm", format!("item {}: extra_questions needs a Penumbra scene (meta.scene)", it.id)));
         }
         examples.push(DemoExample { patches, n_patches: n as usize, prompt: question_block(&it.question, &it.choices), target });
     }

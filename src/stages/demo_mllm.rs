@@ -33,6 +33,15 @@ pub struct DemoMllmParams {
     /// of the params (and so of the cache key) when off, so runs without it keep their artifacts.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub object_drills: bool,
+    /// Every training image also gets this many more questions with their reference chains
+    /// (`data::penumbra::extra_questions`: drawn as the benchmark draws its own, from a stream of their own).
+    /// Left out of the params (and so of the cache key) when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub extra_questions: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for DemoMllmParams {
@@ -46,6 +55,7 @@ impl Default for DemoMllmParams {
             describe_prompt: Some("Describe every object in the image.".into()),
             perception_drills: false,
             object_drills: false,
+            extra_questions: 0,
         }
     }
 }
@@ -115,6 +125,10 @@ mod tests {
         assert!(!back.object_drills);
         let on = DemoMllmStage { params: DemoMllmParams { object_drills: true, ..Default::default() } }.params();
         assert_eq!(on["object_drills"], true);
+        // The same for extra questions.
+        assert_eq!(DemoMllmStage { params: DemoMllmParams::default() }.params().get("extra_questions"), None);
+        let on = DemoMllmStage { params: DemoMllmParams { extra_questions: 2, ..Default::default() } }.params();
+        assert_eq!(on["extra_questions"], 2);
     }
 
     /// The pipeline's prompt for the demo model is the text the demo MLLM was trained on.

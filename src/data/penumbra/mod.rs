@@ -191,6 +191,21 @@ fn sample(params: &PenumbraParams, index: usize) -> (Scene, Question, Vec<String
     (scene, question, caps, negs)
 }
 
+/// Salt of the stream [`extra_questions`] draws from, so that it never repeats the benchmark's own draws.
+const EXTRA_QUESTIONS_SALT: u64 = 0x6578_7472_615f_7175; // "extra_qu"
+
+/// `k` more questions on item `index`'s scene, drawn as the benchmark draws its own (the same kind weights and
+/// relation margin) but from a stream of their own, so that the benchmark's items stay as they are. The demo
+/// MLLM trains on them to see more instructions per training image, as LLaVA's instruction data has several
+/// per image: with one question per image, 1,400 chains are too few for a decoder trained from scratch to learn to
+/// follow the question rather than its priors.
+pub fn extra_questions(params: &PenumbraParams, index: usize, scene: &Scene, k: usize) -> Vec<Question> {
+    let mut rng = ChaCha8Rng::seed_from_u64(params.seed ^ EXTRA_QUESTIONS_SALT);
+    rng.set_stream(index as u64);
+    let margin = params.relation_margin * params.image_size as f32;
+    (0..k).map(|_| questions::sample_question(&mut rng, scene, &params.question_weights, margin)).collect()
+}
+
 /// Generate item `index` (scene, question, chain, captions, rendered PNG).
 pub fn generate_one(params: &PenumbraParams, index: usize) -> Result<Generated> {
     params.validate()?;
